@@ -1,0 +1,1 @@
+"""hcloud-flow's workflow side: workflow definitions, submission, fleet jobs, schedules, the CLI."""
