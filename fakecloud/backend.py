@@ -1,0 +1,270 @@
+"""The state of one fake project and the rules of the API (moto's ``models`` backend).
+
+HTTP parsing lives in ``responses.py``; this module only sees typed arguments and raises
+``FakeCloudError`` subclasses. State is guarded by ``self.lock`` (re-entrant): the HTTP layer holds it for a
+whole request, and every method that changes state takes it too, so a test may call them from its own
+thread. A test that reads several things at once, or edits a model directly, holds ``backend.lock``. Time
+moves actions forward only when ``tick()`` runs (at the start of every request); call it after advancing a
+manual clock by hand if you then read models directly.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from . import fleet
+from .clock import Clock, RealClock
+from .exceptions import NotFound
+from .faults import FaultDice, FaultSpec, parse_faults
+from .models import Action, Image, Server, SshKey
+from .ratelimit import TokenBucket
+from .server_actions import ServerActions
+from .traffic import TrafficLog
+from .transitions import COMMAND_TO_NAME, TRANSITIONS, Transition
+
+__all__ = ["Backend"]
+
+
+class Backend(ServerActions):
+    """One fake Hetzner Cloud project: servers, actions, images, SSH keys, rate bucket, faults."""
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        token: str = "fakecloud-token",  # noqa: S107 - a fake token for a fake API
+        seed: int | str = 1,
+        servers: int = 10,
+        rate_limit: int = 3600,
+        faults: str | dict[str, Any] | FaultSpec | None = None,
+        durations: Mapping[str, float] | None = None,
+    ) -> None:
+        self.lock = threading.RLock()
+        self.clock: Clock = clock or RealClock()
+        self.token = token
+        self.faults = parse_faults(faults)
+        self.transitions: dict[str, Transition] = dict(TRANSITIONS)
+        if durations:
+            self.set_durations(durations)
+        self.bucket = TokenBucket(self.clock, rate_limit)
+        self.traffic = TrafficLog()
+        self.initial_servers = servers
+        self.reset(servers=servers, seed=seed)
+
+    # ----- lifecycle -------------------------------------------------------------------------------------
+    def reset(self, *, servers: int | None = None, seed: int | str | None = None) -> None:
+        """Start over: new fleet, no actions or snapshots, counters and log cleared, bucket full."""
+        with self.lock:
+            self.seed = self.__dict__.get("seed", 1) if seed is None else seed
+            self.dice = FaultDice(self.seed)
+            self.fleet_rng = random.Random(f"fleet:{self.seed}")
+            now = self.clock.now()
+            self.servers: dict[int, Server] = {}
+            self.actions: dict[int, Action] = {}
+            self.images: dict[int, Image] = {i.id: i for i in fleet.system_images(now)}
+            self.ssh_keys: dict[int, SshKey] = {k.id: k for k in fleet.ssh_keys(now)}
+            self.server_types = fleet.server_types()
+            self.due: list[tuple[float, int]] = []  # heap of (due time, action id)
+            self.root_passwords: list[str] = []
+            self.next_action_id = fleet.ACTION_ID_BASE
+            self.next_image_id = fleet.SNAPSHOT_ID_BASE
+            self.server_count = 0
+            self.traffic.clear()
+            self.bucket.set_limit(self.bucket.limit)
+            self.seed_servers(self.initial_servers if servers is None else servers)
+
+    def seed_servers(
+        self, count: int, *, labels: dict[str, str] | None = None, status: str | None = None
+    ) -> list[int]:
+        """Add ``count`` servers (``srv-<n>``) and return their ids."""
+        with self.lock:
+            now = self.clock.now()
+            system = [i for i in self.images.values() if i.type == "system"]
+            ids = []
+            for _ in range(count):
+                self.server_count += 1
+                server_id = fleet.SERVER_ID_BASE + self.server_count
+                server = fleet.make_server(
+                    self.fleet_rng,
+                    server_id,
+                    self.server_count,
+                    now,
+                    system,
+                    self.server_types,
+                    labels,
+                    status,
+                )
+                server.acpi_draw = self.dice.acpi_draw(server_id)
+                self.servers[server_id] = server
+                ids.append(server_id)
+            return ids
+
+    def set_durations(self, durations: Mapping[str, float]) -> None:
+        """Override default durations (seconds at speed 1) by action name or command name."""
+        with self.lock:
+            for key, seconds in durations.items():
+                name = COMMAND_TO_NAME.get(key, key)
+                if name not in self.transitions:
+                    known = ", ".join(self.transitions)
+                    raise ValueError(f"unknown action {key!r} in durations; known: {known}")
+                seconds = float(seconds)
+                if not seconds >= 0:
+                    raise ValueError(f"duration of {name!r} must be >= 0 seconds, got {seconds!r}")
+                self.transitions[name] = replace(self.transitions[name], duration=seconds)
+
+    def set_speed(self, speed: float) -> None:
+        """Change the time factor (the bucket first settles its refill at the old rate)."""
+        with self.lock:
+            self.bucket.settle()
+            if not float(speed) > 0:
+                raise ValueError(f"speed must be > 0, got {speed!r}")
+            self.clock.speed = float(speed)
+
+    def set_faults(self, faults: str | dict[str, Any] | FaultSpec | None) -> None:
+        """Replace (spec string) or merge (dict) the fault probabilities."""
+        with self.lock:
+            self.faults = self.faults.merged(faults)
+
+    # ----- time ------------------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """Settle every action whose time has come (called at the start of each request)."""
+        with self.lock:
+            now = self.clock.now()
+            due = self.due
+            while due and due[0][0] <= now:
+                _, action_id = heapq.heappop(due)
+                self._settle(self.actions[action_id])
+
+    def _settle(self, action: Action) -> None:
+        server = self.servers.get(action.server_id)
+        transition = self.transitions[action.name]
+        action.finished = action.due
+        if action.fail_with is not None:
+            action.status = "error"
+            action.error = {"code": action.fail_with[0], "message": action.fail_with[1]}
+            if server is not None:
+                if action.status_before is not None:
+                    server.status = action.status_before
+                if transition.undo is not None:
+                    transition.undo(self, action, server)
+        else:
+            action.status = "success"
+            if server is not None:
+                if not action.noop:
+                    if transition.final is not None:
+                        server.status = transition.final
+                    if transition.boots:
+                        server.rescue_enabled = False  # "disabled when you first boot into it" (SPEC)
+                if transition.effect is not None:
+                    transition.effect(self, action, server)
+        if server is not None and server.running_action_id == action.id:
+            server.running_action_id = None
+
+    # ----- lookups ---------------------------------------------------------------------------------------
+    def server(self, server_id: int) -> Server:
+        """Return the server or raise 404."""
+        try:
+            return self.servers[server_id]
+        except KeyError:
+            raise NotFound(f"server with ID '{server_id}' not found") from None
+
+    def action(self, action_id: int) -> Action:
+        """Return the action or raise 404."""
+        try:
+            return self.actions[action_id]
+        except KeyError:
+            raise NotFound(f"action with ID '{action_id}' not found") from None
+
+    def image(self, image_id: int) -> Image:
+        """Return the image or raise 404."""
+        try:
+            return self.images[image_id]
+        except KeyError:
+            raise NotFound(f"image with ID '{image_id}' not found") from None
+
+    def ssh_key(self, key_id: int) -> SshKey:
+        """Return the SSH key or raise 404."""
+        try:
+            return self.ssh_keys[key_id]
+        except KeyError:
+            raise NotFound(f"ssh_key with ID '{key_id}' not found") from None
+
+    def server_json(self, server: Server) -> dict[str, Any]:
+        """Render a server with its image."""
+        image = self.images.get(server.image_id) if server.image_id is not None else None
+        return server.to_json(image.to_json() if image is not None else None)
+
+    def action_json(self, action: Action) -> dict[str, Any]:
+        """Render an action as of now."""
+        return action.to_json(self.clock.now())
+
+    # ----- queries ---------------------------------------------------------------------------------------
+    def find_servers(
+        self, *, name: str | None, selector: Callable[[Mapping[str, str]], bool] | None, statuses: set[str]
+    ) -> list[Server]:
+        """Return servers matching every given filter, by id."""
+        return [
+            s
+            for _, s in sorted(self.servers.items())
+            if (name is None or s.name == name)
+            and (not statuses or s.status in statuses)
+            and (selector is None or selector(s.labels))
+        ]
+
+    def find_actions(self, ids: Iterable[int]) -> list[Action]:
+        """Return the actions with these ids; unknown ids are left out, as the API does."""
+        return [self.actions[i] for i in dict.fromkeys(ids) if i in self.actions]
+
+    def server_actions(self, server_id: int, statuses: set[str]) -> list[Action]:
+        """Return the actions of one server (404 if the server does not exist)."""
+        self.server(server_id)
+        return [
+            a
+            for a in self.actions.values()
+            if a.server_id == server_id and (not statuses or a.status in statuses)
+        ]
+
+    def find_images(
+        self,
+        *,
+        types: set[str],
+        statuses: set[str],
+        name: str | None,
+        selector: Callable[[Mapping[str, str]], bool] | None,
+        bound_to: set[int],
+        architectures: set[str],
+        include_deprecated: bool,
+    ) -> list[Image]:
+        """Return images matching every given filter, by id."""
+        return [
+            i
+            for _, i in sorted(self.images.items())
+            if (not types or i.type in types)
+            and (not statuses or i.status in statuses)
+            and (name is None or i.name == name)
+            and (selector is None or selector(i.labels))
+            and (not bound_to or i.bound_to in bound_to)
+            and (not architectures or i.architecture in architectures)
+            and (include_deprecated or i.deprecated is None)
+        ]
+
+    def find_ssh_keys(
+        self,
+        *,
+        name: str | None,
+        fingerprint: str | None,
+        selector: Callable[[Mapping[str, str]], bool] | None,
+    ) -> list[SshKey]:
+        """Return SSH keys matching every given filter, by id."""
+        return [
+            k
+            for _, k in sorted(self.ssh_keys.items())
+            if (name is None or k.name == name)
+            and (fingerprint is None or k.fingerprint == fingerprint)
+            and (selector is None or selector(k.labels))
+        ]

@@ -1,0 +1,242 @@
+"""Test and benchmark controls under ``/_fakecloud``: JSON in and out, no auth, no rate limit, no faults.
+
+- ``GET /_fakecloud/stats`` → ``{"requests": [{"method", "route", "status", "count"}], "total",
+  "rate_limited", "injected_faults": {fault: n}}`` (``/v1`` traffic only)
+- ``GET /_fakecloud/requests?since=SEQ[&limit=N]`` → ``{"requests": [{"seq", "time", "method", "path",
+  "route", "status", "server_id", "action_id", "command"}], "next": SEQ}``
+- ``POST /_fakecloud/reset`` ``{"servers"?, "seed"?, + any config key}`` → fresh state
+- ``POST /_fakecloud/seed`` ``{"servers": N, "labels"?, "status"?}`` → ``{"ids": [...]}``
+- ``GET|PUT /_fakecloud/config`` ``{"speed", "rate_limit", "durations", "faults"}``; PUT merges given keys
+- ``PATCH /_fakecloud/servers/{id}`` ``{"acpi", "status", "protection", "labels", "fail_next"}``
+- ``POST /_fakecloud/clock/advance`` ``{"seconds": x}`` → ``{"now"}``; 409 unless the clock is manual
+- ``GET /_fakecloud/secrets`` → ``{"root_passwords": [...], "token"}``
+- ``GET /_fakecloud/actions`` → ``{"actions": [{"id", "server_id", "name", "command", "status",
+  "started_at", "finished_at"}]}`` with UNIX times to the microsecond (the API's own are to the second),
+  for benchmarks that measure how soon a client noticed an action's end
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .backend import Backend
+from .exceptions import Conflict, InvalidInput, JsonError, NotFound
+from .faults import ACTION_ERRORS
+from .labels import validate_labels
+from .listing import Request, one
+from .transitions import COMMAND_TO_NAME, SERVER_STATUSES
+
+__all__ = ["ROUTES", "config_json"]
+
+Answer = tuple[int, dict[str, Any]]
+CONFIG_KEYS = frozenset({"speed", "rate_limit", "durations", "faults"})
+
+
+def _body(request: Request) -> dict[str, Any]:
+    if not request.body.strip():
+        return {}
+    try:
+        data = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise JsonError(f"request body is not valid JSON: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise JsonError("request body must be a JSON object")
+    return data
+
+
+def _count(body: dict[str, Any], name: str, default: int | None = None) -> int:
+    value = body.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidInput.field(name, f"must be an integer >= 0, got {value!r}")
+    return value
+
+
+def config_json(backend: Backend) -> dict[str, Any]:
+    """Return the current configuration."""
+    return {
+        "speed": backend.clock.speed,
+        "rate_limit": backend.bucket.limit,
+        "durations": {name: t.duration for name, t in backend.transitions.items()},
+        "faults": backend.faults.to_dict(),
+        "fault_spec": str(backend.faults),
+        "seed": backend.seed,
+        "clock": "manual" if getattr(backend.clock, "manual", False) else "real",
+        "now": backend.clock.now(),
+    }
+
+
+def apply_config(backend: Backend, body: dict[str, Any]) -> None:
+    """Apply the config keys present in ``body``; validate everything before changing anything."""
+    unknown = sorted(set(body) - CONFIG_KEYS)
+    if unknown:
+        raise InvalidInput.field(unknown[0], f"unknown config key; known: {', '.join(sorted(CONFIG_KEYS))}")
+    try:
+        faults = backend.faults.merged(body.get("faults"))
+    except ValueError as exc:
+        raise InvalidInput.field("faults", str(exc)) from None
+    speed = body.get("speed")
+    if speed is not None and (isinstance(speed, bool) or not isinstance(speed, int | float) or speed <= 0):
+        raise InvalidInput.field("speed", f"must be a number > 0, got {speed!r}")
+    rate_limit = body.get("rate_limit")
+    if rate_limit is not None and (
+        isinstance(rate_limit, bool) or not isinstance(rate_limit, int) or rate_limit < 1
+    ):
+        raise InvalidInput.field("rate_limit", f"must be an integer >= 1, got {rate_limit!r}")
+    durations = body.get("durations")
+    if durations is not None:
+        if not isinstance(durations, dict):
+            raise InvalidInput.field("durations", "must be an object of {action: seconds}")
+        saved = dict(backend.transitions)
+        try:
+            backend.set_durations(durations)
+        except (TypeError, ValueError) as exc:
+            backend.transitions = saved
+            raise InvalidInput.field("durations", str(exc)) from None
+    backend.faults = faults
+    if speed is not None:
+        backend.set_speed(speed)
+    if rate_limit is not None:
+        backend.bucket.set_limit(rate_limit)  # a new limit starts with a full bucket
+
+
+def get_stats(backend: Backend, request: Request) -> Answer:
+    """GET /_fakecloud/stats"""
+    return 200, backend.traffic.stats()
+
+
+def get_requests(backend: Backend, request: Request) -> Answer:
+    """GET /_fakecloud/requests?since=SEQ[&limit=N]"""
+    values = {}
+    for name in ("since", "limit"):
+        raw = one(request.query, name)
+        if raw is not None and not raw.isdigit():
+            raise InvalidInput.field(name, f"must be an integer >= 0, got {raw!r}")
+        values[name] = None if raw is None else int(raw)
+    return 200, backend.traffic.since(values["since"] or 0, values["limit"])
+
+
+def post_reset(backend: Backend, request: Request) -> Answer:
+    """POST /_fakecloud/reset"""
+    body = _body(request)
+    servers = _count(body, "servers", backend.initial_servers) if "servers" in body else None
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | str)):
+        raise InvalidInput.field("seed", "must be an integer or a string")
+    apply_config(backend, {k: v for k, v in body.items() if k not in ("servers", "seed")})
+    backend.reset(servers=servers, seed=seed)
+    return 200, {"servers": sorted(backend.servers), "config": config_json(backend)}
+
+
+def post_seed(backend: Backend, request: Request) -> Answer:
+    """POST /_fakecloud/seed"""
+    body = _body(request)
+    count = _count(body, "servers")
+    labels = validate_labels(body["labels"]) if body.get("labels") is not None else None
+    status = body.get("status")
+    if status is not None and status not in SERVER_STATUSES:
+        raise InvalidInput.field("status", f"unknown server status {status!r}")
+    return 200, {"ids": backend.seed_servers(count, labels=labels, status=status)}
+
+
+def get_config(backend: Backend, request: Request) -> Answer:
+    """GET /_fakecloud/config"""
+    return 200, config_json(backend)
+
+
+def put_config(backend: Backend, request: Request) -> Answer:
+    """PUT /_fakecloud/config"""
+    apply_config(backend, _body(request))
+    return 200, config_json(backend)
+
+
+def _fail_next(value: Any) -> tuple[str, tuple[str, str]]:
+    if not isinstance(value, dict) or not isinstance(value.get("command"), str):
+        raise InvalidInput.field(
+            "fail_next", 'must look like {"command": "create_image", "code"?, "message"?}'
+        )
+    name = str(COMMAND_TO_NAME.get(value["command"], value["command"]))
+    if name not in COMMAND_TO_NAME.values():
+        raise InvalidInput.field("fail_next", f"unknown action {value['command']!r}")
+    code = value.get("code") or ACTION_ERRORS[0][0]
+    default_message = dict(ACTION_ERRORS).get(code, "Action failed")
+    return name, (str(code), str(value.get("message") or default_message))
+
+
+def patch_server(backend: Backend, request: Request) -> Answer:
+    """PATCH /_fakecloud/servers/{id}"""
+    if not request.args[0].isdigit():
+        raise NotFound(f"server with ID {request.args[0]!r} not found")
+    server = backend.server(int(request.args[0]))
+    body = _body(request)
+    acpi = body.get("acpi", server.acpi_override)
+    if acpi is not None and not isinstance(acpi, bool):
+        raise InvalidInput.field("acpi", "must be true, false or null (null: as the seed decides)")
+    status = body.get("status", server.status)
+    if status not in SERVER_STATUSES:
+        raise InvalidInput.field("status", f"unknown server status {status!r}")
+    protection = body.get("protection") or {}
+    if not isinstance(protection, dict) or any(
+        k not in ("delete", "rebuild") or not isinstance(v, bool) for k, v in protection.items()
+    ):
+        raise InvalidInput.field("protection", 'must look like {"delete": bool, "rebuild": bool}')
+    labels = validate_labels(body["labels"]) if body.get("labels") is not None else None
+    fail = _fail_next(body["fail_next"]) if body.get("fail_next") is not None else None
+    server.acpi_override = acpi
+    server.status = status
+    server.protection_delete = protection.get("delete", server.protection_delete)
+    server.protection_rebuild = protection.get("rebuild", server.protection_rebuild)
+    if labels is not None:
+        server.labels = labels
+    if fail is not None:
+        server.fail_next[fail[0]] = fail[1]
+    return 200, {
+        "server": backend.server_json(server),
+        "acpi": server.honours_acpi(backend.faults.acpi_ignore),
+        "fail_next": {name: {"code": c, "message": m} for name, (c, m) in server.fail_next.items()},
+    }
+
+
+def post_clock_advance(backend: Backend, request: Request) -> Answer:
+    """POST /_fakecloud/clock/advance"""
+    if not getattr(backend.clock, "manual", False):
+        raise Conflict("the clock is real; start fakecloud with clock=ManualClock() to move time by hand")
+    seconds = _body(request).get("seconds")
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+        raise InvalidInput.field("seconds", f"must be a number >= 0, got {seconds!r}")
+    now = backend.clock.advance(seconds)  # type: ignore[attr-defined]
+    backend.tick()
+    return 200, {"now": now}
+
+
+def get_secrets(backend: Backend, request: Request) -> Answer:
+    """GET /_fakecloud/secrets"""
+    return 200, {"root_passwords": list(backend.root_passwords), "token": backend.token}
+
+
+def get_actions(backend: Backend, request: Request) -> Answer:
+    """GET /_fakecloud/actions"""
+    backend.tick()
+    with backend.lock:
+        actions = [
+            {"id": a.id, "server_id": a.server_id, "name": a.name, "command": a.command, "status": a.status,
+             "started_at": a.started, "finished_at": a.finished}
+            for a in backend.actions.values()
+        ]
+    return 200, {"actions": actions}
+
+
+ROUTES = [
+    ("GET", "/stats", get_stats),
+    ("GET", "/requests", get_requests),
+    ("POST", "/reset", post_reset),
+    ("POST", "/seed", post_seed),
+    ("GET", "/config", get_config),
+    ("PUT", "/config", put_config),
+    ("PATCH", "/servers/{id}", patch_server),
+    ("POST", "/clock/advance", post_clock_advance),
+    ("GET", "/secrets", get_secrets),
+    ("GET", "/actions", get_actions),
+]

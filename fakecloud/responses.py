@@ -1,0 +1,252 @@
+"""One handler per API operation, named after it (SPEC operation ids): HTTP parsing only.
+
+A handler reads path arguments, the query string and the JSON body, checks their *shape* (types, enums,
+sizes), calls one backend method and renders the answer. Every rule about state lives in the backend.
+Handlers return ``(status, body)`` or ``(status, body, extra headers)``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .backend import Backend
+from .exceptions import InvalidInput, JsonError, NotFound
+from .labels import compile_selector, validate_labels
+from .listing import Request, flag, ints, many, one, paginate, parse_sort, sort_items
+from .transitions import ACTION_STATUSES, SERVER_STATUSES
+
+Answer = tuple[int, dict[str, Any]] | tuple[int, dict[str, Any], list[tuple[str, str]]]
+
+MAX_USER_DATA = 32 * 1024  # SPEC rebuild: user_data is limited to 32 KiB
+MAX_ACTION_IDS = 25  # hcloud-go: more ids "might not be returned at all"
+IMAGE_TYPES = frozenset({"system", "app", "snapshot", "backup"})
+IMAGE_STATUSES = frozenset({"available", "creating", "unavailable"})
+ARCHITECTURES = frozenset({"x86", "arm"})
+
+_ACTION_SORT_KEYS = {
+    "id": lambda a: a.id,
+    "command": lambda a: a.command,
+    "status": lambda a: a.status,
+    "started": lambda a: a.started,
+    "finished": lambda a: a.finished,
+}
+_NAMED_SORT_KEYS = {"id": lambda r: r.id, "name": lambda r: r.name, "created": lambda r: r.created}
+
+
+# ----- request parsing helpers --------------------------------------------------------------------
+def _body(request: Request) -> dict[str, Any]:
+    # Official clients send no body for most actions; hcloud-go may send explicit nulls (reference §2.2).
+    if not request.body.strip():
+        return {}
+    try:
+        data = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise JsonError(f"request body is not valid JSON: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise JsonError("request body must be a JSON object")
+    return data
+
+
+def _optional_str(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise InvalidInput.field(name, "must be a string")
+    return value
+
+
+def _selector(request: Request) -> Any:
+    text = one(request.query, "label_selector")
+    return compile_selector(text) if text is not None else None
+
+
+def _id(request: Request, index: int = 0) -> int:
+    return int(request.args[index])
+
+
+def _list(backend: Backend, request: Request, key: str, items: list[Any], render: Any, **kw: Any) -> Answer:
+    chunk, meta, headers = paginate(items, request, **kw)
+    return 200, {key: [render(i) for i in chunk], "meta": meta}, headers
+
+
+# ----- servers ------------------------------------------------------------------------------------
+def get_servers(backend: Backend, request: Request) -> Answer:
+    """GET /servers"""
+    q = request.query
+    sorts = parse_sort(q, ("id", "name", "created"))
+    servers = backend.find_servers(
+        name=one(q, "name"), selector=_selector(request), statuses=many(q, "status", SERVER_STATUSES)
+    )
+    return _list(
+        backend, request, "servers", sort_items(servers, sorts, _NAMED_SORT_KEYS), backend.server_json
+    )
+
+
+def get_server(backend: Backend, request: Request) -> Answer:
+    """GET /servers/{id}"""
+    return 200, {"server": backend.server_json(backend.server(_id(request)))}
+
+
+def get_server_actions(backend: Backend, request: Request) -> Answer:
+    """GET /servers/{id}/actions"""
+    sorts = parse_sort(request.query, tuple(_ACTION_SORT_KEYS))
+    actions = backend.server_actions(_id(request), many(request.query, "status", ACTION_STATUSES))
+    actions = sort_items(actions, sorts or [("id", False)], _ACTION_SORT_KEYS)
+    return _list(backend, request, "actions", actions, backend.action_json)
+
+
+def get_server_action(backend: Backend, request: Request) -> Answer:
+    """GET /servers/{id}/actions/{action_id} (deprecated in the SPEC, still served)"""
+    server = backend.server(_id(request))
+    action = backend.action(_id(request, 1))
+    if action.server_id != server.id:
+        raise NotFound(f"action with ID '{action.id}' not found")
+    return 200, {"action": backend.action_json(action)}
+
+
+# ----- the ten server actions ---------------------------------------------------------------------
+def _simple(name: str) -> Any:
+    def handler(backend: Backend, request: Request) -> Answer:
+        _body(request)  # any body is accepted, but it must be JSON if present
+        action = backend.simple_action(_id(request), name)
+        return 201, {"action": backend.action_json(action)}
+
+    handler.__doc__ = f"POST /servers/{{id}}/actions/{name}"
+    return handler
+
+
+poweron_server = _simple("poweron")
+poweroff_server = _simple("poweroff")
+reboot_server = _simple("reboot")
+reset_server = _simple("reset")
+shutdown_server = _simple("shutdown")
+disable_server_rescue = _simple("disable_rescue")
+for _handler, _name in (
+    (poweron_server, "poweron_server"),
+    (poweroff_server, "poweroff_server"),
+    (reboot_server, "reboot_server"),
+    (reset_server, "reset_server"),
+    (shutdown_server, "shutdown_server"),
+    (disable_server_rescue, "disable_server_rescue"),
+):
+    _handler.__name__ = _handler.__qualname__ = _name
+
+
+def reset_server_password(backend: Backend, request: Request) -> Answer:
+    """POST /servers/{id}/actions/reset_password"""
+    _body(request)
+    action, password = backend.reset_password(_id(request))
+    return 201, {"action": backend.action_json(action), "root_password": password}
+
+
+def enable_server_rescue(backend: Backend, request: Request) -> Answer:
+    """POST /servers/{id}/actions/enable_rescue"""
+    body = _body(request)
+    rescue_type = body.get("type")
+    # hcloud-python sends {"type": null}, hcloud-go {"type": ""}: both mean the default, linux64.
+    if rescue_type not in (None, "", "linux64"):
+        raise InvalidInput.field("type", f"invalid rescue type {rescue_type!r}; allowed: linux64")
+    keys = body.get("ssh_keys")
+    if keys is None:
+        keys = []
+    if not isinstance(keys, list) or any(isinstance(k, bool) or not isinstance(k, int) for k in keys):
+        raise InvalidInput.field("ssh_keys", "must be a list of SSH key IDs (integers)")
+    action, password = backend.enable_rescue(_id(request), keys)
+    return 201, {"action": backend.action_json(action), "root_password": password}
+
+
+def create_server_image(backend: Backend, request: Request) -> Answer:
+    """POST /servers/{id}/actions/create_image"""
+    body = _body(request)
+    description = _optional_str(body, "description")
+    image_type = body.get("type")
+    if image_type not in (None, "snapshot", "backup"):
+        raise InvalidInput.field("type", f"invalid image type {image_type!r}; allowed: snapshot, backup")
+    labels = body.get("labels")
+    labels = {} if labels is None else validate_labels(labels)
+    action, image = backend.create_image(
+        _id(request), description=description, image_type=image_type or "snapshot", labels=labels
+    )
+    return 201, {"action": backend.action_json(action), "image": image.to_json()}
+
+
+def rebuild_server(backend: Backend, request: Request) -> Answer:
+    """POST /servers/{id}/actions/rebuild"""
+    body = _body(request)
+    image = body.get("image")
+    # "ID or name": hcloud-go sends an ID as a JSON number, older clients as a string of digits.
+    if isinstance(image, str) and image.isdigit():
+        image = int(image)
+    if image is None or image == "":
+        raise InvalidInput.field("image", "is required (an image ID or the name of a system image)")
+    if isinstance(image, bool) or not isinstance(image, int | str):
+        raise InvalidInput.field("image", "must be an image ID (integer) or a system image name (string)")
+    user_data = _optional_str(body, "user_data")
+    if user_data is not None and len(user_data.encode()) > MAX_USER_DATA:
+        raise InvalidInput.field("user_data", f"is too long (more than {MAX_USER_DATA} bytes)")
+    action, password = backend.rebuild(_id(request), image, user_data)
+    return 201, {"action": backend.action_json(action), "root_password": password}
+
+
+# ----- actions ------------------------------------------------------------------------------------
+def get_action(backend: Backend, request: Request) -> Answer:
+    """GET /actions/{id}"""
+    return 200, {"action": backend.action_json(backend.action(_id(request)))}
+
+
+def get_actions(backend: Backend, request: Request) -> Answer:
+    """GET /actions?id=…&id=… (``id`` required since 2025-01-30)"""
+    ids = ints(request.query, "id")
+    if not ids:
+        raise InvalidInput.field("id", "is required: list the action IDs to fetch (?id=1&id=2)")
+    sorts = parse_sort(request.query, tuple(_ACTION_SORT_KEYS))
+    actions = backend.find_actions(ids)
+    statuses = many(request.query, "status", ACTION_STATUSES)
+    if statuses:
+        actions = [a for a in actions if a.status in statuses]
+    actions = sort_items(actions, sorts or [("id", False)], _ACTION_SORT_KEYS)
+    return _list(backend, request, "actions", actions, backend.action_json, max_per_page=MAX_ACTION_IDS)
+
+
+# ----- images and SSH keys ------------------------------------------------------------------------
+def get_images(backend: Backend, request: Request) -> Answer:
+    """GET /images"""
+    q = request.query
+    sorts = parse_sort(q, ("id", "name", "created"))
+    bound = ints(q, "bound_to")
+    images = backend.find_images(
+        types=many(q, "type", IMAGE_TYPES),
+        statuses=many(q, "status", IMAGE_STATUSES),
+        name=one(q, "name"),
+        selector=_selector(request),
+        bound_to=set(bound),
+        architectures=many(q, "architecture", ARCHITECTURES),
+        include_deprecated=bool(flag(q, "include_deprecated")),
+    )
+    return _list(
+        backend, request, "images", sort_items(images, sorts, _NAMED_SORT_KEYS), lambda i: i.to_json()
+    )
+
+
+def get_image(backend: Backend, request: Request) -> Answer:
+    """GET /images/{id}"""
+    return 200, {"image": backend.image(_id(request)).to_json()}
+
+
+def get_ssh_keys(backend: Backend, request: Request) -> Answer:
+    """GET /ssh_keys"""
+    q = request.query
+    sorts = parse_sort(q, ("id", "name"))
+    keys = backend.find_ssh_keys(
+        name=one(q, "name"), fingerprint=one(q, "fingerprint"), selector=_selector(request)
+    )
+    return _list(
+        backend, request, "ssh_keys", sort_items(keys, sorts, _NAMED_SORT_KEYS), lambda k: k.to_json()
+    )
+
+
+def get_ssh_key(backend: Backend, request: Request) -> Answer:
+    """GET /ssh_keys/{id}"""
+    return 200, {"ssh_key": backend.ssh_key(_id(request)).to_json()}
