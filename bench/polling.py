@@ -1,0 +1,207 @@
+"""What waiting costs: hcloud-flow's monitor against the official client's own wait, on the same fleet.
+
+Each of N servers runs shutdown → create_image → power_on. hcloud-flow runs it as a Celery chain through
+real workers and one Redis; the baseline is the official ``hcloud`` package, one thread per server, waiting
+with its defaults (``wait_until_finished``: ``GET /actions/{id}`` every second) and polling the server every
+second until it is off, as the hcloud CLI's ``shutdown --wait`` does. Both run against the same fakecloud
+(its own process, speed 1, rate limit raised so neither is throttled) with the action durations below.
+
+    python bench/polling.py [--sizes 25,100,400] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import itertools
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import FakeCloudProcess, emit, median, percentile
+
+from tests.support import RedisServer, Worker, worker_env
+
+TOKEN = "bench-token-polling"
+DURATIONS = {"shutdown": 4.0, "create_image": 8.0, "poweron": 4.0}
+STEPS = ("shutdown", "create_image", "power_on")
+
+
+def _fleet(cloud: FakeCloudProcess, n: int) -> list[int]:
+    cloud.control("POST", "/reset", {"servers": n, "seed": 1})
+    cloud.control("PUT", "/config", {"durations": DURATIONS, "faults": "none"})
+    ids: list[int] = []
+    page: int | None = 1
+    while page:
+        r = cloud.http.get(
+            cloud.base_url + "/servers",
+            params={"page": page, "per_page": 50},
+            headers={"Authorization": f"Bearer {TOKEN}"},
+            timeout=30,
+        ).json()
+        ids += [s["id"] for s in r["servers"]]
+        page = r["meta"]["pagination"]["next_page"]
+    for sid in ids:
+        cloud.control("PATCH", f"/servers/{sid}", {"status": "running", "acpi": True})
+    return ids
+
+
+def _window(cloud: FakeCloudProcess) -> int:
+    return int(cloud.control("GET", "/stats")["total"])
+
+
+def _delays(cloud: FakeCloudProcess, since_seq: int) -> list[float]:
+    """Return, per step boundary, seconds from an action's end to the next step's POST on that server."""
+    log = cloud.control("GET", "/requests", since=since_seq)["requests"]
+    actions = {a["id"]: a for a in cloud.control("GET", "/actions")["actions"]}
+    posts: dict[int, list[dict[str, Any]]] = {}
+    for r in log:
+        if r["method"] == "POST" and r["status"] == 201:
+            posts.setdefault(r["server_id"], []).append(r)
+    delays = []
+    for seq in posts.values():
+        seq.sort(key=lambda r: r["time"])
+        for prev, nxt in itertools.pairwise(seq):
+            finished = actions[prev["action_id"]]["finished_at"]
+            if finished is not None:
+                delays.append(nxt["time"] - finished)
+    return delays
+
+
+def run_ours(cloud: FakeCloudProcess, n: int, workdir: Path) -> dict[str, Any]:
+    from celery import Celery, chain, signature
+
+    ids = _fleet(cloud, n)
+    redis_server = RedisServer(workdir / f"redis-{n}")
+    worker = Worker(
+        f"bench{n}",
+        worker_env(
+            redis_server.url,
+            cloud.base_url,
+            HCLOUD_TOKEN=TOKEN,
+            HCLOUD_FLOW_POLL_FIRST="1.0",
+            HCLOUD_FLOW_POLL_CAP="10",
+            HCLOUD_FLOW_VISIBILITY_TIMEOUT="600",
+        ),
+        workdir,
+        concurrency=8,
+    )
+    app = Celery("bench", broker=redis_server.url, backend=redis_server.url)
+    app.conf.update(task_serializer="json", accept_content=["json"], task_default_queue="hcloud_flow")
+    try:
+        rc = redis_server.client()
+        pushes_before = _pushes(rc)
+        seq0 = cloud.control("GET", "/requests", since=0)["next"]
+        api0 = _window(cloud)
+        t0 = time.monotonic()
+        results = [
+            chain(
+                *(
+                    signature(f"hcloud_flow.{s}", args=(sid,) if i == 0 else (), app=app)
+                    for i, s in enumerate(STEPS)
+                )
+            ).apply_async()
+            for sid in ids
+        ]
+        for r in results:
+            assert r.get(timeout=600)["status"] == "success"
+        wall = time.monotonic() - t0
+        api = _window(cloud) - api0
+        pushes = _pushes(rc) - pushes_before
+        delays = _delays(cloud, seq0)
+    finally:
+        app.close()
+        worker.stop()
+        redis_server.stop()
+    return _row("hcloud-flow", n, wall, api, pushes / (n * len(STEPS)), delays)
+
+
+def _pushes(rc: Any) -> int:
+    stats = rc.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("lpush", "rpush"))
+
+
+def run_baseline(cloud: FakeCloudProcess, n: int) -> dict[str, Any]:
+    from hcloud import Client
+    from hcloud.servers.domain import Server
+
+    ids = _fleet(cloud, n)
+    client = Client(token=TOKEN, api_endpoint=cloud.base_url)  # poll_interval=1.0, poll_max_retries=120
+
+    def one(sid: int) -> None:
+        server = Server(id=sid)
+        client.servers.shutdown(server).wait_until_finished()
+        while client.servers.get_by_id(sid).status != "off":
+            time.sleep(1.0)
+        client.servers.create_image(server, description="bench").action.wait_until_finished()
+        client.servers.power_on(server).wait_until_finished()
+
+    seq0 = cloud.control("GET", "/requests", since=0)["next"]
+    api0 = _window(cloud)
+    t0 = time.monotonic()
+    with cf.ThreadPoolExecutor(max_workers=n) as pool:
+        list(pool.map(one, ids))
+    wall = time.monotonic() - t0
+    return _row(
+        "hcloud-python (baseline)", n, wall, _window(cloud) - api0, float("nan"), _delays(cloud, seq0)
+    )
+
+
+def _row(system: str, n: int, wall: float, api: int, msgs: float, delays: list[float]) -> dict[str, Any]:
+    actions = n * len(STEPS)
+    return {
+        "servers": n,
+        "system": system,
+        "wall_s": round(wall, 2),
+        "api_requests": api,
+        "requests_per_action": round(api / actions, 3),
+        "broker_msgs_per_step": round(msgs, 3) if msgs == msgs else "n/a (no broker)",
+        "end_to_next_post_median_s": round(median(delays), 3),
+        "end_to_next_post_p95_s": round(percentile(delays, 95), 3),
+    }
+
+
+COLUMNS = [
+    ("servers", "N"),
+    ("system", "system"),
+    ("wall_s", "wall s"),
+    ("api_requests", "API requests"),
+    ("requests_per_action", "requests / action"),
+    ("broker_msgs_per_step", "broker msgs / step"),
+    ("end_to_next_post_median_s", "end→next POST median s"),
+    ("end_to_next_post_p95_s", "p95 s"),
+    ("ratio", "baseline ÷ ours (requests)"),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--sizes", default="25,100,400", help="fleet sizes, comma-separated (default 25,100,400)"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    cloud = FakeCloudProcess("--servers", "0", "--speed", "1", "--rate-limit", "100000000", token=TOKEN)
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for n in sizes:
+                ours = run_ours(cloud, n, Path(tmp))
+                base = run_baseline(cloud, n)
+                ours["ratio"] = round(base["requests_per_action"] / ours["requests_per_action"], 2)
+                rows += [ours, base]
+    finally:
+        cloud.stop()
+    title = (
+        f"Waiting cost, shutdown → create_image → power_on per server; fakecloud speed 1, durations "
+        f"{', '.join(f'{k} {v:g} s' for k, v in DURATIONS.items())}"
+    )
+    emit(rows, COLUMNS, args.json, title)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Celery and hcloud-flow settings, read from the environment: the one place the workers read it.
+
+Every variable is documented in the README with its default. The API token and the sealing key are not
+settings: they are read by the functions at the bottom, so they never sit in ``app.conf`` (which
+``celery inspect conf`` and Flower can display).
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    try:
+        return float(raw) if raw else default
+    except ValueError as exc:
+        raise SystemExit(f"{name}={raw!r} is not a number; unset it or give seconds, e.g. {default}") from exc
+
+
+def _deadlines(raw: str) -> dict[str, float]:
+    """Parse HCLOUD_FLOW_DEADLINES, e.g. ``create_image=7200,rebuild=1800``."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        name, _, seconds = part.partition("=")
+        try:
+            out[name.strip()] = float(seconds)
+        except ValueError as exc:
+            raise SystemExit(f"HCLOUD_FLOW_DEADLINES: {part!r} is not action=seconds") from exc
+    return out
+
+
+redis_url = os.environ.get("HCLOUD_FLOW_REDIS_URL", "redis://127.0.0.1:6379/0")
+_visibility = _float("HCLOUD_FLOW_VISIBILITY_TIMEOUT", 600.0)
+
+broker_url = redis_url
+result_backend = redis_url
+task_serializer = "json"
+result_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+task_default_queue = "hcloud_flow"
+result_extended = True
+task_track_started = True
+result_expires = int(_float("HCLOUD_FLOW_RESULT_EXPIRES", 86400))
+broker_connection_retry_on_startup = True
+
+# At-least-once delivery: a task is acknowledged after it ran, and re-queued when its worker dies.
+task_acks_late = True
+task_reject_on_worker_lost = True
+worker_prefetch_multiplier = 1
+worker_cancel_long_running_tasks_on_connection_loss = True
+# A redelivered message is one whose worker died: a task must finish well inside the visibility timeout
+# or Redis hands it to a second worker while the first still runs it. Action tasks post and park within
+# seconds (waiting happens in the monitor), so a hard limit of a third of the timeout is generous.
+task_time_limit = max(5, int(_visibility / 3))
+task_soft_time_limit = max(4, int(_visibility / 3) - 2)
+broker_transport_options = {
+    "visibility_timeout": _visibility,
+    # Sweep for messages of dead workers every few seconds instead of every 100 s.
+    "unacked_restore_interval": 5,
+    "unacked_restore_throttle": 1,
+}
+result_backend_transport_options = {"visibility_timeout": _visibility}
+worker_hijack_root_logger = False
+
+# Schedules (maintenance windows) live in Redis through celery-redbeat.
+beat_scheduler = "redbeat.RedBeatScheduler"
+redbeat_redis_url = redis_url
+redbeat_key_prefix = "hf:redbeat"
+
+hcloud_flow = {
+    "endpoint": os.environ.get("HCLOUD_ENDPOINT", "https://api.hetzner.cloud/v1"),
+    "retention": _float("HCLOUD_FLOW_RETENTION", 7 * 86400),
+    "poll_first": _float("HCLOUD_FLOW_POLL_FIRST", 1.0),
+    "poll_cap": _float("HCLOUD_FLOW_POLL_CAP", 10.0),
+    "shutdown_grace": _float("HCLOUD_FLOW_SHUTDOWN_GRACE", 60.0),
+    "deadlines": _deadlines(os.environ.get("HCLOUD_FLOW_DEADLINES", "")),
+    "rate_refill": _float("HCLOUD_FLOW_RATE_REFILL", 0.0),
+    "request_timeout": _float("HCLOUD_FLOW_REQUEST_TIMEOUT", 30.0),
+    "retry_base": _float("HCLOUD_FLOW_RETRY_BASE", 1.0),
+    "monitor": os.environ.get("HCLOUD_FLOW_MONITOR", "1") not in ("0", "false", "no"),
+}
+
+
+def api_token() -> str:
+    """Return the Hetzner Cloud API token (HCLOUD_TOKEN); kept out of app.conf on purpose."""
+    return os.environ.get("HCLOUD_TOKEN", "")
+
+
+def secret_key() -> str | None:
+    """Return the key that seals root passwords (HCLOUD_FLOW_SECRET_KEY), or None."""
+    return os.environ.get("HCLOUD_FLOW_SECRET_KEY") or None

@@ -1,0 +1,241 @@
+"""Real processes for tests: a private redis-server and celery workers, each on its own port and log.
+
+Tests start their own Redis on a free port and may flush it; they never touch a Redis they did not start.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "test-token-5f2c9a"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    """Poll ``predicate`` until it returns a truthy value; fail the test with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class RedisServer:
+    """A redis-server of our own, optionally persistent (AOF) so it can be restarted with its data."""
+
+    def __init__(self, workdir: Path, *, appendonly: bool = False) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
+        self.binary = binary
+        self.port = free_port()
+        self.dir = workdir
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.appendonly = appendonly
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--dir",
+            str(self.dir),
+            "--maxmemory-policy",
+            "noeviction",
+            "--logfile",
+            str(self.dir / "redis.log"),
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+
+        def up() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
+
+        wait_until(up, 10, "redis-server to answer")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port)
+
+
+class Worker:
+    """A real ``celery worker`` process of hcloud-flow, configured through its environment."""
+
+    def __init__(self, name: str, env: dict[str, str], logdir: Path, *, concurrency: int = 4) -> None:
+        self.name = name
+        self.env = env
+        self.log = logdir / f"worker-{name}.log"
+        self.concurrency = concurrency
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        args = [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.app",
+            "worker",
+            "--pool",
+            "threads",
+            "--concurrency",
+            str(self.concurrency),
+            "--hostname",
+            f"{self.name}@%h",
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "-Q",
+            "hcloud_flow",
+        ]
+        with open(self.log, "ab") as out:
+            out.write(b"\n==== start ====\n")
+            self.proc = subprocess.Popen(args, env=self.env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        wait_until(
+            lambda: b"ready." in self.log.read_bytes().rsplit(b"==== start ====", 1)[-1] or self._died(),
+            60,
+            f"worker {self.name} to be ready",
+        )
+        if self._died():
+            raise AssertionError(f"worker {self.name} died at start:\n{self.log.read_text()[-3000:]}")
+
+    def _died(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no acknowledgements, no re-queue of its messages."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def worker_env(redis_url: str, api_url: str, **extra: str) -> dict[str, str]:
+    """Return the environment of a test worker: fast polls, short grace, a small visibility timeout."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HCLOUD", "CELERY"))}
+    env.update(
+        HCLOUD_TOKEN=TOKEN,
+        HCLOUD_ENDPOINT=api_url,
+        HCLOUD_FLOW_REDIS_URL=redis_url,
+        HCLOUD_FLOW_POLL_FIRST="0.2",
+        HCLOUD_FLOW_POLL_CAP="0.5",
+        HCLOUD_FLOW_SHUTDOWN_GRACE="1.5",
+        HCLOUD_FLOW_VISIBILITY_TIMEOUT="30",
+        HCLOUD_FLOW_RETRY_BASE="0.1",
+        HCLOUD_FLOW_REQUEST_TIMEOUT="5",
+        PYTHONPATH=str(ROOT),
+    )
+    env.update(extra)
+    return env
+
+
+class Control:
+    """fakecloud's test controls (outside /v1) over HTTP."""
+
+    def __init__(self, control_url: str) -> None:
+        self.url = control_url.rstrip("/")
+        self.http = requests.Session()
+
+    def get(self, path: str, **params: Any) -> Any:
+        r = self.http.get(self.url + path, params=params, timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def send(self, method: str, path: str, body: Any = None) -> Any:
+        r = self.http.request(method, self.url + path, json=body, timeout=10)
+        r.raise_for_status()
+        return r.json() if r.content else None
+
+    def requests_log(self) -> list[dict[str, Any]]:
+        return list(self.get("/requests", since=0)["requests"])
+
+    def posts(self, server_id: int | None = None, command: str | None = None) -> list[dict[str, Any]]:
+        """Return the successful action POSTs in the request log, optionally of one server and command."""
+        return [
+            r
+            for r in self.requests_log()
+            if r["method"] == "POST"
+            and r["status"] == 201
+            and (server_id is None or r["server_id"] == server_id)
+            and (command is None or r["route"].endswith("/" + command))
+        ]
+
+
+class Api:
+    """A plain requests client of the public API, as a test's own eyes on fakecloud's state."""
+
+    def __init__(self, base_url: str, token: str = TOKEN) -> None:
+        self.url = base_url.rstrip("/")
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"Bearer {token}"
+
+    def get(self, path: str, **params: Any) -> Any:
+        r = self.http.get(self.url + path, params=params, timeout=10)
+        r.raise_for_status()
+        return r.json()
+
+    def post(self, path: str, body: Any = None) -> requests.Response:
+        return self.http.post(self.url + path, json=body, timeout=10)
+
+    def server(self, server_id: int) -> dict[str, Any]:
+        return dict(self.get(f"/servers/{server_id}")["server"])
+
+    def server_ids(self) -> list[int]:
+        ids: list[int] = []
+        page: int | None = 1
+        while page:
+            body = self.get("/servers", page=page, per_page=50)
+            ids += [s["id"] for s in body["servers"]]
+            page = body["meta"]["pagination"]["next_page"]
+        return ids

@@ -1,0 +1,136 @@
+"""The client's seam with a scripted transport: headers, error parsing, retry bounds, batching."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import requests
+
+from workers.client import HcloudClient
+from workers.errors import APIError, TransportError
+from workers.retry_policy import RetryPolicy
+
+
+class ScriptedSession(requests.Session):
+    """Answers requests from a list of (status, body) pairs and records what was asked."""
+
+    def __init__(self, answers: list[tuple[int, Any]]) -> None:
+        super().__init__()
+        self.answers = list(answers)
+        self.calls: list[dict[str, Any]] = []
+
+    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        self.calls.append({"method": method, "url": url, "headers": dict(self.headers), **kwargs})
+        status, body = self.answers.pop(0)
+        if isinstance(body, Exception):
+            raise body
+        resp = requests.Response()
+        resp.status_code = status
+        resp.reason = "Bad Gateway" if status == 502 else "x"
+        resp.headers["X-Correlation-Id"] = "corr-1"
+        resp._content = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        return resp
+
+
+def client(answers: list[tuple[int, Any]]) -> tuple[HcloudClient, ScriptedSession, list[float]]:
+    session = ScriptedSession(answers)
+    sleeps: list[float] = []
+    c = HcloudClient(
+        "secret-token",
+        base_url="http://api.test/v1",
+        session=session,
+        sleep=sleeps.append,
+        policy=RetryPolicy(attempts=4, base=0.5, cap=2.0, max_total=60.0),
+    )
+    return c, session, sleeps
+
+
+def err(code: str, message: str = "m") -> dict[str, Any]:
+    return {"error": {"code": code, "message": message, "details": None}}
+
+
+ACTION = {"action": {"id": 1, "command": "start_server", "status": "running", "progress": 0}}
+
+
+def test_auth_user_agent_and_no_token_in_repr() -> None:
+    c, session, _ = client([(201, ACTION)])
+    c.power_on(42)
+    call = session.calls[0]
+    assert call["method"] == "POST" and call["url"] == "http://api.test/v1/servers/42/actions/poweron"
+    assert call["headers"]["Authorization"] == "Bearer secret-token"
+    assert call["headers"]["User-Agent"].startswith("hcloud-flow/")
+    assert "json" not in call, "actions without parameters send no body, as the official clients do"
+    assert call["timeout"] == (5.0, 30.0)
+    assert "secret-token" not in repr(c)
+
+
+def test_error_body_becomes_api_error_with_correlation_id() -> None:
+    c, _, _ = client(
+        [(422, {"error": {"code": "invalid_input", "message": "bad", "details": {"fields": []}}})]
+    )
+    with pytest.raises(APIError) as info:
+        c.rebuild(1, image="nope")
+    e = info.value
+    assert (e.code, e.status, e.correlation_id, e.details) == ("invalid_input", 422, "corr-1", {"fields": []})
+    assert "invalid_input" in str(e) and "corr-1" in str(e)
+
+
+def test_html_gateway_answer_falls_back_to_status_and_get_is_retried() -> None:
+    c, session, sleeps = client([(502, "<html>bad gateway</html>"), (200, {"server": {"id": 1}})])
+    assert c.get_server(1) == {"id": 1}
+    assert len(session.calls) == 2 and len(sleeps) == 1
+
+
+def test_conflict_post_is_retried_but_gateway_timeout_post_is_not() -> None:
+    c, session, _ = client([(409, err("conflict")), (201, ACTION)])
+    assert c.power_on(1)["action"]["id"] == 1
+    assert len(session.calls) == 2
+    c, session, _ = client([(504, err("timeout")), (201, ACTION)])
+    with pytest.raises(APIError) as info:
+        c.power_on(1)
+    assert info.value.code == "timeout" and len(session.calls) == 1
+
+
+def test_retries_are_bounded() -> None:
+    c, session, sleeps = client([(409, err("conflict"))] * 10)
+    with pytest.raises(APIError):
+        c.power_off(1)
+    assert len(session.calls) == 4 and len(sleeps) == 3
+    assert all(0.5 <= s <= 2.0 for s in sleeps)
+
+
+def test_fail_fast_codes_are_not_retried() -> None:
+    for code, status in (("locked", 423), ("protected", 423), ("not_found", 404), ("unauthorized", 401)):
+        c, session, _ = client([(status, err(code)), (201, ACTION)])
+        with pytest.raises(APIError):
+            c.reset(1)
+        assert len(session.calls) == 1
+
+
+def test_read_timeout_on_post_is_reported_not_resent() -> None:
+    c, session, _ = client([(0, requests.ReadTimeout("slow")), (201, ACTION)])
+    with pytest.raises(TransportError):
+        c.shutdown(1)
+    assert len(session.calls) == 1
+
+
+def test_get_actions_splits_ids_into_batches_of_25() -> None:
+    answers = [
+        (200, {"actions": [{"id": i} for i in range(1, 26)]}),
+        (200, {"actions": [{"id": i} for i in range(26, 31)]}),
+    ]
+    c, session, _ = client(answers)
+    got = c.get_actions(list(range(30, 0, -1)))
+    assert len(got) == 30
+    assert [len(call["params"]) for call in session.calls] == [25, 5]
+    assert session.calls[0]["params"][0] == ("id", 1)
+
+
+def test_pagination_is_followed() -> None:
+    page = {"servers": [{"id": 1}], "meta": {"pagination": {"next_page": 2}}}
+    last = {"servers": [{"id": 2}], "meta": {"pagination": {"next_page": None}}}
+    c, session, _ = client([(200, page), (200, last)])
+    assert [s["id"] for s in c.list_servers(label_selector="env=prod")] == [1, 2]
+    assert ("label_selector", "env=prod") in session.calls[0]["params"]

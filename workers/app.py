@@ -1,0 +1,64 @@
+"""The Celery app: settings from celeryconfig, the action tasks, and the monitor thread in each worker."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from celery import Celery
+from celery.signals import worker_ready, worker_shutdown
+
+import celeryconfig
+
+from .continuation import CeleryDispatcher
+from .engine import Engine
+from .monitor import Monitor
+from .runtime import engine_for
+
+__all__ = ["app", "engine", "start_monitor", "stop_monitor"]
+
+log = logging.getLogger(__name__)
+
+app = Celery("hcloud_flow", include=["workers.tasks"])
+app.config_from_object(celeryconfig)
+
+_stop = threading.Event()
+_thread: threading.Thread | None = None
+
+
+def engine() -> Engine:
+    """Return this process's Engine (client, ledger, waits), built from celeryconfig on first use."""
+    return engine_for(app, celeryconfig.api_token, celeryconfig.secret_key)
+
+
+def start_monitor() -> None:
+    """Start the monitor thread of this worker process (every worker runs one; a lock takes turns)."""
+    global _thread
+    if _thread is not None or not app.conf.hcloud_flow.get("monitor", True):
+        return
+    _stop.clear()
+    monitor = Monitor(engine(), CeleryDispatcher(app))
+    _thread = threading.Thread(
+        target=monitor.run_forever, args=(_stop,), name="hcloud-flow-monitor", daemon=True
+    )
+    _thread.start()
+    log.info("hcloud-flow monitor started")
+
+
+def stop_monitor() -> None:
+    """Stop the monitor thread and wait for its round to end."""
+    global _thread
+    _stop.set()
+    if _thread is not None:
+        _thread.join(timeout=30)
+        _thread = None
+
+
+@worker_ready.connect
+def _on_worker_ready(**_: object) -> None:
+    start_monitor()
+
+
+@worker_shutdown.connect
+def _on_worker_shutdown(**_: object) -> None:
+    stop_monitor()

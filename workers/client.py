@@ -1,0 +1,306 @@
+"""The Hetzner Cloud API client: one ``request()`` seam, resource methods named after the API's verbs.
+
+``request()`` adds the token, timeouts, the shared rate budget, error parsing and the bounded retry loop;
+nothing else in hcloud-flow touches ``requests``. Results are the API's own JSON dicts: they cross Celery
+as they are, and tests feed raw API JSON.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import requests
+from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
+
+from . import __version__
+from .errors import APIError, TransportError
+from .rate_budget import Priority, RateBudget
+from .retry_policy import RetryPolicy, should_retry
+
+__all__ = ["DEFAULT_BASE_URL", "MAX_IDS_PER_ACTIONS_GET", "HcloudClient"]
+
+DEFAULT_BASE_URL = "https://api.hetzner.cloud/v1"
+# hcloud-go's finding: GET /actions answers at most 25 ids, extra ids "might not be returned at all".
+MAX_IDS_PER_ACTIONS_GET = 25
+MAX_PER_PAGE = 50
+
+
+class HcloudClient:
+    """Talk to the API (or fakecloud) with one token; safe to share between threads of one process."""
+
+    def __init__(
+        self,
+        token: str,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        timeout: tuple[float, float] = (5.0, 30.0),
+        budget: RateBudget | None = None,
+        priority: Priority = "interactive",
+        policy: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen dataclass, shared safely
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        application: str | None = None,
+        on_response: Callable[[str, str, int], None] | None = None,
+    ) -> None:
+        if not token:
+            raise ValueError("an API token is required (set HCLOUD_TOKEN)")
+        self.base_url = base_url.rstrip("/")
+        self.timeout = timeout
+        self.budget = budget
+        self.priority: Priority = priority
+        self.policy = policy
+        self._sleep = sleep
+        self._clock = clock
+        self._rnd = random.Random()
+        self._on_response = on_response
+        self.session = session or requests.Session()
+        agent = f"hcloud-flow/{__version__} python-requests/{requests.__version__}"
+        self.session.headers.update(
+            {
+                "Authorization": f"Bearer {token}",
+                "Accept": "application/json",
+                "User-Agent": f"{application} {agent}" if application else agent,
+            }
+        )
+
+    def __repr__(self) -> str:  # the token must never reach a log line through a repr
+        return f"HcloudClient(base_url={self.base_url!r})"
+
+    # -- the seam -------------------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | list[tuple[str, Any]] | None = None,
+        json: Any = None,
+        idempotent: bool | None = None,
+    ) -> dict[str, Any]:
+        """Send one API request with bounded retries and return its decoded JSON body.
+
+        A POST is retried only when the API certainly did not act on it (see ``retry_policy``); after an
+        ambiguous failure the caller must look for the action it may have started before sending again.
+        """
+        if idempotent is None:
+            idempotent = method.upper() == "GET"
+
+        def wait(state: RetryCallState) -> float:
+            return self.policy.backoff(state.attempt_number, self._rnd)
+
+        retrying = Retrying(
+            stop=stop_after_attempt(self.policy.attempts) | stop_after_delay(self.policy.max_total),
+            wait=wait,
+            retry=retry_if_exception(lambda exc: should_retry(exc, idempotent=idempotent)),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        try:
+            return retrying(self._send_once, method, path, params, json)
+        except requests.RequestException as exc:
+            raise TransportError(f"{type(exc).__name__}: {exc}", method, path) from exc
+
+    def _send_once(self, method: str, path: str, params: Any, body: Any) -> dict[str, Any]:
+        if self.budget is not None:
+            self.budget.take(self.priority)  # RateBudgetExhausted goes to the caller, unretried
+        kwargs: dict[str, Any] = {"params": params, "timeout": self.timeout}
+        if body is not None:
+            kwargs["json"] = body
+        response = self.session.request(method, self.base_url + path, **kwargs)
+        if self.budget is not None:
+            self.budget.observe(response.headers)
+        if self._on_response is not None:
+            self._on_response(method, path, response.status_code)
+        if response.status_code >= 400:
+            raise _error_from(response, method, path)
+        if not response.content:
+            return {}
+        return response.json()
+
+    # -- servers --------------------------------------------------------------------------------------
+
+    def get_server(self, server_id: int) -> dict[str, Any]:
+        """Return one server object."""
+        return self.request("GET", f"/servers/{int(server_id)}")["server"]
+
+    def list_servers(
+        self, *, label_selector: str | None = None, name: str | None = None, status: list[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Return every server matching the filters, following pagination."""
+        params: list[tuple[str, Any]] = []
+        if label_selector:
+            params.append(("label_selector", label_selector))
+        if name:
+            params.append(("name", name))
+        params += [("status", s) for s in status or []]
+        return list(self._pages("/servers", "servers", params))
+
+    def iter_server_pages(
+        self, params: list[tuple[str, Any]] | None = None
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Yield the server list page by page, so a caller can stop once it has what it needs."""
+        yield from self._page_lists("/servers", "servers", params or [])
+
+    def _pages(self, path: str, key: str, params: list[tuple[str, Any]]) -> Iterator[dict[str, Any]]:
+        for page in self._page_lists(path, key, params):
+            yield from page
+
+    def _page_lists(
+        self, path: str, key: str, params: list[tuple[str, Any]]
+    ) -> Iterator[list[dict[str, Any]]]:
+        page: int | None = 1
+        while page:
+            body = self.request("GET", path, params=[*params, ("page", page), ("per_page", MAX_PER_PAGE)])
+            yield body.get(key, [])
+            pagination = (body.get("meta") or {}).get("pagination") or {}
+            page = pagination.get("next_page")
+
+    # -- the ten server actions -------------------------------------------------------------------------
+
+    def server_action(self, server_id: int, name: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """POST one server action; return the whole answer (``action`` plus ``root_password``/``image``)."""
+        return self.request("POST", f"/servers/{int(server_id)}/actions/{name}", json=body)
+
+    def power_on(self, server_id: int) -> dict[str, Any]:
+        """Start the server (``poweron``)."""
+        return self.server_action(server_id, "poweron")
+
+    def power_off(self, server_id: int) -> dict[str, Any]:
+        """Cut the server's power at once (``poweroff``)."""
+        return self.server_action(server_id, "poweroff")
+
+    def reboot(self, server_id: int) -> dict[str, Any]:
+        """Ask the guest to reboot by ACPI (``reboot``)."""
+        return self.server_action(server_id, "reboot")
+
+    def reset(self, server_id: int) -> dict[str, Any]:
+        """Cut power and start again (``reset``)."""
+        return self.server_action(server_id, "reset")
+
+    def shutdown(self, server_id: int) -> dict[str, Any]:
+        """Ask the guest to shut down by ACPI (``shutdown``); success means only that the signal went out."""
+        return self.server_action(server_id, "shutdown")
+
+    def reset_password(self, server_id: int) -> dict[str, Any]:
+        """Reset the root password; the answer carries ``root_password``."""
+        return self.server_action(server_id, "reset_password")
+
+    def enable_rescue(
+        self, server_id: int, *, type: str | None = None, ssh_keys: list[int] | None = None
+    ) -> dict[str, Any]:
+        """Boot into the rescue system at the next boot; the answer carries ``root_password``."""
+        body: dict[str, Any] = {"type": type or "linux64"}
+        if ssh_keys:
+            body["ssh_keys"] = [int(k) for k in ssh_keys]
+        return self.server_action(server_id, "enable_rescue", body)
+
+    def disable_rescue(self, server_id: int) -> dict[str, Any]:
+        """Boot from disk again at the next boot."""
+        return self.server_action(server_id, "disable_rescue")
+
+    def create_image(
+        self,
+        server_id: int,
+        *,
+        description: str | None = None,
+        type: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Copy the server's disk into a new image; the answer carries ``image`` (status ``creating``)."""
+        body: dict[str, Any] = {}
+        if description is not None:
+            body["description"] = description
+        if type is not None:
+            body["type"] = type
+        if labels:
+            body["labels"] = labels
+        return self.server_action(server_id, "create_image", body or None)
+
+    def rebuild(self, server_id: int, *, image: int | str, user_data: str | None = None) -> dict[str, Any]:
+        """Overwrite the disk from an image (id or system name); the answer carries ``root_password``."""
+        body: dict[str, Any] = {"image": image}
+        if user_data is not None:
+            body["user_data"] = user_data
+        return self.server_action(server_id, "rebuild", body)
+
+    # -- actions --------------------------------------------------------------------------------------
+
+    def get_action(self, action_id: int) -> dict[str, Any]:
+        """Return one action."""
+        return self.request("GET", f"/actions/{int(action_id)}")["action"]
+
+    def get_actions(self, action_ids: list[int]) -> list[dict[str, Any]]:
+        """Return the given actions, 25 ids a request; ids the API does not know are left out."""
+        found: list[dict[str, Any]] = []
+        ids = sorted({int(i) for i in action_ids})
+        for start in range(0, len(ids), MAX_IDS_PER_ACTIONS_GET):
+            chunk = ids[start : start + MAX_IDS_PER_ACTIONS_GET]
+            body = self.request("GET", "/actions", params=[("id", i) for i in chunk])
+            found += body.get("actions", [])
+        return found
+
+    def list_server_actions(
+        self, server_id: int, *, status: list[str] | None = None, sort: str = "id:desc", pages: int = 1
+    ) -> list[dict[str, Any]]:
+        """Return the server's actions, newest first by default, from at most ``pages`` pages."""
+        params: list[tuple[str, Any]] = [("sort", sort)] + [("status", s) for s in status or []]
+        out: list[dict[str, Any]] = []
+        for n, page in enumerate(self._page_lists(f"/servers/{int(server_id)}/actions", "actions", params)):
+            out += page
+            if n + 1 >= pages:
+                break
+        return out
+
+    # -- images and ssh keys --------------------------------------------------------------------------
+
+    def get_image(self, image_id: int) -> dict[str, Any]:
+        """Return one image."""
+        return self.request("GET", f"/images/{int(image_id)}")["image"]
+
+    def list_images(
+        self,
+        *,
+        type: str | None = None,
+        status: str | None = None,
+        name: str | None = None,
+        label_selector: str | None = None,
+        sort: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Return every image matching the filters, following pagination."""
+        return list(
+            self._pages("/images", "images", self._image_params(type, status, name, label_selector, sort))
+        )
+
+    def iter_image_pages(
+        self, *, type: str | None = None, sort: str | None = None
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Yield the image list page by page, so a caller can stop once it has what it needs."""
+        yield from self._page_lists("/images", "images", self._image_params(type, None, None, None, sort))
+
+    @staticmethod
+    def _image_params(*values: str | None) -> list[tuple[str, Any]]:
+        names = ("type", "status", "name", "label_selector", "sort")
+        return [(k, v) for k, v in zip(names, values, strict=True) if v]
+
+    def get_ssh_key(self, key_id: int) -> dict[str, Any]:
+        """Return one ssh key."""
+        return self.request("GET", f"/ssh_keys/{int(key_id)}")["ssh_key"]
+
+    def list_ssh_keys(self, *, name: str | None = None) -> list[dict[str, Any]]:
+        """Return the project's ssh keys, optionally only the one with this name."""
+        return list(self._pages("/ssh_keys", "ssh_keys", [("name", name)] if name else []))
+
+
+def _error_from(response: requests.Response, method: str, path: str) -> APIError:
+    """Turn an error answer into APIError; gateways answer HTML, so fall back to the status."""
+    correlation = response.headers.get("X-Correlation-Id")
+    try:
+        error = response.json()["error"]
+        code, message, details = str(error["code"]), str(error.get("message", "")), error.get("details")
+    except (ValueError, KeyError, TypeError):
+        code, message, details = f"http_{response.status_code}", response.reason or "error", None
+    return APIError(code, message, response.status_code, details, correlation, method, path)

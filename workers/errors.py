@@ -1,0 +1,185 @@
+"""Every error hcloud-flow raises, under one root.
+
+    HcloudFlowError                   root: catch this to catch everything of ours
+    ├── APIError                      the API answered with an error (code, message, status, correlation id)
+    ├── TransportError                no usable answer: connection refused, reset, read timeout
+    ├── ActionFailed                  an action ended with status "error"
+    ├── WaitTimeout                   a wait passed its deadline before the action or state was reached
+    ├── BadInput                      a request was refused before anything was enqueued or sent
+    ├── Blocked                       423 locked: another action runs on the server (the step waits for it)
+    ├── StepInProgress                another delivery of the same step is posting right now
+    ├── ServerBusy                    another run holds the server's lock
+    ├── RunCancelled                  the run was cancelled before this step
+    ├── RateBudgetExhausted           the shared request budget is empty for longer than the caller waits
+    └── SecretError                   a sealed secret cannot be opened (no key, wrong key)
+
+Errors cross Celery's JSON result backend, which rebuilds them from ``type(exc)(*exc.args)``. So every
+constructor takes plain JSON values in a fixed positional order and passes them all to ``super().__init__``;
+no live objects (responses, sessions) are kept on them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "APIError",
+    "ActionFailed",
+    "BadInput",
+    "Blocked",
+    "HcloudFlowError",
+    "RateBudgetExhausted",
+    "RunCancelled",
+    "SecretError",
+    "ServerBusy",
+    "StepInProgress",
+    "TransportError",
+    "WaitTimeout",
+]
+
+
+class HcloudFlowError(Exception):
+    """Raised for anything hcloud-flow itself reports; the root of the tree above."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else self.__class__.__name__
+
+
+class APIError(HcloudFlowError):
+    """Raised when the API answers with an error body or an error status.
+
+    ``code`` is the API's ``error.code`` (or ``http_<status>`` for a body that is not the API's JSON, like a
+    gateway's HTML page); retry decisions key on it, never on the HTTP status alone.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        status: int | None = None,
+        details: Any = None,
+        correlation_id: str | None = None,
+        method: str | None = None,
+        path: str | None = None,
+    ) -> None:
+        super().__init__(code, message, status, details, correlation_id, method, path)
+        self.code = code
+        self.message = message
+        self.status = status
+        self.details = details
+        self.correlation_id = correlation_id
+        self.method = method
+        self.path = path
+
+    def __str__(self) -> str:
+        where = f"{self.method} {self.path}: " if self.method else ""
+        corr = f", correlation id {self.correlation_id}" if self.correlation_id else ""
+        return f"{where}{self.message} ({self.code}, HTTP {self.status}{corr})"
+
+
+class TransportError(HcloudFlowError):
+    """Raised when no answer could be read from the API (after the bounded retries)."""
+
+    def __init__(self, message: str, method: str | None = None, path: str | None = None) -> None:
+        super().__init__(message, method, path)
+        self.message, self.method, self.path = message, method, path
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}: {self.message}" if self.method else self.message
+
+
+class ActionFailed(HcloudFlowError):
+    """Raised when an action ends with status ``error``; names everything a support ticket needs."""
+
+    def __init__(self, server_id: int, step: str, action_id: int, code: str, message: str) -> None:
+        super().__init__(server_id, step, action_id, code, message)
+        self.server_id, self.step, self.action_id = server_id, step, action_id
+        self.code, self.message = code, message
+
+    def __str__(self) -> str:
+        return (
+            f"server {self.server_id}, step {self.step}: action {self.action_id} failed: "
+            f"{self.message} ({self.code})"
+        )
+
+
+class WaitTimeout(HcloudFlowError):
+    """Raised when a wait passes its deadline; the action (if any) may still be running at the API."""
+
+    def __init__(
+        self, server_id: int, step: str, action_id: int | None, waited_for: str, seconds: float
+    ) -> None:
+        super().__init__(server_id, step, action_id, waited_for, seconds)
+        self.server_id, self.step, self.action_id = server_id, step, action_id
+        self.waited_for, self.seconds = waited_for, seconds
+
+    def __str__(self) -> str:
+        action = f" (action {self.action_id})" if self.action_id else ""
+        return (
+            f"server {self.server_id}, step {self.step}{action}: gave up waiting for {self.waited_for} "
+            f"after {self.seconds:.0f} s"
+        )
+
+
+class BadInput(HcloudFlowError):
+    """Raised when input is refused before anything is enqueued; the message says what to fix."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message, field)
+        self.message, self.field = message, field
+
+
+class ServerBusy(HcloudFlowError):
+    """Raised when a server is already held by another run."""
+
+    def __init__(self, server_id: int, run_id: str) -> None:
+        super().__init__(server_id, run_id)
+        self.server_id, self.run_id = server_id, run_id
+
+    def __str__(self) -> str:
+        return f"server {self.server_id} is busy with run {self.run_id}; wait for it, or submit with --queue"
+
+
+class RunCancelled(HcloudFlowError):
+    """Raised when a step finds its run cancelled and stops the chain there."""
+
+    def __init__(self, run_id: str, step: str) -> None:
+        super().__init__(run_id, step)
+        self.run_id, self.step = run_id, step
+
+    def __str__(self) -> str:
+        return f"run {self.run_id} was cancelled before step {self.step}"
+
+
+class RateBudgetExhausted(HcloudFlowError):
+    """Raised when a request would wait longer for the shared budget than its caller allows."""
+
+    def __init__(self, wait: float) -> None:
+        super().__init__(wait)
+        self.wait = wait
+
+    def __str__(self) -> str:
+        return f"the project's API budget is empty for another {self.wait:.1f} s"
+
+
+class SecretError(HcloudFlowError):
+    """Raised when a sealed secret cannot be opened with the configured key."""
+
+
+class Blocked(HcloudFlowError):
+    """Raised when the API answered 423 locked: another action runs on the server."""
+
+    def __init__(self, server_id: int, action_id: int | None) -> None:
+        super().__init__(server_id, action_id)
+        self.server_id, self.action_id = server_id, action_id
+
+    def __str__(self) -> str:
+        return f"server {self.server_id} is locked by running action {self.action_id}"
+
+
+class StepInProgress(HcloudFlowError):
+    """Raised when another delivery of the same step holds its claim right now."""
+
+    def __init__(self, step_key: str) -> None:
+        super().__init__(step_key)
+        self.step_key = step_key

@@ -1,0 +1,108 @@
+"""The step ledger: which action each step started, written before the step's message is acknowledged.
+
+Delivery is at least once, so a step may run again after a crash, or twice at the same moment after the
+monitor re-dispatched it. The ledger makes that harmless: a step that finds its action recorded re-attaches
+to it; a step whose earlier attempt died mid-POST (a ``posting_since`` stamp and no action id) looks for
+the action it may have started before it sends anything; a claim with a TTL keeps two live deliveries
+from posting at once.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+__all__ = ["Ledger", "StepRecord"]
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@dataclass
+class StepRecord:
+    """What the ledger knows about one step."""
+
+    action_id: int | None = None
+    posting_since: float | None = None
+    outputs: dict[str, Any] | None = None
+    status: str | None = None
+    progress: int = 0
+    locked_tries: int = 0
+
+
+class Ledger:
+    """Step records in Redis, keyed by the step's Celery task id."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str = "hf", retention: float = 7 * 86400) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.retention = int(retention)
+        self._release = client.register_script(_RELEASE)
+        self._renew = client.register_script(_RENEW)
+
+    def _key(self, step_key: str) -> str:
+        return f"{self.prefix}:step:{step_key}"
+
+    def get(self, step_key: str) -> StepRecord:
+        """Return the step's record (empty when the step never ran)."""
+        raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(self._key(step_key)).items()}
+        return StepRecord(
+            action_id=int(raw["action_id"]) if raw.get("action_id") else None,
+            posting_since=float(raw["posting_since"]) if raw.get("posting_since") else None,
+            outputs=json.loads(raw["outputs"]) if raw.get("outputs") else None,
+            status=raw.get("status"),
+            progress=int(raw.get("progress") or 0),
+            locked_tries=int(raw.get("locked_tries") or 0),
+        )
+
+    def claim(self, step_key: str, ttl: float) -> str | None:
+        """Take the right to POST for this step; return the claim token, or None if another holds it."""
+        token = uuid.uuid4().hex
+        ok = self.redis.set(f"{self._key(step_key)}:claim", token, nx=True, px=int(ttl * 1000))
+        return token if ok else None
+
+    def renew(self, step_key: str, token: str, ttl: float) -> None:
+        """Extend our claim before another attempt, so it lapses soon only if we die."""
+        self._renew(keys=[f"{self._key(step_key)}:claim"], args=[token, int(ttl * 1000)])
+
+    def release(self, step_key: str, token: str) -> None:
+        """Give the claim back, if it is still ours."""
+        self._release(keys=[f"{self._key(step_key)}:claim"], args=[token])
+
+    def mark_posting(self, step_key: str, now: float) -> None:
+        """Stamp the moment a POST is about to go out, unless an earlier attempt already did."""
+        key = self._key(step_key)
+        self.redis.hsetnx(key, "posting_since", repr(now))
+        self.redis.expire(key, self.retention)
+
+    def record_action(self, step_key: str, action_id: int, outputs: dict[str, Any], **fields: Any) -> None:
+        """Record the started action (and its sealed outputs) before the step is acknowledged."""
+        mapping = {"action_id": action_id, "outputs": json.dumps(outputs), "status": "running"}
+        mapping.update({k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in fields.items()})
+        key = self._key(step_key)
+        self.redis.hset(key, mapping=mapping)
+        self.redis.expire(key, self.retention)
+
+    def update(self, step_key: str, **fields: Any) -> None:
+        """Set display fields (status, progress) on a step record."""
+        key = self._key(step_key)
+        self.redis.hset(key, mapping={k: v for k, v in fields.items() if v is not None})
+        self.redis.expire(key, self.retention)
+
+    def forget_action(self, step_key: str) -> None:
+        """Clear the recorded action so the step starts afresh (after a locked wait, never after a POST)."""
+        self.redis.hdel(self._key(step_key), "action_id", "posting_since", "outputs")
+
+    def bump_locked(self, step_key: str) -> int:
+        """Count one more 423 locked for this step; return the count."""
+        return int(self.redis.hincrby(self._key(step_key), "locked_tries", 1))

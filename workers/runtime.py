@@ -1,0 +1,62 @@
+"""Build the process's Engine from the Celery app's settings, once, on first use."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from .client import HcloudClient
+from .engine import Cadence, Engine
+from .ledger import Ledger
+from .rate_budget import RateBudget, bucket_key
+from .retry_policy import RetryPolicy
+from .waits import WaitStore
+
+__all__ = ["build_engine", "engine_for"]
+
+_lock = threading.Lock()
+_engines: dict[int, Engine] = {}
+
+
+def build_engine(settings: dict[str, Any], *, redis_url: str, token: str, secret_key: str | None) -> Engine:
+    """Return an Engine wired from plain settings (the ``hcloud_flow`` dict of celeryconfig)."""
+    store = redis.Redis.from_url(redis_url)
+    budget = RateBudget(store, bucket_key(token), refill_per_second=float(settings.get("rate_refill", 0.0)))
+    policy = RetryPolicy(base=float(settings.get("retry_base", 1.0)))
+    client = HcloudClient(
+        token,
+        base_url=settings["endpoint"],
+        timeout=(5.0, float(settings.get("request_timeout", 30.0))),
+        budget=budget,
+        policy=policy,
+    )
+    retention = float(settings.get("retention", 7 * 86400))
+    return Engine(
+        client=client,
+        redis=store,
+        ledger=Ledger(store, retention=retention),
+        waits=WaitStore(store),
+        secret_key=secret_key,
+        cadence=Cadence(
+            first=float(settings.get("poll_first", 1.0)), cap=float(settings.get("poll_cap", 10.0))
+        ),
+        claim_ttl=float(settings.get("request_timeout", 30.0)) + 10.0,
+        shutdown_grace=float(settings.get("shutdown_grace", 60.0)),
+        deadlines=dict(settings.get("deadlines") or {}),
+        post_policy=policy,
+    )
+
+
+def engine_for(app: Any, token: Callable[[], str], secret_key: Callable[[], str | None]) -> Engine:
+    """Return this process's Engine for ``app``, building it on first use (after any fork)."""
+    with _lock:
+        engine = _engines.get(id(app))
+        if engine is None:
+            engine = build_engine(
+                app.conf.hcloud_flow, redis_url=app.conf.broker_url, token=token(), secret_key=secret_key()
+            )
+            _engines[id(app)] = engine
+        return engine

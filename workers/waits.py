@@ -1,0 +1,77 @@
+"""Parked waits: steps whose action (or target state) the monitor watches on their behalf.
+
+A wait is one JSON record plus its place in a sorted set scored by the time of its next poll. The record
+carries everything needed to continue the Celery chain without the task that parked it: the step's result
+so far and the request fields (chain, callbacks, errbacks, root and parent ids).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import redis
+
+__all__ = ["Phase", "WaitStore"]
+
+# "action": wait for the action to finish; "state": wait for the server or image to reach the target;
+# "blocked": the step met 423 locked and waits for the blocking action before it is sent again.
+Phase = Literal["action", "state", "blocked"]
+
+
+class WaitStore:
+    """All parked waits of the cluster, in Redis."""
+
+    def __init__(self, client: redis.Redis, *, prefix: str = "hf") -> None:
+        self.redis = client
+        self.index = f"{prefix}:waits"
+        self.prefix = f"{prefix}:wait:"
+
+    def park(self, wait: dict[str, Any]) -> None:
+        """Store a wait (new or changed) and schedule its next poll at ``wait['next']``."""
+        pipe = self.redis.pipeline()
+        pipe.set(self.prefix + wait["id"], json.dumps(wait))
+        pipe.zadd(self.index, {wait["id"]: float(wait["next"])})
+        pipe.execute()
+
+    save = park
+
+    def remove(self, wait_id: str) -> None:
+        """Forget a wait once its step has been continued or failed."""
+        pipe = self.redis.pipeline()
+        pipe.zrem(self.index, wait_id)
+        pipe.delete(self.prefix + wait_id)
+        pipe.execute()
+
+    def due(self, now: float, limit: int = 1000) -> list[str]:
+        """Return the ids of waits whose next poll is due, soonest first."""
+        return [i.decode() for i in self.redis.zrangebyscore(self.index, "-inf", now, start=0, num=limit)]
+
+    def upcoming(self, now: float, limit: int) -> list[str]:
+        """Return ids of waits not yet due, soonest first (to fill a batch request at no extra cost)."""
+        if limit <= 0:
+            return []
+        return [
+            i.decode() for i in self.redis.zrangebyscore(self.index, f"({now}", "+inf", start=0, num=limit)
+        ]
+
+    def next_due(self) -> float | None:
+        """Return the time of the soonest poll, or None when nothing waits."""
+        first = self.redis.zrange(self.index, 0, 0, withscores=True)
+        return float(first[0][1]) if first else None
+
+    def load(self, ids: list[str]) -> list[dict[str, Any]]:
+        """Return the records of these waits, skipping ones removed meanwhile."""
+        if not ids:
+            return []
+        raws = self.redis.mget([self.prefix + i for i in ids])
+        return [json.loads(r) for r in raws if r]
+
+    def get(self, wait_id: str) -> dict[str, Any] | None:
+        """Return one wait record."""
+        raw = self.redis.get(self.prefix + wait_id)
+        return json.loads(raw) if raw else None
+
+    def count(self) -> int:
+        """Return how many waits are parked."""
+        return int(self.redis.zcard(self.index))
