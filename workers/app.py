@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
+import redis
 from celery import Celery
 from celery.signals import worker_ready, worker_shutdown
 
@@ -13,16 +14,19 @@ import celeryconfig
 from .continuation import CeleryDispatcher
 from .engine import Engine
 from .monitor import Monitor
+from .run_store import RunStore
+from .runs import RunHooks
 from .runtime import engine_for
 
-__all__ = ["app", "engine", "start_monitor", "stop_monitor"]
+__all__ = ["app", "engine", "hooks", "run_store", "start_monitor", "stop_monitor"]
 
 log = logging.getLogger(__name__)
 
-app = Celery("hcloud_flow", include=["workers.tasks"])
+app = Celery("hcloud_flow", include=["workers.tasks", "workflows.tasks"])
 app.config_from_object(celeryconfig)
 
 _stop = threading.Event()
+_redis: redis.Redis | None = None
 _thread: threading.Thread | None = None
 
 
@@ -31,13 +35,26 @@ def engine() -> Engine:
     return engine_for(app, celeryconfig.api_token, celeryconfig.secret_key)
 
 
+def run_store() -> RunStore:
+    """Return a RunStore on the configured Redis; needs no API token (the CLI reads runs without one)."""
+    global _redis
+    if _redis is None:
+        _redis = redis.Redis.from_url(app.conf.broker_url)
+    return RunStore(_redis, retention=float(app.conf.hcloud_flow.get("retention", 7 * 86400)))
+
+
+def hooks() -> RunHooks:
+    """Return the run hooks that keep run records in step with their chains."""
+    return RunHooks(run_store(), app)
+
+
 def start_monitor() -> None:
     """Start the monitor thread of this worker process (every worker runs one; a lock takes turns)."""
     global _thread
     if _thread is not None or not app.conf.hcloud_flow.get("monitor", True):
         return
     _stop.clear()
-    monitor = Monitor(engine(), CeleryDispatcher(app))
+    monitor = Monitor(engine(), CeleryDispatcher(app, hooks()))
     _thread = threading.Thread(
         target=monitor.run_forever, args=(_stop,), name="hcloud-flow-monitor", daemon=True
     )

@@ -14,6 +14,7 @@ from celery import Celery, signature
 from celery.app.task import Context
 
 from .errors import HcloudFlowError
+from .runs import RunHooks
 
 __all__ = ["CeleryDispatcher", "request_fields"]
 
@@ -48,8 +49,9 @@ def request_fields(request: Any, name: str) -> dict[str, Any]:
 class CeleryDispatcher:
     """The monitor's Dispatcher over a Celery app."""
 
-    def __init__(self, app: Celery) -> None:
+    def __init__(self, app: Celery, hooks: RunHooks | None = None) -> None:
         self.app = app
+        self.hooks = hooks
 
     def _context(self, wait: dict[str, Any]) -> Context:
         fields = dict(wait["request"])
@@ -66,11 +68,16 @@ class CeleryDispatcher:
         if chain:
             nxt = signature(chain[-1], app=self.app)
             nxt.apply_async((result,), chain=chain[:-1], parent_id=req.id, root_id=root_id)
+        if self.hooks is not None and result.get("run_id"):
+            self.hooks.step_succeeded(result["run_id"], req.id, result, last=not chain)
 
     def fail(self, wait: dict[str, Any], exc: HcloudFlowError) -> None:
         """Store the failure on the step and on every step after it, and call the chain's errbacks."""
         req = self._context(wait)
         self.app.backend.mark_as_failure(req.id, exc, request=req)
+        run_id = (wait.get("result") or {}).get("run_id") or (req.kwargs or {}).get("run_id")
+        if self.hooks is not None and run_id:
+            self.hooks.step_failed(run_id, req.id, exc)
 
     def resend(self, wait: dict[str, Any]) -> None:
         """Send the step again under the same task id (after the action that blocked it ended)."""

@@ -16,6 +16,7 @@ from typing import Any
 import redis
 
 from .client import HcloudClient
+from .durations import Durations
 from .errors import APIError, Blocked, StepInProgress, TransportError
 from .ledger import Ledger
 from .retry_policy import RetryPolicy, is_ambiguous
@@ -64,6 +65,7 @@ class Engine:
     deadlines: dict[str, float] = field(default_factory=dict)
     max_locked_tries: int = 20
     post_policy: RetryPolicy = field(default_factory=RetryPolicy)
+    durations: Durations | None = None
 
     def deadline_for(self, action: ServerAction, override: float | None) -> float:
         """Return the seconds a step of this action may take: override, configured, or the table's."""

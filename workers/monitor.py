@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .client import MAX_IDS_PER_ACTIONS_GET
-from .engine import Engine, start_action
+from .engine import Engine, parse_time, start_action
 from .errors import ActionFailed, Blocked, HcloudFlowError, StepInProgress, WaitTimeout
 from .server_actions import ACTIONS
 
@@ -75,6 +75,11 @@ def new_wait(
 ) -> dict[str, Any]:
     """Return a wait record for a step whose action was just started (or found)."""
     now = engine.clock()
+    expected = engine.durations.expected(action.get("command")) if engine.durations else None
+    first = now + engine.cadence.interval(0)
+    if expected is not None and phase == "action":
+        # Poll right at the expected end: sooner news, and no more requests than a blind first poll.
+        first = now + max(0.2, expected - (now - (parse_time(action.get("started")) or now)))
     return {
         "id": wait_id,
         "step": step,
@@ -89,7 +94,9 @@ def new_wait(
         "polls": 0,
         "missing": 0,
         "progress": int(action.get("progress") or 0),
-        "next": now + engine.cadence.interval(0),
+        "next": first,
+        "expected": expected,
+        "late_polls": 0,
         "force": force,
         "grace": engine.shutdown_grace if grace is None else grace,
         "fallback_at": None,
@@ -232,6 +239,9 @@ class Monitor:
             )
         wait["progress"] = 100
         wait["result"]["finished"] = action.get("finished")
+        started, finished = parse_time(action.get("started")), parse_time(action.get("finished"))
+        if self.engine.durations is not None and started is not None and finished is not None:
+            self.engine.durations.observe(action.get("command"), finished - started)
         if not wait["target"]:
             self._succeed(wait, {}, report)
             return False
@@ -360,8 +370,17 @@ class Monitor:
         )
 
     def _reschedule(self, wait: dict[str, Any]) -> None:
+        now = self.engine.clock()
         wait["polls"] += 1
-        wait["next"] = self.engine.clock() + self.engine.cadence.interval(wait["polls"])
+        expected = wait.get("expected") if wait["phase"] == "action" else None
+        if expected is not None and now - wait["started"] < expected:
+            wait["next"] = wait["started"] + expected
+        elif expected is not None:
+            # Past the expected end: poll soon again, backing off from there.
+            wait["late_polls"] = wait.get("late_polls", 0) + 1
+            wait["next"] = now + self.engine.cadence.interval(wait["late_polls"] - 1)
+        else:
+            wait["next"] = now + self.engine.cadence.interval(wait["polls"])
         self.engine.waits.save(wait)
 
     def _succeed(self, wait: dict[str, Any], extra: dict[str, Any], report: RoundReport) -> None:

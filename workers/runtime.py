@@ -9,6 +9,7 @@ from typing import Any
 import redis
 
 from .client import HcloudClient
+from .durations import Durations
 from .engine import Cadence, Engine
 from .ledger import Ledger
 from .rate_budget import RateBudget, bucket_key
@@ -47,6 +48,7 @@ def build_engine(settings: dict[str, Any], *, redis_url: str, token: str, secret
         shutdown_grace=float(settings.get("shutdown_grace", 60.0)),
         deadlines=dict(settings.get("deadlines") or {}),
         post_policy=policy,
+        durations=Durations(store),
     )
 
 

@@ -120,7 +120,7 @@ ACTIONS: dict[str, ServerAction] = {
 }
 
 # Options every action task accepts besides the API parameters.
-STEP_OPTIONS = ("deadline", "wait_state", "force", "grace", "run_id", "step")
+STEP_OPTIONS = ("deadline", "wait_state", "force", "grace", "run_id", "step", "skip_if_status")
 MAX_USER_DATA = 32 * 1024
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore
 
-from .app import app, engine
+from .app import app, engine, hooks
 from .continuation import request_fields
 from .engine import Engine, start_action
 from .errors import (
@@ -70,9 +70,14 @@ def run_action(task: Task, action: ServerAction, target: Any, options: dict[str,
     server_id, previous = resolve_target(eng, target)
     run_id = step_opts.get("run_id") or (previous or {}).get("run_id")
     step = step_opts.get("step") or action.name
-    if run_id and eng.redis.exists(f"hf:run:{run_id}:cancel"):
-        raise RunCancelled(run_id, step)
     step_key = task.request.id
+    if run_id:
+        hooks().step_started(run_id, step_key)  # raises RunCancelled when the run was cancelled
+    skip = step_opts.get("skip_if_status")
+    if skip and eng.ledger.get(step_key).action_id is None:
+        status = eng.client.get_server(server_id)["status"]
+        if status == skip:
+            return _skipped(action, server_id, step, run_id, previous, status)
     try:
         act, outputs, attached = start_action(eng, action, server_id, params, step_key)
     except StepInProgress as exc:
@@ -123,6 +128,31 @@ def run_action(task: Task, action: ServerAction, target: Any, options: dict[str,
     raise Ignore()
 
 
+def _skipped(
+    action: ServerAction,
+    server_id: int,
+    step: str,
+    run_id: str | None,
+    previous: dict[str, Any] | None,
+    status: str,
+) -> dict[str, Any]:
+    history = [*(previous or {}).get("history", []), _summary(previous)] if previous else []
+    return {
+        "server_id": server_id,
+        "step": step,
+        "action": action.name,
+        "action_id": None,
+        "command": None,
+        "status": "success",
+        "skipped": True,
+        "server_status": status,
+        "outputs": {},
+        "attached": False,
+        "run_id": run_id,
+        "history": history,
+    }
+
+
 def _park_blocked(
     task: Task, eng: Engine, exc: Blocked, action: ServerAction, server_id: int, step: str, step_key: str
 ) -> dict[str, Any]:
@@ -147,15 +177,27 @@ def _park_blocked(
     raise Ignore()
 
 
+class ActionTask(Task):
+    """Base of the action tasks: a step that ends inside its task updates its run record here."""
+
+    def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
+        if isinstance(retval, dict) and retval.get("run_id"):
+            hooks().step_succeeded(retval["run_id"], task_id, retval, last=not self.request.chain)
+
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        run_id = (kwargs or {}).get("run_id")
+        if run_id:
+            hooks().step_failed(run_id, task_id, exc)
+
+
 def _make_task(action: ServerAction) -> Task:
     def run(self: Task, target: Any = None, **options: Any) -> dict[str, Any]:
         return run_action(self, action, target, options)
 
     run.__name__ = action.name
     run.__doc__ = action.summary
-    return app.task(bind=True, name=TASK_NAMES[action.name], throws=(BadInput, ActionFailed, RunCancelled))(
-        run
-    )
+    expected = (BadInput, ActionFailed, RunCancelled)
+    return app.task(bind=True, base=ActionTask, name=TASK_NAMES[action.name], throws=expected)(run)
 
 
 power_on = _make_task(ACTIONS["power_on"])

@@ -88,3 +88,34 @@ def test_conflict_reaches_the_client_as_its_retryable_code(
         assert info.value.code == "conflict"
     finally:
         cloud.backend.set_faults("none")
+
+
+def test_shutdown_reset_password_and_action_lookups(client: Client) -> None:
+    server = [s for s in client.servers.get_all(status=["running"]) if s.name not in ("srv-2", "srv-3")][-1]
+    assert client.servers.get_by_name(server.name).id == server.id
+
+    shutdown = server.shutdown()
+    assert shutdown.command == "shutdown_server"
+    shutdown.wait_until_finished()
+    server.reload()
+    assert server.status == "off"
+    server.power_on().wait_until_finished()
+
+    reset = server.reset_password()
+    assert reset.root_password and reset.action.command == "reset_password"
+    reset.action.wait_until_finished()
+    fetched = client.actions.get_by_id(reset.action.id)
+    assert (fetched.status, fetched.progress, fetched.error) == ("success", 100, None)
+    assert fetched.finished is not None and fetched.finished >= fetched.started
+
+    # client.servers.actions reads GET /servers/actions and GET /servers/actions/{id} (SPEC).
+    everything = client.servers.actions.get_all(status=["success"], sort=["id:desc"])
+    assert everything[0].id >= reset.action.id and {a.status for a in everything} == {"success"}
+    assert client.servers.actions.get_by_id(shutdown.id).command == "shutdown_server"
+
+
+def test_image_deprecation_reaches_the_client(client: Client) -> None:
+    old = client.images.get_by_name_and_architecture("ubuntu-20.04", "x86", include_deprecated=True)
+    assert old is not None and old.deprecation is not None
+    assert old.deprecation.unavailable_after > old.deprecation.announced
+    assert client.images.get_by_name_and_architecture("ubuntu-24.04", "x86").deprecation is None

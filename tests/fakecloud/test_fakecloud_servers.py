@@ -52,6 +52,7 @@ IMAGE_KEYS = {
     "rapid_deploy",
     "protection",
     "deprecated",
+    "deprecation",
     "deleted",
     "labels",
 }
@@ -208,6 +209,14 @@ def test_images_and_ssh_keys(api: Api) -> None:
         "images"
     ]
     assert with_old and with_old[0]["deprecated"] is not None
+    # Since 2026-09-08 the API says it in a deprecation object, the only field hcloud-python >= 2.24 reads.
+    deprecation = with_old[0]["deprecation"]
+    assert set(deprecation) == {"announced", "unavailable_after"}
+    assert deprecation["announced"] == with_old[0]["deprecated"]
+    assert datetime.fromisoformat(deprecation["unavailable_after"]) > datetime.fromisoformat(
+        deprecation["announced"]
+    )
+    assert all(i["deprecation"] is None for i in images)
     image = images[0]
     assert set(image) == IMAGE_KEYS
     assert api.get(f"/images/{image['id']}").json() == {"image": image}

@@ -1,0 +1,248 @@
+"""Every built-in workflow end to end, each refusal, queueing and cancel, checked against fakecloud."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from workers.errors import BadInput, ServerBusy
+from workers.run_store import RunStore
+from workflows.api import Runs
+
+from ..conftest import start_cloud
+from ..support import Api, Control, RedisServer, Worker, wait_until, worker_env
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cloud() -> Iterator[Any]:
+    c = start_cloud(servers=40, speed=20.0, seed=11)
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def worker(redis_server: RedisServer, cloud: Any, logdir: Path) -> Iterator[Worker]:
+    env = worker_env(
+        redis_server.url, cloud.base_url, HCLOUD_FLOW_RATE_REFILL="20", HCLOUD_FLOW_DEADLINES="shutdown=8"
+    )
+    w = Worker("workflows", env, logdir)
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="module")
+def runs(worker: Worker, celery_client: Celery, redis_server: RedisServer) -> Runs:
+    return Runs(celery_client, RunStore(redis_server.client()))
+
+
+@pytest.fixture(scope="module")
+def api(cloud: Any) -> Api:
+    return Api(cloud.base_url)
+
+
+@pytest.fixture(scope="module")
+def pool(api: Api) -> Iterator[int]:
+    return iter(api.server_ids())
+
+
+def take(pool: Iterator[int], control: Control, status: str = "running", **patch: Any) -> int:
+    sid = next(pool)
+    control.send("PATCH", f"/servers/{sid}", {"status": status, "acpi": True, **patch})
+    return sid
+
+
+def posted(control: Control, sid: int) -> list[str]:
+    return [p["route"].rsplit("/", 1)[-1] for p in control.posts(sid)]
+
+
+def run(runs: Runs, workflow: str, sid: int, **params: Any) -> dict[str, Any]:
+    run_id = runs.submit(workflow, server=sid, **params)
+    return runs.wait(run_id, timeout=90, poll=0.2)
+
+
+CASES = [
+    ("power-on", "off", {}, ["poweron"], "running"),
+    ("power-off", "running", {}, ["poweroff"], "off"),
+    ("shutdown", "running", {}, ["shutdown"], "off"),
+    ("reboot", "running", {}, ["reboot"], "running"),
+    ("reset", "running", {}, ["reset"], "running"),
+    (
+        "snapshot",
+        "running",
+        {"description": "nightly", "labels": {"kind": "nightly"}},
+        ["shutdown", "create_image", "poweron"],
+        "running",
+    ),
+    ("snapshot", "off", {}, ["create_image"], "off"),
+    ("rebuild", "running", {"image": "debian-12"}, ["shutdown", "create_image", "rebuild"], "running"),
+    (
+        "rebuild",
+        "running",
+        {"image": "ubuntu-24.04", "no_snapshot": True},
+        ["shutdown", "rebuild"],
+        "running",
+    ),
+    ("rescue", "running", {"ssh_keys": []}, ["enable_rescue", "reset"], "running"),
+    ("rescue", "off", {}, ["enable_rescue", "poweron"], "running"),
+    ("rescue-off", "running", {}, ["disable_rescue", "reboot"], "running"),
+    ("reset-password", "running", {}, ["reset_password"], "running"),
+]
+
+
+@pytest.mark.parametrize(
+    ("workflow", "before", "params", "posts", "after"), CASES, ids=[f"{c[0]}-from-{c[1]}" for c in CASES]
+)
+def test_workflow_end_to_end(
+    runs: Runs,
+    control: Control,
+    api: Api,
+    pool: Iterator[int],
+    workflow: str,
+    before: str,
+    params: dict[str, Any],
+    posts: list[str],
+    after: str,
+) -> None:
+    sid = take(pool, control, before)
+    images_before = {i["id"] for i in api.get("/images", type="snapshot")["images"]}
+    record = run(runs, workflow, sid, **params)
+    assert record["state"] == "succeeded", record.get("error")
+    assert posted(control, sid) == posts
+    assert api.server(sid)["status"] == after
+    assert all(step["status"] == "succeeded" for step in record["steps"])
+    assert all(step.get("action_id") or step.get("skipped") for step in record["steps"])
+    assert record["finished"] >= record["created"]
+    new_images = [i for i in api.get("/images", type="snapshot")["images"] if i["id"] not in images_before]
+    assert len(new_images) == posts.count("create_image")
+    assert all(i["status"] == "available" for i in new_images)
+    if workflow == "snapshot" and params.get("labels"):
+        assert new_images[0]["labels"]["kind"] == "nightly"
+    if workflow == "rebuild":
+        assert api.server(sid)["image"]["name"] == params["image"]
+    if workflow == "reset-password":
+        assert "notice" in record["steps"][0]["outputs"]["root_password"]
+
+
+def test_shutdown_without_force_fails_clearly_when_acpi_is_ignored(
+    runs: Runs, control: Control, pool: Iterator[int]
+) -> None:
+    sid = take(pool, control, "running", acpi=False)
+    record = run(runs, "shutdown", sid, no_force=True, grace=1)
+    assert record["state"] == "failed"
+    assert record["error"]["type"] == "WaitTimeout"
+    assert f"server {sid}" in record["error"]["message"] and "off" in record["error"]["message"]
+    assert posted(control, sid) == ["shutdown"], "no forced power off"
+
+
+def test_failed_action_fails_the_run_with_names(runs: Runs, control: Control, pool: Iterator[int]) -> None:
+    sid = take(pool, control, "running")
+    control.send(
+        "PATCH", f"/servers/{sid}", {"fail_next": {"command": "create_image", "code": "action_failed"}}
+    )
+    record = run(runs, "snapshot", sid)
+    assert record["state"] == "failed"
+    err = record["error"]
+    assert (err["type"], err["server_id"], err["step"], err["code"]) == (
+        "ActionFailed",
+        sid,
+        "create_image",
+        "action_failed",
+    )
+    assert err["action_id"]
+    assert posted(control, sid) == ["shutdown", "create_image"]
+    assert [s["status"] for s in record["steps"]] == ["succeeded", "failed", "pending"]
+
+
+REFUSALS = [
+    ("no-such-workflow", "srv", {}, "unknown workflow"),
+    ("power-on", 999999, {}, "no server with id 999999"),
+    ("power-on", "nope-server", {}, "no server named"),
+    ("rebuild", "srv", {"image": "no-such-image"}, "no system image named"),
+    ("rebuild", "srv", {"image": 987654}, "no image with id 987654"),
+    ("rebuild", "srv", {}, "needs image"),
+    ("rebuild", "protected", {"image": "ubuntu-24.04"}, "protected against rebuild"),
+    ("snapshot", "srv", {"grace": "soon"}, "grace must be"),
+    ("snapshot", "srv", {"colour": "red"}, "does not take colour"),
+    ("snapshot", "srv", {"labels": {"hetzner.cloud/x": "y"}}, "reserved"),
+    ("snapshot", "srv", {"image_type": "floppy"}, "image_type must be one of"),
+    ("rescue", "srv", {"ssh_keys": ["no-such-key"]}, "no ssh key named"),
+    ("reset-password", "off", {}, "needs a running server"),
+]
+
+
+@pytest.mark.parametrize(("workflow", "server", "params", "message"), REFUSALS, ids=[r[3] for r in REFUSALS])
+def test_refusals_change_nothing(
+    runs: Runs,
+    control: Control,
+    redis_server: RedisServer,
+    pool: Iterator[int],
+    workflow: str,
+    server: Any,
+    params: dict[str, Any],
+    message: str,
+) -> None:
+    sid = take(
+        pool,
+        control,
+        "off" if server == "off" else "running",
+        protection={"rebuild": server == "protected", "delete": False},
+    )
+    target = sid if server in ("srv", "off", "protected") else server
+    runs_before = redis_server.client().zcard("hf:runs")
+    posts_before = len(control.posts())
+    with pytest.raises(BadInput, match=message):
+        runs.submit(workflow, server=target, **params)
+    assert len(control.posts()) == posts_before, "no action was started"
+    assert redis_server.client().zcard("hf:runs") == runs_before, "no run was recorded"
+
+
+def test_busy_server_is_refused_with_the_holder_or_queued(
+    runs: Runs, control: Control, pool: Iterator[int]
+) -> None:
+    sid = take(pool, control, "running")
+    control.send("PUT", "/config", {"durations": {"create_image": 60.0}})  # 3 s at speed 20
+    try:
+        first = runs.submit("snapshot", server=sid)
+        with pytest.raises(ServerBusy) as info:
+            runs.submit("reboot", server=sid)
+        assert info.value.run_id == first
+        queued = runs.submit_full("power-off", server=sid, queue=True)
+        assert queued["state"] == "queued" and queued["queued_behind"] == first
+        assert runs.wait(first, timeout=60, poll=0.2)["state"] == "succeeded"
+        assert runs.wait(queued["run_id"], timeout=60, poll=0.2)["state"] == "succeeded"
+    finally:
+        control.send("PUT", "/config", {"durations": {"create_image": 20.0}})
+    assert posted(control, sid) == ["shutdown", "create_image", "poweron", "poweroff"]
+
+
+def test_cancel_mid_run_waits_out_the_action_and_stops(
+    runs: Runs, control: Control, pool: Iterator[int]
+) -> None:
+    sid = take(pool, control, "running")
+    control.send("PUT", "/config", {"durations": {"create_image": 60.0}})
+    try:
+        run_id = runs.submit("snapshot", server=sid)
+        wait_until(lambda: control.posts(sid, "create_image"), 30, "the snapshot to start")
+        assert runs.cancel(run_id)["state"] == "cancelling"
+        record = runs.wait(run_id, timeout=60, poll=0.2)
+    finally:
+        control.send("PUT", "/config", {"durations": {"create_image": 20.0}})
+    assert record["state"] == "cancelled"
+    assert [s["status"] for s in record["steps"]] == ["succeeded", "succeeded", "cancelled"]
+    assert posted(control, sid) == ["shutdown", "create_image"], (
+        "the running action was waited out, then stop"
+    )
+    with pytest.raises(BadInput, match="already ended"):
+        runs.cancel(run_id)
+
+
+def test_every_workflow_is_covered() -> None:
+    from workflows.definitions import WORKFLOWS
+
+    assert {c[0] for c in CASES} == set(WORKFLOWS)

@@ -1,0 +1,186 @@
+"""Run records, per-server locks and per-server queues in Redis.
+
+A run record is one hash, ``hf:run:<id>``, written by several processes, each into its own fields, so no
+writer overwrites another's: ``meta`` (workflow, server, parameters, steps with their task ids; written
+once at submit), ``state``/``started``/``finished``/``error`` (the run's course), and ``s<i>`` per step
+(status, action id, outputs, error). Live progress is read from the step ledger at display time. Records
+outlive Celery's results: finished runs expire after the retention period.
+
+Parameters never hold secrets; step outputs hold sealed root passwords only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Literal
+
+import redis
+
+from .ledger import Ledger
+
+__all__ = ["ACTIVE", "FINAL", "RunState", "RunStore"]
+
+RunState = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
+FINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+ACTIVE: frozenset[str] = frozenset({"queued", "running", "cancelling"})
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class RunStore:
+    """Run records and server locks, keyed under one prefix."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "hf",
+        retention: float = 7 * 86400,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.retention = int(retention)
+        self.clock = clock
+        self.ledger = Ledger(client, prefix=prefix, retention=retention)
+        self._release = client.register_script(_RELEASE)
+
+    # -- keys ------------------------------------------------------------------------------------------
+
+    def _run(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{run_id}"
+
+    def _lock(self, server_id: int) -> str:
+        return f"{self.prefix}:lock:server:{server_id}"
+
+    def _queue(self, server_id: int) -> str:
+        return f"{self.prefix}:queue:server:{server_id}"
+
+    def cancel_key(self, run_id: str) -> str:
+        return f"{self.prefix}:run:{run_id}:cancel"
+
+    # -- records ---------------------------------------------------------------------------------------
+
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex[:16]
+
+    def create(self, meta: dict[str, Any], state: RunState = "queued") -> None:
+        """Write a new run's record and index it."""
+        now = self.clock()
+        key = self._run(meta["id"])
+        self.redis.hset(key, mapping={"meta": json.dumps(meta), "state": state, "created": repr(now)})
+        pipe = self.redis.pipeline()
+        pipe.zadd(f"{self.prefix}:runs", {meta["id"]: now})
+        pipe.zadd(f"{self.prefix}:runs:server:{meta['server_id']}", {meta["id"]: now})
+        pipe.sadd(f"{self.prefix}:runs:active", meta["id"])
+        pipe.execute()
+
+    def get(self, run_id: str) -> dict[str, Any] | None:
+        """Return the run as one dict, steps merged with their live ledger fields; None if unknown."""
+        raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(self._run(run_id)).items()}
+        if "meta" not in raw:
+            return None
+        run = json.loads(raw["meta"])
+        run["state"] = raw.get("state", "queued")
+        for field in ("created", "started", "finished"):
+            run[field] = float(raw[field]) if raw.get(field) else None
+        run["error"] = json.loads(raw["error"]) if raw.get("error") else None
+        for i, step in enumerate(run["steps"]):
+            step.update(json.loads(raw.get(f"s{i}", "{}")))
+            live = self.ledger.get(step["task_id"])
+            step.setdefault("status", "pending")
+            if step.get("action_id") is None and live.action_id is not None:
+                step["action_id"] = live.action_id
+            if step["status"] in ("pending", "running") and live.action_id is not None:
+                step["status"] = "running"
+                step["progress"] = live.progress
+            elif step["status"] == "succeeded":
+                step["progress"] = 100
+        return run
+
+    def set_state(self, run_id: str, state: RunState, **fields: Any) -> None:
+        """Move a run to ``state`` and set the given top-level fields; final states start the expiry."""
+        mapping: dict[str, Any] = {"state": state}
+        for name, value in fields.items():
+            mapping[name] = json.dumps(value) if name == "error" else repr(value)
+        key = self._run(run_id)
+        self.redis.hset(key, mapping=mapping)
+        if state in FINAL:
+            self.redis.expire(key, self.retention)
+            self.redis.srem(f"{self.prefix}:runs:active", run_id)
+
+    def state(self, run_id: str) -> str | None:
+        raw = self.redis.hget(self._run(run_id), "state")
+        return raw.decode() if raw else None
+
+    def update_step(self, run_id: str, index: int, **fields: Any) -> None:
+        """Merge fields into step ``index`` of the run."""
+        key = self._run(run_id)
+        raw = self.redis.hget(key, f"s{index}")
+        step = json.loads(raw) if raw else {}
+        step.update(fields)
+        self.redis.hset(key, f"s{index}", json.dumps(step))
+
+    def list(
+        self, *, active: bool = False, server_id: int | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """Return runs, newest first: all kept ones, only active ones, or one server's."""
+        self.redis.zremrangebyscore(f"{self.prefix}:runs", "-inf", self.clock() - self.retention)
+        if server_id is not None:
+            ids = [
+                i.decode()
+                for i in self.redis.zrevrange(f"{self.prefix}:runs:server:{server_id}", 0, limit - 1)
+            ]
+        else:
+            ids = [
+                i.decode()
+                for i in self.redis.zrevrange(f"{self.prefix}:runs", 0, -1 if active else limit - 1)
+            ]
+        if active:
+            members = {m.decode() for m in self.redis.smembers(f"{self.prefix}:runs:active")}
+            ids = [i for i in ids if i in members]
+        runs = [self.get(i) for i in ids[:limit]]
+        return [r for r in runs if r is not None]
+
+    # -- the per-server lock and queue ---------------------------------------------------------------
+
+    def acquire(self, server_id: int, run_id: str, ttl: float) -> str | None:
+        """Take the server for ``run_id``; return None, or the id of the run that holds it."""
+        if self.redis.set(self._lock(server_id), run_id, nx=True, px=int(ttl * 1000)):
+            return None
+        holder = self.redis.get(self._lock(server_id))
+        return holder.decode() if holder else self.acquire(server_id, run_id, ttl)
+
+    def holder(self, server_id: int) -> str | None:
+        raw = self.redis.get(self._lock(server_id))
+        return raw.decode() if raw else None
+
+    def release(self, server_id: int, run_id: str) -> None:
+        """Free the server if ``run_id`` holds it."""
+        self._release(keys=[self._lock(server_id)], args=[run_id])
+
+    def enqueue(self, server_id: int, run_id: str) -> None:
+        """Queue a run behind the server's current one."""
+        self.redis.rpush(self._queue(server_id), run_id)
+
+    def dequeue(self, server_id: int) -> str | None:
+        raw = self.redis.lpop(self._queue(server_id))
+        return raw.decode() if raw else None
+
+    def unqueue(self, server_id: int, run_id: str) -> bool:
+        return bool(self.redis.lrem(self._queue(server_id), 0, run_id))
+
+    # -- cancel ------------------------------------------------------------------------------------------
+
+    def request_cancel(self, run_id: str) -> None:
+        self.redis.set(self.cancel_key(run_id), "1", ex=self.retention)
+
+    def cancel_requested(self, run_id: str) -> bool:
+        return bool(self.redis.exists(self.cancel_key(run_id)))

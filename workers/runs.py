@@ -1,0 +1,128 @@
+"""What happens to a run when one of its steps starts, succeeds or fails, wherever that is noticed.
+
+A step ends either inside its task (nothing to wait for, or an error raised before parking) or in the
+monitor (its wait ended). Both paths call ``step_succeeded`` / ``step_failed`` here, so the run record,
+the server lock and the server's queue change the same way in either case.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, signature
+
+from .errors import HcloudFlowError, RunCancelled
+from .run_store import FINAL, RunStore
+
+__all__ = ["RunHooks", "error_info"]
+
+log = logging.getLogger(__name__)
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    """Return the JSON a run record keeps of an error: its type, message and the fields people need."""
+    info: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
+    for name in ("server_id", "step", "action_id", "code", "status", "correlation_id"):
+        value = getattr(exc, name, None)
+        if value is not None:
+            info[name] = value
+    return info
+
+
+class RunHooks:
+    """Keep run records in step with their chains; start queued runs when a server is freed."""
+
+    def __init__(self, store: RunStore, app: Celery) -> None:
+        self.store = store
+        self.app = app
+
+    def _index(self, run: dict[str, Any], task_id: str) -> int | None:
+        for step in run["steps"]:
+            if step["task_id"] == task_id:
+                return int(step["index"])
+        return None
+
+    def step_started(self, run_id: str, task_id: str) -> None:
+        """Record that a step began; raise RunCancelled if the run was cancelled before it."""
+        run = self.store.get(run_id)
+        if run is None:
+            return
+        index = self._index(run, task_id)
+        if self.store.cancel_requested(run_id):
+            raise RunCancelled(run_id, run["steps"][index]["name"] if index is not None else "?")
+        if run["state"] in ("queued",):
+            self.store.set_state(run_id, "running", started=self.store.clock())
+        if index is not None and run["steps"][index].get("status") in (None, "pending"):
+            self.store.update_step(run_id, index, status="running", started=self.store.clock())
+
+    def step_succeeded(self, run_id: str, task_id: str, result: dict[str, Any], last: bool) -> None:
+        """Record a step's success; finish the run after its last step."""
+        run = self.store.get(run_id)
+        if run is None:
+            return
+        index = self._index(run, task_id)
+        if index is not None:
+            keep = {k: result.get(k) for k in ("action_id", "outputs", "forced", "server_status", "skipped")}
+            self.store.update_step(
+                run_id,
+                index,
+                status="succeeded",
+                finished=self.store.clock(),
+                **{k: v for k, v in keep.items() if v is not None},
+            )
+        if last:
+            self._finish(run, "succeeded", None)
+
+    def step_failed(self, run_id: str, task_id: str, exc: BaseException) -> None:
+        """Record a step's failure (or the cancel it met) and finish the run."""
+        run = self.store.get(run_id)
+        if run is None:
+            return
+        index = self._index(run, task_id)
+        cancelled = isinstance(exc, RunCancelled)
+        if index is not None:
+            self.store.update_step(
+                run_id,
+                index,
+                status="cancelled" if cancelled else "failed",
+                finished=self.store.clock(),
+                error=error_info(exc),
+            )
+        self._finish(run, "cancelled" if cancelled else "failed", None if cancelled else error_info(exc))
+
+    def _finish(self, run: dict[str, Any], state: str, error: dict[str, Any] | None) -> None:
+        if self.store.state(run["id"]) in FINAL:
+            return
+        fields: dict[str, Any] = {"finished": self.store.clock()}
+        if error is not None:
+            fields["error"] = error
+        self.store.set_state(run["id"], state, **fields)  # type: ignore[arg-type]
+        self.store.release(run["server_id"], run["id"])
+        log.info("run %s (%s on server %s) %s", run["id"], run["workflow"], run["server_id"], state)
+        self.start_next(run["server_id"])
+
+    def start(self, run: dict[str, Any]) -> None:
+        """Send a run's chain (its steps' task ids were fixed at submit)."""
+        signature(run["chain"], app=self.app).apply_async()
+
+    def start_next(self, server_id: int) -> None:
+        """Start the first run queued behind the server, if the server is free."""
+        while (run_id := self.store.dequeue(server_id)) is not None:
+            run = self.store.get(run_id)
+            if run is None or run["state"] != "queued":
+                continue
+            if self.store.cancel_requested(run_id):
+                self.store.set_state(run_id, "cancelled", finished=self.store.clock())
+                continue
+            holder = self.store.acquire(server_id, run_id, run["lock_ttl"])
+            if holder is not None and holder != run_id:
+                self.store.redis.lpush(f"{self.store.prefix}:queue:server:{server_id}", run_id)
+                return
+            try:
+                self.start(run)
+            except HcloudFlowError as exc:  # pragma: no cover - broker down; the run says why
+                self.store.set_state(run_id, "failed", finished=self.store.clock(), error=error_info(exc))
+                self.store.release(server_id, run_id)
+                continue
+            return

@@ -1,0 +1,132 @@
+"""The Python API: submit, read, cancel and wait for runs.
+
+    import workflows
+    run_id = workflows.submit("snapshot", server="web-1", description="before upgrade")
+    workflows.wait(run_id, timeout=600)["state"]      # "succeeded"
+
+Submitting goes through the ``hcloud_flow.submit`` task, so the caller needs the broker (Redis) but not the
+API token; reading and cancelling need only Redis.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from celery import Celery
+from celery.exceptions import TimeoutError as CeleryTimeout
+
+from workers.errors import BadInput, HcloudFlowError
+from workers.run_store import FINAL, RunStore
+
+from .submit import cancel_run
+
+__all__ = ["Runs", "cancel", "default", "list_runs", "status", "submit", "wait"]
+
+
+class Runs:
+    """Runs of one hcloud-flow installation (one Redis, one set of workers)."""
+
+    def __init__(self, app: Celery, store: RunStore) -> None:
+        self.app = app
+        self.store = store
+
+    def submit(
+        self, workflow: str, *, server: int | str, queue: bool = False, timeout: float = 60.0, **params: Any
+    ) -> str:
+        """Validate and start a run; return its id. Raises BadInput or ServerBusy, nothing enqueued."""
+        return str(
+            self.submit_full(workflow, server=server, queue=queue, timeout=timeout, **params)["run_id"]
+        )
+
+    def submit_full(
+        self, workflow: str, *, server: int | str, queue: bool = False, timeout: float = 60.0, **params: Any
+    ) -> dict[str, Any]:
+        """Like submit, but return the whole answer (run id, state, planned steps, queued_behind)."""
+        pending = self.app.send_task(
+            "hcloud_flow.submit",
+            kwargs={"workflow": workflow, "server": server, "params": params, "queue": queue},
+        )
+        try:
+            return dict(pending.get(timeout=timeout))
+        except CeleryTimeout as exc:
+            raise HcloudFlowError(
+                f"no worker answered the submit within {timeout:.0f} s; is `hcloud-flow worker` running?"
+            ) from exc
+
+    def status(self, run_id: str) -> dict[str, Any]:
+        """Return the run record, with live step progress."""
+        run = self.store.get(run_id)
+        if run is None:
+            raise BadInput(f"no run {run_id!r} (unknown, or older than the retention period)", "run_id")
+        run.pop("chain", None)
+        return run
+
+    def cancel(self, run_id: str) -> dict[str, Any]:
+        """Cancel a run before its next step."""
+        return cancel_run(self.store, run_id)
+
+    def list(
+        self, *, active: bool = False, server_id: int | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """Return runs, newest first."""
+        runs = self.store.list(active=active, server_id=server_id, limit=limit)
+        for run in runs:
+            run.pop("chain", None)
+        return runs
+
+    def wait(
+        self,
+        run_id: str,
+        *,
+        timeout: float | None = None,
+        poll: float = 0.5,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> dict[str, Any]:
+        """Wait until the run ends (or ``timeout`` passes, then raise); return its record."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            run = self.status(run_id)
+            if on_update is not None:
+                on_update(run)
+            if run["state"] in FINAL:
+                return run
+            if deadline is not None and time.monotonic() > deadline:
+                raise HcloudFlowError(f"run {run_id} is still {run['state']} after {timeout:.0f} s")
+            sleep(poll)
+
+
+_default: Runs | None = None
+
+
+def default() -> Runs:
+    """Return the Runs of the installation that celeryconfig's environment points at."""
+    global _default
+    if _default is None:
+        from workers.app import app, run_store
+
+        _default = Runs(app, run_store())
+    return _default
+
+
+def submit(workflow: str, *, server: int | str, queue: bool = False, **params: Any) -> str:
+    """Validate and start a run on the configured installation; return its id."""
+    return default().submit(workflow, server=server, queue=queue, **params)
+
+
+def status(run_id: str) -> dict[str, Any]:
+    return default().status(run_id)
+
+
+def cancel(run_id: str) -> dict[str, Any]:
+    return default().cancel(run_id)
+
+
+def wait(run_id: str, *, timeout: float | None = None) -> dict[str, Any]:
+    return default().wait(run_id, timeout=timeout)
+
+
+def list_runs(*, active: bool = False, server_id: int | None = None) -> list[dict[str, Any]]:
+    return default().list(active=active, server_id=server_id)

@@ -1,0 +1,59 @@
+"""Turn a workflow declaration and its submit-time facts into a plan and a Celery chain (pure: no broker)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from celery import Celery, chain, signature
+
+from workers.server_actions import ACTIONS
+from workers.tasks import TASK_NAMES
+
+from .definitions import Workflow
+
+__all__ = ["build_chain", "plan_steps"]
+
+# How long a run may hold its server beyond the sum of its steps' deadlines.
+LOCK_MARGIN = 600.0
+
+
+def plan_steps(workflow: Workflow, facts: dict[str, Any], run_id: str) -> list[dict[str, Any]]:
+    """Return the steps that will run, each with its fixed task id and its task's keyword arguments."""
+    steps = []
+    for step in workflow.steps:
+        if not step.when(facts):
+            continue
+        kwargs = {k: v for k, v in step.args(facts).items() if v is not None}
+        kwargs.update(run_id=run_id, step=step.name)
+        steps.append(
+            {
+                "index": len(steps),
+                "name": step.name,
+                "action": step.action,
+                "task": TASK_NAMES[step.action],
+                "task_id": f"{run_id}-{len(steps)}-{uuid.uuid4().hex[:8]}",
+                "kwargs": kwargs,
+            }
+        )
+    return steps
+
+
+def build_chain(app: Celery, steps: list[dict[str, Any]], server_id: int) -> Any:
+    """Return the Celery chain of the planned steps; the first gets the server id, the rest the result."""
+    sigs = [
+        signature(
+            s["task"],
+            args=(server_id,) if s["index"] == 0 else (),
+            kwargs=s["kwargs"],
+            app=app,
+            task_id=s["task_id"],
+        )
+        for s in steps
+    ]
+    return chain(*sigs, app=app) if len(sigs) > 1 else sigs[0]
+
+
+def lock_ttl(steps: list[dict[str, Any]]) -> float:
+    """Return how long a run may hold its server: every step's deadline, plus a margin."""
+    return sum(ACTIONS[s["action"]].deadline + 60 for s in steps) + LOCK_MARGIN

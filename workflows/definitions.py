@@ -1,0 +1,204 @@
+"""The built-in workflows, declared as data: steps, their parameters, and when each step runs.
+
+A step's ``when`` looks at the facts gathered at submit time (the server as it was, the parameters), so
+"power on again only if the server was running before" is decided once, up front, and shows in the plan.
+Building the Celery chain from a declaration is a pure function in ``workflows/build.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["WORKFLOWS", "Param", "Step", "Workflow"]
+
+Facts = dict[str, Any]  # {"server": the server object at submit, "params": the validated parameters}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One workflow parameter: its type, default and help text for the CLI and docs."""
+
+    name: str
+    kind: type | tuple[type, ...]
+    default: Any = None
+    help: str = ""
+    required: bool = False
+    choices: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step: an action task, its arguments from the facts, and whether it runs at all."""
+
+    name: str
+    action: str
+    args: Callable[[Facts], dict[str, Any]] = lambda f: {}
+    when: Callable[[Facts], bool] = lambda f: True
+
+
+@dataclass(frozen=True)
+class Workflow:
+    """A named sequence of steps over one server."""
+
+    name: str
+    summary: str
+    steps: tuple[Step, ...]
+    params: tuple[Param, ...] = ()
+    needs_running: bool = False
+    destructive: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _was_running(f: Facts) -> bool:
+    return f["server"]["status"] == "running"
+
+
+def _shutdown(f: Facts) -> dict[str, Any]:
+    p = f["params"]
+    return {
+        "force": not p.get("no_force", False),
+        **({"grace": p["grace"]} if p.get("grace") is not None else {}),
+    }
+
+
+def _image(f: Facts) -> dict[str, Any]:
+    p = f["params"]
+    labels = dict(p.get("labels") or {})
+    return {
+        "description": p.get("description"),
+        "type": p.get("image_type") or "snapshot",
+        "labels": labels or None,
+    }
+
+
+def _safety_image(f: Facts) -> dict[str, Any]:
+    return {
+        "description": f"hcloud-flow safety snapshot before rebuild of {f['server']['name']}",
+        "type": "snapshot",
+    }
+
+
+def _rebuild(f: Facts) -> dict[str, Any]:
+    p = f["params"]
+    return {"image": p["image"], **({"user_data": p["user_data"]} if p.get("user_data") else {})}
+
+
+def _rescue(f: Facts) -> dict[str, Any]:
+    return {
+        "type": f["params"].get("rescue_type") or "linux64",
+        "ssh_keys": f["params"].get("ssh_key_ids") or None,
+    }
+
+
+SHUTDOWN_PARAMS = (
+    Param(
+        "no_force", bool, False, "never fall back to a hard power off if the guest ignores the ACPI shutdown"
+    ),
+    Param(
+        "grace", (int, float), None, "seconds to wait for the guest to shut down before forcing (default 60)"
+    ),
+)
+IMAGE_PARAMS = (
+    Param("description", str, None, "description of the new image"),
+    Param("labels", dict, None, 'labels of the new image, e.g. {"purpose": "backup"}'),
+    Param("image_type", str, "snapshot", "snapshot or backup", choices=("snapshot", "backup")),
+)
+
+WORKFLOWS: dict[str, Workflow] = {
+    w.name: w
+    for w in (
+        Workflow(
+            "power-on", "Power the server on and wait until it is running.", (Step("power_on", "power_on"),)
+        ),
+        Workflow(
+            "power-off",
+            "Cut the server's power (hard) and wait until it is off.",
+            (Step("power_off", "power_off"),),
+            destructive=True,
+        ),
+        Workflow(
+            "shutdown",
+            "Shut the server down gracefully (ACPI) and confirm it is off; power it off "
+            "after the grace period unless --no-force.",
+            (Step("shutdown", "shutdown", _shutdown),),
+            SHUTDOWN_PARAMS,
+        ),
+        Workflow(
+            "reboot", "Reboot the server gracefully (ACPI).", (Step("reboot", "reboot"),), destructive=True
+        ),
+        Workflow(
+            "reset",
+            "Reset the server (power cycle) and wait until it is running.",
+            (Step("reset", "reset"),),
+            destructive=True,
+        ),
+        Workflow(
+            "snapshot",
+            "Shut down gracefully, snapshot the disk, wait until the image is available, and power on again "
+            "only if the server was running before.",
+            (
+                Step("shutdown", "shutdown", _shutdown, when=_was_running),
+                Step("create_image", "create_image", _image),
+                Step("power_on", "power_on", when=_was_running),
+            ),
+            SHUTDOWN_PARAMS + IMAGE_PARAMS,
+        ),
+        Workflow(
+            "rebuild",
+            "Shut down gracefully, take a safety snapshot (unless --no-snapshot), rebuild from an image, and "
+            "wait until the server is running.",
+            (
+                Step("shutdown", "shutdown", _shutdown, when=_was_running),
+                Step(
+                    "safety_snapshot",
+                    "create_image",
+                    _safety_image,
+                    when=lambda f: not f["params"]["no_snapshot"],
+                ),
+                Step("rebuild", "rebuild", _rebuild),
+                Step("power_on", "power_on", lambda f: {"skip_if_status": "running"}),
+            ),
+            (
+                Param(
+                    "image",
+                    (int, str),
+                    None,
+                    "image to rebuild from: an id, or a system image name",
+                    required=True,
+                ),
+                Param("no_snapshot", bool, False, "skip the safety snapshot"),
+                Param("user_data", str, None, "cloud-init user data (at most 32 KiB)"),
+                *SHUTDOWN_PARAMS,
+            ),
+            destructive=True,
+        ),
+        Workflow(
+            "rescue",
+            "Enable the rescue system, then reset (or power on, if off) to boot into it; wait until running.",
+            (
+                Step("enable_rescue", "enable_rescue", _rescue),
+                Step("reset", "reset", when=_was_running),
+                Step("power_on", "power_on", when=lambda f: not _was_running(f)),
+            ),
+            (
+                Param("ssh_keys", list, None, "ssh keys for the rescue system, by id or name"),
+                Param("rescue_type", str, "linux64", "rescue system type", choices=("linux64",)),
+            ),
+            destructive=True,
+        ),
+        Workflow(
+            "rescue-off",
+            "Disable the rescue system and reboot into the installed system.",
+            (Step("disable_rescue", "disable_rescue"), Step("reboot", "reboot")),
+            destructive=True,
+        ),
+        Workflow(
+            "reset-password",
+            "Reset the root password of a running server; the password is sealed in the run record.",
+            (Step("reset_password", "reset_password"),),
+            needs_running=True,
+        ),
+    )
+}

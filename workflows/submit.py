@@ -1,0 +1,99 @@
+"""Submitting, cancelling and reading runs: the plain functions under the submit task, the CLI and the API.
+
+``submit_run`` runs inside a worker (the ``hcloud_flow.submit`` task), because checking a request against
+the API needs the token, and the token lives in the workers' environment only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from celery import Celery
+
+from workers.client import HcloudClient
+from workers.errors import BadInput, ServerBusy
+from workers.run_store import FINAL, RunStore
+from workers.runs import RunHooks
+
+from .build import build_chain, lock_ttl, plan_steps
+from .validate import check_params, gather_facts, workflow_named
+
+__all__ = ["cancel_run", "submit_run"]
+
+
+def _recordable(params: dict[str, Any]) -> dict[str, Any]:
+    """Return parameters fit for the run record: user data is kept as a digest, never as text."""
+    out = {k: v for k, v in params.items() if v is not None}
+    if out.get("user_data"):
+        data = out.pop("user_data").encode()
+        out["user_data"] = f"sha256:{hashlib.sha256(data).hexdigest()[:16]} ({len(data)} bytes)"
+    return out
+
+
+def submit_run(
+    app: Celery,
+    client: HcloudClient,
+    store: RunStore,
+    hooks: RunHooks,
+    *,
+    workflow: Any,
+    server: Any,
+    params: dict[str, Any] | None = None,
+    queue: bool = False,
+) -> dict[str, Any]:
+    """Validate a request, record the run, take the server (or queue behind its run) and start the chain."""
+    wf = workflow_named(workflow)
+    clean = check_params(wf, params or {})
+    if not isinstance(queue, bool):
+        raise BadInput("queue must be true or false", "queue")
+    facts = gather_facts(client, wf, server, clean)
+    run_id = store.new_id()
+    steps = plan_steps(wf, facts, run_id)
+    srv = facts["server"]
+    ttl = lock_ttl(steps)
+    sig = build_chain(app, steps, int(srv["id"]))
+    meta = {
+        "id": run_id,
+        "workflow": wf.name,
+        "server_id": int(srv["id"]),
+        "server_name": srv["name"],
+        "server_status_before": srv["status"],
+        "params": _recordable(facts["params"]),
+        "steps": [{k: s[k] for k in ("index", "name", "action", "task_id")} for s in steps],
+        "chain": dict(sig),
+        "lock_ttl": ttl,
+    }
+    holder = store.acquire(int(srv["id"]), run_id, ttl)
+    if holder is not None:
+        if not queue:
+            raise ServerBusy(int(srv["id"]), holder)
+        store.create(meta, "queued")
+        store.enqueue(int(srv["id"]), run_id)
+        # The holder may have finished between our try and our enqueue: start us if the server is free.
+        if store.holder(int(srv["id"])) is None:
+            hooks.start_next(int(srv["id"]))
+        return {
+            "run_id": run_id,
+            "state": store.state(run_id),
+            "queued_behind": holder,
+            "steps": meta["steps"],
+        }
+    store.create(meta, "queued")
+    hooks.start(meta)
+    return {"run_id": run_id, "state": "queued", "steps": meta["steps"]}
+
+
+def cancel_run(store: RunStore, run_id: str) -> dict[str, Any]:
+    """Cancel a run: a queued one at once; a running one before its next step (its action is waited out)."""
+    run = store.get(run_id)
+    if run is None:
+        raise BadInput(f"no run {run_id!r} (unknown, or older than the retention period)", "run_id")
+    if run["state"] in FINAL:
+        raise BadInput(f"run {run_id} already ended ({run['state']}); nothing to cancel", "run_id")
+    store.request_cancel(run_id)
+    if run["state"] == "queued" and store.unqueue(run["server_id"], run_id):
+        store.set_state(run_id, "cancelled", finished=store.clock())
+        return {"run_id": run_id, "state": "cancelled"}
+    store.set_state(run_id, "cancelling")
+    return {"run_id": run_id, "state": "cancelling"}

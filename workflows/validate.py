@@ -1,0 +1,185 @@
+"""Submit-time checks: parameters by shape, then the server, image, ssh keys and protection at the API.
+
+Everything here runs before a single step is enqueued; each refusal is a BadInput whose message says what
+was wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.client import HcloudClient
+from workers.errors import APIError, BadInput
+from workers.server_actions import MAX_USER_DATA
+
+from .definitions import WORKFLOWS, Workflow
+
+__all__ = ["check_params", "gather_facts", "workflow_named"]
+
+_LABEL_MAX = 63
+
+
+def workflow_named(name: Any) -> Workflow:
+    """Return the workflow called ``name`` or refuse with the list of known ones."""
+    if not isinstance(name, str) or name not in WORKFLOWS:
+        raise BadInput(f"unknown workflow {name!r}; known workflows: {', '.join(WORKFLOWS)}", "workflow")
+    return WORKFLOWS[name]
+
+
+def check_params(workflow: Workflow, params: dict[str, Any]) -> dict[str, Any]:
+    """Check parameters by name, type and range; return them with defaults filled in."""
+    if not isinstance(params, dict):
+        raise BadInput("params must be an object of parameter names to values", "params")
+    known = {p.name: p for p in workflow.params}
+    unknown = sorted(set(params) - set(known))
+    if unknown:
+        allowed = ", ".join(known) or "none"
+        raise BadInput(
+            f"{workflow.name} does not take {', '.join(unknown)} (it takes: {allowed})", unknown[0]
+        )
+    clean: dict[str, Any] = {}
+    for p in workflow.params:
+        value = params.get(p.name, p.default)
+        if value is None:
+            if p.required:
+                raise BadInput(f"{workflow.name} needs {p.name}: {p.help}", p.name)
+            clean[p.name] = None
+            continue
+        if isinstance(value, bool) and p.kind is not bool and bool not in _kinds(p.kind):
+            raise BadInput(f"{p.name} must be {_kind_name(p.kind)}, not a boolean", p.name)
+        if not isinstance(value, p.kind):
+            raise BadInput(f"{p.name} must be {_kind_name(p.kind)}, not {type(value).__name__}", p.name)
+        if p.choices and value not in p.choices:
+            raise BadInput(f"{p.name} must be one of {', '.join(map(str, p.choices))}, not {value!r}", p.name)
+        clean[p.name] = value
+    _check_values(clean)
+    return clean
+
+
+def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
+    return kind if isinstance(kind, tuple) else (kind,)
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        bool: "true or false",
+        dict: "an object",
+        list: "a list",
+    }
+    return " or ".join(names.get(k, k.__name__) for k in _kinds(kind))
+
+
+def _check_values(p: dict[str, Any]) -> None:
+    grace = p.get("grace")
+    if grace is not None and not 0 <= grace <= 3600:
+        raise BadInput("grace must be between 0 and 3600 seconds", "grace")
+    if p.get("user_data") is not None and len(p["user_data"].encode()) > MAX_USER_DATA:
+        raise BadInput("user_data is larger than the API's 32 KiB limit", "user_data")
+    if p.get("description") is not None and len(p["description"]) > 1000:
+        raise BadInput("description is longer than 1000 characters", "description")
+    labels = p.get("labels")
+    if labels is not None:
+        for key, value in labels.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise BadInput("labels must map strings to strings", "labels")
+            if not key or len(key.rsplit("/", 1)[-1]) > _LABEL_MAX or len(value) > _LABEL_MAX:
+                raise BadInput(f"label {key!r}: names and values are at most 63 characters", "labels")
+            if key.startswith("hetzner.cloud/"):
+                raise BadInput(f"label {key!r}: the prefix hetzner.cloud/ is reserved", "labels")
+            if not all(c.isalnum() or c in "-_./" for c in key) or not all(
+                c.isalnum() or c in "-_." for c in value
+            ):
+                raise BadInput(f"label {key!r}: use letters, digits, '-', '_' and '.' only", "labels")
+    keys = p.get("ssh_keys")
+    if keys is not None and not all(isinstance(k, int | str) and not isinstance(k, bool) for k in keys):
+        raise BadInput("ssh_keys must be a list of ssh key ids or names", "ssh_keys")
+
+
+def find_server(client: HcloudClient, ref: Any) -> dict[str, Any]:
+    """Return the server named or numbered ``ref``, or refuse."""
+    if isinstance(ref, bool) or not isinstance(ref, int | str) or ref == "":
+        raise BadInput("give the server as an id or a name", "server")
+    if isinstance(ref, int) or ref.isdigit():
+        if int(ref) <= 0:
+            raise BadInput(f"server id must be positive, not {ref}", "server")
+        try:
+            return client.get_server(int(ref))
+        except APIError as exc:
+            if exc.code == "not_found":
+                raise BadInput(f"no server with id {ref} in this project", "server") from exc
+            raise
+    found = client.list_servers(name=ref)
+    if not found:
+        raise BadInput(f"no server named {ref!r} in this project", "server")
+    return found[0]
+
+
+def _find_image(client: HcloudClient, ref: int | str, server: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+        try:
+            image = client.get_image(int(ref))
+        except APIError as exc:
+            if exc.code == "not_found":
+                raise BadInput(f"no image with id {ref}", "image") from exc
+            raise
+    else:
+        arch = (server.get("server_type") or {}).get("architecture")
+        candidates = [
+            i for i in client.list_images(name=ref) if arch is None or i.get("architecture") == arch
+        ]
+        if not candidates:
+            raise BadInput(
+                f"no system image named {ref!r}; images by name are system images (e.g. ubuntu-24.04), "
+                "snapshots go by id",
+                "image",
+            )
+        image = candidates[0]
+    if image.get("status") != "available":
+        raise BadInput(f"image {ref!r} is {image.get('status')}, not available", "image")
+    if image.get("deprecated"):
+        raise BadInput(f"image {ref!r} is deprecated; pick a current one", "image")
+    return image
+
+
+def _ssh_key_ids(client: HcloudClient, refs: list[int | str]) -> list[int]:
+    ids = []
+    for ref in refs:
+        if isinstance(ref, int) or ref.isdigit():
+            try:
+                ids.append(int(client.get_ssh_key(int(ref))["id"]))
+            except APIError as exc:
+                if exc.code == "not_found":
+                    raise BadInput(f"no ssh key with id {ref}", "ssh_keys") from exc
+                raise
+        else:
+            found = client.list_ssh_keys(name=ref)
+            if not found:
+                raise BadInput(f"no ssh key named {ref!r}", "ssh_keys")
+            ids.append(int(found[0]["id"]))
+    return ids
+
+
+def gather_facts(
+    client: HcloudClient, workflow: Workflow, server_ref: Any, params: dict[str, Any]
+) -> dict[str, Any]:
+    """Check the request against the API and return the facts the workflow's steps are built from."""
+    server = find_server(client, server_ref)
+    if workflow.needs_running and server["status"] != "running":
+        raise BadInput(
+            f"{workflow.name} needs a running server; {server['name']} is {server['status']}", "server"
+        )
+    if workflow.name == "rebuild":
+        if (server.get("protection") or {}).get("rebuild"):
+            raise BadInput(
+                f"server {server['name']} is protected against rebuild; lift the protection in the "
+                "Hetzner console or API first",
+                "server",
+            )
+        image = _find_image(client, params["image"], server)
+        params = {**params, "image": int(image["id"]) if image.get("type") != "system" else image["name"]}
+    if params.get("ssh_keys"):
+        params = {**params, "ssh_key_ids": _ssh_key_ids(client, params["ssh_keys"])}
+    return {"server": server, "params": params}
