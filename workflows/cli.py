@@ -1,48 +1,371 @@
-"""The ``hcloud-flow`` command line: one subcommand a job, ``--help`` on each.
+"""The ``hcloud-flow`` command line: one subcommand a job, ``--help`` on each, ``--json`` on reads.
 
-Exit codes: 0 success, 1 a run or job failed, 2 bad input (nothing was enqueued), 3 the service could not
-be reached (Redis, the API).
+Exit codes: 0 success, 1 a run failed or was cancelled, 2 bad input (nothing was enqueued), 3 Redis, the
+workers or the API could not be reached.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
 
 
-def _fakecloud(sub: argparse._SubParsersAction) -> None:
-    from fakecloud import cli as fake_cli
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
 
-    parser = sub.add_parser(
-        "fakecloud",
-        help="serve the Hetzner Cloud API simulator",
-        description="Serve fakecloud, a faithful simulator of the Hetzner Cloud API, until interrupted.",
+
+def _runs() -> Any:
+    from workflows.api import default
+
+    return default()
+
+
+# -- run --------------------------------------------------------------------------------------------------
+
+
+def _kv(text: str) -> tuple[str, str]:
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _add_param_flags(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per workflow parameter (the union over all workflows; each run checks its own)."""
+    from workflows.definitions import WORKFLOWS
+
+    seen: set[str] = set()
+    for wf in WORKFLOWS.values():
+        for p in wf.params:
+            if p.name in seen:
+                continue
+            seen.add(p.name)
+            flag = "--" + p.name.replace("_", "-")
+            if p.kind is bool:
+                parser.add_argument(flag, dest=f"p_{p.name}", action="store_true", default=None, help=p.help)
+            elif p.kind is dict:
+                parser.add_argument(
+                    "--label",
+                    dest=f"p_{p.name}",
+                    action="append",
+                    type=_kv,
+                    metavar="KEY=VALUE",
+                    help=p.help + " (repeatable)",
+                )
+            elif p.kind is list:
+                parser.add_argument(
+                    "--ssh-key",
+                    dest=f"p_{p.name}",
+                    action="append",
+                    metavar="ID|NAME",
+                    help=p.help + " (repeatable)",
+                )
+            elif p.kind in ((int, float),):
+                parser.add_argument(flag, dest=f"p_{p.name}", type=float, metavar="SECONDS", help=p.help)
+            else:
+                parser.add_argument(flag, dest=f"p_{p.name}", metavar=p.name.upper(), help=p.help)
+
+
+def _params(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in vars(args).items():
+        if not key.startswith("p_") or value is None:
+            continue
+        name = key[2:]
+        if name == "labels":
+            value = dict(value)
+        if name == "ssh_keys":
+            value = [int(v) if v.isdigit() else v for v in value]
+        if name == "image" and value.isdigit():
+            value = int(value)
+        if name == "user_data" and value.startswith("@"):
+            with open(value[1:], encoding="utf-8") as fh:
+                value = fh.read()
+        out[name] = value
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from workflows.validate import check_params, workflow_named
+
+    params = _params(args)
+    server: Any = int(args.server) if args.server.isdigit() else args.server
+    check_params(workflow_named(args.workflow), params)  # refuse bad shapes before touching the broker
+    answer = _runs().submit_full(
+        args.workflow, server=server, queue=args.queue, timeout=args.submit_timeout, **params
     )
-    fake_cli.add_arguments(parser)
-    parser.set_defaults(func=fake_cli.run)
+    run_id = answer["run_id"]
+    if not args.wait:
+        if args.json:
+            _print_json(answer)
+        else:
+            behind = f" (queued behind run {answer['queued_behind']})" if answer.get("queued_behind") else ""
+            print(f"{run_id}{behind}")
+        return EXIT_OK
+    return _wait_and_report([run_id], args)
+
+
+def _wait_and_report(run_ids: list[str], args: argparse.Namespace) -> int:
+    from workers.run_store import FINAL
+    from workflows.progress import LiveView, render_run
+
+    runs = _runs()
+    view = None if args.json or args.quiet else LiveView()
+    deadline = None if args.timeout is None else time.monotonic() + args.timeout
+    while True:
+        current = [runs.status(r) for r in run_ids]
+        if view is not None:
+            view.update(current)
+        if all(r["state"] in FINAL for r in current):
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            print(
+                f"hcloud-flow: still running after {args.timeout:.0f} s; follow with "
+                f"`hcloud-flow status {run_ids[0]}`",
+                file=sys.stderr,
+            )
+            return EXIT_FAILED
+        time.sleep(0.5)
+    if args.json:
+        _print_json(current if len(current) > 1 else current[0])
+    elif view is None:
+        for run in current:
+            print("\n".join(render_run(run)))
+    return EXIT_OK if all(r["state"] == "succeeded" for r in current) else EXIT_FAILED
+
+
+# -- reads and cancel -------------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from workflows.progress import render_run
+
+    if args.wait:
+        return _wait_and_report([args.run_id], args)
+    run = _runs().status(args.run_id)
+    if args.json:
+        _print_json(run)
+    else:
+        print("\n".join(render_run(run)))
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    server_id = int(args.server) if args.server else None
+    runs = _runs().list(active=args.active, server_id=server_id, limit=args.limit)
+    if args.json:
+        _print_json(runs)
+        return EXIT_OK
+    if not runs:
+        print("no runs")
+        return EXIT_OK
+    print(f"{'RUN':<18}{'WORKFLOW':<16}{'SERVER':<14}{'STATE':<12}{'STEPS':<8}{'SECONDS':>8}")
+    for r in runs:
+        done = sum(1 for s in r["steps"] if s.get("status") == "succeeded")
+        secs = (r.get("finished") or time.time()) - (r.get("started") or r["created"])
+        name = str(r.get("server_name") or r["server_id"])
+        print(
+            f"{r['id']:<18}{r['workflow']:<16}{name[:13]:<14}{r['state']:<12}{done}/{len(r['steps']):<6}{secs:>8.1f}"
+        )
+    return EXIT_OK
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    answer = _runs().cancel(args.run_id)
+    if args.json:
+        _print_json(answer)
+    else:
+        note = (
+            " (stops before its next step; a running action is waited out)"
+            if answer["state"] == "cancelling"
+            else ""
+        )
+        print(f"run {args.run_id}: {answer['state']}{note}")
+    return EXIT_OK
+
+
+def cmd_secret(args: argparse.Namespace) -> int:
+    import celeryconfig
+    from workers.errors import BadInput
+    from workers.sealing import open_sealed
+
+    run = _runs().status(args.run_id)
+    sealed = [
+        s["outputs"]["root_password"] for s in run["steps"] if (s.get("outputs") or {}).get("root_password")
+    ]
+    if not sealed:
+        raise BadInput(
+            f"run {args.run_id} holds no root password (only reset-password, rescue and rebuild do)"
+        )
+    secret = open_sealed(sealed[-1], celeryconfig.secret_key())
+    if args.json:
+        _print_json({"run_id": args.run_id, "root_password": secret})
+    else:
+        print(secret)
+    return EXIT_OK
+
+
+def cmd_workflows(args: argparse.Namespace) -> int:
+    from workflows.definitions import WORKFLOWS
+
+    table = [
+        {
+            "name": w.name,
+            "summary": w.summary,
+            "steps": [s.name for s in w.steps],
+            "params": [
+                {"name": p.name, "required": p.required, "default": p.default, "help": p.help}
+                for p in w.params
+            ],
+        }
+        for w in WORKFLOWS.values()
+    ]
+    if args.json:
+        _print_json(table)
+        return EXIT_OK
+    for w in table:
+        print(f"{w['name']}: {w['summary']}\n  steps: {' → '.join(w['steps'])}")
+        for p in w["params"]:
+            flag = "--" + p["name"].replace("_", "-")
+            need = " (required)" if p["required"] else ""
+            print(f"  {flag}{need}: {p['help']}")
+    return EXIT_OK
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from workers.app import app
+
+    argv = [
+        "worker",
+        "--pool",
+        "threads",
+        "--concurrency",
+        str(args.concurrency),
+        "-Q",
+        "hcloud_flow",
+        "--loglevel",
+        args.loglevel,
+        "--without-gossip",
+        "--without-mingle",
+    ]
+    if args.hostname:
+        argv += ["--hostname", args.hostname]
+    app.worker_main(argv)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from workflows.demo import run_demo
+
+    return run_demo(json_out=args.json, servers=args.servers)
+
+
+# -- the parser ------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hcloud-flow",
         description="Run Hetzner Cloud server actions as durable Celery workflows.",
-        epilog="Exit codes: 0 ok, 1 run failed, 2 bad input (nothing enqueued), 3 Redis or API unreachable.",
+        epilog="Exit codes: 0 ok, 1 run failed or cancelled, 2 bad input (nothing enqueued), "
+        "3 Redis, workers or API unreachable. Settings come from the environment (see README).",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    _fakecloud(sub)
+
+    def reader(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--json", action="store_true", help="print JSON for scripts")
+        return p
+
+    p = reader("run", "submit a workflow run for one server")
+    p.add_argument("workflow", help="workflow name (see `hcloud-flow workflows`)")
+    p.add_argument("--server", required=True, help="server id or name")
+    p.add_argument("--queue", action="store_true", help="if the server is busy, queue behind its run")
+    p.add_argument("--wait", action="store_true", help="wait for the run, showing live progress")
+    p.add_argument("--timeout", type=float, default=None, help="with --wait: give up after SECONDS")
+    p.add_argument("--quiet", action="store_true", help="with --wait: no live progress")
+    p.add_argument(
+        "--submit-timeout", type=float, default=60.0, help="seconds to wait for a worker to accept"
+    )
+    _add_param_flags(p)
+    p.set_defaults(func=cmd_run)
+
+    p = reader("status", "show a run: state, steps, actions, errors")
+    p.add_argument("run_id")
+    p.add_argument("--wait", action="store_true", help="follow the run until it ends")
+    p.add_argument("--timeout", type=float, default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = reader("list", "list runs, newest first")
+    p.add_argument("--active", action="store_true", help="only queued and running runs")
+    p.add_argument("--server", help="only runs of this server id")
+    p.add_argument("--limit", type=int, default=50)
+    p.set_defaults(func=cmd_list)
+
+    p = reader("cancel", "cancel a run before its next step")
+    p.add_argument("run_id")
+    p.set_defaults(func=cmd_cancel)
+
+    p = reader("secret", "reveal the root password a run sealed (needs HCLOUD_FLOW_SECRET_KEY)")
+    p.add_argument("run_id")
+    p.set_defaults(func=cmd_secret)
+
+    p = reader("workflows", "list the workflows and their parameters")
+    p.set_defaults(func=cmd_workflows)
+
+    p = sub.add_parser("worker", help="start a worker configured from the environment")
+    p.add_argument("--concurrency", type=int, default=8, help="threads (default 8; tasks only post and park)")
+    p.add_argument("--loglevel", default="INFO")
+    p.add_argument("--hostname", default=None)
+    p.set_defaults(func=cmd_worker)
+
+    p = reader("demo", "run the demo: fakecloud, broker, store and worker in one process")
+    p.add_argument("--servers", type=int, default=6, help="servers in the demo fleet (default 6)")
+    p.set_defaults(func=cmd_demo)
+
+    from fakecloud import cli as fake_cli
+
+    p = sub.add_parser("fakecloud", help="serve the Hetzner Cloud API simulator")
+    fake_cli.add_arguments(p)
+    p.set_defaults(func=fake_cli.run)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    import redis
+    from kombu.exceptions import OperationalError
+
+    from workers.errors import BadInput, HcloudFlowError, SecretError, ServerBusy
+
+    try:
+        return int(args.func(args) or 0)
+    except (BadInput, ServerBusy, SecretError) as exc:
+        print(f"hcloud-flow: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (redis.ConnectionError, OperationalError) as exc:
+        print(f"hcloud-flow: cannot reach Redis ({exc}); check HCLOUD_FLOW_REDIS_URL", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except HcloudFlowError as exc:
+        print(f"hcloud-flow: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -59,16 +59,18 @@ def test_outside_v1_is_404(api: Api) -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "path"),
+    ("method", "path", "allow"),
     [
-        ("POST", "/servers"),
-        ("DELETE", "/servers/50000001"),
-        ("GET", "/servers/50000001/actions/poweron"),
-        ("PUT", "/actions/1"),
+        ("POST", "/servers", "GET, HEAD"),
+        ("DELETE", "/servers/50000001", "GET, HEAD"),
+        ("GET", "/servers/50000001/actions/poweron", "POST"),
+        ("PUT", "/actions/1", "GET, HEAD"),
     ],
 )
-def test_wrong_method_is_405(api: Api, method: str, path: str) -> None:
-    _assert_error(api.request(method, path), 405, "method_not_allowed")
+def test_wrong_method_is_405_with_allow(api: Api, method: str, path: str, allow: str) -> None:
+    response = api.request(method, path)
+    _assert_error(response, 405, "method_not_allowed")
+    assert response.headers["Allow"] == allow  # RFC 9110 §15.5.6: a 405 must list what is allowed
 
 
 def test_every_v1_answer_has_rate_limit_and_correlation_headers(api: Api) -> None:

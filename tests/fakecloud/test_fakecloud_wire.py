@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import http.client
+import json
 import struct
 from email.utils import formatdate, parsedate_to_datetime
 from typing import TYPE_CHECKING
@@ -140,3 +141,19 @@ def test_absurd_ids_and_nesting_are_client_errors(api: Api) -> None:
     nested = b"[" * 100_000 + b"]" * 100_000
     response = api.action(api.running_server(), "poweroff", data=nested)
     assert response.status_code == 400 and response.json()["error"]["code"] == "json_error"
+
+
+def test_encoded_selector_repeated_keys_and_accept_header_on_the_raw_wire(api: Api) -> None:
+    # As hcloud-go sends it: every value percent-encoded, keys repeated, an Accept header, no body.
+    path = (
+        "/v1/servers?label_selector=env%3Dproduction%2Crole%21%3Ddb&status=running&status=off&sort=id%3Adesc"
+    )
+    response, body = _raw(api, "GET", path, {"Authorization": _auth(api), "Accept": "application/json"})
+    assert response.status == 200
+    servers = json.loads(body)["servers"]
+    expected = [
+        s["id"]
+        for s in api.get("/servers", params={"per_page": 50}).json()["servers"]
+        if s["labels"]["env"] == "production" and s["labels"].get("role") != "db"
+    ]
+    assert expected and [s["id"] for s in servers] == sorted(expected, reverse=True)

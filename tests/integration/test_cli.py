@@ -1,0 +1,149 @@
+"""The hcloud-flow CLI as a user runs it: a subprocess with no API token, against real workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ..conftest import start_cloud
+from ..support import ROOT, Api, Control, RedisServer, Worker, worker_env
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cloud() -> Iterator[Any]:
+    c = start_cloud(servers=12, speed=20.0, seed=21)
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def worker(redis_server: RedisServer, cloud: Any, logdir: Path) -> Iterator[Worker]:
+    w = Worker("cli", worker_env(redis_server.url, cloud.base_url, HCLOUD_FLOW_RATE_REFILL="20"), logdir)
+    yield w
+    w.stop()
+
+
+def cli(redis_url: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HCLOUD")}
+    env.update(HCLOUD_FLOW_REDIS_URL=redis_url, PYTHONPATH=str(ROOT))  # no HCLOUD_TOKEN: the CLI needs none
+    return subprocess.run(
+        [sys.executable, "-m", "workflows.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture(scope="module")
+def names(cloud: Any) -> list[str]:
+    api = Api(cloud.base_url)
+    control = Control(cloud.control_url)
+    servers = api.get("/servers", per_page=50)["servers"]
+    for s in servers:
+        control.send("PATCH", f"/servers/{s['id']}", {"status": "running", "acpi": True})
+    return [s["name"] for s in servers]
+
+
+def test_run_wait_json_then_status_list_and_cancel(
+    worker: Worker, redis_server: RedisServer, names: list[str]
+) -> None:
+    done = cli(
+        redis_server.url,
+        "run",
+        "snapshot",
+        "--server",
+        names[0],
+        "--wait",
+        "--json",
+        "--description",
+        "cli",
+        "--label",
+        "via=cli",
+    )
+    assert done.returncode == 0, done.stderr
+    run = json.loads(done.stdout)
+    assert run["state"] == "succeeded" and [s["name"] for s in run["steps"]] == [
+        "shutdown",
+        "create_image",
+        "power_on",
+    ]
+    status = cli(redis_server.url, "status", run["id"], "--json")
+    assert status.returncode == 0 and json.loads(status.stdout)["id"] == run["id"]
+    text = cli(redis_server.url, "status", run["id"])
+    assert "create_image" in text.stdout and "100%" in text.stdout
+    listed = cli(redis_server.url, "list", "--json")
+    assert run["id"] in {r["id"] for r in json.loads(listed.stdout)}
+    again = cli(redis_server.url, "cancel", run["id"])
+    assert again.returncode == 2 and "already ended" in again.stderr
+
+
+def test_run_without_wait_prints_the_run_id(
+    worker: Worker, redis_server: RedisServer, names: list[str]
+) -> None:
+    started = cli(redis_server.url, "run", "reboot", "--server", names[1])
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.strip()
+    followed = cli(redis_server.url, "status", run_id, "--wait", "--quiet")
+    assert followed.returncode == 0 and "succeeded" in followed.stdout
+
+
+def test_failed_run_exits_1(worker: Worker, redis_server: RedisServer, cloud: Any, names: list[str]) -> None:
+    api, control = Api(cloud.base_url), Control(cloud.control_url)
+    sid = api.get("/servers", name=names[2])["servers"][0]["id"]
+    control.send("PATCH", f"/servers/{sid}", {"fail_next": {"command": "reset", "code": "unknown_error"}})
+    failed = cli(redis_server.url, "run", "reset", "--server", str(sid), "--wait")
+    assert failed.returncode == 1
+    assert "unknown_error" in failed.stderr + failed.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "power-on", "--server", "no-such-server"], "no server named"),
+        (["run", "rebuild", "--server", "srv-1"], "needs image"),
+        (["run", "bake-bread", "--server", "srv-1"], "unknown workflow"),
+        (["run", "snapshot", "--server", "srv-1", "--grace", "-5"], "grace must be"),
+        (["run", "reset-password", "--server", "srv-1", "--image", "x"], "does not take image"),
+        (["status", "0000"], "no run"),
+        (["secret", "0000"], "no run"),
+    ],
+)
+def test_bad_input_exits_2_and_says_why(
+    worker: Worker, redis_server: RedisServer, names: list[str], args: list[str], message: str
+) -> None:
+    done = cli(redis_server.url, *args)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert message in done.stderr
+
+
+def test_secret_without_a_key_says_the_password_was_dropped(
+    worker: Worker, redis_server: RedisServer, names: list[str]
+) -> None:
+    done = cli(redis_server.url, "run", "reset-password", "--server", names[3], "--wait", "--json")
+    run_id = json.loads(done.stdout)["id"]
+    secret = cli(redis_server.url, "secret", run_id)
+    assert secret.returncode == 2 and "dropped" in secret.stderr
+
+
+def test_unreachable_redis_exits_3() -> None:
+    done = cli("redis://127.0.0.1:1/0", "list")
+    assert done.returncode == 3 and "cannot reach Redis" in done.stderr
+
+
+def test_workflows_lists_every_workflow_with_json() -> None:
+    from workflows.definitions import WORKFLOWS
+
+    done = cli("redis://127.0.0.1:1/0", "workflows", "--json")
+    assert done.returncode == 0
+    assert {w["name"] for w in json.loads(done.stdout)} == set(WORKFLOWS)

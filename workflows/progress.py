@@ -1,0 +1,76 @@
+"""Live progress of runs for a terminal: a bar per step from the actions' progress, and elapsed time.
+
+On a terminal the block is redrawn in place; elsewhere (CI logs, pipes) a line is printed only when
+something changed, so logs stay readable.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+__all__ = ["LiveView", "render_run"]
+
+_ICONS = {"pending": " ", "running": ">", "succeeded": "✓", "failed": "✗", "cancelled": "-"}
+_BAR = 20
+
+
+def _bar(progress: int) -> str:
+    filled = round(_BAR * max(0, min(100, progress)) / 100)
+    return "#" * filled + "." * (_BAR - filled)
+
+
+def _elapsed(run: dict[str, Any], now: float) -> float:
+    start = run.get("started") or run.get("created") or now
+    end = run.get("finished") or now
+    return max(0.0, end - start)
+
+
+def render_run(run: dict[str, Any], now: float | None = None) -> list[str]:
+    """Return the display lines of one run."""
+    now = time.time() if now is None else now
+    head = (
+        f"run {run['id']}  {run['workflow']} on {run.get('server_name') or run['server_id']}  "
+        f"{run['state']}  {_elapsed(run, now):5.1f}s"
+    )
+    lines = [head]
+    for step in run["steps"]:
+        status = step.get("status", "pending")
+        progress = 100 if status == "succeeded" else int(step.get("progress") or 0)
+        extra = f" action {step['action_id']}" if step.get("action_id") else ""
+        if step.get("forced"):
+            extra += " (guest ignored ACPI: powered off)"
+        if step.get("skipped"):
+            extra += " (already in state, skipped)"
+        lines.append(
+            f"  {_ICONS.get(status, '?')} {step['name']:<16} [{_bar(progress)}] {progress:3d}%{extra}"
+        )
+    if run.get("error"):
+        lines.append(f"  error: {run['error']['message']}")
+    return lines
+
+
+class LiveView:
+    """Draw runs as they change."""
+
+    def __init__(self, out: TextIO = sys.stderr) -> None:
+        self.out = out
+        self.tty = out.isatty()
+        self._drawn = 0
+        self._last: list[str] = []
+
+    def update(self, runs: list[dict[str, Any]]) -> None:
+        lines = [line for run in runs for line in render_run(run)]
+        if self.tty:
+            if self._drawn:
+                self.out.write(f"\x1b[{self._drawn}F\x1b[J")
+            self.out.write("\n".join(lines) + "\n")
+            self._drawn = len(lines)
+        else:
+            # Elapsed time changes every tick; compare without it.
+            keyed = [line.rsplit("  ", 1)[0] if i == 0 else line for i, line in enumerate(lines)]
+            if keyed != self._last:
+                self.out.write("\n".join(lines) + "\n")
+            self._last = keyed
+        self.out.flush()
