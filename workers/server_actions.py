@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from .errors import BadInput
 
-__all__ = ["ACTIONS", "ServerAction", "TargetState", "validate_params"]
+__all__ = ["ACTIONS", "TASK_NAMES", "ServerAction", "TargetState", "validate_params"]
 
 TargetState = Literal["running", "off", "image_available"]
 
@@ -118,6 +118,9 @@ ACTIONS: dict[str, ServerAction] = {
         ),
     )
 }
+
+# The public Celery task name of each action: stable, for send_task from any language.
+TASK_NAMES = {name: f"hcloud_flow.{name}" for name in ACTIONS}
 
 # Options every action task accepts besides the API parameters.
 STEP_OPTIONS = ("deadline", "wait_state", "force", "grace", "run_id", "step", "skip_if_status")

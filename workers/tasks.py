@@ -27,11 +27,10 @@ from .errors import (
     StepInProgress,
 )
 from .monitor import new_wait
-from .server_actions import ACTIONS, STEP_OPTIONS, ServerAction, validate_params
+from .server_actions import ACTIONS, STEP_OPTIONS, TASK_NAMES, ServerAction, validate_params
 
 __all__ = ["TASK_NAMES", *ACTIONS]
 
-TASK_NAMES = {name: f"hcloud_flow.{name}" for name in ACTIONS}
 # Another delivery of the same step is posting right now: look again soon, a bounded number of times.
 _IN_PROGRESS_RETRY = 3.0
 _IN_PROGRESS_TRIES = 60

@@ -7,8 +7,7 @@ from typing import Any
 
 from celery import Celery, chain, signature
 
-from workers.server_actions import ACTIONS
-from workers.tasks import TASK_NAMES
+from workers.server_actions import ACTIONS, TASK_NAMES
 
 from .definitions import Workflow
 

@@ -58,19 +58,20 @@ class LiveView:
         self.out = out
         self.tty = out.isatty()
         self._drawn = 0
-        self._last: list[str] = []
+        self._last: list[Any] = []
 
     def update(self, runs: list[dict[str, Any]]) -> None:
         lines = [line for run in runs for line in render_run(run)]
-        if self.tty:
-            if self._drawn:
-                self.out.write(f"\x1b[{self._drawn}F\x1b[J")
-            self.out.write("\n".join(lines) + "\n")
-            self._drawn = len(lines)
-        else:
-            # Elapsed time changes every tick; compare without it.
-            keyed = [line.rsplit("  ", 1)[0] if i == 0 else line for i, line in enumerate(lines)]
+        if not self.tty:
+            # A log gets a new block only when a run or step changes state, not on every progress tick.
+            keyed = [(r["id"], r["state"], [s.get("status") for s in r["steps"]]) for r in runs]
             if keyed != self._last:
-                self.out.write("\n".join(lines) + "\n")
+                self.out.write("\n".join(lines) + "\n\n")
+                self.out.flush()
             self._last = keyed
+            return
+        if self._drawn:
+            self.out.write(f"\x1b[{self._drawn}F\x1b[J")
+        self.out.write("\n".join(lines) + "\n")
+        self._drawn = len(lines)
         self.out.flush()
