@@ -24,7 +24,7 @@ from .backend import Backend
 from .exceptions import Conflict, InvalidInput, JsonError, NotFound
 from .faults import ACTION_ERRORS
 from .labels import validate_labels
-from .listing import Request, one
+from .listing import Request, is_uint, one
 from .transitions import COMMAND_TO_NAME, SERVER_STATUSES
 
 __all__ = ["ROUTES", "config_json"]
@@ -38,7 +38,7 @@ def _body(request: Request) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: absurd nesting
         raise JsonError(f"request body is not valid JSON: {exc}") from None
     if data is None:
         return {}
@@ -112,7 +112,7 @@ def get_requests(backend: Backend, request: Request) -> Answer:
     values = {}
     for name in ("since", "limit"):
         raw = one(request.query, name)
-        if raw is not None and not raw.isdigit():
+        if raw is not None and not is_uint(raw):
             raise InvalidInput.field(name, f"must be an integer >= 0, got {raw!r}")
         values[name] = None if raw is None else int(raw)
     return 200, backend.traffic.since(values["since"] or 0, values["limit"])
@@ -167,7 +167,7 @@ def _fail_next(value: Any) -> tuple[str, tuple[str, str]]:
 
 def patch_server(backend: Backend, request: Request) -> Answer:
     """PATCH /_fakecloud/servers/{id}"""
-    if not request.args[0].isdigit():
+    if not is_uint(request.args[0]):
         raise NotFound(f"server with ID {request.args[0]!r} not found")
     server = backend.server(int(request.args[0]))
     body = _body(request)
@@ -221,8 +221,15 @@ def get_actions(backend: Backend, request: Request) -> Answer:
     backend.tick()
     with backend.lock:
         actions = [
-            {"id": a.id, "server_id": a.server_id, "name": a.name, "command": a.command, "status": a.status,
-             "started_at": a.started, "finished_at": a.finished}
+            {
+                "id": a.id,
+                "server_id": a.server_id,
+                "name": a.name,
+                "command": a.command,
+                "status": a.status,
+                "started_at": a.started,
+                "finished_at": a.finished,
+            }
             for a in backend.actions.values()
         ]
     return 200, {"actions": actions}

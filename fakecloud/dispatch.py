@@ -1,10 +1,11 @@
 """The request pipeline, free of sockets: ``/v1`` and ``/_fakecloud`` in, ``Reply`` out.
 
 ``/v1`` order, all under the backend lock: settle due actions → spend a rate token (every request counts,
-authenticated or not; empty → 429) → throw the fault die (502/503/504/429/409 answer *instead of* processing,
-so they have no side effect) → check the token (401) → route (404/405) → handler → throw the slow die (the
-answer, already computed, is held back outside the lock) → count and log. Every ``/v1`` answer carries the
-three ``RateLimit-*`` headers and an ``X-Correlation-Id``.
+authenticated or not; empty → 429) → refuse a body the transport could not read (400) → throw the fault die
+(502/503/504/429/409 answer *instead of* processing, so they have no side effect) → check the token (401) →
+route (404/405) → handler → throw the slow die (the answer, already computed, is held back outside the
+lock) → count and log. Every ``/v1`` answer carries the three ``RateLimit-*`` headers and an
+``X-Correlation-Id``.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .backend import Backend
 from .exceptions import (
     Conflict,
     FakeCloudError,
+    JsonError,
     NotFound,
     RateLimitExceeded,
     ServerError,
@@ -66,8 +68,13 @@ class App:
         self.v1 = Router(V1_ROUTES)
         self.control = Router(control.ROUTES, arg_pattern=r"([^/]+)")
 
-    def handle(self, method: str, target: str, body: bytes, authorization: str | None, host: str) -> Reply:
-        """Answer one HTTP request (``target`` is the raw request target, query string included)."""
+    def handle(
+        self, method: str, target: str, body: bytes | None, authorization: str | None, host: str
+    ) -> Reply:
+        """Answer one HTTP request (``target`` is the raw request target, query string included).
+
+        ``body`` is None when the transport could not read it (bad ``Content-Length`` or chunk framing).
+        """
         path, _, qs = target.partition("?")
         if path.startswith("/v1/") or path == "/v1":
             return self.handle_v1(method, path[3:], qs, body, authorization, f"http://{host}/v1")
@@ -85,7 +92,7 @@ class App:
         )
 
     def handle_v1(
-        self, method: str, path: str, qs: str, body: bytes, authorization: str | None, base_url: str
+        self, method: str, path: str, qs: str, body: bytes | None, authorization: str | None, base_url: str
     ) -> Reply:
         """Run the ``/v1`` pipeline described in the module docstring."""
         backend = self.backend
@@ -108,6 +115,8 @@ class App:
                 if not decision.allowed:
                     rate_limited = True
                     raise RateLimitExceeded(decision.limit)
+                if body is None:
+                    raise JsonError("request body could not be read: bad Content-Length or chunk framing")
                 fault = backend.dice.request_fault(backend.faults, action_post=action_post)
                 if fault == "502":
                     headers.append(("Content-Type", "text/html"))
@@ -128,6 +137,7 @@ class App:
                         action_id = result[1]["action"]["id"]
                     reply = _json_reply(result[0], result[1], headers)
             except FakeCloudError as exc:
+                headers.extend(exc.headers())
                 reply = _json_reply(exc.status, exc.to_json(), headers)
             except Exception:
                 traceback.print_exc()  # a bug in fakecloud, not a simulated fault: make it loud
@@ -148,16 +158,19 @@ class App:
             )
         return reply
 
-    def handle_control(self, method: str, path: str, qs: str, body: bytes) -> Reply:
+    def handle_control(self, method: str, path: str, qs: str, body: bytes | None) -> Reply:
         """Answer a ``/_fakecloud`` test control: no auth, no rate limit, no faults, not counted."""
         headers = [("X-Correlation-Id", secrets.token_hex(8))]
         with self.backend.lock:
             self.backend.tick()
             try:
+                if body is None:
+                    raise JsonError("request body could not be read: bad Content-Length or chunk framing")
                 _, handler, args = self.control.match(method, path)
                 query = parse_qs(qs, keep_blank_values=True) if qs else {}
                 status, payload = handler(self.backend, Request(method, path, query, body, args, ""))
             except FakeCloudError as exc:
+                headers.extend(exc.headers())
                 status, payload = exc.status, exc.to_json()
             except Exception:
                 traceback.print_exc()

@@ -58,6 +58,10 @@ class FakeCloudError(Exception):
         """Return the public API error body."""
         return {"error": {"code": self.code, "message": self.message, "details": self.details}}
 
+    def headers(self) -> list[tuple[str, str]]:
+        """Return HTTP headers this error adds to the answer (none by default)."""
+        return []
+
 
 class JsonError(FakeCloudError):
     """Raised when the request body is not valid JSON (or not a JSON object)."""
@@ -81,6 +85,14 @@ class MethodNotAllowed(FakeCloudError):
     """Raised when the route exists but not for this HTTP method."""
 
     status, code, default_message = 405, "method_not_allowed", "method not allowed"
+
+    def __init__(self, message: str | None = None, allowed: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.allowed = allowed
+
+    def headers(self) -> list[tuple[str, str]]:
+        """Return the ``Allow`` header that RFC 9110 requires on a 405."""
+        return [("Allow", ", ".join(self.allowed))] if self.allowed else []
 
 
 class Conflict(FakeCloudError):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import random
+import struct
 from typing import Any
 
 from .models import Image, Server, SshKey
@@ -115,7 +117,16 @@ def system_images(now: float) -> list[Image]:
 
     # Like the real catalogue, each current system image exists once per architecture, with its own id.
     return [
-        image(67794396, "ubuntu-20.04", "ubuntu", "20.04", 1900, deprecated=now - 200 * _DAY),
+        # Announced a month ago, usable for new servers for two more months (a deprecation info object).
+        image(
+            67794396,
+            "ubuntu-20.04",
+            "ubuntu",
+            "20.04",
+            1900,
+            deprecated=now - 30 * _DAY,
+            unavailable_after=now + 60 * _DAY,
+        ),
         image(67794397, "ubuntu-22.04", "ubuntu", "22.04", 1300),
         image(103908070, "ubuntu-22.04", "ubuntu", "22.04", 1300, architecture="arm"),
         image(161547269, "ubuntu-24.04", "ubuntu", "24.04", 600),
@@ -133,9 +144,11 @@ def ssh_keys(now: float) -> list[SshKey]:
     for i, (name, labels) in enumerate(
         [("ops", {"team": "ops"}), ("deploy", {"team": "ci", "env": "production"})]
     ):
-        body = hashlib.sha256(f"fakecloud-key-{name}".encode()).digest()
-        public = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA" + body.hex()[:43] + f" {name}@fakecloud"
-        fingerprint = ":".join(f"{b:02x}" for b in hashlib.md5(body, usedforsecurity=False).digest())
+        # A well-formed OpenSSH ed25519 key blob, and its fingerprint as the API computes it: MD5 of the blob.
+        key = hashlib.sha256(f"fakecloud-key-{name}".encode()).digest()
+        blob = b"".join((struct.pack(">I", 11), b"ssh-ed25519", struct.pack(">I", len(key)), key))
+        public = f"ssh-ed25519 {base64.b64encode(blob).decode()} {name}@fakecloud"
+        fingerprint = ":".join(f"{b:02x}" for b in hashlib.md5(blob, usedforsecurity=False).digest())
         keys.append(
             SshKey(SSH_KEY_ID_BASE + i + 1, name, fingerprint, public, now - (400 - i) * _DAY, labels)
         )

@@ -15,7 +15,18 @@ from urllib.parse import urlencode
 
 from .exceptions import InvalidInput
 
-__all__ = ["Request", "Sort", "flag", "ints", "many", "one", "paginate", "parse_sort", "sort_items"]
+__all__ = [
+    "Request",
+    "Sort",
+    "flag",
+    "ints",
+    "is_uint",
+    "many",
+    "one",
+    "paginate",
+    "parse_sort",
+    "sort_items",
+]
 
 T = TypeVar("T")
 DEFAULT_PER_PAGE = 25
@@ -32,6 +43,13 @@ class Request:
     body: bytes
     args: tuple[str, ...]  # the route's {placeholders}, in order
     base_url: str  # e.g. http://127.0.0.1:8080/v1, for Link headers
+
+
+def is_uint(text: str) -> bool:
+    """Return whether ``text`` is an unsigned decimal integer of ASCII digits, at most 32 of them."""
+    # str.isdigit alone admits "²" (int() refuses it: a 500) and "٣" (int() takes it: the API would not).
+    # An int64 has 19 digits; the cap keeps int() away from its 4300-digit limit (another 500).
+    return len(text) <= 32 and text.isascii() and text.isdigit()
 
 
 def one(query: dict[str, list[str]], name: str) -> str | None:
@@ -56,7 +74,7 @@ def ints(query: dict[str, list[str]], name: str) -> list[int]:
     """Return every value of ``name`` as a positive int, in order."""
     out = []
     for value in query.get(name, ()):
-        if not value.isdigit() or int(value) < 1:
+        if not is_uint(value) or int(value) < 1:
             raise InvalidInput.field(name, f"invalid ID {value!r}: must be a positive integer")
         out.append(int(value))
     return out
@@ -104,7 +122,7 @@ def _page_number(query: dict[str, list[str]], name: str, default: int) -> int:
     value = one(query, name)
     if value is None:
         return default
-    if not value.isdigit() or int(value) < 1:
+    if not is_uint(value) or int(value) < 1:
         raise InvalidInput.field(name, f"invalid {name} {value!r}: must be an integer >= 1")
     return int(value)
 

@@ -37,7 +37,8 @@ class Image:
     rapid_deploy: bool = False
     created_from: dict[str, Any] | None = None
     bound_to: int | None = None
-    deprecated: float | None = None
+    deprecated: float | None = None  # when the deprecation was announced
+    unavailable_after: float | None = None  # set with ``deprecated``
     labels: dict[str, str] = field(default_factory=dict)
     protection_delete: bool = False
 
@@ -59,7 +60,15 @@ class Image:
             "architecture": self.architecture,
             "rapid_deploy": self.rapid_deploy,
             "protection": {"delete": self.protection_delete},
+            # The API added "deprecation" on 2026-09-08 and keeps "deprecated" (the announcement) until it
+            # is removed; hcloud-python >= 2.24 reads only "deprecation", older clients only "deprecated".
             "deprecated": rfc3339(self.deprecated),
+            "deprecation": None
+            if self.deprecated is None
+            else {
+                "announced": rfc3339(self.deprecated),
+                "unavailable_after": rfc3339(self.unavailable_after),
+            },
             "deleted": None,
             "labels": dict(self.labels),
         }

@@ -13,7 +13,7 @@ from typing import Any
 from .backend import Backend
 from .exceptions import InvalidInput, JsonError, NotFound
 from .labels import compile_selector, validate_labels
-from .listing import Request, flag, ints, many, one, paginate, parse_sort, sort_items
+from .listing import Request, flag, ints, is_uint, many, one, paginate, parse_sort, sort_items
 from .transitions import ACTION_STATUSES, SERVER_STATUSES
 
 Answer = tuple[int, dict[str, Any]] | tuple[int, dict[str, Any], list[tuple[str, str]]]
@@ -41,7 +41,7 @@ def _body(request: Request) -> dict[str, Any]:
         return {}
     try:
         data = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # RecursionError: absurd nesting
         raise JsonError(f"request body is not valid JSON: {exc}") from None
     if data is None:
         return {}
@@ -104,6 +104,24 @@ def get_server_action(backend: Backend, request: Request) -> Answer:
     if action.server_id != server.id:
         raise NotFound(f"action with ID '{action.id}' not found")
     return 200, {"action": backend.action_json(action)}
+
+
+def get_servers_actions(backend: Backend, request: Request) -> Answer:
+    """GET /servers/actions (the actions of every server; hcloud-python ``client.servers.actions``)"""
+    q = request.query
+    ids = ints(q, "id")
+    sorts = parse_sort(q, tuple(_ACTION_SORT_KEYS))
+    statuses = many(q, "status", ACTION_STATUSES)
+    actions = backend.find_actions(ids) if ids else list(backend.actions.values())
+    actions = [a for a in actions if not statuses or a.status in statuses]
+    actions = sort_items(actions, sorts or [("id", False)], _ACTION_SORT_KEYS)
+    return _list(backend, request, "actions", actions, backend.action_json)
+
+
+def get_servers_action(backend: Backend, request: Request) -> Answer:
+    """GET /servers/actions/{id}"""
+    # Every action fakecloud holds is a server action, so this is GET /actions/{id} under another name.
+    return 200, {"action": backend.action_json(backend.action(_id(request)))}
 
 
 # ----- the ten server actions ---------------------------------------------------------------------
@@ -177,7 +195,7 @@ def rebuild_server(backend: Backend, request: Request) -> Answer:
     body = _body(request)
     image = body.get("image")
     # "ID or name": hcloud-go sends an ID as a JSON number, older clients as a string of digits.
-    if isinstance(image, str) and image.isdigit():
+    if isinstance(image, str) and is_uint(image):
         image = int(image)
     if image is None or image == "":
         raise InvalidInput.field("image", "is required (an image ID or the name of a system image)")

@@ -23,13 +23,14 @@ _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _date_cache: tuple[int, str] = (0, "")
 
 
-def _http_date() -> str:
+def _http_date(now: float) -> str:
     # formatdate costs more than the rest of a small answer; one string per second is enough.
     global _date_cache
-    second = int(time.time())
-    if _date_cache[0] != second:
-        _date_cache = (second, formatdate(second, usegmt=True))
-    return _date_cache[1]
+    second = int(now)
+    cached = _date_cache  # one read: another thread may replace the tuple meanwhile
+    if cached[0] != second:
+        cached = _date_cache = (second, formatdate(second, usegmt=True))
+    return cached[1]
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -44,7 +45,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _read_body(self) -> bytes:
         length = self.headers.get("Content-Length")
         if length is not None:
-            if not length.strip().isdigit():
+            if not (length.strip().isascii() and length.strip().isdigit()):
                 raise ValueError(f"bad Content-Length {length!r}")
             return self.rfile.read(int(length))
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
@@ -60,13 +61,17 @@ class _Handler(BaseHTTPRequestHandler):
         return b""
 
     def _dispatch(self) -> None:
+        body: bytes | None
         try:
             body = self._read_body()
         except ValueError:
-            self.send_error(400, "bad request body framing")
-            return
-        reply = self.server.app.handle(
-            self.command,
+            body = None  # the app answers 400 json_error with the usual headers
+            self.close_connection = True  # where this body ends is unknown, so the connection is lost
+        head_only = self.command == "HEAD"
+        app = self.server.app
+        reply = app.handle(
+            # HEAD is GET without the content (RFC 9110 §9.3.2): same status and headers, same rate token.
+            "GET" if head_only else self.command,
             self.path,
             body,
             self.headers.get("Authorization"),
@@ -74,14 +79,18 @@ class _Handler(BaseHTTPRequestHandler):
         )
         if reply.delay:
             time.sleep(reply.delay)  # the slow fault: processed already, answered late
-        head = [f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, '')}", f"Date: {_http_date()}"]
+        # Date comes from the backend's clock, like RateLimit-Reset, so "Reset - Date" is the wait for a full
+        # bucket (reference §6) on a manual clock too.
+        status_line = f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, '')}"
+        head = [status_line, f"Date: {_http_date(app.backend.clock.now())}"]
         head.extend(f"{k}: {v}" for k, v in reply.headers)
         head.append(f"Content-Length: {len(reply.body)}")
         if self.close_connection:
             head.append("Connection: close")
-        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + reply.body)
+        payload = b"" if head_only else reply.body
+        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload)
 
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _dispatch
+    do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = _dispatch
 
 
 class _Server(ThreadingHTTPServer):

@@ -16,6 +16,8 @@ Handler = Callable[..., Any]
 V1_ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/servers", responses.get_servers),
     ("GET", "/servers/{id}", responses.get_server),
+    ("GET", "/servers/actions", responses.get_servers_actions),
+    ("GET", "/servers/actions/{id}", responses.get_servers_action),
     ("GET", "/servers/{id}/actions", responses.get_server_actions),
     ("GET", "/servers/{id}/actions/{action_id}", responses.get_server_action),
     ("POST", "/servers/{id}/actions/poweron", responses.poweron_server),
@@ -40,7 +42,8 @@ V1_ROUTES: list[tuple[str, str, Handler]] = [
 class Router:
     """Match ``(method, path)`` to ``(template, handler, args)``; 404 for no path, 405 for a wrong method."""
 
-    def __init__(self, routes: list[tuple[str, str, Handler]], arg_pattern: str = r"(\d+)") -> None:
+    # ASCII digits only (re's \d takes any Unicode digit), and no more than an id could ever have.
+    def __init__(self, routes: list[tuple[str, str, Handler]], arg_pattern: str = r"([0-9]{1,32})") -> None:
         self.static: dict[str, dict[str, Handler]] = {}
         # Dynamic templates grouped by first path segment, so a request tries only a handful of regexes.
         self.dynamic: dict[str, list[tuple[re.Pattern[str], str, dict[str, Handler]]]] = {}
@@ -73,7 +76,10 @@ class Router:
         template, methods, args = found
         handler = methods.get(method)
         if handler is None:
+            # HEAD is served as GET (server.py), so a GET route allows it too.
+            allowed = tuple(sorted({*methods, "HEAD"} if "GET" in methods else set(methods)))
             raise MethodNotAllowed(
-                f"method {method} is not allowed on {template}; allowed: {', '.join(sorted(methods))}"
+                f"method {method} is not allowed on {template}; allowed: {', '.join(sorted(methods))}",
+                allowed,
             )
         return template, handler, args
