@@ -28,6 +28,16 @@ MAX_IDS_PER_ACTIONS_GET = 25
 MAX_PER_PAGE = 50
 
 
+def is_id(value: object) -> bool:
+    """Tell whether a reference is an API id (an int, or ASCII digits), not a name."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    # str.isdigit() alone accepts "²" and other digits int() refuses or reads differently.
+    return isinstance(value, str) and 0 < len(value) <= 19 and value.isascii() and value.isdigit()
+
+
 class HcloudClient:
     """Talk to the API (or fakecloud) with one token; safe to share between threads of one process."""
 

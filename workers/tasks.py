@@ -15,6 +15,7 @@ from celery import Task
 from celery.exceptions import Ignore
 
 from .app import app, engine, hooks
+from .client import is_id
 from .continuation import request_fields
 from .engine import Engine, start_action
 from .errors import (
@@ -47,7 +48,7 @@ def resolve_target(eng: Engine, target: Any) -> tuple[int, dict[str, Any] | None
         return int(target["server_id"]), target
     if isinstance(target, bool) or target is None:
         raise BadInput("give a server id or name as the first argument")
-    if isinstance(target, int) or (isinstance(target, str) and target.isdigit()):
+    if is_id(target):
         return int(target), None
     if isinstance(target, str):
         found = eng.client.list_servers(name=target)

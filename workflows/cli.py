@@ -75,6 +75,8 @@ def _add_param_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
+    from workers.client import is_id
+
     out: dict[str, Any] = {}
     for key, value in vars(args).items():
         if not key.startswith("p_") or value is None:
@@ -83,8 +85,8 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
         if name == "labels":
             value = dict(value)
         if name == "ssh_keys":
-            value = [int(v) if v.isdigit() else v for v in value]
-        if name == "image" and value.isdigit():
+            value = [int(v) if is_id(v) else v for v in value]
+        if name == "image" and is_id(value):
             value = int(value)
         if name == "user_data" and value.startswith("@"):
             with open(value[1:], encoding="utf-8") as fh:
@@ -94,10 +96,11 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from workers.client import is_id
     from workflows.validate import check_params, workflow_named
 
     params = _params(args)
-    server: Any = int(args.server) if args.server.isdigit() else args.server
+    server: Any = int(args.server) if is_id(args.server) else args.server
     check_params(workflow_named(args.workflow), params)  # refuse bad shapes before touching the broker
     answer = _runs().submit_full(
         args.workflow, server=server, queue=args.queue, timeout=args.submit_timeout, **params

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.client import HcloudClient
+from workers.client import HcloudClient, is_id
 from workers.errors import APIError, BadInput
 from workers.server_actions import MAX_USER_DATA
 
@@ -102,7 +102,7 @@ def find_server(client: HcloudClient, ref: Any) -> dict[str, Any]:
     """Return the server named or numbered ``ref``, or refuse."""
     if isinstance(ref, bool) or not isinstance(ref, int | str) or ref == "":
         raise BadInput("give the server as an id or a name", "server")
-    if isinstance(ref, int) or ref.isdigit():
+    if is_id(ref):
         if int(ref) <= 0:
             raise BadInput(f"server id must be positive, not {ref}", "server")
         try:
@@ -118,7 +118,7 @@ def find_server(client: HcloudClient, ref: Any) -> dict[str, Any]:
 
 
 def _find_image(client: HcloudClient, ref: int | str, server: dict[str, Any]) -> dict[str, Any]:
-    if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
+    if is_id(ref):
         try:
             image = client.get_image(int(ref))
         except APIError as exc:
@@ -147,7 +147,7 @@ def _find_image(client: HcloudClient, ref: int | str, server: dict[str, Any]) ->
 def _ssh_key_ids(client: HcloudClient, refs: list[int | str]) -> list[int]:
     ids = []
     for ref in refs:
-        if isinstance(ref, int) or ref.isdigit():
+        if is_id(ref):
             try:
                 ids.append(int(client.get_ssh_key(int(ref))["id"]))
             except APIError as exc:

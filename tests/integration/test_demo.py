@@ -13,8 +13,14 @@ from ..support import ROOT
 def test_demo_runs_alone_and_every_run_ends_as_the_scenario_says() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HCLOUD")}
     env["PYTHONPATH"] = str(ROOT)
-    done = subprocess.run([sys.executable, "-m", "workflows.cli", "demo", "--json"], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "workflows.cli", "demo", "--json"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads(done.stdout)
     outcomes = [r["outcome"] for r in summary["runs"]]
