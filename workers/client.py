@@ -10,6 +10,8 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import requests
@@ -26,6 +28,8 @@ DEFAULT_BASE_URL = "https://api.hetzner.cloud/v1"
 # hcloud-go's finding: GET /actions answers at most 25 ids, extra ids "might not be returned at all".
 MAX_IDS_PER_ACTIONS_GET = 25
 MAX_PER_PAGE = 50
+# The budget priority of the requests made in this thread or task: fleet jobs spend as "bulk".
+_PRIORITY: ContextVar[Priority | None] = ContextVar("hcloud_flow_priority", default=None)
 
 
 def is_id(value: object) -> bool:
@@ -80,6 +84,15 @@ class HcloudClient:
     def __repr__(self) -> str:  # the token must never reach a log line through a repr
         return f"HcloudClient(base_url={self.base_url!r})"
 
+    @contextmanager
+    def priority_scope(self, priority: Priority | None) -> Iterator[None]:
+        """Spend the requests made inside the block at ``priority`` (None keeps the client's own)."""
+        token = _PRIORITY.set(priority)
+        try:
+            yield
+        finally:
+            _PRIORITY.reset(token)
+
     # -- the seam -------------------------------------------------------------------------------------
 
     def request(
@@ -116,7 +129,8 @@ class HcloudClient:
 
     def _send_once(self, method: str, path: str, params: Any, body: Any) -> dict[str, Any]:
         if self.budget is not None:
-            self.budget.take(self.priority)  # RateBudgetExhausted goes to the caller, unretried
+            # RateBudgetExhausted goes to the caller, unretried.
+            self.budget.take(_PRIORITY.get() or self.priority)
         kwargs: dict[str, Any] = {"params": params, "timeout": self.timeout}
         if body is not None:
             kwargs["json"] = body

@@ -8,6 +8,7 @@ the server lock and the server's queue change the same way in either case.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery, signature
@@ -15,9 +16,12 @@ from celery import Celery, signature
 from .errors import HcloudFlowError, RunCancelled
 from .run_store import FINAL, RunStore
 
-__all__ = ["RunHooks", "error_info"]
+__all__ = ["RUN_LISTENERS", "RunHooks", "error_info"]
 
 log = logging.getLogger(__name__)
+
+# Called with each run record once it has ended; fleet jobs register here to start their next servers.
+RUN_LISTENERS: list[Callable[[dict[str, Any]], None]] = []
 
 
 def error_info(exc: BaseException) -> dict[str, Any]:
@@ -101,6 +105,12 @@ class RunHooks:
         self.store.release(run["server_id"], run["id"])
         log.info("run %s (%s on server %s) %s", run["id"], run["workflow"], run["server_id"], state)
         self.start_next(run["server_id"])
+        ended = {**run, "state": state, "error": error}
+        for listener in RUN_LISTENERS:
+            try:
+                listener(ended)
+            except Exception:  # one listener's failure must not undo the run's ending
+                log.exception("run listener failed for run %s", run["id"])
 
     def start(self, run: dict[str, Any]) -> None:
         """Send a run's chain (its steps' task ids were fixed at submit)."""

@@ -123,7 +123,7 @@ ACTIONS: dict[str, ServerAction] = {
 TASK_NAMES = {name: f"hcloud_flow.{name}" for name in ACTIONS}
 
 # Options every action task accepts besides the API parameters.
-STEP_OPTIONS = ("deadline", "wait_state", "force", "grace", "run_id", "step", "skip_if_status")
+STEP_OPTIONS = ("deadline", "wait_state", "force", "grace", "run_id", "step", "skip_if_status", "priority")
 MAX_USER_DATA = 32 * 1024
 
 

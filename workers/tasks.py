@@ -63,6 +63,15 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_action(task: Task, action: ServerAction, target: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """Run one step at its run's budget priority (fleet jobs spend as "bulk")."""
+    priority = options.get("priority")
+    if priority not in (None, "interactive", "bulk"):
+        raise BadInput("priority must be interactive or bulk", "priority")
+    with engine().client.priority_scope(priority):
+        return _run_action(task, action, target, options)
+
+
+def _run_action(task: Task, action: ServerAction, target: Any, options: dict[str, Any]) -> dict[str, Any]:
     """Start the step's action and park its wait; return at once only if nothing is left to wait for."""
     eng = engine()
     step_opts = {k: options.pop(k) for k in list(options) if k in STEP_OPTIONS}

@@ -22,7 +22,7 @@ from workers.run_store import FINAL, RunStore
 
 from .submit import cancel_run
 
-__all__ = ["Runs", "cancel", "default", "list_runs", "status", "submit", "wait"]
+__all__ = ["Jobs", "Runs", "cancel", "default", "jobs", "list_runs", "status", "submit", "wait"]
 
 
 class Runs:
@@ -98,7 +98,72 @@ class Runs:
             sleep(poll)
 
 
+class Jobs:
+    """Fleet jobs of one installation: start and plan go through a worker (they need the API)."""
+
+    def __init__(self, app: Celery, store: Any) -> None:
+        self.app = app
+        self.store = store
+
+    def _call(self, name: str, timeout: float, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return dict(self.app.send_task(name, kwargs=kwargs).get(timeout=timeout))
+        except CeleryTimeout as exc:
+            raise HcloudFlowError(
+                f"no worker answered within {timeout:.0f} s; is `hcloud-flow worker` running?"
+            ) from exc
+
+    def start(self, workflow: str, *, timeout: float = 120.0, **options: Any) -> dict[str, Any]:
+        """Validate and start a fleet job; return its record (``id``, servers, limits, state)."""
+        return self._call("hcloud_flow.fleet_start", timeout, workflow=workflow, **options)
+
+    def plan(self, workflow: str, *, timeout: float = 120.0, **options: Any) -> dict[str, Any]:
+        """Return the dry-run plan of a fleet job; nothing starts."""
+        return self._call("hcloud_flow.fleet_plan", timeout, workflow=workflow, **options)
+
+    def control(self, job_id: str, verb: str, *, timeout: float = 60.0) -> dict[str, Any]:
+        """Pause, resume or cancel a job."""
+        return self._call("hcloud_flow.fleet_control", timeout, job_id=job_id, verb=verb)
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        job = self.store.get(job_id)
+        if job is None:
+            raise BadInput(f"no fleet job {job_id!r}", "job_id")
+        return dict(job)
+
+    def list(self, limit: int = 50) -> list[dict[str, Any]]:
+        return list(self.store.list(limit))
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        poll: float = 0.5,
+        on_update: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Wait until the job ends; return its record."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            job = self.status(job_id)
+            if on_update is not None:
+                on_update(job)
+            if job["state"] in ("succeeded", "failed", "cancelled"):
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise HcloudFlowError(f"fleet job {job_id} is still {job['state']} after {timeout:.0f} s")
+            time.sleep(poll)
+
+
 _default: Runs | None = None
+
+
+def jobs() -> Jobs:
+    """Return the fleet jobs of the installation that celeryconfig's environment points at."""
+    from .fleet import JobStore
+
+    runs = default()
+    return Jobs(runs.app, JobStore(runs.store.redis, retention=runs.store.retention))
 
 
 def default() -> Runs:

@@ -17,7 +17,9 @@ __all__ = ["build_chain", "plan_steps"]
 LOCK_MARGIN = 600.0
 
 
-def plan_steps(workflow: Workflow, facts: dict[str, Any], run_id: str) -> list[dict[str, Any]]:
+def plan_steps(
+    workflow: Workflow, facts: dict[str, Any], run_id: str, *, priority: str | None = None
+) -> list[dict[str, Any]]:
     """Return the steps that will run, each with its fixed task id and its task's keyword arguments."""
     steps = []
     for step in workflow.steps:
@@ -25,6 +27,8 @@ def plan_steps(workflow: Workflow, facts: dict[str, Any], run_id: str) -> list[d
             continue
         kwargs = {k: v for k, v in step.args(facts).items() if v is not None}
         kwargs.update(run_id=run_id, step=step.name)
+        if priority:
+            kwargs["priority"] = priority
         steps.append(
             {
                 "index": len(steps),

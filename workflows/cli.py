@@ -216,6 +216,131 @@ def cmd_secret(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _fleet_options(args: argparse.Namespace) -> dict[str, Any]:
+    from workers.client import is_id
+
+    servers = None
+    if args.servers is not None:
+        servers = [int(s) if is_id(s) else s for s in (p.strip() for p in args.servers.split(",")) if s]
+    return {
+        "selector": args.selector,
+        "servers": servers,
+        "params": _params(args),
+        "max_concurrency": args.max_concurrency,
+        "max_errors": args.max_errors,
+        "canary": args.canary,
+    }
+
+
+def _job_line(job: dict[str, Any]) -> str:
+    c = job["counts"]
+    done = sum(v for k, v in c.items() if k not in ("running", "pending"))
+    parts = [f"{k} {v}" for k, v in sorted(c.items()) if v and k not in ("pending", "running")]
+    secs = (job.get("finished") or time.time()) - job["created"]
+    return (
+        f"job {job['id']} {job['workflow']}: {job['state']}  {done}/{len(job['servers'])} ended"
+        f" ({', '.join(parts) or 'none yet'}), {c.get('running', 0)} in flight, {secs:.0f}s"
+    )
+
+
+def cmd_fleet(args: argparse.Namespace) -> int:
+    from workflows.api import jobs
+    from workflows.validate import check_params, workflow_named
+
+    options = _fleet_options(args)
+    check_params(workflow_named(args.workflow), options["params"])
+    if args.dry_run:
+        plan = jobs().plan(args.workflow, **options)
+        if args.json:
+            _print_json(plan)
+            return EXIT_OK
+        print(
+            f"dry run: {plan['workflow']} on {len(plan['servers'])} servers,"
+            f" at most {plan['max_concurrency']} "
+            f"at once, stop after {plan['max_errors']} errors, canary {plan['canary']}"
+        )
+        for s in plan["servers"]:
+            print(f"  {s['name']:<20} {s['status']:<10} {' → '.join(s['steps'])}")
+        print(
+            f"API requests: about {plan['api_requests']} ({plan['share_of_hourly_budget']:.1%} of the hourly "
+            f"budget of {plan['budget_limit_per_hour']}; {plan['budget_remaining']} left now)"
+        )
+        print(
+            f"estimated duration: {plan['estimated_seconds']} s in {plan['waves']} waves "
+            f"(bound by {plan['bound_by']}); nothing was started"
+        )
+        return EXIT_OK
+    job = jobs().start(args.workflow, **options)
+    if not args.wait:
+        if args.json:
+            _print_json(job)
+        else:
+            print(job["id"])
+        return EXIT_OK
+    return _wait_job(job["id"], args)
+
+
+def _wait_job(job_id: str, args: argparse.Namespace) -> int:
+    from workflows.api import jobs
+
+    last = ""
+
+    def show(job: dict[str, Any]) -> None:
+        nonlocal last
+        if args.json or args.quiet:
+            return
+        line = _job_line(job)
+        if sys.stderr.isatty():
+            sys.stderr.write("\r\x1b[K" + line)
+        elif line.rsplit(",", 1)[0] != last.rsplit(",", 1)[0]:
+            sys.stderr.write(line + "\n")
+        last = line
+        sys.stderr.flush()
+
+    job = jobs().wait(job_id, timeout=args.timeout, on_update=show)
+    if sys.stderr.isatty() and not (args.json or args.quiet):
+        sys.stderr.write("\n")
+    if args.json:
+        _print_json(job)
+    else:
+        print(_job_line(job) + (f" — {job['reason']}" if job.get("reason") else ""))
+    return EXIT_OK if job["state"] == "succeeded" else EXIT_FAILED
+
+
+def cmd_job(args: argparse.Namespace) -> int:
+    from workers.errors import BadInput
+    from workflows.api import jobs
+
+    if args.verb == "list":
+        listed = jobs().list()
+        if args.json:
+            _print_json(listed)
+        else:
+            print("\n".join(_job_line(j) for j in listed) or "no fleet jobs")
+        return EXIT_OK
+    if args.job_id is None:
+        raise BadInput(f"job {args.verb} needs a JOB_ID")
+    if args.verb == "status":
+        if args.wait:
+            return _wait_job(args.job_id, args)
+        job = jobs().status(args.job_id)
+        if args.json:
+            _print_json(job)
+        else:
+            print(_job_line(job) + (f" — {job['reason']}" if job.get("reason") else ""))
+            names = {s["id"]: s["name"] for s in job["servers"]}
+            for sid, entry in sorted(job["outcomes"].items()):
+                note = f"  ({entry['reason']})" if entry.get("reason") else ""
+                print(f"  {names.get(sid, sid)!s:<20} {entry['outcome']:<12} {entry.get('run_id', '')}{note}")
+        return EXIT_OK
+    answer = jobs().control(args.job_id, args.verb)
+    if args.json:
+        _print_json(answer)
+    else:
+        print(f"job {args.job_id}: {answer['state']}")
+    return EXIT_OK
+
+
 def cmd_workflows(args: argparse.Namespace) -> int:
     from workflows.definitions import WORKFLOWS
 
@@ -322,6 +447,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = reader("secret", "reveal the root password a run sealed (needs HCLOUD_FLOW_SECRET_KEY)")
     p.add_argument("run_id")
     p.set_defaults(func=cmd_secret)
+
+    p = reader("fleet", "run a workflow over many servers: sliding window, canary, error threshold")
+    p.add_argument("workflow", help="workflow name (see `hcloud-flow workflows`)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--selector", help="Hetzner label selector, e.g. 'env=staging,role in (web,api)'")
+    target.add_argument("--servers", help="comma-separated server ids or names, e.g. 1,2,srv-7")
+    p.add_argument("--max-concurrency", required=True, metavar="N|P%", help="servers in flight at most")
+    p.add_argument("--max-errors", required=True, metavar="N|P%", help="stop starting new servers past this")
+    p.add_argument(
+        "--canary", type=int, default=0, metavar="N", help="first N servers must all succeed first"
+    )
+    p.add_argument("--dry-run", action="store_true", help="print the plan and its API budget; start nothing")
+    p.add_argument("--wait", action="store_true", help="wait for the job, showing progress")
+    p.add_argument("--timeout", type=float, default=None, help="with --wait: give up after SECONDS")
+    p.add_argument("--quiet", action="store_true", help="with --wait: no progress lines")
+    _add_param_flags(p)
+    p.set_defaults(func=cmd_fleet)
+
+    p = reader("job", "show, list, pause, resume or cancel fleet jobs")
+    p.add_argument("verb", choices=("status", "list", "pause", "resume", "cancel"))
+    p.add_argument("job_id", nargs="?")
+    p.add_argument("--wait", action="store_true", help="with status: follow the job until it ends")
+    p.add_argument("--timeout", type=float, default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_job)
 
     p = reader("workflows", "list the workflows and their parameters")
     p.set_defaults(func=cmd_workflows)

@@ -41,6 +41,8 @@ def submit_run(
     server: Any,
     params: dict[str, Any] | None = None,
     queue: bool = False,
+    job_id: str | None = None,
+    priority: str | None = None,
 ) -> dict[str, Any]:
     """Validate a request, record the run, take the server (or queue behind its run) and start the chain."""
     wf = workflow_named(workflow)
@@ -49,7 +51,7 @@ def submit_run(
         raise BadInput("queue must be true or false", "queue")
     facts = gather_facts(client, wf, server, clean)
     run_id = store.new_id()
-    steps = plan_steps(wf, facts, run_id)
+    steps = plan_steps(wf, facts, run_id, priority=priority)
     srv = facts["server"]
     ttl = lock_ttl(steps)
     sig = build_chain(app, steps, int(srv["id"]))
@@ -63,6 +65,7 @@ def submit_run(
         "steps": [{k: s[k] for k in ("index", "name", "action", "task_id")} for s in steps],
         "chain": dict(sig),
         "lock_ttl": ttl,
+        "job_id": job_id,
     }
     holder = store.acquire(int(srv["id"]), run_id, ttl)
     if holder is not None:

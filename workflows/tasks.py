@@ -6,14 +6,33 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from workers.app import app, engine, hooks, run_store
 from workers.errors import BadInput, ServerBusy
+from workers.runs import RUN_LISTENERS
 
+from .fleet import FleetRunner, JobStore
 from .submit import cancel_run, submit_run
 
-__all__ = ["cancel", "status", "submit"]
+__all__ = ["cancel", "fleet_control", "fleet_plan", "fleet_start", "status", "submit"]
+
+
+def fleet_runner() -> FleetRunner:
+    """Return the fleet runner of this worker process."""
+    store = run_store()
+    job_store = JobStore(store.redis, retention=store.retention)
+    submit_one = partial(submit_run, app, engine().client, store, hooks())
+    return FleetRunner(job_store, engine().client, submit_one, partial(cancel_run, store))
+
+
+def _on_run_ended(run: dict[str, Any]) -> None:
+    if run.get("job_id"):
+        fleet_runner().on_run_ended(run)
+
+
+RUN_LISTENERS.append(_on_run_ended)
 
 
 @app.task(name="hcloud_flow.submit", throws=(BadInput, ServerBusy), acks_late=False)
@@ -50,3 +69,61 @@ def status(run_id: Any = None) -> dict[str, Any]:
         raise BadInput(f"no run {run_id!r}", "run_id")
     run.pop("chain", None)
     return run
+
+
+@app.task(name="hcloud_flow.fleet_start", throws=(BadInput,), acks_late=False)
+def fleet_start(
+    workflow: Any = None,
+    selector: Any = None,
+    servers: Any = None,
+    params: Any = None,
+    max_concurrency: Any = "1",
+    max_errors: Any = "0",
+    canary: Any = 0,
+) -> dict[str, Any]:
+    """Validate and start a fleet job; return its record."""
+    return fleet_runner().start(
+        workflow=workflow,
+        selector=selector,
+        servers=servers,
+        params=params,
+        max_concurrency=max_concurrency,
+        max_errors=max_errors,
+        canary=canary,
+    )
+
+
+@app.task(name="hcloud_flow.fleet_plan", throws=(BadInput,))
+def fleet_plan(
+    workflow: Any = None,
+    selector: Any = None,
+    servers: Any = None,
+    params: Any = None,
+    max_concurrency: Any = "1",
+    max_errors: Any = "0",
+    canary: Any = 0,
+) -> dict[str, Any]:
+    """Return what a fleet job would do and spend, changing nothing (the dry run)."""
+    from .dry_run import describe
+
+    runner = fleet_runner()
+    plan = runner.plan(
+        workflow=workflow,
+        selector=selector,
+        servers=servers,
+        params=params,
+        max_concurrency=max_concurrency,
+        max_errors=max_errors,
+        canary=canary,
+    )
+    return describe(plan, engine())
+
+
+@app.task(name="hcloud_flow.fleet_control", throws=(BadInput,))
+def fleet_control(job_id: Any = None, verb: Any = None) -> dict[str, Any]:
+    """Pause, resume or cancel a fleet job."""
+    runner = fleet_runner()
+    actions = {"pause": runner.pause, "resume": runner.resume, "cancel": runner.cancel}
+    if verb not in actions:
+        raise BadInput(f"verb must be one of {', '.join(actions)}", "verb")
+    return actions[verb](job_id)

@@ -1,0 +1,190 @@
+"""Fleet jobs end to end: the window, canary, error threshold, busy servers, cancel, pause and resume."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from workers.errors import BadInput
+from workers.run_store import RunStore
+from workflows.api import Jobs, Runs
+from workflows.fleet import JobStore
+
+from ..conftest import start_cloud
+from ..support import Api, Control, RedisServer, Worker, wait_until, worker_env
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cloud() -> Iterator[Any]:
+    c = start_cloud(servers=60, speed=20.0, seed=41, durations={"reset": 40.0})  # a reset takes 2 s
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def worker(redis_server: RedisServer, cloud: Any, logdir: Path) -> Iterator[Worker]:
+    env = worker_env(redis_server.url, cloud.base_url, HCLOUD_FLOW_RATE_REFILL="20")
+    w = Worker("fleet", env, logdir, concurrency=8)
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="module")
+def jobs(worker: Worker, celery_client: Celery, redis_server: RedisServer) -> Jobs:
+    return Jobs(celery_client, JobStore(redis_server.client()))
+
+
+@pytest.fixture(scope="module")
+def runs(worker: Worker, celery_client: Celery, redis_server: RedisServer) -> Runs:
+    return Runs(celery_client, RunStore(redis_server.client()))
+
+
+@pytest.fixture(scope="module")
+def control(cloud: Any) -> Control:
+    return Control(cloud.control_url)
+
+
+@pytest.fixture(scope="module")
+def pool(cloud: Any, control: Control) -> Iterator[int]:
+    ids = Api(cloud.base_url).server_ids()
+    for sid in ids:
+        control.send("PATCH", f"/servers/{sid}", {"status": "running", "acpi": True})
+    return iter(ids)
+
+
+def take(pool: Iterator[int], n: int) -> list[int]:
+    return [next(pool) for _ in range(n)]
+
+
+def in_flight_peak(control: Control, ids: list[int]) -> int:
+    """Return the most servers that had an action running at one moment, from fakecloud's own records."""
+    actions = [a for a in control.get("/actions")["actions"] if a["server_id"] in ids]
+    spans: dict[int, list[float]] = {}
+    for a in actions:
+        lo, hi = spans.get(a["server_id"], [a["started_at"], a["finished_at"]])
+        spans[a["server_id"]] = [min(lo, a["started_at"]), max(hi, a["finished_at"])]
+    events = sorted([(lo, 1) for lo, _ in spans.values()] + [(hi, -1) for _, hi in spans.values()])
+    peak = level = 0
+    for _, step in events:
+        level += step
+        peak = max(peak, level)
+    return peak
+
+
+def test_thirty_servers_never_more_than_five_in_flight(
+    jobs: Jobs, control: Control, pool: Iterator[int]
+) -> None:
+    ids = take(pool, 30)
+    job = jobs.start("reset", servers=ids, max_concurrency="5", max_errors="0")
+    done = jobs.wait(job["id"], timeout=120, poll=0.3)
+    assert done["state"] == "succeeded", done
+    assert done["counts"].get("succeeded") == 30
+    peak = in_flight_peak(control, ids)
+    assert 2 <= peak <= 5, f"peak {peak} servers in flight"
+    assert all(len(control.posts(sid, "reset")) == 1 for sid in ids)
+
+
+def test_percent_window_and_selector(jobs: Jobs, cloud: Any) -> None:
+    selector = "env=staging,role in (web,api)"
+    expected = {
+        s["id"] for s in Api(cloud.base_url).get("/servers", label_selector=selector, per_page=50)["servers"]
+    }
+    assert expected, "the seeded fleet has staging web/api servers"
+    plan = jobs.plan("reboot", selector=selector, max_concurrency="50%", max_errors="10%")
+    assert {s["id"] for s in plan["servers"]} == expected
+    assert plan["max_concurrency"] == max(1, len(expected) // 2)
+    assert all(s["steps"] == ["reboot"] for s in plan["servers"])
+    assert plan["api_requests"] > 0 and plan["estimated_seconds"] > 0
+
+
+def test_dry_run_starts_nothing(jobs: Jobs, control: Control, pool: Iterator[int]) -> None:
+    ids = take(pool, 3)
+    before = len(control.posts())
+    plan = jobs.plan("snapshot", servers=ids, max_concurrency="2", max_errors="0", canary=1)
+    assert [s["steps"] for s in plan["servers"]] == [["shutdown", "create_image", "power_on"]] * 3
+    assert plan["waves"] == 2
+    assert len(control.posts()) == before
+
+
+def test_canary_failure_stops_the_job_before_the_rest(
+    jobs: Jobs, control: Control, pool: Iterator[int]
+) -> None:
+    ids = take(pool, 8)
+    control.send("PATCH", f"/servers/{ids[1]}", {"fail_next": {"command": "reset", "code": "action_failed"}})
+    job = jobs.start("reset", servers=ids, max_concurrency="4", max_errors="5", canary=2)
+    done = jobs.wait(job["id"], timeout=60, poll=0.3)
+    assert (done["state"], done["reason"]) == ("failed", "a canary failed")
+    assert [sid for sid in ids if control.posts(sid)] == ids[:2], "nothing but the canaries started"
+    assert all(done["outcomes"][sid]["outcome"] == "not_started" for sid in ids[2:])
+
+
+def test_error_threshold_stops_new_starts(jobs: Jobs, control: Control, pool: Iterator[int]) -> None:
+    ids = take(pool, 6)
+    for sid in ids[:2]:
+        control.send("PATCH", f"/servers/{sid}", {"fail_next": {"command": "reset", "code": "unknown_error"}})
+    job = jobs.start("reset", servers=ids, max_concurrency="1", max_errors="1")
+    done = jobs.wait(job["id"], timeout=60, poll=0.3)
+    assert done["state"] == "failed" and "exceed --max-errors 1" in done["reason"]
+    assert [sid for sid in ids if control.posts(sid)] == ids[:2]
+    assert done["counts"]["failed"] == 2 and done["counts"]["not_started"] == 4
+
+
+def test_busy_servers_are_skipped_not_double_booked(
+    jobs: Jobs, runs: Runs, control: Control, pool: Iterator[int]
+) -> None:
+    ids = take(pool, 4)
+    holder = runs.submit("snapshot", server=ids[2])
+    job = jobs.start("reset", servers=ids, max_concurrency="4", max_errors="0")
+    done = jobs.wait(job["id"], timeout=60, poll=0.3)
+    assert done["state"] == "succeeded"
+    skipped = done["outcomes"][ids[2]]
+    assert skipped["outcome"] == "skipped" and skipped["busy_with"] == holder
+    assert runs.wait(holder, timeout=60, poll=0.3)["state"] == "succeeded"
+    assert "reset" not in [p["route"].rsplit("/", 1)[-1] for p in control.posts(ids[2])]
+
+
+def test_pause_resume_and_cancel(jobs: Jobs, control: Control, pool: Iterator[int]) -> None:
+    ids = take(pool, 6)
+    job = jobs.start("reset", servers=ids, max_concurrency="1", max_errors="0")
+    assert jobs.control(job["id"], "pause")["state"] == "paused"
+    wait_until(lambda: jobs.status(job["id"])["counts"].get("running", 0) == 0, 30, "the first run to end")
+    started = [sid for sid in ids if control.posts(sid)]
+    assert started == ids[:1], "nothing new started while paused"
+    assert jobs.control(job["id"], "resume")["state"] == "running"
+    wait_until(lambda: len([s for s in ids if control.posts(s)]) >= 2, 30, "the job to go on")
+    assert jobs.control(job["id"], "cancel")["state"] == "cancelled"
+    done = jobs.wait(job["id"], timeout=30, poll=0.3)
+    assert done["state"] == "cancelled"
+    wait_until(lambda: jobs.status(job["id"])["counts"].get("running", 0) == 0, 30, "in-flight runs to end")
+    assert len([s for s in ids if control.posts(s)]) <= 3
+    with pytest.raises(BadInput, match="already ended"):
+        jobs.control(job["id"], "resume")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"selector": "env in (", "max_concurrency": "2", "max_errors": "0"}, "label selector"),
+        ({"selector": "env=nowhere", "max_concurrency": "2", "max_errors": "0"}, "matches no server"),
+        ({"selector": "", "max_concurrency": "2", "max_errors": "0"}, "empty"),
+        ({"servers": [1, 2], "selector": "env=x", "max_concurrency": "2", "max_errors": "0"}, "exactly one"),
+        ({"selector": "env=staging", "max_concurrency": "0", "max_errors": "0"}, "max_concurrency"),
+        ({"selector": "env=staging", "max_concurrency": "-3", "max_errors": "0"}, "max_concurrency"),
+        ({"selector": "env=staging", "max_concurrency": "2", "max_errors": "lots"}, "max_errors"),
+        ({"selector": "env=staging", "max_concurrency": "2", "max_errors": "0", "canary": 999}, "canary"),
+        ({"servers": ["no-such-server"], "max_concurrency": "2", "max_errors": "0"}, "no server named"),
+    ],
+)
+def test_bad_fleet_input_is_refused_and_starts_nothing(
+    jobs: Jobs, control: Control, redis_server: RedisServer, options: dict[str, Any], message: str
+) -> None:
+    before = (len(control.posts()), redis_server.client().zcard("hf:jobs"))
+    with pytest.raises(BadInput, match=message):
+        jobs.start("reboot", **options)
+    assert (len(control.posts()), redis_server.client().zcard("hf:jobs")) == before

@@ -1,0 +1,85 @@
+"""The fleet dry run: which servers, which steps on each, what the job will spend, how long it should take."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.engine import Engine
+
+from .build import plan_steps
+from .definitions import WORKFLOWS
+from .fleet_plan import estimate
+
+__all__ = ["describe"]
+
+# Seconds an action typically takes when this installation has not measured it yet (its monitor learns).
+TYPICAL_SECONDS = {
+    "start_server": 10,
+    "stop_server": 5,
+    "reboot_server": 10,
+    "reset_server": 10,
+    "shutdown_server": 15,
+    "reset_password": 5,
+    "enable_rescue": 5,
+    "disable_rescue": 5,
+    "create_image": 90,
+    "rebuild_server": 60,
+}
+COMMANDS = {
+    "power_on": "start_server",
+    "power_off": "stop_server",
+    "reboot": "reboot_server",
+    "reset": "reset_server",
+    "shutdown": "shutdown_server",
+    "reset_password": "reset_password",
+    "enable_rescue": "enable_rescue",
+    "disable_rescue": "disable_rescue",
+    "create_image": "create_image",
+    "rebuild": "rebuild_server",
+}
+
+
+def describe(plan: dict[str, Any], engine: Engine) -> dict[str, Any]:
+    """Return the dry-run report of a validated fleet plan; nothing is started."""
+    wf = WORKFLOWS[plan["workflow"]]
+    facts_params = plan["facts"]["params"]
+    rows, step_counts, seconds = [], [], []
+    for server in plan["servers"]:
+        steps = plan_steps(wf, {"server": server, "params": facts_params}, "dry-run")
+        rows.append(
+            {
+                "id": server["id"],
+                "name": server["name"],
+                "status": server["status"],
+                "steps": [s["name"] for s in steps],
+            }
+        )
+        step_counts.append(len(steps))
+        seconds.append(sum(_expected(engine, COMMANDS[s["action"]]) for s in steps))
+    budget = engine.client.budget.snapshot() if engine.client.budget is not None else {}
+    limit = float(budget.get("limit", 3600))
+    remaining = float(budget.get("tokens", limit))
+    refill = engine.client.budget.refill_per_second if engine.client.budget is not None else 0.0
+    figures = estimate(
+        len(rows),
+        sum(step_counts) / len(rows),
+        max(seconds),
+        plan["max_concurrency"],
+        remaining=remaining,
+        limit=limit,
+        refill_per_second=refill or limit / 3600,
+    )
+    return {
+        "workflow": wf.name,
+        "servers": rows,
+        "max_concurrency": plan["max_concurrency"],
+        "max_errors": plan["max_errors"],
+        "canary": plan["canary"],
+        "limits": plan["limits"],
+        **figures,
+    }
+
+
+def _expected(engine: Engine, command: str) -> float:
+    learned = engine.durations.expected(command) if engine.durations is not None else None
+    return learned if learned is not None else float(TYPICAL_SECONDS[command])

@@ -1,0 +1,310 @@
+"""Fleet jobs: one workflow over many servers, driven by run endings rather than by a waiting process.
+
+A job record (``hf:job:<id>``) holds the selector, the servers it resolved to at start, the limits, and one
+field per server with its run id and outcome. The job advances whenever one of its runs ends (a run
+listener), under a short per-job lock: it records the outcome and starts what ``fleet_plan.decide`` allows.
+That counter in Redis is the fan-in; no Celery chord is involved, and no process sits waiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from workers.client import HcloudClient, is_id
+from workers.errors import APIError, BadInput, HcloudFlowError, ServerBusy
+
+from .fleet_plan import decide, parse_amount
+from .validate import check_params, find_server, gather_facts, workflow_named
+
+__all__ = ["FleetRunner", "JobStore", "resolve_targets"]
+
+log = logging.getLogger(__name__)
+JOB_FINAL = frozenset({"succeeded", "failed", "cancelled"})
+
+
+def resolve_targets(client: HcloudClient, selector: Any, servers: Any) -> list[dict[str, Any]]:
+    """Return the servers a label selector or an id/name list names, in a stable order; refuse empties."""
+    if (selector is None) == (servers is None):
+        raise BadInput("give exactly one of selector or servers", "selector")
+    if selector is not None:
+        if not isinstance(selector, str) or not selector.strip():
+            raise BadInput("the label selector is empty; e.g. 'env=staging,role in (web,api)'", "selector")
+        try:
+            found = client.list_servers(label_selector=selector)
+        except APIError as exc:
+            if exc.code == "invalid_input":
+                raise BadInput(
+                    f"the API refused the label selector {selector!r}: {exc.message}", "selector"
+                ) from exc
+            raise
+        if not found:
+            raise BadInput(f"the label selector {selector!r} matches no server", "selector")
+        return sorted(found, key=lambda s: int(s["id"]))
+    if isinstance(servers, str):
+        servers = [s.strip() for s in servers.split(",") if s.strip()]
+    if not isinstance(servers, list) or not servers:
+        raise BadInput("servers must be a non-empty list of server ids or names", "servers")
+    out, seen = [], set()
+    for ref in servers:
+        server = find_server(client, int(ref) if is_id(ref) else ref)
+        if server["id"] not in seen:
+            seen.add(server["id"])
+            out.append(server)
+    return out
+
+
+class JobStore:
+    """Fleet job records in Redis."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "hf",
+        retention: float = 7 * 86400,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.retention = int(retention)
+        self.clock = clock
+
+    def key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def create(self, meta: dict[str, Any]) -> None:
+        self.redis.hset(self.key(meta["id"]), mapping={"meta": json.dumps(meta), "state": "running"})
+        self.redis.zadd(f"{self.prefix}:jobs", {meta["id"]: meta["created"]})
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(self.key(job_id)).items()}
+        if "meta" not in raw:
+            return None
+        job = json.loads(raw["meta"])
+        job["state"] = raw.get("state", "running")
+        job["reason"] = raw.get("reason")
+        job["finished"] = float(raw["finished"]) if raw.get("finished") else None
+        job["outcomes"] = {int(k[4:]): json.loads(v) for k, v in raw.items() if k.startswith("srv:")}
+        counts: dict[str, int] = {}
+        for entry in job["outcomes"].values():
+            counts[entry["outcome"]] = counts.get(entry["outcome"], 0) + 1
+        counts["pending"] = len(job["servers"]) - len(job["outcomes"])
+        job["counts"] = counts
+        return job
+
+    def set_outcome(self, job_id: str, server_id: int, **entry: Any) -> None:
+        field = f"srv:{server_id}"
+        old = self.redis.hget(self.key(job_id), field)
+        merged = {**(json.loads(old) if old else {}), **entry}
+        self.redis.hset(self.key(job_id), field, json.dumps(merged))
+
+    def set_state(self, job_id: str, state: str, reason: str | None = None) -> None:
+        mapping: dict[str, Any] = {"state": state}
+        if reason:
+            mapping["reason"] = reason
+        if state in JOB_FINAL:
+            mapping["finished"] = repr(self.clock())
+            self.redis.expire(self.key(job_id), self.retention)
+        self.redis.hset(self.key(job_id), mapping=mapping)
+
+    def list(self, limit: int = 50) -> list[dict[str, Any]]:
+        ids = [i.decode() for i in self.redis.zrevrange(f"{self.prefix}:jobs", 0, limit - 1)]
+        return [j for j in (self.get(i) for i in ids) if j is not None]
+
+    def lock(self, job_id: str) -> Any:
+        return self.redis.lock(f"{self.key(job_id)}:lock", timeout=120, blocking_timeout=120)
+
+
+class FleetRunner:
+    """Start, advance, pause, resume and cancel fleet jobs; ``submit`` starts one server's run."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        client: HcloudClient,
+        submit: Callable[..., dict[str, Any]],
+        cancel_run: Callable[[str], Any],
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.submit = submit
+        self.cancel_run = cancel_run
+
+    def start(
+        self,
+        *,
+        workflow: Any,
+        selector: Any = None,
+        servers: Any = None,
+        params: Any = None,
+        max_concurrency: Any = "1",
+        max_errors: Any = "0",
+        canary: Any = 0,
+        window: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Validate a fleet job, record it with its resolved servers, and start its first runs."""
+        plan = self.plan(
+            workflow=workflow,
+            selector=selector,
+            servers=servers,
+            params=params,
+            max_concurrency=max_concurrency,
+            max_errors=max_errors,
+            canary=canary,
+        )
+        job_id = uuid.uuid4().hex[:12]
+        meta = {
+            "id": job_id,
+            "workflow": plan["workflow"],
+            "selector": selector,
+            "params": plan["params"],
+            "servers": [{"id": s["id"], "name": s["name"]} for s in plan["servers"]],
+            "max_concurrency": plan["max_concurrency"],
+            "max_errors": plan["max_errors"],
+            "canary": plan["canary"],
+            "limits": plan["limits"],
+            "created": self.store.clock(),
+            "window": window,
+        }
+        self.store.create(meta)
+        self.advance(job_id)
+        job = self.store.get(job_id)
+        assert job is not None
+        return job
+
+    def plan(
+        self,
+        *,
+        workflow: Any,
+        selector: Any = None,
+        servers: Any = None,
+        params: Any = None,
+        max_concurrency: Any = "1",
+        max_errors: Any = "0",
+        canary: Any = 0,
+    ) -> dict[str, Any]:
+        """Check everything a job needs and return its plan (servers, limits), changing nothing."""
+        wf = workflow_named(workflow)
+        clean = check_params(wf, params if params is not None else {})
+        conc = parse_amount(max_concurrency, "max_concurrency", minimum=1)
+        errs = parse_amount(max_errors, "max_errors", minimum=0)
+        if isinstance(canary, bool) or not isinstance(canary, int) or canary < 0:
+            raise BadInput(f"canary must be a whole number >= 0, not {canary!r}", "canary")
+        targets = resolve_targets(self.client, selector, servers)
+        if canary > len(targets):
+            raise BadInput(f"canary {canary} is more than the {len(targets)} servers selected", "canary")
+        # Image, ssh keys and the like are the same for every server: check them once, up front.
+        facts = gather_facts(self.client, wf, targets[0]["id"], clean)
+        return {
+            "workflow": wf.name,
+            "params": {k: v for k, v in clean.items() if v is not None},
+            "servers": targets,
+            "max_concurrency": conc.of(len(targets), at_least=1),
+            "max_errors": errs.of(len(targets)),
+            "canary": canary,
+            "limits": {"max_concurrency": str(conc), "max_errors": str(errs)},
+            "facts": facts,
+        }
+
+    def advance(self, job_id: str) -> None:
+        """Record nothing new; start whatever the rules allow now, and end the job when nothing is left."""
+        with self.store.lock(job_id):
+            while True:
+                job = self.store.get(job_id)
+                if job is None or job["state"] != "running":
+                    return
+                order = [s["id"] for s in job["servers"]]
+                outcomes = {sid: e["outcome"] for sid, e in job["outcomes"].items()}
+                window = job.get("window") or {}
+                cutoff = bool(window.get("cutoff_at")) and self.store.clock() >= window["cutoff_at"]
+                d = decide(
+                    order,
+                    outcomes,
+                    window=job["max_concurrency"],
+                    max_errors=job["max_errors"],
+                    canary=job["canary"],
+                    cutoff_passed=cutoff,
+                )
+                if not d.start:
+                    for sid in d.not_started:
+                        self.store.set_outcome(job_id, sid, outcome="not_started", reason=d.reason)
+                    if d.state != "running":
+                        self.store.set_state(job_id, d.state, d.reason)
+                        log.info("fleet job %s %s%s", job_id, d.state, f" ({d.reason})" if d.reason else "")
+                    return
+                for sid in d.start:
+                    self._start_one(job, sid)
+
+    def _start_one(self, job: dict[str, Any], sid: int) -> None:
+        try:
+            answer = self.submit(
+                workflow=job["workflow"], server=sid, params=job["params"], job_id=job["id"], priority="bulk"
+            )
+            self.store.set_outcome(
+                job["id"], sid, outcome="running", run_id=answer["run_id"], started=self.store.clock()
+            )
+        except ServerBusy as exc:
+            self.store.set_outcome(job["id"], sid, outcome="skipped", reason=str(exc), busy_with=exc.run_id)
+        except BadInput as exc:
+            self.store.set_outcome(job["id"], sid, outcome="refused", reason=str(exc))
+        except HcloudFlowError as exc:
+            self.store.set_outcome(job["id"], sid, outcome="refused", reason=f"could not submit: {exc}")
+
+    def on_run_ended(self, run: dict[str, Any]) -> None:
+        """Record a job's run outcome and let the job move on (a run listener)."""
+        job_id = run.get("job_id")
+        if not job_id:
+            return
+        entry: dict[str, Any] = {"outcome": run["state"], "run_id": run["id"], "ended": self.store.clock()}
+        if run.get("error"):
+            entry["reason"] = run["error"].get("message")
+        job = self.store.get(job_id)
+        ends_at = ((job or {}).get("window") or {}).get("ends_at")
+        if ends_at and self.store.clock() > ends_at:
+            entry["overran"] = True  # still running when its maintenance window closed
+        self.store.set_outcome(job_id, int(run["server_id"]), **entry)
+        self.advance(job_id)
+
+    def pause(self, job_id: str) -> dict[str, Any]:
+        job = self._active(job_id, "pause")
+        if job["state"] == "paused":
+            raise BadInput(f"job {job_id} is already paused", "job_id")
+        self.store.set_state(job_id, "paused")
+        return {"job_id": job_id, "state": "paused"}
+
+    def resume(self, job_id: str) -> dict[str, Any]:
+        job = self._active(job_id, "resume")
+        if job["state"] != "paused":
+            raise BadInput(f"job {job_id} is {job['state']}, not paused", "job_id")
+        self.store.set_state(job_id, "running")
+        self.advance(job_id)
+        return {"job_id": job_id, "state": self.store.get(job_id)["state"]}  # type: ignore[index]
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Start nothing new and cancel the runs in flight before their next step."""
+        job = self._active(job_id, "cancel")
+        self.store.set_state(job_id, "cancelled", "cancelled by request")
+        for entry in job["outcomes"].values():
+            if entry["outcome"] == "running":
+                with contextlib.suppress(BadInput):  # it ended meanwhile
+                    self.cancel_run(entry["run_id"])
+        for server in job["servers"]:
+            if server["id"] not in job["outcomes"]:
+                self.store.set_outcome(job_id, server["id"], outcome="not_started", reason="job cancelled")
+        return {"job_id": job_id, "state": "cancelled"}
+
+    def _active(self, job_id: str, verb: str) -> dict[str, Any]:
+        job = self.store.get(job_id) if isinstance(job_id, str) else None
+        if job is None:
+            raise BadInput(f"no fleet job {job_id!r}", "job_id")
+        if job["state"] in JOB_FINAL:
+            raise BadInput(f"job {job_id} already ended ({job['state']}); nothing to {verb}", "job_id")
+        return job

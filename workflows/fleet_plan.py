@@ -1,0 +1,143 @@
+"""Fleet job rules as pure functions: amounts (N or P%), which servers start next, and the dry-run estimate.
+
+The rules, exactly (also in the README):
+- At most ``max_concurrency`` runs are in flight; the next server starts as soon as one ends (a sliding
+  window, not lock-step batches).
+- With ``canary`` N, the first N servers that start run alone (still at most the window at once); every one
+  must succeed before any other server starts. A canary failure ends the job ``failed``.
+- A server busy with another run is skipped and reported; it is not an error and does not count as canary.
+- An error is a run that ended ``failed`` or a server the submit refused (e.g. rebuild-protected). Once the
+  errors exceed ``max_errors`` (so ``0`` stops at the first error, ``3`` at the fourth), nothing new starts;
+  runs already in flight finish and are recorded. Because up to ``max_concurrency - 1`` other runs can be in
+  flight when the threshold is crossed, and each of them may fail too, the final error count can exceed the
+  threshold by at most ``max_concurrency - 1``. Use ``--max-concurrency 1`` for an exact bound.
+- After a maintenance window's cutoff, nothing new starts; the servers not reached are recorded as
+  ``not_started``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from workers.errors import BadInput
+
+__all__ = ["ENDED", "ERROR_OUTCOMES", "Amount", "Decision", "decide", "estimate", "parse_amount"]
+
+ERROR_OUTCOMES = frozenset({"failed", "refused"})
+ENDED = frozenset({"succeeded", "failed", "refused", "cancelled", "skipped", "not_started"})
+
+
+@dataclass(frozen=True)
+class Amount:
+    """A count given as a number or a percentage of the fleet."""
+
+    value: float
+    percent: bool
+
+    def of(self, total: int, *, at_least: int = 0) -> int:
+        """Return the absolute count for a fleet of ``total`` servers."""
+        n = math.floor(total * self.value / 100) if self.percent else int(self.value)
+        return max(at_least, n)
+
+    def __str__(self) -> str:
+        return f"{self.value:g}%" if self.percent else str(int(self.value))
+
+
+def parse_amount(text: Any, name: str, *, minimum: int) -> Amount:
+    """Parse ``N`` or ``P%``; refuse anything else with a message saying what is allowed."""
+    raw = str(text).strip()
+    percent = raw.endswith("%")
+    number = raw[:-1] if percent else raw
+    if not (number.isascii() and number.replace(".", "", 1).isdigit()) or isinstance(text, bool):
+        raise BadInput(f"{name} must be a whole number or a percentage like 20%, not {text!r}", name)
+    value = float(number)
+    if percent:
+        low_ok = value > 0 if minimum > 0 else value >= 0
+        if not (low_ok and value <= 100):
+            span = "more than 0% and at most 100%" if minimum > 0 else "from 0% to 100%"
+            raise BadInput(f"{name} as a percentage must be {span}, not {raw}", name)
+    elif value != int(value) or value < minimum or value > 100_000:
+        raise BadInput(f"{name} must be a whole number from {minimum} to 100000, not {raw}", name)
+    return Amount(value, percent)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the job does now: servers to start, and its state once nothing is left to decide."""
+
+    start: tuple[int, ...]
+    state: str  # "running", "succeeded", "failed"
+    reason: str | None = None
+    not_started: tuple[int, ...] = ()
+
+
+def decide(
+    order: list[int],
+    outcomes: dict[int, str],
+    *,
+    window: int,
+    max_errors: int,
+    canary: int,
+    cutoff_passed: bool = False,
+) -> Decision:
+    """Return which pending servers start now, given every server's outcome so far (pending if absent)."""
+    running = [s for s in order if outcomes.get(s) == "running"]
+    errors = sum(1 for s in order if outcomes.get(s) in ERROR_OUTCOMES)
+    pending = [s for s in order if s not in outcomes]
+    attempted = [s for s in order if outcomes.get(s) not in (None, "skipped")]
+    canaries = attempted[:canary]
+    stop_reason = None
+    if errors > max_errors:
+        stop_reason = f"{errors} errors exceed --max-errors {max_errors}"
+    elif canary and any(outcomes.get(s) in ERROR_OUTCOMES for s in canaries):
+        stop_reason = "a canary failed"
+    elif cutoff_passed and pending:
+        stop_reason = "the maintenance window's cutoff passed"
+    if stop_reason is not None:
+        if running:
+            return Decision((), "running", stop_reason)
+        failed = errors > max_errors or stop_reason == "a canary failed"
+        return Decision((), "failed" if failed else "succeeded", stop_reason, tuple(pending))
+    room = window - len(running)
+    if canary and len(canaries) < canary:
+        # Canary phase: only as many new servers as still make up the canary wave.
+        room = min(room, canary - len(canaries))
+    elif canary and any(outcomes.get(s) == "running" for s in canaries):
+        room = 0  # the whole canary wave must succeed before the rest starts
+    start = tuple(pending[: max(0, room)])
+    if not start and not running and not pending:
+        return Decision((), "succeeded" if errors <= max_errors else "failed")
+    return Decision(start, "running")
+
+
+def estimate(
+    servers: int,
+    steps_per_server: float,
+    step_seconds: float,
+    window: int,
+    *,
+    remaining: float,
+    limit: float,
+    refill_per_second: float,
+) -> dict[str, Any]:
+    """Return the dry run's figures: API requests the job will spend and how long it should take.
+
+    Requests per server: one POST per step, about 0.3 shared polls and state checks per step (measured by
+    bench/polling.py: 1.2 requests per action all told), and 2 for the submit-time checks.
+    """
+    requests_total = servers * (steps_per_server * 1.3 + 2)
+    waves = math.ceil(servers / max(1, window))
+    by_actions = waves * step_seconds
+    deficit = max(0.0, requests_total - remaining)
+    by_budget = deficit / refill_per_second if refill_per_second > 0 else 0.0
+    return {
+        "api_requests": round(requests_total),
+        "budget_remaining": round(remaining),
+        "budget_limit_per_hour": round(limit),
+        "share_of_hourly_budget": round(requests_total / limit, 3) if limit else None,
+        "estimated_seconds": round(max(by_actions, by_budget)),
+        "bound_by": "rate budget" if by_budget > by_actions else "action durations",
+        "waves": waves,
+    }
