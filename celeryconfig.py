@@ -64,10 +64,16 @@ broker_transport_options = {
 result_backend_transport_options = {"visibility_timeout": _visibility}
 worker_hijack_root_logger = False
 
-# Schedules (maintenance windows) live in Redis through celery-redbeat.
+# Schedules (maintenance windows) live in Redis through celery-redbeat; its lock lets one beat of many fire.
+# Crontabs are evaluated in UTC; each window keeps its own time zone (workflows/windows.py).
+timezone = "UTC"
+enable_utc = True
 beat_scheduler = "redbeat.RedBeatScheduler"
+beat_max_loop_interval = int(_float("HCLOUD_FLOW_BEAT_INTERVAL", 30))
 redbeat_redis_url = redis_url
-redbeat_key_prefix = "hf:redbeat"
+redbeat_key_prefix = "hf:redbeat:"
+# A standby beat takes over this long after the active one died; it must exceed the loop interval.
+redbeat_lock_timeout = beat_max_loop_interval * 5
 
 hcloud_flow = {
     "endpoint": os.environ.get("HCLOUD_ENDPOINT", "https://api.hetzner.cloud/v1"),

@@ -341,6 +341,81 @@ def cmd_job(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _windows() -> Any:
+    from workers.app import app, run_store
+    from workflows.windows import WindowStore
+
+    return WindowStore(run_store().redis, app)
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from workers.errors import BadInput
+    from workflows.windows import validate_window
+
+    store = _windows()
+    if args.verb == "list":
+        rows = [store.get(n) for n in store.names()]
+        if args.json:
+            _print_json(rows)
+        else:
+            for w in filter(None, rows):
+                state = "paused" if w.get("paused") else "active"
+                target = w["selector"] or ",".join(map(str, w["servers"]))
+                print(
+                    f"{w['name']:<20} {w['cron']:<16} {w['tz']:<16} {w['workflow']:<12} {target:<28} {state}"
+                )
+            if not rows:
+                print("no maintenance windows")
+        return EXIT_OK
+    if not args.name:
+        raise BadInput(f"schedule {args.verb} needs a NAME")
+    if args.verb == "add":
+        if not args.workflow:
+            raise BadInput("schedule add needs a WORKFLOW after the name")
+        servers = args.servers.split(",") if args.servers else None
+        window = validate_window(
+            {
+                "name": args.name,
+                "cron": args.cron,
+                "tz": args.tz,
+                "duration": args.duration,
+                "cutoff": args.cutoff,
+                "workflow": args.workflow,
+                "params": _params(args),
+                "selector": args.selector,
+                "servers": [s.strip() for s in servers] if servers else None,
+                "max_concurrency": args.max_concurrency,
+                "max_errors": args.max_errors,
+                "canary": args.canary,
+            }
+        )
+        store.save(window)
+        answer: Any = window
+    elif args.verb == "show":
+        answer = store.get(args.name)
+        if answer is None:
+            raise BadInput(f"no window named {args.name!r}")
+        answer = {**answer, "history": store.history(args.name, 10)}
+    elif args.verb == "remove":
+        store.remove(args.name)
+        answer = {"name": args.name, "removed": True}
+    elif args.verb in ("pause", "resume"):
+        answer = store.set_paused(args.name, args.verb == "pause")
+    else:  # history
+        answer = store.history(args.name)
+    if args.json:
+        _print_json(answer)
+    elif args.verb == "history":
+        for h in answer:
+            extra = h.get("job_id") or h.get("reason") or ""
+            print(f"{h['local']:<22} {h['outcome']:<16} {extra}")
+        if not answer:
+            print("this window has not fired yet")
+    else:
+        print(json.dumps(answer, indent=2, default=str))
+    return EXIT_OK
+
+
 def cmd_workflows(args: argparse.Namespace) -> int:
     from workflows.definitions import WORKFLOWS
 
@@ -472,6 +547,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_job)
+
+    p = reader("schedule", "maintenance windows: a cron schedule that starts a fleet job")
+    p.add_argument("verb", choices=("add", "list", "show", "remove", "pause", "resume", "history"))
+    p.add_argument("name", nargs="?", help="window name")
+    p.add_argument("workflow", nargs="?", help="with add: the workflow to run")
+    p.add_argument("--cron", help="five-field cron in the window's time zone, e.g. '0 3 * * SUN'")
+    p.add_argument("--tz", default="UTC", help="IANA time zone of the cron (default UTC)")
+    p.add_argument("--duration", help="how long the window stays open, e.g. 2h")
+    p.add_argument("--cutoff", default="0", help="no new server starts this long before the end, e.g. 30m")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--selector", help="label selector of the servers")
+    target.add_argument("--servers", help="comma-separated server ids or names")
+    p.add_argument("--max-concurrency", default="1", metavar="N|P%")
+    p.add_argument("--max-errors", default="0", metavar="N|P%")
+    p.add_argument("--canary", type=int, default=0, metavar="N")
+    _add_param_flags(p)
+    p.set_defaults(func=cmd_schedule)
 
     p = reader("workflows", "list the workflows and their parameters")
     p.set_defaults(func=cmd_workflows)

@@ -127,3 +127,12 @@ def fleet_control(job_id: Any = None, verb: Any = None) -> dict[str, Any]:
     if verb not in actions:
         raise BadInput(f"verb must be one of {', '.join(actions)}", "verb")
     return actions[verb](job_id)
+
+
+@app.task(name="hcloud_flow.window_fire", acks_late=False)
+def window_fire(name: Any = None) -> dict[str, Any]:
+    """Fired by redbeat: start the window's fleet job if this is one of its local minutes."""
+    from .windows import WindowStore, fire
+
+    runner = fleet_runner()
+    return fire(WindowStore(runner.store.redis, app), runner, str(name), runner.store.clock())

@@ -1,0 +1,201 @@
+"""Maintenance windows with real beat processes: fires at its start, once with two beats, honours the cutoff,
+and is skipped (and recorded) while its previous job still runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+
+from workflows.fleet import JobStore
+
+from ..conftest import start_cloud
+from ..support import ROOT, Api, Control, RedisServer, Worker, wait_until, worker_env
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cloud() -> Iterator[Any]:
+    c = start_cloud(servers=24, speed=20.0, seed=51, durations={"reset": 100.0})  # a reset takes 5 s
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def env(redis_server: RedisServer, cloud: Any) -> dict[str, str]:
+    return worker_env(
+        redis_server.url, cloud.base_url, HCLOUD_FLOW_RATE_REFILL="20", HCLOUD_FLOW_BEAT_INTERVAL="1"
+    )
+
+
+@pytest.fixture(scope="module")
+def worker(env: dict[str, str], logdir: Path) -> Iterator[Worker]:
+    w = Worker("windows", env, logdir)
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="module")
+def ids(cloud: Any) -> list[int]:
+    control = Control(cloud.control_url)
+    servers = Api(cloud.base_url).server_ids()
+    for sid in servers:
+        control.send("PATCH", f"/servers/{sid}", {"status": "running", "acpi": True})
+    return servers
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "workflows.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_window_fires_once_with_two_beats_and_honours_the_cutoff(
+    env: dict[str, str], worker: Worker, ids: list[int], redis_server: RedisServer, logdir: Path
+) -> None:
+    servers = ",".join(map(str, ids[:12]))
+    added = cli(
+        env,
+        "schedule",
+        "add",
+        "every-minute",
+        "reset",
+        "--cron",
+        "* * * * *",
+        "--tz",
+        "Asia/Kolkata",
+        "--duration",
+        "20s",
+        "--cutoff",
+        "14s",
+        "--servers",
+        servers,
+        "--max-concurrency",
+        "2",
+        "--max-errors",
+        "0",
+    )
+    assert added.returncode == 0, added.stderr
+    beats = []
+    try:
+        for n in range(2):
+            log = open(logdir / f"beat-{n}.log", "wb")  # noqa: SIM115 - closed with the process below
+            beats.append(
+                (
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "celery",
+                            "-A",
+                            "workers.app",
+                            "beat",
+                            "-S",
+                            "redbeat.RedBeatScheduler",
+                            "--loglevel",
+                            "INFO",
+                            "--pidfile",
+                            "",
+                        ],
+                        env=env,
+                        cwd=ROOT,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    ),
+                    log,
+                )
+            )
+
+        def history() -> list[dict[str, Any]]:
+            done = cli(env, "schedule", "history", "every-minute", "--json")
+            return list(json.loads(done.stdout)) if done.returncode == 0 else []
+
+        first = wait_until(history, 75, "the window to fire at the next minute", interval=0.5)
+        assert first[0]["outcome"] == "started", first
+        job_id = first[0]["job_id"]
+        store = JobStore(redis_server.client())
+        job = wait_until(
+            lambda: (j := store.get(job_id)) and j["state"] != "running" and j, 60, "the job to end"
+        )
+        assert job["state"] == "succeeded"
+        started = [sid for sid, e in job["outcomes"].items() if e["outcome"] == "succeeded"]
+        cut = [e for e in job["outcomes"].values() if e["outcome"] == "not_started"]
+        assert 2 <= len(started) <= 4, (
+            "the window's 6 s before the cutoff fit two waves of 5 s resets at most"
+        )
+        assert cut and all("cutoff" in e["reason"] for e in cut)
+        assert all(
+            e["started"] <= job["window"]["cutoff_at"] for e in job["outcomes"].values() if "started" in e
+        )
+        # Both beats ran through that minute; the window fired once.
+        minute = first[0]["local"]
+        assert [h for h in history() if h["local"] == minute and h["outcome"] == "started"] == first[-1:]
+    finally:
+        for proc, log in beats:
+            proc.terminate()
+            proc.wait(timeout=20)
+            log.close()
+        cli(env, "schedule", "remove", "every-minute")
+
+
+def test_window_is_skipped_while_its_previous_job_runs(
+    env: dict[str, str], worker: Worker, celery_client: Celery, ids: list[int], redis_server: RedisServer
+) -> None:
+    # A window definition with no beat entry: the test fires it by hand, as redbeat would.
+    spec = {
+        "name": "by-hand",
+        "cron": "* * * * *",
+        "tz": "UTC",
+        "duration": 600,
+        "cutoff": 60,
+        "workflow": "reset",
+        "params": {},
+        "selector": None,
+        "servers": ids[12:14],
+        "max_concurrency": "1",
+        "max_errors": "0",
+        "canary": 0,
+        "paused": False,
+    }
+    client = redis_server.client()
+    client.set("hf:window:by-hand", json.dumps(spec))
+    first = celery_client.send_task("hcloud_flow.window_fire", kwargs={"name": "by-hand"}).get(timeout=30)
+    assert first["outcome"] == "started"
+    for key in client.scan_iter("hf:window:by-hand:fired:*"):
+        client.delete(key)  # as if the next minute had come
+    second = celery_client.send_task("hcloud_flow.window_fire", kwargs={"name": "by-hand"}).get(timeout=30)
+    assert second["outcome"] == "skipped" and first["job_id"] in second["reason"]
+    again = celery_client.send_task("hcloud_flow.window_fire", kwargs={"name": "by-hand"}).get(timeout=30)
+    assert again == {"window": "by-hand", "fired": False, "why": "this minute already fired"}
+    outcomes = [json.loads(h)["outcome"] for h in client.lrange("hf:window:by-hand:history", 0, -1)]
+    assert outcomes == ["skipped", "started"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--cron", "0 3 * *", "--duration", "2h"], "cron needs 5 fields"),
+        (["--cron", "0 3 * * *", "--tz", "Moon/Base", "--duration", "2h"], "unknown time zone"),
+        (["--cron", "0 3 * * *", "--duration", "30m", "--cutoff", "1h"], "shorter than the duration"),
+        (["--cron", "0 3 * * *", "--duration", "2h", "--selector", ""], "selector is empty"),
+    ],
+)
+def test_bad_schedules_are_refused(
+    env: dict[str, str], redis_server: RedisServer, args: list[str], message: str
+) -> None:
+    target = [] if "--selector" in args else ["--selector", "env=staging"]
+    done = cli(env, "schedule", "add", "refused", "reboot", *args, *target)
+    assert done.returncode == 2 and message in done.stderr
+    assert not redis_server.client().exists("hf:window:refused")

@@ -1,0 +1,85 @@
+"""Maintenance window rules: cron in a time zone, durations, and every refusal."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from workers.errors import BadInput
+from workflows.windows import cron_matches, parse_cron, parse_duration, utc_minutes, validate_window
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def spec(**changes: object) -> dict[str, object]:
+    base = {
+        "name": "sunday-patch",
+        "cron": "0 3 * * SUN",
+        "tz": "Europe/Berlin",
+        "duration": "2h",
+        "cutoff": "30m",
+        "workflow": "reboot",
+        "selector": "env=staging",
+        "max_concurrency": "20%",
+        "max_errors": "1",
+    }
+    base.update(changes)
+    return base
+
+
+def test_sunday_three_in_berlin_across_daylight_saving() -> None:
+    cron = parse_cron("0 3 * * SUN")
+    assert cron_matches(cron, datetime(2026, 1, 4, 3, 0, tzinfo=BERLIN))  # winter, UTC+1
+    assert cron_matches(cron, datetime(2026, 7, 5, 3, 0, tzinfo=BERLIN))  # summer, UTC+2
+    assert not cron_matches(cron, datetime(2026, 7, 5, 3, 1, tzinfo=BERLIN))
+    assert not cron_matches(cron, datetime(2026, 7, 6, 3, 0, tzinfo=BERLIN))  # a Monday
+    # The same instant seen in UTC is not 03:00 there: the zone is what decides.
+    assert not cron_matches(cron, datetime(2026, 7, 5, 1, 0, tzinfo=UTC))
+
+
+def test_day_fields_follow_cron_or_rule() -> None:
+    cron = parse_cron("0 0 1 * MON")  # the 1st of the month, or any Monday
+    assert cron_matches(cron, datetime(2026, 6, 1, 0, 0))
+    assert cron_matches(cron, datetime(2026, 6, 8, 0, 0))
+    assert not cron_matches(cron, datetime(2026, 6, 9, 0, 0))
+
+
+def test_utc_minutes_cover_half_hour_zones() -> None:
+    assert utc_minutes({0}, BERLIN) == [0]
+    assert utc_minutes({0}, ZoneInfo("Asia/Kolkata")) == [30]
+    assert utc_minutes({15}, ZoneInfo("UTC")) == [15]
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("2h", 7200), ("30m", 1800), ("1h30m", 5400), ("90s", 90), ("45", 45)]
+)
+def test_durations(text: str, seconds: int) -> None:
+    assert parse_duration(text, "duration") == seconds
+
+
+def test_a_good_window_is_accepted() -> None:
+    window = validate_window(spec())
+    assert (window["duration"], window["cutoff"], window["tz"]) == (7200, 1800, "Europe/Berlin")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"cron": "0 3 * *"}, "cron needs 5 fields"),
+        ({"cron": "61 3 * * SUN"}, "minute field"),
+        ({"cron": "0 3 * * FUNDAY"}, "day of week"),
+        ({"tz": "Mars/Olympus"}, "unknown time zone"),
+        ({"duration": "30m", "cutoff": "45m"}, "must be shorter than the duration"),
+        ({"duration": "2 hours"}, "duration must look like"),
+        ({"selector": ""}, "selector is empty"),
+        ({"selector": None}, "exactly one"),
+        ({"workflow": "defrag"}, "unknown workflow"),
+        ({"name": "Bad Name!"}, "window names"),
+        ({"max_concurrency": "0"}, "max_concurrency"),
+    ],
+)
+def test_bad_windows_are_refused(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(BadInput, match=message):
+        validate_window(spec(**changes))
