@@ -50,6 +50,9 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
 worker_cancel_long_running_tasks_on_connection_loss = True
+# On a warm shutdown, give running tasks this long, then put the rest back on the queue at once instead of
+# leaving them to the visibility timeout.
+worker_soft_shutdown_timeout = 30.0
 # A redelivered message is one whose worker died: a task must finish well inside the visibility timeout
 # or Redis hands it to a second worker while the first still runs it. Action tasks post and park within
 # seconds (waiting happens in the monitor), so a hard limit of a third of the timeout is generous.

@@ -17,7 +17,7 @@ import redis
 
 from .client import HcloudClient
 from .durations import Durations
-from .errors import APIError, Blocked, StepInProgress, TransportError
+from .errors import APIError, Blocked, RateBudgetExhausted, StepInProgress, TransportError
 from .ledger import Ledger
 from .retry_policy import RetryPolicy, is_ambiguous
 from .sealing import seal
@@ -163,6 +163,10 @@ def _post(
         try:
             answer = getattr(engine.client, action.name)(server_id, **body)
             return _record(engine, step_key, server_id, answer, attached=False, secret=action.secret)
+        except RateBudgetExhausted:
+            # Nothing was sent: the next delivery need not look for an action this attempt started.
+            engine.ledger.clear_posting(step_key)
+            raise
         except APIError as exc:
             if exc.code == "locked":
                 raise Blocked(server_id, _running_action(engine.client, server_id)) from exc

@@ -85,6 +85,10 @@ class Ledger:
         self.redis.hsetnx(key, "posting_since", repr(now))
         self.redis.expire(key, self.retention)
 
+    def clear_posting(self, step_key: str) -> None:
+        """Drop the posting stamp of an attempt that provably sent nothing."""
+        self.redis.hdel(self._key(step_key), "posting_since")
+
     def record_action(self, step_key: str, action_id: int, outputs: dict[str, Any], **fields: Any) -> None:
         """Record the started action (and its sealed outputs) before the step is acknowledged."""
         mapping = {"action_id": action_id, "outputs": json.dumps(outputs), "status": "running"}

@@ -28,6 +28,8 @@ __all__ = ["FleetRunner", "JobStore", "resolve_targets"]
 
 log = logging.getLogger(__name__)
 JOB_FINAL = frozenset({"succeeded", "failed", "cancelled"})
+# Up to this many servers named one by one are looked up singly; more, through the server list.
+_LIST_BELOW = 5
 
 
 def resolve_targets(client: HcloudClient, selector: Any, servers: Any) -> list[dict[str, Any]]:
@@ -52,9 +54,20 @@ def resolve_targets(client: HcloudClient, selector: Any, servers: Any) -> list[d
         servers = [s.strip() for s in servers.split(",") if s.strip()]
     if not isinstance(servers, list) or not servers:
         raise BadInput("servers must be a non-empty list of server ids or names", "servers")
+    refs = [int(r) if is_id(r) else r for r in servers]
+    if len(refs) <= _LIST_BELOW:
+        found = [find_server(client, ref) for ref in refs]
+    else:
+        # One listing (50 servers a request) instead of a request per server.
+        known = client.list_servers()
+        by_ref = {**{s["id"]: s for s in known}, **{s["name"]: s for s in known}}
+        missing = [r for r in refs if r not in by_ref]
+        if missing:
+            what = ", ".join(map(str, missing[:5])) + (" ..." if len(missing) > 5 else "")
+            raise BadInput(f"no server with these ids or names in this project: {what}", "servers")
+        found = [by_ref[r] for r in refs]
     out, seen = [], set()
-    for ref in servers:
-        server = find_server(client, int(ref) if is_id(ref) else ref)
+    for server in found:
         if server["id"] not in seen:
             seen.add(server["id"])
             out.append(server)
