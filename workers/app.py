@@ -54,7 +54,11 @@ def start_monitor() -> None:
     if _thread is not None or not app.conf.hcloud_flow.get("monitor", True):
         return
     _stop.clear()
-    monitor = Monitor(engine(), CeleryDispatcher(app, hooks()))
+    eng = engine()
+    # The round lock lapses one request timeout after its holder died, so a killed worker stalls polling
+    # for seconds, not minutes; a live holder renews it before every request.
+    lock_ttl = float(app.conf.hcloud_flow.get("request_timeout", 30.0)) + 10.0
+    monitor = Monitor(eng, CeleryDispatcher(app, hooks()), lock_ttl=lock_ttl)
     _thread = threading.Thread(
         target=monitor.run_forever, args=(_stop,), name="hcloud-flow-monitor", daemon=True
     )

@@ -18,7 +18,7 @@ import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
 
 from . import __version__
-from .errors import APIError, TransportError
+from .errors import APIError, ConfigError, TransportError
 from .rate_budget import Priority, RateBudget
 from .retry_policy import RetryPolicy, should_retry
 
@@ -61,7 +61,7 @@ class HcloudClient:
         on_response: Callable[[str, str, int], None] | None = None,
     ) -> None:
         if not token:
-            raise ValueError("an API token is required (set HCLOUD_TOKEN)")
+            raise ConfigError("no API token: set HCLOUD_TOKEN in the workers' environment")
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.budget = budget

@@ -11,6 +11,7 @@
     ├── ServerBusy                    another run holds the server's lock
     ├── RunCancelled                  the run was cancelled before this step
     ├── RateBudgetExhausted           the shared request budget is empty for longer than the caller waits
+    ├── ConfigError                   a required setting is missing or malformed (e.g. no HCLOUD_TOKEN)
     └── SecretError                   a sealed secret cannot be opened (no key, wrong key)
 
 Errors cross Celery's JSON result backend, which rebuilds them from ``type(exc)(*exc.args)``. So every
@@ -27,6 +28,7 @@ __all__ = [
     "ActionFailed",
     "BadInput",
     "Blocked",
+    "ConfigError",
     "HcloudFlowError",
     "RateBudgetExhausted",
     "RunCancelled",
@@ -160,6 +162,10 @@ class RateBudgetExhausted(HcloudFlowError):
 
     def __str__(self) -> str:
         return f"the project's API budget is empty for another {self.wait:.1f} s"
+
+
+class ConfigError(HcloudFlowError):
+    """Raised when a required setting is missing or malformed; the message names the variable."""
 
 
 class SecretError(HcloudFlowError):

@@ -29,6 +29,10 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
 # A server list request answers 50 servers; below this many servers to check, single GETs are cheaper.
 _LIST_THRESHOLD = 3
 # Unknown to GET /actions this many rounds in a row: the action is gone, not late.
@@ -115,7 +119,7 @@ class Monitor:
         dispatcher: Dispatcher,
         *,
         prefix: str = "hf",
-        lock_ttl: float = 60.0,
+        lock_ttl: float = 40.0,
         batch: int = 2000,
     ) -> None:
         self.engine = engine
@@ -124,17 +128,24 @@ class Monitor:
         self.lock_ttl = lock_ttl
         self.batch = batch
         self._release = engine.redis.register_script(_RELEASE)
+        self._renew_script = engine.redis.register_script(_RENEW)
+        self._token = ""
 
     # -- the loop a worker thread runs ----------------------------------------------------------------
 
     def run_forever(self, stop: threading.Event, idle: float = 0.2) -> None:
         """Run rounds until ``stop`` is set; between rounds wait on the event, never in a task."""
+        failures = 0
         while not stop.is_set():
             try:
                 self.run_round()
-            except Exception:  # a broken round must not kill the thread; the next one retries
-                log.exception("monitor round failed")
-            nxt = self.engine.waits.next_due()
+                nxt = self.engine.waits.next_due()
+                failures = 0
+            except Exception:  # Redis or the API is away: keep the thread, back off, try again
+                failures += 1
+                log.exception("monitor round failed (%d in a row)", failures)
+                stop.wait(min(10.0, 0.5 * 2 ** min(failures, 5)))
+                continue
             pause = idle if nxt is None else max(0.0, min(idle, nxt - self.engine.clock()))
             stop.wait(pause or 0.01)
 
@@ -146,6 +157,7 @@ class Monitor:
         if nxt is None or nxt > now:
             return report
         token = uuid.uuid4().hex
+        self._token = token
         if not self.engine.redis.set(self.lock_key, token, nx=True, px=int(self.lock_ttl * 1000)):
             return None
         try:
@@ -155,6 +167,10 @@ class Monitor:
         return report
 
     # -- one round -------------------------------------------------------------------------------------
+
+    def _renew(self) -> None:
+        """Keep our round's lock before each request: it lapses soon only if this process died mid-round."""
+        self._renew_script(keys=[self.lock_key], args=[self._token, int(self.lock_ttl * 1000)])
 
     def _round(self, report: RoundReport) -> None:
         engine = self.engine
@@ -186,6 +202,7 @@ class Monitor:
         ]
         waits = waits + extra
         try:
+            self._renew()
             actions = engine.client.get_actions([w["action_id"] for w in waits])
         except HcloudFlowError as exc:
             report.errors.append(str(exc))
@@ -255,6 +272,7 @@ class Monitor:
         servers = [w for w in waits if w["target"] in ("running", "off")]
         images = [w for w in waits if w["target"] == "image_available"]
         try:
+            self._renew()
             server_status = self._server_statuses({w["server_id"] for w in servers}, report)
             image_status = self._image_statuses(
                 {w["result"]["outputs"]["image"]["id"] for w in images}, report
