@@ -239,3 +239,59 @@ class Api:
             ids += [s["id"] for s in body["servers"]]
             page = body["meta"]["pagination"]["next_page"]
         return ids
+
+
+class Flower:
+    """A real Flower process on a free port, with basic auth, reading hcloud-flow's broker."""
+
+    def __init__(self, redis_url: str, logdir: Path, auth: tuple[str, str]) -> None:
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HCLOUD")}
+        env.update(HCLOUD_FLOW_REDIS_URL=redis_url, FLOWER_BASIC_AUTH=":".join(auth), PYTHONPATH=str(ROOT))
+        self.log = open(logdir / f"flower-{port}.log", "wb")  # noqa: SIM115 - closed in stop()
+        # --broker must come before the flower subcommand, or Flower ignores it.
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.app",
+                "--broker",
+                redis_url,
+                "flower",
+                f"--port={port}",
+                "--address=127.0.0.1",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.url = f"http://127.0.0.1:{port}"
+        self.auth = auth
+
+        def healthy() -> bool:
+            try:
+                return requests.get(self.url + "/healthcheck", timeout=1).text == "OK"
+            except requests.ConnectionError:
+                return False
+
+        wait_until(healthy, 30, "flower to answer")
+
+    def send(self, task: str, body: Any) -> requests.Response:
+        return requests.post(f"{self.url}/api/task/send-task/{task}", json=body, auth=self.auth, timeout=10)
+
+    def result(self, task_id: str) -> dict[str, Any]:
+        """Poll the result endpoint until the task has ended, as a client script would."""
+
+        def ended() -> dict[str, Any] | None:
+            got = requests.get(f"{self.url}/api/task/result/{task_id}", auth=self.auth, timeout=10).json()
+            return got if got["state"] in ("SUCCESS", "FAILURE") else None
+
+        return dict(wait_until(ended, 30, f"task {task_id} to end", interval=0.2))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=20)
+        self.log.close()
