@@ -25,6 +25,22 @@ from .submit import cancel_run
 __all__ = ["Jobs", "Runs", "cancel", "default", "jobs", "list_runs", "status", "submit", "wait"]
 
 
+def call_worker(
+    app: Celery, client: Any, name: str, kwargs: dict[str, Any], timeout: float
+) -> dict[str, Any]:
+    """Send a task to the workers and wait for its answer; say plainly when nobody can answer."""
+    client.ping()  # an unreachable Redis fails here, fast, before anything is sent
+    pending = app.send_task(name, kwargs=kwargs)
+    try:
+        return dict(pending.get(timeout=timeout))
+    except CeleryTimeout as exc:
+        raise HcloudFlowError(
+            f"no worker answered {name} within {timeout:.0f} s; is `hcloud-flow worker` running?"
+        ) from exc
+    except RuntimeError as exc:  # Celery's result consumer gave up reconnecting
+        raise HcloudFlowError(f"lost the connection to Redis while waiting for {name}: {exc}") from exc
+
+
 class Runs:
     """Runs of one hcloud-flow installation (one Redis, one set of workers)."""
 
@@ -44,16 +60,8 @@ class Runs:
         self, workflow: str, *, server: int | str, queue: bool = False, timeout: float = 60.0, **params: Any
     ) -> dict[str, Any]:
         """Like submit, but return the whole answer (run id, state, planned steps, queued_behind)."""
-        pending = self.app.send_task(
-            "hcloud_flow.submit",
-            kwargs={"workflow": workflow, "server": server, "params": params, "queue": queue},
-        )
-        try:
-            return dict(pending.get(timeout=timeout))
-        except CeleryTimeout as exc:
-            raise HcloudFlowError(
-                f"no worker answered the submit within {timeout:.0f} s; is `hcloud-flow worker` running?"
-            ) from exc
+        kwargs = {"workflow": workflow, "server": server, "params": params, "queue": queue}
+        return call_worker(self.app, self.store.redis, "hcloud_flow.submit", kwargs, timeout)
 
     def status(self, run_id: str) -> dict[str, Any]:
         """Return the run record, with live step progress."""
@@ -106,12 +114,7 @@ class Jobs:
         self.store = store
 
     def _call(self, name: str, timeout: float, **kwargs: Any) -> dict[str, Any]:
-        try:
-            return dict(self.app.send_task(name, kwargs=kwargs).get(timeout=timeout))
-        except CeleryTimeout as exc:
-            raise HcloudFlowError(
-                f"no worker answered within {timeout:.0f} s; is `hcloud-flow worker` running?"
-            ) from exc
+        return call_worker(self.app, self.store.redis, name, kwargs, timeout)
 
     def start(self, workflow: str, *, timeout: float = 120.0, **options: Any) -> dict[str, Any]:
         """Validate and start a fleet job; return its record (``id``, servers, limits, state)."""
