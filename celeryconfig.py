@@ -66,6 +66,8 @@ broker_transport_options = {
 }
 result_backend_transport_options = {"visibility_timeout": _visibility}
 worker_hijack_root_logger = False
+# Task events feed Flower's task views (they are pub/sub notices, not queued messages).
+worker_send_task_events = True
 
 # Schedules (maintenance windows) live in Redis through celery-redbeat; its lock lets one beat of many fire.
 # Crontabs are evaluated in UTC; each window keeps its own time zone (workflows/windows.py).

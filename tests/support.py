@@ -295,3 +295,39 @@ class Flower:
         self.proc.terminate()
         self.proc.wait(timeout=20)
         self.log.close()
+
+
+def redis_blobs(client: redis.Redis) -> list[bytes]:
+    """Return every key and every value in every database of a Redis server (for the secrets audit)."""
+    out: list[bytes] = []
+    for db in range(16):
+        client.execute_command("SELECT", db)
+        for key in client.scan_iter(count=1000):
+            out.append(key)
+            kind = client.type(key).decode()
+            if kind == "string":
+                out.append(client.get(key) or b"")
+            elif kind == "hash":
+                out += [b for kv in client.hgetall(key).items() for b in kv]
+            elif kind == "list":
+                out += client.lrange(key, 0, -1)
+            elif kind == "set":
+                out += list(client.smembers(key))
+            elif kind == "zset":
+                out += [m for m, _ in client.zrange(key, 0, -1, withscores=True)]
+    client.execute_command("SELECT", 0)
+    return out
+
+
+def leaks(secrets: set[bytes], blobs: dict[str, list[bytes]]) -> list[tuple[str, str]]:
+    """Return (secret prefix, where) for every secret found in plaintext in the named blobs."""
+    return sorted(
+        {
+            (s[:4].decode(errors="replace") + "...", where)
+            for s in secrets
+            if s
+            for where, items in blobs.items()
+            for blob in items
+            if s in blob
+        }
+    )

@@ -23,7 +23,7 @@ from workflows.fleet import JobStore
 
 from ..conftest import start_cloud
 from ..integration.conftest import client_app
-from ..support import Api, Control, RedisServer, Worker, wait_until, worker_env
+from ..support import TOKEN, Api, Control, RedisServer, Worker, leaks, redis_blobs, wait_until, worker_env
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
 # Short timeouts so a killed process's claims and monitor lock lapse within seconds (production: 40 s).
@@ -171,6 +171,8 @@ def test_persistent_redis_restarted_mid_fleet(
         redis_aof.start()
         jobs = Jobs(app, JobStore(redis_aof.client()))
         done = jobs.wait(job["id"], timeout=150, poll=0.5)
+        # This Redis is gone after the test: audit it for the token now, as the suite's audit does its own.
+        assert not leaks({TOKEN.encode()}, {"redis": redis_blobs(redis_aof.client())})
     finally:
         app.close()
         worker.stop()

@@ -15,7 +15,7 @@ from workers.run_store import RunStore
 from workflows.api import Runs
 
 from ..conftest import start_cloud
-from ..support import Api, Control, Flower, RedisServer, Worker, worker_env
+from ..support import TOKEN, Api, Control, Flower, RedisServer, Worker, leaks, wait_until, worker_env
 
 pytestmark = pytest.mark.integration
 AUTH = ("ops", "flower-test-pw")
@@ -91,3 +91,31 @@ def test_flower_refuses_without_credentials_and_reports_bad_input(worker: Worker
     answer = flower.result(sent.json()["task-id"])
     assert answer["state"] == "FAILURE"
     assert "no server named" in str(answer["result"])
+
+
+def test_flower_task_views_hold_no_secret(
+    worker: Worker, flower: Flower, cloud: Any, redis_server: RedisServer
+) -> None:
+    api, control = Api(cloud.base_url), Control(cloud.control_url)
+    server = api.get("/servers")["servers"][1]
+    control.send("PATCH", f"/servers/{server['id']}", {"status": "running"})
+    sent = flower.send(
+        "hcloud_flow.submit", {"kwargs": {"workflow": "reset-password", "server": server["id"]}}
+    )
+    run_id = flower.result(sent.json()["task-id"])["result"]["run_id"]
+    wait_until(lambda: control.posts(server["id"], "reset_password"), 30, "the password reset")
+    views = [requests.get(f"{flower.url}/api/tasks", auth=AUTH, timeout=10).text]
+
+    def seen_all() -> bool:
+        tasks = requests.get(f"{flower.url}/api/tasks", auth=AUTH, timeout=10).json()
+        # A parked step never sends a task-succeeded event (the monitor finishes it): STARTED is its last.
+        return any(t.get("name") == "hcloud_flow.reset_password" for t in tasks.values())
+
+    wait_until(seen_all, 30, "Flower to see the reset_password task")
+    Runs(None, RunStore(redis_server.client())).wait(run_id, timeout=60, poll=0.2)  # type: ignore[arg-type]
+    tasks = requests.get(f"{flower.url}/api/tasks", auth=AUTH, timeout=10).json()
+    views.append(json.dumps(tasks))
+    views += [requests.get(f"{flower.url}/api/task/info/{tid}", auth=AUTH, timeout=10).text for tid in tasks]
+    secrets = {TOKEN.encode()} | {p.encode() for p in control.get("/secrets")["root_passwords"]}
+    assert run_id and len(secrets) > 1
+    assert not leaks(secrets, {"flower": [v.encode() for v in views]})
