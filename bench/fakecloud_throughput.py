@@ -5,7 +5,10 @@ limit so nothing throttles, then runs two loads for ``--seconds`` each from ``--
 ``requests.Session`` per thread:
 
 * ``GET /actions/{id}``: the monitor's poll, on actions created beforehand;
-* ``POST /servers/{id}/actions/reset``: on many servers, zero duration so no server is ever locked.
+* ``POST /servers/{id}/actions/reset``: on many servers, zero duration so no server is ever locked;
+
+beside a baseline measured in the same run: the standard library's HTTP server answering a fixed JSON body
+(``bench/bare_http.py``), the ceiling of the stack fakecloud is built on with this client.
 
 Only 2xx answers count. Prints a table (or JSON with ``--json``).
 
@@ -22,6 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import requests
 
@@ -114,6 +118,13 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
 
+    bare = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("bare_http.py"))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    bare_url = bare.stdout.readline().strip()  # type: ignore[union-attr]
     proc, base_url = start_fakecloud(args.servers)
     try:
         setup = requests.Session()
@@ -137,7 +148,16 @@ def main() -> int:
             server_id = server_ids[(worker * 7919 + n) % len(server_ids)]
             return session.post(f"{base_url}/servers/{server_id}/actions/reset", timeout=10)
 
+        def get_bare(session: requests.Session, worker: int, n: int) -> requests.Response:
+            return session.get(f"{bare_url}/actions/1", timeout=10)
+
+        baseline = {
+            "endpoint": "baseline: bare http.server, fixed JSON",
+            "threads": args.threads,
+            **run_load(args.threads, args.seconds, get_bare),
+        }
         rows = [
+            baseline,
             {
                 "endpoint": "GET /actions/{id}",
                 "threads": args.threads,
@@ -152,11 +172,25 @@ def main() -> int:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+        bare.terminate()
+        bare.wait(timeout=10)
+    for row in rows:
+        row["vs_baseline"] = round(row["req_per_s"] / baseline["req_per_s"], 3)
 
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    columns = ["endpoint", "threads", "requests", "non_2xx", "seconds", "req_per_s", "p50_ms", "p95_ms"]
+    columns = [
+        "endpoint",
+        "threads",
+        "requests",
+        "non_2xx",
+        "seconds",
+        "req_per_s",
+        "p50_ms",
+        "p95_ms",
+        "vs_baseline",
+    ]
     widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
     for row in rows:
