@@ -12,7 +12,6 @@ the wall time. The job must meet no 429.
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import tempfile
 import time
 from pathlib import Path
@@ -20,29 +19,9 @@ from typing import Any
 
 from harness import FakeCloudProcess, emit
 
-from tests.support import RedisServer, Worker, worker_env
+from tests.support import RedisServer, Worker, drain, worker_env
 
 TOKEN = "bench-token-fleet"
-
-
-def drain(cloud: FakeCloudProcess, leave: int = 5) -> int:
-    """Spend the project's budget down to about ``leave`` requests; return what is left."""
-    headers = {"Authorization": f"Bearer {TOKEN}"}
-
-    def remaining() -> int:
-        return int(
-            cloud.http.get(cloud.base_url + "/servers/0", headers=headers, timeout=10).headers[
-                "RateLimit-Remaining"
-            ]
-        )
-
-    left = remaining()
-    with cf.ThreadPoolExecutor(8) as pool:
-        while left > leave + 100:
-            left = min(pool.map(lambda _: remaining(), range(min(500, left - leave))))
-    while left > leave:
-        left = remaining()
-    return left
 
 
 def run(servers: int, speed: float, concurrency: int, workdir: Path, verbose: bool = False) -> dict[str, Any]:
@@ -70,7 +49,7 @@ def run(servers: int, speed: float, concurrency: int, workdir: Path, verbose: bo
         ids = [s for s in cloud.control("POST", "/reset", {"servers": servers, "seed": 3})["servers"]]
         for sid in ids:
             cloud.control("PATCH", f"/servers/{sid}", {"status": "running", "acpi": True})
-        left = drain(cloud)
+        left = drain(cloud.base_url, leave=5, token=TOKEN)
         before = cloud.control("GET", "/stats")
         jobs = Jobs(app, JobStore(redis_server.client()))
         t0 = time.monotonic()

@@ -102,8 +102,11 @@ class RedisServer:
 class Worker:
     """A real ``celery worker`` process of hcloud-flow, configured through its environment."""
 
-    def __init__(self, name: str, env: dict[str, str], logdir: Path, *, concurrency: int = 4) -> None:
+    def __init__(
+        self, name: str, env: dict[str, str], logdir: Path, *, concurrency: int = 4, app: str = "workers.app"
+    ) -> None:
         self.name = name
+        self.app = app
         self.env = env
         self.log = logdir / f"worker-{name}.log"
         self.concurrency = concurrency
@@ -116,7 +119,7 @@ class Worker:
             "-m",
             "celery",
             "-A",
-            "workers.app",
+            self.app,
             "worker",
             "--pool",
             "threads",
@@ -331,3 +334,42 @@ def leaks(secrets: set[bytes], blobs: dict[str, list[bytes]]) -> list[tuple[str,
             if s in blob
         }
     )
+
+
+def run_cli(
+    *args: str, redis_url: str | None = None, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run ``hcloud-flow ARGS`` as a user would: a subprocess, with no API token unless ``env`` gives one."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("HCLOUD")}
+    full["PYTHONPATH"] = str(ROOT)
+    if redis_url is not None:
+        full["HCLOUD_FLOW_REDIS_URL"] = redis_url
+    full.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "workflows.cli", *args],
+        env=full,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def drain(base_url: str, leave: int, token: str = TOKEN) -> int:
+    """Spend the project's budget down to about ``leave`` requests, as another tool on the project would;
+    return what the API says is left."""
+    import concurrent.futures as cf
+
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {token}"
+
+    def remaining() -> int:
+        return int(session.get(base_url + "/servers/0", timeout=10).headers["RateLimit-Remaining"])
+
+    left = remaining()
+    with cf.ThreadPoolExecutor(8) as pool:
+        while left > leave + 60:
+            left = min(pool.map(lambda _: remaining(), range(min(400, left - leave))))
+    while left > leave:
+        left = remaining()
+    return left

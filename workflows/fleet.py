@@ -151,33 +151,14 @@ class FleetRunner:
         self.submit = submit
         self.cancel_run = cancel_run
 
-    def start(
-        self,
-        *,
-        workflow: Any,
-        selector: Any = None,
-        servers: Any = None,
-        params: Any = None,
-        max_concurrency: Any = "1",
-        max_errors: Any = "0",
-        canary: Any = 0,
-        window: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """Validate a fleet job, record it with its resolved servers, and start its first runs."""
-        plan = self.plan(
-            workflow=workflow,
-            selector=selector,
-            servers=servers,
-            params=params,
-            max_concurrency=max_concurrency,
-            max_errors=max_errors,
-            canary=canary,
-        )
+    def start(self, *, window: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
+        """Validate a fleet job (``plan``'s keywords), record it with its resolved servers, start its runs."""
+        plan = self.plan(**options)
         job_id = uuid.uuid4().hex[:12]
         meta = {
             "id": job_id,
             "workflow": plan["workflow"],
-            "selector": selector,
+            "selector": options.get("selector"),
             "params": plan["params"],
             "servers": [{"id": s["id"], "name": s["name"]} for s in plan["servers"]],
             "max_concurrency": plan["max_concurrency"],

@@ -71,52 +71,29 @@ def status(run_id: Any = None) -> dict[str, Any]:
     return run
 
 
+FLEET_OPTIONS = ("workflow", "selector", "servers", "params", "max_concurrency", "max_errors", "canary")
+
+
+def _fleet_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Return a fleet request's options; refuse unknown ones, as a caller in another language may send any."""
+    unknown = sorted(set(options) - set(FLEET_OPTIONS))
+    if unknown:
+        raise BadInput(f"unknown fleet options {', '.join(unknown)} (known: {', '.join(FLEET_OPTIONS)})")
+    return {"workflow": None, **options}
+
+
 @app.task(name="hcloud_flow.fleet_start", throws=(BadInput,), acks_late=False)
-def fleet_start(
-    workflow: Any = None,
-    selector: Any = None,
-    servers: Any = None,
-    params: Any = None,
-    max_concurrency: Any = "1",
-    max_errors: Any = "0",
-    canary: Any = 0,
-) -> dict[str, Any]:
-    """Validate and start a fleet job; return its record."""
-    return fleet_runner().start(
-        workflow=workflow,
-        selector=selector,
-        servers=servers,
-        params=params,
-        max_concurrency=max_concurrency,
-        max_errors=max_errors,
-        canary=canary,
-    )
+def fleet_start(**options: Any) -> dict[str, Any]:
+    """Validate and start a fleet job; return its record. Options: FLEET_OPTIONS."""
+    return fleet_runner().start(**_fleet_options(options))
 
 
 @app.task(name="hcloud_flow.fleet_plan", throws=(BadInput,))
-def fleet_plan(
-    workflow: Any = None,
-    selector: Any = None,
-    servers: Any = None,
-    params: Any = None,
-    max_concurrency: Any = "1",
-    max_errors: Any = "0",
-    canary: Any = 0,
-) -> dict[str, Any]:
+def fleet_plan(**options: Any) -> dict[str, Any]:
     """Return what a fleet job would do and spend, changing nothing (the dry run)."""
     from .dry_run import describe
 
-    runner = fleet_runner()
-    plan = runner.plan(
-        workflow=workflow,
-        selector=selector,
-        servers=servers,
-        params=params,
-        max_concurrency=max_concurrency,
-        max_errors=max_errors,
-        canary=canary,
-    )
-    return describe(plan, engine())
+    return describe(fleet_runner().plan(**_fleet_options(options)), engine())
 
 
 @app.task(name="hcloud_flow.fleet_control", throws=(BadInput,))

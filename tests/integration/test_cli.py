@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +11,7 @@ from typing import Any
 import pytest
 
 from ..conftest import start_cloud
-from ..support import ROOT, Api, Control, RedisServer, Worker, worker_env
+from ..support import Api, Control, RedisServer, Worker, run_cli, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -32,17 +30,8 @@ def worker(redis_server: RedisServer, cloud: Any, logdir: Path) -> Iterator[Work
     w.stop()
 
 
-def cli(redis_url: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HCLOUD")}
-    env.update(HCLOUD_FLOW_REDIS_URL=redis_url, PYTHONPATH=str(ROOT))  # no HCLOUD_TOKEN: the CLI needs none
-    return subprocess.run(
-        [sys.executable, "-m", "workflows.cli", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def cli(redis_url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args, redis_url=redis_url)  # no HCLOUD_TOKEN: the CLI needs none
 
 
 @pytest.fixture(scope="module")

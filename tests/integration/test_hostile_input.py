@@ -7,9 +7,6 @@ a missing token, a wrong token, an unreachable API, and an unreachable Redis.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +21,7 @@ from workflows.api import Jobs, Runs
 from workflows.fleet import JobStore
 
 from ..conftest import start_cloud
-from ..support import ROOT, Api, Control, Flower, RedisServer, Worker, worker_env
+from ..support import Api, Control, Flower, RedisServer, Worker, run_cli, worker_env
 from .conftest import client_app
 
 pytestmark = pytest.mark.integration
@@ -68,16 +65,7 @@ class Surfaces:
         self.jobs = Jobs(app, JobStore(store.redis))
 
     def cli(self, *args: str, redis_url: str | None = None) -> tuple[str, int]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HCLOUD")}
-        env.update(HCLOUD_FLOW_REDIS_URL=redis_url or self.redis_url, PYTHONPATH=str(ROOT))
-        done = subprocess.run(
-            [sys.executable, "-m", "workflows.cli", *args],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=90,
-        )
+        done = run_cli(*args, redis_url=redis_url or self.redis_url, timeout=90)
         return done.stderr + done.stdout, done.returncode
 
     def api(self, call: Callable[[Runs, Jobs], Any]) -> tuple[str, None]:

@@ -7,17 +7,15 @@ project would; the workers learn that from the first answer's headers and pace e
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from celery import Celery, chain, signature
 
 from ..conftest import start_cloud
-from ..support import TOKEN, Api, Control, RedisServer, Worker, worker_env
+from ..support import Api, Control, RedisServer, Worker, drain, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -35,23 +33,6 @@ def worker(redis_server: RedisServer, cloud: Any, logdir: Path) -> Iterator[Work
     w = Worker("rate", env, logdir, concurrency=8)
     yield w
     w.stop()
-
-
-def drain(base_url: str, leave: int) -> int:
-    """Spend the project's budget down to about ``leave`` requests; return what the API says is left."""
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {TOKEN}"
-
-    def remaining() -> int:
-        return int(session.get(base_url + "/servers/0", timeout=10).headers["RateLimit-Remaining"])
-
-    left = remaining()
-    with cf.ThreadPoolExecutor(8) as pool:
-        while left > leave + 60:
-            left = min(pool.map(lambda _: remaining(), range(min(400, left - leave))))
-    while left > leave:
-        left = remaining()
-    return left
 
 
 def test_fleet_load_on_an_empty_budget_gets_no_429(worker: Worker, celery_client: Celery, cloud: Any) -> None:

@@ -16,7 +16,7 @@ from celery import Celery
 from workflows.fleet import JobStore
 
 from ..conftest import start_cloud
-from ..support import ROOT, Api, Control, RedisServer, Worker, wait_until, worker_env
+from ..support import ROOT, Api, Control, RedisServer, Worker, run_cli, wait_until, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -52,14 +52,7 @@ def ids(cloud: Any) -> list[int]:
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "workflows.cli", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_cli(*args, env=env, timeout=60)
 
 
 def test_window_fires_once_with_two_beats_and_honours_the_cutoff(
