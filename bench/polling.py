@@ -69,24 +69,20 @@ def _delays(cloud: FakeCloudProcess, since_seq: int) -> list[float]:
     return delays
 
 
-def run_ours(cloud: FakeCloudProcess, n: int, workdir: Path) -> dict[str, Any]:
+def run_ours(cloud: FakeCloudProcess, n: int, workdir: Path, worker_count: int) -> dict[str, Any]:
     from celery import Celery, chain, signature
 
     ids = _fleet(cloud, n)
     redis_server = RedisServer(workdir / f"redis-{n}")
-    worker = Worker(
-        f"bench{n}",
-        worker_env(
-            redis_server.url,
-            cloud.base_url,
-            HCLOUD_TOKEN=TOKEN,
-            HCLOUD_FLOW_POLL_FIRST="1.0",
-            HCLOUD_FLOW_POLL_CAP="10",
-            HCLOUD_FLOW_VISIBILITY_TIMEOUT="600",
-        ),
-        workdir,
-        concurrency=8,
+    env = worker_env(
+        redis_server.url,
+        cloud.base_url,
+        HCLOUD_TOKEN=TOKEN,
+        HCLOUD_FLOW_POLL_FIRST="1.0",
+        HCLOUD_FLOW_POLL_CAP="10",
+        HCLOUD_FLOW_VISIBILITY_TIMEOUT="600",
     )
+    workers = [Worker(f"bench{n}-{k}", env, workdir, concurrency=8) for k in range(worker_count)]
     app = Celery("bench", broker=redis_server.url, backend=redis_server.url)
     app.conf.update(task_serializer="json", accept_content=["json"], task_default_queue="hcloud_flow")
     try:
@@ -112,7 +108,8 @@ def run_ours(cloud: FakeCloudProcess, n: int, workdir: Path) -> dict[str, Any]:
         delays = _delays(cloud, seq0)
     finally:
         app.close()
-        worker.stop()
+        for worker in workers:
+            worker.stop()
         redis_server.stop()
     return _row("hcloud-flow", n, wall, api, pushes / (n * len(STEPS)), delays)
 
@@ -182,6 +179,7 @@ def main() -> None:
     parser.add_argument(
         "--sizes", default="25,100,400", help="fleet sizes, comma-separated (default 25,100,400)"
     )
+    parser.add_argument("--workers", type=int, default=2, help="worker processes for hcloud-flow (default 2)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -190,7 +188,7 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for n in sizes:
-                ours = run_ours(cloud, n, Path(tmp))
+                ours = run_ours(cloud, n, Path(tmp), args.workers)
                 base = run_baseline(cloud, n)
                 ours["baseline_requests_per_action_over_ours"] = round(
                     base["requests_per_action"] / ours["requests_per_action"], 2

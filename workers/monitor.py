@@ -37,6 +37,9 @@ return 0
 _LIST_THRESHOLD = 3
 # Unknown to GET /actions this many rounds in a row: the action is gone, not late.
 _MAX_MISSING = 5
+# Progress below this says too little about the end to plan a poll on it.
+_PROGRESS_HINT = 5
+_MIN_PAUSE = 0.2
 
 
 class Dispatcher(Protocol):
@@ -388,17 +391,28 @@ class Monitor:
         )
 
     def _reschedule(self, wait: dict[str, Any]) -> None:
+        """Set the wait's next poll: at its action's expected end when that can be told, else backing off."""
         now = self.engine.clock()
         wait["polls"] += 1
-        expected = wait.get("expected") if wait["phase"] == "action" else None
-        if expected is not None and now - wait["started"] < expected:
-            wait["next"] = wait["started"] + expected
+        age = now - wait["started"]
+        expected = None
+        if wait["phase"] == "action":
+            expected = wait.get("expected")
+            progress = int(wait.get("progress") or 0)
+            if expected is None and _PROGRESS_HINT <= progress < 100:
+                # No history yet: the action's own progress tells when it should end.
+                expected = age * 100 / progress
+        cadence = self.engine.cadence
+        if expected is not None and age < expected:
+            wait["next"] = max(now + _MIN_PAUSE, wait["started"] + expected)
         elif expected is not None:
             # Past the expected end: poll soon again, backing off from there.
             wait["late_polls"] = wait.get("late_polls", 0) + 1
-            wait["next"] = now + self.engine.cadence.interval(wait["late_polls"] - 1)
+            wait["next"] = now + cadence.interval(wait["late_polls"] - 1)
         else:
-            wait["next"] = now + self.engine.cadence.interval(wait["polls"])
+            # Backing off with the wait's age, not its poll count: polls that merely filled a batch
+            # request early must not push the next one further out.
+            wait["next"] = now + max(cadence.first, min(cadence.cap, age * (cadence.growth - 1)))
         self.engine.waits.save(wait)
 
     def _succeed(self, wait: dict[str, Any], extra: dict[str, Any], report: RoundReport) -> None:
