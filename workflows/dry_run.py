@@ -82,4 +82,5 @@ def describe(plan: dict[str, Any], engine: Engine) -> dict[str, Any]:
 
 def _expected(engine: Engine, command: str) -> float:
     learned = engine.durations.expected(command) if engine.durations is not None else None
-    return learned if learned is not None else float(TYPICAL_SECONDS[command])
+    # The API stamps times to the second, so a learned 0 means "under a second", not free.
+    return max(1.0, learned) if learned is not None else float(TYPICAL_SECONDS[command])
