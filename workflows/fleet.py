@@ -19,7 +19,7 @@ from typing import Any
 import redis
 
 from workers.client import HcloudClient, is_id
-from workers.errors import APIError, BadInput, HcloudFlowError, ServerBusy
+from workers.errors import APIError, BadInput, HcloudFlowError, RateBudgetExhausted, ServerBusy
 
 from .fleet_plan import decide, parse_amount
 from .validate import check_params, find_server, gather_facts, workflow_named
@@ -133,7 +133,8 @@ class JobStore:
         return [j for j in (self.get(i) for i in ids) if j is not None]
 
     def lock(self, job_id: str) -> Any:
-        return self.redis.lock(f"{self.key(job_id)}:lock", timeout=120, blocking_timeout=120)
+        # Held while a wave is submitted (seconds); lapses soon if its holder dies mid-wave.
+        return self.redis.lock(f"{self.key(job_id)}:lock", timeout=30, blocking_timeout=60)
 
 
 class FleetRunner:
@@ -145,11 +146,15 @@ class FleetRunner:
         client: HcloudClient,
         submit: Callable[..., dict[str, Any]],
         cancel_run: Callable[[str], Any],
+        kick: Callable[[str, float], Any] | None = None,
     ) -> None:
         self.store = store
         self.client = client
         self.submit = submit
         self.cancel_run = cancel_run
+        # Asks for ``advance(job_id)`` again after a delay: used when the rate budget, not the job's rules,
+        # stops the next start (otherwise a job with nothing in flight would have nothing to wake it).
+        self.kick = kick
 
     def start(self, *, window: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
         """Validate a fleet job (``plan``'s keywords), record it with its resolved servers, start its runs."""
@@ -235,9 +240,11 @@ class FleetRunner:
                         log.info("fleet job %s %s%s", job_id, d.state, f" ({d.reason})" if d.reason else "")
                     return
                 for sid in d.start:
-                    self._start_one(job, sid)
+                    if not self._start_one(job, sid):
+                        return
 
-    def _start_one(self, job: dict[str, Any], sid: int) -> None:
+    def _start_one(self, job: dict[str, Any], sid: int) -> bool:
+        """Start one server's run and record the outcome; False when the budget says to try again later."""
         try:
             answer = self.submit(
                 workflow=job["workflow"], server=sid, params=job["params"], job_id=job["id"], priority="bulk"
@@ -245,12 +252,18 @@ class FleetRunner:
             self.store.set_outcome(
                 job["id"], sid, outcome="running", run_id=answer["run_id"], started=self.store.clock()
             )
+        except RateBudgetExhausted as exc:
+            if self.kick is None:
+                raise
+            self.kick(job["id"], min(max(exc.wait, 1.0), 30.0))
+            return False
         except ServerBusy as exc:
             self.store.set_outcome(job["id"], sid, outcome="skipped", reason=str(exc), busy_with=exc.run_id)
         except BadInput as exc:
             self.store.set_outcome(job["id"], sid, outcome="refused", reason=str(exc))
         except HcloudFlowError as exc:
             self.store.set_outcome(job["id"], sid, outcome="refused", reason=f"could not submit: {exc}")
+        return True
 
     def on_run_ended(self, run: dict[str, Any]) -> None:
         """Record a job's run outcome and let the job move on (a run listener)."""

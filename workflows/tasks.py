@@ -16,7 +16,16 @@ from workers.runs import RUN_LISTENERS
 from .fleet import FleetRunner, JobStore
 from .submit import cancel_run, submit_run
 
-__all__ = ["cancel", "fleet_control", "fleet_plan", "fleet_start", "status", "submit"]
+__all__ = [
+    "cancel",
+    "fleet_advance",
+    "fleet_control",
+    "fleet_plan",
+    "fleet_start",
+    "status",
+    "submit",
+    "window_fire",
+]
 
 
 def fleet_runner() -> FleetRunner:
@@ -24,7 +33,11 @@ def fleet_runner() -> FleetRunner:
     store = run_store()
     job_store = JobStore(store.redis, retention=store.retention)
     submit_one = partial(submit_run, app, engine().client, store, hooks())
-    return FleetRunner(job_store, engine().client, submit_one, partial(cancel_run, store))
+    return FleetRunner(job_store, engine().client, submit_one, partial(cancel_run, store), kick=_kick)
+
+
+def _kick(job_id: str, countdown: float) -> None:
+    fleet_advance.apply_async(kwargs={"job_id": job_id}, countdown=countdown)
 
 
 def _on_run_ended(run: dict[str, Any]) -> None:
@@ -113,3 +126,10 @@ def window_fire(name: Any = None) -> dict[str, Any]:
 
     runner = fleet_runner()
     return fire(WindowStore(runner.store.redis, app), runner, str(name), runner.store.clock())
+
+
+@app.task(name="hcloud_flow.fleet_advance", acks_late=False)
+def fleet_advance(job_id: Any = None) -> None:
+    """Start what a fleet job may start now (sent with a countdown when the rate budget held it back)."""
+    if isinstance(job_id, str):
+        fleet_runner().advance(job_id)
