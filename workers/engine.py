@@ -169,6 +169,7 @@ def _post(
             raise
         except APIError as exc:
             if exc.code == "locked":
+                engine.ledger.clear_posting(step_key)  # refused: nothing of ours was started
                 raise Blocked(server_id, _running_action(engine.client, server_id)) from exc
             if not is_ambiguous(exc):
                 raise

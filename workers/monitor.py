@@ -42,6 +42,13 @@ _PROGRESS_HINT = 5
 _MIN_PAUSE = 0.2
 
 
+def _as_flow_error(exc: Exception) -> HcloudFlowError:
+    """Return an error that can fail a step: ours as it is, anything else named for a bug report."""
+    if isinstance(exc, HcloudFlowError):
+        return exc
+    return HcloudFlowError(f"internal error while waiting ({type(exc).__name__}: {exc}); please report it")
+
+
 class Dispatcher(Protocol):
     """Continues the chain of a wait that ended; implemented over Celery in workers/continuation.py."""
 
@@ -220,8 +227,8 @@ class Monitor:
             try:
                 if self._on_action(wait, action, report):
                     to_check.append(wait)
-            except HcloudFlowError as exc:
-                self._fail(wait, exc, report)
+            except Exception as exc:  # one bad wait fails alone; it must not stall every other wait
+                self._fail(wait, _as_flow_error(exc), report)
         return to_check
 
     def _on_action(self, wait: dict[str, Any], action: dict[str, Any] | None, report: RoundReport) -> bool:
@@ -244,8 +251,10 @@ class Monitor:
             self._reschedule(wait)
             return False
         if wait["phase"] == "blocked":
-            self.engine.waits.remove(wait["id"])
+            # Send first, then forget: a crash in between sends twice, and the step's claim and ledger
+            # make the second delivery harmless; the other order could lose the step.
             self.dispatcher.resend(wait)
+            self.engine.waits.remove(wait["id"])
             report.resent += 1
             return False
         if status == "error":
@@ -286,37 +295,45 @@ class Monitor:
                 self._reschedule(w)
             return
         for wait in servers:
-            status = server_status.get(wait["server_id"])
-            if status == wait["target"]:
-                self._succeed(wait, {"server_status": status}, report)
-            elif wait["step"] == "shutdown" and self._should_force(wait):
-                self._force_off(wait, report)
-            else:
-                self._reschedule(wait)
+            try:
+                self._server_wait(wait, server_status.get(wait["server_id"]), report)
+            except Exception as exc:
+                self._fail(wait, _as_flow_error(exc), report)
         for wait in images:
-            status = image_status.get(wait["result"]["outputs"]["image"]["id"])
-            if status == "available":
-                self._succeed(wait, {"image_status": status}, report)
-            elif status is None:
-                self._fail(
-                    wait,
-                    WaitTimeout(
-                        wait["server_id"],
-                        wait["step"],
-                        wait["action_id"],
-                        "an image that no longer exists",
-                        0,
-                    ),
-                    report,
-                )
-            else:
-                self._reschedule(wait)
+            try:
+                self._image_wait(wait, image_status.get(wait["result"]["outputs"]["image"]["id"]), report)
+            except Exception as exc:
+                self._fail(wait, _as_flow_error(exc), report)
+
+    def _server_wait(self, wait: dict[str, Any], status: str | None, report: RoundReport) -> None:
+        if status == wait["target"]:
+            self._succeed(wait, {"server_status": status}, report)
+        elif wait["step"] == "shutdown" and self._should_force(wait):
+            self._force_off(wait, report)
+        else:
+            self._reschedule(wait)
+
+    def _image_wait(self, wait: dict[str, Any], status: str | None, report: RoundReport) -> None:
+        if status == "available":
+            self._succeed(wait, {"image_status": status}, report)
+        elif status is None:
+            gone = "an image that no longer exists"
+            self._fail(wait, WaitTimeout(wait["server_id"], wait["step"], wait["action_id"], gone, 0), report)
+        else:
+            self._reschedule(wait)
 
     def _server_statuses(self, ids: set[int], report: RoundReport) -> dict[int, str]:
         client = self.engine.client
         if len(ids) < _LIST_THRESHOLD:
             report.requests += len(ids)
-            return {i: client.get_server(i)["status"] for i in ids}
+            out: dict[int, str] = {}
+            for i in ids:
+                try:
+                    out[i] = client.get_server(i)["status"]
+                except HcloudFlowError as exc:
+                    if getattr(exc, "code", None) != "not_found":
+                        raise  # a deleted server just never reaches its state; its deadline says so
+            return out
         found: dict[int, str] = {}
         for page in client.iter_server_pages():
             report.requests += 1

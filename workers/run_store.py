@@ -27,6 +27,10 @@ RunState = Literal["queued", "running", "cancelling", "succeeded", "failed", "ca
 FINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 ACTIVE: frozenset[str] = frozenset({"queued", "running", "cancelling"})
 
+_REFRESH = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
@@ -50,6 +54,7 @@ class RunStore:
         self.clock = clock
         self.ledger = Ledger(client, prefix=prefix, retention=retention)
         self._release = client.register_script(_RELEASE)
+        self._refresh = client.register_script(_REFRESH)
 
     # -- keys ------------------------------------------------------------------------------------------
 
@@ -161,6 +166,18 @@ class RunStore:
     def holder(self, server_id: int) -> str | None:
         raw = self.redis.get(self._lock(server_id))
         return raw.decode() if raw else None
+
+    def refresh(self, server_id: int, run_id: str, ttl: float) -> None:
+        """Renew ``run_id``'s hold on the server, if it still has it."""
+        self._refresh(keys=[self._lock(server_id)], args=[run_id, int(ttl * 1000)])
+
+    def drop_chain(self, run_id: str) -> None:
+        """Remove the chain (the steps' arguments) from a run's record once it has been sent."""
+        raw = self.redis.hget(self._run(run_id), "meta")
+        if raw:
+            meta = json.loads(raw)
+            meta.pop("chain", None)
+            self.redis.hset(self._run(run_id), "meta", json.dumps(meta))
 
     def release(self, server_id: int, run_id: str) -> None:
         """Free the server if ``run_id`` holds it."""

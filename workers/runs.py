@@ -57,6 +57,8 @@ class RunHooks:
             raise RunCancelled(run_id, run["steps"][index]["name"] if index is not None else "?")
         if run["state"] in ("queued",):
             self.store.set_state(run_id, "running", started=self.store.clock())
+        # Each step renews the run's hold on its server, so a long run keeps it and a dead one loses it.
+        self.store.refresh(run["server_id"], run_id, run["lock_ttl"])
         if index is not None and run["steps"][index].get("status") in (None, "pending"):
             self.store.update_step(run_id, index, status="running", started=self.store.clock())
 
@@ -131,6 +133,7 @@ class RunHooks:
                 return
             try:
                 self.start(run)
+                self.store.drop_chain(run_id)  # sent: the record need not keep the chain's arguments
             except HcloudFlowError as exc:  # pragma: no cover - broker down; the run says why
                 self.store.set_state(run_id, "failed", finished=self.store.clock(), error=error_info(exc))
                 self.store.release(server_id, run_id)

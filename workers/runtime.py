@@ -7,10 +7,12 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from cryptography.fernet import Fernet
 
 from .client import HcloudClient
 from .durations import Durations
 from .engine import Cadence, Engine
+from .errors import ConfigError
 from .ledger import Ledger
 from .rate_budget import RateBudget, bucket_key
 from .retry_policy import RetryPolicy
@@ -24,9 +26,20 @@ _engines: dict[int, Engine] = {}
 
 def build_engine(settings: dict[str, Any], *, redis_url: str, token: str, secret_key: str | None) -> Engine:
     """Return an Engine wired from plain settings (the ``hcloud_flow`` dict of celeryconfig)."""
+    if secret_key:
+        try:
+            Fernet(secret_key.encode())
+        except (ValueError, TypeError) as exc:
+            # Found now, not after a password reset whose password could then not be sealed.
+            raise ConfigError(
+                "HCLOUD_FLOW_SECRET_KEY is not a valid key; make one with "
+                "python3 -c 'from workers.sealing import generate_key; print(generate_key())'"
+            ) from exc
     store = redis.Redis.from_url(redis_url)
     budget = RateBudget(store, bucket_key(token), refill_per_second=float(settings.get("rate_refill", 0.0)))
-    policy = RetryPolicy(base=float(settings.get("retry_base", 1.0)))
+    base = float(settings.get("retry_base", 1.0))
+    # The whole retry schedule scales with its first backoff (tests shrink it; production keeps 1 s).
+    policy = RetryPolicy(base=base, cap=30.0 * base, max_total=120.0 * base)
     client = HcloudClient(
         token,
         base_url=settings["endpoint"],
@@ -44,7 +57,8 @@ def build_engine(settings: dict[str, Any], *, redis_url: str, token: str, secret
         cadence=Cadence(
             first=float(settings.get("poll_first", 1.0)), cap=float(settings.get("poll_cap", 10.0))
         ),
-        claim_ttl=float(settings.get("request_timeout", 30.0)) + 10.0,
+        # A claim must outlast one request with all its retries: the thread pool enforces no time limit.
+        claim_ttl=float(settings.get("request_timeout", 30.0)) + policy.max_total + 10.0,
         shutdown_grace=float(settings.get("shutdown_grace", 60.0)),
         deadlines=dict(settings.get("deadlines") or {}),
         post_policy=policy,

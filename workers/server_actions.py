@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from .errors import BadInput
 
-__all__ = ["ACTIONS", "TASK_NAMES", "ServerAction", "TargetState", "validate_params"]
+__all__ = ["ACTIONS", "TASK_NAMES", "ServerAction", "TargetState", "check_step_options", "validate_params"]
 
 TargetState = Literal["running", "off", "image_available"]
 
@@ -125,6 +125,29 @@ TASK_NAMES = {name: f"hcloud_flow.{name}" for name in ACTIONS}
 # Options every action task accepts besides the API parameters.
 STEP_OPTIONS = ("deadline", "wait_state", "force", "grace", "run_id", "step", "skip_if_status", "priority")
 MAX_USER_DATA = 32 * 1024
+
+
+def _number(value: Any, name: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise BadInput(f"{name} must be a number of seconds from {low:g} to {high:g}, not {value!r}", name)
+    return float(value)
+
+
+def check_step_options(opts: dict[str, Any]) -> dict[str, Any]:
+    """Check a step's options before anything is sent: a bad one must not surface after the POST."""
+    if "deadline" in opts and opts["deadline"] is not None:
+        opts["deadline"] = _number(opts["deadline"], "deadline", 1, 7 * 86400)
+    if "grace" in opts and opts["grace"] is not None:
+        opts["grace"] = _number(opts["grace"], "grace", 0, 3600)
+    for flag in ("force", "wait_state"):
+        if flag in opts and not isinstance(opts[flag], bool):
+            raise BadInput(f"{flag} must be true or false, not {opts[flag]!r}", flag)
+    for text in ("run_id", "step"):
+        if opts.get(text) is not None and not isinstance(opts[text], str):
+            raise BadInput(f"{text} must be a string", text)
+    if opts.get("skip_if_status") not in (None, "running", "off"):
+        raise BadInput("skip_if_status must be running or off", "skip_if_status")
+    return opts
 
 
 def validate_params(action: ServerAction, params: dict[str, Any]) -> dict[str, Any]:

@@ -28,10 +28,19 @@ from .errors import (
     StepInProgress,
 )
 from .monitor import new_wait
-from .server_actions import ACTIONS, STEP_OPTIONS, TASK_NAMES, ServerAction, validate_params
+from .server_actions import (
+    ACTIONS,
+    STEP_OPTIONS,
+    TASK_NAMES,
+    ServerAction,
+    check_step_options,
+    validate_params,
+)
 
 __all__ = ["TASK_NAMES", *ACTIONS]
 
+# Ledger statuses the monitor writes just before it continues (or fails) the chain of a parked step.
+FINISHED_STEP = frozenset({"success", "failed"})
 # Another delivery of the same step is posting right now: look again soon, a bounded number of times.
 _IN_PROGRESS_RETRY = 3.0
 _IN_PROGRESS_TRIES = 60
@@ -74,20 +83,24 @@ def run_action(task: Task, action: ServerAction, target: Any, options: dict[str,
 def _run_action(task: Task, action: ServerAction, target: Any, options: dict[str, Any]) -> dict[str, Any]:
     """Start the step's action and park its wait; return at once only if nothing is left to wait for."""
     eng = engine()
-    step_opts = {k: options.pop(k) for k in list(options) if k in STEP_OPTIONS}
-    params = validate_params(action, options)
-    server_id, previous = resolve_target(eng, target)
-    run_id = step_opts.get("run_id") or (previous or {}).get("run_id")
-    step = step_opts.get("step") or action.name
     step_key = task.request.id
-    if run_id:
-        hooks().step_started(run_id, step_key)  # raises RunCancelled when the run was cancelled
-    skip = step_opts.get("skip_if_status")
-    if skip and eng.ledger.get(step_key).action_id is None:
-        status = eng.client.get_server(server_id)["status"]
-        if status == skip:
-            return _skipped(action, server_id, step, run_id, previous, status)
+    if eng.ledger.get(step_key).status in FINISHED_STEP:
+        # A duplicate delivery of a step the monitor already finished (it continued the chain then):
+        # re-parking it would wait, and maybe force a power off, all over again.
+        raise Ignore()
+    step_opts = check_step_options({k: options.pop(k) for k in list(options) if k in STEP_OPTIONS})
+    params = validate_params(action, options)
     try:
+        server_id, previous = resolve_target(eng, target)
+        run_id = step_opts.get("run_id") or (previous or {}).get("run_id")
+        step = step_opts.get("step") or action.name
+        if run_id:
+            hooks().step_started(run_id, step_key)  # raises RunCancelled when the run was cancelled
+        skip = step_opts.get("skip_if_status")
+        if skip and eng.ledger.get(step_key).action_id is None:
+            status = eng.client.get_server(server_id)["status"]
+            if status == skip:
+                return _skipped(action, server_id, step, run_id, previous, status)
         act, outputs, attached = start_action(eng, action, server_id, params, step_key)
     except StepInProgress as exc:
         raise task.retry(countdown=_IN_PROGRESS_RETRY, max_retries=_IN_PROGRESS_TRIES, exc=exc) from exc
@@ -116,7 +129,9 @@ def _run_action(task: Task, action: ServerAction, target: Any, options: dict[str
         )
     target_state = action.target if step_opts.get("wait_state", True) else None
     if act["status"] == "success" and target_state is None:
-        eng.ledger.update(step_key, status="success", progress=100)
+        # Not a FINISHED_STEP status: should this delivery die before Celery sends the next step, the
+        # redelivery must return this result again, not drop the chain.
+        eng.ledger.update(step_key, status="returned", progress=100)
         return result
     wait = new_wait(
         eng,

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from redis.exceptions import LockNotOwnedError
 
 from workers.client import HcloudClient, is_id
 from workers.errors import APIError, BadInput, HcloudFlowError, RateBudgetExhausted, ServerBusy
@@ -214,34 +215,42 @@ class FleetRunner:
         }
 
     def advance(self, job_id: str) -> None:
-        """Record nothing new; start whatever the rules allow now, and end the job when nothing is left."""
-        with self.store.lock(job_id):
-            while True:
-                job = self.store.get(job_id)
-                if job is None or job["state"] != "running":
+        """Start whatever the rules allow now, and end the job when nothing is left to start or wait for."""
+        try:
+            with self.store.lock(job_id) as lock:
+                self._advance(job_id, lock)
+        except LockNotOwnedError:
+            # The lock lapsed while we held it (a stalled process): another advance may have run meanwhile.
+            log.warning("fleet job %s: the job lock lapsed during a wave", job_id)
+
+    def _advance(self, job_id: str, lock: Any) -> None:
+        while True:
+            job = self.store.get(job_id)
+            if job is None or job["state"] != "running":
+                return
+            order = [s["id"] for s in job["servers"]]
+            outcomes = {sid: e["outcome"] for sid, e in job["outcomes"].items()}
+            window = job.get("window") or {}
+            cutoff = bool(window.get("cutoff_at")) and self.store.clock() >= window["cutoff_at"]
+            d = decide(
+                order,
+                outcomes,
+                window=job["max_concurrency"],
+                max_errors=job["max_errors"],
+                canary=job["canary"],
+                cutoff_passed=cutoff,
+            )
+            if not d.start:
+                for sid in d.not_started:
+                    self.store.set_outcome(job_id, sid, outcome="not_started", reason=d.reason)
+                if d.state != "running":
+                    self.store.set_state(job_id, d.state, d.reason)
+                    log.info("fleet job %s %s%s", job_id, d.state, f" ({d.reason})" if d.reason else "")
+                return
+            for sid in d.start:
+                if not self._start_one(job, sid):
                     return
-                order = [s["id"] for s in job["servers"]]
-                outcomes = {sid: e["outcome"] for sid, e in job["outcomes"].items()}
-                window = job.get("window") or {}
-                cutoff = bool(window.get("cutoff_at")) and self.store.clock() >= window["cutoff_at"]
-                d = decide(
-                    order,
-                    outcomes,
-                    window=job["max_concurrency"],
-                    max_errors=job["max_errors"],
-                    canary=job["canary"],
-                    cutoff_passed=cutoff,
-                )
-                if not d.start:
-                    for sid in d.not_started:
-                        self.store.set_outcome(job_id, sid, outcome="not_started", reason=d.reason)
-                    if d.state != "running":
-                        self.store.set_state(job_id, d.state, d.reason)
-                        log.info("fleet job %s %s%s", job_id, d.state, f" ({d.reason})" if d.reason else "")
-                    return
-                for sid in d.start:
-                    if not self._start_one(job, sid):
-                        return
+                lock.reacquire()  # each submit renews the job lock: it lapses only with its holder
 
     def _start_one(self, job: dict[str, Any], sid: int) -> bool:
         """Start one server's run and record the outcome; False when the budget says to try again later."""

@@ -14,7 +14,7 @@ from celery import Celery
 from workers.client import HcloudClient
 from workers.errors import BadInput, ServerBusy
 from workers.run_store import FINAL, RunStore
-from workers.runs import RunHooks
+from workers.runs import RunHooks, error_info
 
 from .build import build_chain, lock_ttl, plan_steps
 from .validate import check_params, gather_facts, workflow_named
@@ -63,7 +63,6 @@ def submit_run(
         "server_status_before": srv["status"],
         "params": _recordable(facts["params"]),
         "steps": [{k: s[k] for k in ("index", "name", "action", "task_id")} for s in steps],
-        "chain": dict(sig),
         "lock_ttl": ttl,
         "job_id": job_id,
     }
@@ -71,7 +70,8 @@ def submit_run(
     if holder is not None:
         if not queue:
             raise ServerBusy(int(srv["id"]), holder)
-        store.create(meta, "queued")
+        # Only a queued run keeps its chain in the record, to be sent when the server is free.
+        store.create({**meta, "chain": dict(sig)}, "queued")
         store.enqueue(int(srv["id"]), run_id)
         # The holder may have finished between our try and our enqueue: start us if the server is free.
         if store.holder(int(srv["id"])) is None:
@@ -83,7 +83,12 @@ def submit_run(
             "steps": meta["steps"],
         }
     store.create(meta, "queued")
-    hooks.start(meta)
+    try:
+        hooks.start({**meta, "chain": dict(sig)})
+    except Exception as exc:  # the broker refused it: free the server, say why in the record
+        store.set_state(run_id, "failed", finished=store.clock(), error=error_info(exc))
+        store.release(int(srv["id"]), run_id)
+        raise
     return {"run_id": run_id, "state": "queued", "steps": meta["steps"]}
 
 

@@ -241,16 +241,31 @@ class WindowStore:
         )
 
 
+# How late a firing may come (a beat failover, a busy queue) and still start its window.
+LATE_TOLERANCE_MINUTES = 10
+
+
+def _scheduled_minute(cron: dict[str, Any], local: datetime) -> datetime | None:
+    """Return the window's minute this firing is for: now, or the latest one of the last few minutes."""
+    minute = local.replace(second=0, microsecond=0)
+    for back in range(LATE_TOLERANCE_MINUTES + 1):
+        candidate = minute - timedelta(minutes=back)
+        if cron_matches(cron, candidate):
+            return candidate
+    return None
+
+
 def fire(windows: WindowStore, runner: Any, name: str, now: float) -> dict[str, Any]:
     """Start the window's fleet job if its cron matches this local minute; record what happened."""
     window = windows.get(name)
     if window is None:
         return {"window": name, "fired": False, "why": "no such window"}
-    local = datetime.fromtimestamp(now, ZoneInfo(window["tz"]))
-    if not cron_matches(parse_cron(window["cron"]), local):
+    local = _scheduled_minute(parse_cron(window["cron"]), datetime.fromtimestamp(now, ZoneInfo(window["tz"])))
+    if local is None:
         return {"window": name, "fired": False, "why": "not a minute of this window in its time zone"}
     if not windows.claim_firing(name, local):
         return {"window": name, "fired": False, "why": "this minute already fired"}
+    start = local.timestamp()  # the window runs from its scheduled minute, even when its firing came late
     entry: dict[str, Any] = {"fired_at": now, "local": local.isoformat(timespec="minutes")}
     previous = window.get("last_job")
     prev_job = runner.store.get(previous) if previous else None
@@ -261,9 +276,9 @@ def fire(windows: WindowStore, runner: Any, name: str, now: float) -> dict[str, 
     else:
         limits = {
             "name": name,
-            "started_at": now,
-            "cutoff_at": now + window["duration"] - window["cutoff"],
-            "ends_at": now + window["duration"],
+            "started_at": start,
+            "cutoff_at": start + window["duration"] - window["cutoff"],
+            "ends_at": start + window["duration"],
         }
         try:
             job = runner.start(

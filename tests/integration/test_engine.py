@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from celery import Celery, chain, signature
 
-from ..support import Api, Control, Worker
+from ..support import Api, Control, Worker, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -177,3 +177,19 @@ def test_transient_api_errors_are_retried(
     for sid in ids:
         posts = control.posts(sid)
         assert [p["route"].rsplit("/", 1)[-1] for p in posts] == ["poweroff", "poweron"]
+
+
+def test_a_duplicate_of_a_finished_step_is_ignored(
+    worker: Worker, celery_client: Celery, control: Control, api: Api, servers: Any, redis_server: Any
+) -> None:
+    sid = fresh(servers, control, api, "running")
+    first = celery_client.send_task("hcloud_flow.power_off", args=[sid])
+    assert first.get(timeout=RESULT_TIMEOUT)["status"] == "success"
+    control.send("PATCH", f"/servers/{sid}", {"status": "running"})  # the server moved on since
+    # The same message again (as a redelivery or a monitor re-dispatch would bring it).
+    celery_client.send_task("hcloud_flow.power_off", args=[sid], task_id=first.id)
+    log = worker.log
+    wait_until(lambda: log.read_bytes().count(f"[{first.id}] ignored".encode()) >= 2, 30, "the duplicate")
+    assert len(control.posts(sid)) == 1, "no second power off"
+    assert not redis_server.client().zscore("hf:waits", first.id), "nothing parked again"
+    assert api.server(sid)["status"] == "running"

@@ -336,6 +336,18 @@ CASES: list[tuple[str, Callable[[Surfaces, int], tuple[str, int | None]], str, i
         "run_id must be a string",
         None,
     ),
+    (
+        "task grace not a number",
+        lambda s, i: s.task("hcloud_flow.shutdown", args=[i], kwargs={"grace": "x"}),
+        "grace must be a number",
+        None,
+    ),
+    (
+        "task endless deadline",
+        lambda s, i: s.task("hcloud_flow.power_off", args=[i], kwargs={"deadline": 1e12}),
+        "deadline must be a number",
+        None,
+    ),
     # -- Flower's HTTP API --
     (
         "http unknown server",

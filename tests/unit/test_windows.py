@@ -83,3 +83,15 @@ def test_a_good_window_is_accepted() -> None:
 def test_bad_windows_are_refused(changes: dict[str, object], message: str) -> None:
     with pytest.raises(BadInput, match=message):
         validate_window(spec(**changes))
+
+
+def test_a_late_firing_still_finds_its_minute_but_not_an_older_one() -> None:
+    from workflows.windows import LATE_TOLERANCE_MINUTES, _scheduled_minute
+
+    cron = parse_cron("0 3 * * SUN")
+    on_time = datetime(2026, 7, 5, 3, 0, 20, tzinfo=BERLIN)
+    assert _scheduled_minute(cron, on_time) == datetime(2026, 7, 5, 3, 0, tzinfo=BERLIN)
+    late = datetime(2026, 7, 5, 3, 4, 50, tzinfo=BERLIN)  # e.g. after a beat failover
+    assert _scheduled_minute(cron, late) == datetime(2026, 7, 5, 3, 0, tzinfo=BERLIN)
+    too_late = datetime(2026, 7, 5, 3, LATE_TOLERANCE_MINUTES + 1, tzinfo=BERLIN)
+    assert _scheduled_minute(cron, too_late) is None
