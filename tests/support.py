@@ -99,11 +99,30 @@ class RedisServer:
         return redis.Redis(port=self.port)
 
 
+def purge_queue(redis_url: str) -> None:
+    """Drop step messages another test module left in the queue (e.g. put back by a stopping worker).
+
+    Test modules share one Redis and one queue, and server ids repeat across their fakeclouds: a stale step
+    would otherwise act on the next module's servers. Run records and ledgers stay for the secrets audit.
+    """
+    client = redis.Redis.from_url(redis_url)
+    stale = [k for pattern in ("hcloud_flow*", "unacked*") for k in client.scan_iter(match=pattern)]
+    if stale:
+        client.delete(*stale)
+
+
 class Worker:
     """A real ``celery worker`` process of hcloud-flow, configured through its environment."""
 
     def __init__(
-        self, name: str, env: dict[str, str], logdir: Path, *, concurrency: int = 4, app: str = "workers.app"
+        self,
+        name: str,
+        env: dict[str, str],
+        logdir: Path,
+        *,
+        concurrency: int = 4,
+        app: str = "workers.app",
+        purge: bool = True,
     ) -> None:
         self.name = name
         self.app = app
@@ -111,6 +130,8 @@ class Worker:
         self.log = logdir / f"worker-{name}.log"
         self.concurrency = concurrency
         self.proc: subprocess.Popen[bytes] | None = None
+        if purge:
+            purge_queue(env["HCLOUD_FLOW_REDIS_URL"])
         self.start()
 
     def start(self) -> None:
