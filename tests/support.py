@@ -100,13 +100,15 @@ class RedisServer:
 
 
 def purge_queue(redis_url: str) -> None:
-    """Drop step messages another test module left in the queue (e.g. put back by a stopping worker).
+    """Drop step messages and parked waits another test module left behind (a stopping worker puts some back).
 
     Test modules share one Redis and one queue, and server ids repeat across their fakeclouds: a stale step
     would otherwise act on the next module's servers. Run records and ledgers stay for the secrets audit.
     """
     client = redis.Redis.from_url(redis_url)
-    stale = [k for pattern in ("hcloud_flow*", "unacked*") for k in client.scan_iter(match=pattern)]
+    # Parked waits too: their action ids would name other actions in this module's fakecloud.
+    patterns = ("hcloud_flow*", "unacked*", "hf:waits", "hf:wait:*", "hf:monitor:lock")
+    stale = [k for pattern in patterns for k in client.scan_iter(match=pattern)]
     if stale:
         client.delete(*stale)
 
