@@ -106,8 +106,17 @@ def purge_queue(redis_url: str) -> None:
     would otherwise act on the next module's servers. Run records and ledgers stay for the secrets audit.
     """
     client = redis.Redis.from_url(redis_url)
-    # Parked waits too: their action ids would name other actions in this module's fakecloud.
-    patterns = ("hcloud_flow*", "unacked*", "hf:waits", "hf:wait:*", "hf:monitor:lock")
+    # Parked waits too (their action ids would name other actions in this module's fakecloud), and server
+    # locks and queues of runs whose chains this cuts off (the same server ids exist in every fakecloud).
+    patterns = (
+        "hcloud_flow*",
+        "unacked*",
+        "hf:waits",
+        "hf:wait:*",
+        "hf:monitor:lock",
+        "hf:lock:server:*",
+        "hf:queue:server:*",
+    )
     stale = [k for pattern in patterns for k in client.scan_iter(match=pattern)]
     if stale:
         client.delete(*stale)
