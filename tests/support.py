@@ -116,6 +116,9 @@ def purge_queue(redis_url: str) -> None:
         "hf:monitor:lock",
         "hf:lock:server:*",
         "hf:queue:server:*",
+        # Learned durations and the rate bucket describe the other module's fakecloud (speed, budget).
+        "hf:durations",
+        "hf:rate:*",
     )
     stale = [k for pattern in patterns for k in client.scan_iter(match=pattern)]
     if stale:
