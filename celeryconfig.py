@@ -49,7 +49,9 @@ broker_connection_retry_on_startup = True
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
-worker_cancel_long_running_tasks_on_connection_loss = True
+# Not worker_cancel_long_running_tasks_on_connection_loss: with the threads pool it crashes the worker
+# ("'NoneType' object has no attribute 'hostname'") when Redis drops mid-task. Steps are idempotent, so a
+# step that overlaps its own redelivery re-attaches instead of posting twice.
 # On a warm shutdown, give running tasks this long, then put the rest back on the queue at once instead of
 # leaving them to the visibility timeout.
 worker_soft_shutdown_timeout = 30.0

@@ -16,6 +16,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import redis
+
 from .client import MAX_IDS_PER_ACTIONS_GET
 from .engine import Engine, parse_time, start_action
 from .errors import ActionFailed, Blocked, HcloudFlowError, StepInProgress, WaitTimeout
@@ -43,7 +45,13 @@ _MIN_PAUSE = 0.2
 
 
 def _as_flow_error(exc: Exception) -> HcloudFlowError:
-    """Return an error that can fail a step: ours as it is, anything else named for a bug report."""
+    """Return an error that can fail a step: ours as it is, anything else named for a bug report.
+
+    Redis or network trouble is not the step's fault: it is raised again, so the round stops and the
+    next one tries the same waits.
+    """
+    if isinstance(exc, redis.RedisError | OSError):
+        raise exc
     if isinstance(exc, HcloudFlowError):
         return exc
     return HcloudFlowError(f"internal error while waiting ({type(exc).__name__}: {exc}); please report it")

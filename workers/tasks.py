@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import redis
 from celery import Task
 from celery.exceptions import Ignore
 
@@ -210,6 +211,10 @@ class ActionTask(Task):
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         run_id = (kwargs or {}).get("run_id")
+        if isinstance(exc, redis.RedisError | OSError):
+            # Redis went away mid-step: the message was never acknowledged, so it comes back and the step
+            # re-attaches. The run has not failed.
+            return
         if run_id:
             hooks().step_failed(run_id, task_id, exc)
 
