@@ -19,13 +19,12 @@ from typing import Any
 
 from harness import FakeCloudProcess, emit
 
-from tests.support import RedisServer, Worker, drain, worker_env
+from tests.support import RedisServer, Worker, client_app, drain, worker_env
 
 TOKEN = "bench-token-fleet"
 
 
 def run(servers: int, speed: float, concurrency: int, workdir: Path, verbose: bool = False) -> dict[str, Any]:
-    from celery import Celery
 
     from workflows.api import Jobs
     from workflows.fleet import JobStore
@@ -42,8 +41,7 @@ def run(servers: int, speed: float, concurrency: int, workdir: Path, verbose: bo
         HCLOUD_FLOW_VISIBILITY_TIMEOUT="600",
     )
     worker = Worker("fleetbench", env, workdir, concurrency=8)
-    app = Celery("bench", broker=redis_server.url, backend=redis_server.url)
-    app.conf.update(task_serializer="json", accept_content=["json"], task_default_queue="hcloud_flow")
+    app = client_app(redis_server.url)
     try:
         cloud.control("PUT", "/config", {"faults": "none"})
         ids = [s for s in cloud.control("POST", "/reset", {"servers": servers, "seed": 3})["servers"]]

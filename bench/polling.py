@@ -21,7 +21,7 @@ from typing import Any
 
 from harness import FakeCloudProcess, emit, median, percentile
 
-from tests.support import RedisServer, Worker, worker_env
+from tests.support import RedisServer, Worker, client_app, worker_env
 
 TOKEN = "bench-token-polling"
 DURATIONS = {"shutdown": 4.0, "create_image": 8.0, "poweron": 4.0}
@@ -70,7 +70,7 @@ def _delays(cloud: FakeCloudProcess, since_seq: int) -> list[float]:
 
 
 def run_ours(cloud: FakeCloudProcess, n: int, workdir: Path, worker_count: int) -> dict[str, Any]:
-    from celery import Celery, chain, signature
+    from celery import chain, signature
 
     ids = _fleet(cloud, n)
     redis_server = RedisServer(workdir / f"redis-{n}")
@@ -83,8 +83,7 @@ def run_ours(cloud: FakeCloudProcess, n: int, workdir: Path, worker_count: int) 
         HCLOUD_FLOW_VISIBILITY_TIMEOUT="600",
     )
     workers = [Worker(f"bench{n}-{k}", env, workdir, concurrency=8) for k in range(worker_count)]
-    app = Celery("bench", broker=redis_server.url, backend=redis_server.url)
-    app.conf.update(task_serializer="json", accept_content=["json"], task_default_queue="hcloud_flow")
+    app = client_app(redis_server.url)
     try:
         rc = redis_server.client()
         pushes_before = _pushes(rc)

@@ -19,18 +19,10 @@ from typing import Any
 
 from harness import ROOT, FakeCloudProcess, emit
 
-from tests.support import RedisServer, Worker, worker_env
+from tests.support import RedisServer, Worker, client_app, worker_env
 
 TOKEN = "bench-token-throughput"
 ZERO = "poweron=0,poweroff=0,reboot=0,reset=0,shutdown=0,reset_password=0,enable_rescue=0,disable_rescue=0"
-
-
-def _client(url: str) -> Any:
-    from celery import Celery
-
-    app = Celery("bench", broker=url, backend=url)
-    app.conf.update(task_serializer="json", accept_content=["json"], task_default_queue="hcloud_flow")
-    return app
 
 
 def run_chains(app: Any, name: str, ids: list[int], steps: int) -> float:
@@ -70,7 +62,7 @@ def measure(chains: int, steps: int, workdir: Path) -> list[dict[str, Any]]:
             )
             env["PYTHONPATH"] = str(ROOT)
             worker = Worker(f"tp-{module}", env, workdir, concurrency=8, app=module)
-            app = _client(redis_server.url)
+            app = client_app(redis_server.url)
             try:
                 run_chains(app, task, ids[:2], 2)  # warm up connections and learned durations
                 wall = run_chains(app, task, ids, steps)

@@ -408,3 +408,19 @@ def drain(base_url: str, leave: int, token: str = TOKEN) -> int:
     while left > leave:
         left = remaining()
     return left
+
+
+def client_app(redis_url: str) -> Any:
+    """Return a Celery app that only sends: how another service talks to hcloud-flow."""
+    from celery import Celery
+
+    app = Celery("client", broker=redis_url, backend=redis_url)
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        task_default_queue="hcloud_flow",
+        result_extended=True,
+        broker_connection_retry_on_startup=True,
+    )
+    return app

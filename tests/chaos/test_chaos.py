@@ -22,8 +22,18 @@ from workflows.api import Jobs
 from workflows.fleet import JobStore
 
 from ..conftest import start_cloud
-from ..integration.conftest import client_app
-from ..support import TOKEN, Api, Control, RedisServer, Worker, leaks, redis_blobs, wait_until, worker_env
+from ..support import (
+    TOKEN,
+    Api,
+    Control,
+    RedisServer,
+    Worker,
+    client_app,
+    leaks,
+    redis_blobs,
+    wait_until,
+    worker_env,
+)
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
 # Short timeouts so a killed process's claims and monitor lock lapse within seconds (production: 40 s).

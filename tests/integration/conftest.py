@@ -10,21 +10,7 @@ import pytest
 from celery import Celery
 
 from ..conftest import start_cloud
-from ..support import Control, RedisServer, Worker, worker_env
-
-
-def client_app(redis_url: str) -> Celery:
-    """Return a Celery app that only sends: how another service talks to hcloud-flow."""
-    app = Celery("client", broker=redis_url, backend=redis_url)
-    app.conf.update(
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        task_default_queue="hcloud_flow",
-        result_extended=True,
-        broker_connection_retry_on_startup=True,
-    )
-    return app
+from ..support import Control, RedisServer, Worker, client_app, worker_env
 
 
 @pytest.fixture(scope="module")

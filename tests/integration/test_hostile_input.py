@@ -21,8 +21,7 @@ from workflows.api import Jobs, Runs
 from workflows.fleet import JobStore
 
 from ..conftest import start_cloud
-from ..support import Api, Control, Flower, RedisServer, Worker, run_cli, worker_env
-from .conftest import client_app
+from ..support import Api, Control, Flower, RedisServer, Worker, client_app, run_cli, worker_env
 
 pytestmark = pytest.mark.integration
 AUTH = ("ops", "hostile-test-pw")
