@@ -16,16 +16,9 @@ from typing import Any
 
 import redis
 
-__all__ = ["Ledger", "StepRecord"]
+from .redis_scripts import DELETE_IF_OWNER, EXPIRE_IF_OWNER
 
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
+__all__ = ["Ledger", "StepRecord"]
 
 
 @dataclass
@@ -47,8 +40,8 @@ class Ledger:
         self.redis = client
         self.prefix = prefix
         self.retention = int(retention)
-        self._release = client.register_script(_RELEASE)
-        self._renew = client.register_script(_RENEW)
+        self._release = client.register_script(DELETE_IF_OWNER)
+        self._renew = client.register_script(EXPIRE_IF_OWNER)
 
     def _key(self, step_key: str) -> str:
         return f"{self.prefix}:step:{step_key}"
@@ -102,10 +95,6 @@ class Ledger:
         key = self._key(step_key)
         self.redis.hset(key, mapping={k: v for k, v in fields.items() if v is not None})
         self.redis.expire(key, self.retention)
-
-    def forget_action(self, step_key: str) -> None:
-        """Clear the recorded action so the step starts afresh (after a locked wait, never after a POST)."""
-        self.redis.hdel(self._key(step_key), "action_id", "posting_since", "outputs")
 
     def bump_locked(self, step_key: str) -> int:
         """Count one more 423 locked for this step; return the count."""

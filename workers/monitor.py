@@ -21,20 +21,13 @@ import redis
 from .client import MAX_IDS_PER_ACTIONS_GET
 from .engine import Engine, parse_time, start_action
 from .errors import ActionFailed, Blocked, HcloudFlowError, StepInProgress, WaitTimeout
+from .redis_scripts import DELETE_IF_OWNER, EXPIRE_IF_OWNER
 from .server_actions import ACTIONS
 
 __all__ = ["Dispatcher", "Monitor", "RoundReport", "new_wait"]
 
 log = logging.getLogger(__name__)
 
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
 # A server list request answers 50 servers; below this many servers to check, single GETs are cheaper.
 _LIST_THRESHOLD = 3
 # Unknown to GET /actions this many rounds in a row: the action is gone, not late.
@@ -145,8 +138,8 @@ class Monitor:
         self.lock_key = f"{prefix}:monitor:lock"
         self.lock_ttl = lock_ttl
         self.batch = batch
-        self._release = engine.redis.register_script(_RELEASE)
-        self._renew_script = engine.redis.register_script(_RENEW)
+        self._release = engine.redis.register_script(DELETE_IF_OWNER)
+        self._renew_script = engine.redis.register_script(EXPIRE_IF_OWNER)
         self._token = ""
 
     # -- the loop a worker thread runs ----------------------------------------------------------------

@@ -20,21 +20,13 @@ from typing import Any, Literal
 import redis
 
 from .ledger import Ledger
+from .redis_scripts import DELETE_IF_OWNER, EXPIRE_IF_OWNER
 
 __all__ = ["ACTIVE", "FINAL", "RunState", "RunStore"]
 
 RunState = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 FINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 ACTIVE: frozenset[str] = frozenset({"queued", "running", "cancelling"})
-
-_REFRESH = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 class RunStore:
@@ -53,8 +45,8 @@ class RunStore:
         self.retention = int(retention)
         self.clock = clock
         self.ledger = Ledger(client, prefix=prefix, retention=retention)
-        self._release = client.register_script(_RELEASE)
-        self._refresh = client.register_script(_REFRESH)
+        self._release = client.register_script(DELETE_IF_OWNER)
+        self._refresh = client.register_script(EXPIRE_IF_OWNER)
 
     # -- keys ------------------------------------------------------------------------------------------
 

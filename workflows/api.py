@@ -41,6 +41,27 @@ def call_worker(
         raise HcloudFlowError(f"lost the connection to Redis while waiting for {name}: {exc}") from exc
 
 
+def wait_for_end(
+    read: Callable[[], dict[str, Any]],
+    what: str,
+    timeout: float | None,
+    poll: float,
+    on_update: Callable[[dict[str, Any]], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
+    """Read a run or job record until its state is final (runs and jobs share those three states)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        record = read()
+        if on_update is not None:
+            on_update(record)
+        if record["state"] in FINAL:
+            return record
+        if deadline is not None and time.monotonic() > deadline:
+            raise HcloudFlowError(f"{what} is still {record['state']} after {timeout:.0f} s")
+        sleep(poll)
+
+
 class Runs:
     """Runs of one hcloud-flow installation (one Redis, one set of workers)."""
 
@@ -94,16 +115,7 @@ class Runs:
         sleep: Callable[[float], None] = time.sleep,
     ) -> dict[str, Any]:
         """Wait until the run ends (or ``timeout`` passes, then raise); return its record."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            run = self.status(run_id)
-            if on_update is not None:
-                on_update(run)
-            if run["state"] in FINAL:
-                return run
-            if deadline is not None and time.monotonic() > deadline:
-                raise HcloudFlowError(f"run {run_id} is still {run['state']} after {timeout:.0f} s")
-            sleep(poll)
+        return wait_for_end(lambda: self.status(run_id), f"run {run_id}", timeout, poll, on_update, sleep)
 
 
 class Jobs:
@@ -146,16 +158,7 @@ class Jobs:
         on_update: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """Wait until the job ends; return its record."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            job = self.status(job_id)
-            if on_update is not None:
-                on_update(job)
-            if job["state"] in ("succeeded", "failed", "cancelled"):
-                return job
-            if deadline is not None and time.monotonic() > deadline:
-                raise HcloudFlowError(f"fleet job {job_id} is still {job['state']} after {timeout:.0f} s")
-            time.sleep(poll)
+        return wait_for_end(lambda: self.status(job_id), f"fleet job {job_id}", timeout, poll, on_update)
 
 
 _default: Runs | None = None

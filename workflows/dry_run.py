@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from workers.engine import Engine
+from workers.server_actions import ACTIONS
 
 from .build import plan_steps
 from .definitions import WORKFLOWS
@@ -25,18 +26,6 @@ TYPICAL_SECONDS = {
     "create_image": 90,
     "rebuild_server": 60,
 }
-COMMANDS = {
-    "power_on": "start_server",
-    "power_off": "stop_server",
-    "reboot": "reboot_server",
-    "reset": "reset_server",
-    "shutdown": "shutdown_server",
-    "reset_password": "reset_password",
-    "enable_rescue": "enable_rescue",
-    "disable_rescue": "disable_rescue",
-    "create_image": "create_image",
-    "rebuild": "rebuild_server",
-}
 
 
 def describe(plan: dict[str, Any], engine: Engine) -> dict[str, Any]:
@@ -55,7 +44,7 @@ def describe(plan: dict[str, Any], engine: Engine) -> dict[str, Any]:
             }
         )
         step_counts.append(len(steps))
-        seconds.append(sum(_expected(engine, COMMANDS[s["action"]]) for s in steps))
+        seconds.append(sum(_expected(engine, ACTIONS[s["action"]].command) for s in steps))
     budget = engine.client.budget.snapshot() if engine.client.budget is not None else {}
     limit = float(budget.get("limit", 3600))
     remaining = float(budget.get("tokens", limit))

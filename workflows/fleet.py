@@ -21,6 +21,7 @@ from redis.exceptions import LockNotOwnedError
 
 from workers.client import HcloudClient, is_id
 from workers.errors import APIError, BadInput, HcloudFlowError, RateBudgetExhausted, ServerBusy
+from workers.run_store import FINAL
 
 from .fleet_plan import decide, parse_amount
 from .validate import check_params, find_server, gather_facts, workflow_named
@@ -28,7 +29,7 @@ from .validate import check_params, find_server, gather_facts, workflow_named
 __all__ = ["FleetRunner", "JobStore", "resolve_targets"]
 
 log = logging.getLogger(__name__)
-JOB_FINAL = frozenset({"succeeded", "failed", "cancelled"})
+JOB_FINAL = FINAL  # jobs end in the same three states as runs
 # Up to this many servers named one by one are looked up singly; more, through the server list.
 _LIST_BELOW = 5
 
