@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from . import fleet
-from .clock import Clock, RealClock
+from .clock import Clock, RealClock, check_skew
 from .exceptions import NotFound
 from .faults import FaultDice, FaultSpec, parse_faults
 from .models import Action, Image, Server, SshKey
@@ -43,11 +43,14 @@ class Backend(ServerActions):
         rate_limit: int = 3600,
         faults: str | dict[str, Any] | FaultSpec | None = None,
         durations: Mapping[str, float] | None = None,
+        skew: float = 0.0,
     ) -> None:
         self.lock = threading.RLock()
         self.clock: Clock = clock or RealClock()
         self.token = token
         self.faults = parse_faults(faults)
+        # Seconds the API's clock is ahead of the true one (negative: behind); only reported times move.
+        self.skew = check_skew(skew)
         self.transitions: dict[str, Transition] = dict(TRANSITIONS)
         if durations:
             self.set_durations(durations)
@@ -75,6 +78,8 @@ class Backend(ServerActions):
             self.next_image_id = fleet.SNAPSHOT_ID_BASE
             self.server_count = 0
             self.traffic.clear()
+            # Armed drops belong to the test that armed them, not to the project that comes next.
+            self.drop_answer_next = 0
             self.bucket.set_limit(self.bucket.limit)
             self.seed_servers(self.initial_servers if servers is None else servers)
 
@@ -129,6 +134,14 @@ class Backend(ServerActions):
         """Replace (spec string) or merge (dict) the fault probabilities."""
         with self.lock:
             self.faults = self.faults.merged(faults)
+
+    def drop_answer(self) -> bool:
+        """Return whether to lose the answer of an action POST that has just started its action."""
+        with self.lock:
+            if self.drop_answer_next > 0:
+                self.drop_answer_next -= 1  # a test's certain drop comes before the dice, and uses none
+                return True
+            return self.dice.drop_answer(self.faults)
 
     # ----- time ------------------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -194,14 +207,27 @@ class Backend(ServerActions):
         except KeyError:
             raise NotFound(f"ssh_key with ID '{key_id}' not found") from None
 
+    # Every rendering goes through these, so the clock skew reaches every timestamp ``/v1`` reports.
     def server_json(self, server: Server) -> dict[str, Any]:
         """Render a server with its image."""
         image = self.images.get(server.image_id) if server.image_id is not None else None
-        return server.to_json(image.to_json() if image is not None else None)
+        return server.to_json(self.image_json(image) if image is not None else None, self.skew)
 
     def action_json(self, action: Action) -> dict[str, Any]:
         """Render an action as of now."""
-        return action.to_json(self.clock.now())
+        return action.to_json(self.clock.now(), self.skew)
+
+    def image_json(self, image: Image) -> dict[str, Any]:
+        """Render an image."""
+        return image.to_json(self.skew)
+
+    def ssh_key_json(self, key: SshKey) -> dict[str, Any]:
+        """Render an SSH key."""
+        return key.to_json(self.skew)
+
+    def reported_now(self) -> float:
+        """Return the time as the API's (possibly skewed) clock reads it, for ``Date`` and the like."""
+        return self.clock.now() + self.skew
 
     # ----- queries ---------------------------------------------------------------------------------------
     def find_servers(

@@ -12,6 +12,7 @@ import sys
 import threading
 from typing import Any
 
+from .clock import check_skew
 from .faults import FaultSpec, parse_faults
 from .server import start
 from .transitions import COMMAND_TO_NAME, TRANSITIONS
@@ -25,6 +26,7 @@ comma-separated name=probability items, probability in [0, 1]:
   conflict=P      answer 409 conflict to action POSTs (request not processed; alias 409)
   429=P           answer an extra 429 rate_limit_exceeded
   slow=P@S        process the request, answer S seconds later (default S=2)
+  drop_answer=P   an action POST starts its action, then the connection closes without an answer
   action_error=P  the action is accepted but ends in error (action_failed or unknown_error)
   acpi_ignore=F   fraction F of servers (fixed by --seed) ignore shutdown/reboot
 example: 502=0.02,503=0.02,504=0.01,conflict=0.05,429=0.05,slow=0.01@3,action_error=0.03,acpi_ignore=0.2
@@ -86,6 +88,19 @@ def _faults(text: str) -> FaultSpec:
         raise argparse.ArgumentTypeError(f"invalid --faults: {exc}") from None
 
 
+def _skew(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid --skew {text!r}: use seconds, e.g. -30 for an API clock 30 s behind"
+        ) from None
+    try:
+        return check_skew(seconds)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"invalid --skew: {exc}") from None
+
+
 def _durations(text: str) -> dict[str, float]:
     out = {}
     for item in filter(None, (i.strip() for i in text.split(","))):
@@ -133,6 +148,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SPEC",
         help="override action durations in seconds at speed 1, e.g. rebuild=10,create_image=5",
     )
+    parser.add_argument(
+        "--skew",
+        type=_skew,
+        default=0.0,
+        metavar="SECONDS",
+        help="the API's clock offset in every time it reports; negative = behind (default 0)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -148,6 +170,7 @@ def run(args: argparse.Namespace) -> int:
             rate_limit=args.rate_limit,
             faults=args.faults,
             durations=args.durations or None,
+            skew=args.skew,
         )
     except OSError as exc:
         print(

@@ -4,6 +4,10 @@ Timestamps are real UNIX seconds, so ``RateLimit-Reset`` and action ``started`` 
 that compares them with its own clock. ``speed`` is the time factor: the backend divides every action duration
 by it and the rate bucket multiplies its refill rate by it. Nothing runs in the background: the backend asks
 the clock for ``now()`` at the start of each request and settles whatever became due.
+
+A clock skew (``Backend.skew``, config key ``skew``) is not part of the clock: time inside fakecloud stays
+true, and only the timestamps ``/v1`` reports are shifted, so changing the skew never settles or delays an
+action, and never refills the rate bucket.
 """
 
 from __future__ import annotations
@@ -12,7 +16,10 @@ import threading
 import time
 from typing import Protocol, runtime_checkable
 
-__all__ = ["Clock", "ManualClock", "RealClock"]
+__all__ = ["MAX_SKEW", "Clock", "ManualClock", "RealClock", "check_skew"]
+
+# A year: a larger offset is no longer a skewed clock but a wrong date, and nobody tests for that.
+MAX_SKEW = 366 * 86400.0
 
 
 @runtime_checkable
@@ -32,6 +39,16 @@ def _check_speed(speed: float) -> float:
     if not speed > 0:
         raise ValueError(f"speed must be > 0, got {speed!r}")
     return speed
+
+
+def check_skew(skew: object) -> float:
+    """Return ``skew`` as seconds, or raise ValueError saying what a valid skew is."""
+    if isinstance(skew, bool) or not isinstance(skew, int | float) or not abs(skew) <= MAX_SKEW:
+        raise ValueError(
+            f"must be a number of seconds within ±{MAX_SKEW:.0f} (negative: the API's clock is behind), "
+            f"got {skew!r}"
+        )
+    return float(skew)
 
 
 class RealClock:

@@ -3,10 +3,13 @@
 - ``GET /_fakecloud/stats`` → ``{"requests": [{"method", "route", "status", "count"}], "total",
   "rate_limited", "injected_faults": {fault: n}}`` (``/v1`` traffic only)
 - ``GET /_fakecloud/requests?since=SEQ[&limit=N]`` → ``{"requests": [{"seq", "time", "method", "path",
-  "route", "status", "server_id", "action_id", "command"}], "next": SEQ}``
+  "route", "status", "server_id", "action_id", "command", "dropped"}], "next": SEQ}``
 - ``POST /_fakecloud/reset`` ``{"servers"?, "seed"?, + any config key}`` → fresh state
 - ``POST /_fakecloud/seed`` ``{"servers": N, "labels"?, "status"?}`` → ``{"ids": [...]}``
-- ``GET|PUT /_fakecloud/config`` ``{"speed", "rate_limit", "durations", "faults"}``; PUT merges given keys
+- ``GET|PUT /_fakecloud/config`` ``{"speed", "rate_limit", "durations", "faults", "skew",
+  "drop_answer_next"}``; PUT merges given keys. ``skew``: seconds the API's clock is ahead (negative:
+  behind) in every time ``/v1`` reports. ``drop_answer_next``: the answers of that many coming action POSTs
+  that start an action are dropped for certain (sets the count; GET shows what is left)
 - ``PATCH /_fakecloud/servers/{id}`` ``{"acpi", "status", "protection", "labels", "fail_next"}``
 - ``POST /_fakecloud/clock/advance`` ``{"seconds": x}`` → ``{"now"}``; 409 unless the clock is manual
 - ``GET /_fakecloud/secrets`` → ``{"root_passwords": [...], "token"}``
@@ -21,6 +24,7 @@ import json
 from typing import Any
 
 from .backend import Backend
+from .clock import check_skew
 from .exceptions import Conflict, InvalidInput, JsonError, NotFound
 from .faults import ACTION_ERRORS
 from .labels import validate_labels
@@ -30,7 +34,7 @@ from .transitions import COMMAND_TO_NAME, SERVER_STATUSES
 __all__ = ["ROUTES", "config_json"]
 
 Answer = tuple[int, dict[str, Any]]
-CONFIG_KEYS = frozenset({"speed", "rate_limit", "durations", "faults"})
+CONFIG_KEYS = frozenset({"speed", "rate_limit", "durations", "faults", "skew", "drop_answer_next"})
 
 
 def _body(request: Request) -> dict[str, Any]:
@@ -64,7 +68,9 @@ def config_json(backend: Backend) -> dict[str, Any]:
         "fault_spec": str(backend.faults),
         "seed": backend.seed,
         "clock": "manual" if getattr(backend.clock, "manual", False) else "real",
-        "now": backend.clock.now(),
+        "now": backend.clock.now(),  # the true time; /v1 reports now + skew
+        "skew": backend.skew,
+        "drop_answer_next": backend.drop_answer_next,
     }
 
 
@@ -85,6 +91,13 @@ def apply_config(backend: Backend, body: dict[str, Any]) -> None:
         isinstance(rate_limit, bool) or not isinstance(rate_limit, int) or rate_limit < 1
     ):
         raise InvalidInput.field("rate_limit", f"must be an integer >= 1, got {rate_limit!r}")
+    skew = body.get("skew")
+    if skew is not None:
+        try:
+            skew = check_skew(skew)
+        except ValueError as exc:
+            raise InvalidInput.field("skew", str(exc)) from None
+    drop_answer_next = _count(body, "drop_answer_next") if "drop_answer_next" in body else None
     durations = body.get("durations")
     if durations is not None:
         if not isinstance(durations, dict):
@@ -96,6 +109,10 @@ def apply_config(backend: Backend, body: dict[str, Any]) -> None:
             backend.transitions = saved
             raise InvalidInput.field("durations", str(exc)) from None
     backend.faults = faults
+    if skew is not None:
+        backend.skew = skew
+    if drop_answer_next is not None:
+        backend.drop_answer_next = drop_answer_next
     if speed is not None:
         backend.set_speed(speed)
     if rate_limit is not None:
@@ -125,8 +142,11 @@ def post_reset(backend: Backend, request: Request) -> Answer:
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int | str)):
         raise InvalidInput.field("seed", "must be an integer or a string")
-    apply_config(backend, {k: v for k, v in body.items() if k not in ("servers", "seed")})
-    backend.reset(servers=servers, seed=seed)
+    config = {k: v for k, v in body.items() if k not in ("servers", "seed")}
+    apply_config(backend, config)
+    backend.reset(servers=servers, seed=seed)  # disarms drop_answer_next ...
+    if "drop_answer_next" in config:
+        backend.drop_answer_next = config["drop_answer_next"]  # ... unless this very reset arms it
     return 200, {"servers": sorted(backend.servers), "config": config_json(backend)}
 
 

@@ -3,9 +3,12 @@
 ``/v1`` order, all under the backend lock: settle due actions → spend a rate token (every request counts,
 authenticated or not; empty → 429) → refuse a body the transport could not read (400) → throw the fault die
 (502/503/504/429/409 answer *instead of* processing, so they have no side effect) → check the token (401) →
-route (404/405) → handler → throw the slow die (the answer, already computed, is held back outside the
-lock) → count and log. Every ``/v1`` answer carries the three ``RateLimit-*`` headers and an
-``X-Correlation-Id``.
+route (404/405) → handler → for an action POST answered 201 only, drop its answer (a ``drop_answer_next``
+armed by a test, else the ``drop_answer`` die; the action has started, the transport closes the connection
+without a byte) → unless dropped, throw the slow die (the answer, already computed, is held back outside the
+lock) → count and log (a dropped answer with its would-be status and ``dropped: true``). Every ``/v1``
+answer carries the three ``RateLimit-*`` headers, with ``Reset`` shifted by the clock skew like ``Date``,
+and an ``X-Correlation-Id``.
 """
 
 from __future__ import annotations
@@ -47,12 +50,13 @@ _ACTION_PREFIX = "/servers/{id}/actions/"
 
 @dataclass(slots=True)
 class Reply:
-    """An answer ready to write: status, headers, body bytes and how long to hold it back."""
+    """An answer ready to write: status, headers, body bytes, how long to hold it back, or to drop it."""
 
     status: int
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
     delay: float = 0.0
+    drop: bool = False  # the lost answer: close the connection instead of writing anything
 
 
 def _json_reply(status: int, payload: Any, headers: list[tuple[str, str]]) -> Reply:
@@ -102,7 +106,7 @@ class App:
         with backend.lock:
             backend.tick()
             decision = backend.bucket.take()
-            headers.extend(decision.headers())
+            headers.extend(decision.headers(backend.skew))
             found = self.v1.resolve(path)
             route = found[0] if found else path
             action_post = method == "POST" and route.startswith(_ACTION_PREFIX)
@@ -142,6 +146,9 @@ class App:
             except Exception:
                 traceback.print_exc()  # a bug in fakecloud, not a simulated fault: make it loud
                 reply = _json_reply(500, ServerError().to_json(), headers)
+            if action_id is not None and backend.drop_answer():  # only an action POST that started one
+                reply.drop = True
+                fault = "drop_answer"
             if fault is None and not rate_limited:
                 reply.delay = backend.dice.slow_seconds(backend.faults)
             backend.traffic.record(
@@ -155,6 +162,7 @@ class App:
                 command=command,
                 rate_limited=rate_limited,
                 fault=fault or ("slow" if reply.delay else None),
+                dropped=reply.drop,
             )
         return reply
 

@@ -12,6 +12,8 @@ Spec syntax (CLI ``--faults``, ``PUT /_fakecloud/config {"faults": "..."}``): co
 ``conflict``   answer 409 ``conflict`` to an action POST, request not processed (alias ``409``)
 ``429``        answer an extra 429 ``rate_limit_exceeded`` although the bucket has tokens
 ``slow=P@S``   process the request, then hold the answer back ``S`` seconds (default 2) of real time
+``drop_answer``   an action POST starts its action (201), then the connection is closed without a byte
+               of answer: the client sees "connection aborted" although the action runs
 ``action_error``  an action POST succeeds but its action ends in ``error``
                (``action_failed`` "Action failed" or ``unknown_error`` "Unknown Error", seeded)
 ``acpi_ignore``   fraction of servers whose guest ignores ACPI (``shutdown``/``reboot`` do nothing);
@@ -19,7 +21,10 @@ Spec syntax (CLI ``--faults``, ``PUT /_fakecloud/config {"faults": "..."}``): co
 =============  ===================================================================================
 
 ``502``/``503``/``504``/``429``/``conflict`` are drawn with one die per request, before any processing, so a
-faulted request has no side effect. ``none`` or an empty spec turns every fault off.
+faulted request has no side effect. ``drop_answer`` is the opposite: its die is thrown only after an action
+POST has started its action, so the side effect is complete and only the answer is lost (refused POSTs, 4xx,
+are answered as usual). ``PUT /_fakecloud/config {"drop_answer_next": N}`` drops the next N such answers for
+certain, without dice. ``none`` or an empty spec turns every fault off.
 """
 
 from __future__ import annotations
@@ -47,10 +52,11 @@ _NAMES = {
     "409": "conflict",
     "429": "rate_limit",
     "slow": "slow",
+    "drop_answer": "drop_answer",
     "action_error": "action_error",
     "acpi_ignore": "acpi_ignore",
 }
-_CANONICAL = ("502", "503", "504", "conflict", "429", "slow", "action_error", "acpi_ignore")
+_CANONICAL = ("502", "503", "504", "conflict", "429", "slow", "drop_answer", "action_error", "acpi_ignore")
 DEFAULT_SLOW_SECONDS = 2.0
 
 
@@ -65,6 +71,7 @@ class FaultSpec:
     rate_limit: float = 0.0
     slow: float = 0.0
     slow_seconds: float = DEFAULT_SLOW_SECONDS
+    drop_answer: float = 0.0
     action_error: float = 0.0
     acpi_ignore: float = 0.0
 
@@ -192,6 +199,11 @@ class FaultDice:
         if spec.slow and self.rng.random() < spec.slow:
             return spec.slow_seconds
         return 0.0
+
+    def drop_answer(self, spec: FaultSpec) -> bool:
+        """Return whether to lose the answer of an action POST that has just started its action."""
+        # No die while the fault is off, so a spec without it keeps the seeded sequence it always had.
+        return bool(spec.drop_answer) and self.rng.random() < spec.drop_answer
 
     def action_error(self, spec: FaultSpec) -> tuple[str, str] | None:
         """Return ``(code, message)`` if a new action shall fail, else None."""

@@ -12,11 +12,11 @@ from .transitions import ActionStatus, ServerStatus
 __all__ = ["Action", "Image", "Server", "SshKey", "rfc3339"]
 
 
-def rfc3339(ts: float | None) -> str | None:
-    """Format UNIX seconds as RFC 3339 in UTC (``2016-01-30T23:55:00+00:00``, as the SPEC examples)."""
+def rfc3339(ts: float | None, skew: float = 0.0) -> str | None:
+    """Format UNIX seconds plus ``skew`` as RFC 3339 in UTC (``2016-01-30T23:55:00+00:00``, as the SPEC)."""
     if ts is None:
         return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(ts))
+    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(ts + skew))
 
 
 @dataclass
@@ -42,8 +42,8 @@ class Image:
     labels: dict[str, str] = field(default_factory=dict)
     protection_delete: bool = False
 
-    def to_json(self) -> dict[str, Any]:
-        """Return the public ``image`` object."""
+    def to_json(self, skew: float = 0.0) -> dict[str, Any]:
+        """Return the public ``image`` object; ``skew`` shifts its timestamps (the API's clock offset)."""
         return {
             "id": self.id,
             "type": self.type,
@@ -52,7 +52,7 @@ class Image:
             "description": self.description,
             "image_size": self.image_size,
             "disk_size": self.disk_size,
-            "created": rfc3339(self.created),
+            "created": rfc3339(self.created, skew),
             "created_from": self.created_from,
             "bound_to": self.bound_to,
             "os_flavor": self.os_flavor,
@@ -62,12 +62,12 @@ class Image:
             "protection": {"delete": self.protection_delete},
             # The API added "deprecation" on 2026-09-08 and keeps "deprecated" (the announcement) until it
             # is removed; hcloud-python >= 2.24 reads only "deprecation", older clients only "deprecated".
-            "deprecated": rfc3339(self.deprecated),
+            "deprecated": rfc3339(self.deprecated, skew),
             "deprecation": None
             if self.deprecated is None
             else {
-                "announced": rfc3339(self.deprecated),
-                "unavailable_after": rfc3339(self.unavailable_after),
+                "announced": rfc3339(self.deprecated, skew),
+                "unavailable_after": rfc3339(self.unavailable_after, skew),
             },
             "deleted": None,
             "labels": dict(self.labels),
@@ -85,15 +85,15 @@ class SshKey:
     created: float
     labels: dict[str, str] = field(default_factory=dict)
 
-    def to_json(self) -> dict[str, Any]:
-        """Return the public ``ssh_key`` object."""
+    def to_json(self, skew: float = 0.0) -> dict[str, Any]:
+        """Return the public ``ssh_key`` object; ``skew`` shifts ``created``."""
         return {
             "id": self.id,
             "name": self.name,
             "fingerprint": self.fingerprint,
             "public_key": self.public_key,
             "labels": dict(self.labels),
-            "created": rfc3339(self.created),
+            "created": rfc3339(self.created, skew),
         }
 
 
@@ -124,15 +124,15 @@ class Action:
             return 99
         return max(0, min(99, int(100 * (now - self.started) / span)))
 
-    def to_json(self, now: float) -> dict[str, Any]:
-        """Return the public ``action`` object as of ``now``."""
+    def to_json(self, now: float, skew: float = 0.0) -> dict[str, Any]:
+        """Return the public ``action`` object as of ``now``; ``skew`` shifts ``started`` and ``finished``."""
         return {
             "id": self.id,
             "command": self.command,
             "status": self.status,
             "progress": self.progress(now),
-            "started": rfc3339(self.started),
-            "finished": rfc3339(self.finished),
+            "started": rfc3339(self.started, skew),
+            "finished": rfc3339(self.finished, skew),
             "resources": [{"id": self.server_id, "type": "server"}],
             "error": self.error,
         }
@@ -190,13 +190,13 @@ class Server:
             "firewalls": [],
         }
 
-    def to_json(self, image: dict[str, Any] | None) -> dict[str, Any]:
+    def to_json(self, image: dict[str, Any] | None, skew: float = 0.0) -> dict[str, Any]:
         """Return the public ``server`` object; ``image`` is the rendered image or None."""
         return {
             "id": self.id,
             "name": self.name,
             "status": self.status,
-            "created": rfc3339(self.created),
+            "created": rfc3339(self.created, skew),
             "public_net": self.public_net(),
             "private_net": [],
             "server_type": self.server_type,

@@ -18,13 +18,14 @@ class RateDecision:
     limit: int
     remaining: int
     reset: int
+    full_at: float  # ``reset`` before rounding up, so a fractional clock skew rounds like the rest
 
-    def headers(self) -> list[tuple[str, str]]:
-        """Return the ``RateLimit-*`` headers for this decision."""
+    def headers(self, skew: float = 0.0) -> list[tuple[str, str]]:
+        """Return the ``RateLimit-*`` headers; ``skew`` shifts ``Reset`` as it shifts ``Date``."""
         return [
             ("RateLimit-Limit", str(self.limit)),
             ("RateLimit-Remaining", str(self.remaining)),
-            ("RateLimit-Reset", str(self.reset)),
+            ("RateLimit-Reset", str(math.ceil(self.full_at + skew))),
         ]
 
 
@@ -81,5 +82,5 @@ class TokenBucket:
 
     def _decision(self, allowed: bool, now: float) -> RateDecision:
         missing = self.limit - self.tokens
-        reset = math.ceil(now + missing / self._rate()) if missing > 1e-9 else math.ceil(now)
-        return RateDecision(allowed, self.limit, int(self.tokens + 1e-9), reset)
+        full_at = now + missing / self._rate() if missing > 1e-9 else now
+        return RateDecision(allowed, self.limit, int(self.tokens + 1e-9), math.ceil(full_at), full_at)

@@ -187,7 +187,7 @@ def create_server_image(backend: Backend, request: Request) -> Answer:
     action, image = backend.create_image(
         _id(request), description=description, image_type=image_type or "snapshot", labels=labels
     )
-    return 201, {"action": backend.action_json(action), "image": image.to_json()}
+    return 201, {"action": backend.action_json(action), "image": backend.image_json(image)}
 
 
 def rebuild_server(backend: Backend, request: Request) -> Answer:
@@ -243,14 +243,12 @@ def get_images(backend: Backend, request: Request) -> Answer:
         architectures=many(q, "architecture", ARCHITECTURES),
         include_deprecated=bool(flag(q, "include_deprecated")),
     )
-    return _list(
-        backend, request, "images", sort_items(images, sorts, _NAMED_SORT_KEYS), lambda i: i.to_json()
-    )
+    return _list(backend, request, "images", sort_items(images, sorts, _NAMED_SORT_KEYS), backend.image_json)
 
 
 def get_image(backend: Backend, request: Request) -> Answer:
     """GET /images/{id}"""
-    return 200, {"image": backend.image(_id(request)).to_json()}
+    return 200, {"image": backend.image_json(backend.image(_id(request)))}
 
 
 def get_ssh_keys(backend: Backend, request: Request) -> Answer:
@@ -261,10 +259,10 @@ def get_ssh_keys(backend: Backend, request: Request) -> Answer:
         name=one(q, "name"), fingerprint=one(q, "fingerprint"), selector=_selector(request)
     )
     return _list(
-        backend, request, "ssh_keys", sort_items(keys, sorts, _NAMED_SORT_KEYS), lambda k: k.to_json()
+        backend, request, "ssh_keys", sort_items(keys, sorts, _NAMED_SORT_KEYS), backend.ssh_key_json
     )
 
 
 def get_ssh_key(backend: Backend, request: Request) -> Answer:
     """GET /ssh_keys/{id}"""
-    return 200, {"ssh_key": backend.ssh_key(_id(request)).to_json()}
+    return 200, {"ssh_key": backend.ssh_key_json(backend.ssh_key(_id(request)))}

@@ -77,12 +77,18 @@ class _Handler(BaseHTTPRequestHandler):
             self.headers.get("Authorization"),
             self.headers.get("Host") or "localhost",
         )
+        if reply.drop:
+            # The lost answer: the action has started, but not one byte goes back. Closing (not resetting)
+            # the socket is what a proxy dying mid-request looks like: the client reads EOF where the status
+            # line should be (http.client's RemoteDisconnected, "Connection aborted" in requests).
+            self.close_connection = True
+            return
         if reply.delay:
             time.sleep(reply.delay)  # the slow fault: processed already, answered late
         # Date comes from the backend's clock, like RateLimit-Reset, so "Reset - Date" is the wait for a full
-        # bucket (reference §6) on a manual clock too.
+        # bucket (reference §6) on a manual clock too; both carry the clock skew.
         status_line = f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, '')}"
-        head = [status_line, f"Date: {_http_date(app.backend.clock.now())}"]
+        head = [status_line, f"Date: {_http_date(app.backend.reported_now())}"]
         head.extend(f"{k}: {v}" for k, v in reply.headers)
         head.append(f"Content-Length: {len(reply.body)}")
         if self.close_connection:
@@ -186,8 +192,12 @@ def start(
     faults: str | Mapping[str, Any] | FaultSpec | None = None,
     durations: Mapping[str, float] | None = None,
     clock: Clock | None = None,
+    skew: float = 0.0,
 ) -> FakeCloud:
-    """Start fakecloud on a daemon thread; ``port=0`` picks a free port. ``speed`` applies to the clock."""
+    """Start fakecloud on a daemon thread; ``port=0`` picks a free port. ``speed`` applies to the clock.
+
+    ``skew`` (seconds, negative = behind) shifts every time ``/v1`` reports, as an API with a wrong clock.
+    """
     if clock is None:
         clock = RealClock(speed)
     elif speed != 1.0:
@@ -200,5 +210,6 @@ def start(
         rate_limit=rate_limit,
         faults=dict(faults) if isinstance(faults, Mapping) else faults,
         durations=durations,
+        skew=skew,
     )
     return FakeCloud(backend, host, port).serve_in_thread()

@@ -43,6 +43,7 @@ class ServerActions:
     if TYPE_CHECKING:  # what the mixin uses of Backend
         lock: threading.RLock
         clock: Clock
+        skew: float
         faults: FaultSpec
         dice: FaultDice
         transitions: dict[str, Transition]
@@ -136,6 +137,7 @@ class ServerActions:
             server = self.server(server_id)
             self._ensure_unlocked(server)  # before the image exists, so a 423 leaves nothing behind
             now = self.clock.now()
+            stamp = int(now + self.skew)  # the API's time, so it carries the skew like every reported time
             self.next_image_id += 1
             source = self.images.get(server.image_id) if server.image_id is not None else None
             image = Image(
@@ -144,7 +146,7 @@ class ServerActions:
                 status="creating",
                 name=None,  # only system images have names
                 # Inference: the API generates a description when none is given; this is our format.
-                description=description if description is not None else f"{server.name}-{int(now)}",
+                description=description if description is not None else f"{server.name}-{stamp}",
                 created=now,
                 disk_size=server.primary_disk_size,
                 os_flavor=source.os_flavor if source else "unknown",

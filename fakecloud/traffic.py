@@ -40,6 +40,7 @@ class TrafficLog:
         command: str | None = None,
         rate_limited: bool = False,
         fault: str | None = None,
+        dropped: bool = False,
     ) -> None:
         """Count one answered ``/v1`` request and append it to the log."""
         self.total += 1
@@ -60,6 +61,8 @@ class TrafficLog:
                 "server_id": server_id,
                 "action_id": action_id,
                 "command": command,
+                # Processed, answer never written: ``status`` is what the client would have been told.
+                "dropped": dropped,
             }
         )
 

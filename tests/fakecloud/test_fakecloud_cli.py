@@ -46,6 +46,9 @@ def test_prints_base_url_serves_and_exits_cleanly(sig: signal.Signals) -> None:
         (["--faults", "503=7"], "within [0, 1]"),
         (["--rate-limit", "0"], "invalid rate limit"),
         (["--durations", "fly=2"], "invalid --durations"),
+        (["--faults", "drop_answer=1.5"], "within [0, 1]"),
+        (["--skew", "soon"], "invalid --skew"),
+        (["--skew", "1e9"], "invalid --skew"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(args: list[str], fragment: str) -> None:
@@ -63,6 +66,7 @@ def test_help_documents_the_fault_spec() -> None:
     )
     assert result.returncode == 0
     assert "acpi_ignore" in result.stdout and "slow=P@S" in result.stdout
+    assert "drop_answer=P" in result.stdout and "--skew" in result.stdout
 
 
 def test_add_arguments_and_run_are_importable() -> None:
@@ -74,3 +78,6 @@ def test_add_arguments_and_run_are_importable() -> None:
     cli.add_arguments(parser)
     args = parser.parse_args(["--port", "0", "--faults", "502=0.5"])
     assert args.faults.bad_gateway == 0.5 and callable(cli.run)
+    assert args.skew == 0.0
+    args = parser.parse_args(["--faults", "drop_answer=0.1", "--skew", "-30"])
+    assert (args.faults.drop_answer, args.skew) == (0.1, -30.0)

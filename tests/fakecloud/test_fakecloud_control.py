@@ -39,6 +39,7 @@ def test_request_log_since_and_fields(api) -> None:
         "server_id",
         "action_id",
         "command",
+        "dropped",
     }
     assert (first["server_id"], first["action_id"], first["command"]) == (None, None, None)
     assert ok == {
@@ -51,6 +52,7 @@ def test_request_log_since_and_fields(api) -> None:
         "server_id": server_id,
         "action_id": created,
         "command": "reboot",
+        "dropped": False,
     }
     assert (locked["status"], locked["action_id"], locked["command"]) == (423, None, "reboot")
     assert ok["time"] == api.fc.backend.clock.now()

@@ -138,6 +138,11 @@ def test_parse_faults_spec() -> None:
     assert parse_faults(None) == parse_faults("none") == parse_faults("") == FaultSpec()
     assert parse_faults({"503": 0.5, "slow_seconds": 1}).unavailable == 0.5
     assert parse_faults("slow=0.5").slow_seconds == 2.0
+    lost = parse_faults("drop_answer=0.25,503=0.1")
+    assert lost.drop_answer == 0.25 and not parse_faults("503=0.1").drop_answer
+    assert str(lost) == "503=0.1,drop_answer=0.25" and parse_faults(str(lost)) == lost
+    assert lost.to_dict()["drop_answer"] == 0.25
+    assert parse_faults({"drop_answer": 1}).drop_answer == 1.0
 
 
 @pytest.mark.parametrize(
@@ -148,6 +153,8 @@ def test_parse_faults_spec() -> None:
         ("502", "name=probability"),
         ("503=x", "expected a number"),
         ("503=0.1@2", "only 'slow' takes @seconds"),
+        ("drop_answer=2", "within [0, 1]"),
+        ("drop_answer=0.5@1", "only 'slow' takes @seconds"),
     ],
 )
 def test_parse_faults_rejects_bad_specs(spec: str, fragment: str) -> None:

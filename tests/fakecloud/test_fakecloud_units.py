@@ -41,6 +41,7 @@ def test_public_surface_is_pinned() -> None:
         "faults",
         "durations",
         "clock",
+        "skew",
     ]
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values())
 
