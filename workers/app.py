@@ -14,9 +14,10 @@ import celeryconfig
 from .continuation import CeleryDispatcher
 from .engine import Engine
 from .monitor import Monitor
-from .run_store import RunStore
+from .run_store import RunStore, chain_holder
 from .runs import RunHooks
 from .runtime import engine_for
+from .wait_state import Wait
 
 __all__ = ["app", "engine", "hooks", "run_store", "start_monitor", "stop_monitor"]
 
@@ -58,12 +59,18 @@ def start_monitor() -> None:
     # The round lock lapses one request timeout after its holder died, so a killed worker stalls polling
     # for seconds, not minutes; a live holder renews it before every request.
     lock_ttl = float(app.conf.hcloud_flow.get("request_timeout", 30.0)) + 10.0
-    monitor = Monitor(eng, CeleryDispatcher(app, hooks()), lock_ttl=lock_ttl)
+    monitor = Monitor(eng, CeleryDispatcher(app, hooks()), lock_ttl=lock_ttl, on_end=_step_ended)
     _thread = threading.Thread(
         target=monitor.run_forever, args=(_stop,), name="hcloud-flow-monitor", daemon=True
     )
     _thread.start()
     log.info("hcloud-flow monitor started")
+
+
+def _step_ended(wait: Wait, succeeded: bool) -> None:
+    """Free the server after the last step of an action chain sent outside a run (runs free their own)."""
+    if wait.run_id is None and (not succeeded or not wait.request.get("chain")):
+        run_store().release(wait.server_id, chain_holder(wait.request.get("root_id"), wait.id))
 
 
 def stop_monitor() -> None:

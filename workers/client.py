@@ -18,9 +18,9 @@ import requests
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
 
 from . import __version__
-from .errors import APIError, ConfigError, TransportError
+from .errors import APIError, BadInput, ConfigError, TransportError
 from .rate_budget import Priority, RateBudget
-from .retry_policy import RetryPolicy, should_retry
+from .retry_policy import RetryPolicy, never_sent, should_retry
 
 __all__ = ["DEFAULT_BASE_URL", "MAX_IDS_PER_ACTIONS_GET", "HcloudClient"]
 
@@ -125,7 +125,9 @@ class HcloudClient:
         try:
             return retrying(self._send_once, method, path, params, json)
         except requests.RequestException as exc:
-            raise TransportError(f"{type(exc).__name__}: {exc}", method, path) from exc
+            raise TransportError(
+                f"{type(exc).__name__}: {exc}", method, path, maybe_sent=not never_sent(exc)
+            ) from exc
 
     def _send_once(self, method: str, path: str, params: Any, body: Any) -> dict[str, Any]:
         if self.budget is not None:
@@ -156,10 +158,10 @@ class HcloudClient:
     ) -> list[dict[str, Any]]:
         """Return every server matching the filters, following pagination."""
         params: list[tuple[str, Any]] = []
-        if label_selector:
-            params.append(("label_selector", label_selector))
-        if name:
-            params.append(("name", name))
+        if label_selector is not None:
+            params.append(("label_selector", _lookup_filter("label_selector", label_selector)))
+        if name is not None:
+            params.append(("name", _lookup_filter("name", name)))
         params += [("status", s) for s in status or []]
         return list(self._pages("/servers", "servers", params))
 
@@ -174,11 +176,11 @@ class HcloudClient:
             yield from page
 
     def _page_lists(
-        self, path: str, key: str, params: list[tuple[str, Any]]
+        self, path: str, key: str, params: list[tuple[str, Any]], *, per_page: int = MAX_PER_PAGE
     ) -> Iterator[list[dict[str, Any]]]:
         page: int | None = 1
         while page:
-            body = self.request("GET", path, params=[*params, ("page", page), ("per_page", MAX_PER_PAGE)])
+            body = self.request("GET", path, params=[*params, ("page", page), ("per_page", per_page)])
             yield body.get(key, [])
             pagination = (body.get("meta") or {}).get("pagination") or {}
             page = pagination.get("next_page")
@@ -268,12 +270,19 @@ class HcloudClient:
         return found
 
     def list_server_actions(
-        self, server_id: int, *, status: list[str] | None = None, sort: str = "id:desc", pages: int = 1
+        self,
+        server_id: int,
+        *,
+        status: list[str] | None = None,
+        sort: str = "id:desc",
+        pages: int = 1,
+        per_page: int = MAX_PER_PAGE,
     ) -> list[dict[str, Any]]:
         """Return the server's actions, newest first by default, from at most ``pages`` pages."""
         params: list[tuple[str, Any]] = [("sort", sort)] + [("status", s) for s in status or []]
+        path = f"/servers/{int(server_id)}/actions"
         out: list[dict[str, Any]] = []
-        for n, page in enumerate(self._page_lists(f"/servers/{int(server_id)}/actions", "actions", params)):
+        for n, page in enumerate(self._page_lists(path, "actions", params, per_page=per_page)):
             out += page
             if n + 1 >= pages:
                 break
@@ -294,7 +303,7 @@ class HcloudClient:
         label_selector: str | None = None,
         sort: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Return every image matching the filters, following pagination."""
+        """Return every image matching the filters (None: no filter; a blank one is refused), all pages."""
         return list(
             self._pages("/images", "images", self._image_params(type, status, name, label_selector, sort))
         )
@@ -308,15 +317,30 @@ class HcloudClient:
     @staticmethod
     def _image_params(*values: str | None) -> list[tuple[str, Any]]:
         names = ("type", "status", "name", "label_selector", "sort")
-        return [(k, v) for k, v in zip(names, values, strict=True) if v]
+        return [(k, _lookup_filter(k, v)) for k, v in zip(names, values, strict=True) if v is not None]
 
     def get_ssh_key(self, key_id: int) -> dict[str, Any]:
         """Return one ssh key."""
         return self.request("GET", f"/ssh_keys/{int(key_id)}")["ssh_key"]
 
     def list_ssh_keys(self, *, name: str | None = None) -> list[dict[str, Any]]:
-        """Return the project's ssh keys, optionally only the one with this name."""
-        return list(self._pages("/ssh_keys", "ssh_keys", [("name", name)] if name else []))
+        """Return the project's ssh keys, or only the one named ``name``; a blank name is refused."""
+        params = [] if name is None else [("name", _lookup_filter("name", name))]
+        return list(self._pages("/ssh_keys", "ssh_keys", params))
+
+
+def _lookup_filter(field: str, value: object) -> str:
+    """Return a lookup filter's value, refusing an empty or blank one; None (no filter) never gets here.
+
+    Refused, not dropped: dropping ``name=""`` made the lookup list everything, and a caller taking the
+    first match rebuilt a server from an image nobody named. Refused, not sent: the API does not document
+    what an empty filter means, and ignoring it is just as likely. BadInput, not ValueError: the tasks
+    declare it in ``throws``, so a blank that slips through from user input ends as a refusal that names
+    the field, not as a crash.
+    """
+    if not isinstance(value, str) or not value.strip():
+        raise BadInput(f"{field} filter is empty: a lookup by an empty {field} would match everything", field)
+    return value
 
 
 def _error_from(response: requests.Response, method: str, path: str) -> APIError:

@@ -7,9 +7,11 @@ in Redis for every worker. Polling at the expected end spends no more requests t
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import redis
 
-__all__ = ["Durations"]
+__all__ = ["Durations", "parse_time"]
 
 _WEIGHT = 0.3  # of the newest observation
 
@@ -35,3 +37,10 @@ class Durations:
         old = self.expected(command)
         new = seconds if old is None else (1 - _WEIGHT) * old + _WEIGHT * seconds
         self.redis.hset(self.key, command, repr(round(new, 3)))
+
+
+def parse_time(value: str | None) -> float | None:
+    """Return the UNIX time of an RFC 3339 timestamp from the API (compared only with the API's own)."""
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()

@@ -1,8 +1,22 @@
-"""Starting a step's action exactly once, whatever the delivery count: the plain functions under the tasks.
+"""Starting a step's action at most once, whatever fails and however often the step is delivered.
 
 ``start_action`` is called by the action tasks and by the monitor (for the forced power-off after an
-ignored ACPI shutdown). It re-attaches to an action the ledger already knows, looks for an action an
-earlier attempt may have started before it posts again, and posts at most once per attempt otherwise.
+ignored ACPI signal). Its rules, in the order the code meets them:
+
+1. The ledger already holds the step's action: re-attach to it (a redelivered step).
+2. Before a POST, note a bound: an action id that no action of this step can be older than (action ids
+   only grow). It is the newest action id the project saw in the last few seconds, or the previous step's
+   action on this server, or, when neither is at hand, the server's newest action read from the API.
+   The bound goes into the ledger before the POST goes out, and stays there until the POST's outcome is
+   known.
+3. A POST that failed before it was sent, or that the API refused as "not processed", is sent again.
+4. A POST whose answer was lost (reset or aborted after sending, read timeout, gateway error) may have
+   started the action: the server's newest actions are searched for one newer than the bound with our
+   command. Found: the step attaches to it. Not found: the POST is sent again.
+5. A 423 ``locked`` after such a doubt, where the running action is newer than the bound and has our
+   command, is our own action: attach. Any other 423 means someone else's action runs: ``Blocked``.
+
+No clock is compared with the API's: identity rests on ids alone.
 """
 
 from __future__ import annotations
@@ -10,40 +24,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import redis
 
+from .action_ids import HighWater
 from .client import HcloudClient
 from .durations import Durations
 from .errors import APIError, Blocked, RateBudgetExhausted, StepInProgress, TransportError
 from .ledger import Ledger
-from .retry_policy import RetryPolicy, is_ambiguous
+from .retry_policy import Outcome, RetryPolicy, classify
 from .sealing import seal
 from .server_actions import ServerAction
+from .wait_state import Cadence
 from .waits import WaitStore
 
-__all__ = ["Cadence", "Engine", "find_started", "start_action"]
+__all__ = ["Cadence", "Engine", "Started", "find_own", "start_action"]
 
 STEP_LABEL = "hcloud-flow/step"
-# How far before our own "posting" stamp an action may have started and still count as ours: covers
-# clock skew between us and the API, and no more, so an earlier step's action is never mistaken for ours.
-CLOCK_SKEW = 5.0
 LOST_NOTICE = "root password lost: the answer that carried it was cut off; reset the password again"
-
-
-@dataclass(frozen=True)
-class Cadence:
-    """How often the monitor polls a wait: soon after it starts, then backing off to a cap."""
-
-    first: float = 1.0
-    growth: float = 1.5
-    cap: float = 10.0
-
-    def interval(self, polls: int) -> float:
-        """Return the pause before poll number ``polls + 1``."""
-        return min(self.cap, self.first * self.growth**polls)
 
 
 @dataclass
@@ -66,6 +65,7 @@ class Engine:
     max_locked_tries: int = 20
     post_policy: RetryPolicy = field(default_factory=RetryPolicy)
     durations: Durations | None = None
+    high_water: HighWater | None = None
 
     def deadline_for(self, action: ServerAction, override: float | None) -> float:
         """Return the seconds a step of this action may take: override, configured, or the table's."""
@@ -74,39 +74,33 @@ class Engine:
         return float(self.deadlines.get(action.name, action.deadline))
 
 
-def parse_time(value: str | None) -> float | None:
-    """Return the UNIX time of an RFC 3339 timestamp from the API."""
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+@dataclass(frozen=True)
+class Started:
+    """The action a step started (or found again), and what the step reports of its POST answer."""
+
+    action: dict[str, Any]
+    outputs: dict[str, Any]
+    attached: bool  # found rather than posted by this call
 
 
-def find_started(
-    client: HcloudClient, server_id: int, action: ServerAction, since: float, step_key: str
+def find_own(
+    client: HcloudClient, server_id: int, action: ServerAction, bound: int, step_key: str
 ) -> dict[str, Any] | None:
-    """Return the API answer of an action this step started at or after ``since``, if there is one.
+    """Return the API answer of this step's action if the API started one: newer than ``bound``, our command.
 
-    The server's newest actions are checked for our command; for create_image, the image carrying our
-    step label is found too, so the step can report it as the POST answer would have.
+    For an action that makes an image, the image carrying the step's label is looked up too, so the step
+    reports it as the POST answer would have.
     """
-    for candidate in client.list_server_actions(server_id, sort="id:desc"):
-        started = parse_time(candidate.get("started"))
-        if (
-            candidate.get("command") == action.command
-            and started is not None
-            and started >= since - CLOCK_SKEW
-        ):
-            answer: dict[str, Any] = {"action": candidate}
-            if action.name == "create_image":
-                images = client.list_images(label_selector=f"{STEP_LABEL}={step_key}")
-                answer["image"] = images[0] if images else None
-            return answer
-    return None
-
-
-def _running_action(client: HcloudClient, server_id: int) -> int | None:
-    running = client.list_server_actions(server_id, status=["running"], sort="id:desc")
-    return int(running[0]["id"]) if running else None
+    newest = client.list_server_actions(server_id, sort="id:desc")
+    ours = [a for a in newest if int(a["id"]) > bound and a.get("command") == action.command]
+    if not ours:
+        return None
+    # Our step posts one action at a time: the oldest newer than the bound is the one we started.
+    answer: dict[str, Any] = {"action": min(ours, key=lambda a: int(a["id"]))}
+    if action.makes_image:
+        images = client.list_images(label_selector=f"{STEP_LABEL}={step_key}")
+        answer["image"] = images[0] if images else None
+    return answer
 
 
 def outputs_of(engine: Engine, answer: dict[str, Any]) -> dict[str, Any]:
@@ -123,62 +117,97 @@ def outputs_of(engine: Engine, answer: dict[str, Any]) -> dict[str, Any]:
 
 
 def start_action(
-    engine: Engine, action: ServerAction, server_id: int, params: dict[str, Any], step_key: str
-) -> tuple[dict[str, Any], dict[str, Any], bool]:
-    """Start the step's action once; return (action, outputs, attached).
+    engine: Engine,
+    action: ServerAction,
+    server_id: int,
+    params: dict[str, Any],
+    step_key: str,
+    *,
+    after: int | None = None,
+) -> Started:
+    """Start the step's action once, or find the one it already started.
 
-    ``attached`` is True when the action was found rather than posted (a redelivered step). Raises
-    Blocked on 423 locked, StepInProgress when another delivery holds the claim, APIError otherwise.
+    ``after`` is an action id known to be older than anything this step can start (the previous step's
+    action on the same server), which saves reading the server's newest action. Raises Blocked on a 423
+    by someone else's action, StepInProgress when another delivery holds the step's claim, and the
+    request's error otherwise.
     """
     record = engine.ledger.get(step_key)
     if record.action_id is not None:
-        return engine.client.get_action(record.action_id), record.outputs or {}, True
+        return Started(engine.client.get_action(record.action_id), record.outputs or {}, True)
     token = engine.ledger.claim(step_key, engine.claim_ttl)
     if token is None:
         raise StepInProgress(step_key)
     try:
-        if record.posting_since is not None:
-            # An earlier delivery died between stamping and recording: it may have started the action.
-            found = find_started(engine.client, server_id, action, record.posting_since, step_key)
+        bound = record.posting_after
+        if bound is not None:
+            # An earlier delivery died between noting its bound and recording its action: it may have
+            # started the action.
+            found = find_own(engine.client, server_id, action, bound, step_key)
             if found is not None:
                 return _record(engine, step_key, server_id, found, attached=True, secret=action.secret)
-        return _post(engine, action, server_id, params, step_key, token)
+        else:
+            bound = _bound(engine, server_id, after)
+            engine.ledger.mark_posting(step_key, bound)
+        doubt = record.posting_after is not None
+        return _post(engine, action, server_id, params, step_key, token, bound, doubt=doubt)
     finally:
         engine.ledger.release(step_key, token)
 
 
+def _bound(engine: Engine, server_id: int, after: int | None) -> int:
+    """Return an action id that every action started from now on is newer than."""
+    fresh = engine.high_water.fresh(engine.clock()) if engine.high_water is not None else None
+    known = max((b for b in (fresh, after) if b is not None), default=None)
+    if known is not None:
+        return known
+    newest = engine.client.list_server_actions(server_id, sort="id:desc", per_page=1)
+    return int(newest[0]["id"]) if newest else 0
+
+
 def _post(
-    engine: Engine, action: ServerAction, server_id: int, params: dict[str, Any], step_key: str, claim: str
-) -> tuple[dict[str, Any], dict[str, Any], bool]:
+    engine: Engine,
+    action: ServerAction,
+    server_id: int,
+    params: dict[str, Any],
+    step_key: str,
+    claim: str,
+    bound: int,
+    *,
+    doubt: bool,
+) -> Started:
+    """POST until the outcome is known; ``doubt`` says an earlier attempt may have started the action."""
     body = dict(params)
-    if action.name == "create_image":
+    if action.makes_image:
         # The label finds the image again if our answer is lost; it carries the step id, nothing secret.
         body["labels"] = {**(body.get("labels") or {}), STEP_LABEL: step_key}
     policy = engine.post_policy
     last: Exception | None = None
     for attempt in range(1, policy.attempts + 1):
-        since = engine.clock()
         engine.ledger.renew(step_key, claim, engine.claim_ttl)
-        engine.ledger.mark_posting(step_key, since)
         try:
             answer = getattr(engine.client, action.name)(server_id, **body)
             return _record(engine, step_key, server_id, answer, attached=False, secret=action.secret)
         except RateBudgetExhausted:
-            # Nothing was sent: the next delivery need not look for an action this attempt started.
-            engine.ledger.clear_posting(step_key)
+            if not doubt:
+                # Nothing was sent: the next delivery need not look for an action this one started.
+                engine.ledger.clear_posting(step_key)
             raise
         except APIError as exc:
             if exc.code == "locked":
-                engine.ledger.clear_posting(step_key)  # refused: nothing of ours was started
-                raise Blocked(server_id, _running_action(engine.client, server_id)) from exc
-            if not is_ambiguous(exc):
+                return _on_locked(engine, action, server_id, step_key, bound, exc, doubt=doubt)
+            if classify(exc) is not Outcome.AMBIGUOUS:
+                if not doubt:
+                    engine.ledger.clear_posting(step_key)  # refused: the API did nothing
                 raise
             last = exc
         except TransportError as exc:
+            if classify(exc) is not Outcome.AMBIGUOUS:
+                raise  # never sent, already retried by the client: nothing of ours exists
             last = exc
-        # The answer was lost: the action may have started anyway. Never post blindly a second time.
-        stamp = engine.ledger.get(step_key).posting_since or since
-        found = find_started(engine.client, server_id, action, stamp, step_key)
+        # The answer was lost after the request may have reached the API: look before posting again.
+        doubt = True
+        found = find_own(engine.client, server_id, action, bound, step_key)
         if found is not None:
             return _record(engine, step_key, server_id, found, attached=True, secret=action.secret)
         engine.sleep(policy.backoff(attempt))
@@ -186,13 +215,41 @@ def _post(
     raise last
 
 
+def _on_locked(
+    engine: Engine,
+    action: ServerAction,
+    server_id: int,
+    step_key: str,
+    bound: int,
+    exc: APIError,
+    *,
+    doubt: bool,
+) -> Started:
+    running = engine.client.list_server_actions(server_id, status=["running"], sort="id:desc")
+    blocker = running[0] if running else None
+    if (
+        doubt
+        and blocker is not None
+        and int(blocker["id"]) > bound
+        and blocker.get("command") == action.command
+    ):
+        # Our own earlier POST started it and its answer was lost: this 423 is our action running.
+        found = find_own(engine.client, server_id, action, bound, step_key) or {"action": blocker}
+        return _record(engine, step_key, server_id, found, attached=True, secret=action.secret)
+    if not doubt:
+        engine.ledger.clear_posting(step_key)  # refused: nothing of ours was started
+    raise Blocked(server_id, int(blocker["id"]) if blocker else None) from exc
+
+
 def _record(
     engine: Engine, step_key: str, server_id: int, answer: dict[str, Any], *, attached: bool, secret: bool
-) -> tuple[dict[str, Any], dict[str, Any], bool]:
+) -> Started:
     action = answer["action"]
     outputs = outputs_of(engine, answer)
-    if attached and secret and "root_password" not in outputs:
+    if secret and "root_password" not in answer:
         # The API hands a password out once, in the POST answer that this step never read.
         outputs["root_password"] = {"sealed": None, "notice": LOST_NOTICE}
     engine.ledger.record_action(step_key, int(action["id"]), outputs, server_id=server_id)
-    return action, outputs, attached
+    if engine.high_water is not None:
+        engine.high_water.observe(int(action["id"]), engine.clock())
+    return Started(action, outputs, attached)

@@ -3,8 +3,10 @@
     HcloudFlowError                   root: catch this to catch everything of ours
     ├── APIError                      the API answered with an error (code, message, status, correlation id)
     ├── TransportError                no usable answer: connection refused, reset, read timeout
+    │                                 (``maybe_sent`` tells whether the API may have read the request)
     ├── ActionFailed                  an action ended with status "error"
     ├── WaitTimeout                   a wait passed its deadline before the action or state was reached
+    │   └── AcpiIgnored               the guest ignored an ACPI signal for the grace period, no force allowed
     ├── BadInput                      a request was refused before anything was enqueued or sent
     ├── Blocked                       423 locked: another action runs on the server (the step waits for it)
     ├── StepInProgress                another delivery of the same step is posting right now
@@ -25,6 +27,7 @@ from typing import Any
 
 __all__ = [
     "APIError",
+    "AcpiIgnored",
     "ActionFailed",
     "BadInput",
     "Blocked",
@@ -82,9 +85,14 @@ class APIError(HcloudFlowError):
 class TransportError(HcloudFlowError):
     """Raised when no answer could be read from the API (after the bounded retries)."""
 
-    def __init__(self, message: str, method: str | None = None, path: str | None = None) -> None:
-        super().__init__(message, method, path)
+    def __init__(
+        self, message: str, method: str | None = None, path: str | None = None, maybe_sent: bool = True
+    ) -> None:
+        super().__init__(message, method, path, maybe_sent)
         self.message, self.method, self.path = message, method, path
+        # False only when the failure certainly came before the request was written (refused, DNS,
+        # connect timeout); anything else may have reached the API.
+        self.maybe_sent = maybe_sent
 
     def __str__(self) -> str:
         return f"{self.method} {self.path}: {self.message}" if self.method else self.message
@@ -120,6 +128,25 @@ class WaitTimeout(HcloudFlowError):
         return (
             f"server {self.server_id}, step {self.step}{action}: gave up waiting for {self.waited_for} "
             f"after {self.seconds:.0f} s"
+        )
+
+
+class AcpiIgnored(WaitTimeout):
+    """Raised when the guest ignored an ACPI signal for the grace period and no forced fallback is allowed."""
+
+    def __init__(
+        self, server_id: int, step: str, action_id: int | None, waited_for: str, seconds: float
+    ) -> None:
+        super().__init__(server_id, step, action_id, waited_for, seconds)
+
+    def __str__(self) -> str:
+        action = f" (action {self.action_id})" if self.action_id else ""
+        return (
+            f"server {self.server_id}, step {self.step}{action}: the guest ignored the ACPI signal: "
+            f"the server did not reach {self.waited_for} within the {self.seconds:g} s grace period, "
+            "and the forced power-off was not allowed (force=false, --no-force). Power it off with "
+            f"'hcloud-flow run power-off --server {self.server_id}', give the guest a longer --grace, or run "
+            "again without --no-force"
         )
 
 

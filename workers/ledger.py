@@ -2,9 +2,9 @@
 
 Delivery is at least once, so a step may run again after a crash, or twice at the same moment after the
 monitor re-dispatched it. The ledger makes that harmless: a step that finds its action recorded re-attaches
-to it; a step whose earlier attempt died mid-POST (a ``posting_since`` stamp and no action id) looks for
-the action it may have started before it sends anything; a claim with a TTL keeps two live deliveries
-from posting at once.
+to it; a step whose earlier attempt died mid-POST (a ``posting_after`` bound and no action id) looks for
+the action it may have started (newer than the bound) before it sends anything; a claim with a TTL keeps
+two live deliveries from posting at once.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class StepRecord:
     """What the ledger knows about one step."""
 
     action_id: int | None = None
-    posting_since: float | None = None
+    posting_after: int | None = None  # the bound noted before a POST whose outcome is not known yet
     outputs: dict[str, Any] | None = None
     status: str | None = None
     progress: int = 0
@@ -51,7 +51,7 @@ class Ledger:
         raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(self._key(step_key)).items()}
         return StepRecord(
             action_id=int(raw["action_id"]) if raw.get("action_id") else None,
-            posting_since=float(raw["posting_since"]) if raw.get("posting_since") else None,
+            posting_after=int(raw["posting_after"]) if raw.get("posting_after") else None,
             outputs=json.loads(raw["outputs"]) if raw.get("outputs") else None,
             status=raw.get("status"),
             progress=int(raw.get("progress") or 0),
@@ -72,15 +72,22 @@ class Ledger:
         """Give the claim back, if it is still ours."""
         self._release(keys=[f"{self._key(step_key)}:claim"], args=[token])
 
-    def mark_posting(self, step_key: str, now: float) -> None:
-        """Stamp the moment a POST is about to go out, unless an earlier attempt already did."""
+    def mark_posting(self, step_key: str, bound: int) -> None:
+        """Note, before a POST goes out, the id its action will be newer than (the oldest bound wins)."""
         key = self._key(step_key)
-        self.redis.hsetnx(key, "posting_since", repr(now))
+        self.redis.hsetnx(key, "posting_after", int(bound))
         self.redis.expire(key, self.retention)
 
     def clear_posting(self, step_key: str) -> None:
-        """Drop the posting stamp of an attempt that provably sent nothing."""
-        self.redis.hdel(self._key(step_key), "posting_since")
+        """Drop the bound of an attempt that provably started nothing."""
+        self.redis.hdel(self._key(step_key), "posting_after")
+
+    def bump(self, step_key: str, counter: str) -> int:
+        """Count one more of ``counter`` (e.g. budget waits) for this step; return the count."""
+        key = self._key(step_key)
+        count = int(self.redis.hincrby(key, counter, 1))
+        self.redis.expire(key, self.retention)
+        return count
 
     def record_action(self, step_key: str, action_id: int, outputs: dict[str, Any], **fields: Any) -> None:
         """Record the started action (and its sealed outputs) before the step is acknowledged."""
@@ -95,7 +102,3 @@ class Ledger:
         key = self._key(step_key)
         self.redis.hset(key, mapping={k: v for k, v in fields.items() if v is not None})
         self.redis.expire(key, self.retention)
-
-    def bump_locked(self, step_key: str) -> int:
-        """Count one more 423 locked for this step; return the count."""
-        return int(self.redis.hincrby(self._key(step_key), "locked_tries", 1))

@@ -1,10 +1,11 @@
 """The action monitor: one poll round at a time, cluster-wide, for every parked wait of every run.
 
-A round takes a Redis lock, loads the waits that are due, fetches their actions with batched
-``GET /actions?id=…`` (25 ids a request, topped up with waits that are not due yet, which costs nothing),
-checks target states with as few list requests as the answer allows, and hands every finished wait to the
-dispatcher, which continues (or fails) its Celery chain. Each wait's next poll follows its cadence: soon
-after it starts, then backing off to a cap. No task sleeps and no broker message is spent while waiting.
+A round takes a Redis lock, loads the waits that are due, and observes what they need in as few requests
+as the answers allow: their actions with batched ``GET /actions?id=…`` (25 ids a request, topped up with
+waits not yet due, which costs nothing), then the target states of those whose action succeeded. Each
+wait then goes through ``wait_state.advance``, the one pure decision, and the monitor carries out the
+effect it returns: park it again, continue or fail its chain, resend its step, or force the server off.
+No task sleeps and no broker message is spent while waiting.
 """
 
 from __future__ import annotations
@@ -13,28 +14,42 @@ import logging
 import math
 import threading
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import redis
 
 from .client import MAX_IDS_PER_ACTIONS_GET
-from .engine import Engine, parse_time, start_action
-from .errors import ActionFailed, Blocked, HcloudFlowError, StepInProgress, WaitTimeout
+from .durations import parse_time
+from .engine import Engine, start_action
+from .errors import Blocked, HcloudFlowError, RateBudgetExhausted, StepInProgress
 from .redis_scripts import DELETE_IF_OWNER, EXPIRE_IF_OWNER
 from .server_actions import ACTIONS
+from .wait_state import (
+    GONE,
+    MIN_PAUSE,
+    Effect,
+    Fail,
+    ForceOff,
+    Observation,
+    Phase,
+    Poll,
+    Resend,
+    Succeed,
+    Wait,
+    advance,
+    after_force,
+    rules_for,
+)
 
-__all__ = ["Dispatcher", "Monitor", "RoundReport", "new_wait"]
+__all__ = ["Dispatcher", "Monitor", "RoundReport"]
 
 log = logging.getLogger(__name__)
 
 # A server list request answers 50 servers; below this many servers to check, single GETs are cheaper.
 _LIST_THRESHOLD = 3
-# Unknown to GET /actions this many rounds in a row: the action is gone, not late.
-_MAX_MISSING = 5
-# Progress below this says too little about the end to plan a poll on it.
-_PROGRESS_HINT = 5
-_MIN_PAUSE = 0.2
+_WATCHING_ACTIONS = (Phase.ACTION, Phase.BLOCKED)
 
 
 def _as_flow_error(exc: Exception) -> HcloudFlowError:
@@ -53,11 +68,11 @@ def _as_flow_error(exc: Exception) -> HcloudFlowError:
 class Dispatcher(Protocol):
     """Continues the chain of a wait that ended; implemented over Celery in workers/continuation.py."""
 
-    def succeed(self, wait: dict[str, Any], result: dict[str, Any]) -> None: ...
+    def succeed(self, request: dict[str, Any], result: dict[str, Any]) -> None: ...
 
-    def fail(self, wait: dict[str, Any], exc: HcloudFlowError) -> None: ...
+    def fail(self, request: dict[str, Any], exc: HcloudFlowError, run_id: str | None) -> None: ...
 
-    def resend(self, wait: dict[str, Any]) -> None: ...
+    def resend(self, request: dict[str, Any]) -> None: ...
 
 
 @dataclass
@@ -73,54 +88,6 @@ class RoundReport:
     errors: list[str] = field(default_factory=list)
 
 
-def new_wait(
-    engine: Engine,
-    *,
-    wait_id: str,
-    step: str,
-    server_id: int,
-    action: dict[str, Any],
-    result: dict[str, Any],
-    request: dict[str, Any],
-    deadline: float,
-    phase: str = "action",
-    target: str | None = None,
-    force: bool = True,
-    grace: float | None = None,
-) -> dict[str, Any]:
-    """Return a wait record for a step whose action was just started (or found)."""
-    now = engine.clock()
-    expected = engine.durations.expected(action.get("command")) if engine.durations else None
-    first = now + engine.cadence.interval(0)
-    if expected is not None and phase == "action":
-        # Poll right at the expected end: sooner news, and no more requests than a blind first poll.
-        first = now + max(0.2, expected - (now - (parse_time(action.get("started")) or now)))
-    return {
-        "id": wait_id,
-        "step": step,
-        "server_id": server_id,
-        "action_id": int(action["id"]),
-        "command": action.get("command"),
-        "phase": phase,
-        "target": target,
-        "started": now,
-        "deadline": now + deadline,
-        "deadline_seconds": deadline,
-        "polls": 0,
-        "missing": 0,
-        "progress": int(action.get("progress") or 0),
-        "next": first,
-        "expected": expected,
-        "late_polls": 0,
-        "force": force,
-        "grace": engine.shutdown_grace if grace is None else grace,
-        "fallback_at": None,
-        "forced": False,
-        "result": result,
-        "request": request,
-    }
-
-
 class Monitor:
     """Poll rounds over the parked waits; safe to run in every worker process at once."""
 
@@ -132,10 +99,13 @@ class Monitor:
         prefix: str = "hf",
         lock_ttl: float = 40.0,
         batch: int = 2000,
+        on_end: Callable[[Wait, bool], None] | None = None,
     ) -> None:
         self.engine = engine
+        self.on_end = on_end  # told of each step that ended here (succeeded or not), after its dispatch
         self.dispatcher = dispatcher
         self.lock_key = f"{prefix}:monitor:lock"
+        self.beat_key = f"{prefix}:monitor:last_round"
         self.lock_ttl = lock_ttl
         self.batch = batch
         self._release = engine.redis.register_script(DELETE_IF_OWNER)
@@ -173,6 +143,7 @@ class Monitor:
             return None
         try:
             self._round(report)
+            self.engine.redis.set(self.beat_key, repr(self.engine.clock()))
         finally:
             self._release(keys=[self.lock_key], args=[token])
         return report
@@ -186,142 +157,100 @@ class Monitor:
     def _round(self, report: RoundReport) -> None:
         engine = self.engine
         now = engine.clock()
-        waits = engine.waits.load(engine.waits.due(now, self.batch))
-        report.waits = len(waits)
-        live = []
-        for wait in waits:
-            if now > wait["deadline"]:
-                self._fail(wait, self._timeout(wait), report)
-            else:
-                live.append(wait)
-        polling = [w for w in live if w["phase"] in ("action", "blocked")]
-        checking = [w for w in live if w["phase"] == "state"]
-        if polling:
-            checking += self._poll_actions(polling, now, report)
-        if checking:
-            self._check_states(checking, report)
+        due = engine.waits.load(engine.waits.due(now, self.batch))
+        report.waits = len(due)
+        watching = [w for w in due if w.phase in _WATCHING_ACTIONS and now <= w.deadline]
+        seen, topped = self._observe_actions(watching, now, report) if watching else ({}, [])
+        states: list[Wait] = []
+        for wait in due + topped:
+            if wait.phase is Phase.STATE:
+                states.append(wait)
+                continue
+            nxt = self._step(wait, seen.get(wait.id, Observation(now)), report)
+            if nxt is not None and nxt.phase is Phase.STATE and nxt.next <= now:
+                states.append(nxt)  # its action just succeeded: look at the target in this same round
+        if states:
+            observed = self._observe_states(states, now, report)
+            for wait in states:
+                self._step(wait, observed.get(wait.id, Observation(now)), report)
 
-    def _poll_actions(
-        self, waits: list[dict[str, Any]], now: float, report: RoundReport
-    ) -> list[dict[str, Any]]:
+    def _step(self, wait: Wait, seen: Observation, report: RoundReport) -> Wait | None:
+        """Decide on one wait and carry out the effect; return the wait as parked again, if it was."""
+        try:
+            if (
+                seen.action is not None
+                and seen.action.get("status") == "success"
+                and wait.phase is Phase.ACTION
+            ):
+                self._learn(seen.action)
+            nxt, effect = advance(wait, seen, rules_for(wait.action), self.engine.cadence)
+            return self._apply(wait, nxt, effect, report)
+        except Exception as exc:  # one bad wait fails alone; it must not stall every other wait
+            self._finish(wait, Fail(_as_flow_error(exc)), report)
+            return None
+
+    def _apply(self, old: Wait, wait: Wait, effect: Effect, report: RoundReport) -> Wait | None:
+        if wait.progress != old.progress and wait.progress < 100:
+            self.engine.ledger.update(wait.id, progress=wait.progress)
+        if isinstance(effect, Poll):
+            parked = replace(wait, next=effect.at)
+            self.engine.waits.park(parked)
+            return parked
+        if isinstance(effect, ForceOff):
+            return self._force(wait, effect, report)
+        self._finish(wait, effect, report)
+        return None
+
+    # -- observing -------------------------------------------------------------------------------------
+
+    def _observe_actions(
+        self, waits: list[Wait], now: float, report: RoundReport
+    ) -> tuple[dict[str, Observation], list[Wait]]:
+        """Fetch the actions of these waits; return what was seen, and the waits topped into the batch."""
         engine = self.engine
         room = math.ceil(len(waits) / MAX_IDS_PER_ACTIONS_GET) * MAX_IDS_PER_ACTIONS_GET - len(waits)
-        extra = [
+        due = {w.id for w in waits}
+        topped = [
             w
             for w in engine.waits.load(engine.waits.upcoming(now, room))
-            if w["phase"] in ("action", "blocked")
+            if w.phase in _WATCHING_ACTIONS and w.id not in due
         ]
-        waits = waits + extra
+        everyone = waits + topped
+        ids = {int(w.action_id) for w in everyone if w.action_id is not None}
         try:
             self._renew()
-            actions = engine.client.get_actions([w["action_id"] for w in waits])
+            actions = engine.client.get_actions(sorted(ids))
         except HcloudFlowError as exc:
             report.errors.append(str(exc))
-            for w in waits:
-                self._reschedule(w)
-            return []
-        report.requests += math.ceil(len({w["action_id"] for w in waits}) / MAX_IDS_PER_ACTIONS_GET)
+            return {}, []
+        report.requests += math.ceil(len(ids) / MAX_IDS_PER_ACTIONS_GET)
         by_id = {int(a["id"]): a for a in actions}
-        to_check = []
-        for wait in waits:
-            action = by_id.get(wait["action_id"])
-            try:
-                if self._on_action(wait, action, report):
-                    to_check.append(wait)
-            except Exception as exc:  # one bad wait fails alone; it must not stall every other wait
-                self._fail(wait, _as_flow_error(exc), report)
-        return to_check
+        if by_id and engine.high_water is not None:
+            engine.high_water.observe(max(by_id), now)
+        seen = {}
+        for w in everyone:
+            action = by_id.get(int(w.action_id)) if w.action_id is not None else None
+            seen[w.id] = Observation(now, action=action, action_gone=action is None)
+        return seen, topped
 
-    def _on_action(self, wait: dict[str, Any], action: dict[str, Any] | None, report: RoundReport) -> bool:
-        """Advance a wait from its action's news; return True if its target state is to be checked now."""
-        if action is None:
-            wait["missing"] += 1
-            if wait["missing"] >= _MAX_MISSING:
-                raise WaitTimeout(
-                    wait["server_id"], wait["step"], wait["action_id"], "an action the API no longer knows", 0
-                )
-            self._reschedule(wait)
-            return False
-        wait["missing"] = 0
-        status = action["status"]
-        if status == "running":
-            progress = int(action.get("progress") or 0)
-            if wait["phase"] == "action" and progress != wait["progress"]:
-                wait["progress"] = progress
-                self.engine.ledger.update(wait["id"], progress=progress)
-            self._reschedule(wait)
-            return False
-        if wait["phase"] == "blocked":
-            # Send first, then forget: a crash in between sends twice, and the step's claim and ledger
-            # make the second delivery harmless; the other order could lose the step.
-            self.dispatcher.resend(wait)
-            self.engine.waits.remove(wait["id"])
-            report.resent += 1
-            return False
-        if status == "error":
-            err = action.get("error") or {}
-            raise ActionFailed(
-                wait["server_id"],
-                wait["step"],
-                wait["action_id"],
-                str(err.get("code", "unknown_error")),
-                str(err.get("message", "the action failed")),
-            )
-        wait["progress"] = 100
-        wait["result"]["finished"] = action.get("finished")
-        started, finished = parse_time(action.get("started")), parse_time(action.get("finished"))
-        if self.engine.durations is not None and started is not None and finished is not None:
-            self.engine.durations.observe(action.get("command"), finished - started)
-        if not wait["target"]:
-            self._succeed(wait, {}, report)
-            return False
-        wait["phase"] = "state"
-        wait["polls"] = 0
-        if wait["step"] == "shutdown" and wait["fallback_at"] is None:
-            wait["fallback_at"] = self.engine.clock() + wait["grace"]
-        return True
-
-    def _check_states(self, waits: list[dict[str, Any]], report: RoundReport) -> None:
-        servers = [w for w in waits if w["target"] in ("running", "off")]
-        images = [w for w in waits if w["target"] == "image_available"]
+    def _observe_states(self, waits: list[Wait], now: float, report: RoundReport) -> dict[str, Observation]:
+        servers = [w for w in waits if rules_for(w.action).target in ("running", "off")]
+        images = [w for w in waits if rules_for(w.action).target == "image_available" and w.image_id]
         try:
             self._renew()
-            server_status = self._server_statuses({w["server_id"] for w in servers}, report)
-            image_status = self._image_statuses(
-                {w["result"]["outputs"]["image"]["id"] for w in images}, report
-            )
+            server_status = self._server_statuses({w.server_id for w in servers}, report)
+            image_status = self._image_statuses({int(w.image_id or 0) for w in images}, report)
         except HcloudFlowError as exc:
             report.errors.append(str(exc))
-            for w in waits:
-                self._reschedule(w)
-            return
-        for wait in servers:
-            try:
-                self._server_wait(wait, server_status.get(wait["server_id"]), report)
-            except Exception as exc:
-                self._fail(wait, _as_flow_error(exc), report)
-        for wait in images:
-            try:
-                self._image_wait(wait, image_status.get(wait["result"]["outputs"]["image"]["id"]), report)
-            except Exception as exc:
-                self._fail(wait, _as_flow_error(exc), report)
-
-    def _server_wait(self, wait: dict[str, Any], status: str | None, report: RoundReport) -> None:
-        if status == wait["target"]:
-            self._succeed(wait, {"server_status": status}, report)
-        elif wait["step"] == "shutdown" and self._should_force(wait):
-            self._force_off(wait, report)
-        else:
-            self._reschedule(wait)
-
-    def _image_wait(self, wait: dict[str, Any], status: str | None, report: RoundReport) -> None:
-        if status == "available":
-            self._succeed(wait, {"image_status": status}, report)
-        elif status is None:
-            gone = "an image that no longer exists"
-            self._fail(wait, WaitTimeout(wait["server_id"], wait["step"], wait["action_id"], gone, 0), report)
-        else:
-            self._reschedule(wait)
+            return {}
+        out = {w.id: Observation(now, server_status=server_status.get(w.server_id, GONE)) for w in servers}
+        out.update(
+            {
+                w.id: Observation(now, image_status=image_status.get(int(w.image_id or 0), GONE))
+                for w in images
+            }
+        )
+        return out
 
     def _server_statuses(self, ids: set[int], report: RoundReport) -> dict[int, str]:
         client = self.engine.client
@@ -333,7 +262,7 @@ class Monitor:
                     out[i] = client.get_server(i)["status"]
                 except HcloudFlowError as exc:
                     if getattr(exc, "code", None) != "not_found":
-                        raise  # a deleted server just never reaches its state; its deadline says so
+                        raise
             return out
         found: dict[int, str] = {}
         for page in client.iter_server_pages():
@@ -366,86 +295,73 @@ class Monitor:
                 break
         return found
 
-    def _should_force(self, wait: dict[str, Any]) -> bool:
-        return (
-            bool(wait["force"]) and not wait["forced"] and self.engine.clock() >= (wait["fallback_at"] or 0)
-        )
+    def _learn(self, action: dict[str, Any]) -> None:
+        """Fold a finished action's own duration (the API's stamps, one clock) into the learned averages."""
+        durations = self.engine.durations
+        started, finished = action.get("started"), action.get("finished")
+        if durations is None or not started or not finished:
+            return
+        begin, end = parse_time(started), parse_time(finished)
+        if begin is not None and end is not None:
+            durations.observe(action.get("command"), end - begin)
 
-    def _force_off(self, wait: dict[str, Any], report: RoundReport) -> None:
-        """Power off a server whose guest ignored the ACPI shutdown, as a part of the same step."""
+    # -- effects ---------------------------------------------------------------------------------------
+
+    def _force(self, wait: Wait, effect: ForceOff, report: RoundReport) -> Wait | None:
+        """Start the fallback for a guest that ignored the ACPI signal, as a part of the same step."""
+        now = self.engine.clock()
         try:
-            action, _, _ = start_action(
-                self.engine, ACTIONS["power_off"], wait["server_id"], {}, wait["id"] + ":force"
+            started = start_action(
+                self.engine,
+                ACTIONS[effect.action],
+                wait.server_id,
+                {},
+                wait.id + ":force",
+                after=wait.action_id,
             )
-        except (Blocked, StepInProgress):
-            self._reschedule(wait)
-            return
+        except (Blocked, StepInProgress, RateBudgetExhausted):
+            parked = replace(wait, next=now + max(MIN_PAUSE, self.engine.cadence.first))
+            self.engine.waits.park(parked)
+            return parked
         except HcloudFlowError as exc:
-            self._fail(wait, exc, report)
-            return
+            self._finish(wait, Fail(exc), report)
+            return None
         log.warning(
-            "server %s ignored the ACPI shutdown for %.0f s; powering it off (action %s)",
-            wait["server_id"],
-            wait["grace"],
-            action["id"],
+            "server %s ignored the ACPI signal of step %s for %.0f s; forcing it with %s (action %s)",
+            wait.server_id,
+            wait.step,
+            wait.grace,
+            effect.action,
+            started.action["id"],
         )
-        wait.update(action_id=int(action["id"]), phase="action", forced=True, polls=0)
-        wait["result"]["forced"] = True
-        wait["result"]["force_action_id"] = int(action["id"])
         report.forced += 1
         report.requests += 1
-        self._reschedule(wait)
+        parked = after_force(wait, started.action, now)
+        self.engine.waits.park(parked)
+        return parked
 
-    # -- endings ---------------------------------------------------------------------------------------
-
-    def _timeout(self, wait: dict[str, Any]) -> WaitTimeout:
-        what = {
-            "action": f"action {wait['action_id']} to finish",
-            "blocked": "the server's running action to end",
-        }
-        waited_for = what.get(wait["phase"], f"the {wait['target']} state")
-        return WaitTimeout(
-            wait["server_id"], wait["step"], wait["action_id"], waited_for, wait["deadline_seconds"]
-        )
-
-    def _reschedule(self, wait: dict[str, Any]) -> None:
-        """Set the wait's next poll: at its action's expected end when that can be told, else backing off."""
-        now = self.engine.clock()
-        wait["polls"] += 1
-        age = now - wait["started"]
-        expected = None
-        if wait["phase"] == "action":
-            expected = wait.get("expected")
-            progress = int(wait.get("progress") or 0)
-            if expected is None and _PROGRESS_HINT <= progress < 100:
-                # No history yet: the action's own progress tells when it should end.
-                expected = age * 100 / progress
-        cadence = self.engine.cadence
-        if expected is not None and age < expected:
-            wait["next"] = max(now + _MIN_PAUSE, wait["started"] + expected)
-        elif expected is not None:
-            # Past the expected end: poll soon again, backing off from there.
-            wait["late_polls"] = wait.get("late_polls", 0) + 1
-            wait["next"] = now + cadence.interval(wait["late_polls"] - 1)
-        else:
-            # Backing off with the wait's age, not its poll count: polls that merely filled a batch
-            # request early must not push the next one further out.
-            wait["next"] = now + max(cadence.first, min(cadence.cap, age * (cadence.growth - 1)))
-        self.engine.waits.save(wait)
-
-    def _succeed(self, wait: dict[str, Any], extra: dict[str, Any], report: RoundReport) -> None:
-        result = {**wait["result"], **extra, "status": "success"}
-        result["seconds"] = round(self.engine.clock() - wait["started"], 3)
-        self.engine.ledger.update(wait["id"], status="success", progress=100)
-        # Dispatch first, then forget: a crash in between re-dispatches, and the next step's ledger
-        # turns the duplicate into a re-attach instead of a second action.
-        self.dispatcher.succeed(wait, result)
-        self.engine.waits.remove(wait["id"])
-        report.succeeded += 1
-
-    def _fail(self, wait: dict[str, Any], exc: HcloudFlowError, report: RoundReport) -> None:
-        log.warning("step failed: %s", exc)
-        self.engine.ledger.update(wait["id"], status="failed")
-        self.dispatcher.fail(wait, exc)
-        self.engine.waits.remove(wait["id"])
-        report.failed += 1
+    def _finish(self, wait: Wait, effect: Effect, report: RoundReport) -> None:
+        engine = self.engine
+        if isinstance(effect, Succeed):
+            result = {**wait.result, **effect.extra, "status": "success"}
+            result["seconds"] = round(engine.clock() - wait.started, 3)
+            engine.ledger.update(wait.id, status="success", progress=100)
+            # Dispatch first, then forget: a crash in between re-dispatches, and the next step's ledger
+            # turns the duplicate into a re-attach instead of a second action.
+            self.dispatcher.succeed(wait.request, result)
+            report.succeeded += 1
+            if self.on_end is not None:
+                self.on_end(wait, True)
+        elif isinstance(effect, Fail):
+            log.warning("step failed: %s", effect.error)
+            engine.ledger.update(wait.id, status="failed")
+            self.dispatcher.fail(wait.request, effect.error, wait.run_id)
+            report.failed += 1
+            if self.on_end is not None:
+                self.on_end(wait, False)
+        elif isinstance(effect, Resend):
+            # Send first, then forget: a crash in between sends twice, and the step's claim and ledger make
+            # the second delivery harmless; the other order could lose the step.
+            self.dispatcher.resend(wait.request)
+            report.resent += 1
+        engine.waits.remove(wait.id)

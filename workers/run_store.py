@@ -22,11 +22,16 @@ import redis
 from .ledger import Ledger
 from .redis_scripts import DELETE_IF_OWNER, EXPIRE_IF_OWNER
 
-__all__ = ["ACTIVE", "FINAL", "RunState", "RunStore"]
+__all__ = ["ACTIVE", "FINAL", "RunState", "RunStore", "chain_holder"]
 
 RunState = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 FINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 ACTIVE: frozenset[str] = frozenset({"queued", "running", "cancelling"})
+
+
+def chain_holder(root_id: str | None, task_id: str | None) -> str:
+    """Return the lock holder name of a chain of action tasks sent outside a run (its root task id)."""
+    return f"chain:{root_id or task_id}"
 
 
 class RunStore:

@@ -9,13 +9,15 @@ from typing import Any
 import redis
 from cryptography.fernet import Fernet
 
+from .action_ids import HighWater
 from .client import HcloudClient
 from .durations import Durations
-from .engine import Cadence, Engine
+from .engine import Engine
 from .errors import ConfigError
 from .ledger import Ledger
 from .rate_budget import RateBudget, bucket_key
 from .retry_policy import RetryPolicy
+from .wait_state import Cadence
 from .waits import WaitStore
 
 __all__ = ["build_engine", "engine_for"]
@@ -36,7 +38,8 @@ def build_engine(settings: dict[str, Any], *, redis_url: str, token: str, secret
                 "python3 -c 'from workers.sealing import generate_key; print(generate_key())'"
             ) from exc
     store = redis.Redis.from_url(redis_url)
-    budget = RateBudget(store, bucket_key(token), refill_per_second=float(settings.get("rate_refill", 0.0)))
+    key = bucket_key(token)
+    budget = RateBudget(store, key, refill_per_second=float(settings.get("rate_refill", 0.0)))
     base = float(settings.get("retry_base", 1.0))
     # The whole retry schedule scales with its first backoff (tests shrink it; production keeps 1 s).
     policy = RetryPolicy(base=base, cap=30.0 * base, max_total=120.0 * base)
@@ -63,6 +66,8 @@ def build_engine(settings: dict[str, Any], *, redis_url: str, token: str, secret
         deadlines=dict(settings.get("deadlines") or {}),
         post_policy=policy,
         durations=Durations(store),
+        # Per project (the bucket's hashed key): action ids of one project say nothing about another's.
+        high_water=HighWater(store, f"{key}:action_ids", fresh_for=float(settings.get("bound_fresh", 5.0))),
     )
 
 

@@ -18,7 +18,11 @@ TargetState = Literal["running", "off", "image_available"]
 
 @dataclass(frozen=True)
 class ServerAction:
-    """One server action: how to start it and when the step that ran it is finished."""
+    """One server action: how to start it, and what the step that ran it must see before it is done.
+
+    Behaviour lives in these fields, never in a comparison with an action, step or workflow name
+    (STYLE lesson 16): the monitor, the engine and validation read them.
+    """
 
     name: str  # our task-facing name, also the client method
     path: str  # POST /servers/{id}/actions/<path>
@@ -26,10 +30,21 @@ class ServerAction:
     deadline: float  # default seconds for the action and its target state together
     target: TargetState | None = None  # state that must hold after the action succeeded
     params: tuple[str, ...] = ()  # accepted keyword parameters, passed to the API
+    required: tuple[str, ...] = ()  # parameters the API needs
+    choices: dict[str, tuple[str, ...]] = field(default_factory=dict)  # allowed values of enum params
     secret: bool = False  # the answer carries a root password
-    destructive: bool = False  # redelivery must never start it twice
+    # Success only means the ACPI signal was sent (reference §2.2): the guest may ignore it, so the
+    # target state is checked against a grace period, and messages say so.
+    acpi: bool = False
+    # The action that forces the target state when the guest ignored the ACPI signal for the grace period.
+    fallback: str | None = None
+    # The answer carries a new image: the step labels it so a lost answer can be found again, and its
+    # target is the image, not the server.
+    makes_image: bool = False
+    # The server's ``protection`` flag that makes the API refuse this action (423 protected): checked at
+    # submit, so a protected server is refused before anything starts.
+    protected_by: str | None = None
     summary: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 ACTIONS: dict[str, ServerAction] = {
@@ -42,7 +57,6 @@ ACTIONS: dict[str, ServerAction] = {
             "stop_server",
             600,
             "off",
-            destructive=True,
             summary="Cut power at once (like pulling the plug).",
         ),
         ServerAction(
@@ -50,7 +64,7 @@ ACTIONS: dict[str, ServerAction] = {
             "reboot",
             "reboot_server",
             600,
-            destructive=True,
+            acpi=True,
             summary="Ask the guest to reboot by ACPI (success means the signal was sent).",
         ),
         ServerAction(
@@ -59,7 +73,6 @@ ACTIONS: dict[str, ServerAction] = {
             "reset_server",
             600,
             "running",
-            destructive=True,
             summary="Cut power and start again.",
         ),
         ServerAction(
@@ -68,7 +81,8 @@ ACTIONS: dict[str, ServerAction] = {
             "shutdown_server",
             900,
             "off",
-            destructive=True,
+            acpi=True,
+            fallback="power_off",
             summary="Graceful ACPI shutdown; waits for 'off', then forces power off after a grace period "
             "unless force=false.",
         ),
@@ -86,6 +100,7 @@ ACTIONS: dict[str, ServerAction] = {
             "enable_rescue",
             600,
             params=("type", "ssh_keys"),
+            choices={"type": ("linux64",)},
             secret=True,
             summary="Boot the rescue system at the next boot; the rescue password is sealed.",
         ),
@@ -103,7 +118,8 @@ ACTIONS: dict[str, ServerAction] = {
             3 * 3600,
             "image_available",
             params=("description", "type", "labels"),
-            destructive=True,
+            choices={"type": ("snapshot", "backup")},
+            makes_image=True,
             summary="Snapshot the disk into a new image; waits until the image is available.",
         ),
         ServerAction(
@@ -112,8 +128,9 @@ ACTIONS: dict[str, ServerAction] = {
             "rebuild_server",
             3600,
             params=("image", "user_data"),
+            required=("image",),
             secret=True,
-            destructive=True,
+            protected_by="rebuild",
             summary="Overwrite the disk from an image (id or name); the password is sealed.",
         ),
     )
@@ -157,10 +174,9 @@ def validate_params(action: ServerAction, params: dict[str, Any]) -> dict[str, A
         allowed = ", ".join(action.params) or "none"
         raise BadInput(f"{action.name} does not take {', '.join(sorted(unknown))} (it takes: {allowed})")
     clean = {k: v for k, v in params.items() if v is not None}
-    if "type" in clean:
-        allowed_types = {"enable_rescue": ("linux64",), "create_image": ("snapshot", "backup")}[action.name]
-        if clean["type"] not in allowed_types:
-            raise BadInput(f"type must be one of {', '.join(allowed_types)}, not {clean['type']!r}", "type")
+    for name, allowed in action.choices.items():
+        if name in clean and clean[name] not in allowed:
+            raise BadInput(f"{name} must be one of {', '.join(allowed)}, not {clean[name]!r}", name)
     if "ssh_keys" in clean:
         keys = clean["ssh_keys"]
         if not isinstance(keys, list) or not all(
@@ -175,13 +191,16 @@ def validate_params(action: ServerAction, params: dict[str, Any]) -> dict[str, A
             isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
         ):
             raise BadInput("labels must be an object of string keys to string values", "labels")
-    if action.name == "rebuild":
-        image = clean.get("image")
-        if image is None or isinstance(image, bool) or not isinstance(image, int | str) or image == "":
-            raise BadInput("rebuild needs image: an image id or a system image name", "image")
-        if "user_data" in clean:
-            if not isinstance(clean["user_data"], str):
-                raise BadInput("user_data must be a string", "user_data")
-            if len(clean["user_data"].encode()) > MAX_USER_DATA:
-                raise BadInput("user_data is larger than the API's 32 KiB limit", "user_data")
+    for name in action.required:
+        if clean.get(name) is None:
+            raise BadInput(f"{action.name} needs {name}", name)
+    if "image" in clean:
+        image = clean["image"]
+        if isinstance(image, bool) or not isinstance(image, int | str) or not str(image).strip():
+            raise BadInput("image must be an image id or a system image name, not empty", "image")
+    if "user_data" in clean:
+        if not isinstance(clean["user_data"], str):
+            raise BadInput("user_data must be a string", "user_data")
+        if len(clean["user_data"].encode()) > MAX_USER_DATA:
+            raise BadInput("user_data is larger than the API's 32 KiB limit", "user_data")
     return clean

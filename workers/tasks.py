@@ -9,15 +9,16 @@ and ``step``. The result is JSON: server id, action id, command, outputs (sealed
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import redis
 from celery import Task
 from celery.exceptions import Ignore
 
-from .app import app, engine, hooks
+from .app import app, engine, hooks, run_store
 from .client import is_id
-from .continuation import request_fields
+from .continuation import check_continuable, request_fields
 from .engine import Engine, start_action
 from .errors import (
     ActionFailed,
@@ -26,9 +27,10 @@ from .errors import (
     Blocked,
     RateBudgetExhausted,
     RunCancelled,
+    ServerBusy,
     StepInProgress,
 )
-from .monitor import new_wait
+from .run_store import chain_holder
 from .server_actions import (
     ACTIONS,
     STEP_OPTIONS,
@@ -37,6 +39,7 @@ from .server_actions import (
     check_step_options,
     validate_params,
 )
+from .wait_state import MIN_PAUSE, Phase, Wait
 
 __all__ = ["TASK_NAMES", *ACTIONS]
 
@@ -45,27 +48,32 @@ FINISHED_STEP = frozenset({"success", "failed"})
 # Another delivery of the same step is posting right now: look again soon, a bounded number of times.
 _IN_PROGRESS_RETRY = 3.0
 _IN_PROGRESS_TRIES = 60
-# The shared budget is empty: come back when it has refilled (bounded: about an hour at most).
-_BUDGET_RETRY_CAP = 30.0
-_BUDGET_TRIES = 120
+# The shared budget is empty: the step is parked and resent when it has refilled, a bounded number of times.
+_BUDGET_TRIES = 240
+_BUDGET_PAUSE_CAP = 30.0
+# A 423 whose blocking action ended before we looked: send the step again after this pause.
+_UNBLOCKED_PAUSE = 1.0
 
 
 def resolve_target(eng: Engine, target: Any) -> tuple[int, dict[str, Any] | None]:
     """Return (server id, previous step's result) from a task's first argument."""
     if isinstance(target, dict):
-        if "server_id" not in target:
+        server_id = target.get("server_id")
+        if isinstance(server_id, bool) or not isinstance(server_id, int) or server_id <= 0:
             raise BadInput("the previous step's result has no server_id; start the chain with a server id")
-        return int(target["server_id"]), target
+        return server_id, target
     if isinstance(target, bool) or target is None:
         raise BadInput("give a server id or name as the first argument")
     if is_id(target):
+        if int(target) <= 0:
+            raise BadInput(f"a server id is a positive number, not {target!r}")
         return int(target), None
-    if isinstance(target, str):
+    if isinstance(target, str) and target.strip():
         found = eng.client.list_servers(name=target)
         if not found:
             raise BadInput(f"no server is named {target!r}")
         return int(found[0]["id"]), None
-    raise BadInput(f"a server must be an id or a name, not {type(target).__name__}")
+    raise BadInput(f"a server must be an id or a name, not {target!r}"[:200])
 
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
@@ -81,6 +89,15 @@ def run_action(task: Task, action: ServerAction, target: Any, options: dict[str,
         return _run_action(task, action, target, options)
 
 
+def _previous_action(previous: dict[str, Any] | None, server_id: int) -> int | None:
+    """Return the previous step's action on the same server: older than anything this step starts."""
+    if not previous or previous.get("server_id") != server_id:
+        return None
+    ids = [previous.get("action_id"), previous.get("force_action_id")]
+    known = [int(i) for i in ids if isinstance(i, int) and not isinstance(i, bool)]
+    return max(known, default=None)
+
+
 def _run_action(task: Task, action: ServerAction, target: Any, options: dict[str, Any]) -> dict[str, Any]:
     """Start the step's action and park its wait; return at once only if nothing is left to wait for."""
     eng = engine()
@@ -91,25 +108,36 @@ def _run_action(task: Task, action: ServerAction, target: Any, options: dict[str
         raise Ignore()
     step_opts = check_step_options({k: options.pop(k) for k in list(options) if k in STEP_OPTIONS})
     params = validate_params(action, options)
+    check_continuable(task.request)
+    request = request_fields(task.request, task.name)
+    server_id, run_id, step = 0, step_opts.get("run_id"), step_opts.get("step") or action.name
     try:
         server_id, previous = resolve_target(eng, target)
-        run_id = step_opts.get("run_id") or (previous or {}).get("run_id")
-        step = step_opts.get("step") or action.name
+        run_id = run_id or (previous or {}).get("run_id")
         if run_id:
             hooks().step_started(run_id, step_key)  # raises RunCancelled when the run was cancelled
+        else:
+            hold_server(server_id, task.request, eng.deadline_for(action, step_opts.get("deadline")))
         skip = step_opts.get("skip_if_status")
         if skip and eng.ledger.get(step_key).action_id is None:
             status = eng.client.get_server(server_id)["status"]
             if status == skip:
                 return _skipped(action, server_id, step, run_id, previous, status)
-        act, outputs, attached = start_action(eng, action, server_id, params, step_key)
+        started = start_action(
+            eng, action, server_id, params, step_key, after=_previous_action(previous, server_id)
+        )
     except StepInProgress as exc:
         raise task.retry(countdown=_IN_PROGRESS_RETRY, max_retries=_IN_PROGRESS_TRIES, exc=exc) from exc
     except RateBudgetExhausted as exc:
-        countdown = min(max(exc.wait, 1.0), _BUDGET_RETRY_CAP)
-        raise task.retry(countdown=countdown, max_retries=_BUDGET_TRIES, exc=exc) from exc
+        if eng.ledger.bump(step_key, "budget_waits") > _BUDGET_TRIES:
+            raise
+        pause = min(max(exc.wait, MIN_PAUSE), _BUDGET_PAUSE_CAP)
+        _later(eng, action, server_id, step, step_key, request, run_id, phase=Phase.LATER, pause=pause)
+        raise Ignore() from exc
     except Blocked as exc:
-        return _park_blocked(task, eng, exc, action, server_id, step, step_key)
+        _park_blocked(eng, exc, action, server_id, step, step_key, request, run_id)
+        raise Ignore() from exc
+    act = started.action
     history = [*(previous or {}).get("history", []), _summary(previous)] if previous else []
     result = {
         "server_id": server_id,
@@ -118,8 +146,8 @@ def _run_action(task: Task, action: ServerAction, target: Any, options: dict[str
         "action_id": int(act["id"]),
         "command": act.get("command"),
         "status": act["status"],
-        "outputs": outputs,
-        "attached": attached,
+        "outputs": started.outputs,
+        "attached": started.attached,
         "run_id": run_id,
         "history": history,
     }
@@ -128,29 +156,54 @@ def _run_action(task: Task, action: ServerAction, target: Any, options: dict[str
         raise ActionFailed(
             server_id, step, int(act["id"]), err.get("code", "unknown_error"), err.get("message", "")
         )
-    target_state = action.target if step_opts.get("wait_state", True) else None
-    if act["status"] == "success" and target_state is None:
+    wait_state = bool(step_opts.get("wait_state", True))
+    if act["status"] == "success" and (action.target is None or not wait_state):
         # Not a FINISHED_STEP status: should this delivery die before Celery sends the next step, the
         # redelivery must return this result again, not drop the chain.
         eng.ledger.update(step_key, status="returned", progress=100)
         return result
-    wait = new_wait(
-        eng,
-        wait_id=step_key,
+    now = eng.clock()
+    image = started.outputs.get("image") or {}
+    expected = eng.durations.expected(act.get("command")) if eng.durations else None
+    wait = Wait(
+        id=step_key,
+        action=action.name,
         step=step,
         server_id=server_id,
-        action=act,
-        result=result,
-        request=request_fields(task.request, task.name),
-        deadline=eng.deadline_for(action, step_opts.get("deadline")),
-        phase="state" if act["status"] == "success" else "action",
-        target=target_state,
+        phase=Phase.ACTION,
+        started=now,
+        deadline=now + eng.deadline_for(action, step_opts.get("deadline")),
+        next=now,
+        action_id=int(act["id"]),
+        wait_state=wait_state,
         force=bool(step_opts.get("force", True)),
-        grace=step_opts.get("grace"),
+        grace=eng.shutdown_grace if step_opts.get("grace") is None else float(step_opts["grace"]),
+        expected=expected,
+        progress=int(act.get("progress") or 0),
+        image_id=int(image["id"]) if image.get("id") else None,
+        run_id=run_id,
+        result=result,
+        request=request,
     )
-    eng.waits.park(wait)
+    # First look: at the expected end when a duration was learned, else soon; never past the cap.
+    first = min(eng.cadence.cap, expected if expected is not None else eng.cadence.first)
+    eng.waits.park(replace(wait, next=now + max(MIN_PAUSE, first)))
     # The monitor now owns the rest of the chain: no result yet, no next step from Celery.
     raise Ignore()
+
+
+def hold_server(server_id: int, request: Any, ttl: float) -> None:
+    """Take the server's lock for an action task sent outside a run, or refuse while a run holds it.
+
+    The holder is the task's chain (its root id), so the steps of one user chain share the server.
+    """
+    me = chain_holder(request.root_id, request.id)
+    store = run_store()
+    holder = store.acquire(server_id, me, ttl + 60.0)
+    if holder is not None and holder != me:
+        raise ServerBusy(server_id, holder)
+    if holder == me:
+        store.refresh(server_id, me, ttl + 60.0)
 
 
 def _skipped(
@@ -178,36 +231,85 @@ def _skipped(
     }
 
 
+def _later(
+    eng: Engine,
+    action: ServerAction,
+    server_id: int,
+    step: str,
+    step_key: str,
+    request: dict[str, Any],
+    run_id: str | None,
+    *,
+    phase: Phase,
+    pause: float,
+    blocker: int | None = None,
+) -> None:
+    """Park the step to be sent again by whichever worker runs the monitor's next round.
+
+    Nothing stays in this worker's memory: a Celery countdown would, unacknowledged, until the visibility
+    timeout brought it back after a crash.
+    """
+    now = eng.clock()
+    wait = Wait(
+        id=step_key,
+        action=action.name,
+        step=step,
+        server_id=server_id,
+        phase=phase,
+        started=now,
+        deadline=now + eng.deadline_for(action, None),
+        next=now + pause,
+        action_id=blocker,
+        run_id=run_id,
+        request=request,
+    )
+    eng.waits.park(wait)
+
+
 def _park_blocked(
-    task: Task, eng: Engine, exc: Blocked, action: ServerAction, server_id: int, step: str, step_key: str
-) -> dict[str, Any]:
-    tries = eng.ledger.bump_locked(step_key)
+    eng: Engine,
+    exc: Blocked,
+    action: ServerAction,
+    server_id: int,
+    step: str,
+    step_key: str,
+    request: dict[str, Any],
+    run_id: str | None,
+) -> None:
+    tries = eng.ledger.bump(step_key, "locked_tries")
     if tries > eng.max_locked_tries:
         raise APIError("locked", f"server {server_id} stayed locked through {tries - 1} waits", 423)
     if exc.action_id is None:
-        # The blocking action ended between our POST and our look: just try again shortly.
-        raise task.retry(countdown=1.0, max_retries=eng.max_locked_tries, exc=exc)
-    wait = new_wait(
+        # The blocking action ended between our POST and our look: send the step again shortly.
+        _later(
+            eng, action, server_id, step, step_key, request, run_id, phase=Phase.LATER, pause=_UNBLOCKED_PAUSE
+        )
+        return
+    pause = eng.cadence.first
+    _later(
         eng,
-        wait_id=step_key,
-        step=step,
-        server_id=server_id,
-        action={"id": exc.action_id, "command": None, "progress": 0},
-        result={},
-        request=request_fields(task.request, task.name),
-        deadline=eng.deadline_for(action, None),
-        phase="blocked",
+        action,
+        server_id,
+        step,
+        step_key,
+        request,
+        run_id,
+        phase=Phase.BLOCKED,
+        pause=pause,
+        blocker=exc.action_id,
     )
-    eng.waits.park(wait)
-    raise Ignore()
 
 
 class ActionTask(Task):
     """Base of the action tasks: a step that ends inside its task updates its run record here."""
 
     def on_success(self, retval: Any, task_id: str, args: Any, kwargs: Any) -> None:
-        if isinstance(retval, dict) and retval.get("run_id"):
+        if not isinstance(retval, dict):
+            return
+        if retval.get("run_id"):
             hooks().step_succeeded(retval["run_id"], task_id, retval, last=not self.request.chain)
+        elif not self.request.chain and retval.get("server_id"):
+            run_store().release(retval["server_id"], chain_holder(self.request.root_id, self.request.id))
 
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         run_id = (kwargs or {}).get("run_id")
@@ -217,6 +319,17 @@ class ActionTask(Task):
             return
         if run_id:
             hooks().step_failed(run_id, task_id, exc)
+        elif not isinstance(exc, ServerBusy):
+            server_id = _server_of(args)
+            if server_id is not None:
+                run_store().release(server_id, chain_holder(self.request.root_id, self.request.id))
+
+
+def _server_of(args: Any) -> int | None:
+    target = (args or [None])[0]
+    if isinstance(target, dict):
+        target = target.get("server_id")
+    return int(target) if is_id(target) else None
 
 
 def _make_task(action: ServerAction) -> Task:
@@ -225,7 +338,7 @@ def _make_task(action: ServerAction) -> Task:
 
     run.__name__ = action.name
     run.__doc__ = action.summary
-    expected = (BadInput, ActionFailed, RunCancelled)
+    expected = (BadInput, ActionFailed, RunCancelled, ServerBusy)
     return app.task(bind=True, base=ActionTask, name=TASK_NAMES[action.name], throws=expected)(run)
 
 

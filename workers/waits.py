@@ -1,22 +1,19 @@
 """Parked waits: steps whose action (or target state) the monitor watches on their behalf.
 
-A wait is one JSON record plus its place in a sorted set scored by the time of its next poll. The record
-carries everything needed to continue the Celery chain without the task that parked it: the step's result
-so far and the request fields (chain, callbacks, errbacks, root and parent ids).
+A wait (``workers.wait_state.Wait``) is one JSON record plus its place in a sorted set scored by the time
+of its next poll. The record carries everything needed to continue the Celery chain without the task that
+parked it: the step's result so far and the request fields (chain, callbacks, errbacks, root and parent ids).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
 
 import redis
 
-__all__ = ["Phase", "WaitStore"]
+from .wait_state import Wait
 
-# "action": wait for the action to finish; "state": wait for the server or image to reach the target;
-# "blocked": the step met 423 locked and waits for the blocking action before it is sent again.
-Phase = Literal["action", "state", "blocked"]
+__all__ = ["WaitStore"]
 
 
 class WaitStore:
@@ -27,11 +24,11 @@ class WaitStore:
         self.index = f"{prefix}:waits"
         self.prefix = f"{prefix}:wait:"
 
-    def park(self, wait: dict[str, Any]) -> None:
-        """Store a wait (new or changed) and schedule its next poll at ``wait['next']``."""
+    def park(self, wait: Wait) -> None:
+        """Store a wait (new or changed) and schedule its next poll at ``wait.next``."""
         pipe = self.redis.pipeline()
-        pipe.set(self.prefix + wait["id"], json.dumps(wait))
-        pipe.zadd(self.index, {wait["id"]: float(wait["next"])})
+        pipe.set(self.prefix + wait.id, json.dumps(wait.to_json()))
+        pipe.zadd(self.index, {wait.id: float(wait.next)})
         pipe.execute()
 
     save = park
@@ -60,17 +57,17 @@ class WaitStore:
         first = self.redis.zrange(self.index, 0, 0, withscores=True)
         return float(first[0][1]) if first else None
 
-    def load(self, ids: list[str]) -> list[dict[str, Any]]:
-        """Return the records of these waits, skipping ones removed meanwhile."""
+    def load(self, ids: list[str]) -> list[Wait]:
+        """Return these waits, skipping ones removed meanwhile."""
         if not ids:
             return []
         raws = self.redis.mget([self.prefix + i for i in ids])
-        return [json.loads(r) for r in raws if r]
+        return [Wait.from_json(json.loads(r)) for r in raws if r]
 
-    def get(self, wait_id: str) -> dict[str, Any] | None:
-        """Return one wait record."""
+    def get(self, wait_id: str) -> Wait | None:
+        """Return one wait."""
         raw = self.redis.get(self.prefix + wait_id)
-        return json.loads(raw) if raw else None
+        return Wait.from_json(json.loads(raw)) if raw else None
 
     def count(self) -> int:
         """Return how many waits are parked."""

@@ -8,7 +8,7 @@ Building the Celery chain from a declaration is a pure function in ``workflows/b
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["WORKFLOWS", "Param", "Step", "Workflow"]
@@ -47,8 +47,6 @@ class Workflow:
     steps: tuple[Step, ...]
     params: tuple[Param, ...] = ()
     needs_running: bool = False
-    destructive: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def _was_running(f: Facts) -> bool:
@@ -116,7 +114,6 @@ WORKFLOWS: dict[str, Workflow] = {
             "power-off",
             "Cut the server's power (hard) and wait until it is off.",
             (Step("power_off", "power_off"),),
-            destructive=True,
         ),
         Workflow(
             "shutdown",
@@ -125,14 +122,11 @@ WORKFLOWS: dict[str, Workflow] = {
             (Step("shutdown", "shutdown", _shutdown),),
             SHUTDOWN_PARAMS,
         ),
-        Workflow(
-            "reboot", "Reboot the server gracefully (ACPI).", (Step("reboot", "reboot"),), destructive=True
-        ),
+        Workflow("reboot", "Reboot the server gracefully (ACPI).", (Step("reboot", "reboot"),)),
         Workflow(
             "reset",
             "Reset the server (power cycle) and wait until it is running.",
             (Step("reset", "reset"),),
-            destructive=True,
         ),
         Workflow(
             "snapshot",
@@ -172,7 +166,6 @@ WORKFLOWS: dict[str, Workflow] = {
                 Param("user_data", str, None, "cloud-init user data (at most 32 KiB)"),
                 *SHUTDOWN_PARAMS,
             ),
-            destructive=True,
         ),
         Workflow(
             "rescue",
@@ -186,13 +179,11 @@ WORKFLOWS: dict[str, Workflow] = {
                 Param("ssh_keys", list, None, "ssh keys for the rescue system, by id or name"),
                 Param("rescue_type", str, "linux64", "rescue system type", choices=("linux64",)),
             ),
-            destructive=True,
         ),
         Workflow(
             "rescue-off",
             "Disable the rescue system and reboot into the installed system.",
             (Step("disable_rescue", "disable_rescue"), Step("reboot", "reboot")),
-            destructive=True,
         ),
         Workflow(
             "reset-password",

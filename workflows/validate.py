@@ -10,13 +10,19 @@ from typing import Any
 
 from workers.client import HcloudClient, is_id
 from workers.errors import APIError, BadInput
-from workers.server_actions import MAX_USER_DATA
+from workers.server_actions import ACTIONS, MAX_USER_DATA
 
 from .definitions import WORKFLOWS, Workflow
 
 __all__ = ["check_params", "gather_facts", "workflow_named"]
 
 _LABEL_MAX = 63
+_EMPTY_IMAGE = "image is empty; give an image id or a system image name (e.g. ubuntu-24.04)"
+
+
+def _blank(value: Any) -> bool:
+    """Tell whether a reference is a string with nothing in it but whitespace."""
+    return isinstance(value, str) and not value.strip()
 
 
 def workflow_named(name: Any) -> Workflow:
@@ -93,14 +99,26 @@ def _check_values(p: dict[str, Any]) -> None:
                 c.isalnum() or c in "-_." for c in value
             ):
                 raise BadInput(f"label {key!r}: use letters, digits, '-', '_' and '.' only", "labels")
+    image = p.get("image")
+    # An empty name must never reach a lookup: it once became "no filter", and the first image of the
+    # whole catalogue (debian-11) was rebuilt onto the server.
+    if _blank(image):
+        raise BadInput(_EMPTY_IMAGE, "image")
+    if image is not None and is_id(image) and int(image) <= 0:
+        raise BadInput(f"image id must be positive, not {image}", "image")
     keys = p.get("ssh_keys")
     if keys is not None and not all(isinstance(k, int | str) and not isinstance(k, bool) for k in keys):
         raise BadInput("ssh_keys must be a list of ssh key ids or names", "ssh_keys")
+    for key in keys or []:
+        if _blank(key):
+            raise BadInput("ssh_keys holds an empty name; give each ssh key as an id or a name", "ssh_keys")
+        if is_id(key) and int(key) <= 0:
+            raise BadInput(f"ssh key id must be positive, not {key}", "ssh_keys")
 
 
 def find_server(client: HcloudClient, ref: Any) -> dict[str, Any]:
     """Return the server named or numbered ``ref``, or refuse."""
-    if isinstance(ref, bool) or not isinstance(ref, int | str) or ref == "":
+    if isinstance(ref, bool) or not isinstance(ref, int | str) or _blank(ref):
         raise BadInput("give the server as an id or a name", "server")
     if is_id(ref):
         if int(ref) <= 0:
@@ -118,6 +136,10 @@ def find_server(client: HcloudClient, ref: Any) -> dict[str, Any]:
 
 
 def _find_image(client: HcloudClient, ref: int | str, server: dict[str, Any]) -> dict[str, Any]:
+    """Return the image ``ref`` names for this server: an id exactly as given, a name for its architecture."""
+    if _blank(ref):
+        raise BadInput(_EMPTY_IMAGE, "image")
+    arch = (server.get("server_type") or {}).get("architecture")
     if is_id(ref):
         try:
             image = client.get_image(int(ref))
@@ -125,12 +147,21 @@ def _find_image(client: HcloudClient, ref: int | str, server: dict[str, Any]) ->
             if exc.code == "not_found":
                 raise BadInput(f"no image with id {ref}", "image") from exc
             raise
+        # An id is used as that id or refused, never swapped for the same name's build of the other
+        # architecture. (A server without an architecture is left to the API, which refuses a mismatch.)
+        if arch is not None and image.get("architecture") != arch:
+            raise BadInput(_wrong_architecture(image, server, arch), "image")
     else:
-        arch = (server.get("server_type") or {}).get("architecture")
-        candidates = [
-            i for i in client.list_images(name=ref) if arch is None or i.get("architecture") == arch
-        ]
+        named = client.list_images(name=ref)
+        # As the API does for names: the image of that name built for the server's architecture.
+        candidates = [i for i in named if arch is None or i.get("architecture") == arch]
         if not candidates:
+            if named:
+                built_for = ", ".join(sorted({str(i.get("architecture")) for i in named}))
+                raise BadInput(
+                    f"image {ref!r} is built for {built_for} only; server {server['name']} is {arch}",
+                    "image",
+                )
             raise BadInput(
                 f"no system image named {ref!r}; images by name are system images (e.g. ubuntu-24.04), "
                 "snapshots go by id",
@@ -142,6 +173,22 @@ def _find_image(client: HcloudClient, ref: int | str, server: dict[str, Any]) ->
     if image.get("deprecated"):
         raise BadInput(f"image {ref!r} is deprecated; pick a current one", "image")
     return image
+
+
+def _wrong_architecture(image: dict[str, Any], server: dict[str, Any], arch: str) -> str:
+    """Return the refusal of an image id built for another architecture than the server's."""
+    server_type = (server.get("server_type") or {}).get("name", "?")
+    built_for = image.get("architecture") or "an unknown architecture"
+    what = f"image {image['id']}" + (f" ({image['name']})" if image.get("name") else "")
+    hint = (
+        f"give the id of its {arch} build, or the name {image['name']!r} to use the {arch} build"
+        if image.get("type") == "system" and image.get("name")
+        else f"give an image built for {arch}"
+    )
+    return (
+        f"{what} is built for {built_for}, but server {server['name']} is {arch} "
+        f"(server type {server_type}); {hint}"
+    )
 
 
 def _ssh_key_ids(client: HcloudClient, refs: list[int | str]) -> list[int]:
@@ -171,15 +218,20 @@ def gather_facts(
         raise BadInput(
             f"{workflow.name} needs a running server; {server['name']} is {server['status']}", "server"
         )
-    if workflow.name == "rebuild":
-        if (server.get("protection") or {}).get("rebuild"):
+    rows = [ACTIONS[step.action] for step in workflow.steps]
+    for row in rows:
+        if row.protected_by and (server.get("protection") or {}).get(row.protected_by):
             raise BadInput(
-                f"server {server['name']} is protected against rebuild; lift the protection in the "
-                "Hetzner console or API first",
+                f"server {server['name']} is protected against {row.protected_by}; lift the protection "
+                "in the Hetzner console or API first",
                 "server",
             )
+    if params.get("image") is not None and any("image" in row.params for row in rows):
         image = _find_image(client, params["image"], server)
-        params = {**params, "image": int(image["id"]) if image.get("type") != "system" else image["name"]}
+        # By id: exactly that image. By name: the name, which the API resolves for the server's architecture
+        # as we just did.
+        by_name = not is_id(params["image"]) and image.get("type") == "system"
+        params = {**params, "image": image["name"] if by_name else int(image["id"])}
     if params.get("ssh_keys"):
         params = {**params, "ssh_key_ids": _ssh_key_ids(client, params["ssh_keys"])}
     return {"server": server, "params": params}

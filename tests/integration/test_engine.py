@@ -12,6 +12,10 @@ from typing import Any
 import pytest
 from celery import Celery, chain, signature
 
+# Celery rebuilds a failure's own class only from a module the client has imported, as any caller that
+# wants ActionFailed rather than a look-alike must.
+import workers.errors  # noqa: F401
+
 from ..support import Api, Control, Worker, wait_until
 
 pytestmark = pytest.mark.integration
@@ -98,7 +102,8 @@ def test_chain_forces_power_off_when_acpi_is_ignored(
 ) -> None:
     sid = fresh(servers, control, api, "running", acpi=False)
     flow = chain(
-        sig(celery_client, "shutdown", sid),
+        # The user's own label for the step: the forced fallback follows the action, not the name.
+        sig(celery_client, "shutdown", sid, step="drain-then-stop", grace=1),
         sig(celery_client, "create_image", description="before-maintenance"),
         sig(celery_client, "power_on"),
     )
@@ -193,3 +198,25 @@ def test_a_duplicate_of_a_finished_step_is_ignored(
     assert len(control.posts(sid)) == 1, "no second power off"
     assert not redis_server.client().zscore("hf:waits", first.id), "nothing parked again"
     assert api.server(sid)["status"] == "running"
+
+
+def test_an_action_task_outside_a_run_takes_the_servers_lock(
+    worker: Worker, celery_client: Celery, control: Control, api: Api, servers: Any, redis_server: Any
+) -> None:
+    from workers.run_store import RunStore
+
+    sid = fresh(servers, control, api, "running")
+    store = RunStore(redis_server.client())
+    assert store.acquire(sid, "run-held-by-someone", 60) is None
+    refused = sig(celery_client, "rebuild", sid, image="debian-12").apply_async()
+    with pytest.raises(Exception) as info:
+        refused.get(timeout=RESULT_TIMEOUT)
+    assert type(info.value).__name__ == "ServerBusy"
+    assert "run-held-by-someone" in str(info.value)
+    assert control.posts(sid) == [], "nothing was posted while a run held the server"
+    assert store.holder(sid) == "run-held-by-someone", "the refused task left the run's lock alone"
+    store.release(sid, "run-held-by-someone")
+    # Free again: a user's chain of raw tasks holds the server across its steps and gives it back after.
+    flow = chain(sig(celery_client, "power_off", sid), sig(celery_client, "power_on"))
+    assert flow.apply_async().get(timeout=RESULT_TIMEOUT)["action"] == "power_on"
+    assert wait_until(lambda: store.holder(sid) is None, 10, "the chain to free the server")

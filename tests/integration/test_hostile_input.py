@@ -164,6 +164,24 @@ CASES: list[tuple[str, Callable[[Surfaces, int], tuple[str, int | None]], str, i
         2,
     ),
     (
+        "cli empty image",  # once rebuilt the server from the first image listed (debian-11)
+        lambda s, i: s.cli("run", "rebuild", "--server", str(i), "--image", ""),
+        "image is empty",
+        2,
+    ),
+    (
+        "cli blank ssh key name",
+        lambda s, i: s.cli("run", "rescue", "--server", str(i), "--ssh-key", " "),
+        "ssh_keys holds an empty name",
+        2,
+    ),
+    (
+        "cli blank server",
+        lambda s, i: s.cli("run", "reboot", "--server", "  "),
+        "server as an id or a name",
+        2,
+    ),
+    (
         "cli unknown ssh key",
         lambda s, i: s.cli("run", "rescue", "--server", str(i), "--ssh-key", "nobody@nowhere"),
         "no ssh key named",
@@ -261,6 +279,24 @@ CASES: list[tuple[str, Callable[[Surfaces, int], tuple[str, int | None]], str, i
         None,
     ),
     (
+        "api blank image",
+        lambda s, i: s.api(lambda r, j: r.submit("rebuild", server=i, image=" \t")),
+        "image is empty",
+        None,
+    ),
+    (
+        "api image id zero",
+        lambda s, i: s.api(lambda r, j: r.submit("rebuild", server=i, image=0)),
+        "image id must be positive",
+        None,
+    ),
+    (
+        "api empty ssh key name",
+        lambda s, i: s.api(lambda r, j: r.submit("rescue", server=i, ssh_keys=["ops", ""])),
+        "ssh_keys holds an empty name",
+        None,
+    ),
+    (
         "api oversized user_data",
         lambda s, i: s.api(lambda r, j: r.submit("rebuild", server=i, image="ubuntu-24.04", user_data=BIG)),
         "32 KiB",
@@ -315,6 +351,20 @@ CASES: list[tuple[str, Callable[[Surfaces, int], tuple[str, int | None]], str, i
     ),
     ("task rebuild without image", lambda s, i: s.task("hcloud_flow.rebuild", args=[i]), "needs image", None),
     (
+        "task submit with an empty image",
+        lambda s, i: s.task(
+            "hcloud_flow.submit", kwargs={"workflow": "rebuild", "server": i, "params": {"image": ""}}
+        ),
+        "image is empty",
+        None,
+    ),
+    (
+        "task rebuild with an empty image",
+        lambda s, i: s.task("hcloud_flow.rebuild", args=[i], kwargs={"image": ""}),
+        "an image id or a system image name",
+        None,
+    ),
+    (
         "task unknown parameter",
         lambda s, i: s.task("hcloud_flow.power_off", args=[i], kwargs={"colour": "red"}),
         "does not take colour",
@@ -352,6 +402,12 @@ CASES: list[tuple[str, Callable[[Surfaces, int], tuple[str, int | None]], str, i
         "http unknown server",
         lambda s, i: s.http({"kwargs": {"workflow": "snapshot", "server": "ghost"}}),
         "no server named",
+        None,
+    ),
+    (
+        "http empty image",
+        lambda s, i: s.http({"kwargs": {"workflow": "rebuild", "server": i, "params": {"image": ""}}}),
+        "image is empty",
         None,
     ),
     (

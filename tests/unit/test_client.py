@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from workers.client import HcloudClient
-from workers.errors import APIError, TransportError
+from workers.errors import APIError, BadInput, TransportError
 from workers.retry_policy import RetryPolicy
 
 
@@ -134,3 +134,54 @@ def test_pagination_is_followed() -> None:
     c, session, _ = client([(200, page), (200, last)])
     assert [s["id"] for s in c.list_servers(label_selector="env=prod")] == [1, 2]
     assert ("label_selector", "env=prod") in session.calls[0]["params"]
+
+
+ONE_PAGE_OF_IMAGES = {"images": [{"id": 1, "name": "debian-12"}], "meta": {"pagination": {"next_page": None}}}
+
+
+@pytest.mark.parametrize(
+    ("lookup", "field"),
+    [
+        (lambda c: c.list_images(name=""), "name"),
+        (lambda c: c.list_images(name="  \t"), "name"),
+        (lambda c: c.list_images(label_selector=""), "label_selector"),
+        (lambda c: c.list_images(type=""), "type"),
+        (lambda c: c.list_images(name="debian-12", sort=" "), "sort"),
+        (lambda c: c.list_ssh_keys(name=""), "name"),
+        (lambda c: c.list_ssh_keys(name=" "), "name"),
+    ],
+    ids=["image-name", "image-name-blank", "image-selector", "image-type", "image-sort", "key", "key-blank"],
+)
+def test_a_lookup_by_an_empty_filter_is_refused_before_any_request(lookup: Any, field: str) -> None:
+    # Dropping the empty filter would list everything, and a caller taking the first match would use
+    # an image or key nobody named (a rebuild from debian-11 with --image '').
+    c, session, _ = client([(200, ONE_PAGE_OF_IMAGES)])
+    with pytest.raises(BadInput) as info:
+        lookup(c)
+    assert info.value.field == field and "empty" in str(info.value)
+    assert session.calls == []
+
+
+def test_lookup_filters_given_are_sent_and_none_means_no_filter() -> None:
+    c, session, _ = client([(200, ONE_PAGE_OF_IMAGES)] * 3)
+    c.list_images(name="debian-12")
+    c.list_images()
+    c.list_ssh_keys(name="ops")
+    names = [[k for k, _ in call["params"] if k not in ("page", "per_page")] for call in session.calls]
+    assert names == [["name"], [], ["name"]]
+    assert ("name", "debian-12") in session.calls[0]["params"]
+    assert ("name", "ops") in session.calls[2]["params"]
+
+
+def test_listing_pages_of_images_still_takes_no_filter() -> None:
+    c, session, _ = client([(200, ONE_PAGE_OF_IMAGES)])
+    assert [len(page) for page in c.iter_image_pages(sort="id:desc")] == [1]
+    assert [k for k, _ in session.calls[0]["params"]] == ["sort", "page", "per_page"]
+
+
+@pytest.mark.parametrize("kwargs", [{"name": ""}, {"label_selector": ""}], ids=["name", "selector"])
+def test_a_server_lookup_by_an_empty_filter_is_refused(kwargs: dict[str, str]) -> None:
+    c, session, _ = client([(200, {"servers": [{"id": 1}], "meta": {"pagination": {"next_page": None}}})])
+    with pytest.raises(BadInput):
+        c.list_servers(**kwargs)
+    assert session.calls == []

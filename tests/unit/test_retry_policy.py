@@ -6,9 +6,15 @@ import random
 
 import pytest
 import requests
+from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError, ProtocolError
 
 from workers.errors import APIError, TransportError
 from workers.retry_policy import RetryPolicy, is_ambiguous, should_retry
+
+
+def wrapped(reason: Exception) -> requests.ConnectionError:
+    """Return a ConnectionError as requests raises it: urllib3's MaxRetryError with the cause as reason."""
+    return requests.ConnectionError(MaxRetryError(None, "/x", reason))  # type: ignore[arg-type]
 
 
 def api(code: str, status: int = 400) -> APIError:
@@ -34,10 +40,23 @@ def api(code: str, status: int = 400) -> APIError:
         (api("invalid_input", 422), False, False, False),
         (api("json_error", 400), False, False, False),
         (api("some_code_nobody_documented", 400), False, False, False),
-        (requests.ConnectionError("refused"), True, True, False),
+        # Certainly before sending: refused, DNS, connect timeout.
+        (wrapped(NewConnectionError(None, "Connection refused")), True, True, False),  # type: ignore[arg-type]
+        (wrapped(NameResolutionError("api", None, OSError("no such host"))), True, True, False),  # type: ignore[arg-type]
         (requests.ConnectTimeout("connect"), True, True, False),
+        # After the request may have been written: the API may have acted.
+        (
+            requests.ConnectionError(ProtocolError("Connection aborted.", ConnectionResetError(104))),
+            True,
+            False,
+            True,
+        ),
+        (wrapped(ProtocolError("Connection aborted.", OSError("RemoteDisconnected"))), True, False, True),
+        (requests.ConnectionError("something we cannot place"), True, False, True),
         (requests.ReadTimeout("read"), True, False, True),
+        (requests.exceptions.ChunkedEncodingError("cut mid-answer"), True, False, True),
         (TransportError("cut", "POST", "/x"), True, False, True),
+        (TransportError("refused", "POST", "/x", False), True, True, False),
         (ValueError("a bug"), False, False, False),
     ],
 )
