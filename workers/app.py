@@ -59,7 +59,13 @@ def start_monitor() -> None:
     # The round lock lapses one request timeout after its holder died, so a killed worker stalls polling
     # for seconds, not minutes; a live holder renews it before every request.
     lock_ttl = float(app.conf.hcloud_flow.get("request_timeout", 30.0)) + 10.0
-    monitor = Monitor(eng, CeleryDispatcher(app, hooks()), lock_ttl=lock_ttl, on_end=_step_ended)
+    monitor = Monitor(
+        eng,
+        CeleryDispatcher(app, hooks()),
+        lock_ttl=lock_ttl,
+        on_end=_step_ended,
+        send=lambda name, kwargs: app.send_task(name, kwargs=kwargs),
+    )
     _thread = threading.Thread(
         target=monitor.run_forever, args=(_stop,), name="hcloud-flow-monitor", daemon=True
     )

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import redis
 
 from .client import MAX_IDS_PER_ACTIONS_GET
+from .deferred import Deferred
 from .durations import parse_time
 from .engine import Engine, start_action
 from .errors import Blocked, HcloudFlowError, RateBudgetExhausted, StepInProgress
@@ -100,8 +101,11 @@ class Monitor:
         lock_ttl: float = 40.0,
         batch: int = 2000,
         on_end: Callable[[Wait, bool], None] | None = None,
+        send: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
         self.engine = engine
+        self.deferred = Deferred(engine.redis, prefix=prefix)
+        self.send = send  # sends a deferred task message (workers/deferred.py) when it is due
         self.on_end = on_end  # told of each step that ended here (succeeded or not), after its dispatch
         self.dispatcher = dispatcher
         self.lock_key = f"{prefix}:monitor:lock"
@@ -127,6 +131,8 @@ class Monitor:
                 log.exception("monitor round failed (%d in a row)", failures)
                 stop.wait(min(10.0, 0.5 * 2 ** min(failures, 5)))
                 continue
+            later = self.deferred.next_due()
+            nxt = min((t for t in (nxt, later) if t is not None), default=None)
             pause = idle if nxt is None else max(0.0, min(idle, nxt - self.engine.clock()))
             stop.wait(pause or 0.01)
 
@@ -134,7 +140,10 @@ class Monitor:
         """Run one round if no other process is running one; return its report, or None."""
         report = RoundReport()
         now = self.engine.clock()
-        nxt = self.engine.waits.next_due()
+        nxt = min(
+            (t for t in (self.engine.waits.next_due(), self.deferred.next_due()) if t is not None),
+            default=None,
+        )
         if nxt is None or nxt > now:
             return report
         token = uuid.uuid4().hex
@@ -142,6 +151,7 @@ class Monitor:
         if not self.engine.redis.set(self.lock_key, token, nx=True, px=int(self.lock_ttl * 1000)):
             return None
         try:
+            self._send_deferred(now)
             self._round(report)
             self.engine.redis.set(self.beat_key, repr(self.engine.clock()))
         finally:
@@ -149,6 +159,14 @@ class Monitor:
         return report
 
     # -- one round -------------------------------------------------------------------------------------
+
+    def _send_deferred(self, now: float) -> None:
+        if self.send is None:
+            return
+        for member, entry in self.deferred.due(now):
+            # Send first, then forget: a crash in between sends twice, which a deferred task must bear.
+            self.send(entry["task"], entry["kwargs"])
+            self.deferred.done(member)
 
     def _renew(self) -> None:
         """Keep our round's lock before each request: it lapses soon only if this process died mid-round."""

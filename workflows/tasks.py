@@ -10,6 +10,7 @@ from functools import partial
 from typing import Any
 
 from workers.app import app, engine, hooks, run_store
+from workers.deferred import Deferred
 from workers.errors import BadInput, ServerBusy
 from workers.runs import RUN_LISTENERS
 
@@ -37,7 +38,10 @@ def fleet_runner() -> FleetRunner:
 
 
 def _kick(job_id: str, countdown: float) -> None:
-    fleet_advance.apply_async(kwargs={"job_id": job_id}, countdown=countdown)
+    # Kept in Redis and sent by the next monitor round that finds it due, not held as a countdown in this
+    # worker's memory, where a crash would stall the job until the visibility timeout.
+    store = run_store()
+    Deferred(store.redis).later(fleet_advance.name, {"job_id": job_id}, store.clock() + countdown)
 
 
 def _on_run_ended(run: dict[str, Any]) -> None:
@@ -130,6 +134,6 @@ def window_fire(name: Any = None) -> dict[str, Any]:
 
 @app.task(name="hcloud_flow.fleet_advance", acks_late=False)
 def fleet_advance(job_id: Any = None) -> None:
-    """Start what a fleet job may start now (sent with a countdown when the rate budget held it back)."""
+    """Start what a fleet job may start now (sent again later when the rate budget held it back)."""
     if isinstance(job_id, str):
         fleet_runner().advance(job_id)
