@@ -34,6 +34,8 @@ redis_url = os.environ.get("HCLOUD_FLOW_REDIS_URL", "redis://127.0.0.1:6379/0")
 _visibility = _float("HCLOUD_FLOW_VISIBILITY_TIMEOUT", 600.0)
 
 broker_url = redis_url
+# kombu's Redis transport, but a malformed entry on a queue list is moved aside instead of killing the worker.
+broker_transport = "workers.broker_transport:Transport"
 result_backend = redis_url
 task_serializer = "json"
 result_serializer = "json"
@@ -92,6 +94,9 @@ hcloud_flow = {
     "rate_refill": _float("HCLOUD_FLOW_RATE_REFILL", 0.0),
     "request_timeout": _float("HCLOUD_FLOW_REQUEST_TIMEOUT", 30.0),
     "retry_base": _float("HCLOUD_FLOW_RETRY_BASE", 1.0),
+    # How recent the project's newest seen action id must be to serve as a step's bound before a POST;
+    # older (or 0), and the step reads the server's newest action first (workers/action_ids.py).
+    "bound_fresh": _float("HCLOUD_FLOW_BOUND_FRESH", 5.0),
     "monitor": os.environ.get("HCLOUD_FLOW_MONITOR", "1") not in ("0", "false", "no"),
 }
 
