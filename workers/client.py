@@ -30,6 +30,10 @@ MAX_IDS_PER_ACTIONS_GET = 25
 MAX_PER_PAGE = 50
 # The budget priority of the requests made in this thread or task: fleet jobs spend as "bulk".
 _PRIORITY: ContextVar[Priority | None] = ContextVar("hcloud_flow_priority", default=None)
+# How long a request made in this thread or task may sleep for the budget (None: the budget's own bound).
+# Action tasks sleep not at all: a task asleep holds its message unacknowledged, and a worker killed then
+# would keep it until the visibility timeout; they park the step in Redis instead (workers/tasks.py).
+_PATIENCE: ContextVar[float | None] = ContextVar("hcloud_flow_patience", default=None)
 
 
 def is_id(value: object) -> bool:
@@ -85,12 +89,15 @@ class HcloudClient:
         return f"HcloudClient(base_url={self.base_url!r})"
 
     @contextmanager
-    def priority_scope(self, priority: Priority | None) -> Iterator[None]:
-        """Spend the requests made inside the block at ``priority`` (None keeps the client's own)."""
+    def priority_scope(self, priority: Priority | None, patience: float | None = None) -> Iterator[None]:
+        """Spend the requests made inside the block at ``priority`` (None keeps the client's own), sleeping
+        at most ``patience`` seconds for budget (None keeps the budget's own bound)."""
         token = _PRIORITY.set(priority)
+        waiting = _PATIENCE.set(patience)
         try:
             yield
         finally:
+            _PATIENCE.reset(waiting)
             _PRIORITY.reset(token)
 
     # -- the seam -------------------------------------------------------------------------------------
@@ -132,7 +139,7 @@ class HcloudClient:
     def _send_once(self, method: str, path: str, params: Any, body: Any) -> dict[str, Any]:
         if self.budget is not None:
             # RateBudgetExhausted goes to the caller, unretried.
-            self.budget.take(_PRIORITY.get() or self.priority)
+            self.budget.take(_PRIORITY.get() or self.priority, max_wait=_PATIENCE.get())
         kwargs: dict[str, Any] = {"params": params, "timeout": self.timeout}
         if body is not None:
             kwargs["json"] = body

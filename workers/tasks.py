@@ -85,7 +85,8 @@ def run_action(task: Task, action: ServerAction, target: Any, options: dict[str,
     priority = options.get("priority")
     if priority not in (None, "interactive", "bulk"):
         raise BadInput("priority must be interactive or bulk", "priority")
-    with engine().client.priority_scope(priority):
+    # No sleeping for budget inside the task: a step short of budget is parked in Redis (Phase.LATER).
+    with engine().client.priority_scope(priority, patience=0.0):
         return _run_action(task, action, target, options)
 
 

@@ -30,7 +30,7 @@ SERVER = 42
 class Budget:
     """A rate budget with room; a test replaces ``take`` to empty it at one request."""
 
-    def take(self, priority: str = "interactive") -> float:
+    def take(self, priority: str = "interactive", max_wait: float | None = None) -> float:
         return 0.0
 
     def observe(self, headers: Any) -> None:
@@ -183,7 +183,7 @@ def test_budget_exhausted_sends_nothing_and_leaves_no_doubt(redis_server: RedisS
     budget = eng.client.budget
     calls = {"n": 0}
 
-    def take(priority: str = "interactive") -> float:
+    def take(priority: str = "interactive", max_wait: float | None = None) -> float:
         calls["n"] += 1
         if calls["n"] == 2:
             raise RateBudgetExhausted(7.0)
@@ -205,7 +205,7 @@ def test_a_lost_answer_then_budget_exhausted_keeps_the_doubt(redis_server: Redis
     eng = engine(redis_server, api, Budget())
     calls = {"n": 0}
 
-    def take(priority: str = "interactive") -> float:
+    def take(priority: str = "interactive", max_wait: float | None = None) -> float:
         calls["n"] += 1
         if calls["n"] == 3:  # bound read, POST, then the search
             raise RateBudgetExhausted(3.0)
