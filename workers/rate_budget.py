@@ -1,7 +1,8 @@
 """The project's request budget, shared by every worker process through one Redis token bucket.
 
 Hetzner refills a project's budget continuously (3600 or 7200 an hour) and reports it on every answer.
-Each process spends from the same bucket before each request, and every answer's ``RateLimit-*`` headers
+Each process spends from the same bucket before each request; the first answer sets the bucket to what
+the API says is left (and learns the project's limit), and every later answer's ``RateLimit-*`` headers
 pull the bucket down to what the API says is left, so requests made by other tools on the same project
 are accounted for too. Bulk work (fleet jobs) may not spend the last ``bulk_reserve`` of the bucket, so an
 interactive run never queues behind a large fleet job.
@@ -48,19 +49,22 @@ redis.call('EXPIRE', KEYS[1], 7200)
 return tostring(wait)
 """
 
-# Lower the bucket to what the API reports left; never raise it (answers arrive out of order).
+# The first answer (or one reporting a new RateLimit-Limit) sets the bucket to what the API says is left:
+# our default guess must not hold a project with a larger limit back, nor let one with a smaller limit
+# overspend. After that, answers only lower it: they arrive out of order, and a late one is stale.
 _OBSERVE = """
 local now = tonumber(ARGV[1])
 local limit = tonumber(ARGV[2])
 local remaining = tonumber(ARGV[3])
 local rate = tonumber(ARGV[4])
 if rate <= 0 then rate = limit / 3600.0 end
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'seen_limit')
 local tokens = tonumber(b[1]) or limit
 local ts = tonumber(b[2]) or now
 tokens = math.min(limit, tokens + math.max(0, now - ts) * rate)
-if remaining < tokens then tokens = remaining end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now), 'limit', tostring(limit))
+if tonumber(b[3]) ~= limit or remaining < tokens then tokens = math.min(remaining, limit) end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now), 'limit', tostring(limit),
+           'seen_limit', tostring(limit))
 redis.call('EXPIRE', KEYS[1], 7200)
 return tostring(tokens)
 """

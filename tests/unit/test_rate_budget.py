@@ -95,3 +95,37 @@ def test_bulk_work_leaves_the_reserve_to_interactive_runs(redis_server: RedisSer
         b.take("bulk")  # the last 100 belong to interactive runs
     for _ in range(100):
         assert b.take("interactive") == 0
+
+
+@pytest.mark.parametrize(("limit", "remaining"), [(100_000_000, 99_999_990), (7200, 7100), (360, 12)])
+def test_the_first_answer_sets_the_bucket_to_what_the_api_reports(
+    redis_server: RedisServer, limit: int, remaining: int
+) -> None:
+    # A project whose limit is larger than our default guess is not held back by it, and one whose
+    # limit is smaller does not overspend; the bulk floor follows the reported limit.
+    clock = Clock()
+    b = RateBudget(
+        redis_server.client(),
+        bucket_key(f"first-{limit}"),
+        default_limit=3600,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    b.take()  # spent from the default guess before any answer came
+    b.observe({"RateLimit-Limit": str(limit), "RateLimit-Remaining": str(remaining)})
+    snap = b.snapshot()
+    assert snap["limit"] == limit and snap["tokens"] == pytest.approx(remaining)
+    if remaining > 0.1 * limit + 1:
+        assert b.take("bulk") == 0, "bulk work may spend what the API reports above the reserve"
+
+
+def test_a_changed_limit_is_trusted_again(redis_server: RedisServer) -> None:
+    clock = Clock()
+    b = RateBudget(
+        redis_server.client(), bucket_key("changed"), default_limit=3600, clock=clock, sleep=clock.sleep
+    )
+    b.observe({"RateLimit-Limit": "3600", "RateLimit-Remaining": "10"})
+    b.observe({"RateLimit-Limit": "7200", "RateLimit-Remaining": "7000"})  # the project's limit was raised
+    assert b.snapshot()["tokens"] == pytest.approx(7000)
+    b.observe({"RateLimit-Limit": "7200", "RateLimit-Remaining": "7100"})  # same limit: only lowers
+    assert b.snapshot()["tokens"] == pytest.approx(7000)
