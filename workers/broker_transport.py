@@ -8,8 +8,8 @@ trips over (a task body of ``5``, a ``timelimit`` of ``5``, no task ``id``) rais
 loop. The worker exits ("Unrecoverable error"), or restarts its consumer, which puts the message back on the
 queue to fail again.
 
-Two guards, each moving a bad message, unchanged, to a capped dead-letter list (``hf:deadletter``, newest
-first) after one log line with a short excerpt:
+Two guards, each moving a bad message to a capped dead-letter list (``hf:deadletter``, newest first) after
+one log line with a short excerpt; the list holds the entry as it was popped, or the envelope re-encoded:
 
 * kombu reads the BRPOP reply through redis-py's response callback for BRPOP, before it decodes anything.
   Ours checks the popped entry (``malformed``) and, for a bad one, answers "nothing popped" as a BRPOP
