@@ -1,12 +1,16 @@
 """What waiting costs: hcloud-flow's monitor against the official client's own wait, on the same fleet.
 
-Each of N servers runs shutdown → create_image → power_on. hcloud-flow runs it as a Celery chain through
-real workers and one Redis; the baseline is the official ``hcloud`` package, one thread per server, waiting
-with its defaults (``wait_until_finished``: ``GET /actions/{id}`` every second) and polling the server every
-second until it is off, as the hcloud CLI's ``shutdown --wait`` does. Both run against the same fakecloud
-(its own process, speed 1, rate limit raised so neither is throttled) with the action durations below.
+Each of N servers runs shutdown → create_image → power_on. hcloud-flow runs it twice: as raw Celery chains
+of action tasks, and as a ``snapshot`` fleet job (every server at once, validation and state checks
+included), through real workers and one Redis; the baseline is the official ``hcloud`` package, one thread
+per server, waiting with its defaults (``wait_until_finished``: ``GET /actions/{id}`` every second) and
+polling the server every second until it is off, as the hcloud CLI's ``shutdown --wait`` does. All run
+against the same fakecloud (its own process, speed 1, rate limit raised so none is throttled) with the
+action durations below.
 
-    python bench/polling.py [--sizes 25,100,400] [--json]
+    python bench/polling.py [--sizes 25,100,400] [--json] [--routes]
+
+``--routes`` also prints, per system, how many requests went to each API route.
 """
 
 from __future__ import annotations
@@ -113,6 +117,54 @@ def run_ours(cloud: FakeCloudProcess, n: int, workdir: Path, worker_count: int) 
     return _row("hcloud-flow", n, wall, api, pushes / (n * len(STEPS)), delays)
 
 
+def run_fleet(cloud: FakeCloudProcess, n: int, workdir: Path, worker_count: int) -> dict[str, Any]:
+    from workflows.api import Jobs
+    from workflows.fleet import JobStore
+
+    ids = _fleet(cloud, n)
+    redis_server = RedisServer(workdir / f"redis-fleet-{n}")
+    env = worker_env(
+        redis_server.url,
+        cloud.base_url,
+        HCLOUD_TOKEN=TOKEN,
+        HCLOUD_FLOW_POLL_FIRST="1.0",
+        HCLOUD_FLOW_POLL_CAP="10",
+        HCLOUD_FLOW_VISIBILITY_TIMEOUT="600",
+    )
+    workers = [Worker(f"fleet{n}-{k}", env, workdir, concurrency=8) for k in range(worker_count)]
+    app = client_app(redis_server.url)
+    try:
+        rc = redis_server.client()
+        pushes_before = _pushes(rc)
+        seq0 = cloud.control("GET", "/requests", since=0)["next"]
+        api0 = _window(cloud)
+        t0 = time.monotonic()
+        jobs = Jobs(app, JobStore(rc))
+        job = jobs.start("snapshot", servers=ids, max_concurrency="100%", max_errors="100%", timeout=600)
+        done = jobs.wait(job["id"], timeout=1800, poll=0.5)
+        wall = time.monotonic() - t0
+        assert done["state"] == "succeeded", done["state"]
+        api = _window(cloud) - api0
+        pushes = _pushes(rc) - pushes_before
+        delays = _delays(cloud, seq0)
+    finally:
+        app.close()
+        for worker in workers:
+            worker.stop()
+        redis_server.stop()
+    # The snapshot workflow powers on only the servers that were running: all of them here.
+    return _row("hcloud-flow fleet job", n, wall, api, pushes / (n * len(STEPS)), delays)
+
+
+def _routes(cloud: FakeCloudProcess, since_seq: int) -> dict[str, int]:
+    log = cloud.control("GET", "/requests", since=since_seq)["requests"]
+    out: dict[str, int] = {}
+    for r in log:
+        key = f"{r['method']} {r['route']}"
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
 def _pushes(rc: Any) -> int:
     stats = rc.info("commandstats")
     return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("lpush", "rpush"))
@@ -168,6 +220,7 @@ COLUMNS = [
     ("end_to_next_post_median_s", "end→next POST median s"),
     ("end_to_next_post_p95_s", "p95 s"),
     ("baseline_requests_per_action_over_ours", "baseline ÷ ours (requests)"),
+    ("wall_over_baseline", "wall ÷ baseline"),
 ]
 
 
@@ -180,19 +233,40 @@ def main() -> None:
     )
     parser.add_argument("--workers", type=int, default=2, help="worker processes for hcloud-flow (default 2)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    parser.add_argument("--routes", action="store_true", help="print the requests per API route of each run")
+    parser.add_argument(
+        "--only", default="chains,fleet,baseline", help="which systems to run (default chains,fleet,baseline)"
+    )
     args = parser.parse_args()
+    only = set(args.only.split(","))
     sizes = [int(s) for s in args.sizes.split(",")]
     cloud = FakeCloudProcess("--servers", "0", "--speed", "1", "--rate-limit", "100000000", token=TOKEN)
     rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for n in sizes:
-                ours = run_ours(cloud, n, Path(tmp), args.workers)
-                base = run_baseline(cloud, n)
-                ours["baseline_requests_per_action_over_ours"] = round(
-                    base["requests_per_action"] / ours["requests_per_action"], 2
-                )
-                rows += [ours, base]
+                systems = {
+                    "chains": lambda n=n: run_ours(cloud, n, Path(tmp), args.workers),
+                    "fleet": lambda n=n: run_fleet(cloud, n, Path(tmp), args.workers),
+                    "baseline": lambda n=n: run_baseline(cloud, n),
+                }
+                measured = []
+                for name, run in systems.items():
+                    if name not in only:
+                        continue
+                    seq0 = cloud.control("GET", "/requests", since=0)["next"]
+                    row = run()
+                    if args.routes:
+                        print(f"{row['system']} N={n}: {_routes(cloud, seq0)}", flush=True)
+                    measured.append(row)
+                base = measured[-1] if "baseline" in only else None
+                for row in measured:
+                    if base is not None and row is not base:
+                        row["baseline_requests_per_action_over_ours"] = round(
+                            base["requests_per_action"] / row["requests_per_action"], 2
+                        )
+                        row["wall_over_baseline"] = round(row["wall_s"] / base["wall_s"], 2)
+                rows += measured
     finally:
         cloud.stop()
     title = (

@@ -183,9 +183,10 @@ class RunCancelled(HcloudFlowError):
 class RateBudgetExhausted(HcloudFlowError):
     """Raised when a request would wait longer for the shared budget than its caller allows."""
 
-    def __init__(self, wait: float) -> None:
-        super().__init__(wait)
+    def __init__(self, wait: float, rate: float | None = None) -> None:
+        super().__init__(wait, rate)
         self.wait = wait
+        self.rate = rate  # tokens a second the budget refills at, when known
 
     def __str__(self) -> str:
         return f"the project's API budget is empty for another {self.wait:.1f} s"

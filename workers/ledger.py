@@ -89,6 +89,12 @@ class Ledger:
         self.redis.expire(key, self.retention)
         return count
 
+    def since(self, step_key: str, field: str, now: float) -> float:
+        """Return the time stamped in ``field``, stamping ``now`` there first if it is empty."""
+        key = self._key(step_key)
+        self.redis.hsetnx(key, field, repr(now))
+        return float(self.redis.hget(key, field) or now)
+
     def record_action(self, step_key: str, action_id: int, outputs: dict[str, Any], **fields: Any) -> None:
         """Record the started action (and its sealed outputs) before the step is acknowledged."""
         mapping = {"action_id": action_id, "outputs": json.dumps(outputs), "status": "running"}

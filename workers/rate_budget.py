@@ -112,11 +112,18 @@ class RateBudget:
             if wait <= 0:
                 return waited
             if waited + wait > limit:
-                raise RateBudgetExhausted(wait)
+                raise RateBudgetExhausted(wait, self.rate())
             # Sleep a little past the refill so concurrent takers do not all wake on the same token.
             pause = min(wait + 0.01, limit - waited)
             self.sleep(pause)
             waited += pause
+
+    def rate(self) -> float:
+        """Return the tokens a second the bucket refills at (the API's: its limit spread over an hour)."""
+        if self.refill_per_second > 0:
+            return self.refill_per_second
+        limit = self.redis.hget(self.key, "limit")
+        return float(limit or self.default_limit) / 3600.0
 
     def observe(self, headers: dict[str, str] | object) -> None:
         """Lower the bucket to the API's ``RateLimit-Remaining``, and learn its ``RateLimit-Limit``."""

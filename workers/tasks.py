@@ -9,6 +9,7 @@ and ``step``. The result is JSON: server id, action id, command, outputs (sealed
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 from typing import Any
 
@@ -48,8 +49,9 @@ FINISHED_STEP = frozenset({"success", "failed"})
 # Another delivery of the same step is posting right now: look again soon, a bounded number of times.
 _IN_PROGRESS_RETRY = 3.0
 _IN_PROGRESS_TRIES = 60
-# The shared budget is empty: the step is parked and resent when it has refilled, a bounded number of times.
-_BUDGET_TRIES = 240
+# The shared budget is empty: the step is parked and resent when it has refilled (see budget_pause); a step
+# gives up after waiting this long for budget in all.
+_BUDGET_PATIENCE = 3600.0
 _BUDGET_PAUSE_CAP = 30.0
 # A 423 whose blocking action ended before we looked: send the step again after this pause.
 _UNBLOCKED_PAUSE = 1.0
@@ -130,9 +132,10 @@ def _run_action(task: Task, action: ServerAction, target: Any, options: dict[str
     except StepInProgress as exc:
         raise task.retry(countdown=_IN_PROGRESS_RETRY, max_retries=_IN_PROGRESS_TRIES, exc=exc) from exc
     except RateBudgetExhausted as exc:
-        if eng.ledger.bump(step_key, "budget_waits") > _BUDGET_TRIES:
+        eng.ledger.bump(step_key, "budget_waits")
+        if eng.clock() - eng.ledger.since(step_key, "budget_since", eng.clock()) > _BUDGET_PATIENCE:
             raise
-        pause = min(max(exc.wait, MIN_PAUSE), _BUDGET_PAUSE_CAP)
+        pause = budget_pause(exc.wait, exc.rate, eng.waits.later_count(), random.random())
         _later(eng, action, server_id, step, step_key, request, run_id, phase=Phase.LATER, pause=pause)
         raise Ignore() from exc
     except Blocked as exc:
@@ -191,6 +194,17 @@ def _run_action(task: Task, action: ServerAction, target: Any, options: dict[str
     eng.waits.park(replace(wait, next=now + max(MIN_PAUSE, first)))
     # The monitor now owns the rest of the chain: no result yet, no next step from Celery.
     raise Ignore()
+
+
+def budget_pause(wait: float, rate: float | None, waiting: int, rnd: float) -> float:
+    """Return how long a step short of budget stays parked.
+
+    At least the refill wait the budget named; and since ``waiting`` other steps are parked for it too,
+    spread at random over the time the refill takes to serve them all, so they do not all come back for
+    the same token.
+    """
+    spread = waiting / rate if rate else 0.0
+    return min(_BUDGET_PAUSE_CAP, max(wait, MIN_PAUSE) + rnd * spread)
 
 
 def hold_server(server_id: int, request: Any, ttl: float) -> None:

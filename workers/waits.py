@@ -11,7 +11,7 @@ import json
 
 import redis
 
-from .wait_state import Wait
+from .wait_state import Phase, Wait
 
 __all__ = ["WaitStore"]
 
@@ -23,12 +23,17 @@ class WaitStore:
         self.redis = client
         self.index = f"{prefix}:waits"
         self.prefix = f"{prefix}:wait:"
+        # Waits parked to be sent again later (Phase.LATER), counted so that steps short of budget can
+        # spread their returns over the refill instead of all coming back for the same token.
+        self.later_index = f"{prefix}:waits:later"
 
     def park(self, wait: Wait) -> None:
         """Store a wait (new or changed) and schedule its next poll at ``wait.next``."""
         pipe = self.redis.pipeline()
         pipe.set(self.prefix + wait.id, json.dumps(wait.to_json()))
         pipe.zadd(self.index, {wait.id: float(wait.next)})
+        if wait.phase is Phase.LATER:
+            pipe.zadd(self.later_index, {wait.id: float(wait.next)})
         pipe.execute()
 
     save = park
@@ -37,6 +42,7 @@ class WaitStore:
         """Forget a wait once its step has been continued or failed."""
         pipe = self.redis.pipeline()
         pipe.zrem(self.index, wait_id)
+        pipe.zrem(self.later_index, wait_id)
         pipe.delete(self.prefix + wait_id)
         pipe.execute()
 
@@ -68,6 +74,10 @@ class WaitStore:
         """Return one wait."""
         raw = self.redis.get(self.prefix + wait_id)
         return Wait.from_json(json.loads(raw)) if raw else None
+
+    def later_count(self) -> int:
+        """Return how many steps are parked to be sent again later."""
+        return int(self.redis.zcard(self.later_index))
 
     def count(self) -> int:
         """Return how many waits are parked."""

@@ -24,7 +24,7 @@ from workers.errors import APIError, BadInput, HcloudFlowError, RateBudgetExhaus
 from workers.run_store import FINAL
 
 from .fleet_plan import decide, parse_amount
-from .validate import check_params, find_server, gather_facts, workflow_named
+from .validate import Lookups, check_params, find_server, gather_facts, workflow_named
 
 __all__ = ["FleetRunner", "JobStore", "resolve_targets"]
 
@@ -248,16 +248,44 @@ class FleetRunner:
                     self.store.set_state(job_id, d.state, d.reason)
                     log.info("fleet job %s %s%s", job_id, d.state, f" ({d.reason})" if d.reason else "")
                 return
+            try:
+                lookups = self._wave_lookups(job, d.start)
+            except RateBudgetExhausted as exc:
+                if self.kick is None:
+                    raise
+                self.kick(job["id"], min(max(exc.wait, 1.0), 30.0))
+                return
             for sid in d.start:
-                if not self._start_one(job, sid):
+                if not self._start_one(job, sid, lookups):
                     return
                 lock.reacquire()  # each submit renews the job lock: it lapses only with its holder
 
-    def _start_one(self, job: dict[str, Any], sid: int) -> bool:
+    def _wave_lookups(self, job: dict[str, Any], start: list[int]) -> Lookups:
+        """Read the wave's servers fresh, 50 a request, instead of one request per run's validation."""
+        lookups = Lookups()
+        if len(start) < _LIST_BELOW:
+            return lookups
+        wanted = set(start)
+        with self.client.priority_scope("bulk"):
+            pages = self.client.iter_server_pages(
+                [("label_selector", job["selector"])] if job.get("selector") else None
+            )
+            for page in pages:
+                lookups.servers.update({int(s["id"]): s for s in page if int(s["id"]) in wanted})
+                if wanted <= lookups.servers.keys():
+                    break
+        return lookups
+
+    def _start_one(self, job: dict[str, Any], sid: int, lookups: Lookups | None = None) -> bool:
         """Start one server's run and record the outcome; False when the budget says to try again later."""
         try:
             answer = self.submit(
-                workflow=job["workflow"], server=sid, params=job["params"], job_id=job["id"], priority="bulk"
+                workflow=job["workflow"],
+                server=sid,
+                params=job["params"],
+                job_id=job["id"],
+                priority="bulk",
+                lookups=lookups,
             )
             self.store.set_outcome(
                 job["id"], sid, outcome="running", run_id=answer["run_id"], started=self.store.clock()

@@ -17,7 +17,7 @@ from workers.run_store import FINAL, RunStore
 from workers.runs import RunHooks, error_info
 
 from .build import build_chain, lock_ttl, plan_steps
-from .validate import check_params, gather_facts, workflow_named
+from .validate import Lookups, check_params, gather_facts, workflow_named
 
 __all__ = ["cancel_run", "submit_run"]
 
@@ -43,13 +43,17 @@ def submit_run(
     queue: bool = False,
     job_id: str | None = None,
     priority: str | None = None,
+    lookups: Lookups | None = None,
 ) -> dict[str, Any]:
-    """Validate a request, record the run, take the server (or queue behind its run) and start the chain."""
+    """Validate a request, record the run, take the server (or queue behind its run) and start the chain.
+
+    ``lookups`` carries what a fleet wave already read from the API (fresh server objects, the image).
+    """
     wf = workflow_named(workflow)
     clean = check_params(wf, params or {})
     if not isinstance(queue, bool):
         raise BadInput("queue must be true or false", "queue")
-    facts = gather_facts(client, wf, server, clean)
+    facts = gather_facts(client, wf, server, clean, lookups)
     run_id = store.new_id()
     steps = plan_steps(wf, facts, run_id, priority=priority)
     srv = facts["server"]

@@ -6,6 +6,7 @@ was wrong and how to fix it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from workers.client import HcloudClient, is_id
@@ -14,7 +15,7 @@ from workers.server_actions import ACTIONS, MAX_USER_DATA
 
 from .definitions import WORKFLOWS, Workflow
 
-__all__ = ["check_params", "gather_facts", "workflow_named"]
+__all__ = ["Lookups", "check_params", "gather_facts", "workflow_named"]
 
 _LABEL_MAX = 63
 _EMPTY_IMAGE = "image is empty; give an image id or a system image name (e.g. ubuntu-24.04)"
@@ -116,13 +117,28 @@ def _check_values(p: dict[str, Any]) -> None:
             raise BadInput(f"ssh key id must be positive, not {key}", "ssh_keys")
 
 
-def find_server(client: HcloudClient, ref: Any) -> dict[str, Any]:
+@dataclass
+class Lookups:
+    """Answers already read from the API in this pass (one wave of a fleet job), to be read once, not per run.
+
+    ``servers`` holds server objects listed at the wave's start (fresh: 50 a request instead of one each);
+    images and ssh keys are the same for every server of a job.
+    """
+
+    servers: dict[int, dict[str, Any]] = field(default_factory=dict)
+    images: dict[tuple[Any, Any], dict[str, Any]] = field(default_factory=dict)
+    ssh_keys: dict[tuple[Any, ...], list[int]] = field(default_factory=dict)
+
+
+def find_server(client: HcloudClient, ref: Any, known: Lookups | None = None) -> dict[str, Any]:
     """Return the server named or numbered ``ref``, or refuse."""
     if isinstance(ref, bool) or not isinstance(ref, int | str) or _blank(ref):
         raise BadInput("give the server as an id or a name", "server")
     if is_id(ref):
         if int(ref) <= 0:
             raise BadInput(f"server id must be positive, not {ref}", "server")
+        if known is not None and int(ref) in known.servers:
+            return known.servers[int(ref)]
         try:
             return client.get_server(int(ref))
         except APIError as exc:
@@ -210,10 +226,15 @@ def _ssh_key_ids(client: HcloudClient, refs: list[int | str]) -> list[int]:
 
 
 def gather_facts(
-    client: HcloudClient, workflow: Workflow, server_ref: Any, params: dict[str, Any]
+    client: HcloudClient,
+    workflow: Workflow,
+    server_ref: Any,
+    params: dict[str, Any],
+    known: Lookups | None = None,
 ) -> dict[str, Any]:
     """Check the request against the API and return the facts the workflow's steps are built from."""
-    server = find_server(client, server_ref)
+    known = known if known is not None else Lookups()
+    server = find_server(client, server_ref, known)
     if workflow.needs_running and server["status"] != "running":
         raise BadInput(
             f"{workflow.name} needs a running server; {server['name']} is {server['status']}", "server"
@@ -227,11 +248,18 @@ def gather_facts(
                 "server",
             )
     if params.get("image") is not None and any("image" in row.params for row in rows):
-        image = _find_image(client, params["image"], server)
+        arch = (server.get("server_type") or {}).get("architecture")
+        key = (params["image"], arch)
+        if key not in known.images:
+            known.images[key] = _find_image(client, params["image"], server)
+        image = known.images[key]
         # By id: exactly that image. By name: the name, which the API resolves for the server's architecture
         # as we just did.
         by_name = not is_id(params["image"]) and image.get("type") == "system"
         params = {**params, "image": image["name"] if by_name else int(image["id"])}
     if params.get("ssh_keys"):
-        params = {**params, "ssh_key_ids": _ssh_key_ids(client, params["ssh_keys"])}
+        keys = tuple(params["ssh_keys"])
+        if keys not in known.ssh_keys:
+            known.ssh_keys[keys] = _ssh_key_ids(client, params["ssh_keys"])
+        params = {**params, "ssh_key_ids": known.ssh_keys[keys]}
     return {"server": server, "params": params}
