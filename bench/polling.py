@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import itertools
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +75,10 @@ def _delays(cloud: FakeCloudProcess, since_seq: int) -> list[float]:
     return delays
 
 
-def run_ours(cloud: FakeCloudProcess, n: int, workdir: Path, worker_count: int) -> dict[str, Any]:
-    from celery import chain, signature
-
-    ids = _fleet(cloud, n)
-    redis_server = RedisServer(workdir / f"redis-{n}")
+@contextlib.contextmanager
+def _hcloud_flow(cloud: FakeCloudProcess, name: str, workdir: Path, worker_count: int) -> Iterator[Any]:
+    """Run a private redis-server and hcloud-flow workers against ``cloud``; yield a client app."""
+    redis_server = RedisServer(workdir / f"redis-{name}")
     env = worker_env(
         redis_server.url,
         cloud.base_url,
@@ -86,34 +87,50 @@ def run_ours(cloud: FakeCloudProcess, n: int, workdir: Path, worker_count: int) 
         HCLOUD_FLOW_POLL_CAP="10",
         HCLOUD_FLOW_VISIBILITY_TIMEOUT="600",
     )
-    workers = [Worker(f"bench{n}-{k}", env, workdir, concurrency=8) for k in range(worker_count)]
+    workers = [Worker(f"{name}-{k}", env, workdir, concurrency=8) for k in range(worker_count)]
     app = client_app(redis_server.url)
     try:
-        rc = redis_server.client()
-        pushes_before = _pushes(rc)
-        seq0 = cloud.control("GET", "/requests", since=0)["next"]
-        api0 = _window(cloud)
-        t0 = time.monotonic()
-        results = [
-            chain(
-                *(
-                    signature(f"hcloud_flow.{s}", args=(sid,) if i == 0 else (), app=app)
-                    for i, s in enumerate(STEPS)
-                )
-            ).apply_async()
-            for sid in ids
-        ]
-        for r in results:
-            assert r.get(timeout=600)["status"] == "success"
-        wall = time.monotonic() - t0
-        api = _window(cloud) - api0
-        pushes = _pushes(rc) - pushes_before
-        delays = _delays(cloud, seq0)
+        yield app, redis_server.client()
     finally:
         app.close()
         for worker in workers:
             worker.stop()
         redis_server.stop()
+
+
+def _measure(
+    cloud: FakeCloudProcess, rc: Any, run: Callable[[], None]
+) -> tuple[float, int, int, list[float]]:
+    """Run ``run`` and return its wall time, API requests, broker pushes and end-to-next-POST delays."""
+    pushes_before = _pushes(rc)
+    seq0 = cloud.control("GET", "/requests", since=0)["next"]
+    api0 = _window(cloud)
+    t0 = time.monotonic()
+    run()
+    wall = time.monotonic() - t0
+    return wall, _window(cloud) - api0, _pushes(rc) - pushes_before, _delays(cloud, seq0)
+
+
+def run_ours(cloud: FakeCloudProcess, n: int, workdir: Path, worker_count: int) -> dict[str, Any]:
+    from celery import chain, signature
+
+    ids = _fleet(cloud, n)
+    with _hcloud_flow(cloud, f"bench{n}", workdir, worker_count) as (app, rc):
+
+        def chains() -> None:
+            results = [
+                chain(
+                    *(
+                        signature(f"hcloud_flow.{s}", args=(sid,) if i == 0 else (), app=app)
+                        for i, s in enumerate(STEPS)
+                    )
+                ).apply_async()
+                for sid in ids
+            ]
+            for r in results:
+                assert r.get(timeout=600)["status"] == "success"
+
+        wall, api, pushes, delays = _measure(cloud, rc, chains)
     return _row("hcloud-flow", n, wall, api, pushes / (n * len(STEPS)), delays)
 
 
@@ -122,47 +139,34 @@ def run_fleet(cloud: FakeCloudProcess, n: int, workdir: Path, worker_count: int)
     from workflows.fleet import JobStore
 
     ids = _fleet(cloud, n)
-    redis_server = RedisServer(workdir / f"redis-fleet-{n}")
-    env = worker_env(
-        redis_server.url,
-        cloud.base_url,
-        HCLOUD_TOKEN=TOKEN,
-        HCLOUD_FLOW_POLL_FIRST="1.0",
-        HCLOUD_FLOW_POLL_CAP="10",
-        HCLOUD_FLOW_VISIBILITY_TIMEOUT="600",
-    )
-    workers = [Worker(f"fleet{n}-{k}", env, workdir, concurrency=8) for k in range(worker_count)]
-    app = client_app(redis_server.url)
-    try:
-        rc = redis_server.client()
-        pushes_before = _pushes(rc)
-        seq0 = cloud.control("GET", "/requests", since=0)["next"]
-        api0 = _window(cloud)
-        t0 = time.monotonic()
-        jobs = Jobs(app, JobStore(rc))
-        job = jobs.start("snapshot", servers=ids, max_concurrency="100%", max_errors="100%", timeout=600)
-        done = jobs.wait(job["id"], timeout=1800, poll=0.5)
-        wall = time.monotonic() - t0
-        assert done["state"] == "succeeded", done["state"]
-        api = _window(cloud) - api0
-        pushes = _pushes(rc) - pushes_before
-        delays = _delays(cloud, seq0)
-    finally:
-        app.close()
-        for worker in workers:
-            worker.stop()
-        redis_server.stop()
+    with _hcloud_flow(cloud, f"fleet{n}", workdir, worker_count) as (app, rc):
+
+        def job() -> None:
+            jobs = Jobs(app, JobStore(rc))
+            started = jobs.start(
+                "snapshot", servers=ids, max_concurrency="100%", max_errors="100%", timeout=600
+            )
+            done = jobs.wait(started["id"], timeout=1800, poll=0.5)
+            assert done["state"] == "succeeded", done["state"]
+
+        wall, api, pushes, delays = _measure(cloud, rc, job)
     # The snapshot workflow powers on only the servers that were running: all of them here.
     return _row("hcloud-flow fleet job", n, wall, api, pushes / (n * len(STEPS)), delays)
 
 
-def _routes(cloud: FakeCloudProcess, since_seq: int) -> dict[str, int]:
-    log = cloud.control("GET", "/requests", since=since_seq)["requests"]
+def _route_counts(cloud: FakeCloudProcess) -> dict[str, int]:
+    stats = cloud.control("GET", "/stats")
     out: dict[str, int] = {}
-    for r in log:
+    for r in stats["requests"]:
         key = f"{r['method']} {r['route']}"
-        out[key] = out.get(key, 0) + 1
-    return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+        out[key] = out.get(key, 0) + int(r["count"])
+    return out
+
+
+def _routes(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    """Return the requests per API route between two counts (from fakecloud's stats, which keep every one)."""
+    spent = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+    return dict(sorted(spent.items(), key=lambda kv: -kv[1]))
 
 
 def _pushes(rc: Any) -> int:
@@ -254,10 +258,10 @@ def main() -> None:
                 for name, run in systems.items():
                     if name not in only:
                         continue
-                    seq0 = cloud.control("GET", "/requests", since=0)["next"]
+                    counts = _route_counts(cloud)
                     row = run()
                     if args.routes:
-                        print(f"{row['system']} N={n}: {_routes(cloud, seq0)}", flush=True)
+                        print(f"{row['system']} N={n}: {_routes(counts, _route_counts(cloud))}", flush=True)
                     measured.append(row)
                 base = measured[-1] if "baseline" in only else None
                 for row in measured:
