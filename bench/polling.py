@@ -30,7 +30,8 @@ from harness import FakeCloudProcess, emit, median, percentile
 from tests.support import RedisServer, Worker, client_app, worker_env
 
 TOKEN = "bench-token-polling"
-DURATIONS = {"shutdown": 4.0, "create_image": 8.0, "poweron": 4.0}
+# fakecloud's own default durations (fakecloud/transitions.py).
+DURATIONS = {"shutdown": 5.0, "create_image": 20.0, "poweron": 4.0}
 STEPS = ("shutdown", "create_image", "power_on")
 
 

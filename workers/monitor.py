@@ -30,6 +30,7 @@ from .server_actions import ACTIONS
 from .wait_state import (
     GONE,
     MIN_PAUSE,
+    OTHER,
     Effect,
     Fail,
     ForceOff,
@@ -256,7 +257,9 @@ class Monitor:
         images = [w for w in waits if rules_for(w.action).target == "image_available" and w.image_id]
         try:
             self._renew()
-            server_status = self._server_statuses({w.server_id for w in servers}, report)
+            server_status = self._server_statuses(
+                {w.server_id: str(rules_for(w.action).target) for w in servers}, report
+            )
             image_status = self._image_statuses({int(w.image_id or 0) for w in images}, report)
         except HcloudFlowError as exc:
             report.errors.append(str(exc))
@@ -270,12 +273,18 @@ class Monitor:
         )
         return out
 
-    def _server_statuses(self, ids: set[int], report: RoundReport) -> dict[int, str]:
+    def _server_statuses(self, targets: dict[int, str], report: RoundReport) -> dict[int, str]:
+        """Return the status of each server, or OTHER for one listed as not (yet) in its target state.
+
+        A few servers are read one by one; more are read from ``GET /servers?status=<target>`` pages, 50 a
+        request, which list only the servers already there: the request count follows how many have
+        arrived, not the project's size.
+        """
         client = self.engine.client
-        if len(ids) < _LIST_THRESHOLD:
-            report.requests += len(ids)
+        if len(targets) < _LIST_THRESHOLD:
+            report.requests += len(targets)
             out: dict[int, str] = {}
-            for i in ids:
+            for i in targets:
                 try:
                     out[i] = client.get_server(i)["status"]
                 except HcloudFlowError as exc:
@@ -283,12 +292,14 @@ class Monitor:
                         raise
             return out
         found: dict[int, str] = {}
-        for page in client.iter_server_pages():
-            report.requests += 1
-            found.update({int(s["id"]): s["status"] for s in page if int(s["id"]) in ids})
-            if ids <= found.keys():
-                break
-        return found
+        for target in set(targets.values()):
+            wanted = {i for i, t in targets.items() if t == target}
+            for page in client.iter_server_pages([("status", target)]):
+                report.requests += 1
+                found.update({int(s["id"]): s["status"] for s in page if int(s["id"]) in wanted})
+                if wanted <= found.keys():
+                    break
+        return {i: found.get(i, OTHER) for i in targets}
 
     def _image_statuses(self, ids: set[int], report: RoundReport) -> dict[int, str]:
         client = self.engine.client

@@ -26,6 +26,7 @@ from .server_actions import ACTIONS, TargetState
 
 __all__ = [
     "GONE",
+    "OTHER",
     "ActionRules",
     "Cadence",
     "Effect",
@@ -43,8 +44,11 @@ __all__ = [
     "rules_for",
 ]
 
-# A server or image status that says the API no longer knows the resource (404, or not in a list).
+# A server or image status that says the API no longer knows the resource (404).
 GONE = "gone"
+# A server status that says only "not in the target state": it was missing from a list of the servers that
+# are (``GET /servers?status=off``). A server deleted meanwhile looks the same; its deadline says so.
+OTHER = "other"
 # Unknown to GET /actions this many polls in a row: the action is gone, not late.
 MAX_MISSING = 5
 # Progress below this says too little about the end to plan a poll on it.
@@ -200,9 +204,11 @@ def next_poll(wait: Wait, now: float, cadence: Cadence) -> tuple[float, int]:
     if expected is not None and age < expected:
         at = max(now + MIN_PAUSE, since + expected)
     elif expected is not None:
-        # Past the expected end: poll soon again, backing off from there.
+        # Past the expected end: the end is near, so look again soon — a tenth of the expected duration,
+        # growing from there — rather than backing off as if nothing were known.
         late += 1
-        at = now + cadence.interval(late - 1)
+        step = max(MIN_PAUSE, 0.1 * expected) * cadence.growth ** (late - 1)
+        at = now + min(cadence.interval(late - 1), step)
     else:
         at = now + max(cadence.first, min(cadence.cap, age * (cadence.growth - 1)))
     return min(at, now + cadence.cap), late

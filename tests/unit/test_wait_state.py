@@ -10,6 +10,7 @@ import pytest
 from workers.errors import AcpiIgnored, ActionFailed, WaitTimeout
 from workers.wait_state import (
     GONE,
+    OTHER,
     Cadence,
     Fail,
     ForceOff,
@@ -135,6 +136,20 @@ TABLE = [
     ),
     ("server gone: fail", wait(phase=Phase.STATE, since=T0), {"server_status": GONE}, Fail, Phase.STATE),
     (
+        "not among the off servers, in grace: poll",
+        wait(phase=Phase.STATE, since=T0),
+        {"server_status": OTHER},
+        Poll,
+        Phase.STATE,
+    ),
+    (
+        "not among the off servers past grace: force",
+        wait(phase=Phase.STATE, since=T0),
+        {"server_status": OTHER, "now": T0 + 31},
+        ForceOff,
+        Phase.STATE,
+    ),
+    (
         "image available: done",
         wait("create_image", phase=Phase.STATE, since=T0, image_id=5),
         {"image_status": "available"},
@@ -237,10 +252,13 @@ def test_learned_duration_sets_the_poll_at_the_expected_end() -> None:
     w = wait(expected=8.0)
     at, late = next_poll(w, T0 + 1, CADENCE)
     assert at == T0 + 8.0 and late == 0
-    at, late = next_poll(w, T0 + 8, CADENCE)  # still running at the expected end: soon, then backing off
-    assert at == T0 + 9.0 and late == 1
-    at, late = next_poll(replace(w, late_polls=late), T0 + 9, CADENCE)
-    assert at == T0 + 10.5 and late == 2
+    at, late = next_poll(w, T0 + 8, CADENCE)  # still running at the expected end: soon (a tenth of 8 s) ...
+    assert at == pytest.approx(T0 + 8.8) and late == 1
+    at, late = next_poll(replace(w, late_polls=late), T0 + 8.8, CADENCE)  # ... then backing off
+    assert at == pytest.approx(T0 + 8.8 + 1.2) and late == 2
+    long = wait(expected=100.0)  # a long action: never later than the cadence's own back-off
+    at, _ = next_poll(long, T0 + 100, CADENCE)
+    assert at == T0 + 101.0
 
 
 def test_progress_tells_the_end_when_nothing_was_learned() -> None:
