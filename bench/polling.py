@@ -33,6 +33,8 @@ TOKEN = "bench-token-polling"
 # fakecloud's own default durations (fakecloud/transitions.py).
 DURATIONS = {"shutdown": 5.0, "create_image": 20.0, "poweron": 4.0}
 STEPS = ("shutdown", "create_image", "power_on")
+# Requests per API route of the last measured run (printed with --routes).
+LAST_ROUTES: dict[str, int] = {}
 
 
 def _fleet(cloud: FakeCloudProcess, n: int) -> list[int]:
@@ -103,13 +105,17 @@ def _measure(
     cloud: FakeCloudProcess, rc: Any, run: Callable[[], None]
 ) -> tuple[float, int, int, list[float]]:
     """Run ``run`` and return its wall time, API requests, broker pushes and end-to-next-POST delays."""
-    pushes_before = _pushes(rc)
+    pushes_before = _pushes(rc) if rc is not None else 0
     seq0 = cloud.control("GET", "/requests", since=0)["next"]
     api0 = _window(cloud)
+    counts = _route_counts(cloud)
     t0 = time.monotonic()
     run()
     wall = time.monotonic() - t0
-    return wall, _window(cloud) - api0, _pushes(rc) - pushes_before, _delays(cloud, seq0)
+    LAST_ROUTES.clear()
+    LAST_ROUTES.update(_routes(counts, _route_counts(cloud)))
+    pushes = _pushes(rc) - pushes_before if rc is not None else 0
+    return wall, _window(cloud) - api0, pushes, _delays(cloud, seq0)
 
 
 def run_ours(cloud: FakeCloudProcess, n: int, workdir: Path, worker_count: int) -> dict[str, Any]:
@@ -190,15 +196,12 @@ def run_baseline(cloud: FakeCloudProcess, n: int) -> dict[str, Any]:
         client.servers.create_image(server, description="bench").action.wait_until_finished()
         client.servers.power_on(server).wait_until_finished()
 
-    seq0 = cloud.control("GET", "/requests", since=0)["next"]
-    api0 = _window(cloud)
-    t0 = time.monotonic()
-    with cf.ThreadPoolExecutor(max_workers=n) as pool:
-        list(pool.map(one, ids))
-    wall = time.monotonic() - t0
-    return _row(
-        "hcloud-python (baseline)", n, wall, _window(cloud) - api0, float("nan"), _delays(cloud, seq0)
-    )
+    def threads() -> None:
+        with cf.ThreadPoolExecutor(max_workers=n) as pool:
+            list(pool.map(one, ids))
+
+    wall, api, _, delays = _measure(cloud, None, threads)
+    return _row("hcloud-python (baseline)", n, wall, api, float("nan"), delays)
 
 
 def _row(system: str, n: int, wall: float, api: int, msgs: float, delays: list[float]) -> dict[str, Any]:
@@ -259,10 +262,9 @@ def main() -> None:
                 for name, run in systems.items():
                     if name not in only:
                         continue
-                    counts = _route_counts(cloud)
                     row = run()
                     if args.routes:
-                        print(f"{row['system']} N={n}: {_routes(counts, _route_counts(cloud))}", flush=True)
+                        print(f"{row['system']} N={n}: {dict(LAST_ROUTES)}", flush=True)
                     measured.append(row)
                 base = measured[-1] if "baseline" in only else None
                 for row in measured:

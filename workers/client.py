@@ -178,6 +178,14 @@ class HcloudClient:
         """Yield the server list page by page, so a caller can stop once it has what it needs."""
         yield from self._page_lists("/servers", "servers", params or [])
 
+    def server_page(
+        self, params: list[tuple[str, Any]] | None = None, page: int = 1
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """Return one page of the server list and its ``meta.pagination`` (``next_page``, ``last_page``)."""
+        query = [*(params or []), ("page", page), ("per_page", MAX_PER_PAGE)]
+        body = self.request("GET", "/servers", params=query)
+        return body.get("servers", []), (body.get("meta") or {}).get("pagination") or {}
+
     def _pages(self, path: str, key: str, params: list[tuple[str, Any]]) -> Iterator[dict[str, Any]]:
         for page in self._page_lists(path, key, params):
             yield from page

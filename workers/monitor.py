@@ -276,30 +276,41 @@ class Monitor:
     def _server_statuses(self, targets: dict[int, str], report: RoundReport) -> dict[int, str]:
         """Return the status of each server, or OTHER for one listed as not (yet) in its target state.
 
-        A few servers are read one by one; more are read from ``GET /servers?status=<target>`` pages, 50 a
-        request, which list only the servers already there: the request count follows how many have
-        arrived, not the project's size.
+        Per target state, the first page of ``GET /servers?status=<target>`` (50 servers) says how many
+        servers are there. Where walking the rest costs fewer requests than reading the servers still
+        missing one by one, the pages are walked (a fleet: few pages, many servers); otherwise the missing
+        ones are read alone (a few servers in a project full of running ones).
         """
         client = self.engine.client
-        if len(targets) < _LIST_THRESHOLD:
-            report.requests += len(targets)
-            out: dict[int, str] = {}
-            for i in targets:
-                try:
-                    out[i] = client.get_server(i)["status"]
-                except HcloudFlowError as exc:
-                    if getattr(exc, "code", None) != "not_found":
-                        raise
-            return out
         found: dict[int, str] = {}
-        for target in set(targets.values()):
+        single: set[int] = set()
+        for target in sorted(set(targets.values())):
             wanted = {i for i, t in targets.items() if t == target}
-            for page in client.iter_server_pages([("status", target)]):
+            if len(wanted) < _LIST_THRESHOLD:
+                single |= wanted
+                continue
+            page: int | None = 1
+            while page:
+                servers, pagination = client.server_page([("status", target)], page)
                 report.requests += 1
-                found.update({int(s["id"]): s["status"] for s in page if int(s["id"]) in wanted})
-                if wanted <= found.keys():
+                found.update({int(s["id"]): s["status"] for s in servers if int(s["id"]) in wanted})
+                missing = wanted - found.keys()
+                nxt, last = pagination.get("next_page"), pagination.get("last_page")
+                if not missing or not nxt:
                     break
-        return {i: found.get(i, OTHER) for i in targets}
+                if last is not None and int(last) - int(nxt) + 1 >= len(missing):
+                    single |= missing  # fewer requests to read them alone than to walk the pages left
+                    break
+                page = int(nxt)
+            found.update({i: OTHER for i in wanted - found.keys() - single})
+        for i in single:
+            report.requests += 1
+            try:
+                found[i] = client.get_server(i)["status"]
+            except HcloudFlowError as exc:
+                if getattr(exc, "code", None) != "not_found":
+                    raise
+        return found
 
     def _image_statuses(self, ids: set[int], report: RoundReport) -> dict[int, str]:
         client = self.engine.client

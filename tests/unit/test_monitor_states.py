@@ -1,0 +1,61 @@
+"""How the monitor reads target states: list pages where they are cheaper, single reads where they are not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.errors import APIError
+from workers.monitor import Monitor, RoundReport
+from workers.wait_state import OTHER
+
+
+class Servers:
+    """A project's servers behind the two client calls the monitor uses; counts the requests."""
+
+    def __init__(self, statuses: dict[int, str]) -> None:
+        self.statuses = statuses
+        self.calls: list[str] = []
+
+    def server_page(
+        self, params: list[tuple[str, Any]], page: int
+    ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        self.calls.append(f"page {page}")
+        status = dict(params)["status"]
+        there = [{"id": i, "status": s} for i, s in sorted(self.statuses.items()) if s == status]
+        last = max(1, -(-len(there) // 50))
+        nxt = page + 1 if page < last else None
+        return there[(page - 1) * 50 : page * 50], {"page": page, "next_page": nxt, "last_page": last}
+
+    def get_server(self, server_id: int) -> dict[str, Any]:
+        self.calls.append(f"get {server_id}")
+        if server_id not in self.statuses:
+            raise APIError("not_found", "no server", 404)
+        return {"id": server_id, "status": self.statuses[server_id]}
+
+
+def statuses(project: Servers, targets: dict[int, str]) -> dict[int, str]:
+    monitor = Monitor.__new__(Monitor)
+    monitor.engine = type("E", (), {"client": project})()  # type: ignore[assignment]
+    return monitor._server_statuses(targets, RoundReport())
+
+
+def test_a_fleet_reads_the_pages_of_servers_already_there() -> None:
+    project = Servers({i: ("off" if i <= 80 else "stopping") for i in range(1, 101)})
+    got = statuses(project, {i: "off" for i in range(1, 101)})
+    assert project.calls == ["page 1", "page 2"]
+    assert all(got[i] == "off" for i in range(1, 81)) and all(got[i] == OTHER for i in range(81, 101))
+
+
+def test_few_servers_among_many_running_are_read_alone() -> None:
+    project = Servers({i: "running" for i in range(1, 1001)} | {2001: "starting", 2002: "running"})
+    got = statuses(project, {2001: "running", 2002: "running", 5: "running"})
+    assert project.calls[0] == "page 1", "the first page says how many there are"
+    assert len(project.calls) == 3, "then the two not on it are read alone, not 19 more pages"
+    assert got == {5: "running", 2001: "starting", 2002: "running"}
+
+
+def test_one_or_two_servers_are_read_alone_and_a_deleted_one_is_missing() -> None:
+    project = Servers({7: "off"})
+    got = statuses(project, {7: "off", 8: "off"})
+    assert sorted(project.calls) == ["get 7", "get 8"]
+    assert got == {7: "off"}, "a 404 is left out: the caller reads it as gone"
