@@ -103,7 +103,9 @@ class Monitor:
         batch: int = 2000,
         on_end: Callable[[Wait, bool], None] | None = None,
         send: Callable[[str, dict[str, Any]], None] | None = None,
+        gap: float = 0.5,
     ) -> None:
+        self.gap = gap  # least time between the starts of two rounds, cluster-wide
         self.engine = engine
         self.deferred = Deferred(engine.redis, prefix=prefix)
         self.send = send  # sends a deferred task message (workers/deferred.py) when it is due
@@ -111,6 +113,7 @@ class Monitor:
         self.dispatcher = dispatcher
         self.lock_key = f"{prefix}:monitor:lock"
         self.beat_key = f"{prefix}:monitor:last_round"
+        self.start_key = f"{prefix}:monitor:round_started"
         self.lock_ttl = lock_ttl
         self.batch = batch
         self._release = engine.redis.register_script(DELETE_IF_OWNER)
@@ -141,10 +144,8 @@ class Monitor:
         """Run one round if no other process is running one; return its report, or None."""
         report = RoundReport()
         now = self.engine.clock()
-        nxt = min(
-            (t for t in (self.engine.waits.next_due(), self.deferred.next_due()) if t is not None),
-            default=None,
-        )
+        soonest = (self.engine.waits.next_due(), self.deferred.next_due())
+        nxt = min((t for t in soonest if t is not None), default=None)
         if nxt is None or nxt > now:
             return report
         token = uuid.uuid4().hex
@@ -152,6 +153,12 @@ class Monitor:
         if not self.engine.redis.set(self.lock_key, token, nx=True, px=int(self.lock_ttl * 1000)):
             return None
         try:
+            last = self.engine.redis.get(self.start_key)
+            if last is not None and 0 <= now - float(last) < self.gap:
+                # Another round began a moment ago (in any process): let what falls due meanwhile gather, so
+                # that one request carries it all, instead of a round of a few ids every idle tick.
+                return None
+            self.engine.redis.set(self.start_key, repr(now))
             self._send_deferred(now)
             self._round(report)
             self.engine.redis.set(self.beat_key, repr(self.engine.clock()))

@@ -176,7 +176,8 @@ class FleetRunner:
             "window": window,
         }
         self.store.create(meta)
-        self.advance(job_id)
+        # The first wave starts now, on the server objects the plan just read: no second listing.
+        self.advance(job_id, Lookups(servers={int(s["id"]): s for s in plan["servers"]}))
         job = self.store.get(job_id)
         assert job is not None
         return job
@@ -203,7 +204,9 @@ class FleetRunner:
         if canary > len(targets):
             raise BadInput(f"canary {canary} is more than the {len(targets)} servers selected", "canary")
         # Image, ssh keys and the like are the same for every server: check them once, up front.
-        facts = gather_facts(self.client, wf, targets[0]["id"], clean)
+        facts = gather_facts(
+            self.client, wf, targets[0]["id"], clean, Lookups(servers={targets[0]["id"]: targets[0]})
+        )
         return {
             "workflow": wf.name,
             "params": {k: v for k, v in clean.items() if v is not None},
@@ -215,16 +218,19 @@ class FleetRunner:
             "facts": facts,
         }
 
-    def advance(self, job_id: str) -> None:
-        """Start whatever the rules allow now, and end the job when nothing is left to start or wait for."""
+    def advance(self, job_id: str, fresh: Lookups | None = None) -> None:
+        """Start whatever the rules allow now, and end the job when nothing is left to start or wait for.
+
+        ``fresh`` holds server objects read a moment ago (by the plan of a job starting now).
+        """
         try:
             with self.store.lock(job_id) as lock:
-                self._advance(job_id, lock)
+                self._advance(job_id, lock, fresh)
         except LockNotOwnedError:
             # The lock lapsed while we held it (a stalled process): another advance may have run meanwhile.
             log.warning("fleet job %s: the job lock lapsed during a wave", job_id)
 
-    def _advance(self, job_id: str, lock: Any) -> None:
+    def _advance(self, job_id: str, lock: Any, fresh: Lookups | None = None) -> None:
         while True:
             job = self.store.get(job_id)
             if job is None or job["state"] != "running":
@@ -249,7 +255,8 @@ class FleetRunner:
                     log.info("fleet job %s %s%s", job_id, d.state, f" ({d.reason})" if d.reason else "")
                 return
             try:
-                lookups = self._wave_lookups(job, d.start)
+                lookups = fresh if fresh is not None else self._wave_lookups(job, d.start)
+                fresh = None  # one wave only: later waves read their servers again
             except RateBudgetExhausted as exc:
                 if self.kick is None:
                     raise

@@ -46,3 +46,28 @@ def test_a_deferred_send_waits_for_its_time_and_goes_out_once(redis_server: Redi
     assert sent == [("hcloud_flow.fleet_advance", {"job_id": "j1"})]
     monitor.run_round()
     assert len(sent) == 1 and deferred.next_due() is None
+
+
+def test_rounds_gather_what_falls_due_close_together(redis_server: RedisServer) -> None:
+    # A round that began a moment ago (in any process) holds the next one back for the gap, so that one
+    # request carries what fell due meanwhile.
+    r = redis_server.client()
+    prefix = f"g{uuid.uuid4().hex[:8]}"
+    clock = Clock()
+    engine = Engine(
+        client=None,  # type: ignore[arg-type]
+        redis=r,
+        ledger=Ledger(r, prefix=prefix),
+        waits=WaitStore(r, prefix=prefix),
+        clock=clock,
+    )
+    sent: list[str] = []
+    monitor = Monitor(engine, dispatcher=None, prefix=prefix, send=lambda t, k: sent.append(t), gap=0.5)  # type: ignore[arg-type]
+    deferred = Deferred(r, prefix=prefix)
+    deferred.later("a", {}, 1000.0)
+    assert monitor.run_round() is not None and sent == ["a"]
+    deferred.later("b", {}, 1000.1)
+    clock.now = 1000.2
+    assert monitor.run_round() is None and sent == ["a"], "within the gap: no round"
+    clock.now = 1000.5
+    assert monitor.run_round() is not None and sent == ["a", "b"]
