@@ -10,6 +10,7 @@ API token; reading and cancelling need only Redis.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,21 +25,46 @@ from .submit import cancel_run
 
 __all__ = ["Jobs", "Runs", "cancel", "default", "jobs", "list_runs", "status", "submit", "wait"]
 
+# Past its expiry, a task a worker had already started still answers: wait this much longer for that answer.
+_EXPIRY_GRACE = 2.0
+
 
 def call_worker(
     app: Celery, client: Any, name: str, kwargs: dict[str, Any], timeout: float
 ) -> dict[str, Any]:
     """Send a task to the workers and wait for its answer; say plainly when nobody can answer."""
     client.ping()  # an unreachable Redis fails here, fast, before anything is sent
-    pending = app.send_task(name, kwargs=kwargs)
+    # The message expires when the caller stops waiting: a worker that takes it later drops it unrun (Celery
+    # checks the expiry again just before it runs a task), so a request reported as not taken never runs.
+    pending = app.send_task(name, kwargs=kwargs, expires=timeout)
     try:
-        return dict(pending.get(timeout=timeout))
-    except CeleryTimeout as exc:
-        raise HcloudFlowError(
-            f"no worker answered {name} within {timeout:.0f} s; is `hcloud-flow worker` running?"
-        ) from exc
+        try:
+            return dict(pending.get(timeout=timeout + _EXPIRY_GRACE))
+        except CeleryTimeout:
+            if pending.state != "STARTED":
+                raise
+            # Taken just before it expired: it runs, so its answer is the truth; wait for it (bounded).
+            try:
+                return dict(pending.get(timeout=timeout))
+            except CeleryTimeout:
+                failure = HcloudFlowError(
+                    f"a worker took {name} but has not answered within {2 * timeout:.0f} s; it may still "
+                    "start a run: look with `hcloud-flow list` before submitting again"
+                )
+    except CeleryTimeout:
+        failure = HcloudFlowError(
+            f"no worker took {name} within {timeout:.0f} s, so it expired and will not run: nothing was "
+            "started. Is `hcloud-flow worker` running (and reaching Redis)?"
+        )
     except RuntimeError as exc:  # Celery's result consumer gave up reconnecting
-        raise HcloudFlowError(f"lost the connection to Redis while waiting for {name}: {exc}") from exc
+        failure = HcloudFlowError(f"lost the connection to Redis while waiting for {name}: {exc}")
+    finally:
+        # Stop listening now: left to AsyncResult.__del__ at interpreter exit, Celery's clean-up fails noisily
+        # ("ImportError: sys.meta_path is None").
+        with contextlib.suppress(Exception):
+            app.backend.remove_pending_result(pending)
+        pending.backend = None
+    raise failure
 
 
 def wait_for_end(
