@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -16,6 +17,8 @@ from typing import Any
 __all__ = ["main"]
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
+# `list --server NAME` looks through this many newest runs for the name (the CLI has no token to resolve it).
+_NAME_SCAN = 5000
 
 
 def _print_json(value: Any) -> None:
@@ -38,6 +41,15 @@ def _kv(text: str) -> tuple[str, str]:
     return key, value
 
 
+def _flag(param: Any) -> str:
+    """Return the command-line flag of a workflow parameter: one rule for the parser and the listings."""
+    if param.kind is dict:
+        return "--label"  # repeatable KEY=VALUE
+    if param.kind is list:
+        return "--ssh-key"  # repeatable ID|NAME
+    return "--" + param.name.replace("_", "-")
+
+
 def _add_param_flags(parser: argparse.ArgumentParser) -> None:
     """Add one flag per workflow parameter (the union over all workflows; each run checks its own)."""
     from workflows.definitions import WORKFLOWS
@@ -48,12 +60,12 @@ def _add_param_flags(parser: argparse.ArgumentParser) -> None:
             if p.name in seen:
                 continue
             seen.add(p.name)
-            flag = "--" + p.name.replace("_", "-")
+            flag = _flag(p)
             if p.kind is bool:
                 parser.add_argument(flag, dest=f"p_{p.name}", action="store_true", default=None, help=p.help)
             elif p.kind is dict:
                 parser.add_argument(
-                    "--label",
+                    flag,
                     dest=f"p_{p.name}",
                     action="append",
                     type=_kv,
@@ -62,7 +74,7 @@ def _add_param_flags(parser: argparse.ArgumentParser) -> None:
                 )
             elif p.kind is list:
                 parser.add_argument(
-                    "--ssh-key",
+                    flag,
                     dest=f"p_{p.name}",
                     action="append",
                     metavar="ID|NAME",
@@ -162,8 +174,19 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    server_id = int(args.server) if args.server else None
-    runs = _runs().list(active=args.active, server_id=server_id, limit=args.limit)
+    from workers.client import is_id
+    from workers.errors import BadInput
+
+    ref = args.server
+    if ref is not None and not str(ref).strip():
+        raise BadInput("--server is empty; give a server id or name", "server")
+    if ref is None or is_id(ref):
+        server_id = int(ref) if ref is not None else None
+        runs = _runs().list(active=args.active, server_id=server_id, limit=args.limit)
+    else:
+        # The CLI holds no API token, so a name is matched against the name each run recorded.
+        kept = _runs().list(active=args.active, limit=_NAME_SCAN)
+        runs = [r for r in kept if r.get("server_name") == ref][: args.limit]
     if args.json:
         _print_json(runs)
         return EXIT_OK
@@ -402,6 +425,8 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     elif args.verb in ("pause", "resume"):
         answer = store.set_paused(args.name, args.verb == "pause")
     else:  # history
+        if store.get(args.name) is None:
+            raise BadInput(f"no window named {args.name!r}; `hcloud-flow schedule list` shows them")
         answer = store.history(args.name)
     if args.json:
         _print_json(answer)
@@ -425,7 +450,13 @@ def cmd_workflows(args: argparse.Namespace) -> int:
             "summary": w.summary,
             "steps": [s.name for s in w.steps],
             "params": [
-                {"name": p.name, "required": p.required, "default": p.default, "help": p.help}
+                {
+                    "name": p.name,
+                    "flag": _flag(p),
+                    "required": p.required,
+                    "default": p.default,
+                    "help": p.help,
+                }
                 for p in w.params
             ],
         }
@@ -437,9 +468,8 @@ def cmd_workflows(args: argparse.Namespace) -> int:
     for w in table:
         print(f"{w['name']}: {w['summary']}\n  steps: {' → '.join(w['steps'])}")
         for p in w["params"]:
-            flag = "--" + p["name"].replace("_", "-")
             need = " (required)" if p["required"] else ""
-            print(f"  {flag}{need}: {p['help']}")
+            print(f"  {p['flag']}{need}: {p['help']}")
     return EXIT_OK
 
 
@@ -511,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = reader("list", "list runs, newest first")
     p.add_argument("--active", action="store_true", help="only queued and running runs")
-    p.add_argument("--server", help="only runs of this server id")
+    p.add_argument("--server", help="only runs of this server (id or name)")
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(func=cmd_list)
 
@@ -589,7 +619,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return _dispatch(args)
+    try:
+        return _dispatch(args)
+    except BrokenPipeError:
+        # The reader went away (`hcloud-flow list | head -5`): that is not an error of ours. Point stdout at
+        # /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
 
 
 def _dispatch(args: argparse.Namespace) -> int:

@@ -47,6 +47,8 @@ ENTRY_PREFIX = "hcloud-flow-window:"
 
 def parse_duration(text: Any, name: str) -> int:
     """Parse ``2h``, ``30m``, ``1h30m``, ``90s`` or plain seconds into seconds."""
+    if text is None:
+        raise BadInput(f"{name} is missing; give it like 2h, 30m, 1h30m or 90s (--{name})", name)
     raw = str(text).strip().lower()
     if raw.isascii() and raw.isdigit():
         return int(raw)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 import pytest
 
 from ..conftest import start_cloud
-from ..support import Api, Control, RedisServer, Worker, run_cli, worker_env
+from ..support import ROOT, Api, Control, RedisServer, Worker, run_cli, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -73,6 +75,24 @@ def test_run_wait_json_then_status_list_and_cancel(
     assert "create_image" in text.stdout and "100%" in text.stdout
     listed = cli(redis_server.url, "list", "--json")
     assert run["id"] in {r["id"] for r in json.loads(listed.stdout)}
+    # A server by name, as `run` takes it (the CLI has no token: matched against the runs' recorded names).
+    by_name = cli(redis_server.url, "list", "--server", names[0], "--json")
+    assert by_name.returncode == 0, by_name.stderr
+    assert run["id"] in {r["id"] for r in json.loads(by_name.stdout)}
+    assert all(r["server_name"] == names[0] for r in json.loads(by_name.stdout))
+    by_id = cli(redis_server.url, "list", "--server", str(run["server_id"]), "--json")
+    assert run["id"] in {r["id"] for r in json.loads(by_id.stdout)}
+    # A reader that goes away early (here: before anything is written) is no error, and leaves no traceback.
+    piped = subprocess.run(  # noqa: S602 - a fixed pipeline, as a user types it
+        f"{sys.executable} -m workflows.cli list | true; {sys.executable} -m workflows.cli workflows | true",
+        shell=True,
+        env={**os.environ, "HCLOUD_FLOW_REDIS_URL": redis_server.url, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr, piped.stderr
     again = cli(redis_server.url, "cancel", run["id"])
     assert again.returncode == 2 and "already ended" in again.stderr
 
@@ -136,3 +156,7 @@ def test_workflows_lists_every_workflow_with_json() -> None:
     done = cli("redis://127.0.0.1:1/0", "workflows", "--json")
     assert done.returncode == 0
     assert {w["name"] for w in json.loads(done.stdout)} == set(WORKFLOWS)
+    # Every flag the listing names is one `run` accepts (they used to say --labels and --ssh-keys).
+    accepted = cli("redis://127.0.0.1:1/0", "run", "--help").stdout.split()
+    listed = {p["flag"] for w in json.loads(done.stdout) for p in w["params"]}
+    assert listed and all(flag in accepted for flag in listed), sorted(f for f in listed if f not in accepted)

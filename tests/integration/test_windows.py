@@ -183,6 +183,7 @@ def test_window_is_skipped_while_its_previous_job_runs(
         (["--cron", "0 3 * * *", "--tz", "Moon/Base", "--duration", "2h"], "unknown time zone"),
         (["--cron", "0 3 * * *", "--duration", "30m", "--cutoff", "1h"], "shorter than the duration"),
         (["--cron", "0 3 * * *", "--duration", "2h", "--selector", ""], "selector is empty"),
+        (["--cron", "0 3 * * *"], "duration is missing"),
     ],
 )
 def test_bad_schedules_are_refused(
@@ -192,3 +193,8 @@ def test_bad_schedules_are_refused(
     done = cli(env, "schedule", "add", "refused", "reboot", *args, *target)
     assert done.returncode == 2 and message in done.stderr
     assert not redis_server.client().exists("hf:window:refused")
+
+
+def test_history_of_an_unknown_window_is_refused(env: dict[str, str]) -> None:
+    done = cli(env, "schedule", "history", "nosuch")
+    assert done.returncode == 2 and "no window named 'nosuch'" in done.stderr
