@@ -7,12 +7,13 @@ import threading
 
 import redis
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
 
 import celeryconfig
 
 from .continuation import CeleryDispatcher
 from .engine import Engine
+from .errors import ConfigError
 from .monitor import Monitor
 from .run_store import RunStore, chain_holder
 from .runs import RunHooks
@@ -86,6 +87,17 @@ def stop_monitor() -> None:
     if _thread is not None:
         _thread.join(timeout=30)
         _thread = None
+
+
+@worker_init.connect
+def _refuse_to_start_misconfigured(**_: object) -> None:
+    """Stop a worker that could do nothing (no token, a malformed sealing key) before it says "ready"."""
+    try:
+        engine()
+    except ConfigError as exc:
+        log.critical("hcloud-flow worker cannot start: %s", exc)
+        # SystemExit, not an Exception: Celery logs and swallows those raised by signal receivers.
+        raise SystemExit(f"hcloud-flow worker cannot start: {exc}") from None
 
 
 @worker_ready.connect

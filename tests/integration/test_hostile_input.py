@@ -466,7 +466,6 @@ def test_the_table_is_wide_enough() -> None:
 @pytest.mark.parametrize(
     ("case", "env", "message"),
     [
-        ("missing token", {"HCLOUD_TOKEN": ""}, "set HCLOUD_TOKEN"),
         ("wrong token", {"HCLOUD_TOKEN": "not-the-token"}, "unauthorized"),
         ("unreachable API", {"HCLOUD_ENDPOINT": "http://127.0.0.1:1/v1"}, "ConnectionError"),
     ],
@@ -481,7 +480,7 @@ def test_worker_configuration_faults_fail_clearly(
     sid: int,
 ) -> None:
     # A worker of its own on a Redis database of its own, so the module's good worker cannot answer.
-    db = {"missing token": 1, "wrong token": 2, "unreachable API": 3}[case]
+    db = {"wrong token": 2, "unreachable API": 3}[case]
     url = redis_server.url.rsplit("/", 1)[0] + f"/{db}"
     w = Worker(f"bad-config-{db}", worker_env(url, cloud.base_url, **env), logdir)
     app = client_app(url)
@@ -494,3 +493,21 @@ def test_worker_configuration_faults_fail_clearly(
         w.stop()
     assert message in f"{type(info.value).__name__}: {info.value}"
     assert len(Control(cloud.control_url).posts()) == posts
+
+
+@pytest.mark.parametrize(
+    ("case", "env", "message"),
+    [
+        ("missing token", {"HCLOUD_TOKEN": ""}, "set HCLOUD_TOKEN"),
+        ("malformed sealing key", {"HCLOUD_FLOW_SECRET_KEY": "not-a-fernet-key"}, "HCLOUD_FLOW_SECRET_KEY"),
+    ],
+)
+def test_a_worker_that_could_do_nothing_refuses_to_start(
+    case: str, env: dict[str, str], message: str, redis_server: RedisServer, cloud: Any, logdir: Path
+) -> None:
+    url = redis_server.url.rsplit("/", 1)[0] + "/4"
+    name = "no-start-" + case.split()[0]
+    with pytest.raises(AssertionError, match="died at start"):
+        Worker(name, worker_env(url, cloud.base_url, **env), logdir)
+    log = (logdir / f"worker-{name}.log").read_text()
+    assert message in log and "ready." not in log and "Traceback" not in log, log[-2000:]
