@@ -1,7 +1,7 @@
 """Live progress of runs for a terminal: a bar per step from the actions' progress, and elapsed time.
 
-On a terminal the block is redrawn in place; elsewhere (CI logs, pipes) a line is printed only when
-something changed, so logs stay readable.
+On a terminal the block is redrawn in place; elsewhere (CI logs, pipes) one line is printed per run and per
+change of its state or of a step's status, so logs stay readable.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-__all__ = ["LiveView", "render_run"]
+__all__ = ["LiveView", "change_line", "render_run"]
 
 _ICONS = {"pending": " ", "running": ">", "succeeded": "✓", "failed": "✗", "cancelled": "-"}
 _BAR = 20
@@ -51,6 +51,21 @@ def render_run(run: dict[str, Any], now: float | None = None) -> list[str]:
     return lines
 
 
+def change_line(run: dict[str, Any], now: float | None = None) -> str:
+    """Return one log line saying where a run stands: its state and the step it is at."""
+    now = time.time() if now is None else now
+    steps = run["steps"]
+    at = next((s for s in steps if s.get("status") in ("running", "failed", "cancelled")), None)
+    done = sum(1 for s in steps if s.get("status") == "succeeded")
+    where = f", step {at['name']} {at.get('status')}" if at else ""
+    error = f": {run['error']['message']}" if run.get("error") else ""
+    server = run.get("server_name") or run["server_id"]
+    return (
+        f"{_elapsed(run, now):6.1f}s run {run['id']} {run['workflow']} on {server}: {run['state']} "
+        f"({done}/{len(steps)} steps{where}){error}"
+    )
+
+
 class LiveView:
     """Draw runs as they change."""
 
@@ -58,18 +73,19 @@ class LiveView:
         self.out = out
         self.tty = out.isatty()
         self._drawn = 0
-        self._last: list[Any] = []
+        self._last: dict[str, Any] = {}
 
     def update(self, runs: list[dict[str, Any]]) -> None:
-        lines = [line for run in runs for line in render_run(run)]
         if not self.tty:
-            # A log gets a new block only when a run or step changes state, not on every progress tick.
-            keyed = [(r["id"], r["state"], [s.get("status") for s in r["steps"]]) for r in runs]
-            if keyed != self._last:
-                self.out.write("\n".join(lines) + "\n\n")
-                self.out.flush()
-            self._last = keyed
+            # A log gets one line per run that changed state or step status, not a block per progress tick.
+            for run in runs:
+                key = (run["state"], [s.get("status") for s in run["steps"]])
+                if self._last.get(run["id"]) != key:
+                    self._last[run["id"]] = key
+                    self.out.write(change_line(run) + "\n")
+            self.out.flush()
             return
+        lines = [line for run in runs for line in render_run(run)]
         if self._drawn:
             self.out.write(f"\x1b[{self._drawn}F\x1b[J")
         self.out.write("\n".join(lines) + "\n")

@@ -1,0 +1,36 @@
+"""Progress in a log (no terminal): one line per run and change, never a block per tick."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from workflows.progress import LiveView
+
+
+def run(state: str, statuses: list[str], progress: int = 0) -> dict[str, Any]:
+    steps = [{"name": f"s{i}", "status": st, "progress": progress} for i, st in enumerate(statuses)]
+    return {
+        "id": "r1",
+        "workflow": "snapshot",
+        "server_id": 5,
+        "server_name": "srv-5",
+        "state": state,
+        "steps": steps,
+        "created": 0.0,
+    }
+
+
+def test_a_log_gets_one_line_per_change() -> None:
+    out = io.StringIO()
+    view = LiveView(out)
+    view.update([run("running", ["running", "pending"], 10)])
+    for p in range(20, 100, 10):  # progress ticks alone print nothing
+        view.update([run("running", ["running", "pending"], p)])
+    view.update([run("running", ["succeeded", "running"])])
+    view.update([run("succeeded", ["succeeded", "succeeded"])])
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 3
+    assert "srv-5: running (0/2 steps, step s0 running)" in lines[0]
+    assert "(1/2 steps, step s1 running)" in lines[1]
+    assert "succeeded (2/2 steps)" in lines[2]
