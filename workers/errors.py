@@ -14,6 +14,7 @@
     ├── RunCancelled                  the run was cancelled before this step
     ├── RateBudgetExhausted           the shared request budget is empty for longer than the caller waits
     ├── ConfigError                   a required setting is missing or malformed (e.g. no HCLOUD_TOKEN)
+    ├── StillRunning                  a caller stopped waiting for a run or job that goes on
     └── SecretError                   a sealed secret cannot be opened (no key, wrong key)
 
 Errors cross Celery's JSON result backend, which rebuilds them from ``type(exc)(*exc.args)``. So every
@@ -38,6 +39,7 @@ __all__ = [
     "SecretError",
     "ServerBusy",
     "StepInProgress",
+    "StillRunning",
     "TransportError",
     "WaitTimeout",
 ]
@@ -190,6 +192,20 @@ class RateBudgetExhausted(HcloudFlowError):
 
     def __str__(self) -> str:
         return f"the project's API budget is empty for another {self.wait:.1f} s"
+
+
+class StillRunning(HcloudFlowError):
+    """Raised when a caller's wait for a run or job ends before the run or job does; it goes on."""
+
+    def __init__(self, what: str, state: str, seconds: float, follow: str) -> None:
+        super().__init__(what, state, seconds, follow)
+        self.what, self.state, self.seconds, self.follow = what, state, seconds, follow
+
+    def __str__(self) -> str:
+        return (
+            f"{self.what} is still {self.state} after {self.seconds:.0f} s; it goes on: "
+            f"follow it with `{self.follow}`"
+        )
 
 
 class ConfigError(HcloudFlowError):

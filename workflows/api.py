@@ -18,7 +18,7 @@ from typing import Any
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 
-from workers.errors import BadInput, HcloudFlowError
+from workers.errors import BadInput, HcloudFlowError, StillRunning
 from workers.run_store import FINAL, RunStore
 
 from .submit import cancel_run
@@ -74,8 +74,13 @@ def wait_for_end(
     poll: float,
     on_update: Callable[[dict[str, Any]], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    follow: str = "hcloud-flow list",
 ) -> dict[str, Any]:
-    """Read a run or job record until its state is final (runs and jobs share those three states)."""
+    """Read a run or job record until its state is final (runs and jobs share those three states).
+
+    Raises StillRunning when ``timeout`` passes first: the run or job goes on, and ``follow`` says how to
+    follow it.
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         record = read()
@@ -84,7 +89,7 @@ def wait_for_end(
         if record["state"] in FINAL:
             return record
         if deadline is not None and time.monotonic() > deadline:
-            raise HcloudFlowError(f"{what} is still {record['state']} after {timeout:.0f} s")
+            raise StillRunning(what, record["state"], float(timeout), follow)
         sleep(poll)
 
 
@@ -141,7 +146,15 @@ class Runs:
         sleep: Callable[[float], None] = time.sleep,
     ) -> dict[str, Any]:
         """Wait until the run ends (or ``timeout`` passes, then raise); return its record."""
-        return wait_for_end(lambda: self.status(run_id), f"run {run_id}", timeout, poll, on_update, sleep)
+        return wait_for_end(
+            lambda: self.status(run_id),
+            f"run {run_id}",
+            timeout,
+            poll,
+            on_update,
+            sleep,
+            follow=f"hcloud-flow status {run_id} --wait",
+        )
 
 
 class Jobs:
@@ -184,7 +197,14 @@ class Jobs:
         on_update: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """Wait until the job ends; return its record."""
-        return wait_for_end(lambda: self.status(job_id), f"fleet job {job_id}", timeout, poll, on_update)
+        return wait_for_end(
+            lambda: self.status(job_id),
+            f"fleet job {job_id}",
+            timeout,
+            poll,
+            on_update,
+            follow=f"hcloud-flow job status {job_id} --wait",
+        )
 
 
 _default: Runs | None = None

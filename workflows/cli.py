@@ -16,7 +16,8 @@ from typing import Any
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE = 0, 1, 2, 3
+# The exit codes, documented in the README: the same for every command.
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_STILL_RUNNING = 0, 1, 2, 3, 4
 # `list --server NAME` looks through this many newest runs for the name (the CLI has no token to resolve it).
 _NAME_SCAN = 5000
 
@@ -142,12 +143,15 @@ def _wait_and_report(run_ids: list[str], args: argparse.Namespace) -> int:
         if all(r["state"] in FINAL for r in current):
             break
         if deadline is not None and time.monotonic() > deadline:
-            print(
-                f"hcloud-flow: still running after {args.timeout:.0f} s; follow with "
-                f"`hcloud-flow status {run_ids[0]}`",
-                file=sys.stderr,
+            from workers.errors import StillRunning
+
+            running = [r for r in current if r["state"] not in FINAL]
+            raise StillRunning(
+                f"run {running[0]['id']}",
+                running[0]["state"],
+                args.timeout,
+                f"hcloud-flow status {running[0]['id']} --wait",
             )
-            return EXIT_FAILED
         time.sleep(0.5)
     if args.json:
         _print_json(current if len(current) > 1 else current[0])
@@ -633,21 +637,36 @@ def _dispatch(args: argparse.Namespace) -> int:
     import redis
     from kombu.exceptions import OperationalError
 
-    from workers.errors import BadInput, HcloudFlowError, SecretError, ServerBusy
+    from workers.errors import BadInput, HcloudFlowError, SecretError, ServerBusy, StillRunning
 
     try:
         return int(args.func(args) or 0)
     except (BadInput, ServerBusy, SecretError) as exc:
-        print(f"hcloud-flow: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _refuse(args, exc, EXIT_BAD_INPUT)
     except (redis.ConnectionError, OperationalError) as exc:
-        print(f"hcloud-flow: cannot reach Redis ({exc}); check HCLOUD_FLOW_REDIS_URL", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return _refuse(
+            args, exc, EXIT_UNREACHABLE, f"cannot reach Redis ({exc}); check HCLOUD_FLOW_REDIS_URL"
+        )
+    except StillRunning as exc:
+        return _refuse(args, exc, EXIT_STILL_RUNNING)
     except HcloudFlowError as exc:
-        print(f"hcloud-flow: {exc}", file=sys.stderr)
-        return EXIT_UNREACHABLE
+        return _refuse(args, exc, EXIT_UNREACHABLE)
     except KeyboardInterrupt:
+        print(
+            "\nhcloud-flow: stopped waiting; what was submitted goes on: `hcloud-flow list --active` "
+            "shows it, `hcloud-flow status RUN_ID --wait` follows a run",
+            file=sys.stderr,
+        )
         return 130
+
+
+def _refuse(args: argparse.Namespace, exc: BaseException, code: int, message: str | None = None) -> int:
+    """Say why a command stopped (as JSON on stdout too, under --json) and return its exit code."""
+    text = message or str(exc)
+    print(f"hcloud-flow: {text}", file=sys.stderr)
+    if getattr(args, "json", False):
+        _print_json({"error": {"type": type(exc).__name__, "message": text, "exit_code": code}})
+    return code
 
 
 if __name__ == "__main__":

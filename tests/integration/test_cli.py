@@ -136,6 +136,31 @@ def test_bad_input_exits_2_and_says_why(
     assert message in done.stderr
 
 
+def test_refusals_under_json_are_json_too(redis_server: RedisServer) -> None:
+    done = cli(redis_server.url, "status", "no-such-run", "--json")
+    assert done.returncode == 2, done.stderr
+    error = json.loads(done.stdout)["error"]
+    assert error["exit_code"] == 2 and error["type"] == "BadInput" and error["message"]
+
+
+def test_a_wait_that_times_out_exits_4_and_says_how_to_follow(
+    worker: Worker, redis_server: RedisServer, cloud: Any, names: list[str]
+) -> None:
+    api, control = Api(cloud.base_url), Control(cloud.control_url)
+    sid = api.get("/servers", name=names[3])["servers"][0]["id"]
+    control.send("PATCH", f"/servers/{sid}", {"status": "running", "acpi": True})
+    # create_image takes 20 s at fakecloud's speed 20: a 0.5 s patience ends first, the run goes on.
+    done = cli(
+        redis_server.url, "run", "snapshot", "--server", str(sid), "--wait", "--timeout", "0.5", "--json"
+    )
+    assert done.returncode == 4, done.stderr
+    assert "it goes on" in done.stderr and "hcloud-flow status" in done.stderr and "--wait" in done.stderr
+    assert json.loads(done.stdout)["error"]["type"] == "StillRunning"
+    run_id = done.stderr.split("hcloud-flow status ", 1)[1].split()[0]
+    followed = cli(redis_server.url, "status", run_id, "--wait", "--quiet")
+    assert followed.returncode == 0 and "succeeded" in followed.stdout
+
+
 def test_secret_without_a_key_says_the_password_was_dropped(
     worker: Worker, redis_server: RedisServer, names: list[str]
 ) -> None:
