@@ -25,7 +25,9 @@ from .redis_scripts import DELETE_IF_OWNER, EXPIRE_IF_OWNER
 __all__ = ["ACTIVE", "FINAL", "RunState", "RunStore", "chain_holder"]
 
 RunState = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
-FINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+# Final states of runs, and of fleet jobs, which may also end "completed_with_failures" (some servers did
+# not succeed while the error threshold held).
+FINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "completed_with_failures"})
 ACTIVE: frozenset[str] = frozenset({"queued", "running", "cancelling"})
 
 

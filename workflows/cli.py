@@ -331,7 +331,22 @@ def _wait_job(job_id: str, args: argparse.Namespace) -> int:
         _print_json(job)
     else:
         print(_job_line(job) + (f" — {job['reason']}" if job.get("reason") else ""))
+        for line in _unsucceeded(job):
+            print(line)
     return EXIT_OK if job["state"] == "succeeded" else EXIT_FAILED
+
+
+def _unsucceeded(job: dict[str, Any]) -> list[str]:
+    """Return one line per server of a job that did not succeed, saying what happened and why."""
+    names = {int(s["id"]): s.get("name") or s["id"] for s in job["servers"]}
+    lines = []
+    for sid, entry in sorted((int(k), v) for k, v in job["outcomes"].items()):
+        if entry["outcome"] in ("succeeded", "running"):
+            continue
+        why = f": {entry['reason']}" if entry.get("reason") else ""
+        run = f" (run {entry['run_id']})" if entry.get("run_id") else ""
+        lines.append(f"  {names.get(sid, sid)} ({sid}) {entry['outcome']}{run}{why}")
+    return lines
 
 
 def cmd_job(args: argparse.Namespace) -> int:

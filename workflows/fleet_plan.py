@@ -68,7 +68,7 @@ class Decision:
     """What the job does now: servers to start, and its state once nothing is left to decide."""
 
     start: tuple[int, ...]
-    state: str  # "running", "succeeded", "failed"
+    state: str  # "running", or a final one: "succeeded", "completed_with_failures", "failed"
     reason: str | None = None
     not_started: tuple[int, ...] = ()
 
@@ -99,7 +99,7 @@ def decide(
         if running:
             return Decision((), "running", stop_reason)
         failed = errors > max_errors or stop_reason == "a canary failed"
-        return Decision((), "failed" if failed else "succeeded", stop_reason, tuple(pending))
+        return Decision((), _final(order, outcomes, failed), stop_reason, tuple(pending))
     room = window - len(running)
     if canary and len(canaries) < canary:
         # Canary phase: only as many new servers as still make up the canary wave.
@@ -108,8 +108,19 @@ def decide(
         room = 0  # the whole canary wave must succeed before the rest starts
     start = tuple(pending[: max(0, room)])
     if not start and not running and not pending:
-        return Decision((), "succeeded" if errors <= max_errors else "failed")
+        return Decision((), _final(order, outcomes, errors > max_errors))
     return Decision(start, "running")
+
+
+def _final(order: list[int], outcomes: dict[int, str], failed: bool) -> str:
+    """Return how a job ended: "succeeded" only if every server's run did; a job whose threshold stopped
+    it "failed"; otherwise "completed_with_failures" (a server failed, was refused, skipped as busy, or
+    never started)."""
+    if failed:
+        return "failed"
+    if all(outcomes.get(s) == "succeeded" for s in order):
+        return "succeeded"
+    return "completed_with_failures"
 
 
 def estimate(

@@ -122,9 +122,10 @@ def test_window_fires_once_with_two_beats_and_honours_the_cutoff(
         job = wait_until(
             lambda: (j := store.get(job_id)) and j["state"] != "running" and j, 60, "the job to end"
         )
-        assert job["state"] == "succeeded"
         started = [sid for sid, e in job["outcomes"].items() if e["outcome"] == "succeeded"]
         cut = [e for e in job["outcomes"].values() if e["outcome"] == "not_started"]
+        # Servers the cutoff kept from starting mean the job did not do all it was asked: it says so.
+        assert job["state"] == ("completed_with_failures" if cut else "succeeded"), job["state"]
         assert 2 <= len(started) <= 4, (
             "the window's 6 s before the cutoff fit two waves of 5 s resets at most"
         )

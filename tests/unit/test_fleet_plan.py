@@ -48,15 +48,19 @@ def test_errors_at_the_threshold_do_not_stop_the_job() -> None:
     assert d.start == (2, 3)
 
 
-def test_cutoff_stops_new_starts_but_is_not_a_failure() -> None:
+def test_cutoff_stops_new_starts_and_the_job_says_not_all_ran() -> None:
     d = decide(ORDER, {1: "succeeded"}, window=2, max_errors=0, canary=0, cutoff_passed=True)
-    assert (d.start, d.state, d.not_started) == ((), "succeeded", tuple(range(2, 11)))
+    assert (d.start, d.state, d.not_started) == ((), "completed_with_failures", tuple(range(2, 11)))
 
 
 def test_all_done() -> None:
     done = {s: "succeeded" for s in ORDER}
     assert decide(ORDER, done, window=3, max_errors=0, canary=0).state == "succeeded"
     assert decide(ORDER, {**done, 5: "refused"}, window=3, max_errors=0, canary=0).state == "failed"
+    # Within the threshold, a job with a failed, refused or busy server did not succeed: it says so.
+    for outcome in ("failed", "refused", "skipped"):
+        d = decide(ORDER, {**done, 5: outcome}, window=3, max_errors=1, canary=0)
+        assert d.state == "completed_with_failures", outcome
 
 
 @pytest.mark.parametrize(
