@@ -22,13 +22,22 @@ import redis
 from .ledger import Ledger
 from .redis_scripts import DELETE_IF_OWNER, EXPIRE_IF_OWNER
 
-__all__ = ["ACTIVE", "FINAL", "RunState", "RunStore", "chain_holder"]
+__all__ = ["ACTIVE", "FINAL", "RunState", "RunStore", "chain_holder", "has_ended"]
 
 RunState = Literal["queued", "running", "cancelling", "succeeded", "failed", "cancelled"]
 # Final states of runs, and of fleet jobs, which may also end "completed_with_failures" (some servers did
 # not succeed while the error threshold held).
 FINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "completed_with_failures"})
 ACTIVE: frozenset[str] = frozenset({"queued", "running", "cancelling"})
+
+
+# Top-level run fields kept as JSON: the error, the power restore after a failure, the state left behind.
+_JSON_FIELDS = ("error", "restore", "left")
+
+
+def has_ended(record: dict[str, Any]) -> bool:
+    """Tell whether a run (or job) record is over: a final state, and no power restore still under way."""
+    return record["state"] in FINAL and (record.get("restore") or {}).get("state") != "powering_on"
 
 
 def chain_holder(root_id: str | None, task_id: str | None) -> str:
@@ -95,7 +104,8 @@ class RunStore:
         run["state"] = raw.get("state", "queued")
         for field in ("created", "started", "finished"):
             run[field] = float(raw[field]) if raw.get(field) else None
-        run["error"] = json.loads(raw["error"]) if raw.get("error") else None
+        for field in _JSON_FIELDS:
+            run[field] = json.loads(raw[field]) if raw.get(field) else None
         for i, step in enumerate(run["steps"]):
             step.update(json.loads(raw.get(f"s{i}", "{}")))
             live = self.ledger.get(step["task_id"])
@@ -113,7 +123,7 @@ class RunStore:
         """Move a run to ``state`` and set the given top-level fields; final states start the expiry."""
         mapping: dict[str, Any] = {"state": state}
         for name, value in fields.items():
-            mapping[name] = json.dumps(value) if name == "error" else repr(value)
+            mapping[name] = json.dumps(value) if name in _JSON_FIELDS else repr(value)
         key = self._run(run_id)
         self.redis.hset(key, mapping=mapping)
         if state in FINAL:

@@ -8,6 +8,7 @@ the server lock and the server's queue change the same way in either case.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -52,6 +53,11 @@ class RunHooks:
         run = self.store.get(run_id)
         if run is None:
             return
+        if task_id == (run.get("restore") or {}).get("task_id"):
+            self.store.refresh(
+                run["server_id"], run_id, run["lock_ttl"]
+            )  # the restore runs, cancelled or not
+            return
         index = self._index(run, task_id)
         if self.store.cancel_requested(run_id):
             raise RunCancelled(run_id, run["steps"][index]["name"] if index is not None else "?")
@@ -66,6 +72,13 @@ class RunHooks:
         """Record a step's success; finish the run after its last step."""
         run = self.store.get(run_id)
         if run is None:
+            return
+        if task_id == (run.get("restore") or {}).get("task_id"):
+            status = result.get("server_status") or "running"
+            skipped = bool(result.get("skipped"))
+            restore = {**run["restore"], "state": "done", "skipped": skipped}
+            why = "still running: it was never stopped" if skipped else "powered on again after the failure"
+            self._ended(run, restore=restore, left={"status": status, "why": why})
             return
         index = self._index(run, task_id)
         if index is not None:
@@ -84,6 +97,10 @@ class RunHooks:
         """Record a step's failure (or the cancel it met) and finish the run."""
         run = self.store.get(run_id)
         if run is None:
+            return
+        if task_id == (run.get("restore") or {}).get("task_id"):
+            restore = {**run["restore"], "state": "failed", "error": error_info(exc)}
+            self._ended(run, restore=restore, left={"status": "off", "why": f"power on failed: {exc}"})
             return
         index = self._index(run, task_id)
         cancelled = isinstance(exc, RunCancelled)
@@ -104,13 +121,53 @@ class RunHooks:
         if error is not None:
             fields["error"] = error
         self.store.set_state(run["id"], state, **fields)  # type: ignore[arg-type]
-        self.store.release(run["server_id"], run["id"])
         log.info("run %s (%s on server %s) %s", run["id"], run["workflow"], run["server_id"], state)
+        if state != "succeeded" and self._restore(run["id"]):
+            return  # the server stays held until the restore has ended (_ended)
+        self._ended(self.store.get(run["id"]) or {**run, "state": state, "error": error})
+
+    def _restore(self, run_id: str) -> bool:
+        """Power a server on again that the run found running and stopped before it failed or was cancelled.
+
+        Only where the step it stopped at says so (``restore`` in the run's step list: a failed snapshot
+        must not leave a running server off; a failed rebuild step is not booted), the server was running
+        before, and the user did not ask ``--leave-off``. Return True when a restore was started.
+        """
+        run = self.store.get(run_id)
+        if run is None:
+            return False
+        stopped_at = next((s for s in run["steps"] if s.get("status") in ("failed", "cancelled")), None)
+        if (
+            stopped_at is None
+            or not stopped_at.get("restore")
+            or run.get("server_status_before") != "running"
+            or (run.get("params") or {}).get("leave_off")
+        ):
+            return False
+        task_id = f"{run_id}-restore-{uuid.uuid4().hex[:8]}"
+        self.store.set_state(run_id, run["state"], restore={"state": "powering_on", "task_id": task_id})
+        kwargs = {"run_id": run_id, "step": "restore_power", "skip_if_status": "running"}
+        try:
+            signature(
+                "hcloud_flow.power_on", args=(run["server_id"],), kwargs=kwargs, app=self.app
+            ).apply_async(task_id=task_id)
+        except Exception as exc:  # the broker refused it: the run says the server was left as it was
+            restore = {"state": "failed", "task_id": task_id, "error": error_info(exc)}
+            self._ended(
+                run, restore=restore, left={"status": "unknown", "why": f"could not send power on: {exc}"}
+            )
+        return True
+
+    def _ended(self, run: dict[str, Any], **fields: Any) -> None:
+        """Free the server, start what is queued behind it, and tell the listeners that the run ended."""
+        if fields:
+            self.store.set_state(run["id"], run["state"], **fields)
+            run = {**run, **fields}
+        self.store.release(run["server_id"], run["id"])
         self.start_next(run["server_id"])
-        ended = {**run, "state": state, "error": error}
         for listener in RUN_LISTENERS:
             try:
-                listener(ended)
+                listener(run)
             except Exception:  # one listener's failure must not undo the run's ending
                 log.exception("run listener failed for run %s", run["id"])
 

@@ -19,7 +19,7 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 
 from workers.errors import BadInput, HcloudFlowError, StillRunning
-from workers.run_store import FINAL, RunStore
+from workers.run_store import RunStore, has_ended
 
 from .submit import cancel_run
 
@@ -86,7 +86,7 @@ def wait_for_end(
         record = read()
         if on_update is not None:
             on_update(record)
-        if record["state"] in FINAL:
+        if has_ended(record):
             return record
         if deadline is not None and time.monotonic() > deadline:
             raise StillRunning(what, record["state"], float(timeout), follow)

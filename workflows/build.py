@@ -37,6 +37,7 @@ def plan_steps(
                 "task": TASK_NAMES[step.action],
                 "task_id": f"{run_id}-{len(steps)}-{uuid.uuid4().hex[:8]}",
                 "kwargs": kwargs,
+                "restore": step.restore,
             }
         )
     return steps

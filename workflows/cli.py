@@ -130,7 +130,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _wait_and_report(run_ids: list[str], args: argparse.Namespace) -> int:
-    from workers.run_store import FINAL
+    from workers.run_store import has_ended
     from workflows.progress import LiveView, render_run
 
     runs = _runs()
@@ -140,12 +140,12 @@ def _wait_and_report(run_ids: list[str], args: argparse.Namespace) -> int:
         current = [runs.status(r) for r in run_ids]
         if view is not None:
             view.update(current)
-        if all(r["state"] in FINAL for r in current):
+        if all(has_ended(r) for r in current):
             break
         if deadline is not None and time.monotonic() > deadline:
             from workers.errors import StillRunning
 
-            running = [r for r in current if r["state"] not in FINAL]
+            running = [r for r in current if not has_ended(r)]
             raise StillRunning(
                 f"run {running[0]['id']}",
                 running[0]["state"],

@@ -36,6 +36,9 @@ class Step:
     action: str
     args: Callable[[Facts], dict[str, Any]] = lambda f: {}
     when: Callable[[Facts], bool] = lambda f: True
+    # A run that fails or is cancelled at this step powers the server on again if it was running before
+    # (unless --leave-off): the steps up to where the workflow itself would have restored it.
+    restore: bool = False
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,12 @@ SHUTDOWN_PARAMS = (
         "grace", (int, float), None, "seconds to wait for the guest to shut down before forcing (default 60)"
     ),
 )
+LEAVE_OFF = Param(
+    "leave_off",
+    bool,
+    False,
+    "on failure or cancel, leave a server this run stopped off (default: power it on)",
+)
 IMAGE_PARAMS = (
     Param("description", str, None, "description of the new image"),
     Param("labels", dict, None, 'labels of the new image, e.g. {"purpose": "backup"}'),
@@ -133,26 +142,27 @@ WORKFLOWS: dict[str, Workflow] = {
             "Shut down gracefully, snapshot the disk, wait until the image is available, and power on again "
             "only if the server was running before.",
             (
-                Step("shutdown", "shutdown", _shutdown, when=_was_running),
-                Step("create_image", "create_image", _image),
-                Step("power_on", "power_on", when=_was_running),
+                Step("shutdown", "shutdown", _shutdown, when=_was_running, restore=True),
+                Step("create_image", "create_image", _image, restore=True),
+                Step("power_on", "power_on", when=_was_running, restore=True),
             ),
-            SHUTDOWN_PARAMS + IMAGE_PARAMS,
+            SHUTDOWN_PARAMS + IMAGE_PARAMS + (LEAVE_OFF,),
         ),
         Workflow(
             "rebuild",
             "Shut down gracefully, take a safety snapshot (unless --no-snapshot), rebuild from an image, and "
             "wait until the server is running.",
             (
-                Step("shutdown", "shutdown", _shutdown, when=_was_running),
+                Step("shutdown", "shutdown", _shutdown, when=_was_running, restore=True),
                 Step(
                     "safety_snapshot",
                     "create_image",
                     _safety_image,
                     when=lambda f: not f["params"]["no_snapshot"],
+                    restore=True,
                 ),
                 Step("rebuild", "rebuild", _rebuild),
-                Step("power_on", "power_on", lambda f: {"skip_if_status": "running"}),
+                Step("power_on", "power_on", lambda f: {"skip_if_status": "running"}, restore=True),
             ),
             (
                 Param(
@@ -165,6 +175,7 @@ WORKFLOWS: dict[str, Workflow] = {
                 Param("no_snapshot", bool, False, "skip the safety snapshot"),
                 Param("user_data", str, None, "cloud-init user data (at most 32 KiB)"),
                 *SHUTDOWN_PARAMS,
+                LEAVE_OFF,
             ),
         ),
         Workflow(

@@ -48,6 +48,12 @@ def render_run(run: dict[str, Any], now: float | None = None) -> list[str]:
         )
     if run.get("error"):
         lines.append(f"  error: {run['error']['message']}")
+    restore = run.get("restore") or {}
+    if restore.get("state") == "powering_on":
+        lines.append("  powering the server on again, as it was running before the run")
+    if run.get("left"):
+        left = run["left"]
+        lines.append(f"  {run.get('server_name') or run['server_id']} left {left['status']}: {left['why']}")
     return lines
 
 

@@ -66,7 +66,7 @@ def submit_run(
         "server_name": srv["name"],
         "server_status_before": srv["status"],
         "params": _recordable(facts["params"]),
-        "steps": [{k: s[k] for k in ("index", "name", "action", "task_id")} for s in steps],
+        "steps": [{k: s[k] for k in ("index", "name", "action", "task_id", "restore")} for s in steps],
         "lock_ttl": ttl,
         "job_id": job_id,
     }

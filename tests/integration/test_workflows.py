@@ -159,8 +159,24 @@ def test_failed_action_fails_the_run_with_names(runs: Runs, control: Control, po
         "action_failed",
     )
     assert err["action_id"]
-    assert posted(control, sid) == ["shutdown", "create_image"]
+    # The snapshot stopped a running server: it powers it on again, and the record says so.
+    assert posted(control, sid) == ["shutdown", "create_image", "poweron"]
     assert [s["status"] for s in record["steps"]] == ["succeeded", "failed", "pending"]
+    assert record["restore"]["state"] == "done"
+    assert record["left"] == {"status": "running", "why": "powered on again after the failure"}
+    assert Api(control.url.replace("/_fakecloud", "/v1")).server(sid)["status"] == "running"
+
+
+def test_leave_off_leaves_a_failed_snapshots_server_off(
+    runs: Runs, control: Control, pool: Iterator[int]
+) -> None:
+    sid = take(pool, control, "running")
+    control.send(
+        "PATCH", f"/servers/{sid}", {"fail_next": {"command": "create_image", "code": "action_failed"}}
+    )
+    record = run(runs, "snapshot", sid, leave_off=True)
+    assert record["state"] == "failed" and record["restore"] is None
+    assert posted(control, sid) == ["shutdown", "create_image"], "--leave-off: no power on"
 
 
 REFUSALS = [
@@ -239,9 +255,9 @@ def test_cancel_mid_run_waits_out_the_action_and_stops(
         control.send("PUT", "/config", {"durations": {"create_image": 20.0}})
     assert record["state"] == "cancelled"
     assert [s["status"] for s in record["steps"]] == ["succeeded", "succeeded", "cancelled"]
-    assert posted(control, sid) == ["shutdown", "create_image"], (
-        "the running action was waited out, then stop"
-    )
+    # The running action was waited out, the run stopped, and the server it had shut down is on again.
+    assert posted(control, sid) == ["shutdown", "create_image", "poweron"]
+    assert record["left"]["status"] == "running"
     with pytest.raises(BadInput, match="already ended"):
         runs.cancel(run_id)
 
