@@ -43,11 +43,24 @@ def render_run(run: dict[str, Any], now: float | None = None) -> list[str]:
             extra += " (guest ignored ACPI: powered off)"
         if step.get("skipped"):
             extra += " (already in state, skipped)"
+        outputs = step.get("outputs") or {}
+        if (outputs.get("image") or {}).get("id"):
+            extra += f" → image {outputs['image']['id']}"
         lines.append(
             f"  {_ICONS.get(status, '?')} {step['name']:<16} [{_bar(progress)}] {progress:3d}%{extra}"
         )
     if run.get("error"):
         lines.append(f"  error: {run['error']['message']}")
+    for step in run["steps"]:
+        password = (step.get("outputs") or {}).get("root_password")
+        if password is None:
+            continue
+        if password.get("sealed"):
+            lines.append(
+                f"  root password ({step['name']}) sealed: `hcloud-flow secret {run['id']}` shows it"
+            )
+        else:
+            lines.append(f"  root password ({step['name']}): {password.get('notice')}")
     restore = run.get("restore") or {}
     if restore.get("state") == "powering_on":
         lines.append("  powering the server on again, as it was running before the run")

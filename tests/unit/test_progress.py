@@ -34,3 +34,16 @@ def test_a_log_gets_one_line_per_change() -> None:
     assert "srv-5: running (0/2 steps, step s0 running)" in lines[0]
     assert "(1/2 steps, step s1 running)" in lines[1]
     assert "succeeded (2/2 steps)" in lines[2]
+
+
+def test_status_shows_new_images_and_where_a_password_is() -> None:
+    from workflows.progress import render_run
+
+    r = run("succeeded", ["succeeded", "succeeded"])
+    r["steps"][0]["outputs"] = {"image": {"id": 4242}}
+    r["steps"][1]["outputs"] = {"root_password": {"sealed": "gAAAA..."}}
+    text = "\n".join(render_run(r, now=1.0))
+    assert "image 4242" in text
+    assert "hcloud-flow secret r1" in text and "gAAAA" not in text
+    r["steps"][1]["outputs"] = {"root_password": {"sealed": None, "notice": "root password lost: ..."}}
+    assert "root password lost" in "\n".join(render_run(r, now=1.0))
