@@ -21,10 +21,12 @@ class Clock:
         return self.now
 
 
-def test_a_deferred_send_waits_for_its_time_and_goes_out_once(redis_server: RedisServer) -> None:
+def monitor_on(
+    redis_server: RedisServer, clock: Clock, sent: list[Any], gap: float = 0.5
+) -> tuple[Monitor, Deferred]:
+    """Return a monitor (no API client: only deferred sends happen) and the deferred store it sends from."""
     r = redis_server.client()
     prefix = f"d{uuid.uuid4().hex[:8]}"
-    clock = Clock()
     engine = Engine(
         client=None,  # type: ignore[arg-type]
         redis=r,
@@ -32,9 +34,15 @@ def test_a_deferred_send_waits_for_its_time_and_goes_out_once(redis_server: Redi
         waits=WaitStore(r, prefix=prefix),
         clock=clock,
     )
+    send = lambda t, k: sent.append((t, k))  # noqa: E731 - a one-line recorder
+    monitor = Monitor(engine, dispatcher=None, prefix=prefix, send=send, gap=gap)  # type: ignore[arg-type]
+    return monitor, Deferred(r, prefix=prefix)
+
+
+def test_a_deferred_send_waits_for_its_time_and_goes_out_once(redis_server: RedisServer) -> None:
+    clock = Clock()
     sent: list[tuple[str, dict[str, Any]]] = []
-    monitor = Monitor(engine, dispatcher=None, prefix=prefix, send=lambda t, k: sent.append((t, k)))  # type: ignore[arg-type]
-    deferred = Deferred(r, prefix=prefix)
+    monitor, deferred = monitor_on(redis_server, clock, sent)
     deferred.later("hcloud_flow.fleet_advance", {"job_id": "j1"}, 1010.0)
     deferred.later("hcloud_flow.fleet_advance", {"job_id": "j1"}, 1005.0)  # the same entry: sooner wins
     deferred.later("hcloud_flow.fleet_advance", {"job_id": "j1"}, 1020.0)  # ... and later never delays it
@@ -51,23 +59,13 @@ def test_a_deferred_send_waits_for_its_time_and_goes_out_once(redis_server: Redi
 def test_rounds_gather_what_falls_due_close_together(redis_server: RedisServer) -> None:
     # A round that began a moment ago (in any process) holds the next one back for the gap, so that one
     # request carries what fell due meanwhile.
-    r = redis_server.client()
-    prefix = f"g{uuid.uuid4().hex[:8]}"
     clock = Clock()
-    engine = Engine(
-        client=None,  # type: ignore[arg-type]
-        redis=r,
-        ledger=Ledger(r, prefix=prefix),
-        waits=WaitStore(r, prefix=prefix),
-        clock=clock,
-    )
-    sent: list[str] = []
-    monitor = Monitor(engine, dispatcher=None, prefix=prefix, send=lambda t, k: sent.append(t), gap=0.5)  # type: ignore[arg-type]
-    deferred = Deferred(r, prefix=prefix)
+    sent: list[tuple[str, dict[str, Any]]] = []
+    monitor, deferred = monitor_on(redis_server, clock, sent, gap=0.5)
     deferred.later("a", {}, 1000.0)
-    assert monitor.run_round() is not None and sent == ["a"]
+    assert monitor.run_round() is not None and [t for t, _ in sent] == ["a"]
     deferred.later("b", {}, 1000.1)
     clock.now = 1000.2
-    assert monitor.run_round() is None and sent == ["a"], "within the gap: no round"
+    assert monitor.run_round() is None and [t for t, _ in sent] == ["a"], "within the gap: no round"
     clock.now = 1000.5
-    assert monitor.run_round() is not None and sent == ["a", "b"]
+    assert monitor.run_round() is not None and [t for t, _ in sent] == ["a", "b"]
