@@ -11,6 +11,9 @@ API token; reading and cancelling need only Redis.
 from __future__ import annotations
 
 import contextlib
+import getpass
+import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -67,6 +70,15 @@ def call_worker(
     raise failure
 
 
+def default_submitter() -> str:
+    """Return who submits from this process, as user@host (recorded with each run)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a bare container)
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"
+
+
 def wait_for_end(
     read: Callable[[], dict[str, Any]],
     what: str,
@@ -109,10 +121,26 @@ class Runs:
         )
 
     def submit_full(
-        self, workflow: str, *, server: int | str, queue: bool = False, timeout: float = 60.0, **params: Any
+        self,
+        workflow: str,
+        *,
+        server: int | str,
+        queue: bool = False,
+        timeout: float = 60.0,
+        submitted_by: str | None = None,
+        **params: Any,
     ) -> dict[str, Any]:
-        """Like submit, but return the whole answer (run id, state, planned steps, queued_behind)."""
-        kwargs = {"workflow": workflow, "server": server, "params": params, "queue": queue}
+        """Like submit, but return the whole answer (run id, state, planned steps, queued_behind).
+
+        ``submitted_by`` is recorded with the run (default: this process's user@host).
+        """
+        kwargs = {
+            "workflow": workflow,
+            "server": server,
+            "params": params,
+            "queue": queue,
+            "submitted_by": submitted_by or default_submitter(),
+        }
         return call_worker(self.app, self.store.redis, "hcloud_flow.submit", kwargs, timeout)
 
     def status(self, run_id: str) -> dict[str, Any]:

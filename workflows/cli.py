@@ -197,13 +197,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     if not runs:
         print("no runs")
         return EXIT_OK
-    print(f"{'RUN':<18}{'WORKFLOW':<16}{'SERVER':<14}{'STATE':<12}{'STEPS':<8}{'SECONDS':>8}")
+    print(
+        f"{'RUN':<18}{'CREATED (UTC)':<21}{'WORKFLOW':<16}{'SERVER':<14}{'STATE':<12}{'STEPS':<8}"
+        f"{'SECONDS':>8}  BY"
+    )
     for r in runs:
         done = sum(1 for s in r["steps"] if s.get("status") == "succeeded")
         secs = (r.get("finished") or time.time()) - (r.get("started") or r["created"])
         name = str(r.get("server_name") or r["server_id"])
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["created"]))
         print(
-            f"{r['id']:<18}{r['workflow']:<16}{name[:13]:<14}{r['state']:<12}{done}/{len(r['steps']):<6}{secs:>8.1f}"
+            f"{r['id']:<18}{created:<21}{r['workflow']:<16}{name[:13]:<14}{r['state']:<12}"
+            f"{done}/{len(r['steps']):<6}{secs:>8.1f}  {r.get('submitted_by') or '-'}"
         )
     return EXIT_OK
 

@@ -17,7 +17,7 @@ from workers.run_store import FINAL, RunStore
 from workers.runs import RunHooks, error_info
 
 from .build import build_chain, lock_ttl, plan_steps
-from .validate import Lookups, check_params, gather_facts, workflow_named
+from .validate import Lookups, check_params, check_submitter, gather_facts, workflow_named
 
 __all__ = ["cancel_run", "submit_run"]
 
@@ -44,6 +44,7 @@ def submit_run(
     job_id: str | None = None,
     priority: str | None = None,
     lookups: Lookups | None = None,
+    submitted_by: Any = None,
 ) -> dict[str, Any]:
     """Validate a request, record the run, take the server (or queue behind its run) and start the chain.
 
@@ -51,6 +52,7 @@ def submit_run(
     """
     wf = workflow_named(workflow)
     clean = check_params(wf, params or {})
+    submitter = check_submitter(submitted_by)
     if not isinstance(queue, bool):
         raise BadInput("queue must be true or false", "queue")
     facts = gather_facts(client, wf, server, clean, lookups)
@@ -69,6 +71,7 @@ def submit_run(
         "steps": [{k: s[k] for k in ("index", "name", "action", "task_id", "restore")} for s in steps],
         "lock_ttl": ttl,
         "job_id": job_id,
+        "submitted_by": submitter,
     }
     holder = store.acquire(int(srv["id"]), run_id, ttl)
     if holder is not None:

@@ -54,7 +54,7 @@ RUN_LISTENERS.append(_on_run_ended)
 
 @app.task(name="hcloud_flow.submit", throws=(BadInput, ServerBusy), acks_late=False)
 def submit(
-    workflow: Any = None, server: Any = None, params: Any = None, queue: Any = False
+    workflow: Any = None, server: Any = None, params: Any = None, queue: Any = False, submitted_by: Any = None
 ) -> dict[str, Any]:
     """Validate and start a workflow run; return its id."""
     # acks_late is off here: a redelivered submit would start a second run of the same request.
@@ -67,6 +67,7 @@ def submit(
         server=server,
         params=params if params is not None else {},
         queue=queue,
+        submitted_by=submitted_by,
     )
 
 

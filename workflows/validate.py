@@ -15,7 +15,21 @@ from workers.server_actions import ACTIONS, MAX_USER_DATA
 
 from .definitions import WORKFLOWS, Workflow
 
-__all__ = ["Lookups", "check_params", "gather_facts", "workflow_named"]
+__all__ = ["Lookups", "check_params", "check_submitter", "gather_facts", "workflow_named"]
+
+_SUBMITTER_MAX = 100
+
+
+def check_submitter(value: Any) -> str | None:
+    """Return who submitted a request (a user@host or service name, recorded with the run), or refuse it."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > _SUBMITTER_MAX:
+        raise BadInput(f"submitted_by must be a name of 1 to {_SUBMITTER_MAX} characters", "submitted_by")
+    if not value.isprintable():
+        raise BadInput("submitted_by must not hold control characters", "submitted_by")
+    return value.strip()
+
 
 _LABEL_MAX = 63
 _EMPTY_IMAGE = "image is empty; give an image id or a system image name (e.g. ubuntu-24.04)"

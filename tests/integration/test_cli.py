@@ -75,6 +75,10 @@ def test_run_wait_json_then_status_list_and_cancel(
     assert "create_image" in text.stdout and "100%" in text.stdout
     listed = cli(redis_server.url, "list", "--json")
     assert run["id"] in {r["id"] for r in json.loads(listed.stdout)}
+    mine = next(r for r in json.loads(listed.stdout) if r["id"] == run["id"])
+    assert mine["submitted_by"] and "@" in mine["submitted_by"], "who submitted it is recorded"
+    table = cli(redis_server.url, "list").stdout
+    assert "CREATED (UTC)" in table and mine["submitted_by"] in table
     # A server by name, as `run` takes it (the CLI has no token: matched against the runs' recorded names).
     by_name = cli(redis_server.url, "list", "--server", names[0], "--json")
     assert by_name.returncode == 0, by_name.stderr
