@@ -10,8 +10,18 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import BadInput
+from .labels import check_labels
 
-__all__ = ["ACTIONS", "TASK_NAMES", "ServerAction", "TargetState", "check_step_options", "validate_params"]
+__all__ = [
+    "ACTIONS",
+    "MAX_DESCRIPTION",
+    "TASK_NAMES",
+    "ServerAction",
+    "TargetState",
+    "check_description",
+    "check_step_options",
+    "validate_params",
+]
 
 TargetState = Literal["running", "off", "image_available"]
 
@@ -167,6 +177,22 @@ def check_step_options(opts: dict[str, Any]) -> dict[str, Any]:
     return opts
 
 
+MAX_DESCRIPTION = 1000
+
+
+def check_description(text: Any) -> str:
+    """Return an image description fit to send (and to keep in results), or refuse it."""
+    if not isinstance(text, str):
+        raise BadInput("description must be a string", "description")
+    if len(text) > MAX_DESCRIPTION:
+        raise BadInput(
+            f"description is longer than {MAX_DESCRIPTION} characters ({len(text)})", "description"
+        )
+    if not text.isprintable():
+        raise BadInput("description must not hold control characters (newlines, escapes)", "description")
+    return text
+
+
 def validate_params(action: ServerAction, params: dict[str, Any]) -> dict[str, Any]:
     """Check an action's API parameters by shape, before anything is sent; return them cleaned."""
     unknown = set(params) - set(action.params)
@@ -183,14 +209,10 @@ def validate_params(action: ServerAction, params: dict[str, Any]) -> dict[str, A
             isinstance(k, int) and not isinstance(k, bool) for k in keys
         ):
             raise BadInput("ssh_keys must be a list of ssh key ids (integers)", "ssh_keys")
-    if "description" in clean and not isinstance(clean["description"], str):
-        raise BadInput("description must be a string", "description")
+    if "description" in clean:
+        check_description(clean["description"])
     if "labels" in clean:
-        labels = clean["labels"]
-        if not isinstance(labels, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-        ):
-            raise BadInput("labels must be an object of string keys to string values", "labels")
+        clean["labels"] = check_labels(clean["labels"])
     for name in action.required:
         if clean.get(name) is None:
             raise BadInput(f"{action.name} needs {name}", name)

@@ -348,7 +348,12 @@ def _server_of(args: Any) -> int | None:
 
 
 def _make_task(action: ServerAction) -> Task:
-    def run(self: Task, target: Any = None, **options: Any) -> dict[str, Any]:
+    def run(self: Task, target: Any = None, *extra: Any, **options: Any) -> dict[str, Any]:
+        if extra:  # refused here, not by Python as a TypeError nobody can read
+            raise BadInput(
+                f"{action.name} takes one argument (a server id or name, or the previous step's result) and "
+                f"keyword options; got {1 + len(extra)} arguments"
+            )
         return run_action(self, action, target, options)
 
     run.__name__ = action.name

@@ -11,7 +11,8 @@ from typing import Any
 
 from workers.client import HcloudClient, is_id
 from workers.errors import APIError, BadInput
-from workers.server_actions import ACTIONS, MAX_USER_DATA
+from workers.labels import check_labels
+from workers.server_actions import ACTIONS, MAX_USER_DATA, check_description
 
 from .definitions import WORKFLOWS, Workflow
 
@@ -31,7 +32,6 @@ def check_submitter(value: Any) -> str | None:
     return value.strip()
 
 
-_LABEL_MAX = 63
 _EMPTY_IMAGE = "image is empty; give an image id or a system image name (e.g. ubuntu-24.04)"
 
 
@@ -99,21 +99,10 @@ def _check_values(p: dict[str, Any]) -> None:
         raise BadInput("grace must be between 0 and 3600 seconds", "grace")
     if p.get("user_data") is not None and len(p["user_data"].encode()) > MAX_USER_DATA:
         raise BadInput("user_data is larger than the API's 32 KiB limit", "user_data")
-    if p.get("description") is not None and len(p["description"]) > 1000:
-        raise BadInput("description is longer than 1000 characters", "description")
-    labels = p.get("labels")
-    if labels is not None:
-        for key, value in labels.items():
-            if not isinstance(key, str) or not isinstance(value, str):
-                raise BadInput("labels must map strings to strings", "labels")
-            if not key or len(key.rsplit("/", 1)[-1]) > _LABEL_MAX or len(value) > _LABEL_MAX:
-                raise BadInput(f"label {key!r}: names and values are at most 63 characters", "labels")
-            if key.startswith("hetzner.cloud/"):
-                raise BadInput(f"label {key!r}: the prefix hetzner.cloud/ is reserved", "labels")
-            if not all(c.isalnum() or c in "-_./" for c in key) or not all(
-                c.isalnum() or c in "-_." for c in value
-            ):
-                raise BadInput(f"label {key!r}: use letters, digits, '-', '_' and '.' only", "labels")
+    if p.get("description") is not None:
+        check_description(p["description"])
+    if p.get("labels") is not None:
+        check_labels(p["labels"])
     image = p.get("image")
     # An empty name must never reach a lookup: it once became "no filter", and the first image of the
     # whole catalogue (debian-11) was rebuilt onto the server.

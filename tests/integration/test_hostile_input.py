@@ -338,6 +338,52 @@ CASES: list[tuple[str, Callable[[Surfaces, int], tuple[str, int | None]], str, i
         None,
     ),
     (
+        "task server id 0",
+        lambda s, i: s.task("hcloud_flow.reboot", args=[0]),
+        "positive",
+        None,
+    ),
+    (
+        "task server id -5",
+        lambda s, i: s.task("hcloud_flow.reboot", args=[-5]),
+        "server",
+        None,
+    ),
+    (
+        "task a 10 MB description",
+        lambda s, i: s.task("hcloud_flow.create_image", args=[i], kwargs={"description": "x" * 10_000_000}),
+        "longer than 1000",
+        None,
+    ),
+    (
+        "task an extra positional argument",
+        lambda s, i: s.task("hcloud_flow.reboot", args=[i, "surprise"]),
+        "takes one argument",
+        None,
+    ),
+    (
+        "cli control characters in a description",
+        lambda s, i: s.cli("run", "snapshot", "--server", str(i), "--description", "a\x1b[2Jb"),
+        "control characters",
+        2,
+    ),
+    (
+        "task our reserved label",
+        lambda s, i: s.task(
+            "hcloud_flow.create_image", args=[i], kwargs={"labels": {"hcloud-flow/step": "x"}}
+        ),
+        "reserved",
+        None,
+    ),
+    (
+        "api ten thousand labels",
+        lambda s, i: s.api(
+            lambda r, j: r.submit("snapshot", server=i, labels={f"k{n}": "v" for n in range(10_000)})
+        ),
+        "at most 64",
+        None,
+    ),
+    (
         "task labels as a list",
         lambda s, i: s.task("hcloud_flow.create_image", args=[i], kwargs={"labels": [1, 2]}),
         "labels must be",

@@ -1,0 +1,41 @@
+"""The label rule every entry point shares (the API's, plus our reserved prefix)."""
+
+from __future__ import annotations
+
+import pytest
+
+from workers.errors import BadInput
+from workers.labels import check_labels
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [
+        {"env": "prod", "team/owner": "ops", "example.com/tier": "", "a.b_c-d": "x.y_z-1"},
+        {f"k{i}": "v" for i in range(64)},
+    ],
+)
+def test_labels_the_api_takes_are_kept(labels: dict[str, str]) -> None:
+    assert check_labels(labels) == labels
+
+
+@pytest.mark.parametrize(
+    ("labels", "says"),
+    [
+        ({"hcloud-flow/step": "x"}, "reserved"),  # ours: it finds a lost answer's image again
+        ({"hetzner.cloud/x": "y"}, "reserved"),
+        ({"sub.hetzner.cloud/x": "y"}, "reserved"),
+        ({"": "v"}, "name must be"),
+        ({"-bad": "v"}, "name must be"),
+        ({"k": "v" * 64}, "value must be"),
+        ({"k": "bad value"}, "value must be"),
+        ({"k": "<script>"}, "value must be"),
+        ({"Bad_Prefix/k": "v"}, "prefix"),
+        ({"k": 5}, "strings"),
+        ({f"k{i}": "v" for i in range(10_000)}, "at most 64"),
+        (["k", "v"], "object"),
+    ],
+)
+def test_labels_the_api_would_refuse_are_refused_before_anything_is_sent(labels: object, says: str) -> None:
+    with pytest.raises(BadInput, match=says):
+        check_labels(labels)

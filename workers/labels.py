@@ -1,0 +1,59 @@
+"""The API's label rule (reference §4.1), checked before anything is sent: one definition for all entries.
+
+Used by workflow validation (CLI, Python API, ``hcloud_flow.submit``, Flower) and by the raw action tasks.
+A key is an optional DNS-subdomain prefix (at most 253 characters) and ``/``, then a name of 1-63
+characters, alphanumeric at both ends with ``-_.`` inside; a value is empty or follows the name rule. The
+prefix ``hetzner.cloud/`` is the API's; ``hcloud-flow/`` is ours (the step label that finds a lost
+answer's image again), so a user may not set it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from .errors import BadInput
+
+__all__ = ["MAX_LABELS", "RESERVED_PREFIXES", "check_labels"]
+
+_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?\Z")
+_DNS_LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"
+_PREFIX = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*\Z")
+RESERVED_PREFIXES = ("hetzner.cloud", "hcloud-flow")
+# The API documents no count; more than this many labels on one image is a mistake, not a wish.
+MAX_LABELS = 64
+
+
+def _key_problem(key: str) -> str | None:
+    prefix, slash, name = key.rpartition("/")
+    if slash:
+        if not prefix or len(prefix) > 253 or not _PREFIX.match(prefix):
+            return f"label key {key!r}: the prefix must be a DNS subdomain of at most 253 characters"
+        if any(prefix == p or prefix.endswith("." + p) for p in RESERVED_PREFIXES):
+            return f"label key {key!r}: the prefix {prefix}/ is reserved"
+    if not _NAME.match(name):
+        return (
+            f"label key {key!r}: the name must be 1-63 characters, letters or digits at both ends, "
+            "with '-', '_' or '.' inside"
+        )
+    return None
+
+
+def check_labels(labels: Any, field: str = "labels") -> dict[str, str]:
+    """Return ``labels`` if the API would take them (and they avoid our reserved prefix), else refuse."""
+    if not isinstance(labels, dict):
+        raise BadInput(f"{field} must be an object of string keys to string values", field)
+    if len(labels) > MAX_LABELS:
+        raise BadInput(f"{field}: at most {MAX_LABELS} labels, not {len(labels)}", field)
+    for key, value in labels.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise BadInput(f"{field} must map strings to strings", field)
+        problem = _key_problem(key)
+        if problem is None and value and not _NAME.match(value):
+            problem = (
+                f"label {key!r}: the value must be empty or 1-63 characters, letters or digits at both "
+                "ends, with '-', '_' or '.' inside"
+            )
+        if problem:
+            raise BadInput(problem[:300], field)
+    return dict(labels)
