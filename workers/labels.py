@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import BadInput
 
-__all__ = ["MAX_LABELS", "RESERVED_PREFIXES", "check_labels"]
+__all__ = ["MAX_LABELS", "RESERVED_PREFIXES", "check_labels", "check_selector"]
 
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?\Z")
 _DNS_LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"
@@ -57,3 +57,37 @@ def check_labels(labels: Any, field: str = "labels") -> dict[str, str]:
         if problem:
             raise BadInput(problem[:300], field)
     return dict(labels)
+
+
+_WORD = r"[^\s!=(),]+"
+_TERMS = (
+    re.compile(rf"\s*!?\s*({_WORD})\s*\Z"),  # k, !k
+    re.compile(rf"\s*({_WORD})\s*(?:==|!=|=)\s*([^\s!=(),]*)\s*\Z"),  # k=v, k==v, k!=v
+    re.compile(rf"\s*({_WORD})\s+(?:in|notin)\s*\(([^()]*)\)\s*\Z"),  # k in (a,b), k notin (a,b)
+)
+
+
+def check_selector(selector: Any, field: str = "selector") -> str:
+    """Return a label selector whose syntax is the API's (reference §4.1), else refuse it before it is kept.
+
+    For windows, which keep a selector to use later: a broken one must fail when it is added, not at 3 a.m.
+    """
+    if not isinstance(selector, str) or not selector.strip():
+        raise BadInput("the label selector is empty; e.g. 'env=staging,role in (web,api)'", field)
+    terms, depth, start = [], 0, 0
+    for i, char in enumerate(selector):  # commas inside ( ) belong to a set, not between terms
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth not in (0, 1):
+            break
+        if char == "," and depth == 0:
+            terms.append(selector[start:i])
+            start = i + 1
+    terms.append(selector[start:])
+    for term in terms:
+        if depth != 0 or not any(p.match(term) for p in _TERMS):
+            raise BadInput(
+                f"label selector {selector[:200]!r}: {term.strip()[:100]!r} is not a term the API takes "
+                "(k, !k, k=v, k!=v, k in (a,b), k notin (a,b))",
+                field,
+            )
+    return selector

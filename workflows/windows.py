@@ -26,6 +26,7 @@ import redis
 from celery.schedules import crontab_parser
 
 from workers.errors import BadInput
+from workers.labels import check_selector
 
 from .fleet_plan import parse_amount
 from .validate import check_params, workflow_named
@@ -86,6 +87,19 @@ def parse_cron(expr: Any) -> dict[str, set[int] | bool]:
     }
 
 
+# The longest a month can be, leap years included: a cron day the month never has never fires.
+_MONTH_DAYS = {1: 31, 2: 29, 3: 31, 4: 30, 5: 31, 6: 30, 7: 31, 8: 31, 9: 30, 10: 31, 11: 30, 12: 31}
+# A window open longer than a week is a mistake (its next firing would start while it is still open).
+MAX_DURATION = 7 * 86400
+
+
+def cron_can_fire(cron: dict[str, Any]) -> bool:
+    """Tell whether a parsed cron ever matches a real date (``0 0 31 2 *`` never does)."""
+    if not cron["dow_any"]:
+        return True  # a weekday comes every week, and with a day of month too, cron takes either
+    return any(d <= _MONTH_DAYS[m] for m in cron["month"] for d in cron["dom"])
+
+
 def cron_matches(cron: dict[str, Any], local: datetime) -> bool:
     """Tell whether a local time falls on the cron (standard cron: restricted day fields are OR-ed)."""
     if (
@@ -126,9 +140,12 @@ def validate_window(spec: dict[str, Any]) -> dict[str, Any]:
     name = spec.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
         raise BadInput("window names are 1-63 lowercase letters, digits, '-', '_' or '.'", "name")
-    parse_cron(spec.get("cron"))
+    if not cron_can_fire(parse_cron(spec.get("cron"))):
+        raise BadInput(f"cron {spec.get('cron')!r} never fires: no month has that day", "cron")
     tz = zone(spec.get("tz", "UTC"))
     duration = parse_duration(spec.get("duration"), "duration")
+    if duration > MAX_DURATION:
+        raise BadInput(f"duration is at most 7d, not {spec.get('duration')!r}", "duration")
     cutoff = parse_duration(spec.get("cutoff", 0), "cutoff")
     if duration <= 0:
         raise BadInput("duration must be longer than 0", "duration")
@@ -141,6 +158,8 @@ def validate_window(spec: dict[str, Any]) -> dict[str, Any]:
         raise BadInput("give exactly one of --selector or --servers", "selector")
     if selector is not None and (not isinstance(selector, str) or not selector.strip()):
         raise BadInput("the label selector is empty; e.g. 'env=staging'", "selector")
+    if selector is not None:
+        check_selector(selector)
     if servers is not None and (not isinstance(servers, list) or not servers):
         raise BadInput("servers must be a non-empty list of ids or names", "servers")
     parse_amount(spec.get("max_concurrency", "1"), "max_concurrency", minimum=1)

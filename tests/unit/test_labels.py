@@ -39,3 +39,31 @@ def test_labels_the_api_takes_are_kept(labels: dict[str, str]) -> None:
 def test_labels_the_api_would_refuse_are_refused_before_anything_is_sent(labels: object, says: str) -> None:
     with pytest.raises(BadInput, match=says):
         check_labels(labels)
+
+
+@pytest.mark.parametrize(
+    "selector",
+    [
+        "env=prod",
+        "env==prod,role!=db",
+        "!deprecated",
+        "team",
+        "env in (a,b),tier notin (x)",
+        "k=",
+        " env = a ",
+    ],
+)
+def test_selectors_the_api_takes_pass(selector: str) -> None:
+    from workers.labels import check_selector
+
+    assert check_selector(selector) == selector
+
+
+@pytest.mark.parametrize(
+    "selector", ["env in (", "env in (a,b", "a=b)", "a,,b", "", "   ", "env in a", "k=v=w"]
+)
+def test_broken_selectors_are_refused(selector: str) -> None:
+    from workers.labels import check_selector
+
+    with pytest.raises(BadInput, match="selector"):
+        check_selector(selector)

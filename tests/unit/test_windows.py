@@ -95,3 +95,20 @@ def test_a_late_firing_still_finds_its_minute_but_not_an_older_one() -> None:
     assert _scheduled_minute(cron, late) == datetime(2026, 7, 5, 3, 0, tzinfo=BERLIN)
     too_late = datetime(2026, 7, 5, 3, LATE_TOLERANCE_MINUTES + 1, tzinfo=BERLIN)
     assert _scheduled_minute(cron, too_late) is None
+
+
+def test_a_cron_that_never_fires_and_a_week_long_duration_are_refused() -> None:
+    import pytest as _pytest
+
+    from workers.errors import BadInput
+    from workflows.windows import cron_can_fire, parse_cron, validate_window
+
+    assert not cron_can_fire(parse_cron("0 0 31 2 *")) and not cron_can_fire(parse_cron("0 0 31 4,6,9,11 *"))
+    assert cron_can_fire(parse_cron("0 0 29 2 *")) and cron_can_fire(parse_cron("0 0 31 2 MON"))
+    base = {"name": "w", "cron": "0 3 * * *", "duration": "2h", "workflow": "reboot", "selector": "env=x"}
+    with _pytest.raises(BadInput, match="never fires"):
+        validate_window({**base, "cron": "0 0 31 2 *"})
+    with _pytest.raises(BadInput, match="at most 7d"):
+        validate_window({**base, "duration": "100d"})
+    with _pytest.raises(BadInput, match="not a term"):
+        validate_window({**base, "selector": "env in ("})
