@@ -32,7 +32,7 @@ ACTIVE: frozenset[str] = frozenset({"queued", "running", "cancelling"})
 
 
 # Top-level run fields kept as JSON: the error, the power restore after a failure, the state left behind.
-_JSON_FIELDS = ("error", "restore", "left")
+_JSON_FIELDS = ("error", "restore", "left", "notified")
 
 
 def has_ended(record: dict[str, Any]) -> bool:

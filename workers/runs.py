@@ -115,7 +115,12 @@ class RunHooks:
         self._finish(run, "cancelled" if cancelled else "failed", None if cancelled else error_info(exc))
 
     def _finish(self, run: dict[str, Any], state: str, error: dict[str, Any] | None) -> None:
-        if self.store.state(run["id"]) in FINAL:
+        current = self.store.get(run["id"])
+        if current is not None and current["state"] in FINAL:
+            # Finished before, perhaps by a process that died before it freed the server and told the
+            # listeners (this is the redelivered or re-dispatched ending): finish that part, once.
+            if not current.get("notified") and (current.get("restore") or {}).get("state") != "powering_on":
+                self._ended(current)
             return
         fields: dict[str, Any] = {"finished": self.store.clock()}
         if error is not None:
@@ -139,10 +144,20 @@ class RunHooks:
         stopped_at = next((s for s in run["steps"] if s.get("status") in ("failed", "cancelled")), None)
         if (
             stopped_at is None
-            or not stopped_at.get("restore")
+            or stopped_at["status"] not in (stopped_at.get("restore") or ())
             or run.get("server_status_before") != "running"
             or (run.get("params") or {}).get("leave_off")
         ):
+            starter_failed = (
+                stopped_at is not None
+                and stopped_at["status"] == "failed"
+                and "cancelled" in (stopped_at.get("restore") or ())
+                and "failed" not in (stopped_at.get("restore") or ())
+            )
+            if starter_failed and stopped_at is not None:
+                # The step that would have started the server again is the one that failed: say so.
+                why = f"{stopped_at['name']} failed: {(run.get('error') or {}).get('message', '')}"
+                self.store.set_state(run_id, run["state"], left={"status": "not running", "why": why[:500]})
             return False
         task_id = f"{run_id}-restore-{uuid.uuid4().hex[:8]}"
         self.store.set_state(run_id, run["state"], restore={"state": "powering_on", "task_id": task_id})
@@ -170,6 +185,7 @@ class RunHooks:
                 listener(run)
             except Exception:  # one listener's failure must not undo the run's ending
                 log.exception("run listener failed for run %s", run["id"])
+        self.store.set_state(run["id"], run["state"], notified=True)
 
     def start(self, run: dict[str, Any]) -> None:
         """Send a run's chain (its steps' task ids were fixed at submit)."""

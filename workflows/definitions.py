@@ -36,9 +36,10 @@ class Step:
     action: str
     args: Callable[[Facts], dict[str, Any]] = lambda f: {}
     when: Callable[[Facts], bool] = lambda f: True
-    # A run that fails or is cancelled at this step powers the server on again if it was running before
-    # (unless --leave-off): the steps up to where the workflow itself would have restored it.
-    restore: bool = False
+    # The step outcomes ("failed", "cancelled") at which the run powers the server on again if it was
+    # running before (unless --leave-off): up to where the workflow itself would have started it. The step
+    # that starts it restores only when cancelled before it ran; when it fails, the run says so instead.
+    restore: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,8 @@ SHUTDOWN_PARAMS = (
         "grace", (int, float), None, "seconds to wait for the guest to shut down before forcing (default 60)"
     ),
 )
+STOPPED = ("failed", "cancelled")  # restore after either
+BEFORE_START = ("cancelled",)  # the step that would start the server: restore only if it never ran
 LEAVE_OFF = Param(
     "leave_off",
     bool,
@@ -142,9 +145,9 @@ WORKFLOWS: dict[str, Workflow] = {
             "Shut down gracefully, snapshot the disk, wait until the image is available, and power on again "
             "only if the server was running before.",
             (
-                Step("shutdown", "shutdown", _shutdown, when=_was_running, restore=True),
-                Step("create_image", "create_image", _image, restore=True),
-                Step("power_on", "power_on", when=_was_running, restore=True),
+                Step("shutdown", "shutdown", _shutdown, when=_was_running, restore=STOPPED),
+                Step("create_image", "create_image", _image, restore=STOPPED),
+                Step("power_on", "power_on", when=_was_running, restore=BEFORE_START),
             ),
             SHUTDOWN_PARAMS + IMAGE_PARAMS + (LEAVE_OFF,),
         ),
@@ -153,16 +156,16 @@ WORKFLOWS: dict[str, Workflow] = {
             "Shut down gracefully, take a safety snapshot (unless --no-snapshot), rebuild from an image, and "
             "wait until the server is running.",
             (
-                Step("shutdown", "shutdown", _shutdown, when=_was_running, restore=True),
+                Step("shutdown", "shutdown", _shutdown, when=_was_running, restore=STOPPED),
                 Step(
                     "safety_snapshot",
                     "create_image",
                     _safety_image,
                     when=lambda f: not f["params"]["no_snapshot"],
-                    restore=True,
+                    restore=STOPPED,
                 ),
                 Step("rebuild", "rebuild", _rebuild),
-                Step("power_on", "power_on", lambda f: {"skip_if_status": "running"}, restore=True),
+                Step("power_on", "power_on", lambda f: {"skip_if_status": "running"}, restore=BEFORE_START),
             ),
             (
                 Param(

@@ -149,8 +149,10 @@ class FleetRunner:
         submit: Callable[..., dict[str, Any]],
         cancel_run: Callable[[str], Any],
         kick: Callable[[str, float], Any] | None = None,
+        run_store: Any = None,
     ) -> None:
         self.store = store
+        self.run_store = run_store  # reads the run holding a server (workers.run_store.RunStore)
         self.client = client
         self.submit = submit
         self.cancel_run = cancel_run
@@ -303,12 +305,23 @@ class FleetRunner:
             self.kick(job["id"], min(max(exc.wait, 1.0), 30.0))
             return False
         except ServerBusy as exc:
-            self.store.set_outcome(job["id"], sid, outcome="skipped", reason=str(exc), busy_with=exc.run_id)
+            if self._ours(job["id"], exc.run_id):
+                # Our own earlier start of this server, whose outcome a crash kept us from recording.
+                self.store.set_outcome(job["id"], sid, outcome="running", run_id=exc.run_id)
+            else:
+                self.store.set_outcome(
+                    job["id"], sid, outcome="skipped", reason=str(exc), busy_with=exc.run_id
+                )
         except BadInput as exc:
             self.store.set_outcome(job["id"], sid, outcome="refused", reason=str(exc))
         except HcloudFlowError as exc:
             self.store.set_outcome(job["id"], sid, outcome="refused", reason=f"could not submit: {exc}")
         return True
+
+    def _ours(self, job_id: str, run_id: str) -> bool:
+        """Tell whether the run holding a server is one this job started."""
+        run = self.run_store.get(run_id) if self.run_store is not None else None
+        return run is not None and run.get("job_id") == job_id
 
     def on_run_ended(self, run: dict[str, Any]) -> None:
         """Record a job's run outcome and let the job move on (a run listener)."""

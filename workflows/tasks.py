@@ -34,7 +34,9 @@ def fleet_runner() -> FleetRunner:
     store = run_store()
     job_store = JobStore(store.redis, retention=store.retention)
     submit_one = partial(submit_run, app, engine().client, store, hooks())
-    return FleetRunner(job_store, engine().client, submit_one, partial(cancel_run, store), kick=_kick)
+    return FleetRunner(
+        job_store, engine().client, submit_one, partial(cancel_run, store), kick=_kick, run_store=store
+    )
 
 
 def _kick(job_id: str, countdown: float) -> None:

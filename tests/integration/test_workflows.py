@@ -266,3 +266,12 @@ def test_every_workflow_is_covered() -> None:
     from workflows.definitions import WORKFLOWS
 
     assert {c[0] for c in CASES} == set(WORKFLOWS)
+
+
+def test_a_failed_power_on_is_said_not_retried(runs: Runs, control: Control, pool: Iterator[int]) -> None:
+    sid = take(pool, control, "running")
+    control.send("PATCH", f"/servers/{sid}", {"fail_next": {"command": "poweron", "code": "unknown_error"}})
+    record = run(runs, "snapshot", sid)
+    assert record["state"] == "failed" and record["restore"] is None
+    assert posted(control, sid) == ["shutdown", "create_image", "poweron"], "one power on, not two"
+    assert record["left"]["status"] == "not running" and "power_on failed" in record["left"]["why"]
