@@ -29,6 +29,7 @@ from .redis_scripts import DELETE_IF_OWNER, EXPIRE_IF_OWNER
 from .server_actions import ACTIONS
 from .wait_state import (
     GONE,
+    HANDOFF_AFTER,
     MIN_PAUSE,
     OTHER,
     Effect,
@@ -397,8 +398,17 @@ class Monitor:
             # turns the duplicate into a re-attach instead of a second action.
             self.dispatcher.succeed(wait.request, result)
             report.succeeded += 1
-            if self.on_end is not None:
+            if self.on_end is not None and wait.phase is not Phase.HANDOFF:
                 self.on_end(wait, True)
+            if wait.request.get("chain"):
+                # Kept until the next step starts (it removes this wait), and sent again if it never does:
+                # Redis hands a message out before kombu records it as unacknowledged, so a worker killed
+                # in between loses it.
+                handoff = replace(
+                    wait, phase=Phase.HANDOFF, next=engine.clock() + HANDOFF_AFTER, result=result
+                )
+                engine.waits.park(handoff)
+                return
         elif isinstance(effect, Fail):
             log.warning("step failed: %s", effect.error)
             engine.ledger.update(wait.id, status="failed")

@@ -30,7 +30,9 @@ from .errors import (
     RunCancelled,
     ServerBusy,
     StepInProgress,
+    TransportError,
 )
+from .retry_policy import Outcome, classify
 from .run_store import chain_holder
 from .server_actions import (
     ACTIONS,
@@ -52,6 +54,8 @@ _IN_PROGRESS_TRIES = 60
 # The shared budget is empty: the step is parked and resent when it has refilled (see budget_pause); a step
 # gives up after waiting this long for budget in all.
 _BUDGET_PATIENCE = 3600.0
+# Steps that met a storm of "try again" answers through all of the client's retries come back this often.
+_TRANSIENT_TRIES = 8
 _BUDGET_PAUSE_CAP = 30.0
 # A 423 whose blocking action ended before we looked: send the step again after this pause.
 _UNBLOCKED_PAUSE = 1.0
@@ -105,6 +109,7 @@ def _run_action(task: Task, action: ServerAction, target: Any, options: dict[str
     """Start the step's action and park its wait; return at once only if nothing is left to wait for."""
     eng = engine()
     step_key = task.request.id
+    _took_over(eng, task.request.parent_id)
     if eng.ledger.get(step_key).status in FINISHED_STEP:
         # A duplicate delivery of a step the monitor already finished (it continued the chain then):
         # re-parking it would wait, and maybe force a power off, all over again.
@@ -140,6 +145,16 @@ def _run_action(task: Task, action: ServerAction, target: Any, options: dict[str
         raise Ignore() from exc
     except Blocked as exc:
         _park_blocked(eng, exc, action, server_id, step, step_key, request, run_id)
+        raise Ignore() from exc
+    except (APIError, TransportError) as exc:
+        # The API said "nothing was done, try again" (or could not be reached) through all of the client's
+        # retries: a storm, not an answer. The step comes back later, a bounded number of times; anything
+        # that may have acted is never retried blindly (the ledger's bound makes the next try look first).
+        tries = eng.ledger.bump(step_key, "transient_waits")
+        if classify(exc) not in (Outcome.NOT_SENT, Outcome.NOT_PROCESSED) or tries > _TRANSIENT_TRIES:
+            raise
+        pause = min(_BUDGET_PAUSE_CAP, 2.0**tries) * (1.0 + random.random())
+        _later(eng, action, server_id, step, step_key, request, run_id, phase=Phase.LATER, pause=pause)
         raise Ignore() from exc
     act = started.action
     history = [*(previous or {}).get("history", []), _summary(previous)] if previous else []
@@ -205,6 +220,14 @@ def budget_pause(wait: float, rate: float | None, waiting: int, rnd: float) -> f
     """
     spread = waiting / rate if rate else 0.0
     return min(_BUDGET_PAUSE_CAP, max(wait, MIN_PAUSE) + rnd * spread)
+
+
+def _took_over(eng: Engine, parent_id: str | None) -> None:
+    """Tell the previous step's hand-off watch that its next step started (see wait_state HANDOFF)."""
+    if parent_id:
+        parent = eng.waits.get(parent_id)
+        if parent is not None and parent.phase is Phase.HANDOFF:
+            eng.waits.remove(parent_id)
 
 
 def hold_server(server_id: int, request: Any, ttl: float) -> None:

@@ -10,6 +10,7 @@ here reads Redis, the API or the clock, so every transition is a row of a table 
     STATE      the server's or image's status     Succeed, ForceOff (then ACTION again), Fail
     BLOCKED    someone else's action (423)        Resend (the step posts again)
     LATER      nothing but the time               Resend (the budget has refilled, or a 423's blocker ended)
+    HANDOFF    the next step to start             Succeed again (its message was lost), or gone when it starts
 
 What an action needs (a target state, a forced fallback after an ignored ACPI signal) comes from its row
 in ``ACTIONS``, passed in as ``ActionRules``; never from the step's or workflow's name.
@@ -55,6 +56,9 @@ MAX_MISSING = 5
 PROGRESS_HINT = 5
 # Never plan two polls of one wait closer than this.
 MIN_PAUSE = 0.2
+# How long a finished step waits for the next one to start before sending it again, and how many times.
+HANDOFF_AFTER = 30.0
+MAX_HANDOFFS = 3
 
 
 class Phase(StrEnum):
@@ -64,6 +68,7 @@ class Phase(StrEnum):
     STATE = "state"
     BLOCKED = "blocked"
     LATER = "later"
+    HANDOFF = "handoff"
 
 
 @dataclass(frozen=True)
@@ -236,8 +241,18 @@ def _timeout(wait: Wait) -> WaitTimeout:
 def advance(wait: Wait, seen: Observation, rules: ActionRules, cadence: Cadence) -> tuple[Wait, Effect]:
     """Return the next wait and the one effect to carry out, from what was seen at ``seen.now``."""
     now = seen.now
-    if now > wait.deadline:
+    if now > wait.deadline and wait.phase is not Phase.HANDOFF:
         return wait, Fail(_timeout(wait))
+    if wait.phase is Phase.HANDOFF:
+        # The step succeeded and its chain went on, but the next step has not started (it removes this
+        # wait when it does): its message was lost, e.g. with a worker killed as it took it. Send it again.
+        if now < wait.next:
+            return wait, Poll(wait.next)
+        if wait.missing >= MAX_HANDOFFS:
+            return wait, Fail(
+                WaitTimeout(wait.server_id, wait.step, wait.action_id, "the next step to start", 0)
+            )
+        return replace(wait, missing=wait.missing + 1), Succeed()
     if wait.phase is Phase.LATER:
         return (wait, Resend()) if now >= wait.next else (wait, Poll(wait.next))
     if wait.phase in (Phase.ACTION, Phase.BLOCKED):

@@ -181,6 +181,28 @@ TABLE = [
     ),
     ("later, not yet due: wait", wait(phase=Phase.LATER, next=T0 + 5), {}, Poll, Phase.LATER),
     ("later, due: resend", wait(phase=Phase.LATER, next=T0 + 1), {}, Resend, Phase.LATER),
+    ("hand-off, next step not due: wait", wait(phase=Phase.HANDOFF, next=T0 + 30), {}, Poll, Phase.HANDOFF),
+    (
+        "hand-off lost: send the next step again",
+        wait(phase=Phase.HANDOFF, next=T0),
+        {},
+        Succeed,
+        Phase.HANDOFF,
+    ),
+    (
+        "hand-off lost three times: fail",
+        wait(phase=Phase.HANDOFF, next=T0, missing=3),
+        {},
+        Fail,
+        Phase.HANDOFF,
+    ),
+    (
+        "hand-off outlives the deadline",
+        wait(phase=Phase.HANDOFF, next=T0 + 700),
+        {"now": T0 + 650},
+        Poll,
+        Phase.HANDOFF,
+    ),
 ]
 
 
