@@ -394,20 +394,20 @@ class Monitor:
             result = {**wait.result, **effect.extra, "status": "success"}
             result["seconds"] = round(engine.clock() - wait.started, 3)
             engine.ledger.update(wait.id, status="success", progress=100)
-            # Dispatch first, then forget: a crash in between re-dispatches, and the next step's ledger
-            # turns the duplicate into a re-attach instead of a second action.
+            goes_on = bool(wait.request.get("chain"))
+            if goes_on:
+                # A hand-off watch until the next step starts (it removes this wait) and sends it again if it
+                # never does: Redis hands a message out before kombu records it as unacknowledged, so a worker
+                # killed in between loses it. Parked before the send, so the next step always finds it.
+                due = engine.clock() + HANDOFF_AFTER
+                engine.waits.park(replace(wait, phase=Phase.HANDOFF, next=due, result=result))
+            # Dispatch, then forget: a crash in between re-dispatches, and the next step's ledger turns the
+            # duplicate into a re-attach instead of a second action.
             self.dispatcher.succeed(wait.request, result)
             report.succeeded += 1
             if self.on_end is not None and wait.phase is not Phase.HANDOFF:
                 self.on_end(wait, True)
-            if wait.request.get("chain"):
-                # Kept until the next step starts (it removes this wait), and sent again if it never does:
-                # Redis hands a message out before kombu records it as unacknowledged, so a worker killed
-                # in between loses it.
-                handoff = replace(
-                    wait, phase=Phase.HANDOFF, next=engine.clock() + HANDOFF_AFTER, result=result
-                )
-                engine.waits.park(handoff)
+            if goes_on:
                 return
         elif isinstance(effect, Fail):
             log.warning("step failed: %s", effect.error)

@@ -63,6 +63,7 @@ class RunHooks:
             raise RunCancelled(run_id, run["steps"][index]["name"] if index is not None else "?")
         if run["state"] in ("queued",):
             self.store.set_state(run_id, "running", started=self.store.clock())
+            self.store.drop_chain(run_id)  # started: the record need not keep the chain's arguments
         # Each step renews the run's hold on its server, so a long run keeps it and a dead one loses it.
         self.store.refresh(run["server_id"], run_id, run["lock_ttl"])
         if index is not None and run["steps"][index].get("status") in (None, "pending"):

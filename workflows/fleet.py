@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 JOB_FINAL = FINAL  # jobs end in the same three states as runs
 # Up to this many servers named one by one are looked up singly; more, through the server list.
 _LIST_BELOW = 5
+# A run still queued this long after it was recorded, while its server is held for it, lost its first
+# message: it is sent again; three times this long, and it has failed.
+ORPHAN_AFTER = 20.0
 
 
 def resolve_targets(client: HcloudClient, selector: Any, servers: Any) -> list[dict[str, Any]]:
@@ -150,7 +153,9 @@ class FleetRunner:
         cancel_run: Callable[[str], Any],
         kick: Callable[[str, float], Any] | None = None,
         run_store: Any = None,
+        restart: Callable[[dict[str, Any]], Any] | None = None,
     ) -> None:
+        self.restart = restart  # sends a recorded run's chain again (workers.runs.RunHooks.start)
         self.store = store
         self.run_store = run_store  # reads the run holding a server (workers.run_store.RunStore)
         self.client = client
@@ -233,10 +238,18 @@ class FleetRunner:
             log.warning("fleet job %s: the job lock lapsed during a wave", job_id)
 
     def _advance(self, job_id: str, lock: Any, fresh: Lookups | None = None) -> None:
+        swept = False
         while True:
             job = self.store.get(job_id)
             if job is None or job["state"] != "running":
                 return
+            if not swept:
+                swept = True
+                if self._sweep(job):
+                    continue  # outcomes changed: decide on the fresh record
+                if self.kick is not None and self._starting(job):
+                    # A run that has not started yet could have lost its first message: look again then.
+                    self.kick(job_id, ORPHAN_AFTER + 1.0)
             order = [s["id"] for s in job["servers"]]
             outcomes = {sid: e["outcome"] for sid, e in job["outcomes"].items()}
             window = job.get("window") or {}
@@ -306,8 +319,11 @@ class FleetRunner:
             return False
         except ServerBusy as exc:
             if self._ours(job["id"], exc.run_id):
-                # Our own earlier start of this server, whose outcome a crash kept us from recording.
+                # Our own earlier start of this server, whose outcome a crash kept us from recording; look
+                # again later in case that start itself was lost (see _sweep).
                 self.store.set_outcome(job["id"], sid, outcome="running", run_id=exc.run_id)
+                if self.kick is not None:
+                    self.kick(job["id"], ORPHAN_AFTER + 1.0)
             else:
                 self.store.set_outcome(
                     job["id"], sid, outcome="skipped", reason=str(exc), busy_with=exc.run_id
@@ -317,6 +333,58 @@ class FleetRunner:
         except HcloudFlowError as exc:
             self.store.set_outcome(job["id"], sid, outcome="refused", reason=f"could not submit: {exc}")
         return True
+
+    def _sweep(self, job: dict[str, Any]) -> bool:
+        """Settle servers whose run a crash left unreported; return True if an outcome changed.
+
+        A run that ended while the process telling the job died is recorded as it ended. A run whose start
+        was lost (recorded and holding the server, but never sent, for longer than ``ORPHAN_AFTER``) fails
+        with that reason and frees the server, instead of the job waiting on it forever.
+        """
+        if self.run_store is None:
+            return False
+        changed = False
+        now = self.store.clock()
+        for sid, entry in job["outcomes"].items():
+            if entry["outcome"] != "running" or not entry.get("run_id"):
+                continue
+            run = self.run_store.get(entry["run_id"])
+            if run is None:
+                continue
+            if run["state"] in ("succeeded", "failed", "cancelled") and run.get("notified"):
+                extra = {"reason": run["error"].get("message")} if run.get("error") else {}
+                self.store.set_outcome(job["id"], sid, outcome=run["state"], run_id=run["id"], **extra)
+                changed = True
+            elif run["state"] == "queued" and now - float(run["created"]) > ORPHAN_AFTER and run.get("chain"):
+                # Sent, but its first step never started: the message was lost. Send it again (same task ids:
+                # a late original is harmless), and look once more later.
+                log.warning(
+                    "fleet job %s: the start of run %s was lost; sending it again", job["id"], run["id"]
+                )
+                if self.restart is not None:
+                    self.restart(run)
+                if self.kick is not None:
+                    self.kick(job["id"], ORPHAN_AFTER + 1.0)
+            elif run["state"] == "queued" and now - float(run["created"]) > 3 * ORPHAN_AFTER:
+                reason = "its start was lost with the worker that submitted it; submit it again"
+                self.run_store.set_state(
+                    run["id"], "failed", finished=now, error={"type": "Lost", "message": reason}
+                )
+                self.run_store.release(run["server_id"], run["id"])
+                self.store.set_outcome(job["id"], sid, outcome="failed", run_id=run["id"], reason=reason)
+                changed = True
+        return changed
+
+    def _starting(self, job: dict[str, Any]) -> bool:
+        """Tell whether a run of this job is recorded but has not started its first step yet."""
+        if self.run_store is None:
+            return False
+        for entry in job["outcomes"].values():
+            if entry["outcome"] == "running" and entry.get("run_id"):
+                run = self.run_store.get(entry["run_id"])
+                if run is not None and run["state"] == "queued":
+                    return True
+        return False
 
     def _ours(self, job_id: str, run_id: str) -> bool:
         """Tell whether the run holding a server is one this job started."""

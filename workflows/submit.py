@@ -89,7 +89,9 @@ def submit_run(
             "queued_behind": holder,
             "steps": meta["steps"],
         }
-    store.create(meta, "queued")
+    # The record keeps the chain until the first step starts (RunHooks.step_started drops it), so that a
+    # first message lost with a killed worker can be sent again (workflows.fleet sweeps for that).
+    store.create({**meta, "chain": dict(sig)}, "queued")
     try:
         hooks.start({**meta, "chain": dict(sig)})
     except Exception as exc:  # the broker refused it: free the server, say why in the record

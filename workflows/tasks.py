@@ -35,7 +35,13 @@ def fleet_runner() -> FleetRunner:
     job_store = JobStore(store.redis, retention=store.retention)
     submit_one = partial(submit_run, app, engine().client, store, hooks())
     return FleetRunner(
-        job_store, engine().client, submit_one, partial(cancel_run, store), kick=_kick, run_store=store
+        job_store,
+        engine().client,
+        submit_one,
+        partial(cancel_run, store),
+        kick=_kick,
+        run_store=store,
+        restart=hooks().start,
     )
 
 
