@@ -68,6 +68,19 @@ def _as_flow_error(exc: Exception) -> HcloudFlowError:
     return HcloudFlowError(f"internal error while waiting ({type(exc).__name__}: {exc}); please report it")
 
 
+def _read_each(get: Callable[[int], dict[str, Any]], ids: set[int], report: RoundReport) -> dict[int, str]:
+    """Return the status of each resource read alone; one the API no longer knows is left out (gone)."""
+    out: dict[int, str] = {}
+    for i in ids:
+        report.requests += 1
+        try:
+            out[i] = get(i)["status"]
+        except HcloudFlowError as exc:
+            if getattr(exc, "code", None) != "not_found":
+                raise
+    return out
+
+
 class Dispatcher(Protocol):
     """Continues the chain of a wait that ended; implemented over Celery in workers/continuation.py."""
 
@@ -311,13 +324,7 @@ class Monitor:
                     break
                 page = int(nxt)
             found.update({i: OTHER for i in wanted - found.keys() - single})
-        for i in single:
-            report.requests += 1
-            try:
-                found[i] = client.get_server(i)["status"]
-            except HcloudFlowError as exc:
-                if getattr(exc, "code", None) != "not_found":
-                    raise
+        found.update(_read_each(client.get_server, single, report))
         return found
 
     def _image_statuses(self, ids: set[int], report: RoundReport) -> dict[int, str]:
@@ -325,15 +332,7 @@ class Monitor:
         if not ids:
             return {}
         if len(ids) < _LIST_THRESHOLD:
-            report.requests += len(ids)
-            out = {}
-            for i in ids:
-                try:
-                    out[i] = client.get_image(i)["status"]
-                except HcloudFlowError as exc:
-                    if getattr(exc, "code", None) != "not_found":
-                        raise
-            return out
+            return _read_each(client.get_image, ids, report)
         found: dict[int, str] = {}
         # Newest first: our images are the newest, so the walk stops after a page or two.
         for page in client.iter_image_pages(sort="id:desc"):

@@ -101,7 +101,9 @@ class RunHooks:
             return
         if task_id == (run.get("restore") or {}).get("task_id"):
             restore = {**run["restore"], "state": "failed", "error": error_info(exc)}
-            self._ended(run, restore=restore, left={"status": "off", "why": f"power on failed: {exc}"})
+            self._ended(
+                run, restore=restore, left={"status": "not running", "why": f"power on failed: {exc}"}
+            )
             return
         index = self._index(run, task_id)
         cancelled = isinstance(exc, RunCancelled)
@@ -128,20 +130,20 @@ class RunHooks:
             fields["error"] = error
         self.store.set_state(run["id"], state, **fields)  # type: ignore[arg-type]
         log.info("run %s (%s on server %s) %s", run["id"], run["workflow"], run["server_id"], state)
-        if state != "succeeded" and self._restore(run["id"]):
+        # The record as just written: read once above (after the step's own update), not again.
+        ended = {**(current or run), "state": state, **fields}
+        if state != "succeeded" and self._restore(ended):
             return  # the server stays held until the restore has ended (_ended)
-        self._ended(self.store.get(run["id"]) or {**run, "state": state, "error": error})
+        self._ended(ended)
 
-    def _restore(self, run_id: str) -> bool:
+    def _restore(self, run: dict[str, Any]) -> bool:
         """Power a server on again that the run found running and stopped before it failed or was cancelled.
 
         Only where the step it stopped at says so (``restore`` in the run's step list: a failed snapshot
         must not leave a running server off; a failed rebuild step is not booted), the server was running
         before, and the user did not ask ``--leave-off``. Return True when a restore was started.
         """
-        run = self.store.get(run_id)
-        if run is None:
-            return False
+        run_id = run["id"]
         stopped_at = next((s for s in run["steps"] if s.get("status") in ("failed", "cancelled")), None)
         if (
             stopped_at is None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 from celery import Task
@@ -119,6 +119,14 @@ def _run_action(task: Task, action: ServerAction, target: Any, options: dict[str
     check_continuable(task.request)
     request = request_fields(task.request, task.name)
     server_id, run_id, step = 0, step_opts.get("run_id"), step_opts.get("step") or action.name
+
+    def park(phase: Phase, pause: float, blocker: int | None = None) -> NoReturn:
+        """Park the step to be sent again later (see _later) and let go of its message."""
+        _later(
+            eng, action, server_id, step, step_key, request, run_id, phase=phase, pause=pause, blocker=blocker
+        )
+        raise Ignore()
+
     try:
         server_id, previous = resolve_target(eng, target)
         run_id = run_id or (previous or {}).get("run_id")
@@ -140,12 +148,9 @@ def _run_action(task: Task, action: ServerAction, target: Any, options: dict[str
         eng.ledger.bump(step_key, "budget_waits")
         if eng.clock() - eng.ledger.since(step_key, "budget_since", eng.clock()) > _BUDGET_PATIENCE:
             raise
-        pause = budget_pause(exc.wait, exc.rate, eng.waits.later_count(), random.random())
-        _later(eng, action, server_id, step, step_key, request, run_id, phase=Phase.LATER, pause=pause)
-        raise Ignore() from exc
+        park(Phase.LATER, budget_pause(exc.wait, exc.rate, eng.waits.later_count(), random.random()))
     except Blocked as exc:
-        _park_blocked(eng, exc, action, server_id, step, step_key, request, run_id)
-        raise Ignore() from exc
+        park(*_blocked_wait(eng, exc, server_id, step_key))
     except (APIError, TransportError) as exc:
         # The API said "nothing was done, try again" (or could not be reached) through all of the client's
         # retries: a storm, not an answer. The step comes back later, a bounded number of times; anything
@@ -153,9 +158,7 @@ def _run_action(task: Task, action: ServerAction, target: Any, options: dict[str
         tries = eng.ledger.bump(step_key, "transient_waits")
         if classify(exc) not in (Outcome.NOT_SENT, Outcome.NOT_PROCESSED) or tries > _TRANSIENT_TRIES:
             raise
-        pause = min(_BUDGET_PAUSE_CAP, 2.0**tries) * (1.0 + random.random())
-        _later(eng, action, server_id, step, step_key, request, run_id, phase=Phase.LATER, pause=pause)
-        raise Ignore() from exc
+        park(Phase.LATER, min(_BUDGET_PAUSE_CAP, 2.0**tries) * (1.0 + random.random()))
     act = started.action
     history = [*(previous or {}).get("history", []), _summary(previous)] if previous else []
     result = {
@@ -304,38 +307,17 @@ def _later(
     eng.waits.park(wait)
 
 
-def _park_blocked(
-    eng: Engine,
-    exc: Blocked,
-    action: ServerAction,
-    server_id: int,
-    step: str,
-    step_key: str,
-    request: dict[str, Any],
-    run_id: str | None,
-) -> None:
+def _blocked_wait(
+    eng: Engine, exc: Blocked, server_id: int, step_key: str
+) -> tuple[Phase, float, int | None]:
+    """Return how a step that met 423 locked waits: (phase, pause, blocking action); bounded in tries."""
     tries = eng.ledger.bump(step_key, "locked_tries")
     if tries > eng.max_locked_tries:
         raise APIError("locked", f"server {server_id} stayed locked through {tries - 1} waits", 423)
     if exc.action_id is None:
         # The blocking action ended between our POST and our look: send the step again shortly.
-        _later(
-            eng, action, server_id, step, step_key, request, run_id, phase=Phase.LATER, pause=_UNBLOCKED_PAUSE
-        )
-        return
-    pause = eng.cadence.first
-    _later(
-        eng,
-        action,
-        server_id,
-        step,
-        step_key,
-        request,
-        run_id,
-        phase=Phase.BLOCKED,
-        pause=pause,
-        blocker=exc.action_id,
-    )
+        return Phase.LATER, _UNBLOCKED_PAUSE, None
+    return Phase.BLOCKED, eng.cadence.first, exc.action_id
 
 
 class ActionTask(Task):

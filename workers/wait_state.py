@@ -118,6 +118,7 @@ class Wait:
     expected: float | None = None  # learned duration of the action's command
     progress: int = 0
     missing: int = 0
+    handoffs: int = 0  # times the next step was sent again by the hand-off watch
     late_polls: int = 0
     since: float | None = None  # when the current phase began (None: when the wait began)
     forced: bool = False
@@ -248,11 +249,11 @@ def advance(wait: Wait, seen: Observation, rules: ActionRules, cadence: Cadence)
         # wait when it does): its message was lost, e.g. with a worker killed as it took it. Send it again.
         if now < wait.next:
             return wait, Poll(wait.next)
-        if wait.missing >= MAX_HANDOFFS:
+        if wait.handoffs >= MAX_HANDOFFS:
             return wait, Fail(
                 WaitTimeout(wait.server_id, wait.step, wait.action_id, "the next step to start", 0)
             )
-        return replace(wait, missing=wait.missing + 1), Succeed()
+        return replace(wait, handoffs=wait.handoffs + 1), Succeed()
     if wait.phase is Phase.LATER:
         return (wait, Resend()) if now >= wait.next else (wait, Poll(wait.next))
     if wait.phase in (Phase.ACTION, Phase.BLOCKED):

@@ -247,9 +247,6 @@ class FleetRunner:
                 swept = True
                 if self._sweep(job):
                     continue  # outcomes changed: decide on the fresh record
-                if self.kick is not None and self._starting(job):
-                    # A run that has not started yet could have lost its first message: look again then.
-                    self.kick(job_id, ORPHAN_AFTER + 1.0)
             order = [s["id"] for s in job["servers"]]
             outcomes = {sid: e["outcome"] for sid, e in job["outcomes"].items()}
             window = job.get("window") or {}
@@ -337,13 +334,15 @@ class FleetRunner:
     def _sweep(self, job: dict[str, Any]) -> bool:
         """Settle servers whose run a crash left unreported; return True if an outcome changed.
 
-        A run that ended while the process telling the job died is recorded as it ended. A run whose start
-        was lost (recorded and holding the server, but never sent, for longer than ``ORPHAN_AFTER``) fails
-        with that reason and frees the server, instead of the job waiting on it forever.
+        A run that ended while the process telling the job died is recorded as it ended. A run recorded
+        and holding its server whose first step has not started may have lost its first message: after
+        ``ORPHAN_AFTER`` it is sent again from its record (same task ids: a late original is harmless);
+        after three times that it fails with that reason and frees the server, instead of the job waiting
+        on it forever. While any run has not started, the job asks to look again.
         """
         if self.run_store is None:
             return False
-        changed = False
+        changed = starting = False
         now = self.store.clock()
         for sid, entry in job["outcomes"].items():
             if entry["outcome"] != "running" or not entry.get("run_id"):
@@ -351,21 +350,12 @@ class FleetRunner:
             run = self.run_store.get(entry["run_id"])
             if run is None:
                 continue
+            age = now - float(run["created"])
             if run["state"] in ("succeeded", "failed", "cancelled") and run.get("notified"):
                 extra = {"reason": run["error"].get("message")} if run.get("error") else {}
                 self.store.set_outcome(job["id"], sid, outcome=run["state"], run_id=run["id"], **extra)
                 changed = True
-            elif run["state"] == "queued" and now - float(run["created"]) > ORPHAN_AFTER and run.get("chain"):
-                # Sent, but its first step never started: the message was lost. Send it again (same task ids:
-                # a late original is harmless), and look once more later.
-                log.warning(
-                    "fleet job %s: the start of run %s was lost; sending it again", job["id"], run["id"]
-                )
-                if self.restart is not None:
-                    self.restart(run)
-                if self.kick is not None:
-                    self.kick(job["id"], ORPHAN_AFTER + 1.0)
-            elif run["state"] == "queued" and now - float(run["created"]) > 3 * ORPHAN_AFTER:
+            elif run["state"] == "queued" and age > 3 * ORPHAN_AFTER:
                 reason = "its start was lost with the worker that submitted it; submit it again"
                 self.run_store.set_state(
                     run["id"], "failed", finished=now, error={"type": "Lost", "message": reason}
@@ -373,18 +363,16 @@ class FleetRunner:
                 self.run_store.release(run["server_id"], run["id"])
                 self.store.set_outcome(job["id"], sid, outcome="failed", run_id=run["id"], reason=reason)
                 changed = True
+            elif run["state"] == "queued":
+                starting = True
+                if age > ORPHAN_AFTER and run.get("chain") and self.restart is not None:
+                    log.warning(
+                        "fleet job %s: the start of run %s was lost; sending it again", job["id"], run["id"]
+                    )
+                    self.restart(run)
+        if starting and self.kick is not None:
+            self.kick(job["id"], ORPHAN_AFTER + 1.0)
         return changed
-
-    def _starting(self, job: dict[str, Any]) -> bool:
-        """Tell whether a run of this job is recorded but has not started its first step yet."""
-        if self.run_store is None:
-            return False
-        for entry in job["outcomes"].values():
-            if entry["outcome"] == "running" and entry.get("run_id"):
-                run = self.run_store.get(entry["run_id"])
-                if run is not None and run["state"] == "queued":
-                    return True
-        return False
 
     def _ours(self, job_id: str, run_id: str) -> bool:
         """Tell whether the run holding a server is one this job started."""

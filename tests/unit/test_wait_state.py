@@ -191,7 +191,7 @@ TABLE = [
     ),
     (
         "hand-off lost three times: fail",
-        wait(phase=Phase.HANDOFF, next=T0, missing=3),
+        wait(phase=Phase.HANDOFF, next=T0, handoffs=3),
         {},
         Fail,
         Phase.HANDOFF,
