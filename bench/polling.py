@@ -10,7 +10,8 @@ action durations below.
 
     python bench/polling.py [--sizes 25,100,400] [--json] [--routes]
 
-``--routes`` also prints, per system, how many requests went to each API route.
+``--routes`` also prints, per system, how many requests went to each API route, and where the wall time
+went (to the first POST, the spread of the first POSTs, the last action's end, and after it).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ DURATIONS = {"shutdown": 5.0, "create_image": 20.0, "poweron": 4.0}
 STEPS = ("shutdown", "create_image", "power_on")
 # Requests per API route of the last measured run (printed with --routes).
 LAST_ROUTES: dict[str, int] = {}
+LAST_TIMELINE: dict[str, float] = {}
 
 
 def _fleet(cloud: FakeCloudProcess, n: int) -> list[int]:
@@ -101,6 +103,25 @@ def _hcloud_flow(cloud: FakeCloudProcess, name: str, workdir: Path, worker_count
         redis_server.stop()
 
 
+def _timeline(cloud: FakeCloudProcess, since_seq: int, start: float, end: float) -> dict[str, float]:
+    """Return where a run's wall time went, in fakecloud's clock: before, between and after the actions."""
+    log = cloud.control("GET", "/requests", since=since_seq)["requests"]
+    posts = [r for r in log if r["method"] == "POST" and r["status"] == 201]
+    if not posts:
+        return {}
+    actions = {a["id"]: a for a in cloud.control("GET", "/actions")["actions"]}
+    firsts: dict[int, float] = {}
+    for r in posts:
+        firsts.setdefault(r["server_id"], r["time"])
+    ends = [actions[r["action_id"]]["finished_at"] or end for r in posts]
+    return {
+        "to_first_post": round(min(firsts.values()) - start, 2),
+        "first_posts_spread": round(max(firsts.values()) - min(firsts.values()), 2),
+        "last_action_end": round(max(ends) - start, 2),
+        "after_last_end": round(end - max(ends), 2),
+    }
+
+
 def _measure(
     cloud: FakeCloudProcess, rc: Any, run: Callable[[], None]
 ) -> tuple[float, int, int, list[float]]:
@@ -109,11 +130,15 @@ def _measure(
     seq0 = cloud.control("GET", "/requests", since=0)["next"]
     api0 = _window(cloud)
     counts = _route_counts(cloud)
+    start = cloud.control("GET", "/config")["now"]
     t0 = time.monotonic()
     run()
     wall = time.monotonic() - t0
+    end = cloud.control("GET", "/config")["now"]
     LAST_ROUTES.clear()
     LAST_ROUTES.update(_routes(counts, _route_counts(cloud)))
+    LAST_TIMELINE.clear()
+    LAST_TIMELINE.update(_timeline(cloud, seq0, start, end))
     pushes = _pushes(rc) - pushes_before if rc is not None else 0
     return wall, _window(cloud) - api0, pushes, _delays(cloud, seq0)
 
@@ -265,6 +290,7 @@ def main() -> None:
                     row = run()
                     if args.routes:
                         print(f"{row['system']} N={n}: {dict(LAST_ROUTES)}", flush=True)
+                        print(f"{row['system']} N={n} timeline: {dict(LAST_TIMELINE)}", flush=True)
                     measured.append(row)
                 base = measured[-1] if "baseline" in only else None
                 for row in measured:

@@ -317,11 +317,16 @@ class HcloudClient:
         name: str | None = None,
         label_selector: str | None = None,
         sort: str | None = None,
+        include_deprecated: bool = False,
     ) -> list[dict[str, Any]]:
-        """Return every image matching the filters (None: no filter; a blank one is refused), all pages."""
-        return list(
-            self._pages("/images", "images", self._image_params(type, status, name, label_selector, sort))
-        )
+        """Return every image matching the filters (None: no filter; a blank one is refused), all pages.
+
+        The API lists deprecated images only when asked to, though it still builds servers from them.
+        """
+        params = self._image_params(type, status, name, label_selector, sort)
+        if include_deprecated:
+            params.append(("include_deprecated", "true"))
+        return list(self._pages("/images", "images", params))
 
     def iter_image_pages(
         self, *, type: str | None = None, sort: str | None = None

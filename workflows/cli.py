@@ -119,6 +119,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.workflow, server=server, queue=args.queue, timeout=args.submit_timeout, **params
     )
     run_id = answer["run_id"]
+    if not args.json:
+        for warning in answer.get("warnings") or []:
+            print(f"hcloud-flow: warning: {warning}", file=sys.stderr)
     if not args.wait:
         if args.json:
             _print_json(answer)

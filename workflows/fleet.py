@@ -8,6 +8,7 @@ That counter in Redis is the fan-in; no Celery chord is involved, and no process
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import contextlib
 import json
 import logging
@@ -23,7 +24,7 @@ from workers.client import HcloudClient, is_id
 from workers.errors import APIError, BadInput, HcloudFlowError, RateBudgetExhausted, ServerBusy
 from workers.run_store import FINAL
 
-from .fleet_plan import decide, parse_amount
+from .fleet_plan import Decision, decide, parse_amount
 from .validate import Lookups, check_params, find_server, gather_facts, workflow_named
 
 __all__ = ["FleetRunner", "JobStore", "resolve_targets"]
@@ -139,7 +140,9 @@ class JobStore:
 
     def lock(self, job_id: str) -> Any:
         # Held while a wave is submitted (seconds); lapses soon if its holder dies mid-wave.
-        return self.redis.lock(f"{self.key(job_id)}:lock", timeout=30, blocking_timeout=60)
+        # redis-py waits for a held lock in steps of ``sleep`` (0.1 s by default): the job's last endings
+        # queue here, so a short step is a shorter tail.
+        return self.redis.lock(f"{self.key(job_id)}:lock", timeout=30, blocking_timeout=60, sleep=0.01)
 
 
 class FleetRunner:
@@ -154,7 +157,9 @@ class FleetRunner:
         kick: Callable[[str, float], Any] | None = None,
         run_store: Any = None,
         restart: Callable[[dict[str, Any]], Any] | None = None,
+        starters: int = 8,
     ) -> None:
+        self.starters = starters  # runs of one wave submitted at once
         self.restart = restart  # sends a recorded run's chain again (workers.runs.RunHooks.start)
         self.store = store
         self.run_store = run_store  # reads the run holding a server (workers.run_store.RunStore)
@@ -247,18 +252,7 @@ class FleetRunner:
                 swept = True
                 if self._sweep(job):
                     continue  # outcomes changed: decide on the fresh record
-            order = [s["id"] for s in job["servers"]]
-            outcomes = {sid: e["outcome"] for sid, e in job["outcomes"].items()}
-            window = job.get("window") or {}
-            cutoff = bool(window.get("cutoff_at")) and self.store.clock() >= window["cutoff_at"]
-            d = decide(
-                order,
-                outcomes,
-                window=job["max_concurrency"],
-                max_errors=job["max_errors"],
-                canary=job["canary"],
-                cutoff_passed=cutoff,
-            )
+            d = self._decide(job)
             if not d.start:
                 for sid in d.not_started:
                     self.store.set_outcome(job_id, sid, outcome="not_started", reason=d.reason)
@@ -274,10 +268,20 @@ class FleetRunner:
                     raise
                 self.kick(job["id"], min(max(exc.wait, 1.0), 30.0))
                 return
-            for sid in d.start:
-                if not self._start_one(job, sid, lookups):
-                    return
-                lock.reacquire()  # each submit renews the job lock: it lapses only with its holder
+            if not self._start_wave(job, d.start, lookups, lock):
+                return
+
+    def _decide(self, job: dict[str, Any]) -> Decision:
+        """Return what the job's rules say now, from its record."""
+        window = job.get("window") or {}
+        return decide(
+            [s["id"] for s in job["servers"]],
+            {sid: e["outcome"] for sid, e in job["outcomes"].items()},
+            window=job["max_concurrency"],
+            max_errors=job["max_errors"],
+            canary=job["canary"],
+            cutoff_passed=bool(window.get("cutoff_at")) and self.store.clock() >= window["cutoff_at"],
+        )
 
     def _wave_lookups(self, job: dict[str, Any], start: list[int]) -> Lookups:
         """Read the wave's servers fresh, 50 a request, instead of one request per run's validation."""
@@ -294,6 +298,28 @@ class FleetRunner:
                 if wanted <= lookups.servers.keys():
                     break
         return lookups
+
+    def _start_wave(
+        self, job: dict[str, Any], start: tuple[int, ...], lookups: Lookups | None, lock: Any
+    ) -> bool:
+        """Start a wave's runs, several at once; False when the budget said to try some again later.
+
+        A start waits mostly on Redis and the broker (record, server lock, first message): one after the
+        other, a 100-server wave spread its first POSTs over a second, and every later step inherits that.
+        """
+        # The first start alone: it reads what every run shares (the image, ssh keys) into ``lookups``, once.
+        if not self._start_one(job, start[0], lookups):
+            return False
+        lock.reacquire()  # each submit renews the job lock: it lapses only with its holder
+        rest = start[1:]
+        if not rest:
+            return True
+        ok = True
+        with cf.ThreadPoolExecutor(max_workers=max(1, min(self.starters, len(rest)))) as pool:
+            for done in cf.as_completed([pool.submit(self._start_one, job, sid, lookups) for sid in rest]):
+                ok = done.result() and ok
+                lock.reacquire()  # in this thread, which holds the lock (its token is thread-local)
+        return ok
 
     def _start_one(self, job: dict[str, Any], sid: int, lookups: Lookups | None = None) -> bool:
         """Start one server's run and record the outcome; False when the budget says to try again later."""
@@ -392,7 +418,16 @@ class FleetRunner:
         if ends_at and self.store.clock() > ends_at:
             entry["overran"] = True  # still running when its maintenance window closed
         self.store.set_outcome(job_id, int(run["server_id"]), **entry)
-        self.advance(job_id)
+        # Most runs of a big job end while others still run and none waits to start: then there is nothing
+        # to decide, and taking the job lock (and sweeping) for each would queue the last runs' endings
+        # behind one another. The outcome is written before this read, so the last run to end always sees
+        # every outcome final and ends the job; two that end together both advance, under the lock, once.
+        job = self.store.get(job_id)
+        if job is None or job["state"] != "running":
+            return
+        d = self._decide(job)
+        if d.start or d.state != "running" or d.not_started:
+            self.advance(job_id)
 
     def pause(self, job_id: str) -> dict[str, Any]:
         job = self._active(job_id, "pause")

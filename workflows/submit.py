@@ -72,6 +72,7 @@ def submit_run(
         "lock_ttl": ttl,
         "job_id": job_id,
         "submitted_by": submitter,
+        "warnings": facts.get("warnings") or [],
     }
     holder = store.acquire(int(srv["id"]), run_id, ttl)
     if holder is not None:
@@ -88,6 +89,7 @@ def submit_run(
             "state": store.state(run_id),
             "queued_behind": holder,
             "steps": meta["steps"],
+            "warnings": meta["warnings"],
         }
     # The record keeps the chain until the first step starts (RunHooks.step_started drops it), so that a
     # first message lost with a killed worker can be sent again (workflows.fleet sweeps for that).
@@ -98,7 +100,7 @@ def submit_run(
         store.set_state(run_id, "failed", finished=store.clock(), error=error_info(exc))
         store.release(int(srv["id"]), run_id)
         raise
-    return {"run_id": run_id, "state": "queued", "steps": meta["steps"]}
+    return {"run_id": run_id, "state": "queued", "steps": meta["steps"], "warnings": meta["warnings"]}
 
 
 def cancel_run(store: RunStore, run_id: str) -> dict[str, Any]:

@@ -171,7 +171,8 @@ def _find_image(client: HcloudClient, ref: int | str, server: dict[str, Any]) ->
         if arch is not None and image.get("architecture") != arch:
             raise BadInput(_wrong_architecture(image, server, arch), "image")
     else:
-        named = client.list_images(name=ref)
+        # Deprecated images too: the API still builds from them until they become unavailable.
+        named = client.list_images(name=ref, include_deprecated=True)
         # As the API does for names: the image of that name built for the server's architecture.
         candidates = [i for i in named if arch is None or i.get("architecture") == arch]
         if not candidates:
@@ -189,9 +190,20 @@ def _find_image(client: HcloudClient, ref: int | str, server: dict[str, Any]) ->
         image = candidates[0]
     if image.get("status") != "available":
         raise BadInput(f"image {ref!r} is {image.get('status')}, not available", "image")
-    if image.get("deprecated"):
-        raise BadInput(f"image {ref!r} is deprecated; pick a current one", "image")
     return image
+
+
+def image_warning(image: dict[str, Any]) -> str | None:
+    """Return what to tell a user about a deprecated image, which the API still accepts, or None."""
+    if not image.get("deprecated"):
+        return None
+    until = (image.get("deprecation") or {}).get("unavailable_after")
+    name = image.get("name") or image.get("id")
+    return (
+        f"image {name} is deprecated"
+        + (f" and unavailable after {until}" if until else "")
+        + ("; it still works, but pick a current one for future runs")
+    )
 
 
 def _wrong_architecture(image: dict[str, Any], server: dict[str, Any], arch: str) -> str:
@@ -237,6 +249,7 @@ def gather_facts(
 ) -> dict[str, Any]:
     """Check the request against the API and return the facts the workflow's steps are built from."""
     known = known if known is not None else Lookups()
+    warnings: list[str] = []  # things the API accepts that the user should hear about
     server = find_server(client, server_ref, known)
     if workflow.needs_running and server["status"] != "running":
         raise BadInput(
@@ -256,6 +269,9 @@ def gather_facts(
         if key not in known.images:
             known.images[key] = _find_image(client, params["image"], server)
         image = known.images[key]
+        warning = image_warning(image)
+        if warning:
+            warnings.append(warning)
         # By id: exactly that image. By name: the name, which the API resolves for the server's architecture
         # as we just did.
         by_name = not is_id(params["image"]) and image.get("type") == "system"
@@ -265,4 +281,4 @@ def gather_facts(
         if keys not in known.ssh_keys:
             known.ssh_keys[keys] = _ssh_key_ids(client, params["ssh_keys"])
         params = {**params, "ssh_key_ids": known.ssh_keys[keys]}
-    return {"server": server, "params": params}
+    return {"server": server, "params": params, "warnings": warnings}

@@ -243,3 +243,14 @@ def test_an_action_task_refuses_an_empty_server_name(worker: Worker, celery_clie
     with pytest.raises(Exception) as info:  # today: a result, "skipped" on the first server
         pending.get(timeout=30)
     assert type(info.value).__name__ == "BadInput"
+
+
+def test_a_deprecated_image_by_name_is_used_with_a_warning(
+    client: HcloudClient, servers: dict[str, dict[str, Any]]
+) -> None:
+    """The API still builds from a deprecated image: it used to be refused as "no system image named"."""
+    got = facts(client, servers["x86"], image="ubuntu-20.04")
+    assert got["params"]["image"] == "ubuntu-20.04"
+    assert len(got["warnings"]) == 1 and "ubuntu-20.04 is deprecated" in got["warnings"][0]
+    assert "unavailable after" in got["warnings"][0]
+    assert facts(client, servers["x86"], image=IMAGE)["warnings"] == [], "a current image: nothing to say"

@@ -68,3 +68,70 @@ def test_busy_servers_are_skipped_and_refusals_count_as_errors(redis_server: Red
     assert done["outcomes"][3]["outcome"] == done["outcomes"][4]["outcome"] == "running"  # the same wave
     assert 5 not in done["outcomes"], "one error exceeds --max-errors 0: server 5 never starts"
     assert done["state"] == "running", "until the runs in flight have ended and been recorded"
+
+
+def test_a_wave_starts_together_and_the_shared_lookups_are_read_by_the_first_start_alone(
+    redis_server: RedisServer,
+) -> None:
+    """Starts of one wave overlap (each waits on Redis and the broker); the first runs alone, so that what
+    every run shares (the image, ssh keys) is read into the wave's lookups once, not by eight at a time."""
+    import threading
+    import time
+
+    from workflows.validate import Lookups
+
+    store = JobStore(redis_server.client(), prefix="fr5")
+    lock = threading.Lock()
+    active = peak = 0
+    reads: list[int] = []
+
+    def submit(**kw: Any) -> dict[str, Any]:
+        nonlocal active, peak
+        lookups = kw["lookups"]
+        if "img" not in lookups.images:
+            reads.append(kw["server"])
+            lookups.images["img"] = {"id": 1}
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        time.sleep(0.02)  # the Redis and broker round trips of a real start
+        with lock:
+            active -= 1
+        return {"run_id": f"run-{kw['server']}"}
+
+    runner = FleetRunner(store, None, submit, lambda run_id: None, starters=4)  # type: ignore[arg-type]
+    job(store, "j5", list(range(1, 21)), window=20)
+    runner.advance("j5", Lookups())
+    outcomes = store.get("j5")["outcomes"]  # type: ignore[index]
+    assert {e["outcome"] for e in outcomes.values()} == {"running"} and len(outcomes) == 20
+    assert reads == [1], "the first start alone read the shared answers; the others found them"
+    assert 1 < peak <= 4, "the rest of the wave started several at a time, never more than the starters"
+
+
+def test_a_run_ending_while_others_run_leaves_the_job_lock_alone_and_the_last_one_ends_the_job(
+    redis_server: RedisServer,
+) -> None:
+    """With nothing left to start, an ending only records its outcome: a hundred endings used to queue on
+    the job lock (and sweep every run record) one after another. The last ending still ends the job."""
+    store = JobStore(redis_server.client(), prefix="fr6")
+    runner = FleetRunner(store, None, lambda **kw: {"run_id": f"run-{kw['server']}"}, lambda run_id: None)  # type: ignore[arg-type]
+    job(store, "j6", [1, 2, 3], window=3)
+    runner.advance("j6")
+    taken: list[str] = []
+    real_lock = store.lock
+
+    def counting_lock(job_id: str) -> Any:
+        taken.append(job_id)
+        return real_lock(job_id)
+
+    store.lock = counting_lock  # type: ignore[method-assign]
+    for sid in (1, 2):
+        runner.on_run_ended({"id": f"run-{sid}", "server_id": sid, "state": "succeeded", "job_id": "j6"})
+    assert taken == [], "nothing to decide while server 3 still runs"
+    assert store.get("j6")["state"] == "running"  # type: ignore[index]
+    runner.on_run_ended({"id": "run-3", "server_id": 3, "state": "failed", "job_id": "j6"})
+    assert taken == ["j6"]
+    done = store.get("j6")
+    assert done is not None and done["state"] == "failed", "one failure exceeds --max-errors 0"
+    outcomes = {s: e["outcome"] for s, e in done["outcomes"].items()}
+    assert outcomes == {1: "succeeded", 2: "succeeded", 3: "failed"}

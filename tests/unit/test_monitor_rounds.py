@@ -1,0 +1,101 @@
+"""A round's endings carried out together; a monitor quiet while another process's round runs."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from workers.engine import Engine
+from workers.ledger import Ledger
+from workers.monitor import Monitor, RoundReport
+from workers.wait_state import Phase, Resend, Wait
+from workers.waits import WaitStore
+
+from ..support import RedisServer
+
+
+class Clock:
+    now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Dispatcher:
+    """Records resends; refuses the ones it is told to, and notes how many ran at once."""
+
+    def __init__(self, refuse: set[str]) -> None:
+        self.refuse = refuse
+        self.sent: list[str] = []
+        self.active = self.peak = 0
+        self.lock = threading.Lock()
+
+    def resend(self, request: dict[str, Any]) -> None:
+        with self.lock:
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+        time.sleep(0.02)  # a broker round trip
+        with self.lock:
+            self.active -= 1
+            if request["id"] in self.refuse:
+                raise ConnectionError(f"broker away for {request['id']}")
+            self.sent.append(request["id"])
+
+
+def monitor_on(redis_server: RedisServer, dispatcher: Any, clock: Clock) -> tuple[Monitor, WaitStore]:
+    r = redis_server.client()
+    prefix = f"m{uuid.uuid4().hex[:8]}"
+    waits = WaitStore(r, prefix=prefix)
+    engine = Engine(client=None, redis=r, ledger=Ledger(r, prefix=prefix), waits=waits, clock=clock)  # type: ignore[arg-type]
+    return Monitor(engine, dispatcher, prefix=prefix, enders=4), waits
+
+
+def wait(i: int) -> Wait:
+    return Wait(
+        id=f"w{i}",
+        action="reset",
+        step="reset",
+        server_id=i,
+        phase=Phase.LATER,
+        started=1000.0,
+        deadline=2000.0,
+        next=1000.0,
+        request={"id": f"w{i}"},
+    )
+
+
+def test_a_rounds_endings_run_together_and_one_failure_stops_none_of_the_others(
+    redis_server: RedisServer,
+) -> None:
+    dispatcher = Dispatcher(refuse={"w3"})
+    monitor, waits = monitor_on(redis_server, dispatcher, Clock())
+    parked = [wait(i) for i in range(10)]
+    for w in parked:
+        waits.park(w)
+    report = RoundReport()
+    with pytest.raises(ConnectionError, match="w3"):
+        monitor._end_all([(w, Resend()) for w in parked], report)
+    assert sorted(dispatcher.sent) == sorted(f"w{i}" for i in range(10) if i != 3)
+    assert report.resent == 9
+    assert 1 < dispatcher.peak <= 4, "several at once, never more than the enders"
+    assert waits.get("w3") is not None, "the one whose send failed stays parked, to be tried again"
+    assert all(waits.get(f"w{i}") is None for i in range(10) if i != 3)
+
+
+def test_a_monitor_that_finds_a_round_just_begun_elsewhere_waits_for_its_gap(
+    redis_server: RedisServer,
+) -> None:
+    """It used to ask Redis again every 10 ms until the other round's gap had passed."""
+    clock = Clock()
+    first, waits = monitor_on(redis_server, Dispatcher(set()), clock)
+    second = Monitor(first.engine, first.dispatcher, prefix=first.lock_key.split(":")[0], enders=4)
+    waits.park(wait(1))
+    assert first.run_round() is not None  # sends w1 again
+    waits.park(wait(2))
+    clock.now += 0.1
+    assert second.run_round() is None, "the gap since the first round has not passed"
+    assert second._not_before == pytest.approx(1000.5)
