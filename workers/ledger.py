@@ -48,7 +48,18 @@ class Ledger:
 
     def get(self, step_key: str) -> StepRecord:
         """Return the step's record (empty when the step never ran)."""
-        raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(self._key(step_key)).items()}
+        return self._record(self.redis.hgetall(self._key(step_key)))
+
+    def get_many(self, step_keys: list[str]) -> list[StepRecord]:
+        """Return several steps' records in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key in step_keys:
+            pipe.hgetall(self._key(key))
+        return [self._record(raw) for raw in pipe.execute()]
+
+    @staticmethod
+    def _record(stored: dict[bytes, bytes]) -> StepRecord:
+        raw = {k.decode(): v.decode() for k, v in stored.items()}
         return StepRecord(
             action_id=int(raw["action_id"]) if raw.get("action_id") else None,
             posting_after=int(raw["posting_after"]) if raw.get("posting_after") else None,

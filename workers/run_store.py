@@ -95,8 +95,13 @@ class RunStore:
         pipe.sadd(f"{self.prefix}:runs:active", meta["id"])
         pipe.execute()
 
-    def get(self, run_id: str) -> dict[str, Any] | None:
-        """Return the run as one dict, steps merged with their live ledger fields; None if unknown."""
+    def get(self, run_id: str, *, live: bool = True) -> dict[str, Any] | None:
+        """Return the run as one dict; None if unknown.
+
+        ``live`` merges each step's ledger (its action id and progress while it runs): what people are
+        shown. The engine's own bookkeeping reads the record alone (``live=False``): it runs several times
+        per step, and the ledger reads were most of a run's Redis round trips.
+        """
         raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(self._run(run_id)).items()}
         if "meta" not in raw:
             return None
@@ -108,13 +113,16 @@ class RunStore:
             run[field] = json.loads(raw[field]) if raw.get(field) else None
         for i, step in enumerate(run["steps"]):
             step.update(json.loads(raw.get(f"s{i}", "{}")))
-            live = self.ledger.get(step["task_id"])
             step.setdefault("status", "pending")
-            if step.get("action_id") is None and live.action_id is not None:
-                step["action_id"] = live.action_id
-            if step["status"] in ("pending", "running") and live.action_id is not None:
+        if not live:
+            return run
+        ledger = self.ledger.get_many([step["task_id"] for step in run["steps"]])
+        for step, rec in zip(run["steps"], ledger, strict=True):
+            if step.get("action_id") is None and rec.action_id is not None:
+                step["action_id"] = rec.action_id
+            if step["status"] in ("pending", "running") and rec.action_id is not None:
                 step["status"] = "running"
-                step["progress"] = live.progress
+                step["progress"] = rec.progress
             elif step["status"] == "succeeded":
                 step["progress"] = 100
         return run

@@ -50,7 +50,7 @@ class RunHooks:
 
     def step_started(self, run_id: str, task_id: str) -> None:
         """Record that a step began; raise RunCancelled if the run was cancelled before it."""
-        run = self.store.get(run_id)
+        run = self.store.get(run_id, live=False)
         if run is None:
             return
         if task_id == (run.get("restore") or {}).get("task_id"):
@@ -71,7 +71,7 @@ class RunHooks:
 
     def step_succeeded(self, run_id: str, task_id: str, result: dict[str, Any], last: bool) -> None:
         """Record a step's success; finish the run after its last step."""
-        run = self.store.get(run_id)
+        run = self.store.get(run_id, live=False)
         if run is None:
             return
         if task_id == (run.get("restore") or {}).get("task_id"):
@@ -96,7 +96,7 @@ class RunHooks:
 
     def step_failed(self, run_id: str, task_id: str, exc: BaseException) -> None:
         """Record a step's failure (or the cancel it met) and finish the run."""
-        run = self.store.get(run_id)
+        run = self.store.get(run_id, live=False)
         if run is None:
             return
         if task_id == (run.get("restore") or {}).get("task_id"):
@@ -118,7 +118,7 @@ class RunHooks:
         self._finish(run, "cancelled" if cancelled else "failed", None if cancelled else error_info(exc))
 
     def _finish(self, run: dict[str, Any], state: str, error: dict[str, Any] | None) -> None:
-        current = self.store.get(run["id"])
+        current = self.store.get(run["id"], live=False)
         if current is not None and current["state"] in FINAL:
             # Finished before, perhaps by a process that died before it freed the server and told the
             # listeners (this is the redelivered or re-dispatched ending): finish that part, once.
@@ -197,7 +197,7 @@ class RunHooks:
     def start_next(self, server_id: int) -> None:
         """Start the first run queued behind the server, if the server is free."""
         while (run_id := self.store.dequeue(server_id)) is not None:
-            run = self.store.get(run_id)
+            run = self.store.get(run_id, live=False)
             if run is None or run["state"] != "queued":
                 continue
             if self.store.cancel_requested(run_id):

@@ -373,7 +373,7 @@ class FleetRunner:
         for sid, entry in job["outcomes"].items():
             if entry["outcome"] != "running" or not entry.get("run_id"):
                 continue
-            run = self.run_store.get(entry["run_id"])
+            run = self.run_store.get(entry["run_id"], live=False)
             if run is None:
                 continue
             age = now - float(run["created"])
@@ -402,7 +402,7 @@ class FleetRunner:
 
     def _ours(self, job_id: str, run_id: str) -> bool:
         """Tell whether the run holding a server is one this job started."""
-        run = self.run_store.get(run_id) if self.run_store is not None else None
+        run = self.run_store.get(run_id, live=False) if self.run_store is not None else None
         return run is not None and run.get("job_id") == job_id
 
     def on_run_ended(self, run: dict[str, Any]) -> None:

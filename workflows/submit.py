@@ -105,7 +105,7 @@ def submit_run(
 
 def cancel_run(store: RunStore, run_id: str) -> dict[str, Any]:
     """Cancel a run: a queued one at once; a running one before its next step (its action is waited out)."""
-    run = store.get(run_id)
+    run = store.get(run_id, live=False)
     if run is None:
         raise BadInput(f"no run {run_id!r} (unknown, or older than the retention period)", "run_id")
     if run["state"] in FINAL:
