@@ -116,6 +116,12 @@ class Ledger:
 
     def update(self, step_key: str, **fields: Any) -> None:
         """Set display fields (status, progress) on a step record."""
+        pipe = self.redis.pipeline()
+        self.stage_update(pipe, step_key, **fields)
+        pipe.execute()
+
+    def stage_update(self, pipe: redis.client.Pipeline, step_key: str, **fields: Any) -> None:
+        """Add ``update`` to a pipeline the caller executes."""
         key = self._key(step_key)
-        self.redis.hset(key, mapping={k: v for k, v in fields.items() if v is not None})
-        self.redis.expire(key, self.retention)
+        pipe.hset(key, mapping={k: v for k, v in fields.items() if v is not None})
+        pipe.expire(key, self.retention)

@@ -105,6 +105,40 @@ class RoundReport:
     errors: list[str] = field(default_factory=list)
 
 
+class _Endings:
+    """A round's endings, each begun as soon as it is decided (in a pool when there is one).
+
+    ``close`` waits for all of them, counts their outcomes, and raises the first failure: every ending is
+    carried out even if another failed.
+    """
+
+    def __init__(self, pool: cf.ThreadPoolExecutor | None, end: Callable[[Wait, Effect], str | None]) -> None:
+        self.pool = pool
+        self.end = end
+        self.futures: list[cf.Future[str | None]] = []
+
+    def submit(self, wait: Wait, effect: Effect) -> None:
+        if self.pool is not None:
+            self.futures.append(self.pool.submit(self.end, wait, effect))
+            return
+        done: cf.Future[str | None] = cf.Future()
+        try:
+            done.set_result(self.end(wait, effect))
+        except Exception as exc:
+            done.set_exception(exc)
+        self.futures.append(done)
+
+    def close(self, report: RoundReport, count: Callable[[RoundReport, str | None], None]) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True)
+        errors = [f.exception() for f in self.futures if f.exception() is not None]
+        for f in self.futures:
+            if f.exception() is None:
+                count(report, f.result())
+        if errors:
+            raise errors[0]
+
+
 class Monitor:
     """Poll rounds over the parked waits; safe to run in every worker process at once."""
 
@@ -136,7 +170,10 @@ class Monitor:
         self._renew_script = engine.redis.register_script(EXPIRE_IF_OWNER)
         self._token = ""
         self.enders = enders  # endings of one round carried out at once
-        self._ending: list[tuple[Wait, Effect]] | None = None  # a round's endings, gathered until its end
+        self._ending: _Endings | None = None  # the round's endings under way (None outside a round)
+        self._parking: dict[str, Wait] = {}  # the round's waits to poll again, parked at its end
+        self._progress: dict[str, int] = {}  # the round's new progress figures, written with the parks
+        self._learned: list[dict[str, Any]] = []  # the round's finished actions, to learn durations from
         self._not_before = 0.0  # when a round skipped for another process's round may be tried again
 
     # -- the loop a worker thread runs ----------------------------------------------------------------
@@ -207,12 +244,23 @@ class Monitor:
         self._renew_script(keys=[self.lock_key], args=[self._token, int(self.lock_ttl * 1000)])
 
     def _round(self, report: RoundReport) -> None:
-        self._ending = []
+        """Decide on every due wait; end the finished ones while the round goes on; park the rest at once.
+
+        An ending (the next step's message, the records) used to wait for the whole round: the decisions on
+        fifty waits, each parked with its own round trip, and the state reads after them. Now each ending
+        starts as soon as it is decided, and the waits polled again are parked in one pipeline at the end.
+        """
+        self._parking = {}
+        self._learned = []
+        pool = cf.ThreadPoolExecutor(max_workers=max(1, self.enders)) if self.enders > 1 else None
+        self._ending = _Endings(pool, self._end)
         try:
             self._decide_round(report)
+            self._park_all()
+            self._learn_all()
         finally:
-            ending, self._ending = self._ending, None
-        self._end_all(ending, report)
+            endings, self._ending = self._ending, None
+            endings.close(report, self._count)
 
     def _decide_round(self, report: RoundReport) -> None:
         engine = self.engine
@@ -242,7 +290,7 @@ class Monitor:
                 and seen.action.get("status") == "success"
                 and wait.phase is Phase.ACTION
             ):
-                self._learn(seen.action)
+                self._learned.append(seen.action)
             nxt, effect = advance(wait, seen, rules_for(wait.action), self.engine.cadence)
             return self._apply(wait, nxt, effect, report)
         except Exception as exc:  # one bad wait fails alone; it must not stall every other wait
@@ -251,10 +299,13 @@ class Monitor:
 
     def _apply(self, old: Wait, wait: Wait, effect: Effect, report: RoundReport) -> Wait | None:
         if wait.progress != old.progress and wait.progress < 100:
-            self.engine.ledger.update(wait.id, progress=wait.progress)
+            if self._ending is None:
+                self.engine.ledger.update(wait.id, progress=wait.progress)
+            else:
+                self._progress[wait.id] = wait.progress  # written with the round's parks
         if isinstance(effect, Poll):
             parked = replace(wait, next=effect.at)
-            self.engine.waits.park(parked)
+            self._park(parked)
             return parked
         if isinstance(effect, ForceOff):
             return self._force(wait, effect, report)
@@ -362,15 +413,20 @@ class Monitor:
                 break
         return found
 
-    def _learn(self, action: dict[str, Any]) -> None:
-        """Fold a finished action's own duration (the API's stamps, one clock) into the learned averages."""
+    def _learn_all(self) -> None:
+        """Fold the round's finished actions' own durations (the API's stamps, one clock) into the learned
+        averages: one fold per command of the round's mean, not a read and a write per action."""
+        learned, self._learned = self._learned, []
         durations = self.engine.durations
-        started, finished = action.get("started"), action.get("finished")
-        if durations is None or not started or not finished:
+        if durations is None:
             return
-        begin, end = parse_time(started), parse_time(finished)
-        if begin is not None and end is not None:
-            durations.observe(action.get("command"), end - begin)
+        by_command: dict[str, list[float]] = {}
+        for action in learned:
+            begin, end = parse_time(action.get("started")), parse_time(action.get("finished"))
+            if begin is not None and end is not None and action.get("command"):
+                by_command.setdefault(str(action["command"]), []).append(end - begin)
+        for command, seconds in by_command.items():
+            durations.observe(command, sum(seconds) / len(seconds))
 
     # -- effects ---------------------------------------------------------------------------------------
 
@@ -388,7 +444,7 @@ class Monitor:
             )
         except (Blocked, StepInProgress, RateBudgetExhausted):
             parked = replace(wait, next=now + max(MIN_PAUSE, self.engine.cadence.first))
-            self.engine.waits.park(parked)
+            self._park(parked)
             return parked
         except HcloudFlowError as exc:
             self._finish(wait, Fail(exc), report)
@@ -404,40 +460,41 @@ class Monitor:
         report.forced += 1
         report.requests += 1
         parked = after_force(wait, started.action, now)
-        self.engine.waits.park(parked)
+        self._park(parked)
         return parked
 
     def _finish(self, wait: Wait, effect: Effect, report: RoundReport) -> None:
-        """End a wait now, or with the round's other endings when a round is under way."""
-        if self._ending is not None:
-            self._ending.append((wait, effect))
+        """End a wait: at once, or beside the rest of the round when a round is under way."""
+        if self._ending is None:
+            self._count(report, self._end(wait, effect))
             return
-        self._count(report, self._end(wait, effect))
+        self._parking.pop(wait.id, None)  # polled earlier this round (its state read), ending now
+        self._progress.pop(wait.id, None)
+        self._ending.submit(wait, effect)
+
+    def _park(self, wait: Wait) -> None:
+        """Park a wait to be polled again: with the round's others at its end, or at once outside one."""
+        if self._ending is None:
+            self.engine.waits.park(wait)
+        else:
+            self._parking[wait.id] = wait
+
+    def _park_all(self) -> None:
+        parking, self._parking = self._parking, {}
+        progress, self._progress = self._progress, {}
+        if not parking and not progress:
+            return
+        pipe = self.engine.redis.pipeline()
+        for wait in parking.values():
+            self.engine.waits.stage_park(pipe, wait)
+        for step_key, value in progress.items():
+            self.engine.ledger.stage_update(pipe, step_key, progress=value)
+        pipe.execute()
 
     @staticmethod
     def _count(report: RoundReport, outcome: str | None) -> None:
         if outcome is not None:
             setattr(report, outcome, getattr(report, outcome) + 1)
-
-    def _end_all(self, ending: list[tuple[Wait, Effect]], report: RoundReport) -> None:
-        """Carry out a round's endings, several at once.
-
-        Each ending waits mostly on Redis and the broker (ledger, hand-off watch, the next step's message,
-        the run record): one after the other, the last of 50 steps that ended together was sent half a
-        second after the first. Every ending is carried out even if one fails; the first failure is raised.
-        """
-        if len(ending) <= 1 or self.enders <= 1:
-            for wait, effect in ending:
-                self._count(report, self._end(wait, effect))
-            return
-        with cf.ThreadPoolExecutor(max_workers=min(self.enders, len(ending))) as pool:
-            futures = [pool.submit(self._end, wait, effect) for wait, effect in ending]
-        errors = [f.exception() for f in futures if f.exception() is not None]
-        for f in futures:
-            if f.exception() is None:
-                self._count(report, f.result())
-        if errors:
-            raise errors[0]
 
     def _end(self, wait: Wait, effect: Effect) -> str | None:
         """End one wait: dispatch its outcome and forget it; return the report's counter to raise."""

@@ -30,13 +30,17 @@ class WaitStore:
     def park(self, wait: Wait) -> None:
         """Store a wait (new or changed) and schedule its next poll at ``wait.next``."""
         pipe = self.redis.pipeline()
+        self.stage_park(pipe, wait)
+        pipe.execute()
+
+    save = park
+
+    def stage_park(self, pipe: redis.client.Pipeline, wait: Wait) -> None:
+        """Add ``park(wait)`` to a pipeline the caller executes (several parks in one round trip)."""
         pipe.set(self.prefix + wait.id, json.dumps(wait.to_json()))
         pipe.zadd(self.index, {wait.id: float(wait.next)})
         if wait.phase is Phase.LATER:
             pipe.zadd(self.later_index, {wait.id: float(wait.next)})
-        pipe.execute()
-
-    save = park
 
     def remove(self, wait_id: str) -> None:
         """Forget a wait once its step has been continued or failed."""
