@@ -97,6 +97,9 @@ hcloud_flow = {
     # How recent the project's newest seen action id must be to serve as a step's bound before a POST;
     # older (or 0), and the step reads the server's newest action first (workers/action_ids.py).
     "bound_fresh": _float("HCLOUD_FLOW_BOUND_FRESH", 5.0),
+    # How old a server object a fleet job listed may be to validate one of its later, smaller waves; older,
+    # and the job lists the servers it has still to start again (workflows/fleet.py).
+    "fleet_fresh": _float("HCLOUD_FLOW_FLEET_FRESH", 10.0),
     "monitor": os.environ.get("HCLOUD_FLOW_MONITOR", "1") not in ("0", "false", "no"),
 }
 

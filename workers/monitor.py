@@ -51,6 +51,12 @@ __all__ = ["Dispatcher", "Monitor", "RoundReport"]
 
 log = logging.getLogger(__name__)
 
+# The budget is scarce below its bulk floor plus this share of the limit: rounds then space out (_gap).
+SCARCE_MARGIN = 0.05
+# While the budget is scarce, a round at most once per this many requests' refill, and never less often
+# than every SCARCE_GAP_CAP seconds (on a real project's 1 request a second: every 10 s).
+SCARCE_ROUNDS_PER_REFILL = 20.0
+SCARCE_GAP_CAP = 10.0
 # A server list request answers 50 servers; below this many servers to check, single GETs are cheaper.
 _LIST_THRESHOLD = 3
 _WATCHING_ACTIONS = (Phase.ACTION, Phase.BLOCKED)
@@ -216,10 +222,11 @@ class Monitor:
             return None
         try:
             last = self.engine.redis.get(self.start_key)
-            if last is not None and 0 <= now - float(last) < self.gap:
+            gap = self._gap()
+            if last is not None and 0 <= now - float(last) < gap:
                 # Another round began a moment ago (in any process): let what falls due meanwhile gather, so
                 # that one request carries it all, instead of a round of a few ids every idle tick.
-                self._not_before = float(last) + self.gap
+                self._not_before = float(last) + gap
                 return None
             self.engine.redis.set(self.start_key, repr(now))
             self._send_deferred(now)
@@ -230,6 +237,23 @@ class Monitor:
         return report
 
     # -- one round -------------------------------------------------------------------------------------
+
+    def _gap(self) -> float:
+        """Return the least time between two rounds: longer while the rate budget is scarce.
+
+        With requests to spare, a round every ``gap`` seconds keeps hand-offs short. When the budget runs
+        low, requests are the job's time (each one waits for refill), so rounds gather more: one per
+        refill of ``SCARCE_ROUNDS_PER_REFILL`` requests, at most ``SCARCE_GAP_CAP`` s apart. One request
+        then carries more ids, and one server list page more states.
+        """
+        budget = getattr(self.engine.client, "budget", None)
+        if budget is None:
+            return self.gap
+        state = budget.snapshot()
+        limit = state.get("limit") or budget.default_limit
+        if state.get("tokens", limit) >= limit * (budget.bulk_reserve + SCARCE_MARGIN):
+            return self.gap
+        return max(self.gap, min(SCARCE_GAP_CAP, SCARCE_ROUNDS_PER_REFILL / budget.rate()))
 
     def _send_deferred(self, now: float) -> None:
         if self.send is None:

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 JOB_FINAL = FINAL  # jobs end in the same three states as runs
 # Up to this many servers named one by one are looked up singly; more, through the server list.
 _LIST_BELOW = 5
+# Per process: the server objects each job listed last, and when (FleetRunner.fresh_for says how long
+# they may serve).
+_SEEN: dict[str, tuple[float, dict[int, dict[str, Any]]]] = {}
 # A run still queued this long after it was recorded, while its server is held for it, lost its first
 # message: it is sent again; three times this long, and it has failed.
 ORPHAN_AFTER = 20.0
@@ -158,8 +161,10 @@ class FleetRunner:
         run_store: Any = None,
         restart: Callable[[dict[str, Any]], Any] | None = None,
         starters: int = 8,
+        fresh_for: float = 10.0,
     ) -> None:
         self.starters = starters  # runs of one wave submitted at once
+        self.fresh_for = fresh_for  # seconds a listed server object may validate a later start
         self.restart = restart  # sends a recorded run's chain again (workers.runs.RunHooks.start)
         self.store = store
         self.run_store = run_store  # reads the run holding a server (workers.run_store.RunStore)
@@ -283,21 +288,38 @@ class FleetRunner:
             cutoff_passed=bool(window.get("cutoff_at")) and self.store.clock() >= window["cutoff_at"],
         )
 
-    def _wave_lookups(self, job: dict[str, Any], start: list[int]) -> Lookups:
-        """Read the wave's servers fresh, 50 a request, instead of one request per run's validation."""
-        lookups = Lookups()
-        if len(start) < _LIST_BELOW:
-            return lookups
-        wanted = set(start)
+    def _wave_lookups(self, job: dict[str, Any], start: tuple[int, ...]) -> Lookups:
+        """Return the wave's server objects read at most ``fresh_for`` seconds ago, 50 a request.
+
+        A job held back by its concurrency or the budget starts its servers one or two at a time as runs
+        end: read one by one, those reads were a quarter of a throttled job's requests. So a listing reads
+        every server the job has still to start, and later small waves take theirs from it while it is fresh
+        (the first step's own POST still meets the API's refusal of a server changed meanwhile). Where the
+        list is longer than the servers left to start, they are read one by one as before.
+        """
+        now = self.store.clock()
+        read_at, seen = _SEEN.get(job["id"], (0.0, {}))
+        if now - read_at <= self.fresh_for and set(start) <= seen.keys():
+            return Lookups(servers={sid: seen[sid] for sid in start})
+        pending = {int(s["id"]) for s in job["servers"] if int(s["id"]) not in job["outcomes"]} | set(start)
+        if len(pending) < _LIST_BELOW or (len(start) < _LIST_BELOW and self.fresh_for <= 0):
+            return Lookups()
+        params = [("label_selector", job["selector"])] if job.get("selector") else []
+        found: dict[int, dict[str, Any]] = {}
         with self.client.priority_scope("bulk"):
-            pages = self.client.iter_server_pages(
-                [("label_selector", job["selector"])] if job.get("selector") else None
-            )
-            for page in pages:
-                lookups.servers.update({int(s["id"]): s for s in page if int(s["id"]) in wanted})
-                if wanted <= lookups.servers.keys():
-                    break
-        return lookups
+            page: int | None = 1
+            while page:
+                servers, pagination = self.client.server_page(params, page)
+                found.update({int(s["id"]): s for s in servers if int(s["id"]) in pending})
+                last = pagination.get("last_page")
+                if page == 1 and last is not None and int(last) > len(pending):
+                    break  # a big project and few servers left: cheaper to read those alone
+                nxt = pagination.get("next_page")
+                page = int(nxt) if nxt and not pending <= found.keys() else None
+        _SEEN[job["id"]] = (now, found)
+        for stale in [k for k, (t, _) in _SEEN.items() if now - t > max(self.fresh_for, 60.0)]:
+            _SEEN.pop(stale, None)
+        return Lookups(servers={sid: found[sid] for sid in start if sid in found})
 
     def _start_wave(
         self, job: dict[str, Any], start: tuple[int, ...], lookups: Lookups | None, lock: Any

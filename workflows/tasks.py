@@ -42,6 +42,7 @@ def fleet_runner() -> FleetRunner:
         kick=_kick,
         run_store=store,
         restart=hooks().start,
+        fresh_for=float(app.conf.hcloud_flow.get("fleet_fresh", 10.0)),
     )
 
 

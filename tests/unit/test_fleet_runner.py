@@ -58,7 +58,8 @@ def test_busy_servers_are_skipped_and_refusals_count_as_errors(redis_server: Red
             raise BadInput("server 2 is protected against rebuild")
         return {"run_id": "r3"}
 
-    runner = FleetRunner(store, None, submit, lambda run_id: None)  # type: ignore[arg-type]
+    # fresh_for=0: small waves read their servers alone (there is no API client here to list them).
+    runner = FleetRunner(store, None, submit, lambda run_id: None, fresh_for=0)  # type: ignore[arg-type]
     job(store, "j2", [1, 2, 3, 4, 5], window=4)
     runner.advance("j2")
     done = store.get("j2")
@@ -135,3 +136,63 @@ def test_a_run_ending_while_others_run_leaves_the_job_lock_alone_and_the_last_on
     assert done is not None and done["state"] == "failed", "one failure exceeds --max-errors 0"
     outcomes = {s: e["outcome"] for s, e in done["outcomes"].items()}
     assert outcomes == {1: "succeeded", 2: "succeeded", 3: "failed"}
+
+
+class Listing:
+    """A project's server list, 50 a page, counting the pages asked for."""
+
+    def __init__(self, ids: list[int]) -> None:
+        self.servers = [{"id": i, "name": f"s{i}", "status": "running"} for i in ids]
+        self.pages: list[int] = []
+
+    def priority_scope(self, priority: str) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def server_page(self, params: Any = None, page: int = 1) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        self.pages.append(page)
+        last = max(1, -(-len(self.servers) // 50))
+        chunk = self.servers[(page - 1) * 50 : page * 50]
+        return chunk, {"next_page": page + 1 if page < last else None, "last_page": last}
+
+
+def test_small_waves_take_their_servers_from_the_jobs_last_listing_while_it_is_fresh(
+    redis_server: RedisServer,
+) -> None:
+    """A throttled job starts one server as each run ends: read alone, those reads were a quarter of its
+    requests. One listing of what is left serves the next starts for ``fresh_for`` seconds."""
+
+    class Clock:
+        now = 1000.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = Clock()
+    store = JobStore(redis_server.client(), prefix="fr7", clock=clock)
+    project = Listing(list(range(1, 121)))
+    given: dict[int, Any] = {}
+
+    def submit(**kw: Any) -> dict[str, Any]:
+        given[kw["server"]] = kw["lookups"].servers.get(kw["server"]) if kw["lookups"] else None
+        return {"run_id": f"run-{kw['server']}"}
+
+    runner = FleetRunner(store, project, submit, lambda run_id: None, fresh_for=10.0)  # type: ignore[arg-type]
+    job(store, "j7", list(range(1, 101)), window=1)
+    runner.advance("j7")
+    assert project.pages == [1, 2], "the 100 servers left to start, two pages: not the third"
+    for sid in range(1, 6):
+        clock.now += 1.0
+        runner.on_run_ended({"id": f"run-{sid}", "server_id": sid, "state": "succeeded", "job_id": "j7"})
+    assert project.pages == [1, 2], "five more starts within 10 s: no request"
+    assert all(given[s] is not None and given[s]["id"] == s for s in range(1, 7))
+    clock.now += 10.0
+    runner.on_run_ended({"id": "run-6", "server_id": 6, "state": "succeeded", "job_id": "j7"})
+    assert project.pages == [1, 2, 1, 2], "stale: what is left is listed again"
+
+    project.pages.clear()
+    stale = FleetRunner(store, project, submit, lambda run_id: None, fresh_for=0)  # type: ignore[arg-type]
+    clock.now += 1.0
+    stale.on_run_ended({"id": "run-7", "server_id": 7, "state": "succeeded", "job_id": "j7"})
+    assert project.pages == [] and given[8] is None, "fresh_for=0: the one server is read by its run"

@@ -96,3 +96,21 @@ def test_a_monitor_that_finds_a_round_just_begun_elsewhere_waits_for_its_gap(
     clock.now += 0.1
     assert second.run_round() is None, "the gap since the first round has not passed"
     assert second._not_before == pytest.approx(1000.5)
+
+
+def test_rounds_space_out_while_the_rate_budget_is_scarce(redis_server: RedisServer) -> None:
+    """Scarce budget: every request waits for refill, so fewer rounds carry more ids each."""
+    from workers.monitor import SCARCE_GAP_CAP, SCARCE_ROUNDS_PER_REFILL
+    from workers.rate_budget import RateBudget
+
+    r = redis_server.client()
+    budget = RateBudget(r, f"b{uuid.uuid4().hex[:8]}", default_limit=3600, refill_per_second=0.0)
+    monitor, _ = monitor_on(redis_server, Dispatcher(set()), Clock())
+    monitor.engine.client = type("C", (), {"budget": budget})()  # type: ignore[assignment]
+    r.hset(budget.key, mapping={"tokens": 3000, "limit": 3600})
+    assert monitor._gap() == monitor.gap, "plenty left: the usual pace"
+    r.hset(budget.key, mapping={"tokens": 400})  # above the 10% bulk floor, below floor + 5%
+    assert monitor._gap() == min(SCARCE_GAP_CAP, SCARCE_ROUNDS_PER_REFILL / 1.0), "1 request a second"
+    fast = RateBudget(r, budget.key, default_limit=3600, refill_per_second=40.0)
+    monitor.engine.client = type("C", (), {"budget": fast})()  # type: ignore[assignment]
+    assert monitor._gap() == max(monitor.gap, SCARCE_ROUNDS_PER_REFILL / 40.0)
