@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import redis
 
-from .client import MAX_IDS_PER_ACTIONS_GET
+from .client import MAX_IDS_PER_ACTIONS_GET, MAX_PER_PAGE
 from .deferred import Deferred
 from .durations import parse_time
 from .engine import Engine, start_action
@@ -428,13 +428,16 @@ class Monitor:
             return {}
         if len(ids) < _LIST_THRESHOLD:
             return _read_each(client.get_image, ids, report)
-        found: dict[int, str] = {}
-        # Newest first: our images are the newest, so the walk stops after a page or two.
-        for page in client.iter_image_pages(sort="id:desc"):
-            report.requests += 1
-            found.update({int(i["id"]): i["status"] for i in page if int(i["id"]) in ids})
-            if ids <= found.keys() or not page or min(int(i["id"]) for i in page) < min(ids):
-                break
+        # One page, newest first: the images just made are the newest. Those older than that page are taken
+        # as available on their create_image action's word (the API makes the image available as that
+        # action succeeds; Terraform's snapshot resource waits for the action alone). Walking on cost a
+        # fleet of 400 eight pages a round, a seventh of its requests, to read what the action had said.
+        page = next(iter(client.iter_image_pages(sort="id:desc")), [])
+        report.requests += 1
+        found = {int(i["id"]): i["status"] for i in page if int(i["id"]) in ids}
+        if len(page) >= MAX_PER_PAGE:
+            oldest_listed = min(int(i["id"]) for i in page)
+            found.update({i: "available" for i in ids - found.keys() if i < oldest_listed})
         return found
 
     def _learn_all(self) -> None:

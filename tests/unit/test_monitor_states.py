@@ -59,3 +59,43 @@ def test_one_or_two_servers_are_read_alone_and_a_deleted_one_is_missing() -> Non
     got = statuses(project, {7: "off", 8: "off"})
     assert sorted(project.calls) == ["get 7", "get 8"]
     assert got == {7: "off"}, "a 404 is left out: the caller reads it as gone"
+
+
+class Images:
+    """A project's images behind the client calls the monitor uses; counts the requests."""
+
+    def __init__(self, statuses: dict[int, str]) -> None:
+        self.statuses = statuses
+        self.calls: list[str] = []
+
+    def iter_image_pages(self, *, sort: str | None = None, type: str | None = None) -> Any:
+        assert sort == "id:desc"
+        newest = sorted(self.statuses, reverse=True)
+        for start in range(0, max(1, len(newest)), 50):
+            self.calls.append(f"page {start // 50 + 1}")
+            yield [{"id": i, "status": self.statuses[i]} for i in newest[start : start + 50]]
+
+
+def image_statuses(project: Images, ids: set[int]) -> dict[int, str]:
+    monitor = Monitor.__new__(Monitor)
+    monitor.engine = type("E", (), {"client": project})()  # type: ignore[assignment]
+    return monitor._image_statuses(ids, RoundReport())
+
+
+def test_images_are_read_from_one_page_and_older_ones_go_by_their_action() -> None:
+    """400 snapshots made at once: their create_image actions succeeded, so only the newest page is read
+    (it used to walk all eight, every round); one still creating there is seen as such."""
+    statuses = {i: "available" for i in range(1000, 1400)} | {1399: "creating"}
+    project = Images(statuses)
+    got = image_statuses(project, set(range(1000, 1400)))
+    assert project.calls == ["page 1"]
+    assert got[1399] == "creating" and got[1398] == "available" and got[1000] == "available"
+
+
+def test_an_image_missing_from_a_short_list_is_gone_not_assumed() -> None:
+    project = Images({1: "available", 5: "available", 6: "creating"})
+    got = image_statuses(project, {5, 6, 7, 4})
+    assert project.calls == ["page 1"]
+    assert got == {5: "available", 6: "creating"}, (
+        "4 and 7 are not listed at all: the caller reads them as gone"
+    )
