@@ -77,7 +77,8 @@ worker_send_task_events = True
 # Crontabs are evaluated in UTC; each window keeps its own time zone (workflows/windows.py).
 timezone = "UTC"
 enable_utc = True
-beat_scheduler = "redbeat.RedBeatScheduler"
+# redbeat's scheduler, made to outlive a Redis outage and to note each tick (workflows/beat.py).
+beat_scheduler = "workflows.beat:Scheduler"
 beat_max_loop_interval = int(_float("HCLOUD_FLOW_BEAT_INTERVAL", 30))
 redbeat_redis_url = redis_url
 redbeat_key_prefix = "hf:redbeat:"

@@ -184,6 +184,26 @@ class RunStore:
         raw = self.redis.get(self._lock(server_id))
         return raw.decode() if raw else None
 
+    def holders(self, server_ids: list[int]) -> dict[int, str]:
+        """Return the run holding each of these servers, for those held (one round trip)."""
+        if not server_ids:
+            return {}
+        raws = self.redis.mget([self._lock(i) for i in server_ids])
+        return {i: raw.decode() for i, raw in zip(server_ids, raws, strict=True) if raw}
+
+    def note_image(self, image_id: int, run_id: str) -> None:
+        """Remember which run made an image (kept as long as run records are)."""
+        key = f"{self.prefix}:images"
+        self.redis.hset(key, str(image_id), run_id)
+        self.redis.expire(key, self.retention)
+
+    def image_runs(self, image_ids: list[int]) -> dict[int, str]:
+        """Return the run that made each of these images, for those one of ours made."""
+        if not image_ids:
+            return {}
+        raws = self.redis.hmget(f"{self.prefix}:images", [str(i) for i in image_ids])
+        return {i: raw.decode() for i, raw in zip(image_ids, raws, strict=True) if raw}
+
     def refresh(self, server_id: int, run_id: str, ttl: float) -> None:
         """Renew ``run_id``'s hold on the server, if it still has it."""
         self._refresh(keys=[self._lock(server_id)], args=[run_id, int(ttl * 1000)])

@@ -81,6 +81,9 @@ class RunHooks:
             why = "still running: it was never stopped" if skipped else "powered on again after the failure"
             self._ended(run, restore=restore, left={"status": status, "why": why})
             return
+        image = (result.get("outputs") or {}).get("image") or {}
+        if image.get("id"):
+            self.store.note_image(int(image["id"]), run_id)  # for `hcloud-flow images`
         index = self._index(run, task_id)
         if index is not None:
             keep = {k: result.get(k) for k in ("action_id", "outputs", "forced", "server_status", "skipped")}

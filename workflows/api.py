@@ -22,6 +22,7 @@ from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 
 from workers.errors import BadInput, HcloudFlowError, StillRunning
+from workers.labels import check_selector
 from workers.run_store import RunStore, has_ended
 
 from .submit import cancel_run
@@ -154,6 +155,19 @@ class Runs:
     def cancel(self, run_id: str) -> dict[str, Any]:
         """Cancel a run before its next step."""
         return cancel_run(self.store, run_id)
+
+    def servers(self, selector: str | None = None, *, timeout: float = 60.0) -> list[dict[str, Any]]:
+        """Return the project's servers (or those the label selector picks), each with the run holding it."""
+        if selector is not None:
+            check_selector(selector)  # refused here, before anything is sent
+        answer = call_worker(
+            self.app, self.store.redis, "hcloud_flow.servers", {"selector": selector}, timeout
+        )
+        return list(answer["servers"])
+
+    def images(self, *, timeout: float = 60.0) -> list[dict[str, Any]]:
+        """Return the project's snapshots and backups, each with the run of ours that made it."""
+        return list(call_worker(self.app, self.store.redis, "hcloud_flow.images", {}, timeout)["images"])
 
     def list(
         self, *, active: bool = False, server_id: int | None = None, limit: int = 50

@@ -404,42 +404,17 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
     store = _windows()
     if args.verb == "list":
-        rows = [store.get(n) for n in store.names()]
-        if args.json:
-            _print_json(rows)
-        else:
-            for w in filter(None, rows):
-                state = "paused" if w.get("paused") else "active"
-                target = w["selector"] or ",".join(map(str, w["servers"]))
-                print(
-                    f"{w['name']:<20} {w['cron']:<16} {w['tz']:<16} {w['workflow']:<12} {target:<28} {state}"
-                )
-            if not rows:
-                print("no maintenance windows")
-        return EXIT_OK
+        return _schedule_list(store, args)
     if not args.name:
         raise BadInput(f"schedule {args.verb} needs a NAME")
-    if args.verb == "add":
-        if not args.workflow:
+    if args.verb in ("add", "edit"):
+        old = store.get(args.name) if args.verb == "edit" else {}
+        if old is None:
+            raise BadInput(f"no window named {args.name!r}; `hcloud-flow schedule list` shows them")
+        if args.verb == "add" and not args.workflow:
             raise BadInput("schedule add needs a WORKFLOW after the name")
-        servers = args.servers.split(",") if args.servers else None
-        window = validate_window(
-            {
-                "name": args.name,
-                "cron": args.cron,
-                "tz": args.tz,
-                "duration": args.duration,
-                "cutoff": args.cutoff,
-                "workflow": args.workflow,
-                "params": _params(args),
-                "selector": args.selector,
-                "servers": [s.strip() for s in servers] if servers else None,
-                "max_concurrency": args.max_concurrency,
-                "max_errors": args.max_errors,
-                "canary": args.canary,
-            }
-        )
-        store.save(window)
+        window = validate_window({**_WINDOW_DEFAULTS, **(old or {}), **_window_options(args)})
+        store.save(window, replace=args.verb == "edit")
         answer: Any = window
     elif args.verb == "show":
         answer = store.get(args.name)
@@ -465,6 +440,131 @@ def cmd_schedule(args: argparse.Namespace) -> int:
             print("this window has not fired yet")
     else:
         print(json.dumps(answer, indent=2, default=str))
+    return EXIT_OK
+
+
+# What `schedule add` assumes for an option not given; `schedule edit` keeps the window's own instead.
+_WINDOW_DEFAULTS: dict[str, Any] = {
+    "tz": "UTC",
+    "cutoff": "0",
+    "max_concurrency": "1",
+    "max_errors": "0",
+    "canary": 0,
+    "params": {},
+    "selector": None,
+    "servers": None,
+}
+
+
+def _window_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Return the window fields given on the command line (only those: an edit keeps the rest)."""
+    given: dict[str, Any] = {"name": args.name}
+    if args.workflow:
+        given["workflow"] = args.workflow
+    for field in ("cron", "tz", "duration", "cutoff", "max_concurrency", "max_errors", "canary"):
+        if getattr(args, field) is not None:
+            given[field] = getattr(args, field)
+    if args.selector is not None:
+        given.update(selector=args.selector, servers=None)
+    if args.servers is not None:
+        given.update(servers=[s.strip() for s in args.servers.split(",")], selector=None)
+    params = _params(args)
+    if params:
+        given["params"] = params
+    return given
+
+
+def _schedule_list(store: Any, args: argparse.Namespace) -> int:
+    """List the windows with their next firing, and say so when no beat runs (then none fires)."""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from workflows.beat import beat_seen
+    from workflows.windows import next_firing, parse_cron
+
+    now = datetime.now(UTC)
+    seen = beat_seen(store.redis)
+    rows = []
+    for w in filter(None, (store.get(n) for n in store.names())):
+        nxt = next_firing(parse_cron(w["cron"]), ZoneInfo(w["tz"]), now)
+        rows.append({**w, "next_firing": nxt.isoformat() if nxt else None})
+    if args.json:
+        _print_json(rows)
+    else:
+        if rows:
+            print(f"{'NAME':<20} {'CRON':<16} {'TZ':<16} {'WORKFLOW':<12} {'TARGET':<28} {'STATE':<7} NEXT")
+        for w in rows:
+            state = "paused" if w.get("paused") else "active"
+            target = w["selector"] or ",".join(map(str, w["servers"]))
+            nxt = (w["next_firing"] or "never")[:16].replace("T", " ")
+            print(
+                f"{w['name']:<20} {w['cron']:<16} {w['tz']:<16} {w['workflow']:<12} {target:<28} {state:<7} "
+                f"{nxt}"
+            )
+        if not rows:
+            print("no maintenance windows")
+    if rows and seen is None:
+        print(
+            "hcloud-flow: warning: no beat has run lately, so no window will fire; start one with "
+            "`hcloud-flow beat`",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def cmd_servers(args: argparse.Namespace) -> int:
+    rows = _runs().servers(args.selector, timeout=args.submit_timeout)
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    if not rows:
+        print("no servers" + (f" match {args.selector!r}" if args.selector else ""))
+        return EXIT_OK
+    print(f"{'ID':<10} {'NAME':<24} {'STATUS':<10} {'TYPE':<8} {'LOCATION':<9} {'HELD BY RUN':<18} LABELS")
+    for s in rows:
+        labels = ",".join(f"{k}={v}" if v else k for k, v in sorted(s["labels"].items()))
+        print(
+            f"{s['id']:<10} {s['name']:<24} {s['status']:<10} {s['server_type'] or '-':<8} "
+            f"{s['location'] or '-':<9} {s['held_by'] or '-':<18} {labels}"
+        )
+    return EXIT_OK
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    rows = _runs().images(timeout=args.submit_timeout)
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    if not rows:
+        print("no snapshots or backups")
+        return EXIT_OK
+    columns = f"{'ID':<10} {'TYPE':<9} {'STATUS':<10} {'CREATED':<20} {'FROM SERVER':<20}"
+    print(f"{columns} {'MADE BY RUN':<18} DESCRIPTION")
+    for i in rows:
+        created = (i["created"] or "-")[:19].replace("T", " ")
+        print(
+            f"{i['id']:<10} {i['type']:<9} {i['status']:<10} {created:<20} {i['from_server'] or '-':<20} "
+            f"{i['run_id'] or '-':<18} {(i['description'] or '')[:60]}"
+        )
+    return EXIT_OK
+
+
+def cmd_beat(args: argparse.Namespace) -> int:
+    from workers.app import app
+
+    app.start(["beat", "-S", "workflows.beat:Scheduler", "--loglevel", args.loglevel])
+    return EXIT_OK
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    from workers.errors import BadInput
+
+    if not os.environ.get("FLOWER_BASIC_AUTH"):
+        # Flower's HTTP API can cancel and send tasks: never without credentials.
+        raise BadInput("set FLOWER_BASIC_AUTH to user:password first; Flower refuses to run without it")
+    from workers.app import app
+
+    app.start(["flower", f"--port={args.port}", f"--address={args.address}"])
     return EXIT_OK
 
 
@@ -606,19 +706,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_job)
 
     p = reader("schedule", "maintenance windows: a cron schedule that starts a fleet job")
-    p.add_argument("verb", choices=("add", "list", "show", "remove", "pause", "resume", "history"))
+    p.add_argument("verb", choices=("add", "edit", "list", "show", "remove", "pause", "resume", "history"))
     p.add_argument("name", nargs="?", help="window name")
-    p.add_argument("workflow", nargs="?", help="with add: the workflow to run")
+    p.add_argument("workflow", nargs="?", help="with add (or edit): the workflow to run")
     p.add_argument("--cron", help="five-field cron in the window's time zone, e.g. '0 3 * * SUN'")
-    p.add_argument("--tz", default="UTC", help="IANA time zone of the cron (default UTC)")
+    p.add_argument("--tz", help="IANA time zone of the cron (add: default UTC)")
     p.add_argument("--duration", help="how long the window stays open, e.g. 2h")
-    p.add_argument("--cutoff", default="0", help="no new server starts this long before the end, e.g. 30m")
+    p.add_argument("--cutoff", help="no new server starts this long before the end, e.g. 30m (add: 0)")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--selector", help="label selector of the servers")
     target.add_argument("--servers", help="comma-separated server ids or names")
-    p.add_argument("--max-concurrency", default="1", metavar="N|P%")
-    p.add_argument("--max-errors", default="0", metavar="N|P%")
-    p.add_argument("--canary", type=int, default=0, metavar="N")
+    p.add_argument("--max-concurrency", metavar="N|P%", help="add: default 1")
+    p.add_argument("--max-errors", metavar="N|P%", help="add: default 0")
+    p.add_argument("--canary", type=int, metavar="N", help="add: default 0")
     _add_param_flags(p)
     p.set_defaults(func=cmd_schedule)
 
@@ -630,6 +730,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loglevel", default="INFO")
     p.add_argument("--hostname", default=None)
     p.set_defaults(func=cmd_worker)
+
+    p = reader("servers", "list the project's servers: status, labels, the run holding each")
+    p.add_argument("--selector", help="only servers this label selector picks, e.g. 'env=staging'")
+    p.add_argument("--submit-timeout", type=float, default=60.0, help="seconds to wait for a worker")
+    p.set_defaults(func=cmd_servers)
+
+    p = reader("images", "list the project's snapshots and backups, with the run that made each")
+    p.add_argument("--submit-timeout", type=float, default=60.0, help="seconds to wait for a worker")
+    p.set_defaults(func=cmd_images)
+
+    p = sub.add_parser("beat", help="start the scheduler that fires maintenance windows")
+    p.add_argument("--loglevel", default="INFO")
+    p.set_defaults(func=cmd_beat)
+
+    p = sub.add_parser("flower", help="start Flower, the task monitor (needs FLOWER_BASIC_AUTH)")
+    p.add_argument("--port", type=int, default=5555)
+    p.add_argument("--address", default="127.0.0.1", help="address to listen on (default loopback)")
+    p.set_defaults(func=cmd_flower)
 
     p = reader("demo", "run the demo: fakecloud, broker, store and worker in one process")
     p.add_argument("--servers", type=int, default=6, help="servers in the demo fleet (default 6)")

@@ -15,6 +15,7 @@ from workers.errors import BadInput, ServerBusy
 from workers.runs import RUN_LISTENERS
 
 from .fleet import FleetRunner, JobStore
+from .inventory import project_images, project_servers
 from .submit import cancel_run, submit_run
 
 __all__ = [
@@ -96,6 +97,18 @@ def status(run_id: Any = None) -> dict[str, Any]:
         raise BadInput(f"no run {run_id!r}", "run_id")
     run.pop("chain", None)
     return run
+
+
+@app.task(name="hcloud_flow.servers", throws=(BadInput,))
+def servers(selector: Any = None) -> dict[str, Any]:
+    """Return the project's servers (or those the label selector picks), each with the run holding it."""
+    return {"servers": project_servers(engine().client, run_store(), selector)}
+
+
+@app.task(name="hcloud_flow.images", throws=(BadInput,))
+def images() -> dict[str, Any]:
+    """Return the project's snapshots and backups, each with the run of ours that made it."""
+    return {"images": project_images(engine().client, run_store())}
 
 
 FLEET_OPTIONS = ("workflow", "selector", "servers", "params", "max_concurrency", "max_errors", "canary")

@@ -115,6 +115,23 @@ def cron_matches(cron: dict[str, Any], local: datetime) -> bool:
     return dom_ok or dow_ok
 
 
+def next_firing(cron: dict[str, Any], tz: ZoneInfo, after: datetime) -> datetime | None:
+    """Return the first local minute after ``after`` on which the cron fires, or None within 5 years."""
+    local = after.astimezone(tz)
+    hours, minutes = sorted(cron["hour"]), sorted(cron["minute"])
+    for offset in range(5 * 366):  # 29 February needs up to four years
+        day = local.date() + timedelta(days=offset)
+        # The day fields decide; the first hour and minute of the cron only make the probe a match.
+        if not cron_matches(cron, datetime(day.year, day.month, day.day, hours[0], minutes[0], tzinfo=tz)):
+            continue
+        for hour in hours:
+            for minute in minutes:
+                candidate = datetime(day.year, day.month, day.day, hour, minute, tzinfo=tz)
+                if candidate > local:
+                    return candidate
+    return None
+
+
 def zone(name: Any) -> ZoneInfo:
     """Return the named IANA time zone or refuse it."""
     try:

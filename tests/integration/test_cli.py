@@ -189,3 +189,35 @@ def test_workflows_lists_every_workflow_with_json() -> None:
     accepted = cli("redis://127.0.0.1:1/0", "run", "--help").stdout.split()
     listed = {p["flag"] for w in json.loads(done.stdout) for p in w["params"]}
     assert listed and all(flag in accepted for flag in listed), sorted(f for f in listed if f not in accepted)
+
+
+def test_servers_and_images_show_our_runs_on_them(
+    worker: Worker, redis_server: RedisServer, names: list[str], cloud: Any
+) -> None:
+    """The read commands an operator needs beside the hcloud CLI: which run holds a server, which made an
+    image. The snapshot comes from a run of this test, so its image names that run."""
+    made = cli(redis_server.url, "run", "snapshot", "--server", names[3], "--wait", "--json", "--quiet")
+    assert made.returncode == 0, made.stderr
+    run = json.loads(made.stdout)
+    image_id = run["steps"][1]["outputs"]["image"]["id"]
+
+    listed = cli(redis_server.url, "servers", "--json")
+    assert listed.returncode == 0, listed.stderr
+    servers = json.loads(listed.stdout)
+    assert {s["name"] for s in servers} >= set(names)
+    assert all(s["held_by"] is None for s in servers), "nothing runs now"
+    label = Api(cloud.base_url).get("/servers", per_page=50)["servers"][0]["labels"]
+    if label:
+        key, value = next(iter(label.items()))
+        picked = json.loads(cli(redis_server.url, "servers", "--selector", f"{key}={value}", "--json").stdout)
+        assert picked and all(s["labels"].get(key) == value for s in picked)
+    text = cli(redis_server.url, "servers")
+    assert text.returncode == 0 and names[3] in text.stdout and "HELD BY RUN" in text.stdout
+
+    images = json.loads(cli(redis_server.url, "images", "--json").stdout)
+    mine = next(i for i in images if i["id"] == image_id)
+    assert mine["run_id"] == run["id"] and mine["from_server"] == names[3]
+    assert run["id"] in cli(redis_server.url, "images").stdout
+
+    bad = cli(redis_server.url, "servers", "--selector", "env in (")
+    assert bad.returncode == 2 and "selector" in bad.stderr

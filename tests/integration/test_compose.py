@@ -240,7 +240,7 @@ def test_beat_uses_redbeat_and_gets_no_token() -> None:
     services = compose()["services"]
     cmd = command_of(services["beat"])
     assert cmd[:3] == ["celery", "-A", "workers.app"] and "beat" in cmd
-    assert cmd[cmd.index("-S") + 1] == "redbeat.RedBeatScheduler"
+    assert cmd[cmd.index("-S") + 1] == "workflows.beat:Scheduler"
     assert services["beat"]["depends_on"]["redis"]["condition"] == "service_healthy"
     for name in ("beat", "flower", "redis"):
         assert "HCLOUD_TOKEN" not in environment_of(services[name]), f"{name} must not see the API token"

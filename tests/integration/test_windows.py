@@ -96,7 +96,7 @@ def test_window_fires_once_with_two_beats_and_honours_the_cutoff(
                             "workers.app",
                             "beat",
                             "-S",
-                            "redbeat.RedBeatScheduler",
+                            "workflows.beat:Scheduler",
                             "--loglevel",
                             "INFO",
                             "--pidfile",
@@ -199,3 +199,37 @@ def test_bad_schedules_are_refused(
 def test_history_of_an_unknown_window_is_refused(env: dict[str, str]) -> None:
     done = cli(env, "schedule", "history", "nosuch")
     assert done.returncode == 2 and "no window named 'nosuch'" in done.stderr
+
+
+def test_a_window_is_edited_in_place_and_listed_with_its_next_firing(
+    env: dict[str, str], redis_server: RedisServer
+) -> None:
+    added = cli(
+        env, "schedule", "add", "edited", "reboot", "--cron", "0 3 * * SUN", "--duration", "2h",
+        "--selector", "env=staging", "--max-concurrency", "3",
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    try:
+        redis_server.client().delete("hf:beat:last_tick")  # no beat runs in this test
+        listed = cli(env, "schedule", "list")
+        assert listed.returncode == 0, listed.stderr
+        assert "no beat has run lately, so no window will fire" in listed.stderr
+        row = next(line for line in listed.stdout.splitlines() if line.startswith("edited"))
+        assert "2026-" in row or "2027-" in row, f"the next firing is shown: {row}"
+
+        edited = cli(env, "schedule", "edit", "edited", "--cron", "30 4 * * *", "--tz", "Europe/Berlin")
+        assert edited.returncode == 0, edited.stderr
+        window = json.loads(cli(env, "schedule", "list", "--json").stdout)
+        mine = next(w for w in window if w["name"] == "edited")
+        assert (mine["cron"], mine["tz"]) == ("30 4 * * *", "Europe/Berlin")
+        assert (mine["selector"], mine["max_concurrency"], mine["duration"]) == ("env=staging", "3", 7200)
+        assert mine["next_firing"].endswith(("+01:00", "+02:00")) and "T04:30" in mine["next_firing"]
+
+        refused = cli(env, "schedule", "edit", "edited", "--duration", "9d")
+        assert refused.returncode == 2 and "at most 7d" in refused.stderr
+        kept = json.loads(cli(env, "schedule", "show", "edited", "--json").stdout)
+        assert kept["duration"] == 7200, "a refused edit changes nothing"
+        missing = cli(env, "schedule", "edit", "nosuch", "--cron", "0 3 * * *")
+        assert missing.returncode == 2 and "no window named 'nosuch'" in missing.stderr
+    finally:
+        cli(env, "schedule", "remove", "edited")

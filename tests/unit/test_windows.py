@@ -112,3 +112,21 @@ def test_a_cron_that_never_fires_and_a_week_long_duration_are_refused() -> None:
         validate_window({**base, "duration": "100d"})
     with _pytest.raises(BadInput, match="not a term"):
         validate_window({**base, "selector": "env in ("})
+
+
+def test_next_firing_is_the_first_matching_local_minute_after_now() -> None:
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from workflows.windows import next_firing, parse_cron
+
+    berlin = ZoneInfo("Europe/Berlin")
+    wednesday = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    assert next_firing(parse_cron("0 3 * * SUN"), berlin, wednesday) == datetime(
+        2026, 12, 6, 3, 0, tzinfo=berlin
+    )
+    assert next_firing(parse_cron("*/15 * * * *"), ZoneInfo("UTC"), wednesday) == datetime(
+        2026, 12, 2, 12, 15, tzinfo=ZoneInfo("UTC")
+    ), "strictly after now"
+    leap = next_firing(parse_cron("0 0 29 2 *"), ZoneInfo("UTC"), wednesday)
+    assert leap is not None and (leap.year, leap.month, leap.day) == (2028, 2, 29)

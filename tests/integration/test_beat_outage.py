@@ -1,0 +1,71 @@
+"""The beat scheduler outlives a Redis outage, takes a lapsed lock back, and stands by behind another beat.
+
+Found by an operator: beat died on a Redis outage (``LockNotOwnedError: Cannot extend a lock that's no
+longer owned``) and no window fired again until someone restarted it. The scheduler runs here in process
+against a redis-server of our own, which the test stops and starts (without persistence, so the lock is
+gone when it comes back, as after an outage longer than the lock lasts).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from celery import Celery
+from redbeat.schedulers import acquire_distributed_beat_lock
+
+from workflows.beat import HEARTBEAT_KEY, OUTAGE_RETRY, Scheduler, beat_seen
+
+from ..support import RedisServer
+
+pytestmark = pytest.mark.integration
+
+
+def scheduler(redis_server: RedisServer) -> Scheduler:
+    app = Celery("beat-outage", broker=redis_server.url, set_as_current=False)
+    app.conf.update(
+        redbeat_redis_url=redis_server.url,
+        redbeat_key_prefix="hf:redbeat:",
+        redbeat_lock_timeout=30,
+        beat_max_loop_interval=2,
+    )
+    sched = Scheduler(app=app)
+    acquire_distributed_beat_lock(sender=SimpleNamespace(scheduler=sched))  # what beat_init does
+    return sched
+
+
+def test_beat_rides_out_an_outage_and_takes_its_lapsed_lock_back(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis")
+    try:
+        sched = scheduler(server)
+        assert sched.tick() <= 2
+        assert beat_seen(server.client()) is not None, "each tick notes itself for `schedule list`"
+
+        server.stop()
+        assert sched.tick() == OUTAGE_RETRY, "Redis away: wait and look again, do not die"
+        assert sched.tick() == OUTAGE_RETRY
+
+        server.start()  # empty: the lock and the heartbeat are gone
+        assert beat_seen(server.client()) is None
+        assert sched.tick() <= 2, "the lapsed lock was free: this beat took it again and ticks on"
+        assert sched.lock.owned()
+        assert beat_seen(server.client()) is not None
+    finally:
+        server.stop()
+
+
+def test_a_beat_whose_lock_another_beat_took_stands_by_and_fires_nothing(tmp_path: Path) -> None:
+    server = RedisServer(tmp_path / "redis")
+    try:
+        sched = scheduler(server)
+        client = server.client()
+        client.set(sched.lock_key, "another-beat", px=30_000)  # ours lapsed; another beat took it
+        client.delete(HEARTBEAT_KEY)
+        assert sched.tick() == 2, "stands by until the next look"
+        assert client.get(sched.lock_key) == b"another-beat", "the other beat's lock is left alone"
+        assert beat_seen(client) is None, "a standby beat does not tick the schedule"
+        client.delete(sched.lock_key)  # the other beat is gone
+        assert sched.tick() <= 2 and sched.lock.owned()
+    finally:
+        server.stop()
