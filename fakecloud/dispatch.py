@@ -101,7 +101,8 @@ class App:
         """Run the ``/v1`` pipeline described in the module docstring."""
         backend = self.backend
         headers = [("X-Correlation-Id", secrets.token_hex(8))]
-        server_id = action_id = command = fault = None
+        server_id = action_id = command = None
+        fault: str | None = None
         rate_limited = False
         with backend.lock:
             backend.tick()

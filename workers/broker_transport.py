@@ -117,7 +117,8 @@ class Channel(kombu_redis.Channel):
 
     deadletter_key = DEADLETTER_KEY
     deadletter_keep = DEADLETTER_KEEP
-    from_transport_options = (
+    # A longer tuple than kombu's: its inferred fixed-length tuple type cannot say so.
+    from_transport_options = (  # type: ignore[assignment]
         *kombu_redis.Channel.from_transport_options,
         "deadletter_key",
         "deadletter_keep",
@@ -182,7 +183,8 @@ class Channel(kombu_redis.Channel):
         )
         # A plain client on the channel's pool: the dead-letter key is ours, never under kombu's key prefix.
         with redis.Redis(connection_pool=self.pool).pipeline() as pipe:
-            pipe.lpush(self.deadletter_key, raw).ltrim(self.deadletter_key, 0, self.deadletter_keep - 1)
+            pipe.lpush(self.deadletter_key, raw)
+            pipe.ltrim(self.deadletter_key, 0, self.deadletter_keep - 1)
             pipe.execute()
 
 

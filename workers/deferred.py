@@ -12,6 +12,8 @@ from typing import Any
 
 import redis
 
+from .redis_values import texts
+
 __all__ = ["Deferred"]
 
 
@@ -33,11 +35,11 @@ class Deferred:
         first = self.redis.zrange(self.key, 0, 0, withscores=True)
         return float(first[0][1]) if first else None
 
-    def due(self, now: float, limit: int = 100) -> list[tuple[bytes, dict[str, Any]]]:
-        """Return the due entries (their raw member, for ``done``, and their content)."""
-        raw = self.redis.zrangebyscore(self.key, "-inf", now, start=0, num=limit)
-        return [(m, json.loads(m)) for m in raw]
+    def due(self, now: float, limit: int = 100) -> list[tuple[str, dict[str, Any]]]:
+        """Return the due entries (their member, for ``done``, and their content)."""
+        members = texts(self.redis.zrangebyscore(self.key, "-inf", now, start=0, num=limit))
+        return [(m, json.loads(m)) for m in members]
 
-    def done(self, member: bytes) -> None:
+    def done(self, member: str) -> None:
         """Forget an entry once it was sent."""
         self.redis.zrem(self.key, member)

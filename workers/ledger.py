@@ -17,6 +17,7 @@ from typing import Any
 import redis
 
 from .redis_scripts import DELETE_IF_OWNER, EXPIRE_IF_OWNER
+from .redis_values import text_hash
 
 __all__ = ["Ledger", "StepRecord"]
 
@@ -58,8 +59,8 @@ class Ledger:
         return [self._record(raw) for raw in pipe.execute()]
 
     @staticmethod
-    def _record(stored: dict[bytes, bytes]) -> StepRecord:
-        raw = {k.decode(): v.decode() for k, v in stored.items()}
+    def _record(stored: Any) -> StepRecord:
+        raw = text_hash(stored)
         return StepRecord(
             action_id=int(raw["action_id"]) if raw.get("action_id") else None,
             posting_after=int(raw["posting_after"]) if raw.get("posting_after") else None,
@@ -108,7 +109,11 @@ class Ledger:
 
     def record_action(self, step_key: str, action_id: int, outputs: dict[str, Any], **fields: Any) -> None:
         """Record the started action (and its sealed outputs) before the step is acknowledged."""
-        mapping = {"action_id": action_id, "outputs": json.dumps(outputs), "status": "running"}
+        mapping: dict[Any, Any] = {
+            "action_id": action_id,
+            "outputs": json.dumps(outputs),
+            "status": "running",
+        }
         mapping.update({k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in fields.items()})
         key = self._key(step_key)
         self.redis.hset(key, mapping=mapping)

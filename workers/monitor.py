@@ -137,7 +137,7 @@ class _Endings:
     def close(self, report: RoundReport, count: Callable[[RoundReport, str | None], None]) -> None:
         if self.pool is not None:
             self.pool.shutdown(wait=True)
-        errors = [f.exception() for f in self.futures if f.exception() is not None]
+        errors = [e for f in self.futures if (e := f.exception()) is not None]
         for f in self.futures:
             if f.exception() is None:
                 count(report, f.result())

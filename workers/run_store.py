@@ -14,13 +14,14 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import redis
 
 from .ledger import Ledger
 from .redis_scripts import DELETE_IF_OWNER, EXPIRE_IF_OWNER
+from .redis_values import text, text_hash, texts
 
 __all__ = ["ACTIVE", "FINAL", "RunState", "RunStore", "chain_holder", "has_ended"]
 
@@ -102,7 +103,7 @@ class RunStore:
         shown. The engine's own bookkeeping reads the record alone (``live=False``): it runs several times
         per step, and the ledger reads were most of a run's Redis round trips.
         """
-        raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(self._run(run_id)).items()}
+        raw = text_hash(self.redis.hgetall(self._run(run_id)))
         if "meta" not in raw:
             return None
         run = json.loads(raw["meta"])
@@ -129,7 +130,7 @@ class RunStore:
 
     def set_state(self, run_id: str, state: RunState, **fields: Any) -> None:
         """Move a run to ``state`` and set the given top-level fields; final states start the expiry."""
-        mapping: dict[str, Any] = {"state": state}
+        mapping: dict[Any, Any] = {"state": state}  # redis-py wants its own key type; ours are str
         for name, value in fields.items():
             mapping[name] = json.dumps(value) if name in _JSON_FIELDS else repr(value)
         key = self._run(run_id)
@@ -140,7 +141,7 @@ class RunStore:
 
     def state(self, run_id: str) -> str | None:
         raw = self.redis.hget(self._run(run_id), "state")
-        return raw.decode() if raw else None
+        return text(raw) if raw else None
 
     def update_step(self, run_id: str, index: int, **fields: Any) -> None:
         """Merge fields into step ``index`` of the run."""
@@ -156,17 +157,11 @@ class RunStore:
         """Return runs, newest first: all kept ones, only active ones, or one server's."""
         self.redis.zremrangebyscore(f"{self.prefix}:runs", "-inf", self.clock() - self.retention)
         if server_id is not None:
-            ids = [
-                i.decode()
-                for i in self.redis.zrevrange(f"{self.prefix}:runs:server:{server_id}", 0, limit - 1)
-            ]
+            ids = texts(self.redis.zrevrange(f"{self.prefix}:runs:server:{server_id}", 0, limit - 1))
         else:
-            ids = [
-                i.decode()
-                for i in self.redis.zrevrange(f"{self.prefix}:runs", 0, -1 if active else limit - 1)
-            ]
+            ids = texts(self.redis.zrevrange(f"{self.prefix}:runs", 0, -1 if active else limit - 1))
         if active:
-            members = {m.decode() for m in self.redis.smembers(f"{self.prefix}:runs:active")}
+            members = set(texts(self.redis.smembers(f"{self.prefix}:runs:active")))
             ids = [i for i in ids if i in members]
         runs = [self.get(i) for i in ids[:limit]]
         return [r for r in runs if r is not None]
@@ -178,18 +173,18 @@ class RunStore:
         if self.redis.set(self._lock(server_id), run_id, nx=True, px=int(ttl * 1000)):
             return None
         holder = self.redis.get(self._lock(server_id))
-        return holder.decode() if holder else self.acquire(server_id, run_id, ttl)
+        return text(holder) if holder else self.acquire(server_id, run_id, ttl)
 
     def holder(self, server_id: int) -> str | None:
         raw = self.redis.get(self._lock(server_id))
-        return raw.decode() if raw else None
+        return text(raw) if raw else None
 
-    def holders(self, server_ids: list[int]) -> dict[int, str]:
+    def holders(self, server_ids: Sequence[int]) -> dict[int, str]:
         """Return the run holding each of these servers, for those held (one round trip)."""
         if not server_ids:
             return {}
         raws = self.redis.mget([self._lock(i) for i in server_ids])
-        return {i: raw.decode() for i, raw in zip(server_ids, raws, strict=True) if raw}
+        return {i: text(raw) for i, raw in zip(server_ids, raws, strict=True) if raw}
 
     def note_image(self, image_id: int, run_id: str) -> None:
         """Remember which run made an image (kept as long as run records are)."""
@@ -197,12 +192,12 @@ class RunStore:
         self.redis.hset(key, str(image_id), run_id)
         self.redis.expire(key, self.retention)
 
-    def image_runs(self, image_ids: list[int]) -> dict[int, str]:
+    def image_runs(self, image_ids: Sequence[int]) -> dict[int, str]:
         """Return the run that made each of these images, for those one of ours made."""
         if not image_ids:
             return {}
         raws = self.redis.hmget(f"{self.prefix}:images", [str(i) for i in image_ids])
-        return {i: raw.decode() for i, raw in zip(image_ids, raws, strict=True) if raw}
+        return {i: text(raw) for i, raw in zip(image_ids, raws, strict=True) if raw}
 
     def refresh(self, server_id: int, run_id: str, ttl: float) -> None:
         """Renew ``run_id``'s hold on the server, if it still has it."""
@@ -226,7 +221,7 @@ class RunStore:
 
     def dequeue(self, server_id: int) -> str | None:
         raw = self.redis.lpop(self._queue(server_id))
-        return raw.decode() if raw else None
+        return text(raw) if raw else None
 
     def unqueue(self, server_id: int, run_id: str) -> bool:
         return bool(self.redis.lrem(self._queue(server_id), 0, run_id))

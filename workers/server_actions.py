@@ -200,9 +200,9 @@ def validate_params(action: ServerAction, params: dict[str, Any]) -> dict[str, A
         allowed = ", ".join(action.params) or "none"
         raise BadInput(f"{action.name} does not take {', '.join(sorted(unknown))} (it takes: {allowed})")
     clean = {k: v for k, v in params.items() if v is not None}
-    for name, allowed in action.choices.items():
-        if name in clean and clean[name] not in allowed:
-            raise BadInput(f"{name} must be one of {', '.join(allowed)}, not {clean[name]!r}", name)
+    for name, options in action.choices.items():
+        if name in clean and clean[name] not in options:
+            raise BadInput(f"{name} must be one of {', '.join(options)}, not {clean[name]!r}", name)
     if "ssh_keys" in clean:
         keys = clean["ssh_keys"]
         if not isinstance(keys, list) or not all(

@@ -11,6 +11,7 @@ import json
 
 import redis
 
+from .redis_values import texts
 from .wait_state import Phase, Wait
 
 __all__ = ["WaitStore"]
@@ -52,15 +53,13 @@ class WaitStore:
 
     def due(self, now: float, limit: int = 1000) -> list[str]:
         """Return the ids of waits whose next poll is due, soonest first."""
-        return [i.decode() for i in self.redis.zrangebyscore(self.index, "-inf", now, start=0, num=limit)]
+        return texts(self.redis.zrangebyscore(self.index, "-inf", now, start=0, num=limit))
 
     def upcoming(self, now: float, limit: int) -> list[str]:
         """Return ids of waits not yet due, soonest first (to fill a batch request at no extra cost)."""
         if limit <= 0:
             return []
-        return [
-            i.decode() for i in self.redis.zrangebyscore(self.index, f"({now}", "+inf", start=0, num=limit)
-        ]
+        return texts(self.redis.zrangebyscore(self.index, f"({now}", "+inf", start=0, num=limit))
 
     def next_due(self) -> float | None:
         """Return the time of the soonest poll, or None when nothing waits."""

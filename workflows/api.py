@@ -101,7 +101,7 @@ def wait_for_end(
             on_update(record)
         if has_ended(record):
             return record
-        if deadline is not None and time.monotonic() > deadline:
+        if deadline is not None and timeout is not None and time.monotonic() > deadline:
             raise StillRunning(what, record["state"], float(timeout), follow)
         sleep(poll)
 

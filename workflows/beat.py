@@ -30,7 +30,7 @@ HEARTBEAT_KEY = "hf:beat:last_tick"
 OUTAGE_RETRY = 5.0
 
 
-class Scheduler(RedBeatScheduler):  # type: ignore[misc]
+class Scheduler(RedBeatScheduler):
     """RedBeatScheduler whose tick survives a Redis outage and a lapsed lock."""
 
     def tick(self, min: Any = min, **kwargs: Any) -> float:  # the signature beat calls

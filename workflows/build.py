@@ -21,7 +21,7 @@ def plan_steps(
     workflow: Workflow, facts: dict[str, Any], run_id: str, *, priority: str | None = None
 ) -> list[dict[str, Any]]:
     """Return the steps that will run, each with its fixed task id and its task's keyword arguments."""
-    steps = []
+    steps: list[dict[str, Any]] = []
     for step in workflow.steps:
         if not step.when(facts):
             continue

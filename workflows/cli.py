@@ -486,8 +486,8 @@ def _schedule_list(store: Any, args: argparse.Namespace) -> int:
     seen = beat_seen(store.redis)
     rows = []
     for w in filter(None, (store.get(n) for n in store.names())):
-        nxt = next_firing(parse_cron(w["cron"]), ZoneInfo(w["tz"]), now)
-        rows.append({**w, "next_firing": nxt.isoformat() if nxt else None})
+        fires = next_firing(parse_cron(w["cron"]), ZoneInfo(w["tz"]), now)
+        rows.append({**w, "next_firing": fires.isoformat() if fires else None})
     if args.json:
         _print_json(rows)
     else:
@@ -571,7 +571,7 @@ def cmd_flower(args: argparse.Namespace) -> int:
 def cmd_workflows(args: argparse.Namespace) -> int:
     from workflows.definitions import WORKFLOWS
 
-    table = [
+    table: list[dict[str, Any]] = [
         {
             "name": w.name,
             "summary": w.summary,

@@ -22,7 +22,7 @@ __all__ = ["run_demo"]
 
 TOKEN = "demo-token"  # noqa: S105 - fakecloud's; the demo never sees a real token
 SPEED = 10.0
-SCENARIO = [  # (server index, workflow, params, what it shows)
+SCENARIO: list[tuple[int, str, dict[str, Any], str]] = [  # (server index, workflow, params, what it shows)
     (0, "snapshot", {"description": "before upgrade", "labels": {"purpose": "demo"}}, "graceful snapshot"),
     (1, "snapshot", {"description": "acpi-deaf guest"}, "guest ignores ACPI: forced power off"),
     (2, "snapshot", {}, "server already off: no shutdown, no power on"),

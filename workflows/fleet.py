@@ -22,6 +22,7 @@ from redis.exceptions import LockNotOwnedError
 
 from workers.client import HcloudClient, is_id
 from workers.errors import APIError, BadInput, HcloudFlowError, RateBudgetExhausted, ServerBusy
+from workers.redis_values import text_hash, texts
 from workers.run_store import FINAL
 
 from .fleet_plan import Decision, decide, parse_amount
@@ -107,7 +108,7 @@ class JobStore:
         self.redis.zadd(f"{self.prefix}:jobs", {meta["id"]: meta["created"]})
 
     def get(self, job_id: str) -> dict[str, Any] | None:
-        raw = {k.decode(): v.decode() for k, v in self.redis.hgetall(self.key(job_id)).items()}
+        raw = text_hash(self.redis.hgetall(self.key(job_id)))
         if "meta" not in raw:
             return None
         job = json.loads(raw["meta"])
@@ -129,7 +130,7 @@ class JobStore:
         self.redis.hset(self.key(job_id), field, json.dumps(merged))
 
     def set_state(self, job_id: str, state: str, reason: str | None = None) -> None:
-        mapping: dict[str, Any] = {"state": state}
+        mapping: dict[Any, Any] = {"state": state}  # redis-py wants its own key type; ours are str
         if reason:
             mapping["reason"] = reason
         if state in JOB_FINAL:
@@ -138,7 +139,7 @@ class JobStore:
         self.redis.hset(self.key(job_id), mapping=mapping)
 
     def list(self, limit: int = 50) -> list[dict[str, Any]]:
-        ids = [i.decode() for i in self.redis.zrevrange(f"{self.prefix}:jobs", 0, limit - 1)]
+        ids = texts(self.redis.zrevrange(f"{self.prefix}:jobs", 0, limit - 1))
         return [j for j in (self.get(i) for i in ids) if j is not None]
 
     def lock(self, job_id: str) -> Any:

@@ -148,7 +148,7 @@ def find_server(client: HcloudClient, ref: Any, known: Lookups | None = None) ->
             if exc.code == "not_found":
                 raise BadInput(f"no server with id {ref} in this project", "server") from exc
             raise
-    found = client.list_servers(name=ref)
+    found = client.list_servers(name=str(ref))
     if not found:
         raise BadInput(f"no server named {ref!r} in this project", "server")
     return found[0]
@@ -172,7 +172,7 @@ def _find_image(client: HcloudClient, ref: int | str, server: dict[str, Any]) ->
             raise BadInput(_wrong_architecture(image, server, arch), "image")
     else:
         # Deprecated images too: the API still builds from them until they become unavailable.
-        named = client.list_images(name=ref, include_deprecated=True)
+        named = client.list_images(name=str(ref), include_deprecated=True)
         # As the API does for names: the image of that name built for the server's architecture.
         candidates = [i for i in named if arch is None or i.get("architecture") == arch]
         if not candidates:
@@ -233,7 +233,7 @@ def _ssh_key_ids(client: HcloudClient, refs: list[int | str]) -> list[int]:
                     raise BadInput(f"no ssh key with id {ref}", "ssh_keys") from exc
                 raise
         else:
-            found = client.list_ssh_keys(name=ref)
+            found = client.list_ssh_keys(name=str(ref))
             if not found:
                 raise BadInput(f"no ssh key named {ref!r}", "ssh_keys")
             ids.append(int(found[0]["id"]))

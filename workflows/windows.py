@@ -19,7 +19,7 @@ import re
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypedDict
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import redis
@@ -27,6 +27,7 @@ from celery.schedules import crontab_parser
 
 from workers.errors import BadInput
 from workers.labels import check_selector
+from workers.redis_values import texts
 
 from .fleet_plan import parse_amount
 from .validate import check_params, workflow_named
@@ -61,7 +62,19 @@ def parse_duration(text: Any, name: str) -> int:
     )
 
 
-def parse_cron(expr: Any) -> dict[str, set[int] | bool]:
+class Cron(TypedDict):
+    """A parsed five-field cron: the values each field allows, and whether the day fields were ``*``."""
+
+    minute: set[int]
+    hour: set[int]
+    dom: set[int]
+    month: set[int]
+    dow: set[int]
+    dom_any: bool
+    dow_any: bool
+
+
+def parse_cron(expr: Any) -> Cron:
     """Parse a five-field cron expression (minute hour day-of-month month day-of-week) or refuse it."""
     fields = str(expr).split()
     if len(fields) != 5:
@@ -93,14 +106,14 @@ _MONTH_DAYS = {1: 31, 2: 29, 3: 31, 4: 30, 5: 31, 6: 30, 7: 31, 8: 31, 9: 30, 10
 MAX_DURATION = 7 * 86400
 
 
-def cron_can_fire(cron: dict[str, Any]) -> bool:
+def cron_can_fire(cron: Cron) -> bool:
     """Tell whether a parsed cron ever matches a real date (``0 0 31 2 *`` never does)."""
     if not cron["dow_any"]:
         return True  # a weekday comes every week, and with a day of month too, cron takes either
     return any(d <= _MONTH_DAYS[m] for m in cron["month"] for d in cron["dom"])
 
 
-def cron_matches(cron: dict[str, Any], local: datetime) -> bool:
+def cron_matches(cron: Cron, local: datetime) -> bool:
     """Tell whether a local time falls on the cron (standard cron: restricted day fields are OR-ed)."""
     if (
         local.minute not in cron["minute"]
@@ -115,7 +128,7 @@ def cron_matches(cron: dict[str, Any], local: datetime) -> bool:
     return dom_ok or dow_ok
 
 
-def next_firing(cron: dict[str, Any], tz: ZoneInfo, after: datetime) -> datetime | None:
+def next_firing(cron: Cron, tz: ZoneInfo, after: datetime) -> datetime | None:
     """Return the first local minute after ``after`` on which the cron fires, or None within 5 years."""
     local = after.astimezone(tz)
     hours, minutes = sorted(cron["hour"]), sorted(cron["minute"])
@@ -220,7 +233,7 @@ class WindowStore:
         return json.loads(raw) if raw else None
 
     def names(self) -> list[str]:
-        return sorted(n.decode() for n in self.redis.smembers(f"{self.prefix}:windows"))
+        return sorted(texts(self.redis.smembers(f"{self.prefix}:windows")))
 
     def save(self, window: dict[str, Any], *, replace: bool = False) -> None:
         """Store a validated window and (re)write its redbeat entry."""
@@ -283,7 +296,7 @@ class WindowStore:
 LATE_TOLERANCE_MINUTES = 10
 
 
-def _scheduled_minute(cron: dict[str, Any], local: datetime) -> datetime | None:
+def _scheduled_minute(cron: Cron, local: datetime) -> datetime | None:
     """Return the window's minute this firing is for: now, or the latest one of the last few minutes."""
     minute = local.replace(second=0, microsecond=0)
     for back in range(LATE_TOLERANCE_MINUTES + 1):
