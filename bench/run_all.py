@@ -21,6 +21,8 @@ from typing import Any
 
 from harness import ROOT, table
 
+from tests.support import server_binary
+
 HERE = Path(__file__).resolve().parent
 
 BENCHES = [
@@ -93,7 +95,7 @@ def machine() -> dict[str, Any]:
         mem = f"{kb / 1024 / 1024:.0f} GiB"
     except (OSError, StopIteration, ValueError):
         pass
-    redis_v = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()
+    redis_v = subprocess.run([server_binary(), "--version"], capture_output=True, text=True).stdout.split()
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),

