@@ -570,12 +570,15 @@ def cmd_flower(args: argparse.Namespace) -> int:
 
 def cmd_workflows(args: argparse.Namespace) -> int:
     from workflows.definitions import WORKFLOWS
+    from workflows.param_models import schema_for
 
     table: list[dict[str, Any]] = [
         {
             "name": w.name,
             "summary": w.summary,
             "steps": [s.name for s in w.steps],
+            # What a caller in another language validates against (send_task's params, or the Python API's).
+            "params_schema": schema_for(w.name),
             "params": [
                 {
                     "name": p.name,

@@ -26,6 +26,8 @@ class Param:
     help: str = ""
     required: bool = False
     choices: tuple[Any, ...] = ()
+    minimum: float | None = None  # numbers: the least value taken
+    maximum: float | None = None  # numbers: the largest value taken
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,12 @@ SHUTDOWN_PARAMS = (
         "no_force", bool, False, "never fall back to a hard power off if the guest ignores the ACPI shutdown"
     ),
     Param(
-        "grace", (int, float), None, "seconds to wait for the guest to shut down before forcing (default 60)"
+        "grace",
+        (int, float),
+        None,
+        "seconds to wait for the guest to shut down before forcing (default 60)",
+        minimum=0,
+        maximum=3600,
     ),
 )
 STOPPED = ("failed", "cancelled")  # restore after either

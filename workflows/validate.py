@@ -9,12 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from workers.client import HcloudClient, is_id
 from workers.errors import APIError, BadInput
 from workers.labels import check_labels
 from workers.server_actions import ACTIONS, MAX_USER_DATA, check_description
 
 from .definitions import WORKFLOWS, Workflow
+from .param_models import model_for
 
 __all__ = ["Lookups", "check_params", "check_submitter", "gather_facts", "workflow_named"]
 
@@ -58,23 +61,37 @@ def check_params(workflow: Workflow, params: dict[str, Any]) -> dict[str, Any]:
         raise BadInput(
             f"{workflow.name} does not take {', '.join(unknown)} (it takes: {allowed})", unknown[0]
         )
-    clean: dict[str, Any] = {}
     for p in workflow.params:
-        value = params.get(p.name, p.default)
-        if value is None:
-            if p.required:
-                raise BadInput(f"{workflow.name} needs {p.name}: {p.help}", p.name)
-            clean[p.name] = None
-            continue
-        if isinstance(value, bool) and p.kind is not bool and bool not in _kinds(p.kind):
-            raise BadInput(f"{p.name} must be {_kind_name(p.kind)}, not a boolean", p.name)
-        if not isinstance(value, p.kind):
-            raise BadInput(f"{p.name} must be {_kind_name(p.kind)}, not {type(value).__name__}", p.name)
-        if p.choices and value not in p.choices:
-            raise BadInput(f"{p.name} must be one of {', '.join(map(str, p.choices))}, not {value!r}", p.name)
-        clean[p.name] = value
+        if p.required and params.get(p.name) is None:
+            raise BadInput(f"{workflow.name} needs {p.name}: {p.help}", p.name)
+    try:
+        model = model_for(workflow.name).model_validate(params)
+    except ValidationError as exc:
+        raise _refusal(workflow, params, exc) from None
+    clean = model.model_dump()
     _check_values(clean)
     return clean
+
+
+def _refusal(workflow: Workflow, params: dict[str, Any], exc: ValidationError) -> BadInput:
+    """Say what the parameter model refused, in the words of the parameter's table row."""
+    error = exc.errors()[0]
+    name = str(error["loc"][0]) if error["loc"] else "params"
+    p = next((p for p in workflow.params if p.name == name), None)
+    if p is None:
+        return BadInput(str(error["msg"]), name)
+    value = params.get(name)
+    if p.choices:
+        return BadInput(f"{name} must be one of {', '.join(map(str, p.choices))}, not {value!r}", name)
+    # A union (an integer or a number) reports each member: one that says "out of range" says it all.
+    kinds = {str(e["type"]) for e in exc.errors() if e["loc"] and e["loc"][0] == name}
+    if kinds & {"greater_than_equal", "less_than_equal"}:
+        return BadInput(f"{name} must be between {p.minimum:g} and {p.maximum:g}, not {value!r}", name)
+    if isinstance(value, bool) and bool not in _kinds(p.kind):
+        return BadInput(f"{name} must be {_kind_name(p.kind)}, not a boolean", name)
+    if isinstance(value, _kinds(p.kind)):  # the right type, refused inside (a key of a dict, say)
+        return BadInput(f"{name}: {error['msg']}", name)
+    return BadInput(f"{name} must be {_kind_name(p.kind)}, not {type(value).__name__}", name)
 
 
 def _kinds(kind: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -94,9 +111,6 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 
 def _check_values(p: dict[str, Any]) -> None:
-    grace = p.get("grace")
-    if grace is not None and not 0 <= grace <= 3600:
-        raise BadInput("grace must be between 0 and 3600 seconds", "grace")
     if p.get("user_data") is not None and len(p["user_data"].encode()) > MAX_USER_DATA:
         raise BadInput("user_data is larger than the API's 32 KiB limit", "user_data")
     if p.get("description") is not None:
