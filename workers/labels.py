@@ -22,14 +22,16 @@ _PREFIX = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*\Z")
 RESERVED_PREFIXES = ("hetzner.cloud", "hcloud-flow")
 # The API documents no count; more than this many labels on one image is a mistake, not a wish.
 MAX_LABELS = 64
+# A selector longer than this is a mistake (every label of a server fits in less).
+MAX_SELECTOR = 4096
 
 
-def _key_problem(key: str) -> str | None:
+def _key_problem(key: str, *, reserved: bool = True) -> str | None:
     prefix, slash, name = key.rpartition("/")
     if slash:
         if not prefix or len(prefix) > 253 or not _PREFIX.match(prefix):
             return f"label key {key!r}: the prefix must be a DNS subdomain of at most 253 characters"
-        if any(prefix == p or prefix.endswith("." + p) for p in RESERVED_PREFIXES):
+        if reserved and any(prefix == p or prefix.endswith("." + p) for p in RESERVED_PREFIXES):
             return f"label key {key!r}: the prefix {prefix}/ is reserved"
     if not _NAME.match(name):
         return (
@@ -83,11 +85,22 @@ def check_selector(selector: Any, field: str = "selector") -> str:
             terms.append(selector[start:i])
             start = i + 1
     terms.append(selector[start:])
+    if len(selector) > MAX_SELECTOR:
+        raise BadInput(f"the label selector is {len(selector)} characters; at most {MAX_SELECTOR}", field)
     for term in terms:
-        if depth != 0 or not any(p.match(term) for p in _TERMS):
+        match = next((m for p in _TERMS if (m := p.match(term))), None) if depth == 0 else None
+        if match is None:
             raise BadInput(
                 f"label selector {selector[:200]!r}: {term.strip()[:100]!r} is not a term the API takes "
                 "(k, !k, k=v, k!=v, k in (a,b), k notin (a,b))",
                 field,
             )
+        # Keys and values as labels have them (the API refuses others, but only when the selector is used).
+        problem = _key_problem(match.group(1), reserved=False)
+        values = match.group(2).split(",") if match.lastindex and match.lastindex >= 2 else []
+        bad = next((v.strip() for v in values if v.strip() and not _NAME.match(v.strip())), None)
+        if problem is None and bad is not None:
+            problem = f"label value {bad!r}: 1-63 characters, letters or digits at both ends, '-', '_', '.'"
+        if problem:
+            raise BadInput(f"label selector {selector[:100]!r}: {problem}"[:300], field)
     return selector

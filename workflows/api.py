@@ -29,6 +29,8 @@ from .submit import cancel_run
 
 __all__ = ["Jobs", "Runs", "cancel", "default", "jobs", "list_runs", "status", "submit", "wait"]
 
+# The worker tasks whose request starts something (a run, a job): a late answer may mean a late start.
+_STARTING = frozenset({"hcloud_flow.submit", "hcloud_flow.fleet_start"})
 # Past its expiry, a task a worker had already started still answers: wait this much longer for that answer.
 _EXPIRY_GRACE = 2.0
 
@@ -51,13 +53,19 @@ def call_worker(
             try:
                 return dict(pending.get(timeout=timeout))
             except CeleryTimeout:
+                # Only a request that starts something can start it late; a read merely has no answer.
+                starts = name in _STARTING
+                after = (
+                    "; it may still start a run: look with `hcloud-flow list` before submitting again"
+                    if starts
+                    else " (is the API reachable from the workers?)"
+                )
                 failure = HcloudFlowError(
-                    f"a worker took {name} but has not answered within {2 * timeout:.0f} s; it may still "
-                    "start a run: look with `hcloud-flow list` before submitting again"
+                    f"a worker took {name} but has not answered within {2 * timeout:g} s{after}"
                 )
     except CeleryTimeout:
         failure = HcloudFlowError(
-            f"no worker took {name} within {timeout:.0f} s, so it expired and will not run: nothing was "
+            f"no worker took {name} within {timeout:g} s, so it expired and will not run: nothing was "
             "started. Is `hcloud-flow worker` running (and reaching Redis)?"
         )
     except RuntimeError as exc:  # Celery's result consumer gave up reconnecting

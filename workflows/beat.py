@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 from redbeat import RedBeatScheduler
-from redbeat.schedulers import get_redis
+from redbeat.schedulers import LUA_EXTEND_TO_SCRIPT, get_redis
 from redis.exceptions import LockError, LockNotOwnedError
 
 __all__ = ["HEARTBEAT_KEY", "Scheduler", "beat_seen"]
@@ -33,9 +33,11 @@ OUTAGE_RETRY = 5.0
 class Scheduler(RedBeatScheduler):
     """RedBeatScheduler whose tick survives a Redis outage and a lapsed lock."""
 
+    lock: Any  # redbeat's start-up hook sets it (a redis-py Lock), or leaves None when Redis was away
+
     def tick(self, min: Any = min, **kwargs: Any) -> float:  # the signature beat calls
         try:
-            if self.lock_key and self.lock is not None and not self._holds_lock():
+            if self.lock_key and not self._holds_lock():
                 return float(self.max_interval)  # standing by: another beat fires the windows
             interval = float(super().tick(min=min, **kwargs))
             self._note_tick()
@@ -51,6 +53,13 @@ class Scheduler(RedBeatScheduler):
 
     def _holds_lock(self) -> bool:
         """Return True if this beat holds the lock, taking it again if it lapsed and nobody took it."""
+        if self.lock is None:
+            # A standby whose first (blocking) try for the lock met a Redis outage: redbeat's start-up hook
+            # gave up and left no lock object, and its tick would then fail on it. Make one and try.
+            client = get_redis(self.app)
+            lock: Any = client.lock(self.lock_key, timeout=self.lock_timeout, sleep=self.max_interval)
+            lock.lua_extend = client.register_script(LUA_EXTEND_TO_SCRIPT)  # as redbeat's hook sets it
+            self.lock = lock
         try:
             if self.lock.owned():
                 return True

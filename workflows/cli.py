@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -106,6 +107,17 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
                 value = fh.read()
         out[name] = value
     return out
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a wait in seconds, finite and above 0 (a wait of 0 or nan cannot be kept)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0")
+    return value
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -413,7 +425,11 @@ def cmd_schedule(args: argparse.Namespace) -> int:
             raise BadInput(f"no window named {args.name!r}; `hcloud-flow schedule list` shows them")
         if args.verb == "add" and not args.workflow:
             raise BadInput("schedule add needs a WORKFLOW after the name")
-        window = validate_window({**_WINDOW_DEFAULTS, **(old or {}), **_window_options(args)})
+        given = _window_options(args)
+        if old and given.get("workflow", old["workflow"]) != old["workflow"]:
+            # Another workflow: the old one's parameters (with their defaults) need not fit it.
+            old = {k: v for k, v in old.items() if k != "params"}
+        window = validate_window({**_WINDOW_DEFAULTS, **(old or {}), **given})
         store.save(window, replace=args.verb == "edit")
         answer: Any = window
     elif args.verb == "show":
@@ -486,7 +502,7 @@ def _schedule_list(store: Any, args: argparse.Namespace) -> int:
     seen = beat_seen(store.redis)
     rows = []
     for w in filter(None, (store.get(n) for n in store.names())):
-        fires = next_firing(parse_cron(w["cron"]), ZoneInfo(w["tz"]), now)
+        fires = None if w.get("paused") else next_firing(parse_cron(w["cron"]), ZoneInfo(w["tz"]), now)
         rows.append({**w, "next_firing": fires.isoformat() if fires else None})
     if args.json:
         _print_json(rows)
@@ -496,7 +512,7 @@ def _schedule_list(store: Any, args: argparse.Namespace) -> int:
         for w in rows:
             state = "paused" if w.get("paused") else "active"
             target = w["selector"] or ",".join(map(str, w["servers"]))
-            nxt = (w["next_firing"] or "never")[:16].replace("T", " ")
+            nxt = "paused" if w.get("paused") else (w["next_firing"] or "never")[:16].replace("T", " ")
             print(
                 f"{w['name']:<20} {w['cron']:<16} {w['tz']:<16} {w['workflow']:<12} {target:<28} {state:<7} "
                 f"{nxt}"
@@ -559,9 +575,10 @@ def cmd_beat(args: argparse.Namespace) -> int:
 def cmd_flower(args: argparse.Namespace) -> int:
     from workers.errors import BadInput
 
-    if not os.environ.get("FLOWER_BASIC_AUTH"):
-        # Flower's HTTP API can cancel and send tasks: never without credentials.
-        raise BadInput("set FLOWER_BASIC_AUTH to user:password first; Flower refuses to run without it")
+    user, colon, password = os.environ.get("FLOWER_BASIC_AUTH", "").partition(",")[0].partition(":")
+    if not (user.strip() and colon and password.strip()):
+        # Flower's HTTP API can cancel and send tasks: never without credentials (":" lets anybody in).
+        raise BadInput("set FLOWER_BASIC_AUTH to user:password (both non-empty) first; Flower needs it")
     from workers.app import app
 
     app.start(["flower", f"--port={args.port}", f"--address={args.address}"])
@@ -654,10 +671,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--server", required=True, help="server id or name")
     p.add_argument("--queue", action="store_true", help="if the server is busy, queue behind its run")
     p.add_argument("--wait", action="store_true", help="wait for the run, showing live progress")
-    p.add_argument("--timeout", type=float, default=None, help="with --wait: give up after SECONDS")
+    p.add_argument("--timeout", type=_seconds, default=None, help="with --wait: give up after SECONDS")
     p.add_argument("--quiet", action="store_true", help="with --wait: no live progress")
     p.add_argument(
-        "--submit-timeout", type=float, default=60.0, help="seconds to wait for a worker to accept"
+        "--submit-timeout", type=_seconds, default=60.0, help="seconds to wait for a worker to accept"
     )
     _add_param_flags(p)
     p.set_defaults(func=cmd_run)
@@ -665,7 +682,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = reader("status", "show a run: state, steps, actions, errors")
     p.add_argument("run_id")
     p.add_argument("--wait", action="store_true", help="follow the run until it ends")
-    p.add_argument("--timeout", type=float, default=None)
+    p.add_argument("--timeout", type=_seconds, default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_status)
 
@@ -695,7 +712,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan and its API budget; start nothing")
     p.add_argument("--wait", action="store_true", help="wait for the job, showing progress")
-    p.add_argument("--timeout", type=float, default=None, help="with --wait: give up after SECONDS")
+    p.add_argument("--timeout", type=_seconds, default=None, help="with --wait: give up after SECONDS")
     p.add_argument("--quiet", action="store_true", help="with --wait: no progress lines")
     _add_param_flags(p)
     p.set_defaults(func=cmd_fleet)
@@ -704,7 +721,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("verb", choices=("status", "list", "pause", "resume", "cancel"))
     p.add_argument("job_id", nargs="?")
     p.add_argument("--wait", action="store_true", help="with status: follow the job until it ends")
-    p.add_argument("--timeout", type=float, default=None)
+    p.add_argument("--timeout", type=_seconds, default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_job)
 
@@ -736,11 +753,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = reader("servers", "list the project's servers: status, labels, the run holding each")
     p.add_argument("--selector", help="only servers this label selector picks, e.g. 'env=staging'")
-    p.add_argument("--submit-timeout", type=float, default=60.0, help="seconds to wait for a worker")
+    p.add_argument("--submit-timeout", type=_seconds, default=60.0, help="seconds to wait for a worker")
     p.set_defaults(func=cmd_servers)
 
     p = reader("images", "list the project's snapshots and backups, with the run that made each")
-    p.add_argument("--submit-timeout", type=float, default=60.0, help="seconds to wait for a worker")
+    p.add_argument("--submit-timeout", type=_seconds, default=60.0, help="seconds to wait for a worker")
     p.set_defaults(func=cmd_images)
 
     p = sub.add_parser("beat", help="start the scheduler that fires maintenance windows")

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from workers.client import HcloudClient
+from workers.errors import APIError, BadInput
 from workers.labels import check_selector
 from workers.run_store import RunStore
 
@@ -19,7 +20,12 @@ def project_servers(client: HcloudClient, store: RunStore, selector: Any = None)
     """Return the project's servers (those the label selector picks, if given), by id."""
     if selector is not None:
         selector = check_selector(selector)  # the API's syntax, refused here before any request
-    servers = client.list_servers(label_selector=selector)
+    try:
+        servers = client.list_servers(label_selector=selector)
+    except APIError as exc:
+        if exc.code != "invalid_input":
+            raise
+        raise BadInput(f"the API refused the label selector: {exc.message[:200]}", "selector") from exc
     held = store.holders([int(s["id"]) for s in servers])
     return sorted(
         (
@@ -29,7 +35,9 @@ def project_servers(client: HcloudClient, store: RunStore, selector: Any = None)
                 "status": s.get("status"),
                 "labels": s.get("labels") or {},
                 "server_type": (s.get("server_type") or {}).get("name"),
-                "location": ((s.get("datacenter") or {}).get("location") or {}).get("name"),
+                "location": (s.get("location") or (s.get("datacenter") or {}).get("location") or {}).get(
+                    "name"
+                ),
                 "ipv4": ((s.get("public_net") or {}).get("ipv4") or {}).get("ip"),
                 "held_by": held.get(int(s["id"])),
             }
@@ -37,6 +45,12 @@ def project_servers(client: HcloudClient, store: RunStore, selector: Any = None)
         ),
         key=lambda s: s["id"],
     )
+
+
+def _location(server: dict[str, Any]) -> str | None:
+    """Return the server's location name: its own field, or its datacenter's (older answers)."""
+    place = server.get("location") or (server.get("datacenter") or {}).get("location") or {}
+    return place.get("name")
 
 
 def project_images(client: HcloudClient, store: RunStore) -> list[dict[str, Any]]:

@@ -170,6 +170,8 @@ def validate_window(spec: dict[str, Any]) -> dict[str, Any]:
     name = spec.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
         raise BadInput("window names are 1-63 lowercase letters, digits, '-', '_' or '.'", "name")
+    if spec.get("cron") is None:
+        raise BadInput("cron is missing; give it like --cron '0 3 * * SUN'", "cron")
     if not cron_can_fire(parse_cron(spec.get("cron"))):
         raise BadInput(f"cron {spec.get('cron')!r} never fires: no month has that day", "cron")
     tz = zone(spec.get("tz", "UTC"))
@@ -192,6 +194,9 @@ def validate_window(spec: dict[str, Any]) -> dict[str, Any]:
         check_selector(selector)
     if servers is not None and (not isinstance(servers, list) or not servers):
         raise BadInput("servers must be a non-empty list of ids or names", "servers")
+    for ref in servers or []:
+        if isinstance(ref, bool) or not isinstance(ref, int | str) or not str(ref).strip():
+            raise BadInput(f"servers holds {ref!r}; give each server as an id or a name", "servers")
     parse_amount(spec.get("max_concurrency", "1"), "max_concurrency", minimum=1)
     parse_amount(spec.get("max_errors", "0"), "max_errors", minimum=0)
     canary = spec.get("canary", 0)

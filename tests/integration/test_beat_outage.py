@@ -69,3 +69,23 @@ def test_a_beat_whose_lock_another_beat_took_stands_by_and_fires_nothing(tmp_pat
         assert sched.tick() <= 2 and sched.lock.owned()
     finally:
         server.stop()
+
+
+def test_a_standby_whose_first_try_for_the_lock_met_an_outage_takes_it_later(tmp_path: Path) -> None:
+    """Found by an outside tester: redbeat's start-up hook gave up on a Redis outage and left no lock
+    object; the standby's next tick then died on ``None.extend``, leaving no beat to fail over to."""
+    server = RedisServer(tmp_path / "redis")
+    try:
+        app = Celery("beat-standby", broker=server.url, set_as_current=False)
+        app.conf.update(
+            redbeat_redis_url=server.url, redbeat_key_prefix="hf:redbeat:", beat_max_loop_interval=2
+        )
+        sched = Scheduler(app=app)  # no lock taken: what the failed start-up hook leaves
+        assert sched.lock is None
+        client = server.client()
+        client.set(sched.lock_key, "active-beat", px=30_000)
+        assert sched.tick() == 2, "another beat holds the lock: stand by, do not die"
+        client.delete(sched.lock_key)
+        assert sched.tick() <= 2 and sched.lock.owned(), "the active beat is gone: take over"
+    finally:
+        server.stop()

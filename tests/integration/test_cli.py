@@ -221,3 +221,37 @@ def test_servers_and_images_show_our_runs_on_them(
 
     bad = cli(redis_server.url, "servers", "--selector", "env in (")
     assert bad.returncode == 2 and "selector" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["servers", "--submit-timeout", "0"], "above 0"),
+        (["images", "--submit-timeout", "nan"], "above 0"),
+        (["run", "reboot", "--server", "srv-1", "--submit-timeout", "-1"], "above 0"),
+        (["servers", "--selector", "ünï=✓"], "label selector"),
+    ],
+)
+def test_odd_waits_and_selectors_are_refused_before_anything_is_sent(
+    redis_server: RedisServer, args: list[str], message: str
+) -> None:
+    """Found by an outside tester: these gave tracebacks, or exit 3 ("unreachable") for bad input."""
+    done = cli(redis_server.url, *args)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("auth", [":", "nocolon", "user:", ":secret"])
+def test_flower_refuses_credentials_that_are_not_user_and_password(auth: str) -> None:
+    """``:`` let anybody into Flower's HTTP API, which can send and cancel tasks."""
+    env = {**os.environ, "FLOWER_BASIC_AUTH": auth}
+    done = subprocess.run(
+        [sys.executable, "-m", "workflows.cli", "flower"], env=env, cwd=ROOT, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2 and "FLOWER_BASIC_AUTH" in done.stderr
+
+
+def test_servers_show_their_location(worker: Worker, redis_server: RedisServer, names: list[str]) -> None:
+    servers = json.loads(cli(redis_server.url, "servers", "--json").stdout)
+    assert all(s["location"] for s in servers), "the API's location field (or the datacenter's) is shown"

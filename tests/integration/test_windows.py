@@ -233,3 +233,45 @@ def test_a_window_is_edited_in_place_and_listed_with_its_next_firing(
         assert missing.returncode == 2 and "no window named 'nosuch'" in missing.stderr
     finally:
         cli(env, "schedule", "remove", "edited")
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        (["--servers", ""], "give each server as an id or a name"),
+        (["--servers", ",,"], "give each server as an id or a name"),
+        (["--selector", "ünï=✓"], "label selector"),
+    ],
+    ids=["empty-server", "commas", "unicode-selector"],
+)
+def test_empty_servers_and_selectors_the_api_would_refuse_are_refused_when_added(
+    env: dict[str, str], redis_server: RedisServer, target: list[str], message: str
+) -> None:
+    """Found by an outside tester: these were stored and failed only when the window fired."""
+    done = cli(
+        env, "schedule", "add", "refused2", "reboot", "--cron", "0 3 * * *", "--duration", "1h", *target
+    )
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert not redis_server.client().exists("hf:window:refused2")
+
+
+def test_editing_the_workflow_drops_the_old_ones_parameters_and_a_paused_window_never_fires(
+    env: dict[str, str],
+) -> None:
+    added = cli(
+        env, "schedule", "add", "switch", "snapshot", "--cron", "0 3 * * *", "--duration", "1h",
+        "--servers", "1", "--description", "nightly",
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    try:
+        switched = cli(env, "schedule", "edit", "switch", "reboot")
+        assert switched.returncode == 0, switched.stderr
+        window = json.loads(cli(env, "schedule", "show", "switch", "--json").stdout)
+        assert window["workflow"] == "reboot" and window["params"] == {}
+        assert cli(env, "schedule", "pause", "switch").returncode == 0
+        listed = json.loads(cli(env, "schedule", "list", "--json").stdout)
+        assert next(w for w in listed if w["name"] == "switch")["next_firing"] is None
+        missing = cli(env, "schedule", "add", "nocron", "reboot", "--duration", "1h", "--servers", "1")
+        assert missing.returncode == 2 and "cron is missing" in missing.stderr
+    finally:
+        cli(env, "schedule", "remove", "switch")
