@@ -318,22 +318,19 @@ class Monitor:
             nxt, effect = advance(wait, seen, rules_for(wait.action), self.engine.cadence)
             return self._apply(wait, nxt, effect, report)
         except Exception as exc:  # one bad wait fails alone; it must not stall every other wait
-            self._finish(wait, Fail(_as_flow_error(exc)), report)
+            self._finish(wait, Fail(_as_flow_error(exc)))
             return None
 
     def _apply(self, old: Wait, wait: Wait, effect: Effect, report: RoundReport) -> Wait | None:
         if wait.progress != old.progress and wait.progress < 100:
-            if self._ending is None:
-                self.engine.ledger.update(wait.id, progress=wait.progress)
-            else:
-                self._progress[wait.id] = wait.progress  # written with the round's parks
+            self._progress[wait.id] = wait.progress  # written with the round's parks
         if isinstance(effect, Poll):
             parked = replace(wait, next=effect.at)
             self._park(parked)
             return parked
         if isinstance(effect, ForceOff):
             return self._force(wait, effect, report)
-        self._finish(wait, effect, report)
+        self._finish(wait, effect)
         return None
 
     # -- observing -------------------------------------------------------------------------------------
@@ -474,7 +471,7 @@ class Monitor:
             self._park(parked)
             return parked
         except HcloudFlowError as exc:
-            self._finish(wait, Fail(exc), report)
+            self._finish(wait, Fail(exc))
             return None
         log.warning(
             "server %s ignored the ACPI signal of step %s for %.0f s; forcing it with %s (action %s)",
@@ -490,21 +487,17 @@ class Monitor:
         self._park(parked)
         return parked
 
-    def _finish(self, wait: Wait, effect: Effect, report: RoundReport) -> None:
-        """End a wait: at once, or beside the rest of the round when a round is under way."""
+    def _finish(self, wait: Wait, effect: Effect) -> None:
+        """End a wait beside the rest of its round (every wait is decided inside one: see _round)."""
         if self._ending is None:
-            self._count(report, self._end(wait, effect))
-            return
+            raise RuntimeError("a wait ends only inside a monitor round")
         self._parking.pop(wait.id, None)  # polled earlier this round (its state read), ending now
         self._progress.pop(wait.id, None)
         self._ending.submit(wait, effect)
 
     def _park(self, wait: Wait) -> None:
-        """Park a wait to be polled again: with the round's others at its end, or at once outside one."""
-        if self._ending is None:
-            self.engine.waits.park(wait)
-        else:
-            self._parking[wait.id] = wait
+        """Park a wait to be polled again, with the round's others at its end."""
+        self._parking[wait.id] = wait
 
     def _park_all(self) -> None:
         parking, self._parking = self._parking, {}
