@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
 from .errors import BadInput
 from .labels import check_labels
 
@@ -149,8 +151,6 @@ ACTIONS: dict[str, ServerAction] = {
 # The public Celery task name of each action: stable, for send_task from any language.
 TASK_NAMES = {name: f"hcloud_flow.{name}" for name in ACTIONS}
 
-# Options every action task accepts besides the API parameters.
-STEP_OPTIONS = ("deadline", "wait_state", "force", "grace", "run_id", "step", "skip_if_status", "priority")
 MAX_USER_DATA = 32 * 1024
 
 
@@ -160,21 +160,66 @@ def _number(value: Any, name: str, low: float, high: float) -> float:
     return float(value)
 
 
+class StepOptions(BaseModel):
+    """The options every action task takes besides the API's parameters (one rule each, checked before the
+    POST: a bad one must not surface after the action started)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    deadline: float | None = Field(None, ge=1, le=7 * 86400, description="seconds the step may take")
+    wait_state: bool | None = Field(None, description="wait for the server's state, not only the action")
+    force: bool | None = Field(None, description="shutdown: power off if the guest ignores ACPI")
+    grace: float | None = Field(None, ge=0, le=3600, description="shutdown: seconds before forcing")
+    run_id: str | None = None
+    step: str | None = None
+    skip_if_status: Literal["running", "off"] | None = Field(None, description="skip if already so")
+    priority: Literal["interactive", "bulk"] | None = Field(None, description="the rate budget's class")
+
+    @field_validator("deadline", mode="before")
+    @classmethod
+    def _deadline(cls, value: Any) -> Any:
+        return None if value is None else _number(value, "deadline", 1, 7 * 86400)
+
+    @field_validator("grace", mode="before")
+    @classmethod
+    def _grace(cls, value: Any) -> Any:
+        return None if value is None else _number(value, "grace", 0, 3600)
+
+    @field_validator("force", "wait_state", mode="before")
+    @classmethod
+    def _flag(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and not isinstance(value, bool):
+            raise BadInput(f"{info.field_name} must be true or false, not {value!r}", info.field_name)
+        return value
+
+    @field_validator("run_id", "step", mode="before")
+    @classmethod
+    def _text(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and not isinstance(value, str):
+            raise BadInput(f"{info.field_name} must be a string", info.field_name)
+        return value
+
+    @field_validator("skip_if_status", mode="before")
+    @classmethod
+    def _skip(cls, value: Any) -> Any:
+        if value not in (None, "running", "off"):
+            raise BadInput("skip_if_status must be running or off", "skip_if_status")
+        return value
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority(cls, value: Any) -> Any:
+        if value not in (None, "interactive", "bulk"):
+            raise BadInput("priority must be interactive or bulk", "priority")
+        return value
+
+
+STEP_OPTIONS = tuple(StepOptions.model_fields)
+
+
 def check_step_options(opts: dict[str, Any]) -> dict[str, Any]:
-    """Check a step's options before anything is sent: a bad one must not surface after the POST."""
-    if "deadline" in opts and opts["deadline"] is not None:
-        opts["deadline"] = _number(opts["deadline"], "deadline", 1, 7 * 86400)
-    if "grace" in opts and opts["grace"] is not None:
-        opts["grace"] = _number(opts["grace"], "grace", 0, 3600)
-    for flag in ("force", "wait_state"):
-        if flag in opts and not isinstance(opts[flag], bool):
-            raise BadInput(f"{flag} must be true or false, not {opts[flag]!r}", flag)
-    for text in ("run_id", "step"):
-        if opts.get(text) is not None and not isinstance(opts[text], str):
-            raise BadInput(f"{text} must be a string", text)
-    if opts.get("skip_if_status") not in (None, "running", "off"):
-        raise BadInput("skip_if_status must be running or off", "skip_if_status")
-    return opts
+    """Check a step's options (``StepOptions``); return those given, cleaned."""
+    return StepOptions.model_validate(opts).model_dump(exclude_unset=True)
 
 
 MAX_DESCRIPTION = 1000

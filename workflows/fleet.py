@@ -26,7 +26,8 @@ from workers.redis_values import text_hash, texts
 from workers.run_store import FINAL
 
 from .fleet_plan import Decision, decide, parse_amount
-from .validate import Lookups, check_params, find_server, gather_facts, workflow_named
+from .specs import FleetSpec, checked
+from .validate import Lookups, find_server, gather_facts, workflow_named
 
 __all__ = ["FleetRunner", "JobStore", "resolve_targets"]
 
@@ -200,24 +201,14 @@ class FleetRunner:
         assert job is not None
         return job
 
-    def plan(
-        self,
-        *,
-        workflow: Any,
-        selector: Any = None,
-        servers: Any = None,
-        params: Any = None,
-        max_concurrency: Any = "1",
-        max_errors: Any = "0",
-        canary: Any = 0,
-    ) -> dict[str, Any]:
-        """Check everything a job needs and return its plan (servers, limits), changing nothing."""
-        wf = workflow_named(workflow)
-        clean = check_params(wf, params if params is not None else {})
-        conc = parse_amount(max_concurrency, "max_concurrency", minimum=1)
-        errs = parse_amount(max_errors, "max_errors", minimum=0)
-        if isinstance(canary, bool) or not isinstance(canary, int) or canary < 0:
-            raise BadInput(f"canary must be a whole number >= 0, not {canary!r}", "canary")
+    def plan(self, **options: Any) -> dict[str, Any]:
+        """Check everything a job needs (``FleetSpec``'s fields) and return its plan, changing nothing."""
+        spec = checked(FleetSpec, options)
+        wf = workflow_named(spec.workflow)
+        conc = parse_amount(spec.max_concurrency, "max_concurrency", minimum=1)
+        errs = parse_amount(spec.max_errors, "max_errors", minimum=0)
+        canary, clean = spec.canary, spec.params
+        selector, servers = spec.selector, spec.servers
         targets = resolve_targets(self.client, selector, servers)
         if canary > len(targets):
             raise BadInput(f"canary {canary} is more than the {len(targets)} servers selected", "canary")
@@ -227,7 +218,7 @@ class FleetRunner:
         )
         return {
             "workflow": wf.name,
-            "params": {k: v for k, v in clean.items() if v is not None},
+            "params": clean,
             "servers": targets,
             "max_concurrency": conc.of(len(targets), at_least=1),
             "max_errors": errs.of(len(targets)),

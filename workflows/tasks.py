@@ -111,20 +111,14 @@ def images() -> dict[str, Any]:
     return {"images": project_images(engine().client, run_store())}
 
 
-FLEET_OPTIONS = ("workflow", "selector", "servers", "params", "max_concurrency", "max_errors", "canary")
-
-
 def _fleet_options(options: dict[str, Any]) -> dict[str, Any]:
-    """Return a fleet request's options; refuse unknown ones, as a caller in another language may send any."""
-    unknown = sorted(set(options) - set(FLEET_OPTIONS))
-    if unknown:
-        raise BadInput(f"unknown fleet options {', '.join(unknown)} (known: {', '.join(FLEET_OPTIONS)})")
+    """A caller in another language may send anything: the fleet's model (``FleetSpec``) refuses it."""
     return {"workflow": None, **options}
 
 
 @app.task(name="hcloud_flow.fleet_start", throws=(BadInput,), acks_late=False)
 def fleet_start(**options: Any) -> dict[str, Any]:
-    """Validate and start a fleet job; return its record. Options: FLEET_OPTIONS."""
+    """Validate and start a fleet job; return its record. Options: ``workflows.specs.FleetSpec``'s fields."""
     return fleet_runner().start(**_fleet_options(options))
 
 

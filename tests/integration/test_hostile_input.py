@@ -110,7 +110,7 @@ CASES: list[tuple[str, Callable[[Surfaces, int], tuple[str, int | None]], str, i
     (
         "cli grace not a number",
         lambda s, i: s.cli("run", "snapshot", "--server", str(i), "--grace", "soon"),
-        "invalid float value",
+        "not a valid float",
         2,
     ),
     (

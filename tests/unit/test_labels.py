@@ -82,3 +82,58 @@ def test_selector_keys_and_values_follow_the_label_rules(selector: str) -> None:
 
 def test_a_selector_may_name_a_reserved_prefix_and_empty_values() -> None:
     assert check_selector("hetzner.cloud/x=1,env=,role in (web,api)")
+
+
+# Keys and values on both sides of the rule's edges: fakecloud (the API as we model it) and the check we run
+# before sending must agree on each, or a label we pass would be refused after the action started.
+_EDGE_KEYS = [
+    "a", "A1", "a" * 63, "a" * 64, "-a", "a-", "a_b.c-d", "a b", "ä", "x/y", "x.y/z", "X/y", "-x/y", "/y",
+    "x/", ("d" * 63 + ".") * 3 + "d" * 61 + "/k", ("d" * 63 + ".") * 4 + "/k", "hetzner.cloud/k", "a.hetzner.cloud/k",
+]  # fmt: skip
+_EDGE_VALUES = ["", "v", "v" * 63, "v" * 64, "-v", "v-", "v v", "v/w", "ü", "1.2_3-4"]
+
+
+@pytest.mark.parametrize("key", _EDGE_KEYS)
+def test_our_rule_and_the_simulated_api_agree_on_keys(key: str) -> None:
+    from fakecloud.labels import label_key_problem
+
+    try:
+        check_labels({key: "v"})
+        ours = True
+    except BadInput:
+        ours = False
+    assert ours == (label_key_problem(key) is None), key
+
+
+@pytest.mark.parametrize("value", _EDGE_VALUES)
+def test_our_rule_and_the_simulated_api_agree_on_values(value: str) -> None:
+    from fakecloud.labels import label_value_problem
+
+    try:
+        check_labels({"k": value})
+        ours = True
+    except BadInput:
+        ours = False
+    assert ours == (label_value_problem(value) is None), value
+
+
+@pytest.mark.parametrize(
+    "selector",
+    ["env=prod", "env==prod", "env!=prod", "!env", "env", "env in (a,b)", "env notin (a, b)", "a=b,c in (d)",
+     "env in (", "=x", "env=a b", "env in (a),", "x y", "env=-bad"],
+)  # fmt: skip
+def test_our_selector_check_and_the_simulated_api_agree(selector: str) -> None:
+    from fakecloud.exceptions import InvalidInput
+    from fakecloud.labels import compile_selector
+
+    try:
+        check_selector(selector)
+        ours = True
+    except BadInput:
+        ours = False
+    try:
+        compile_selector(selector)
+        theirs = True
+    except InvalidInput:
+        theirs = False
+    assert ours == theirs, selector

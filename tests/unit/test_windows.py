@@ -8,7 +8,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from workers.errors import BadInput
-from workflows.windows import cron_matches, parse_cron, parse_duration, utc_minutes, validate_window
+from workflows.cron import cron_matches, parse_cron, parse_duration, utc_minutes
+from workflows.windows import validate_window
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -101,7 +102,8 @@ def test_a_cron_that_never_fires_and_a_week_long_duration_are_refused() -> None:
     import pytest as _pytest
 
     from workers.errors import BadInput
-    from workflows.windows import cron_can_fire, parse_cron, validate_window
+    from workflows.cron import cron_can_fire, parse_cron
+    from workflows.windows import validate_window
 
     assert not cron_can_fire(parse_cron("0 0 31 2 *")) and not cron_can_fire(parse_cron("0 0 31 4,6,9,11 *"))
     assert cron_can_fire(parse_cron("0 0 29 2 *")) and cron_can_fire(parse_cron("0 0 31 2 MON"))
@@ -118,7 +120,7 @@ def test_next_firing_is_the_first_matching_local_minute_after_now() -> None:
     from datetime import UTC, datetime
     from zoneinfo import ZoneInfo
 
-    from workflows.windows import next_firing, parse_cron
+    from workflows.cron import next_firing, parse_cron
 
     berlin = ZoneInfo("Europe/Berlin")
     wednesday = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)

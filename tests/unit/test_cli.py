@@ -1,0 +1,208 @@
+"""The command line in process, through click's test runner: every command's help, usage errors and
+refusals (JSON under --json), exit codes, and what a wait says when it ends early. The Python API behind the
+commands is replaced by a small fake here; tests/integration/test_cli.py runs the real thing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from workflows import cli as cli_package
+from workflows.cli import cli
+from workflows.cli import fleet as fleet_cli
+from workflows.cli import runs as runs_cli
+
+
+def _all_commands(group: click.Group, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for name, command in group.commands.items():
+        yield (*path, name)
+        if isinstance(command, click.Group):
+            yield from _all_commands(command, (*path, name))
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(cli, list(args))
+
+
+class Untouchable:
+    """Stands in for the Python API where a command must refuse before reaching it."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise AssertionError(f"the command reached the API ({name}) with input it should have refused")
+
+
+class FakeRuns:
+    def __init__(self, states: list[str]) -> None:
+        self.states = states
+
+    def submit_full(self, workflow: str, **kw: Any) -> dict[str, Any]:
+        return {"run_id": "r1", "warnings": []}
+
+    def status(self, run_id: str) -> dict[str, Any]:
+        state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
+        if state == "interrupt":
+            raise KeyboardInterrupt
+        return {"id": run_id, "state": state, "workflow": "reboot", "server_id": 1, "steps": []}
+
+
+@pytest.fixture
+def no_api(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runs_cli, "runs", Untouchable)
+    monkeypatch.setattr(fleet_cli, "_jobs", Untouchable)
+
+
+@pytest.mark.parametrize("path", sorted(_all_commands(cli)), ids=" ".join)
+def test_every_command_has_help(path: tuple[str, ...]) -> None:
+    done = invoke(*path, "--help")
+    assert done.exit_code == 0, done.output
+    assert "Usage: hcloud-flow" in done.output or "usage: hcloud-flow" in done.output
+
+
+def test_the_root_help_documents_the_exit_codes() -> None:
+    done = invoke("--help")
+    for code in ("0 ok", "2 bad input", "3 Redis", "4 a wait timed out", "130"):
+        assert code in " ".join(done.output.split()), code
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "reboot"], "Missing option '--server'"),
+        (["run", "reboot", "--server", "1", "--bogus"], "No such option"),
+        (["run", "reboot", "--server", "1", "--timeout", "nan"], "above 0"),
+        (["run", "reboot", "--server", "1", "--submit-timeout", "0"], "above 0"),
+        (["run", "snapshot", "--server", "1", "--label", "novalue"], "KEY=VALUE"),
+        (["run", "shutdown", "--server", "1", "--grace", "lots"], "not a valid float"),
+        (["list", "--limit", "0"], "--limit"),
+        (["job", "status"], "Missing argument 'JOB_ID'"),
+        (["schedule", "history"], "Missing argument 'NAME'"),
+        (["schedule", "frobnicate"], "No such command"),
+        (["nosuch"], "No such command"),
+        (["worker", "--concurrency", "0"], "--concurrency"),
+        (["flower", "--port", "70000"], "--port"),
+        (["demo", "--servers", "0"], "--servers"),
+    ],
+)
+def test_usage_errors_exit_2_and_are_json_under_json(no_api: None, args: list[str], message: str) -> None:
+    plain = invoke(*args)
+    assert plain.exit_code == 2 and message in plain.output, plain.output
+    if args[0] in ("worker", "flower"):
+        return  # no --json on services
+    answered = invoke(*args, "--json")
+    assert answered.exit_code == 2
+    error = json.loads(answered.stdout)["error"]
+    assert error["exit_code"] == 2 and message in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["run", "nosuch", "--server", "1"], "unknown workflow"),
+        (["run", "reboot", "--server", "1", "--grace", "5"], "grace"),
+        (["run", "shutdown", "--server", "1", "--grace", "-5"], "grace"),
+        (["run", "shutdown", "--server", "1", "--grace", "4000"], "grace"),
+        (["run", "snapshot", "--server", "1", "--image-type", "nope"], "image_type"),
+        (["run", "rebuild", "--server", "1", "--image", ""], "image"),
+        (["fleet", "reboot", "--max-concurrency", "1", "--max-errors", "0"], "--selector or --servers"),
+        (
+            [
+                "fleet",
+                "reboot",
+                "--selector",
+                "a=b",
+                "--servers",
+                "1",
+                "--max-concurrency",
+                "1",
+                "--max-errors",
+                "0",
+            ],
+            "--selector or --servers",
+        ),
+        (
+            [
+                "fleet",
+                "reboot",
+                "--servers",
+                "1",
+                "--max-concurrency",
+                "1",
+                "--max-errors",
+                "0",
+                "--grace",
+                "1",
+            ],
+            "grace",
+        ),
+        (["list", "--server", " "], "--server is empty"),
+    ],
+)
+def test_bad_input_is_refused_before_the_api_is_reached(no_api: None, args: list[str], message: str) -> None:
+    done = invoke(*args)
+    assert done.exit_code == 2, done.output
+    assert message in done.stderr and "Traceback" not in done.output
+    error = json.loads(invoke(*args, "--json").stdout)["error"]
+    assert error["type"] == "BadInput" and message in error["message"]
+
+
+def test_a_failed_run_exits_1_and_a_succeeded_one_0(monkeypatch: pytest.MonkeyPatch) -> None:
+    for final, code in (("failed", 1), ("cancelled", 1), ("succeeded", 0)):
+        monkeypatch.setattr(runs_cli, "runs", lambda final=final: FakeRuns(["running", final]))
+        monkeypatch.setattr(runs_cli.time, "sleep", lambda s: None)
+        done = invoke("run", "reboot", "--server", "1", "--wait", "--json")
+        assert done.exit_code == code, done.output
+        assert json.loads(done.stdout)["state"] == final
+
+
+def test_a_wait_past_its_timeout_exits_4_and_says_the_run_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeRuns(["running"])
+    monkeypatch.setattr(runs_cli, "runs", lambda: fake)
+    done = invoke("run", "reboot", "--server", "1", "--wait", "--timeout", "0.001", "--quiet")
+    assert done.exit_code == 4
+    assert "goes on" in done.stderr and "hcloud-flow status r1 --wait" in done.stderr
+
+
+def test_ctrl_c_during_a_wait_says_what_goes_on_and_how_to_follow(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeRuns(["interrupt"])
+    monkeypatch.setattr(runs_cli, "runs", lambda: fake)
+    done = invoke("status", "r1", "--wait", "--quiet")
+    assert done.exit_code == 130
+    assert "goes on" in done.stderr and "hcloud-flow status RUN_ID --wait" in done.stderr
+
+
+def test_a_job_wait_off_a_terminal_prints_one_line_per_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo and `fleet --wait` without a terminal wrote hundreds of identical frames."""
+
+    def job(ended: int, age: float) -> dict[str, Any]:
+        return {
+            "id": "j1", "workflow": "reboot", "state": "running" if ended < 2 else "completed_with_failures",
+            "created": 1000.0, "finished": 1000.0 + age, "reason": None,
+            "counts": {"succeeded": min(ended, 1), "failed": max(ended - 1, 0), "running": 2 - ended},
+            "servers": [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}],
+            "outcomes": {
+                "1": {"outcome": "succeeded"},
+                "2": {"outcome": "failed", "reason": "boom", "run_id": "r2"},
+            },
+        }  # fmt: skip
+
+    class Jobs:
+        def wait(self, job_id: str, *, timeout: Any, on_update: Any) -> dict[str, Any]:
+            for ended, age in ((0, 1), (0, 2), (0, 3), (1, 4), (1, 5), (2, 6)):
+                on_update(job(ended, age))
+            return job(2, 6)
+
+    monkeypatch.setattr(fleet_cli, "_jobs", Jobs)
+    done = invoke("job", "status", "j1", "--wait")
+    assert done.exit_code == 1, "a job with a failed server is not a success"
+    assert len(done.stderr.splitlines()) == 3, done.stderr  # three distinct states, not six frames
+    assert "b (2) failed (run r2): boom" in done.stdout
+
+
+def test_main_returns_the_exit_code_for_the_console_script() -> None:
+    assert cli_package.main(["workflows", "--json"]) == 0
+    assert cli_package.main(["run"]) == 2

@@ -1,0 +1,188 @@
+"""What every command group shares: exit codes, ``--json`` output, the workflow parameter flags, waits.
+
+Exit codes (the README's table): 0 success, 1 a run or job failed or was cancelled, 2 bad input (nothing was
+enqueued), 3 Redis, the workers or the API could not be reached, 4 a wait ended before the run or job did
+(it goes on), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_STILL_RUNNING",
+    "EXIT_UNREACHABLE",
+    "SECONDS",
+    "flag_of",
+    "json_option",
+    "param_options",
+    "params_from",
+    "print_json",
+    "runs",
+    "split_servers",
+    "submit_timeout_option",
+    "wait_options",
+]
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_STILL_RUNNING = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED = 130
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def runs() -> Any:
+    """The Python API the commands drive (imported late: ``--help`` needs neither Celery nor Redis)."""
+    from workflows.api import default
+
+    return default()
+
+
+class Seconds(click.ParamType):
+    """A wait in seconds, finite and above 0 (a wait of 0 or nan cannot be kept)."""
+
+    name = "SECONDS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if not math.isfinite(seconds) or seconds <= 0:
+            self.fail(f"{value!r}: give a number of seconds above 0", param, ctx)
+        return seconds
+
+
+SECONDS = Seconds()
+
+
+def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        help="print JSON for scripts (refusals too)",
+    )(f)
+
+
+def wait_options(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``--wait``, ``--timeout`` and ``--quiet``, worded for a run or a job."""
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = click.option("--quiet", is_flag=True, help="with --wait: no live progress")(f)
+        f = click.option(
+            "--timeout",
+            type=SECONDS,
+            default=None,
+            help=f"with --wait: stop waiting after SECONDS (exit 4; the {what} goes on)",
+        )(f)
+        return click.option("--wait", is_flag=True, help=f"wait for the {what}, showing live progress")(f)
+
+    return decorate
+
+
+def submit_timeout_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--submit-timeout",
+        type=SECONDS,
+        default=60.0,
+        show_default=True,
+        help="seconds to wait for a worker to answer",
+    )(f)
+
+
+def flag_of(param: Any) -> str:
+    """Return the command-line flag of a workflow parameter: one rule for the options and the listings."""
+    if param.kind is dict:
+        return "--label"  # repeatable KEY=VALUE
+    if param.kind is list:
+        return "--ssh-key"  # repeatable ID|NAME
+    return "--" + param.name.replace("_", "-")
+
+
+def _key_value(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    for text in values:
+        key, eq, _ = text.partition("=")
+        if not eq or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {text!r}", ctx, param)
+    return values
+
+
+def param_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Add one option per workflow parameter (the union over all workflows; each run checks its own).
+
+    The options only carry values: their rules (types, ranges, choices) are the parameter table's, checked
+    by ``workflows.validate.check_params`` as for every other entry point.
+    """
+    from workflows.definitions import WORKFLOWS
+
+    seen: dict[str, Any] = {}
+    for wf in WORKFLOWS.values():
+        for p in wf.params:
+            seen.setdefault(p.name, p)
+    for p in reversed(list(seen.values())):
+        dest = f"p_{p.name}"
+        if p.kind is bool:
+            option = click.option(flag_of(p), dest, is_flag=True, default=False, help=p.help)
+        elif p.kind is dict:
+            option = click.option(
+                flag_of(p),
+                dest,
+                multiple=True,
+                metavar="KEY=VALUE",
+                callback=_key_value,
+                help=p.help + " (repeatable)",
+            )
+        elif p.kind is list:
+            option = click.option(
+                flag_of(p), dest, multiple=True, metavar="ID|NAME", help=p.help + " (repeatable)"
+            )
+        elif p.kind == (int, float):
+            option = click.option(flag_of(p), dest, type=float, metavar="SECONDS", help=p.help)
+        else:
+            option = click.option(flag_of(p), dest, metavar=p.name.upper(), help=p.help)
+        f = option(f)
+    return f
+
+
+def params_from(options: dict[str, Any]) -> dict[str, Any]:
+    """Return the workflow parameters given on the command line, in the Python API's shapes."""
+    from workers.client import is_id
+
+    out: dict[str, Any] = {}
+    for key, value in options.items():
+        if not key.startswith("p_") or value is None or value is False or value == ():
+            continue
+        name = key[2:]
+        if name == "labels":
+            value = dict(v.partition("=")[::2] for v in value)
+        elif name == "ssh_keys":
+            value = [int(v) if is_id(v) else v for v in value]
+        elif name == "image" and is_id(value):
+            value = int(value)
+        elif name == "user_data" and value.startswith("@"):
+            with open(value[1:], encoding="utf-8") as fh:
+                value = fh.read()
+        out[name] = value
+    return out
+
+
+def split_servers(text: str | None) -> list[int | str] | None:
+    """``1,2,srv-7`` as ids and names (empty entries dropped; the rules that follow refuse an empty list)."""
+    from workers.client import is_id
+
+    if text is None:
+        return None
+    return [int(s) if is_id(s) else s for s in (p.strip() for p in text.split(",")) if s]

@@ -1,0 +1,215 @@
+"""Fleet jobs: ``fleet`` starts (or plans) one, ``job`` follows and steers them."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from .common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    json_option,
+    param_options,
+    params_from,
+    print_json,
+    split_servers,
+    wait_options,
+)
+
+__all__ = ["COMMANDS"]
+
+
+def _jobs() -> Any:
+    from workflows.api import jobs
+
+    return jobs()
+
+
+def job_line(job: dict[str, Any]) -> str:
+    """One line for a job: state, how many servers ended and how, what is in flight, its age."""
+    c = job["counts"]
+    done = sum(v for k, v in c.items() if k not in ("running", "pending"))
+    parts = [f"{k} {v}" for k, v in sorted(c.items()) if v and k not in ("pending", "running")]
+    secs = (job.get("finished") or time.time()) - job["created"]
+    return (
+        f"job {job['id']} {job['workflow']}: {job['state']}  {done}/{len(job['servers'])} ended"
+        f" ({', '.join(parts) or 'none yet'}), {c.get('running', 0)} in flight, {secs:.0f}s"
+    )
+
+
+def unsucceeded(job: dict[str, Any]) -> list[str]:
+    """Return one line per server of a job that did not succeed, saying what happened and why."""
+    names = {int(s["id"]): s.get("name") or s["id"] for s in job["servers"]}
+    lines = []
+    for sid, entry in sorted((int(k), v) for k, v in job["outcomes"].items()):
+        if entry["outcome"] in ("succeeded", "running"):
+            continue
+        why = f": {entry['reason']}" if entry.get("reason") else ""
+        run = f" (run {entry['run_id']})" if entry.get("run_id") else ""
+        lines.append(f"  {names.get(sid, sid)} ({sid}) {entry['outcome']}{run}{why}")
+    return lines
+
+
+@click.command("fleet")
+@click.argument("workflow")
+@click.option("--selector", help="Hetzner label selector, e.g. 'env=staging,role in (web,api)'")
+@click.option("--servers", help="comma-separated server ids or names, e.g. 1,2,srv-7")
+@click.option("--max-concurrency", required=True, metavar="N|P%", help="servers in flight at most")
+@click.option("--max-errors", required=True, metavar="N|P%", help="stop starting new servers past this")
+@click.option(
+    "--canary",
+    type=click.IntRange(min=0),
+    default=0,
+    metavar="N",
+    help="first N servers must all succeed first",
+)
+@click.option("--dry-run", is_flag=True, help="print the plan and its API budget; start nothing")
+@wait_options("job")
+@json_option
+@param_options
+def fleet_cmd(
+    workflow: str,
+    selector: str | None,
+    servers: str | None,
+    max_concurrency: str,
+    max_errors: str,
+    canary: int,
+    dry_run: bool,
+    wait: bool,
+    timeout: float | None,
+    quiet: bool,
+    as_json: bool,
+    **options: Any,
+) -> int:
+    """Run WORKFLOW over many servers (--selector or --servers): sliding window, canary, error threshold."""
+    from workers.errors import BadInput
+    from workflows.specs import FleetSpec, checked
+
+    if (selector is None) == (servers is None):
+        raise BadInput("give either --selector or --servers (one of them)")
+    spec: dict[str, Any] = {
+        "selector": selector,
+        "servers": split_servers(servers),
+        "params": params_from(options),
+        "max_concurrency": max_concurrency,
+        "max_errors": max_errors,
+        "canary": canary,
+    }
+    checked(FleetSpec, {"workflow": workflow, **spec})  # refused here, before anything is sent
+    if dry_run:
+        _print_plan(_jobs().plan(workflow, **spec), as_json)
+        return EXIT_OK
+    job = _jobs().start(workflow, **spec)
+    if not wait:
+        print_json(job) if as_json else click.echo(job["id"])
+        return EXIT_OK
+    return wait_job(job["id"], timeout=timeout, quiet=quiet, as_json=as_json)
+
+
+def _print_plan(plan: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print_json(plan)
+        return
+    click.echo(
+        f"dry run: {plan['workflow']} on {len(plan['servers'])} servers, at most {plan['max_concurrency']} "
+        f"at once, stop after {plan['max_errors']} errors, canary {plan['canary']}"
+    )
+    for s in plan["servers"]:
+        click.echo(f"  {s['name']:<20} {s['status']:<10} {' → '.join(s['steps'])}")
+    click.echo(
+        f"API requests: about {plan['api_requests']} ({plan['share_of_hourly_budget']:.1%} of the hourly "
+        f"budget of {plan['budget_limit_per_hour']}; {plan['budget_remaining']} left now)"
+    )
+    click.echo(
+        f"estimated duration: {plan['estimated_seconds']} s in {plan['waves']} waves "
+        f"(bound by {plan['bound_by']}); nothing was started"
+    )
+
+
+def wait_job(job_id: str, *, timeout: float | None, quiet: bool, as_json: bool) -> int:
+    """Follow a job (one progress line per change off a terminal) and say how it ended, server by server."""
+    last = ""
+    tty = sys.stderr.isatty()
+
+    def show(job: dict[str, Any]) -> None:
+        nonlocal last
+        if as_json or quiet:
+            return
+        line = job_line(job)
+        if tty:
+            click.echo("\r\x1b[K" + line, nl=False, err=True)
+        elif line.rsplit(",", 1)[0] != last.rsplit(",", 1)[0]:  # the age alone changed: no new line
+            click.echo(line, err=True)
+        last = line
+
+    job = _jobs().wait(job_id, timeout=timeout, on_update=show)
+    if tty and not (as_json or quiet):
+        click.echo("", err=True)
+    if as_json:
+        print_json(job)
+    else:
+        click.echo(job_line(job) + (f" — {job['reason']}" if job.get("reason") else ""))
+        for line in unsucceeded(job):
+            click.echo(line)
+    return EXIT_OK if job["state"] == "succeeded" else EXIT_FAILED
+
+
+@click.group("job")
+def job_group() -> None:
+    """Show, list, pause, resume or cancel fleet jobs."""
+
+
+@job_group.command("list")
+@json_option
+def job_list(as_json: bool) -> int:
+    """List fleet jobs, newest first."""
+    listed = _jobs().list()
+    if as_json:
+        print_json(listed)
+    else:
+        click.echo("\n".join(job_line(j) for j in listed) or "no fleet jobs")
+    return EXIT_OK
+
+
+@job_group.command("status")
+@click.argument("job_id")
+@wait_options("job")
+@json_option
+def job_status(job_id: str, wait: bool, timeout: float | None, quiet: bool, as_json: bool) -> int:
+    """Show a job and each server's outcome (with --wait, follow it until it ends)."""
+    if wait:
+        return wait_job(job_id, timeout=timeout, quiet=quiet, as_json=as_json)
+    job = _jobs().status(job_id)
+    if as_json:
+        print_json(job)
+        return EXIT_OK
+    click.echo(job_line(job) + (f" — {job['reason']}" if job.get("reason") else ""))
+    names = {s["id"]: s["name"] for s in job["servers"]}
+    for sid, entry in sorted(job["outcomes"].items()):
+        note = f"  ({entry['reason']})" if entry.get("reason") else ""
+        click.echo(f"  {names.get(sid, sid)!s:<20} {entry['outcome']:<12} {entry.get('run_id', '')}{note}")
+    return EXIT_OK
+
+
+def _control(verb: str, summary: str) -> click.Command:
+    @click.argument("job_id")
+    @json_option
+    def command(job_id: str, as_json: bool) -> int:
+        answer = _jobs().control(job_id, verb)
+        print_json(answer) if as_json else click.echo(f"job {job_id}: {answer['state']}")
+        return EXIT_OK
+
+    return click.command(verb, help=summary)(command)
+
+
+for _verb, _summary in (
+    ("pause", "Stop starting new servers; those in flight finish."),
+    ("resume", "Start servers again after a pause (or the error threshold's stop)."),
+    ("cancel", "Start no more servers and cancel the runs in flight before their next step."),
+):
+    job_group.add_command(_control(_verb, _summary))
+
+COMMANDS = (fleet_cmd, job_group)

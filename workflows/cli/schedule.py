@@ -1,0 +1,214 @@
+"""Maintenance windows: ``schedule add|edit|list|show|history|pause|resume|remove``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from .common import EXIT_OK, json_option, param_options, params_from, print_json
+
+__all__ = ["COMMANDS"]
+
+
+def _windows() -> Any:
+    from workers.app import app, run_store
+    from workflows.windows import WindowStore
+
+    return WindowStore(run_store().redis, app)
+
+
+def _known(store: Any, name: str) -> dict[str, Any]:
+    from workers.errors import BadInput
+
+    window = store.get(name)
+    if window is None:
+        raise BadInput(f"no window named {name!r}; `hcloud-flow schedule list` shows them", "name")
+    return dict(window)
+
+
+def _show(answer: Any, as_json: bool) -> None:
+    import json
+
+    print_json(answer) if as_json else click.echo(json.dumps(answer, indent=2, default=str))
+
+
+@click.group("schedule")
+def schedule_group() -> None:
+    """Maintenance windows: a cron schedule that starts a fleet job while the window is open."""
+
+
+def _window_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The fields of a window; on `edit`, only those given change."""
+    f = param_options(json_option(f))  # listed after the window's own options in --help
+    for option in reversed(
+        (
+            click.option("--cron", help="five-field cron in the window's time zone, e.g. '0 3 * * SUN'"),
+            click.option("--tz", help="IANA time zone of the cron (add: default UTC)"),
+            click.option("--duration", help="how long the window stays open, e.g. 2h"),
+            click.option("--cutoff", help="no new server starts this long before the end, e.g. 30m (add: 0)"),
+            click.option("--selector", help="label selector of the servers (replaces --servers)"),
+            click.option("--servers", help="comma-separated server ids or names (replaces --selector)"),
+            click.option(
+                "--max-concurrency", metavar="N|P%", help="servers in flight at most (add: default 1)"
+            ),
+            click.option(
+                "--max-errors", metavar="N|P%", help="stop starting servers past this (add: default 0)"
+            ),
+            click.option("--canary", type=click.IntRange(min=0), metavar="N", help="add: default 0"),
+        )
+    ):
+        f = option(f)
+    return f
+
+
+def _given(name: str, workflow: str | None, options: dict[str, Any]) -> dict[str, Any]:
+    """Return the window fields given on the command line (only those: an edit keeps the rest)."""
+    from workers.errors import BadInput
+
+    given: dict[str, Any] = {"name": name}
+    if workflow:
+        given["workflow"] = workflow
+    for field in ("cron", "tz", "duration", "cutoff", "max_concurrency", "max_errors", "canary"):
+        if options.get(field) is not None:
+            given[field] = options[field]
+    if options.get("selector") is not None and options.get("servers") is not None:
+        raise BadInput("give --selector or --servers, not both")
+    if options.get("selector") is not None:
+        given.update(selector=options["selector"], servers=None)
+    if options.get("servers") is not None:
+        given.update(servers=[s.strip() for s in options["servers"].split(",")], selector=None)
+    params = params_from(options)
+    if params:
+        given["params"] = params
+    return given
+
+
+def _save(name: str, workflow: str | None, options: dict[str, Any], *, edit: bool) -> int:
+    from workflows.windows import validate_window
+
+    store = _windows()
+    old = _known(store, name) if edit else {}
+    given = _given(name, workflow, options)
+    if old and given.get("workflow", old["workflow"]) != old["workflow"]:
+        # Another workflow: the old one's parameters (with their defaults) need not fit it.
+        old.pop("params", None)
+    window = validate_window({**old, **given})  # add: the model's defaults fill the rest
+    store.save(window, replace=edit)
+    _show(window, options["as_json"])
+    return EXIT_OK
+
+
+@schedule_group.command("add")
+@click.argument("name")
+@click.argument("workflow")
+@_window_options
+def schedule_add(name: str, workflow: str, **options: Any) -> int:
+    """Add window NAME that runs WORKFLOW (needs --cron, --duration and --selector or --servers)."""
+    return _save(name, workflow, options, edit=False)
+
+
+@schedule_group.command("edit")
+@click.argument("name")
+@click.argument("workflow", required=False)
+@_window_options
+def schedule_edit(name: str, workflow: str | None, **options: Any) -> int:
+    """Change window NAME: only the options given (and WORKFLOW, if given; its old parameters then go)."""
+    return _save(name, workflow, options, edit=True)
+
+
+@schedule_group.command("list")
+@json_option
+def schedule_list(as_json: bool) -> int:
+    """List the windows with their next firing; warn when no beat runs (then none fires)."""
+    from datetime import UTC, datetime
+    from zoneinfo import ZoneInfo
+
+    from workflows.beat import beat_seen
+    from workflows.cron import next_firing, parse_cron
+
+    store = _windows()
+    now = datetime.now(UTC)
+    rows = []
+    for w in filter(None, (store.get(n) for n in store.names())):
+        fires = None if w.get("paused") else next_firing(parse_cron(w["cron"]), ZoneInfo(w["tz"]), now)
+        rows.append({**w, "next_firing": fires.isoformat() if fires else None})
+    if as_json:
+        print_json(rows)
+    else:
+        if rows:
+            click.echo(
+                f"{'NAME':<20} {'CRON':<16} {'TZ':<16} {'WORKFLOW':<12} {'TARGET':<28} {'STATE':<7} NEXT"
+            )
+        for w in rows:
+            state = "paused" if w.get("paused") else "active"
+            target = w["selector"] or ",".join(map(str, w["servers"]))
+            nxt = "paused" if w.get("paused") else (w["next_firing"] or "never")[:16].replace("T", " ")
+            click.echo(
+                f"{w['name']:<20} {w['cron']:<16} {w['tz']:<16} {w['workflow']:<12} {target:<28} "
+                f"{state:<7} {nxt}"
+            )
+        if not rows:
+            click.echo("no maintenance windows")
+    if rows and beat_seen(store.redis) is None:
+        click.echo(
+            "hcloud-flow: warning: no beat has run lately, so no window will fire; start one with "
+            "`hcloud-flow beat`",
+            err=True,
+        )
+    return EXIT_OK
+
+
+@schedule_group.command("show")
+@click.argument("name")
+@json_option
+def schedule_show(name: str, as_json: bool) -> int:
+    """Show window NAME and its last ten firings."""
+    store = _windows()
+    _show({**_known(store, name), "history": store.history(name, 10)}, as_json)
+    return EXIT_OK
+
+
+@schedule_group.command("history")
+@click.argument("name")
+@json_option
+def schedule_history(name: str, as_json: bool) -> int:
+    """List window NAME's firings: when, the outcome, and the job it started (or why none)."""
+    store = _windows()
+    _known(store, name)
+    history = store.history(name)
+    if as_json:
+        print_json(history)
+        return EXIT_OK
+    for h in history:
+        click.echo(f"{h['local']:<22} {h['outcome']:<16} {h.get('job_id') or h.get('reason') or ''}")
+    if not history:
+        click.echo("this window has not fired yet")
+    return EXIT_OK
+
+
+@schedule_group.command("remove")
+@click.argument("name")
+@json_option
+def schedule_remove(name: str, as_json: bool) -> int:
+    """Remove window NAME (a job it started goes on)."""
+    _windows().remove(name)
+    _show({"name": name, "removed": True}, as_json)
+    return EXIT_OK
+
+
+def _pausing(paused: bool, summary: str) -> click.Command:
+    @click.argument("name")
+    @json_option
+    def command(name: str, as_json: bool) -> int:
+        _show(_windows().set_paused(name, paused), as_json)
+        return EXIT_OK
+
+    return click.command("pause" if paused else "resume", help=summary)(command)
+
+
+schedule_group.add_command(_pausing(True, "Pause window NAME: it does not fire until resumed."))
+schedule_group.add_command(_pausing(False, "Resume window NAME."))
+
+COMMANDS = (schedule_group,)

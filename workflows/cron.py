@@ -1,0 +1,151 @@
+"""Calendar rules of maintenance windows, as pure functions: cron expressions, durations, time zones.
+
+Standard five-field cron (minute hour day-of-month month day-of-week) in the window's own IANA zone; the
+restricted day fields are OR-ed as cron does. ``next_firing`` and ``cron_can_fire`` answer what an operator
+asks of a schedule before it fires; ``utc_minutes`` is what redbeat (which knows only UTC) is given.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypedDict
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from celery.schedules import crontab_parser
+
+from workers.errors import BadInput
+
+__all__ = [
+    "MAX_DURATION",
+    "WINDOW_NAME",
+    "Cron",
+    "cron_can_fire",
+    "cron_matches",
+    "next_firing",
+    "parse_cron",
+    "parse_duration",
+    "utc_minutes",
+    "zone",
+]
+
+WINDOW_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_UNITS = {"h": 3600, "m": 60, "s": 1, "d": 86400}
+
+
+def parse_duration(text: Any, name: str) -> int:
+    """Parse ``2h``, ``30m``, ``1h30m``, ``90s`` or plain seconds into seconds."""
+    if text is None:
+        raise BadInput(f"{name} is missing; give it like 2h, 30m, 1h30m or 90s (--{name})", name)
+    raw = str(text).strip().lower()
+    if raw.isascii() and raw.isdigit():
+        return int(raw)
+    parts = re.fullmatch(r"((\d+)d)?((\d+)h)?((\d+)m)?((\d+)s)?", raw)
+    if not raw or parts is None:
+        raise BadInput(f"{name} must look like 2h, 30m, 1h30m or 90s, not {text!r}", name)
+    return sum(
+        int(parts.group(i)) * _UNITS[u] for i, u in ((2, "d"), (4, "h"), (6, "m"), (8, "s")) if parts.group(i)
+    )
+
+
+class Cron(TypedDict):
+    """A parsed five-field cron: the values each field allows, and whether the day fields were ``*``."""
+
+    minute: set[int]
+    hour: set[int]
+    dom: set[int]
+    month: set[int]
+    dow: set[int]
+    dom_any: bool
+    dow_any: bool
+
+
+def parse_cron(expr: Any) -> Cron:
+    """Parse a five-field cron expression (minute hour day-of-month month day-of-week) or refuse it."""
+    fields = str(expr).split()
+    if len(fields) != 5:
+        raise BadInput(
+            f"cron needs 5 fields (minute hour day month weekday), e.g. '0 3 * * SUN'; got {expr!r}", "cron"
+        )
+    limits = [(60, 0), (24, 0), (31, 1), (12, 1), (7, 0)]
+    names = ["minute", "hour", "day of month", "month", "day of week"]
+    sets = []
+    for field, (size, low), label in zip(fields, limits, names, strict=True):
+        try:
+            sets.append(set(crontab_parser(size, low).parse(field)))
+        except ValueError as exc:
+            raise BadInput(f"cron {label} field {field!r} is invalid: {exc}", "cron") from exc
+    return {
+        "minute": sets[0],
+        "hour": sets[1],
+        "dom": sets[2],
+        "month": sets[3],
+        "dow": sets[4],
+        "dom_any": fields[2] == "*",
+        "dow_any": fields[4] == "*",
+    }
+
+
+# The longest a month can be, leap years included: a cron day the month never has never fires.
+_MONTH_DAYS = {1: 31, 2: 29, 3: 31, 4: 30, 5: 31, 6: 30, 7: 31, 8: 31, 9: 30, 10: 31, 11: 30, 12: 31}
+# A window open longer than a week is a mistake (its next firing would start while it is still open).
+MAX_DURATION = 7 * 86400
+
+
+def cron_can_fire(cron: Cron) -> bool:
+    """Tell whether a parsed cron ever matches a real date (``0 0 31 2 *`` never does)."""
+    if not cron["dow_any"]:
+        return True  # a weekday comes every week, and with a day of month too, cron takes either
+    return any(d <= _MONTH_DAYS[m] for m in cron["month"] for d in cron["dom"])
+
+
+def cron_matches(cron: Cron, local: datetime) -> bool:
+    """Tell whether a local time falls on the cron (standard cron: restricted day fields are OR-ed)."""
+    if (
+        local.minute not in cron["minute"]
+        or local.hour not in cron["hour"]
+        or local.month not in cron["month"]
+    ):
+        return False
+    dom_ok = local.day in cron["dom"]
+    dow_ok = (local.isoweekday() % 7) in cron["dow"]
+    if cron["dom_any"] or cron["dow_any"]:
+        return dom_ok and dow_ok
+    return dom_ok or dow_ok
+
+
+def next_firing(cron: Cron, tz: ZoneInfo, after: datetime) -> datetime | None:
+    """Return the first local minute after ``after`` on which the cron fires, or None within 5 years."""
+    local = after.astimezone(tz)
+    hours, minutes = sorted(cron["hour"]), sorted(cron["minute"])
+    for offset in range(5 * 366):  # 29 February needs up to four years
+        day = local.date() + timedelta(days=offset)
+        # The day fields decide; the first hour and minute of the cron only make the probe a match.
+        if not cron_matches(cron, datetime(day.year, day.month, day.day, hours[0], minutes[0], tzinfo=tz)):
+            continue
+        for hour in hours:
+            for minute in minutes:
+                candidate = datetime(day.year, day.month, day.day, hour, minute, tzinfo=tz)
+                if candidate > local:
+                    return candidate
+    return None
+
+
+def zone(name: Any) -> ZoneInfo:
+    """Return the named IANA time zone or refuse it."""
+    try:
+        return ZoneInfo(str(name))
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise BadInput(
+            f"unknown time zone {name!r}; use an IANA name such as Europe/Berlin or UTC", "tz"
+        ) from exc
+
+
+def utc_minutes(minutes: set[int], tz: ZoneInfo, start: datetime | None = None) -> list[int]:
+    """Return the UTC minutes at which a local minute of ``tz`` can fall, over every offset in two years."""
+    start = start or datetime.now(UTC)
+    offsets = {
+        int((start + timedelta(days=d)).astimezone(tz).utcoffset().total_seconds() // 60) % 60  # type: ignore[union-attr]
+        for d in range(0, 731, 7)
+    }
+    return sorted({(m - off) % 60 for m in minutes for off in offsets})

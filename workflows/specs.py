@@ -1,0 +1,192 @@
+"""The input models of fleet jobs and maintenance windows: one definition of each field's rules.
+
+Every entry point builds these (the CLI before it sends, the Python API, the ``hcloud_flow.fleet_*`` tasks
+that ``send_task`` and Flower reach, the window store, the HTTP API's request bodies), so a field is checked
+one way everywhere. The rules themselves stay the named functions they were (``parse_amount``,
+``check_selector``, ``check_params``, ``parse_duration``, ``parse_cron``): each model field runs its rule
+*before* pydantic's own type check, so a refusal is a ``BadInput`` in our words; the field types give the
+JSON schema (``FleetSpec.model_json_schema()``) for callers in other languages.
+
+Checks that need the API (do the servers exist, is the image there) come after, in ``FleetRunner.plan``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from workers.client import is_id
+from workers.errors import BadInput
+from workers.labels import check_selector
+
+from .cron import MAX_DURATION, WINDOW_NAME, cron_can_fire, parse_cron, parse_duration, zone
+from .fleet_plan import parse_amount
+from .validate import check_params, workflow_named
+
+__all__ = ["FleetSpec", "WindowSpec", "checked"]
+
+_MAX_SERVERS = 10_000  # one job; a bigger list is a mistake (a fleet of more is several jobs)
+
+
+def checked(model: type[BaseModel], data: Any) -> Any:
+    """Build ``model`` from ``data`` or refuse with a BadInput naming the field (nothing is changed)."""
+    if not isinstance(data, dict):
+        raise BadInput(f"expected an object of {model.__name__} fields, not {type(data).__name__}")
+
+    noun = getattr(model, "noun", model.__name__)
+    unknown = sorted(map(str, set(data) - set(model.model_fields)))
+    if unknown:
+        known = ", ".join(model.model_fields)
+        raise BadInput(f"unknown {noun}s {', '.join(unknown)} (known: {known})", unknown[0])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(p) for p in error["loc"]) or model.__name__
+        if error["type"] == "missing":
+            about = model.model_fields[field].description if field in model.model_fields else None
+            raise BadInput(f"{field} is missing" + (f"; {about}" if about else ""), field) from None
+        raise BadInput(f"{field}: {error['msg']}", field) from None
+
+
+class FleetSpec(BaseModel):
+    """What a fleet job runs, on which servers, and how carefully."""
+
+    model_config = ConfigDict(extra="forbid")
+    noun: ClassVar[str] = "fleet option"
+
+    workflow: str = Field(description="workflow name (hcloud-flow workflows)")
+    selector: str | None = Field(None, description="label selector, e.g. 'env=staging,role in (web,api)'")
+    servers: list[int | str] | None = Field(None, description="server ids or names (instead of a selector)")
+    params: dict[str, Any] = Field(default_factory=dict, description="the workflow's parameters")
+    max_concurrency: str = Field("1", description="servers in flight at most: N or P% (of the fleet)")
+    max_errors: str = Field("0", description="stop starting servers past this many errors: N or P%")
+    canary: int = Field(0, ge=0, description="the first N servers must all succeed before any other starts")
+
+    @field_validator("workflow", mode="before")
+    @classmethod
+    def _workflow(cls, value: Any) -> str:
+        return workflow_named(value).name
+
+    @field_validator("selector", mode="before")
+    @classmethod
+    def _selector(cls, value: Any) -> Any:
+        return None if value is None else check_selector(value)
+
+    @field_validator("servers", mode="before")
+    @classmethod
+    def _servers(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, str):  # "1,2,srv-7", as the CLI and a form send it
+            value = [int(s) if is_id(s) else s for s in (p.strip() for p in value.split(",")) if s]
+        if not isinstance(value, list) or not value:
+            raise BadInput("servers must be a non-empty list of server ids or names", "servers")
+        if len(value) > _MAX_SERVERS:
+            raise BadInput(f"servers: at most {_MAX_SERVERS} in one job, not {len(value)}", "servers")
+        for ref in value:
+            if isinstance(ref, bool) or not isinstance(ref, int | str) or not str(ref).strip():
+                raise BadInput(f"servers holds {ref!r}; give each server as an id or a name", "servers")
+            if isinstance(ref, int) and ref <= 0:
+                raise BadInput(f"servers holds {ref}; server ids are positive", "servers")
+        return value
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _params(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise BadInput("params must be an object of parameter names to values", "params")
+        return value
+
+    @field_validator("max_concurrency", mode="before")
+    @classmethod
+    def _concurrency(cls, value: Any) -> str:
+        return str(parse_amount(value, "max_concurrency", minimum=1))
+
+    @field_validator("max_errors", mode="before")
+    @classmethod
+    def _errors(cls, value: Any) -> str:
+        return str(parse_amount(value, "max_errors", minimum=0))
+
+    @field_validator("canary", mode="before")
+    @classmethod
+    def _canary(cls, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise BadInput(f"canary must be a whole number >= 0, not {value!r}", "canary")
+        return value
+
+    @model_validator(mode="after")
+    def _whole(self) -> FleetSpec:
+        if (self.selector is None) == (self.servers is None):
+            raise BadInput("give exactly one of selector or servers", "selector")
+        # The workflow's own parameter model (from its table); defaults filled in, unset ones dropped.
+        clean = check_params(workflow_named(self.workflow), self.params)
+        self.params = {k: v for k, v in clean.items() if v is not None}
+        return self
+
+
+class WindowSpec(FleetSpec):
+    """A maintenance window: a fleet job started by a cron schedule, open for a while."""
+
+    noun: ClassVar[str] = "window field"
+
+    name: str = Field(
+        description="1-63 lowercase letters, digits, '-', '_' or '.'", pattern=WINDOW_NAME.pattern
+    )
+    cron: str = Field(description="a five-field cron in the window's time zone, e.g. '0 3 * * SUN'")
+    tz: str = Field("UTC", description="IANA time zone of the cron")
+    duration: int = Field(description="how long the window stays open, e.g. 2h, 30m, 1h30m or 90s", gt=0)
+    cutoff: int = Field(0, ge=0, description="no new server starts this long before the end (seconds)")
+    paused: bool = False
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, value: Any) -> str:
+        if not isinstance(value, str) or not WINDOW_NAME.match(value):
+            raise BadInput("window names are 1-63 lowercase letters, digits, '-', '_' or '.'", "name")
+        return value
+
+    @field_validator("cron", mode="before")
+    @classmethod
+    def _cron(cls, value: Any) -> str:
+        if value is None:
+            raise BadInput("cron is missing; give it like --cron '0 3 * * SUN'", "cron")
+        if not cron_can_fire(parse_cron(value)):
+            raise BadInput(f"cron {value!r} never fires: no month has that day", "cron")
+        return str(value)
+
+    @field_validator("tz", mode="before")
+    @classmethod
+    def _tz(cls, value: Any) -> str:
+        return str(zone(value))
+
+    @field_validator("duration", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> int:
+        seconds = parse_duration(value, "duration")
+        if seconds > MAX_DURATION:
+            raise BadInput(f"duration is at most 7d, not {value!r}", "duration")
+        if seconds <= 0:
+            raise BadInput("duration must be longer than 0", "duration")
+        return seconds
+
+    @field_validator("cutoff", mode="before")
+    @classmethod
+    def _cutoff(cls, value: Any) -> int:
+        return parse_duration(value, "cutoff")
+
+    @field_validator("paused", mode="before")
+    @classmethod
+    def _paused(cls, value: Any) -> bool:
+        return bool(value)
+
+    @model_validator(mode="after")
+    def _open_long_enough(self) -> WindowSpec:
+        if self.cutoff >= self.duration:
+            raise BadInput(
+                f"cutoff ({self.cutoff} s) must be shorter than the duration ({self.duration} s)", "cutoff"
+            )
+        return self
