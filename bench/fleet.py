@@ -19,7 +19,8 @@ from typing import Any
 
 from harness import FakeCloudProcess, emit
 
-from tests.support import RedisServer, Worker, client_app, drain, worker_env
+from tests.support.cloud import drain
+from tests.support.processes import RedisServer, Worker, client_app, worker_env
 
 TOKEN = "bench-token-fleet"
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from harness import FakeCloudProcess, emit, median, percentile
 
-from tests.support import RedisServer, Worker, client_app, worker_env
+from tests.support.processes import RedisServer, Worker, client_app, worker_env
 
 TOKEN = "bench-token-polling"
 # fakecloud's own default durations (fakecloud/transitions.py).

@@ -21,7 +21,7 @@ from typing import Any
 
 from harness import ROOT, table
 
-from tests.support import server_binary
+from tests.support.processes import server_binary
 
 HERE = Path(__file__).resolve().parent
 

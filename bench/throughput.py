@@ -19,7 +19,7 @@ from typing import Any
 
 from harness import ROOT, FakeCloudProcess, emit
 
-from tests.support import RedisServer, Worker, client_app, worker_env
+from tests.support.processes import RedisServer, Worker, client_app, worker_env
 
 TOKEN = "bench-token-throughput"
 ZERO = "poweron=0,poweroff=0,reboot=0,reset=0,shutdown=0,reset_password=0,enable_rescue=0,disable_rescue=0"

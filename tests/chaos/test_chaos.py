@@ -22,20 +22,11 @@ from workflows.api import Jobs
 from workflows.fleet import JobStore
 
 from ..conftest import start_cloud
-from ..support import (
-    TOKEN,
-    Api,
-    Control,
-    RedisServer,
-    Worker,
-    client_app,
-    leaks,
-    redis_blobs,
-    wait_until,
-    worker_env,
-)
+from ..support.audit import leaks, redis_blobs
+from ..support.cloud import TOKEN, Api, Control
+from ..support.processes import RedisServer, Worker, client_app, wait_until, worker_env
 
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.chaos, pytest.mark.long, pytest.mark.timeout(300)]
 # Short timeouts so a killed process's claims and monitor lock lapse within seconds (production: 40 s).
 CHAOS_ENV = {
     "HCLOUD_FLOW_RATE_REFILL": "20",

@@ -33,10 +33,11 @@ from workflows.api import Jobs
 from workflows.fleet import JobStore
 
 from ..conftest import start_cloud
-from ..support import Api, Control, RedisServer, Worker, client_app, drain, wait_until, worker_env
+from ..support.cloud import Api, Control, drain
+from ..support.processes import RedisServer, Worker, client_app, wait_until, worker_env
 from .test_chaos import fleet_ids, received_twice, report
 
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.chaos, pytest.mark.long, pytest.mark.timeout(300)]
 
 KEY = generate_key()  # sealed passwords tell an answer read from one lost (LOST_NOTICE)
 REBUILD_COMMANDS = ("shutdown", "create_image", "rebuild")

@@ -10,7 +10,8 @@ import pytest
 from celery import Celery
 
 from ..conftest import start_cloud
-from ..support import Control, RedisServer, Worker, client_app, worker_env
+from ..support.cloud import Control
+from ..support.processes import RedisServer, Worker, client_app, worker_env
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from redbeat.schedulers import acquire_distributed_beat_lock
 
 from workflows.beat import HEARTBEAT_KEY, OUTAGE_RETRY, Scheduler, beat_seen
 
-from ..support import RedisServer
+from ..support.processes import RedisServer
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from ..conftest import start_cloud
-from ..support import ROOT, Api, Control, RedisServer, Worker, run_cli, worker_env
+from ..support.cloud import Api, Control
+from ..support.processes import ROOT, RedisServer, Worker, run_cli, worker_env
 
 pytestmark = pytest.mark.integration
 

@@ -39,7 +39,8 @@ import redis
 import requests
 import yaml
 
-from ..support import ROOT, Api, free_port, wait_until
+from ..support.cloud import Api
+from ..support.processes import ROOT, free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -405,7 +406,7 @@ def test_dockerignore_keeps_caches_secrets_and_history_out() -> None:
         "hcloud_flow.egg-info/PKG-INFO",
         "build/lib/x.py",
         ".venv/bin/python",
-        "tests/support.py",
+        "tests/support/processes.py",
         ".coverage",
     ):
         assert dockerignored(path), f"{path} would be sent to the image build"

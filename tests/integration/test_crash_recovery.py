@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 from celery import Celery, chain, signature
 
-from ..support import Api, Control, RedisServer, Worker, wait_until, worker_env
+from ..support.cloud import Api, Control
+from ..support.processes import RedisServer, Worker, wait_until, worker_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 
 @pytest.fixture(scope="module")

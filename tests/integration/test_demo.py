@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 
-from ..support import ROOT
+from ..support.processes import ROOT
 
 
 def test_demo_runs_alone_and_every_run_ends_as_the_scenario_says() -> None:

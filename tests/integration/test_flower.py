@@ -15,7 +15,9 @@ from workers.run_store import RunStore
 from workflows.api import Runs
 
 from ..conftest import start_cloud
-from ..support import TOKEN, Api, Control, Flower, RedisServer, Worker, leaks, wait_until, worker_env
+from ..support.audit import leaks
+from ..support.cloud import TOKEN, Api, Control
+from ..support.processes import Flower, RedisServer, Worker, wait_until, worker_env
 
 pytestmark = pytest.mark.integration
 AUTH = ("ops", "flower-test-pw")

@@ -21,7 +21,8 @@ from workflows.api import Jobs, Runs
 from workflows.fleet import JobStore
 
 from ..conftest import start_cloud
-from ..support import Api, Control, Flower, RedisServer, Worker, client_app, run_cli, worker_env
+from ..support.cloud import Api, Control
+from ..support.processes import Flower, RedisServer, Worker, client_app, run_cli, worker_env
 
 pytestmark = pytest.mark.integration
 AUTH = ("ops", "hostile-test-pw")

@@ -19,7 +19,8 @@ from workers.run_store import RunStore
 from workflows.api import Runs
 from workflows.validate import check_params, gather_facts, workflow_named
 
-from ..support import TOKEN, Api, Control, RedisServer, Worker, run_cli
+from ..support.cloud import TOKEN, Api, Control
+from ..support.processes import RedisServer, Worker, run_cli
 
 pytestmark = pytest.mark.integration
 IMAGE = "debian-12"  # a current system image with an x86 and an arm build

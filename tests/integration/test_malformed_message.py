@@ -26,7 +26,8 @@ from workers import broker_transport
 from workers.broker_transport import DEADLETTER_KEY
 
 from ..conftest import start_cloud
-from ..support import Api, Control, RedisServer, Worker, client_app, wait_until, worker_env
+from ..support.cloud import Api, Control
+from ..support.processes import RedisServer, Worker, client_app, wait_until, worker_env
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,8 @@ import pytest
 from celery import Celery, chain, signature
 
 from ..conftest import start_cloud
-from ..support import Api, Control, RedisServer, Worker, drain, worker_env
+from ..support.cloud import Api, Control, drain
+from ..support.processes import RedisServer, Worker, worker_env
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,8 @@ from celery import Celery
 from workers.errors import SecretError
 from workers.sealing import generate_key, open_sealed
 
-from ..support import Api, Control, RedisServer, Worker, worker_env
+from ..support.cloud import Api, Control
+from ..support.processes import RedisServer, Worker, worker_env
 
 pytestmark = pytest.mark.integration
 KEY = generate_key()

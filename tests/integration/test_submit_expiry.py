@@ -18,7 +18,8 @@ from workers.run_store import RunStore
 from workflows.api import Runs
 
 from ..conftest import start_cloud
-from ..support import Api, Control, RedisServer, Worker, client_app, worker_env
+from ..support.cloud import Api, Control
+from ..support.processes import RedisServer, Worker, client_app, worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -43,9 +44,9 @@ def test_a_submission_nobody_took_in_time_never_runs(cloud: Any, tmp_path: Path,
         with pytest.raises(HcloudFlowError) as info:
             runs.submit("power-off", server=first, timeout=1.0)
         assert "expired and will not run" in str(info.value) and "nothing was started" in str(info.value)
-        # The message is still on the queue when a worker comes (purge=False: nothing is cleaned for it).
+        # The message is still on the queue when a worker comes.
         assert redis_server.client().llen("hcloud_flow") == 1
-        worker = Worker("expiry", worker_env(redis_server.url, cloud.base_url), logdir, purge=False)
+        worker = Worker("expiry", worker_env(redis_server.url, cloud.base_url), logdir)
         run_id = runs.submit("power-off", server=second, timeout=30)  # the worker serves the queue ...
         assert runs.wait(run_id, timeout=60)["state"] == "succeeded"
         # ... and dropped the stale submission instead of powering the first server off.

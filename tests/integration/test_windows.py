@@ -16,9 +16,10 @@ from celery import Celery
 from workflows.fleet import JobStore
 
 from ..conftest import start_cloud
-from ..support import ROOT, Api, Control, RedisServer, Worker, run_cli, wait_until, worker_env
+from ..support.cloud import Api, Control
+from ..support.processes import ROOT, RedisServer, Worker, run_cli, wait_until, worker_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 
 @pytest.fixture(scope="module")

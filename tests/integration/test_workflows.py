@@ -14,7 +14,8 @@ from workers.run_store import RunStore
 from workflows.api import Runs
 
 from ..conftest import start_cloud
-from ..support import Api, Control, RedisServer, Worker, wait_until, worker_env
+from ..support.cloud import Api, Control
+from ..support.processes import RedisServer, Worker, wait_until, worker_env
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from workers.ledger import Ledger
 from workers.monitor import Monitor
 from workers.waits import WaitStore
 
-from ..support import RedisServer
+from ..support.processes import RedisServer
 
 
 class Clock:

@@ -15,7 +15,7 @@ from workers.monitor import Monitor
 from workers.wait_state import Phase, Wait
 from workers.waits import WaitStore
 
-from ..support import RedisServer
+from ..support.processes import RedisServer
 
 
 class Clock:

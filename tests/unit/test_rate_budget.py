@@ -7,7 +7,7 @@ import pytest
 from workers.errors import RateBudgetExhausted
 from workers.rate_budget import RateBudget, bucket_key
 
-from ..support import RedisServer
+from ..support.processes import RedisServer
 
 
 class Clock:

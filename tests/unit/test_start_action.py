@@ -21,7 +21,7 @@ from workers.retry_policy import RetryPolicy
 from workers.server_actions import ACTIONS
 from workers.waits import WaitStore
 
-from ..support import RedisServer
+from ..support.processes import RedisServer
 from .scripted_api import BASE, Crash, ScriptedAPI
 
 SERVER = 42

@@ -1,6 +1,7 @@
-"""Real processes for tests: a private redis-server and celery workers, each on its own port and log.
+"""Real processes for tests: private redis-servers, celery workers, Flower, and the CLI as a user runs it.
 
-Tests start their own Redis on a free port and may flush it; they never touch a Redis they did not start.
+Tests start their own Redis on a free port (one per test module, or per test where a test kills things) and
+may flush it; they never touch a Redis they did not start.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from typing import Any
 import redis
 import requests
 
-ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "test-token-5f2c9a"
+from .cloud import TOKEN
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -116,32 +118,6 @@ class RedisServer:
         return redis.Redis(port=self.port)
 
 
-def purge_queue(redis_url: str) -> None:
-    """Drop step messages and parked waits another test module left behind (a stopping worker puts some back).
-
-    Test modules share one Redis and one queue, and server ids repeat across their fakeclouds: a stale step
-    would otherwise act on the next module's servers. Run records and ledgers stay for the secrets audit.
-    """
-    client = redis.Redis.from_url(redis_url)
-    # Parked waits too (their action ids would name other actions in this module's fakecloud), and server
-    # locks and queues of runs whose chains this cuts off (the same server ids exist in every fakecloud).
-    patterns = (
-        "hcloud_flow*",
-        "unacked*",
-        "hf:waits",
-        "hf:wait:*",
-        "hf:monitor:lock",
-        "hf:lock:server:*",
-        "hf:queue:server:*",
-        # Learned durations and the rate bucket describe the other module's fakecloud (speed, budget).
-        "hf:durations",
-        "hf:rate:*",
-    )
-    stale = [k for pattern in patterns for k in client.scan_iter(match=pattern)]
-    if stale:
-        client.delete(*stale)
-
-
 class Worker:
     """A real ``celery worker`` process of hcloud-flow, configured through its environment."""
 
@@ -153,7 +129,6 @@ class Worker:
         *,
         concurrency: int = 4,
         app: str = "workers.app",
-        purge: bool = True,
     ) -> None:
         self.name = name
         self.app = app
@@ -161,8 +136,6 @@ class Worker:
         self.log = logdir / f"worker-{name}.log"
         self.concurrency = concurrency
         self.proc: subprocess.Popen[bytes] | None = None
-        if purge:
-            purge_queue(env["HCLOUD_FLOW_REDIS_URL"])
         self.start()
 
     def start(self) -> None:
@@ -235,67 +208,6 @@ def worker_env(redis_url: str, api_url: str, **extra: str) -> dict[str, str]:
     return env
 
 
-class Control:
-    """fakecloud's test controls (outside /v1) over HTTP."""
-
-    def __init__(self, control_url: str) -> None:
-        self.url = control_url.rstrip("/")
-        self.http = requests.Session()
-
-    def get(self, path: str, **params: Any) -> Any:
-        r = self.http.get(self.url + path, params=params, timeout=10)
-        r.raise_for_status()
-        return r.json()
-
-    def send(self, method: str, path: str, body: Any = None) -> Any:
-        r = self.http.request(method, self.url + path, json=body, timeout=10)
-        r.raise_for_status()
-        return r.json() if r.content else None
-
-    def requests_log(self) -> list[dict[str, Any]]:
-        return list(self.get("/requests", since=0)["requests"])
-
-    def posts(self, server_id: int | None = None, command: str | None = None) -> list[dict[str, Any]]:
-        """Return the successful action POSTs in the request log, optionally of one server and command."""
-        return [
-            r
-            for r in self.requests_log()
-            if r["method"] == "POST"
-            and r["status"] == 201
-            and (server_id is None or r["server_id"] == server_id)
-            and (command is None or r["route"].endswith("/" + command))
-        ]
-
-
-class Api:
-    """A plain requests client of the public API, as a test's own eyes on fakecloud's state."""
-
-    def __init__(self, base_url: str, token: str = TOKEN) -> None:
-        self.url = base_url.rstrip("/")
-        self.http = requests.Session()
-        self.http.headers["Authorization"] = f"Bearer {token}"
-
-    def get(self, path: str, **params: Any) -> Any:
-        r = self.http.get(self.url + path, params=params, timeout=10)
-        r.raise_for_status()
-        return r.json()
-
-    def post(self, path: str, body: Any = None) -> requests.Response:
-        return self.http.post(self.url + path, json=body, timeout=10)
-
-    def server(self, server_id: int) -> dict[str, Any]:
-        return dict(self.get(f"/servers/{server_id}")["server"])
-
-    def server_ids(self) -> list[int]:
-        ids: list[int] = []
-        page: int | None = 1
-        while page:
-            body = self.get("/servers", page=page, per_page=50)
-            ids += [s["id"] for s in body["servers"]]
-            page = body["meta"]["pagination"]["next_page"]
-        return ids
-
-
 class Flower:
     """A real Flower process on a free port, with basic auth, reading hcloud-flow's broker."""
 
@@ -352,42 +264,6 @@ class Flower:
         self.log.close()
 
 
-def redis_blobs(client: redis.Redis) -> list[bytes]:
-    """Return every key and every value in every database of a Redis server (for the secrets audit)."""
-    out: list[bytes] = []
-    for db in range(16):
-        client.execute_command("SELECT", db)
-        for key in client.scan_iter(count=1000):
-            out.append(key)
-            kind = client.type(key).decode()
-            if kind == "string":
-                out.append(client.get(key) or b"")
-            elif kind == "hash":
-                out += [b for kv in client.hgetall(key).items() for b in kv]
-            elif kind == "list":
-                out += client.lrange(key, 0, -1)
-            elif kind == "set":
-                out += list(client.smembers(key))
-            elif kind == "zset":
-                out += [m for m, _ in client.zrange(key, 0, -1, withscores=True)]
-    client.execute_command("SELECT", 0)
-    return out
-
-
-def leaks(secrets: set[bytes], blobs: dict[str, list[bytes]]) -> list[tuple[str, str]]:
-    """Return (secret prefix, where) for every secret found in plaintext in the named blobs."""
-    return sorted(
-        {
-            (s[:4].decode(errors="replace") + "...", where)
-            for s in secrets
-            if s
-            for where, items in blobs.items()
-            for blob in items
-            if s in blob
-        }
-    )
-
-
 def run_cli(
     *args: str, redis_url: str | None = None, env: dict[str, str] | None = None, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
@@ -405,26 +281,6 @@ def run_cli(
         text=True,
         timeout=timeout,
     )
-
-
-def drain(base_url: str, leave: int, token: str = TOKEN) -> int:
-    """Spend the project's budget down to about ``leave`` requests, as another tool on the project would;
-    return what the API says is left."""
-    import concurrent.futures as cf
-
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {token}"
-
-    def remaining() -> int:
-        return int(session.get(base_url + "/servers/0", timeout=10).headers["RateLimit-Remaining"])
-
-    left = remaining()
-    with cf.ThreadPoolExecutor(8) as pool:
-        while left > leave + 60:
-            left = min(pool.map(lambda _: remaining(), range(min(400, left - leave))))
-    while left > leave:
-        left = remaining()
-    return left
 
 
 def client_app(redis_url: str) -> Any:
