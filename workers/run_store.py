@@ -32,8 +32,9 @@ FINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "complete
 ACTIVE: frozenset[str] = frozenset({"queued", "running", "cancelling"})
 
 
-# Top-level run fields kept as JSON: the error, the power restore after a failure, the state left behind.
-_JSON_FIELDS = ("error", "restore", "left", "notified")
+# Top-level run fields kept as JSON: the error, the power restore after a failure, the state left behind,
+# who cancelled it.
+_JSON_FIELDS = ("error", "restore", "left", "notified", "cancelled_by")
 
 
 def has_ended(record: dict[str, Any]) -> bool:

@@ -160,9 +160,9 @@ class Runs:
         run.pop("chain", None)
         return run
 
-    def cancel(self, run_id: str) -> dict[str, Any]:
-        """Cancel a run before its next step."""
-        return cancel_run(self.store, run_id)
+    def cancel(self, run_id: str, *, by: str | None = None) -> dict[str, Any]:
+        """Cancel a run before its next step; ``by`` (default: this process's user@host) is recorded."""
+        return cancel_run(self.store, run_id, by or default_submitter())
 
     def servers(self, selector: str | None = None, *, timeout: float = 60.0) -> list[dict[str, Any]]:
         """Return the project's servers (or those the label selector picks), each with the run holding it."""
@@ -217,17 +217,26 @@ class Jobs:
     def _call(self, name: str, timeout: float, **kwargs: Any) -> dict[str, Any]:
         return call_worker(self.app, self.store.redis, name, kwargs, timeout)
 
-    def start(self, workflow: str, *, timeout: float = 120.0, **options: Any) -> dict[str, Any]:
-        """Validate and start a fleet job; return its record (``id``, servers, limits, state)."""
-        return self._call("hcloud_flow.fleet_start", timeout, workflow=workflow, **options)
+    def start(
+        self, workflow: str, *, timeout: float = 120.0, submitted_by: str | None = None, **options: Any
+    ) -> dict[str, Any]:
+        """Validate and start a fleet job; return its record (``id``, servers, limits, state).
+
+        ``submitted_by`` (default: this process's user@host) is recorded with the job and its runs.
+        """
+        by = submitted_by or default_submitter()
+        return self._call("hcloud_flow.fleet_start", timeout, workflow=workflow, submitted_by=by, **options)
 
     def plan(self, workflow: str, *, timeout: float = 120.0, **options: Any) -> dict[str, Any]:
         """Return the dry-run plan of a fleet job; nothing starts."""
         return self._call("hcloud_flow.fleet_plan", timeout, workflow=workflow, **options)
 
-    def control(self, job_id: str, verb: str, *, timeout: float = 60.0) -> dict[str, Any]:
-        """Pause, resume or cancel a job."""
-        return self._call("hcloud_flow.fleet_control", timeout, job_id=job_id, verb=verb)
+    def control(
+        self, job_id: str, verb: str, *, timeout: float = 60.0, by: str | None = None
+    ) -> dict[str, Any]:
+        """Pause, resume or cancel a job; ``by`` (default: this process's user@host) is recorded."""
+        by = by or default_submitter()
+        return self._call("hcloud_flow.fleet_control", timeout, job_id=job_id, verb=verb, by=by)
 
     def status(self, job_id: str) -> dict[str, Any]:
         job = self.store.get(job_id)

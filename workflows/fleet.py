@@ -27,7 +27,7 @@ from workers.run_store import FINAL
 
 from .fleet_plan import Decision, decide, parse_amount
 from .specs import FleetSpec, checked
-from .validate import Lookups, find_server, gather_facts, workflow_named
+from .validate import Lookups, check_submitter, find_server, gather_facts, workflow_named
 
 __all__ = ["FleetRunner", "JobStore", "resolve_targets"]
 
@@ -117,6 +117,7 @@ class JobStore:
         job["reason"] = raw.get("reason")
         job["finished"] = float(raw["finished"]) if raw.get("finished") else None
         job["outcomes"] = {int(k[4:]): json.loads(v) for k, v in raw.items() if k.startswith("srv:")}
+        job["controls"] = [json.loads(raw[k]) for k in sorted(raw) if k.startswith("ctl:")]
         counts: dict[str, int] = {}
         for entry in job["outcomes"].values():
             counts[entry["outcome"]] = counts.get(entry["outcome"], 0) + 1
@@ -139,6 +140,11 @@ class JobStore:
             self.redis.expire(self.key(job_id), self.retention)
         self.redis.hset(self.key(job_id), mapping=mapping)
 
+    def note_control(self, job_id: str, verb: str, by: str | None) -> None:
+        """Record who paused, resumed or cancelled a job, and when (fields ``ctl:<time>``, in order)."""
+        at = self.clock()
+        self.redis.hset(self.key(job_id), f"ctl:{at:017.6f}", json.dumps({"verb": verb, "by": by, "at": at}))
+
     def list(self, limit: int = 50) -> list[dict[str, Any]]:
         ids = texts(self.redis.zrevrange(f"{self.prefix}:jobs", 0, limit - 1))
         return [j for j in (self.get(i) for i in ids) if j is not None]
@@ -158,7 +164,7 @@ class FleetRunner:
         store: JobStore,
         client: HcloudClient,
         submit: Callable[..., dict[str, Any]],
-        cancel_run: Callable[[str], Any],
+        cancel_run: Callable[[str, str | None], Any],
         kick: Callable[[str, float], Any] | None = None,
         run_store: Any = None,
         restart: Callable[[dict[str, Any]], Any] | None = None,
@@ -177,8 +183,15 @@ class FleetRunner:
         # stops the next start (otherwise a job with nothing in flight would have nothing to wake it).
         self.kick = kick
 
-    def start(self, *, window: dict[str, Any] | None = None, **options: Any) -> dict[str, Any]:
-        """Validate a fleet job (``plan``'s keywords), record it with its resolved servers, start its runs."""
+    def start(
+        self, *, window: dict[str, Any] | None = None, submitted_by: str | None = None, **options: Any
+    ) -> dict[str, Any]:
+        """Validate a fleet job (``plan``'s keywords), record it with its resolved servers, start its runs.
+
+        ``submitted_by`` (a user@host, a service, an API key's name, a window) is recorded with the job and
+        with each of its runs.
+        """
+        submitter = check_submitter(submitted_by)
         plan = self.plan(**options)
         job_id = uuid.uuid4().hex[:12]
         meta = {
@@ -193,6 +206,7 @@ class FleetRunner:
             "limits": plan["limits"],
             "created": self.store.clock(),
             "window": window,
+            "submitted_by": submitter,
         }
         self.store.create(meta)
         # The first wave starts now, on the server objects the plan just read: no second listing.
@@ -345,6 +359,7 @@ class FleetRunner:
                 job_id=job["id"],
                 priority="bulk",
                 lookups=lookups,
+                submitted_by=job.get("submitted_by"),
             )
             self.store.set_outcome(
                 job["id"], sid, outcome="running", run_id=answer["run_id"], started=self.store.clock()
@@ -443,29 +458,33 @@ class FleetRunner:
         if d.start or d.state != "running" or d.not_started:
             self.advance(job_id)
 
-    def pause(self, job_id: str) -> dict[str, Any]:
+    def pause(self, job_id: str, by: str | None = None) -> dict[str, Any]:
         job = self._active(job_id, "pause")
         if job["state"] == "paused":
             raise BadInput(f"job {job_id} is already paused", "job_id")
+        self.store.note_control(job_id, "pause", check_submitter(by))
         self.store.set_state(job_id, "paused")
         return {"job_id": job_id, "state": "paused"}
 
-    def resume(self, job_id: str) -> dict[str, Any]:
+    def resume(self, job_id: str, by: str | None = None) -> dict[str, Any]:
         job = self._active(job_id, "resume")
         if job["state"] != "paused":
             raise BadInput(f"job {job_id} is {job['state']}, not paused", "job_id")
+        self.store.note_control(job_id, "resume", check_submitter(by))
         self.store.set_state(job_id, "running")
         self.advance(job_id)
         return {"job_id": job_id, "state": self.store.get(job_id)["state"]}  # type: ignore[index]
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
+    def cancel(self, job_id: str, by: str | None = None) -> dict[str, Any]:
         """Start nothing new and cancel the runs in flight before their next step."""
         job = self._active(job_id, "cancel")
-        self.store.set_state(job_id, "cancelled", "cancelled by request")
+        who = check_submitter(by)
+        self.store.note_control(job_id, "cancel", who)
+        self.store.set_state(job_id, "cancelled", f"cancelled by {who}" if who else "cancelled by request")
         for entry in job["outcomes"].values():
             if entry["outcome"] == "running":
                 with contextlib.suppress(BadInput):  # it ended meanwhile
-                    self.cancel_run(entry["run_id"])
+                    self.cancel_run(entry["run_id"], who)
         for server in job["servers"]:
             if server["id"] not in job["outcomes"]:
                 self.store.set_outcome(job_id, server["id"], outcome="not_started", reason="job cancelled")

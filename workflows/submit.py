@@ -103,16 +103,20 @@ def submit_run(
     return {"run_id": run_id, "state": "queued", "steps": meta["steps"], "warnings": meta["warnings"]}
 
 
-def cancel_run(store: RunStore, run_id: str) -> dict[str, Any]:
-    """Cancel a run: a queued one at once; a running one before its next step (its action is waited out)."""
+def cancel_run(store: RunStore, run_id: str, by: str | None = None) -> dict[str, Any]:
+    """Cancel a run: a queued one at once; a running one before its next step (its action is waited out).
+
+    ``by`` (a user@host, an API key's name, a job) is recorded as the run's ``cancelled_by``.
+    """
     run = store.get(run_id, live=False)
     if run is None:
         raise BadInput(f"no run {run_id!r} (unknown, or older than the retention period)", "run_id")
     if run["state"] in FINAL:
         raise BadInput(f"run {run_id} already ended ({run['state']}); nothing to cancel", "run_id")
+    who = check_submitter(by)
     store.request_cancel(run_id)
     if run["state"] == "queued" and store.unqueue(run["server_id"], run_id):
-        store.set_state(run_id, "cancelled", finished=store.clock())
+        store.set_state(run_id, "cancelled", finished=store.clock(), cancelled_by=who)
         return {"run_id": run_id, "state": "cancelled"}
-    store.set_state(run_id, "cancelling")
+    store.set_state(run_id, "cancelling", cancelled_by=who)
     return {"run_id": run_id, "state": "cancelling"}

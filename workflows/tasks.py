@@ -82,11 +82,11 @@ def submit(
 
 
 @app.task(name="hcloud_flow.cancel", throws=(BadInput,))
-def cancel(run_id: Any = None) -> dict[str, Any]:
-    """Cancel a run before its next step."""
+def cancel(run_id: Any = None, by: Any = None) -> dict[str, Any]:
+    """Cancel a run before its next step; ``by`` (who asked) is recorded with it."""
     if not isinstance(run_id, str):
         raise BadInput("run_id must be a string", "run_id")
-    return cancel_run(run_store(), run_id)
+    return cancel_run(run_store(), run_id, by)
 
 
 @app.task(name="hcloud_flow.status", throws=(BadInput,))
@@ -113,13 +113,15 @@ def images() -> dict[str, Any]:
 
 def _fleet_options(options: dict[str, Any]) -> dict[str, Any]:
     """A caller in another language may send anything: the fleet's model (``FleetSpec``) refuses it."""
+    options.pop("submitted_by", None)  # the request's, not the fleet's: recorded by fleet_start
     return {"workflow": None, **options}
 
 
 @app.task(name="hcloud_flow.fleet_start", throws=(BadInput,), acks_late=False)
-def fleet_start(**options: Any) -> dict[str, Any]:
-    """Validate and start a fleet job; return its record. Options: ``workflows.specs.FleetSpec``'s fields."""
-    return fleet_runner().start(**_fleet_options(options))
+def fleet_start(submitted_by: Any = None, **options: Any) -> dict[str, Any]:
+    """Validate and start a fleet job; return its record. Options: ``workflows.specs.FleetSpec``'s fields;
+    ``submitted_by`` (who asks) is recorded with the job and its runs."""
+    return fleet_runner().start(submitted_by=submitted_by, **_fleet_options(options))
 
 
 @app.task(name="hcloud_flow.fleet_plan", throws=(BadInput,))
@@ -131,13 +133,13 @@ def fleet_plan(**options: Any) -> dict[str, Any]:
 
 
 @app.task(name="hcloud_flow.fleet_control", throws=(BadInput,))
-def fleet_control(job_id: Any = None, verb: Any = None) -> dict[str, Any]:
-    """Pause, resume or cancel a fleet job."""
+def fleet_control(job_id: Any = None, verb: Any = None, by: Any = None) -> dict[str, Any]:
+    """Pause, resume or cancel a fleet job; ``by`` (who asked) is recorded with the job."""
     runner = fleet_runner()
     actions = {"pause": runner.pause, "resume": runner.resume, "cancel": runner.cancel}
     if verb not in actions:
         raise BadInput(f"verb must be one of {', '.join(actions)}", "verb")
-    return actions[verb](job_id)
+    return actions[verb](job_id, by)
 
 
 @app.task(name="hcloud_flow.window_fire", acks_late=False)

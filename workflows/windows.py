@@ -167,6 +167,7 @@ def fire(windows: WindowStore, runner: Any, name: str, now: float) -> dict[str, 
                 max_errors=window["max_errors"],
                 canary=window["canary"],
                 window=limits,
+                submitted_by=f"window {name}",
             )
         except BadInput as exc:
             entry.update(outcome="failed to start", reason=str(exc))

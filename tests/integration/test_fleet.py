@@ -11,13 +11,14 @@ from celery import Celery
 
 from workers.errors import BadInput
 from workers.run_store import RunStore
-from workflows.api import Jobs, Runs
+from workflows.api import Jobs, Runs, default_submitter
 from workflows.fleet import JobStore
 
 from ..conftest import start_cloud
-from ..support import Api, Control, RedisServer, Worker, wait_until, worker_env
+from ..support.cloud import Api, Control
+from ..support.processes import RedisServer, Worker, wait_until, worker_env
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 
 @pytest.fixture(scope="module")
@@ -149,18 +150,26 @@ def test_busy_servers_are_skipped_not_double_booked(
     assert "reset" not in [p["route"].rsplit("/", 1)[-1] for p in control.posts(ids[2])]
 
 
-def test_pause_resume_and_cancel(jobs: Jobs, control: Control, pool: Iterator[int]) -> None:
+def test_pause_resume_and_cancel(jobs: Jobs, runs: Runs, control: Control, pool: Iterator[int]) -> None:
     ids = take(pool, 6)
-    job = jobs.start("reset", servers=ids, max_concurrency="1", max_errors="0")
-    assert jobs.control(job["id"], "pause")["state"] == "paused"
+    job = jobs.start("reset", servers=ids, max_concurrency="1", max_errors="0", submitted_by="ci-bot")
+    assert job["submitted_by"] == "ci-bot"
+    assert jobs.control(job["id"], "pause", by="alice@ops")["state"] == "paused"
     wait_until(lambda: jobs.status(job["id"])["counts"].get("running", 0) == 0, 30, "the first run to end")
     started = [sid for sid in ids if control.posts(sid)]
     assert started == ids[:1], "nothing new started while paused"
     assert jobs.control(job["id"], "resume")["state"] == "running"
     wait_until(lambda: len([s for s in ids if control.posts(s)]) >= 2, 30, "the job to go on")
-    assert jobs.control(job["id"], "cancel")["state"] == "cancelled"
+    assert jobs.control(job["id"], "cancel", by="bob@ops")["state"] == "cancelled"
     done = jobs.wait(job["id"], timeout=30, poll=0.3)
-    assert done["state"] == "cancelled"
+    assert done["state"] == "cancelled" and done["reason"] == "cancelled by bob@ops"
+    # Who did what, in order; the job's runs carry its submitter, and the one in flight its canceller.
+    assert [(c["verb"], c["by"]) for c in done["controls"]] == [
+        ("pause", "alice@ops"), ("resume", default_submitter()), ("cancel", "bob@ops")
+    ]  # fmt: skip
+    records = [runs.status(e["run_id"]) for e in done["outcomes"].values() if e.get("run_id")]
+    assert records and all(r["submitted_by"] == "ci-bot" for r in records)
+    assert all(r["cancelled_by"] == "bob@ops" for r in records if r["state"] == "cancelled")
     wait_until(lambda: jobs.status(job["id"])["counts"].get("running", 0) == 0, 30, "in-flight runs to end")
     assert len([s for s in ids if control.posts(s)]) <= 3
     with pytest.raises(BadInput, match="already ended"):

@@ -7,7 +7,7 @@ from typing import Any
 from workers.errors import BadInput, RateBudgetExhausted, ServerBusy
 from workflows.fleet import FleetRunner, JobStore
 
-from ..support import RedisServer
+from ..support.processes import RedisServer
 
 
 def job(store: JobStore, job_id: str, ids: list[int], window: int = 2) -> None:
@@ -38,7 +38,7 @@ def test_an_empty_budget_defers_the_start_instead_of_failing_the_server(redis_se
             raise answers.pop()
         return {"run_id": f"run-{kw['server']}"}
 
-    runner = FleetRunner(store, None, submit, lambda run_id: None, kick=lambda j, c: kicks.append((j, c)))  # type: ignore[arg-type]
+    runner = FleetRunner(store, None, submit, lambda run_id, by: None, kick=lambda j, c: kicks.append((j, c)))  # type: ignore[arg-type]
     job(store, "j1", [1, 2, 3])
     runner.advance("j1")
     assert kicks == [("j1", 12.0)]
@@ -59,7 +59,7 @@ def test_busy_servers_are_skipped_and_refusals_count_as_errors(redis_server: Red
         return {"run_id": "r3"}
 
     # fresh_for=0: small waves read their servers alone (there is no API client here to list them).
-    runner = FleetRunner(store, None, submit, lambda run_id: None, fresh_for=0)  # type: ignore[arg-type]
+    runner = FleetRunner(store, None, submit, lambda run_id, by: None, fresh_for=0)  # type: ignore[arg-type]
     job(store, "j2", [1, 2, 3, 4, 5], window=4)
     runner.advance("j2")
     done = store.get("j2")
@@ -100,7 +100,7 @@ def test_a_wave_starts_together_and_the_shared_lookups_are_read_by_the_first_sta
             active -= 1
         return {"run_id": f"run-{kw['server']}"}
 
-    runner = FleetRunner(store, None, submit, lambda run_id: None, starters=4)  # type: ignore[arg-type]
+    runner = FleetRunner(store, None, submit, lambda run_id, by: None, starters=4)  # type: ignore[arg-type]
     job(store, "j5", list(range(1, 21)), window=20)
     runner.advance("j5", Lookups())
     outcomes = store.get("j5")["outcomes"]  # type: ignore[index]
@@ -115,7 +115,7 @@ def test_a_run_ending_while_others_run_leaves_the_job_lock_alone_and_the_last_on
     """With nothing left to start, an ending only records its outcome: a hundred endings used to queue on
     the job lock (and sweep every run record) one after another. The last ending still ends the job."""
     store = JobStore(redis_server.client(), prefix="fr6")
-    runner = FleetRunner(store, None, lambda **kw: {"run_id": f"run-{kw['server']}"}, lambda run_id: None)  # type: ignore[arg-type]
+    runner = FleetRunner(store, None, lambda **kw: {"run_id": f"run-{kw['server']}"}, lambda run_id, by: None)  # type: ignore[arg-type]
     job(store, "j6", [1, 2, 3], window=3)
     runner.advance("j6")
     taken: list[str] = []
@@ -178,7 +178,7 @@ def test_small_waves_take_their_servers_from_the_jobs_last_listing_while_it_is_f
         given[kw["server"]] = kw["lookups"].servers.get(kw["server"]) if kw["lookups"] else None
         return {"run_id": f"run-{kw['server']}"}
 
-    runner = FleetRunner(store, project, submit, lambda run_id: None, fresh_for=10.0)  # type: ignore[arg-type]
+    runner = FleetRunner(store, project, submit, lambda run_id, by: None, fresh_for=10.0)  # type: ignore[arg-type]
     job(store, "j7", list(range(1, 101)), window=1)
     runner.advance("j7")
     assert project.pages == [1, 2], "the 100 servers left to start, two pages: not the third"
@@ -192,7 +192,7 @@ def test_small_waves_take_their_servers_from_the_jobs_last_listing_while_it_is_f
     assert project.pages == [1, 2, 1, 2], "stale: what is left is listed again"
 
     project.pages.clear()
-    stale = FleetRunner(store, project, submit, lambda run_id: None, fresh_for=0)  # type: ignore[arg-type]
+    stale = FleetRunner(store, project, submit, lambda run_id, by: None, fresh_for=0)  # type: ignore[arg-type]
     clock.now += 1.0
     stale.on_run_ended({"id": "run-7", "server_id": 7, "state": "succeeded", "job_id": "j7"})
     assert project.pages == [] and given[8] is None, "fresh_for=0: the one server is read by its run"

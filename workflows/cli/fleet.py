@@ -187,6 +187,11 @@ def job_status(job_id: str, wait: bool, timeout: float | None, quiet: bool, as_j
         print_json(job)
         return EXIT_OK
     click.echo(job_line(job) + (f" — {job['reason']}" if job.get("reason") else ""))
+    created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(job["created"]))
+    click.echo(f"  submitted {created} by {job.get('submitted_by') or '-'}")
+    for c in job.get("controls") or []:
+        at = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(c["at"]))
+        click.echo(f"  {c['verb']} {at} by {c['by'] or '-'}")
     names = {s["id"]: s["name"] for s in job["servers"]}
     for sid, entry in sorted(job["outcomes"].items()):
         note = f"  ({entry['reason']})" if entry.get("reason") else ""
