@@ -150,6 +150,11 @@ def fire(windows: WindowStore, runner: Any, name: str, now: float) -> dict[str, 
         entry.update(outcome="skipped", reason="the window is paused")
     elif prev_job is not None and prev_job["state"] in ("running", "paused"):
         entry.update(outcome="skipped", reason=f"the previous job {previous} is still {prev_job['state']}")
+    elif now >= start + window["duration"] - window["cutoff"]:
+        # A firing this late (a beat failover, a long queue) could start no server: say so, start nothing.
+        entry.update(
+            outcome="skipped", reason=f"the firing came {now - start:.0f} s late, past the window's cutoff"
+        )
     else:
         limits = {
             "name": name,

@@ -203,7 +203,7 @@ def test_history_of_an_unknown_window_is_refused(env: dict[str, str]) -> None:
 
 
 def test_a_window_is_edited_in_place_and_listed_with_its_next_firing(
-    env: dict[str, str], redis_server: RedisServer
+    env: dict[str, str], redis_server: RedisServer, worker: Worker
 ) -> None:
     added = cli(
         env, "schedule", "add", "edited", "reboot", "--cron", "0 3 * * SUN", "--duration", "2h",
@@ -257,11 +257,11 @@ def test_empty_servers_and_selectors_the_api_would_refuse_are_refused_when_added
 
 
 def test_editing_the_workflow_drops_the_old_ones_parameters_and_a_paused_window_never_fires(
-    env: dict[str, str],
+    env: dict[str, str], worker: Worker, ids: list[int]
 ) -> None:
     added = cli(
         env, "schedule", "add", "switch", "snapshot", "--cron", "0 3 * * *", "--duration", "1h",
-        "--servers", "1", "--description", "nightly",
+        "--servers", str(ids[0]), "--description", "nightly",
     )  # fmt: skip
     assert added.returncode == 0, added.stderr
     try:
@@ -276,3 +276,33 @@ def test_editing_the_workflow_drops_the_old_ones_parameters_and_a_paused_window_
         assert missing.returncode == 2 and "cron is missing" in missing.stderr
     finally:
         cli(env, "schedule", "remove", "switch")
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        (["--servers", "999999"], "no server"),
+        (["--servers", "no-such-server"], "no server named"),
+        (["--selector", "env=nowhere"], "matches no server"),
+        (["--servers", "{first}", "--image", "windows-95"], "no system image named"),
+    ],
+)
+def test_add_asks_the_api_that_servers_and_images_exist(
+    env: dict[str, str],
+    worker: Worker,
+    ids: list[int],
+    redis_server: RedisServer,
+    target: list[str],
+    message: str,
+) -> None:
+    """A window naming servers or an image that do not exist used to be stored, and failed when it fired."""
+    target = [t.replace("{first}", str(ids[0])) for t in target]
+    workflow = "rebuild" if "--image" in target else "reboot"
+    args = ["schedule", "add", "ghost", workflow, "--cron", "0 3 * * *", "--duration", "1h", *target]
+    done = cli(env, *args)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert not redis_server.client().exists("hf:window:ghost"), "nothing was stored"
+    # --no-check stores it without asking (e.g. while no worker runs), as the operator chose.
+    unchecked = cli(env, *args, "--no-check")
+    assert unchecked.returncode == 0, unchecked.stderr
+    assert cli(env, "schedule", "remove", "ghost").returncode == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -132,3 +133,40 @@ def test_next_firing_is_the_first_matching_local_minute_after_now() -> None:
     ), "strictly after now"
     leap = next_firing(parse_cron("0 0 29 2 *"), ZoneInfo("UTC"), wednesday)
     assert leap is not None and (leap.year, leap.month, leap.day) == (2028, 2, 29)
+
+
+def test_a_firing_past_the_cutoff_starts_nothing_and_says_why(tmp_path: Any) -> None:
+    """A beat failover can deliver a firing minutes late: past the cutoff no server could start, so the
+    history says 'skipped' and why, instead of a 'started' job that starts nothing."""
+    import json
+
+    from tests.support.processes import RedisServer
+    from workflows.windows import WindowStore, fire
+
+    server = RedisServer(tmp_path / "redis")
+    try:
+        store = WindowStore(server.client(), app=None)
+        window = validate_window(spec(duration="10m", cutoff="8m"))
+        store.redis.set(store._key(window["name"]), json.dumps(window))
+        started: list[dict[str, Any]] = []
+
+        class Runner:
+            class store:  # stands in for the job store the runner holds
+                @staticmethod
+                def get(job_id: str) -> None:
+                    return None
+
+            @staticmethod
+            def start(**kw: Any) -> dict[str, Any]:
+                started.append(kw)
+                return {"id": "j1", "servers": [1]}
+
+        minute = datetime(2026, 7, 5, 3, 0, tzinfo=BERLIN).timestamp()
+        late = fire(store, Runner, window["name"], minute + 150)  # 2.5 min late: after the 2 min to cutoff
+        assert late["outcome"] == "skipped" and "past the window's cutoff" in late["reason"]
+        assert not started
+        next_week = minute + 7 * 86400
+        on_time = fire(store, Runner, window["name"], next_week + 20)
+        assert on_time["outcome"] == "started" and started[0]["submitted_by"] == f"window {window['name']}"
+    finally:
+        server.stop()

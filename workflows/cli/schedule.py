@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from .common import EXIT_OK, json_option, param_options, params_from, print_json
+from .common import EXIT_OK, json_option, param_options, params_from, print_json, submit_timeout_option
 
 __all__ = ["COMMANDS"]
 
@@ -57,6 +57,12 @@ def _window_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 "--max-errors", metavar="N|P%", help="stop starting servers past this (add: default 0)"
             ),
             click.option("--canary", type=click.IntRange(min=0), metavar="N", help="add: default 0"),
+            click.option(
+                "--no-check",
+                is_flag=True,
+                help="store without asking the API that the servers and image exist",
+            ),
+            submit_timeout_option,
         )
     ):
         f = option(f)
@@ -95,9 +101,28 @@ def _save(name: str, workflow: str | None, options: dict[str, Any], *, edit: boo
         # Another workflow: the old one's parameters (with their defaults) need not fit it.
         old.pop("params", None)
     window = validate_window({**old, **given})  # add: the model's defaults fill the rest
+    if not options["no_check"]:
+        _check_at_the_api(window, options["submit_timeout"])
     store.save(window, replace=edit)
     _show(window, options["as_json"])
     return EXIT_OK
+
+
+def _check_at_the_api(window: dict[str, Any], timeout: float) -> None:
+    """Plan the window's job now, as `fleet --dry-run` does (through a worker, which holds the token): servers
+    that do not exist, a selector that matches none, an image that is not there are refused today, not at
+    3 a.m. when the window fires. Nothing starts."""
+    from workers.errors import BadInput, HcloudFlowError
+    from workflows.api import jobs
+    from workflows.specs import FleetSpec
+
+    fields = {k: window[k] for k in FleetSpec.model_fields if k != "workflow"}
+    try:
+        jobs().plan(window["workflow"], timeout=timeout, **fields)
+    except BadInput:
+        raise
+    except HcloudFlowError as exc:
+        raise HcloudFlowError(f"{exc} (--no-check stores the window without asking the API)") from exc
 
 
 @schedule_group.command("add")
