@@ -63,6 +63,7 @@ class HcloudClient:
         clock: Callable[[], float] = time.monotonic,
         application: str | None = None,
         on_response: Callable[[str, str, int], None] | None = None,
+        on_retry: Callable[[str, str], None] | None = None,
     ) -> None:
         if not token:
             raise ConfigError("no API token: set HCLOUD_TOKEN in the workers' environment")
@@ -75,6 +76,7 @@ class HcloudClient:
         self._clock = clock
         self._rnd = random.Random()
         self._on_response = on_response
+        self._on_retry = on_retry
         self.session = session or requests.Session()
         agent = f"hcloud-flow/{__version__} python-requests/{requests.__version__}"
         self.session.headers.update(
@@ -128,6 +130,7 @@ class HcloudClient:
             retry=retry_if_exception(lambda exc: should_retry(exc, idempotent=idempotent)),
             sleep=self._sleep,
             reraise=True,
+            before_sleep=None if self._on_retry is None else (lambda state: self._on_retry(method, path)),  # type: ignore[misc]
         )
         try:
             return retrying(self._send_once, method, path, params, json)

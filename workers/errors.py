@@ -34,6 +34,8 @@ __all__ = [
     "Blocked",
     "ConfigError",
     "HcloudFlowError",
+    "NotFound",
+    "NotTaken",
     "RateBudgetExhausted",
     "RunCancelled",
     "SecretError",
@@ -158,6 +160,14 @@ class BadInput(HcloudFlowError):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message, field)
         self.message, self.field = message, field
+
+
+class NotTaken(HcloudFlowError):
+    """Raised when no worker took a request before it expired: it will never run, nothing was started."""
+
+
+class NotFound(BadInput):
+    """Raised when a run, job or window named in a request does not exist (or has expired)."""
 
 
 class ServerBusy(HcloudFlowError):

@@ -145,6 +145,9 @@ class _Endings:
             raise errors[0]
 
 
+ALIVE_EVERY = 5.0
+
+
 class Monitor:
     """Poll rounds over the parked waits; safe to run in every worker process at once."""
 
@@ -170,6 +173,10 @@ class Monitor:
         self.lock_key = f"{prefix}:monitor:lock"
         self.beat_key = f"{prefix}:monitor:last_round"
         self.start_key = f"{prefix}:monitor:round_started"
+        # Set by every monitor loop, idle or not, at most every ALIVE_EVERY s: what /metrics and the
+        # dashboard read to say the monitor runs (a quiet system has no rounds to show for it).
+        self.alive_key = f"{prefix}:monitor:alive"
+        self._alive_noted = 0.0
         self.lock_ttl = lock_ttl
         self.batch = batch
         self._release = engine.redis.register_script(DELETE_IF_OWNER)
@@ -189,6 +196,9 @@ class Monitor:
         failures = 0
         while not stop.is_set():
             try:
+                if self.engine.clock() - self._alive_noted >= ALIVE_EVERY:
+                    self._alive_noted = self.engine.clock()
+                    self.engine.redis.set(self.alive_key, repr(self._alive_noted), ex=int(ALIVE_EVERY * 12))
                 report = self.run_round()
                 nxt = self.engine.waits.next_due()
                 failures = 0

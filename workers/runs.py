@@ -14,6 +14,7 @@ from typing import Any
 
 from celery import Celery, signature
 
+from .counters import Counters
 from .errors import HcloudFlowError, RunCancelled
 from .run_store import FINAL, RunStore
 
@@ -41,6 +42,15 @@ class RunHooks:
     def __init__(self, store: RunStore, app: Celery) -> None:
         self.store = store
         self.app = app
+        self.counters = Counters(store.redis, store.prefix)
+
+    def _count_step(self, run: dict[str, Any], index: int, outcome: str) -> None:
+        """Count a step's end for /metrics: by workflow, action and outcome, and how long its action took."""
+        step = run["steps"][index]
+        action = str(step.get("action") or step.get("name"))
+        self.counters.add("steps", (run["workflow"], action, outcome))
+        if step.get("started") and outcome == "succeeded":
+            self.counters.observe("action_seconds", (action,), self.store.clock() - float(step["started"]))
 
     def _index(self, run: dict[str, Any], task_id: str) -> int | None:
         for step in run["steps"]:
@@ -94,6 +104,7 @@ class RunHooks:
                 finished=self.store.clock(),
                 **{k: v for k, v in keep.items() if v is not None},
             )
+            self._count_step(run, index, "succeeded")
         if last:
             self._finish(run, "succeeded", None)
 
@@ -118,6 +129,7 @@ class RunHooks:
                 finished=self.store.clock(),
                 error=error_info(exc),
             )
+            self._count_step(run, index, "cancelled" if cancelled else "failed")
         self._finish(run, "cancelled" if cancelled else "failed", None if cancelled else error_info(exc))
 
     def _finish(self, run: dict[str, Any], state: str, error: dict[str, Any] | None) -> None:
@@ -132,6 +144,7 @@ class RunHooks:
         if error is not None:
             fields["error"] = error
         self.store.set_state(run["id"], state, **fields)  # type: ignore[arg-type]
+        self.counters.add("runs", (run["workflow"], state))
         log.info("run %s (%s on server %s) %s", run["id"], run["workflow"], run["server_id"], state)
         # The record as just written: read once above (after the step's own update), not again.
         ended = {**(current or run), "state": state, **fields}

@@ -11,6 +11,7 @@ from cryptography.fernet import Fernet
 
 from .action_ids import HighWater
 from .client import HcloudClient
+from .counters import Counters
 from .durations import Durations
 from .engine import Engine
 from .errors import ConfigError
@@ -43,12 +44,16 @@ def build_engine(settings: dict[str, Any], *, redis_url: str, token: str, secret
     base = float(settings.get("retry_base", 1.0))
     # The whole retry schedule scales with its first backoff (tests shrink it; production keeps 1 s).
     policy = RetryPolicy(base=base, cap=30.0 * base, max_total=120.0 * base)
+    counters = Counters(store)
     client = HcloudClient(
         token,
         base_url=settings["endpoint"],
         timeout=(5.0, float(settings.get("request_timeout", 30.0))),
         budget=budget,
         policy=policy,
+        # Every answer, retried ones included, counted by method and status for /metrics.
+        on_response=lambda method, path, status: counters.add("api_requests", (method, str(status))),
+        on_retry=lambda method, path: counters.add("api_retries", (method,)),
     )
     retention = float(settings.get("retention", 7 * 86400))
     return Engine(

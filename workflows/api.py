@@ -21,13 +21,24 @@ from typing import Any
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 
-from workers.errors import BadInput, HcloudFlowError, StillRunning
+from workers.errors import BadInput, HcloudFlowError, NotFound, NotTaken, StillRunning
 from workers.labels import check_selector
 from workers.run_store import RunStore, has_ended
 
 from .submit import cancel_run
 
-__all__ = ["Jobs", "Runs", "cancel", "default", "jobs", "list_runs", "status", "submit", "wait"]
+__all__ = [
+    "Jobs",
+    "Runs",
+    "cancel",
+    "check_window_at_the_api",
+    "default",
+    "jobs",
+    "list_runs",
+    "status",
+    "submit",
+    "wait",
+]
 
 # The worker tasks whose request starts something (a run, a job): a late answer may mean a late start.
 _STARTING = frozenset({"hcloud_flow.submit", "hcloud_flow.fleet_start"})
@@ -64,7 +75,7 @@ def call_worker(
                     f"a worker took {name} but has not answered within {2 * timeout:g} s{after}"
                 )
     except CeleryTimeout:
-        failure = HcloudFlowError(
+        failure = NotTaken(
             f"no worker took {name} within {timeout:g} s, so it expired and will not run: nothing was "
             "started. Is `hcloud-flow worker` running (and reaching Redis)?"
         )
@@ -156,7 +167,7 @@ class Runs:
         """Return the run record, with live step progress."""
         run = self.store.get(run_id)
         if run is None:
-            raise BadInput(f"no run {run_id!r} (unknown, or older than the retention period)", "run_id")
+            raise NotFound(f"no run {run_id!r} (unknown, or older than the retention period)", "run_id")
         run.pop("chain", None)
         return run
 
@@ -241,7 +252,7 @@ class Jobs:
     def status(self, job_id: str) -> dict[str, Any]:
         job = self.store.get(job_id)
         if job is None:
-            raise BadInput(f"no fleet job {job_id!r}", "job_id")
+            raise NotFound(f"no fleet job {job_id!r}", "job_id")
         return dict(job)
 
     def list(self, limit: int = 50) -> list[dict[str, Any]]:
@@ -264,6 +275,21 @@ class Jobs:
             on_update,
             follow=f"hcloud-flow job status {job_id} --wait",
         )
+
+
+def check_window_at_the_api(window: dict[str, Any], timeout: float = 60.0) -> None:
+    """Plan a window's job now, as `fleet --dry-run` does (through a worker, which holds the token): servers
+    that do not exist, a selector that matches none, an image that is not there are refused today, not at
+    3 a.m. when the window fires. Nothing starts."""
+    from .specs import FleetSpec
+
+    fields = {k: window[k] for k in FleetSpec.model_fields if k != "workflow"}
+    try:
+        jobs().plan(window["workflow"], timeout=timeout, **fields)
+    except BadInput:
+        raise
+    except HcloudFlowError as exc:
+        raise HcloudFlowError(f"{exc} (--no-check stores the window without asking the API)") from exc
 
 
 _default: Runs | None = None

@@ -21,7 +21,7 @@ import redis
 from redis.exceptions import LockNotOwnedError
 
 from workers.client import HcloudClient, is_id
-from workers.errors import APIError, BadInput, HcloudFlowError, RateBudgetExhausted, ServerBusy
+from workers.errors import APIError, BadInput, HcloudFlowError, NotFound, RateBudgetExhausted, ServerBusy
 from workers.redis_values import text_hash, texts
 from workers.run_store import FINAL
 
@@ -493,7 +493,7 @@ class FleetRunner:
     def _active(self, job_id: str, verb: str) -> dict[str, Any]:
         job = self.store.get(job_id) if isinstance(job_id, str) else None
         if job is None:
-            raise BadInput(f"no fleet job {job_id!r}", "job_id")
+            raise NotFound(f"no fleet job {job_id!r}", "job_id")
         if job["state"] in JOB_FINAL:
             raise BadInput(f"job {job_id} already ended ({job['state']}); nothing to {verb}", "job_id")
         return job

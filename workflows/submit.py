@@ -12,7 +12,7 @@ from typing import Any
 from celery import Celery
 
 from workers.client import HcloudClient
-from workers.errors import BadInput, ServerBusy
+from workers.errors import BadInput, NotFound, ServerBusy
 from workers.run_store import FINAL, RunStore
 from workers.runs import RunHooks, error_info
 
@@ -110,7 +110,7 @@ def cancel_run(store: RunStore, run_id: str, by: str | None = None) -> dict[str,
     """
     run = store.get(run_id, live=False)
     if run is None:
-        raise BadInput(f"no run {run_id!r} (unknown, or older than the retention period)", "run_id")
+        raise NotFound(f"no run {run_id!r} (unknown, or older than the retention period)", "run_id")
     if run["state"] in FINAL:
         raise BadInput(f"run {run_id} already ended ({run['state']}); nothing to cancel", "run_id")
     who = check_submitter(by)

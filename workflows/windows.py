@@ -23,14 +23,23 @@ from zoneinfo import ZoneInfo
 
 import redis
 
-from workers.errors import BadInput
+from workers.counters import Counters
+from workers.errors import BadInput, NotFound
 from workers.redis_values import texts
 
 from .cron import Cron, cron_matches, parse_cron, utc_minutes
 
-__all__ = ["ENTRY_PREFIX", "WindowStore", "fire", "validate_window"]
+__all__ = ["ENTRY_PREFIX", "WindowStore", "fire", "validate_window", "window_fields"]
 
 ENTRY_PREFIX = "hcloud-flow-window:"
+
+
+def window_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """Return a stored window's own fields (what ``validate_window`` takes), without what firing and
+    editing added to the record (its last job, who changed it)."""
+    from .specs import WindowSpec
+
+    return {k: v for k, v in record.items() if k in WindowSpec.model_fields}
 
 
 def validate_window(spec: dict[str, Any]) -> dict[str, Any]:
@@ -61,17 +70,25 @@ class WindowStore:
     def names(self) -> list[str]:
         return sorted(texts(self.redis.smembers(f"{self.prefix}:windows")))
 
-    def save(self, window: dict[str, Any], *, replace: bool = False) -> None:
-        """Store a validated window and (re)write its redbeat entry."""
-        if not replace and self.redis.exists(self._key(window["name"])):
+    def save(self, window: dict[str, Any], *, replace: bool = False, by: str | None = None) -> dict[str, Any]:
+        """Store a validated window and (re)write its redbeat entry; return the stored record.
+
+        The record keeps what firing wrote (its last job) and says who changed it last, and when.
+        """
+        old = self.get(window["name"])
+        if not replace and old is not None:
             raise BadInput(f"a window named {window['name']!r} exists; remove it first", "name")
-        self.redis.set(self._key(window["name"]), json.dumps(window))
+        record = {**window, "changed_by": by, "changed_at": self.clock()}
+        if old and old.get("last_job"):
+            record["last_job"] = old["last_job"]
+        self.redis.set(self._key(window["name"]), json.dumps(record))
         self.redis.sadd(f"{self.prefix}:windows", window["name"])
         self._entry(window).save()
+        return record
 
     def remove(self, name: str) -> None:
         if self.get(name) is None:
-            raise BadInput(f"no window named {name!r}", "name")
+            raise NotFound(f"no window named {name!r}", "name")
         from redbeat import RedBeatSchedulerEntry
 
         with contextlib.suppress(KeyError):  # the entry is already gone
@@ -82,7 +99,7 @@ class WindowStore:
     def set_paused(self, name: str, paused: bool) -> dict[str, Any]:
         window = self.get(name)
         if window is None:
-            raise BadInput(f"no window named {name!r}", "name")
+            raise NotFound(f"no window named {name!r}", "name")
         window["paused"] = paused
         self.redis.set(self._key(name), json.dumps(window))
         return window
@@ -181,4 +198,5 @@ def fire(windows: WindowStore, runner: Any, name: str, now: float) -> dict[str, 
             window["last_job"] = job["id"]
             windows.redis.set(windows._key(name), json.dumps(window))
     windows.record(name, entry)
+    Counters(windows.redis, windows.prefix).add("window_firings", (name, entry["outcome"]))
     return {"window": name, "fired": True, **entry}

@@ -145,7 +145,7 @@ def test_refusals_under_json_are_json_too(redis_server: RedisServer) -> None:
     done = cli(redis_server.url, "status", "no-such-run", "--json")
     assert done.returncode == 2, done.stderr
     error = json.loads(done.stdout)["error"]
-    assert error["exit_code"] == 2 and error["type"] == "BadInput" and error["message"]
+    assert error["exit_code"] == 2 and error["type"] == "NotFound" and error["message"]
 
 
 def test_a_wait_that_times_out_exits_4_and_says_how_to_follow(

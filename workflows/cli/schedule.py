@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from workflows.api import check_window_at_the_api
+
 from .common import EXIT_OK, json_option, param_options, params_from, print_json, submit_timeout_option
 
 __all__ = ["COMMANDS"]
@@ -20,11 +22,11 @@ def _windows() -> Any:
 
 
 def _known(store: Any, name: str) -> dict[str, Any]:
-    from workers.errors import BadInput
+    from workers.errors import NotFound
 
     window = store.get(name)
     if window is None:
-        raise BadInput(f"no window named {name!r}; `hcloud-flow schedule list` shows them", "name")
+        raise NotFound(f"no window named {name!r}; `hcloud-flow schedule list` shows them", "name")
     return dict(window)
 
 
@@ -92,37 +94,20 @@ def _given(name: str, workflow: str | None, options: dict[str, Any]) -> dict[str
 
 
 def _save(name: str, workflow: str | None, options: dict[str, Any], *, edit: bool) -> int:
-    from workflows.windows import validate_window
+    from workflows.api import default_submitter
+    from workflows.windows import validate_window, window_fields
 
     store = _windows()
-    old = _known(store, name) if edit else {}
+    old = window_fields(_known(store, name)) if edit else {}
     given = _given(name, workflow, options)
     if old and given.get("workflow", old["workflow"]) != old["workflow"]:
         # Another workflow: the old one's parameters (with their defaults) need not fit it.
         old.pop("params", None)
     window = validate_window({**old, **given})  # add: the model's defaults fill the rest
     if not options["no_check"]:
-        _check_at_the_api(window, options["submit_timeout"])
-    store.save(window, replace=edit)
-    _show(window, options["as_json"])
+        check_window_at_the_api(window, options["submit_timeout"])
+    _show(store.save(window, replace=edit, by=default_submitter()), options["as_json"])
     return EXIT_OK
-
-
-def _check_at_the_api(window: dict[str, Any], timeout: float) -> None:
-    """Plan the window's job now, as `fleet --dry-run` does (through a worker, which holds the token): servers
-    that do not exist, a selector that matches none, an image that is not there are refused today, not at
-    3 a.m. when the window fires. Nothing starts."""
-    from workers.errors import BadInput, HcloudFlowError
-    from workflows.api import jobs
-    from workflows.specs import FleetSpec
-
-    fields = {k: window[k] for k in FleetSpec.model_fields if k != "workflow"}
-    try:
-        jobs().plan(window["workflow"], timeout=timeout, **fields)
-    except BadInput:
-        raise
-    except HcloudFlowError as exc:
-        raise HcloudFlowError(f"{exc} (--no-check stores the window without asking the API)") from exc
 
 
 @schedule_group.command("add")
