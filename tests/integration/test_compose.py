@@ -270,6 +270,24 @@ def test_required_variables_stop_compose_with_a_message() -> None:
     assert environment_of(minimal["services"]["worker"])["HCLOUD_ENDPOINT"] == "https://api.hetzner.cloud/v1"
 
 
+def test_web_needs_no_token_binds_loopback_and_has_a_healthcheck() -> None:
+    services = compose()["services"]
+    web = services["web"]
+    env = environment_of(web)
+    assert "HCLOUD_TOKEN" not in env and "HCLOUD_FLOW_SECRET_KEY" not in env, "the web never sees the token"
+    assert env["HCLOUD_FLOW_API_KEYS_FILE"].startswith("/run/hcloud-flow/")
+    assert (
+        web["volumes"][0]["read_only"]
+        if isinstance(web["volumes"][0], dict)
+        else web["volumes"][0].endswith(":ro")
+    )
+    published = web["ports"][0]
+    host = published["host_ip"] if isinstance(published, dict) else published.split(":")[0]
+    assert host == "127.0.0.1", "published on the host's loopback unless WEB_BIND says otherwise"
+    assert web["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert "/api/v1/health" in " ".join(web["healthcheck"]["test"])
+
+
 def test_fakecloud_is_only_in_its_profile() -> None:
     services = raw_compose()["services"]
     assert services["fakecloud"]["profiles"] == ["fakecloud"]
@@ -469,6 +487,8 @@ class Stack:
     redis_url: str
     api_url: str
     flower_url: str
+    web_url: str = ""
+    keys_file: Path | None = None
     running: dict[str, Service] = field(default_factory=dict)
     workers: list[Service] = field(default_factory=list)
     _client: redis.Redis | None = None
@@ -609,13 +629,35 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         argv = local_argv(set_option(set_option(argv, "--port", str(flower_port)), "--address", "127.0.0.1"))
         flower = start(Service("flower", argv, st.container_env("flower"), logs / "flower.log"))
         st.flower_url = f"http://127.0.0.1:{flower_port}"
-        st.running = {"redis": rds, "fakecloud": fake, "beat": beat, "flower": flower}
+        # web: the key file is the mounted volume's, here a directory of the test's own.
+        keys_dir = tmp / "api-keys"
+        keys_dir.mkdir()
+        mount = services["web"]["volumes"][0]
+        container_keys = environment_of(services["web"])["HCLOUD_FLOW_API_KEYS_FILE"]
+        st.keys_file = keys_dir / Path(container_keys).relative_to(
+            mount["target"] if isinstance(mount, dict) else mount.split(":")[1]
+        )
+        web_port = free_port()
+        argv = local_argv(
+            set_option(
+                set_option(command_of(services["web"]), "--port", str(web_port)), "--host", "127.0.0.1"
+            )
+        )
+        web_env = st.container_env("web", HCLOUD_FLOW_API_KEYS_FILE=str(st.keys_file))
+        web = start(Service("web", argv, web_env, logs / "web.log"))
+        st.web_url = f"http://127.0.0.1:{web_port}"
+        st.running = {"redis": rds, "fakecloud": fake, "beat": beat, "flower": flower, "web": web}
 
         for w in st.workers:
             w.wait_for(lambda w=w: "ready." in w.text(), 40, "ready.")
         beat.wait_for(lambda: any(st.redis().scan_iter("hf:redbeat*lock")), 30, "the redbeat lock")
         flower.wait_for(
             lambda: st.healthy("flower", replace={"127.0.0.1:5555": f"127.0.0.1:{flower_port}"}, timeout=10),
+            40,
+            "healthcheck",
+        )
+        web.wait_for(
+            lambda: st.healthy("web", replace={"127.0.0.1:8000": f"127.0.0.1:{web_port}"}, timeout=10),
             40,
             "healthcheck",
         )
@@ -765,3 +807,37 @@ def test_the_token_stays_in_the_workers_environment(stack: Stack) -> None:
             blobs += [m for m, _ in client.zscan_iter(key)] if kind == "zset" else list(client.smembers(key))
     assert len(blobs) > 10, "the runs above left records in Redis"
     assert not [b for b in blobs if token in b], "the API token is stored in Redis"
+
+
+def test_the_web_service_of_the_stack_answers_with_a_key(stack: Stack) -> None:
+    """The compose web service, started as compose would: keys made on the host, a run over HTTP."""
+    assert stack.keys_file is not None
+    made = subprocess.run(
+        [sys.executable, "-m", "workflows.cli", "apikey", "add", "ci", "--role", "operator"],
+        env={**os.environ, "HCLOUD_FLOW_API_KEYS_FILE": str(stack.keys_file)}, capture_output=True, text=True,
+        timeout=60,
+    )  # fmt: skip
+    key = made.stdout.strip()
+    assert made.returncode == 0 and key
+    headers = {"Authorization": f"Bearer {key}"}
+    sid = Api(stack.api_url, HOST_ENV["HCLOUD_TOKEN"]).server_ids()[-1]
+    answer = requests.post(
+        stack.web_url + "/api/v1/runs",
+        json={"workflow": "power-on", "server": sid},
+        headers=headers,
+        timeout=60,
+    )
+    assert answer.status_code == 202, answer.text
+    run_id = answer.json()["run_id"]
+    done = wait_until(
+        lambda: (
+            (r := requests.get(f"{stack.web_url}/api/v1/runs/{run_id}", headers=headers, timeout=10).json())[
+                "state"
+            ]
+            in ("succeeded", "failed")
+            and r
+        ),
+        60,
+        "the run to end",
+    )
+    assert done["state"] == "succeeded" and done["submitted_by"] == "apikey:ci"

@@ -297,3 +297,44 @@ def client_app(redis_url: str) -> Any:
         broker_connection_retry_on_startup=True,
     )
     return app
+
+
+class WebServer:
+    """``hcloud-flow web`` as a real process on a free port (uvicorn), with its own key file."""
+
+    def __init__(self, redis_url: str, keys_file: Path, logdir: Path, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full = {k: v for k, v in os.environ.items() if not k.startswith("HCLOUD")}
+        full.update(
+            HCLOUD_FLOW_REDIS_URL=redis_url,
+            HCLOUD_FLOW_API_KEYS_FILE=str(keys_file),
+            PYTHONPATH=str(ROOT),
+            **env,
+        )
+        self.env = full
+        self.log = logdir / f"web-{self.port}.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "workflows.cli", "web", "--port", str(self.port)],
+                env=full, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+
+        def healthy() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"hcloud-flow web died:\n{self.log.read_text()[-3000:]}")
+            try:
+                return requests.get(self.url + "/api/v1/health", timeout=1).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_until(healthy, 30, "hcloud-flow web to answer")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

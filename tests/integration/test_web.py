@@ -1,0 +1,435 @@
+"""The web service as another service uses it: real HTTP to a real ``hcloud-flow web`` process, real
+workers, real fakecloud. Auth and roles, idempotency, hostile requests, who did what, /metrics."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from ..conftest import start_cloud
+from ..support.cloud import Api, Control
+from ..support.processes import RedisServer, WebServer, Worker, run_cli, wait_until, worker_env
+
+pytestmark = [pytest.mark.integration, pytest.mark.long]
+
+
+@pytest.fixture(scope="module")
+def cloud() -> Iterator[Any]:
+    c = start_cloud(servers=16, speed=20.0, seed=71)
+    yield c
+    c.stop()
+
+
+@pytest.fixture(scope="module")
+def worker(redis_server: RedisServer, cloud: Any, logdir: Path) -> Iterator[Worker]:
+    w = Worker("web", worker_env(redis_server.url, cloud.base_url, HCLOUD_FLOW_RATE_REFILL="20"), logdir)
+    yield w
+    w.stop()
+
+
+@pytest.fixture(scope="module")
+def keys_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("web") / "keys.json"
+
+
+def apikey(keys_file: Path, *args: str) -> Any:
+    return run_cli("apikey", *args, env={"HCLOUD_FLOW_API_KEYS_FILE": str(keys_file)})
+
+
+@pytest.fixture(scope="module")
+def keys(keys_file: Path) -> dict[str, str]:
+    made = {role: apikey(keys_file, "add", f"{role}-key", "--role", role) for role in ("operator", "viewer")}
+    for done in made.values():
+        assert done.returncode == 0, done.stderr
+        assert len(done.stdout.splitlines()) == 1, "the key alone on stdout"
+    stored = keys_file.read_text()
+    assert all(done.stdout.strip() not in stored for done in made.values()), "only hashes are stored"
+    assert oct(keys_file.stat().st_mode & 0o777) == "0o600"
+    return {role: done.stdout.strip() for role, done in made.items()}
+
+
+@pytest.fixture(scope="module")
+def web(
+    redis_server: RedisServer, keys_file: Path, keys: dict[str, str], logdir: Path
+) -> Iterator[WebServer]:
+    w = WebServer(redis_server.url, keys_file, logdir, HCLOUD_FLOW_RATE_REFILL="20")
+    yield w
+    w.stop()
+
+
+class Client:
+    def __init__(self, base: str, key: str | None) -> None:
+        self.base = base
+        self.http = requests.Session()
+        if key:
+            self.http.headers["Authorization"] = f"Bearer {key}"
+
+    def get(self, path: str, **params: Any) -> requests.Response:
+        return self.http.get(self.base + path, params=params, timeout=60)
+
+    def post(self, path: str, body: Any = None, **headers: str) -> requests.Response:
+        return self.http.post(self.base + path, json=body, headers=headers, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def op(web: WebServer, keys: dict[str, str], worker: Worker) -> Client:
+    return Client(web.url, keys["operator"])
+
+
+@pytest.fixture(scope="module")
+def view(web: WebServer, keys: dict[str, str]) -> Client:
+    return Client(web.url, keys["viewer"])
+
+
+@pytest.fixture(scope="module")
+def names(cloud: Any) -> list[str]:
+    control = Control(cloud.control_url)
+    servers = Api(cloud.base_url).get("/servers", per_page=50)["servers"]
+    for s in servers:
+        control.send("PATCH", f"/servers/{s['id']}", {"status": "running", "acpi": True})
+    return [s["name"] for s in servers]
+
+
+def wait_run(client: Client, run_id: str) -> dict[str, Any]:
+    def ended() -> Any:
+        run = client.get(f"/api/v1/runs/{run_id}").json()
+        return run if run["state"] in ("succeeded", "failed", "cancelled") else None
+
+    return dict(wait_until(ended, 60, f"run {run_id} to end", interval=0.2))
+
+
+def test_keys_and_roles(web: WebServer, op: Client, view: Client, keys_file: Path) -> None:
+    anonymous = Client(web.url, None)
+    refused = anonymous.get("/api/v1/runs")
+    assert refused.status_code == 401 and refused.headers["WWW-Authenticate"] == "Bearer"
+    assert Client(web.url, "hfk_" + "x" * 43).get("/api/v1/runs").status_code == 401
+    stored_hash = json.loads(keys_file.read_text())["keys"][0]["sha256"]
+    assert Client(web.url, stored_hash).get("/api/v1/runs").status_code == 401, "the hash is not a key"
+    assert view.get("/api/v1/runs").status_code == 200
+    denied = view.post("/api/v1/runs", {"workflow": "reboot", "server": 1})
+    assert denied.status_code == 403 and "operator" in denied.json()["error"]["message"]
+    assert anonymous.get("/api/v1/health").json() == {"ok": True}
+    # A key removed from the file stops at once.
+    extra = apikey(keys_file, "add", "short-lived", "--role", "viewer").stdout.strip()
+    assert Client(web.url, extra).get("/api/v1/runs").status_code == 200
+    assert apikey(keys_file, "remove", "short-lived").returncode == 0
+    assert Client(web.url, extra).get("/api/v1/runs").status_code == 401
+    listed = json.loads(apikey(keys_file, "list", "--json").stdout)
+    assert {k["name"] for k in listed} == {"operator-key", "viewer-key"} and "sha256" not in str(listed)
+
+
+def test_a_run_submitted_over_http_runs_once_and_says_who(
+    op: Client, view: Client, names: list[str], cloud: Any
+) -> None:
+    control = Control(cloud.control_url)
+    body = {"workflow": "reboot", "server": names[0]}
+    first = op.post("/api/v1/runs", body, **{"Idempotency-Key": "deploy-42"})
+    assert first.status_code == 202, first.text
+    run_id = first.json()["run_id"]
+    again = op.post("/api/v1/runs", body, **{"Idempotency-Key": "deploy-42"})
+    assert again.status_code == 202 and again.json()["run_id"] == run_id
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    other = op.post("/api/v1/runs", {**body, "server": names[1]}, **{"Idempotency-Key": "deploy-42"})
+    assert other.status_code == 422 and "different request" in other.json()["error"]["message"]
+    run = wait_run(view, run_id)
+    assert run["state"] == "succeeded" and run["submitted_by"] == "apikey:operator-key"
+    sid = run["server_id"]
+    assert len(control.posts(sid, "reboot")) == 1, "the retried POST started nothing new"
+    listed = view.get("/api/v1/runs", server=names[0], state="succeeded", workflow="reboot").json()
+    assert [r["id"] for r in listed] == [run_id]
+    assert view.get("/api/v1/runs", since="2999-01-01T00:00:00").json() == []
+
+
+def test_cancel_is_recorded_with_the_key(op: Client, view: Client, names: list[str], cloud: Any) -> None:
+    Control(cloud.control_url).send("PUT", "/config", {"durations": {"create_image": 100.0}})  # 5 s
+    try:
+        run_id = op.post("/api/v1/runs", {"workflow": "snapshot", "server": names[2]}).json()["run_id"]
+        answer = op.post(f"/api/v1/runs/{run_id}/cancel")
+        assert answer.status_code == 202 and answer.json()["state"] in ("cancelling", "cancelled")
+        run = wait_run(view, run_id)
+    finally:
+        Control(cloud.control_url).send("PUT", "/config", {"durations": {"create_image": 20.0}})
+    assert run["state"] == "cancelled" and run["cancelled_by"] == "apikey:operator-key"
+    again = op.post(f"/api/v1/runs/{run_id}/cancel")
+    assert again.status_code == 400 and "already ended" in again.json()["error"]["message"]
+
+
+def test_jobs_and_windows_over_http(op: Client, view: Client, names: list[str]) -> None:
+    spec = {"workflow": "reboot", "servers": names[3:6], "max_concurrency": "2", "max_errors": "0"}
+    plan = op.post("/api/v1/jobs?dry_run=true", spec)
+    assert plan.status_code == 200 and len(plan.json()["servers"]) == 3
+    started = op.post("/api/v1/jobs", spec)
+    assert started.status_code == 202, started.text
+    job_id = started.json()["id"]
+    done = wait_until(
+        lambda: (j := view.get(f"/api/v1/jobs/{job_id}").json())["state"] != "running" and j, 60, "the job"
+    )
+    assert done["state"] == "succeeded" and done["submitted_by"] == "apikey:operator-key"
+    assert view.get("/api/v1/jobs").json()[0]["id"] == job_id
+
+    window = {
+        "name": "web-nightly",
+        "workflow": "reboot",
+        "cron": "0 3 * * *",
+        "duration": "1h",
+        "servers": names[6:8],
+    }
+    added = op.post("/api/v1/windows", window)
+    assert added.status_code == 201, added.text
+    assert added.json()["changed_by"] == "apikey:operator-key" and added.json()["next_firing"]
+    assert op.post("/api/v1/windows", window).status_code == 400  # exists
+    edited = op.http.patch(f"{op.base}/api/v1/windows/web-nightly", json={"cron": "30 4 * * *"}, timeout=60)
+    assert edited.status_code == 200 and edited.json()["cron"] == "30 4 * * *"
+    assert edited.json()["servers"] == names[6:8], "what was not given stays"
+    assert op.post("/api/v1/windows/web-nightly/pause").json()["paused"] is True
+    assert view.get("/api/v1/windows/web-nightly").json()["next_firing"] is None
+    assert view.get("/api/v1/windows/web-nightly/history").json() == []
+    ghost = op.post("/api/v1/windows", {**window, "name": "ghost", "servers": ["no-such-server"]})
+    assert ghost.status_code == 400 and "no server named" in ghost.json()["error"]["message"]
+    assert op.http.delete(f"{op.base}/api/v1/windows/web-nightly", timeout=60).status_code == 200
+    assert view.get("/api/v1/windows/web-nightly").status_code == 404
+
+
+BIG = "x" * (300 * 1024)
+
+
+def run(params: dict[str, Any] | None = None, **fields: Any) -> dict[str, Any]:
+    return {"workflow": "reboot", "server": 1, **fields, **({"params": params} if params else {})}
+
+
+def job(**fields: Any) -> dict[str, Any]:
+    return {"workflow": "reboot", "servers": [1], **fields}
+
+
+def window(**fields: Any) -> dict[str, Any]:
+    return {
+        "name": "w",
+        "workflow": "reboot",
+        "cron": "0 3 * * *",
+        "duration": "1h",
+        "servers": [1],
+        **fields,
+    }
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "says"),
+    [
+        ("POST", "/api/v1/runs", run(workflow=5), 422, "workflow"),
+        ("POST", "/api/v1/runs", {"workflow": "reboot"}, 422, "server"),
+        ("POST", "/api/v1/runs", run(surprise=1), 422, "surprise"),
+        ("POST", "/api/v1/runs", run(server=True), 422, "server"),
+        ("POST", "/api/v1/runs", run(server=0), 400, "positive"),
+        ("POST", "/api/v1/runs", run(server=-5), 400, "positive"),
+        ("POST", "/api/v1/runs", run(server="  "), 400, "empty"),
+        ("POST", "/api/v1/runs", run(workflow="defrag"), 400, "unknown workflow"),
+        ("POST", "/api/v1/runs", run({"grace": 5}), 400, "grace"),
+        ("POST", "/api/v1/runs", run({"grace": "soon"}, workflow="shutdown"), 400, "grace"),
+        ("POST", "/api/v1/runs", run({"labels": {"x": "$(rm -rf /)"}}, workflow="snapshot"), 400, "label"),
+        (
+            "POST",
+            "/api/v1/runs",
+            run({"labels": {"hcloud-flow/step": "x"}}, workflow="snapshot"),
+            400,
+            "reserved",
+        ),
+        ("POST", "/api/v1/runs", run({"description": "a\x1b[31mb"}, workflow="snapshot"), 400, "control"),
+        ("POST", "/api/v1/runs", run({"image": ""}, workflow="rebuild"), 400, "image"),
+        ("POST", "/api/v1/runs", run({"image": "x", "user_data": BIG}, workflow="rebuild"), 413, "over"),
+        ("POST", "/api/v1/runs", ["reboot"], 422, ""),
+        ("POST", "/api/v1/runs", "not json at all", 422, ""),
+        ("POST", "/api/v1/jobs", {"workflow": "reboot", "selector": "env in ("}, 400, "selector"),
+        ("POST", "/api/v1/jobs", job(selector="a=b"), 400, "exactly one"),
+        ("POST", "/api/v1/jobs", job(max_concurrency="150%"), 400, "max_concurrency"),
+        ("POST", "/api/v1/jobs", job(canary=-1), 400, "canary"),
+        ("POST", "/api/v1/jobs", job(limit=3), 422, "limit"),
+        ("POST", "/api/v1/windows", window(name="../../etc"), 400, "window names"),
+        ("POST", "/api/v1/windows", window(cron="0 0 31 2 *"), 400, "never fires"),
+        ("POST", "/api/v1/windows", window(duration="100d"), 400, "7d"),
+        ("POST", "/api/v1/windows", window(duration=None), 400, "duration is missing"),
+        ("GET", "/api/v1/runs?state=exploded", None, 400, "state must be"),
+        ("GET", "/api/v1/runs?limit=0", None, 422, "limit"),
+        ("GET", "/api/v1/runs?limit=100000", None, 422, "limit"),
+        ("GET", "/api/v1/runs?since=yesterday", None, 400, "since"),
+        ("GET", "/api/v1/runs/..%2F..%2Fetc", None, 404, "no such path"),
+        ("GET", "/api/v1/runs/" + "a" * 65, None, 400, "not an id"),
+        ("DELETE", "/api/v1/runs", None, 405, "Method Not Allowed"),
+        ("GET", "/api/v1/runs/0000", None, 404, "no run"),
+        ("GET", "/api/v1/jobs/nosuch", None, 404, "no fleet job"),
+        ("GET", "/api/v1/windows/nosuch", None, 404, "no window"),
+        ("POST", "/api/v1/jobs/nosuch/pause", None, 404, "no fleet job"),
+    ],
+)
+def test_hostile_requests_get_a_4xx_that_says_why_and_change_nothing(
+    op: Client,
+    redis_server: RedisServer,
+    cloud: Any,
+    method: str,
+    path: str,
+    body: Any,
+    status: int,
+    says: str,
+) -> None:
+    client = redis_server.client()
+    before = (
+        client.zcard("hf:runs"),
+        client.zcard("hf:jobs"),
+        client.scard("hf:windows"),
+        len(Control(cloud.control_url).posts()),
+    )
+    if isinstance(body, str):
+        answer = op.http.post(
+            op.base + path, data=body, headers={"content-type": "application/json"}, timeout=60
+        )
+    else:
+        answer = op.http.request(method, op.base + path, json=body, timeout=60)
+    assert answer.status_code == status, answer.text[:500]
+    error = answer.json()["error"]
+    assert says in error["message"], error
+    after = (
+        client.zcard("hf:runs"),
+        client.zcard("hf:jobs"),
+        client.scard("hf:windows"),
+        len(Control(cloud.control_url).posts()),
+    )
+    assert after == before, "nothing was recorded, stored or sent"
+
+
+def test_metrics_are_read_from_redis_with_a_viewer_key(
+    web: WebServer, view: Client, op: Client, names: list[str]
+) -> None:
+    run_id = op.post("/api/v1/runs", {"workflow": "power-on", "server": names[9]}).json()["run_id"]
+    wait_run(view, run_id)
+    assert Client(web.url, None).get("/metrics").status_code == 401
+    text = view.get("/metrics").text
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    runs = {(s.labels["workflow"], s.labels["state"]): s.value for s in families["hcloud_flow_runs"].samples}
+    assert runs.get(("power-on", "succeeded"), 0) >= 1
+    requests_seen = {s.labels["status"] for s in families["hcloud_flow_api_requests"].samples}
+    assert "201" in requests_seen
+    assert families["hcloud_flow_workers"].samples[0].value >= 1
+    assert families["hcloud_flow_monitor_seconds_since_seen"].samples[0].value < 60
+    for name in (
+        "hcloud_flow_action_duration_seconds",
+        "hcloud_flow_budget_remaining",
+        "hcloud_flow_queue_length",
+        "hcloud_flow_waits_parked",
+        "hcloud_flow_beat_seconds_since_tick",
+        "hcloud_flow_window_firings",
+    ):
+        assert name in families, name  # fmt: skip
+    assert all(f.name.startswith("hcloud_flow_") for f in families.values())
+
+
+def test_openapi_documents_the_api_and_the_password_is_never_served(
+    web: WebServer, op: Client, view: Client, names: list[str]
+) -> None:
+    spec = requests.get(web.url + "/openapi.json", timeout=10).json()
+    assert {"/api/v1/runs", "/api/v1/jobs", "/api/v1/windows", "/api/v1/budget"} <= set(spec["paths"])
+    run_id = op.post("/api/v1/runs", {"workflow": "reset-password", "server": names[10]}).json()["run_id"]
+    run = wait_run(view, run_id)
+    shown = json.dumps(run)
+    assert "sealed: `hcloud-flow secret RUN_ID`" in shown
+    assert "gAAAA" not in shown, "not even the sealed token is served"
+    budget = view.get("/api/v1/budget").json()["projects"][0]
+    assert {"remaining", "limit", "refill_per_second", "bulk_reserve"} <= set(budget)
+
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+
+def _chromium() -> str | None:
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium on PATH (.ci/run installs Debian's chromium)")
+def test_the_dashboard_in_a_real_browser(
+    web: WebServer, op: Client, view: Client, keys: dict[str, str], names: list[str], cloud: Any
+) -> None:
+    """Log in with a viewer key; a run submitted through the API appears on the open page, its progress
+    moves and it ends, without a reload; the main pages render on a laptop and a phone. Screenshots of each
+    go to tests/artifacts/ for a person to look at."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    control = Control(cloud.control_url)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(web.url + "/")
+            assert page.url.endswith("/login"), "a page without a session asks for a key"
+            page.screenshot(path=str(ARTIFACTS / "login.png"))
+            page.fill("#key", "not-a-key")
+            page.click("button[type=submit]")
+            assert "not valid" in page.inner_text("form")
+            page.fill("#key", keys["viewer"])
+            page.click("button[type=submit]")
+            page.wait_for_selector("text=Active runs")
+            assert "viewer-key (viewer)" in page.inner_text("header")
+
+            control.send("PUT", "/config", {"durations": {"create_image": 100.0}})  # 5 s at speed 20
+            try:
+                run_id = op.post("/api/v1/runs", {"workflow": "snapshot", "server": names[12]}).json()[
+                    "run_id"
+                ]
+                # The open page learns of the run by itself (its live part is fetched every 2 s).
+                page.wait_for_selector(f"text={run_id}", timeout=15_000)
+                page.screenshot(path=str(ARTIFACTS / "overview-running.png"), full_page=True)
+                page.click(f"text={run_id}")
+                page.wait_for_selector("text=Steps")
+                seen: list[tuple[str, str]] = []
+                for _ in range(60):  # up to 30 s, one look each half second, never reloading
+                    rows = page.query_selector_all("table tr")[1:]
+                    states = tuple(r.query_selector_all("td")[2].inner_text() for r in rows)
+                    widths = [r.query_selector(".bar span").get_attribute("style") for r in rows]
+                    seen.append((" ".join(states), " ".join(w or "" for w in widths)))
+                    if "running" in states and len(seen) > 1 and not (ARTIFACTS / "run-running.png").exists():
+                        page.screenshot(path=str(ARTIFACTS / "run-running.png"), full_page=True)
+                    if page.query_selector("p .state.succeeded"):
+                        break
+                    page.wait_for_timeout(500)
+            finally:
+                control.send("PUT", "/config", {"durations": {"create_image": 20.0}})
+            assert page.query_selector("p .state.succeeded"), seen[-3:]
+            assert any("running" in s for s, _ in seen), "the page showed the run in flight"
+            assert len({w for _, w in seen}) >= 3, f"the progress moved: {sorted({w for _, w in seen})}"
+            assert "image" in page.inner_text("main"), "the new image's id is shown"
+            page.screenshot(path=str(ARTIFACTS / "run-succeeded.png"), full_page=True)
+
+            job = op.post(
+                "/api/v1/jobs", {"workflow": "reboot", "servers": names[13:16], "max_concurrency": "3"}
+            )
+            page.goto(f"{web.url}/ui/jobs/{job.json()['id']}")
+            page.wait_for_selector(".cell.succeeded", timeout=20_000)
+            page.wait_for_function(
+                "document.querySelectorAll('.cell.succeeded').length === 3", timeout=20_000
+            )
+            page.screenshot(path=str(ARTIFACTS / "job.png"), full_page=True)
+
+            window = {"name": "ui-window", "workflow": "reboot", "cron": "0 3 * * *", "duration": "1h",
+                      "servers": names[13:14]}  # fmt: skip
+            assert op.post("/api/v1/windows", window).status_code == 201
+            page.goto(f"{web.url}/ui/windows/ui-window")
+            assert "next firing" in page.inner_text("main")
+            page.screenshot(path=str(ARTIFACTS / "window.png"), full_page=True)
+
+            phone = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
+            phone.context.add_cookies(page.context.cookies())
+            phone.goto(web.url + "/")
+            phone.wait_for_selector("text=Active runs")
+            overflow = phone.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+            assert overflow <= 1, f"the page is {overflow} px wider than a phone (tables scroll inside it)"
+            phone.screenshot(path=str(ARTIFACTS / "overview-phone.png"), full_page=True)
+        finally:
+            browser.close()
+            op.http.delete(f"{op.base}/api/v1/windows/ui-window", timeout=30)

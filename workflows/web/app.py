@@ -1,0 +1,153 @@
+"""The web service: the HTTP API under ``/api/v1``, the dashboard at ``/`` and ``/metrics``.
+
+It needs Redis (the broker and the run store), never the API token: submissions go through the workers'
+``hcloud_flow.*`` tasks with the same validation and the same messages as the CLI. Every route but
+``/api/v1/health`` needs a key (``Authorization: Bearer KEY``; the dashboard's pages also take the session a
+login form sets). ``viewer`` keys read; ``operator`` keys also submit, cancel and edit. Each write is
+recorded with the key's name (``apikey:NAME``) as who did it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from workers.errors import BadInput, HcloudFlowError, NotFound, ServerBusy
+
+from .auth import AuthError
+from .services import Services
+
+__all__ = ["MAX_BODY", "create_app", "error"]
+
+MAX_BODY = 256 * 1024  # a run's user_data is at most 32 KiB; nothing we take is larger than a few of those
+
+
+def error(status: int, kind: str, message: str, field: str | None = None) -> JSONResponse:
+    """The one shape of every refusal: ``{"error": {"type", "message", "field"?}}``."""
+    body: dict[str, Any] = {"error": {"type": kind, "message": message}}
+    if field:
+        body["error"]["field"] = field
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.message = status, kind, message
+
+
+def _body_limit(app: Any) -> Any:
+    """An ASGI wrapper refusing bodies over MAX_BODY (413) before they are read whole, chunked ones too."""
+
+    async def guarded(scope: dict[str, Any], receive: Callable[[], Awaitable[Any]], send: Any) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
+            await error(413, "TooLarge", f"the request body is over {MAX_BODY} bytes")(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Any:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > MAX_BODY:
+                raise _Refused(413, "TooLarge", f"the request body is over {MAX_BODY} bytes")
+            return message
+
+        try:
+            await app(scope, counted, send)
+        except _Refused as exc:
+            await error(exc.status, exc.kind, exc.message)(scope, receive, send)
+
+    return guarded
+
+
+def create_app(services: Services) -> Any:
+    """Build the ASGI application over ``services`` (Redis, the workers' tasks, the key file)."""
+    from . import api_routes, dashboard, metrics
+
+    app = FastAPI(
+        title="hcloud-flow",
+        version="1",
+        summary="Hetzner Cloud server actions as durable workflows: runs, fleet jobs, maintenance windows.",
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.services = services
+
+    @app.exception_handler(AuthError)
+    async def auth_error(request: Request, exc: AuthError) -> JSONResponse:
+        page = request.url.path == "/" or (
+            request.url.path.startswith("/ui/") and not request.url.path.startswith("/ui/fragment/")
+        )
+        if exc.status == 401 and page:  # a person at a page: the login form (scripts and fragments: 401)
+            from fastapi.responses import RedirectResponse
+
+            return RedirectResponse("/login", status_code=303)  # type: ignore[return-value]
+        return error(exc.status, "Unauthorized" if exc.status == 401 else "Forbidden", exc.message)
+
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        # Routing's own refusals (no such path, a method a path does not take) in the one error shape.
+        message = "no such path; /openapi.json lists them" if exc.status_code == 404 else str(exc.detail)
+        return error(exc.status_code, "NotFound" if exc.status_code == 404 else "HTTPError", message)
+
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return error(404, "NotFound", exc.message, exc.field)
+
+    @app.exception_handler(BadInput)
+    async def bad_input(request: Request, exc: BadInput) -> JSONResponse:
+        from .idempotency import InProgress, KeyReused
+
+        status = 409 if isinstance(exc, InProgress) else 422 if isinstance(exc, KeyReused) else 400
+        return error(status, type(exc).__name__, exc.message, exc.field)
+
+    @app.exception_handler(ServerBusy)
+    async def busy(request: Request, exc: ServerBusy) -> JSONResponse:
+        return error(409, "ServerBusy", str(exc))
+
+    @app.exception_handler(HcloudFlowError)
+    async def unavailable(request: Request, exc: HcloudFlowError) -> JSONResponse:
+        # No worker took the request, or Redis is away: nothing was started (the message says so).
+        return error(503, type(exc).__name__, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        field = ".".join(loc) or None
+        message = f"{field}: {first['msg']}" if field else str(first["msg"])
+        return error(422, "BadInput", message, field)
+
+    import redis as redis_lib
+
+    @app.exception_handler(redis_lib.ConnectionError)
+    async def no_redis(request: Request, exc: Exception) -> JSONResponse:
+        return error(503, "Unreachable", f"cannot reach Redis ({exc}); check HCLOUD_FLOW_REDIS_URL")
+
+    app.include_router(api_routes.router)
+    app.include_router(metrics.router)
+    app.include_router(dashboard.router)
+
+    @app.middleware("http")
+    async def no_store(request: Request, call_next: Callable[[Request], Awaitable[Any]]) -> Any:
+        response = await call_next(request)
+        response.headers.setdefault("Cache-Control", "no-store")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        return response
+
+    return _body_limit(app)

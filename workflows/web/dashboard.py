@@ -1,0 +1,184 @@
+"""The dashboard: server-rendered pages of runs, fleet jobs, windows, the API budget and the workers' health.
+
+Each page's live part is a fragment of its own (``/ui/fragment/...``) that a dozen lines of script fetch
+again every two seconds and swap in: no framework, and the page reads fully without script (a reload).
+Pages take the viewer session the login form opens, or a Bearer key. Everything shown is escaped (Jinja2's
+autoescape), labels and names included.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from workers.run_store import ACTIVE
+
+from .api_routes import redact
+from .auth import SESSION_COOKIE, SESSION_TTL, Viewer
+from .services import Services
+from .state import budgets
+
+__all__ = ["router"]
+
+router = APIRouter(include_in_schema=False)
+_TEMPLATES = Environment(
+    loader=FileSystemLoader(Path(__file__).parent / "templates"),
+    autoescape=select_autoescape(["html"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+
+
+def _clock(ts: Any) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(float(ts))) if ts else "-"
+
+
+def _ago(ts: Any) -> str:
+    if not ts:
+        return "-"
+    seconds = max(0, int(time.time() - float(ts)))
+    return f"{seconds}s ago" if seconds < 120 else f"{seconds // 60}m ago" if seconds < 7200 else _clock(ts)
+
+
+_TEMPLATES.filters["clock"] = _clock
+_TEMPLATES.filters["ago"] = _ago
+
+
+def _render(name: str, **context: Any) -> HTMLResponse:
+    return HTMLResponse(_TEMPLATES.get_template(name).render(**context))
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _page(
+    request: Request, key: Any, fragment: str, title: str, refresh: str, **context: Any
+) -> HTMLResponse:
+    if request.url.path.startswith("/ui/fragment/"):
+        return _render(fragment, **context)
+    return _render("page.html", fragment=fragment, title=title, refresh=refresh, who=key, **context)
+
+
+# -- login --------------------------------------------------------------------------------------------------
+
+
+@router.get("/login")
+def login_form(request: Request) -> HTMLResponse:
+    return _render("login.html", error=None)
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    raw = await request.body()
+    form = parse_qs(raw.decode("utf-8", "replace")[:4096])
+    key = _services(request).keys.check((form.get("key") or [""])[0].strip())
+    if key is None:
+        page = _render("login.html", error="That key is not valid.")
+        page.status_code = 401
+        return page
+    sid = _services(request).sessions.open(key)
+    response = RedirectResponse("/", status_code=303)
+    secure = request.url.scheme == "https"
+    response.set_cookie(
+        SESSION_COOKIE, sid, max_age=SESSION_TTL, httponly=True, samesite="strict", secure=secure
+    )
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request) -> Response:
+    sid = request.cookies.get(SESSION_COOKIE)
+    if sid:
+        _services(request).sessions.close(sid)
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(SESSION_COOKIE)
+    return response
+
+
+# -- pages --------------------------------------------------------------------------------------------------
+
+
+def _overview(services: Services) -> dict[str, Any]:
+    from .api_routes import _window_view
+
+    runs = services.runs.list(limit=40)
+    active = [r for r in runs if r["state"] in ACTIVE]
+    windows = [
+        _window_view(services, w) for w in (services.windows.get(n) for n in services.windows.names()) if w
+    ]
+    for w in windows:
+        last = services.windows.history(w["name"], 1)
+        w["last"] = last[0] if last else None
+    return {
+        "active": active,
+        "recent": [r for r in runs if r["state"] not in ACTIVE][:20],
+        "jobs": services.jobs.list(10),
+        "windows": windows,
+        "budgets": budgets(services.redis, services.clock(), services.refill),
+        "live": services.liveness.read(),
+        "now": services.clock(),
+    }
+
+
+@router.get("/")
+@router.get("/ui/fragment/overview")
+def overview(request: Request, key: Viewer) -> HTMLResponse:
+    return _page(
+        request, key, "overview.html", "hcloud-flow", "/ui/fragment/overview", **_overview(_services(request))
+    )
+
+
+@router.get("/ui/runs/{run_id}")
+@router.get("/ui/fragment/runs/{run_id}")
+def run_page(run_id: str, request: Request, key: Viewer) -> HTMLResponse:
+    run = redact(_services(request).runs.status(run_id[:64]))
+    return _page(request, key, "run.html", f"run {run['id']}", f"/ui/fragment/runs/{run['id']}", run=run)
+
+
+@router.get("/ui/jobs/{job_id}")
+@router.get("/ui/fragment/jobs/{job_id}")
+def job_page(job_id: str, request: Request, key: Viewer) -> HTMLResponse:
+    job = redact(_services(request).jobs.status(job_id[:64]))
+    names = {int(s["id"]): s.get("name") or s["id"] for s in job["servers"]}
+    cells = [
+        {"id": sid, "name": names.get(sid, sid), **job["outcomes"].get(sid, {"outcome": "pending"})}
+        for sid in (int(s["id"]) for s in job["servers"])
+    ]
+    errors = sum(1 for c in cells if c["outcome"] in ("failed", "refused"))
+    return _page(
+        request,
+        key,
+        "job.html",
+        f"job {job['id']}",
+        f"/ui/fragment/jobs/{job['id']}",
+        job=job,
+        cells=cells,
+        errors=errors,
+    )
+
+
+@router.get("/ui/windows/{name}")
+@router.get("/ui/fragment/windows/{name}")
+def window_page(name: str, request: Request, key: Viewer) -> HTMLResponse:
+    from .api_routes import _window, _window_view
+
+    services = _services(request)
+    window = _window_view(services, _window(services, name))
+    history = services.windows.history(name, 50)
+    return _page(
+        request,
+        key,
+        "window.html",
+        f"window {name}",
+        f"/ui/fragment/windows/{name}",
+        window=window,
+        history=history,
+    )

@@ -1,0 +1,39 @@
+"""Request bodies of the HTTP API. Fleet jobs and windows are ``workflows.specs``' models themselves, so a
+field means the same here as on the command line; these add what only a request carries."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+__all__ = ["RunRequest", "WindowPatch"]
+
+
+class RunRequest(BaseModel):
+    """Start one workflow run on one server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workflow: StrictStr = Field(description="workflow name (GET /api/v1/workflows lists them)", max_length=64)
+    server: StrictInt | StrictStr = Field(description="server id or name")
+    params: dict[str, Any] = Field(default_factory=dict, description="the workflow's parameters")
+    queue: StrictBool = Field(False, description="if the server is busy, queue behind its run")
+
+
+class WindowPatch(BaseModel):
+    """The window fields to change; the rest stay (as `hcloud-flow schedule edit`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    workflow: StrictStr | None = None
+    cron: StrictStr | None = None
+    tz: StrictStr | None = None
+    duration: StrictStr | StrictInt | None = None
+    cutoff: StrictStr | StrictInt | None = None
+    selector: StrictStr | None = None
+    servers: list[StrictInt | StrictStr] | None = None
+    params: dict[str, Any] | None = None
+    max_concurrency: StrictStr | StrictInt | None = None
+    max_errors: StrictStr | StrictInt | None = None
+    canary: StrictInt | None = None
