@@ -64,6 +64,17 @@ BENCHES = [
         " at least 0.2 s).",
     ),
     (
+        "The web service against the CLI's path",
+        "web.py",
+        ["--runs", "1000", "--submits", "60", "--seconds", "4"],
+        ["--runs", "100", "--submits", "10", "--seconds", "1"],
+        "Submit latency of `POST /api/v1/runs` (uvicorn, one process) against the Python API call `hcloud-flow "
+        "run` makes, one submission after another, both answered by the same worker; then reads per second "
+        "from 8 keep-alive clients with 1,000 ended runs in Redis, against the same reads in 8 threads of the "
+        "bench's own process (no HTTP). Target (issue 12): the figure itself; the ratio shows what HTTP, auth "
+        "and JSON cost on top of the store.",
+    ),
+    (
         "fakecloud throughput",
         "fakecloud_throughput.py",
         ["--threads", "4", "--seconds", "5"],
@@ -120,10 +131,18 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="small sizes; do not quote the figures")
     parser.add_argument("--out", default=str(HERE / "RESULTS.md"))
+    parser.add_argument(
+        "--only",
+        action="append",
+        metavar="SCRIPT",
+        help="run only this bench (repeatable) and replace its section",
+    )
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     sections = []
     for title, script, full, quick, about in BENCHES:
+        if args.only and script not in args.only:
+            continue
         argv = quick if args.quick else full
         command = f"python bench/{script} {' '.join(argv)}"
         print(f"running: {command}", file=sys.stderr, flush=True)
@@ -157,7 +176,16 @@ def main() -> None:
         *[f"| {k} | {v} |" for k, v in info.items()],
         "",
     ]
-    Path(args.out).write_text("\n".join(head) + "\n" + "\n".join(sections))
+    if args.only:
+        # Keep the other benches' sections as they were; replace (or add) the ones run now.
+        old = Path(args.out).read_text().split("\n## ")
+        kept = {part.split("\n", 1)[0]: "## " + part for part in old[1:]}
+        for section in sections:
+            kept[section.split("\n", 1)[0][3:]] = section
+        body = "\n".join(s if s.endswith("\n") else s + "\n" for s in kept.values())
+        Path(args.out).write_text(old[0].rstrip("\n") + "\n\n" + body)
+    else:
+        Path(args.out).write_text("\n".join(head) + "\n" + "\n".join(sections))
     print(f"wrote {args.out}", file=sys.stderr)
 
 
