@@ -31,6 +31,10 @@ def _deadlines(raw: str) -> dict[str, float]:
 
 
 redis_url = os.environ.get("HCLOUD_FLOW_REDIS_URL", "redis://127.0.0.1:6379/0")
+if not redis_url.startswith(("redis://", "rediss://", "unix://")):
+    raise SystemExit(
+        f"HCLOUD_FLOW_REDIS_URL must be a redis://, rediss:// or unix:// URL, not {redis_url[:200]!r}"
+    )
 _visibility = _float("HCLOUD_FLOW_VISIBILITY_TIMEOUT", 600.0)
 
 broker_url = redis_url

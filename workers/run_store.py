@@ -38,8 +38,13 @@ _JSON_FIELDS = ("error", "restore", "left", "notified", "cancelled_by")
 
 
 def has_ended(record: dict[str, Any]) -> bool:
-    """Tell whether a run (or job) record is over: a final state, and no power restore still under way."""
-    return record["state"] in FINAL and (record.get("restore") or {}).get("state") != "powering_on"
+    """Tell whether a run (or job) record is over: a final state, no power restore still under way, and (a
+    job) none of its runs still in flight: a cancelled job's runs stop only before their next step."""
+    return (
+        record["state"] in FINAL
+        and (record.get("restore") or {}).get("state") != "powering_on"
+        and not (record.get("counts") or {}).get("running")
+    )
 
 
 def chain_holder(root_id: str | None, task_id: str | None) -> str:

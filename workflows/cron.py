@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from celery.schedules import crontab_parser
+from celery.schedules import ParseException, crontab_parser
 
 from workers.errors import BadInput
 
@@ -62,7 +62,10 @@ class Cron(TypedDict):
 
 def parse_cron(expr: Any) -> Cron:
     """Parse a five-field cron expression (minute hour day-of-month month day-of-week) or refuse it."""
-    fields = str(expr).split()
+    text = str(expr)
+    if not text.isascii() or not all(c == " " or c.isprintable() for c in text) or "\t" in text:
+        raise BadInput(f"cron takes ASCII fields separated by spaces, not {text[:80]!r}", "cron")
+    fields = text.split()
     if len(fields) != 5:
         raise BadInput(
             f"cron needs 5 fields (minute hour day month weekday), e.g. '0 3 * * SUN'; got {expr!r}", "cron"
@@ -73,7 +76,7 @@ def parse_cron(expr: Any) -> Cron:
     for field, (size, low), label in zip(fields, limits, names, strict=True):
         try:
             sets.append(set(crontab_parser(size, low).parse(field)))
-        except ValueError as exc:
+        except (ValueError, ParseException) as exc:
             raise BadInput(f"cron {label} field {field!r} is invalid: {exc}", "cron") from exc
     return {
         "minute": sets[0],

@@ -183,7 +183,12 @@ WORKFLOWS: dict[str, Workflow] = {
                     required=True,
                 ),
                 Param("no_snapshot", bool, False, "skip the safety snapshot"),
-                Param("user_data", str, None, "cloud-init user data (at most 32 KiB)"),
+                Param(
+                    "user_data",
+                    str,
+                    None,
+                    "cloud-init user data (at most 32 KiB); on the command line @FILE reads a file",
+                ),
                 *SHUTDOWN_PARAMS,
                 LEAVE_OFF,
             ),

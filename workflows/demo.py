@@ -1,7 +1,8 @@
 """``hcloud-flow demo``: snapshots and rebuilds across a simulated fleet, in one process, in under a minute.
 
-Everything runs here: fakecloud (the API simulator), Redis (an in-process server speaking the real protocol,
-unless HCLOUD_FLOW_REDIS_URL points at one), a worker with its monitor, and the submitting client. The
+Everything runs here: fakecloud (the API simulator), Redis (an in-process server speaking the real protocol;
+never the one HCLOUD_FLOW_REDIS_URL names, whose workers would take the demo's tasks to their own API), a
+worker with its monitor, and the submitting client. The
 scenario shows the parts that matter in production: a guest that ignores the ACPI shutdown (the step
 forces a power off after its grace period), an action that fails (the run says where and why), a refused
 request (nothing enqueued), live progress, and what every run cost in API requests.
@@ -74,10 +75,7 @@ def run_demo(*, json_out: bool = False, servers: int = 6) -> int:
     """Run the scenario; return 0 when every run ended as the scenario expects."""
     started = time.monotonic()
     servers = max(servers, len(SCENARIO))
-    redis_server = None
-    redis_url = os.environ.get("HCLOUD_FLOW_REDIS_URL")
-    if not redis_url:
-        redis_url, redis_server = _start_redis()
+    redis_url, redis_server = _start_redis()
 
     import fakecloud
 

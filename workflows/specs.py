@@ -156,7 +156,7 @@ class WindowSpec(FleetSpec):
             raise BadInput("cron is missing; give it like --cron '0 3 * * SUN'", "cron")
         if not cron_can_fire(parse_cron(value)):
             raise BadInput(f"cron {value!r} never fires: no month has that day", "cron")
-        return str(value)
+        return " ".join(str(value).split())
 
     @field_validator("tz", mode="before")
     @classmethod

@@ -22,6 +22,7 @@ from .param_models import model_for
 __all__ = ["Lookups", "check_params", "check_submitter", "gather_facts", "workflow_named"]
 
 _SUBMITTER_MAX = 100
+_MAX_NAME = 253  # a server's name is a hostname (RFC 1123): no longer than this
 
 
 def check_submitter(value: Any) -> str | None:
@@ -162,6 +163,8 @@ def find_server(client: HcloudClient, ref: Any, known: Lookups | None = None) ->
             if exc.code == "not_found":
                 raise BadInput(f"no server with id {ref} in this project", "server") from exc
             raise
+    if len(str(ref)) > _MAX_NAME:
+        raise BadInput(f"a server name is at most {_MAX_NAME} characters, not {len(str(ref))}", "server")
     found = client.list_servers(name=str(ref))
     if not found:
         raise BadInput(f"no server named {ref!r} in this project", "server")

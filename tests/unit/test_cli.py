@@ -140,6 +140,10 @@ def test_usage_errors_exit_2_and_are_json_under_json(no_api: None, args: list[st
             "grace",
         ),
         (["list", "--server", " "], "--server is empty"),
+        (["run", "rebuild", "--server", "1", "--image", "x", "--user-data", "@/no/such/file"], "--user-data @"),
+        (["run", "rebuild", "--server", "1", "--image", "x", "--user-data", "@/"], "--user-data @"),
+        (["run", "reboot", "--server", "1", "--timeout", "5"], "go with --wait"),
+        (["status", "r1", "--quiet"], "go with --wait"),
     ],
 )
 def test_bad_input_is_refused_before_the_api_is_reached(no_api: None, args: list[str], message: str) -> None:
@@ -172,7 +176,10 @@ def test_ctrl_c_during_a_wait_says_what_goes_on_and_how_to_follow(monkeypatch: p
     monkeypatch.setattr(runs_cli, "runs", lambda: fake)
     done = invoke("status", "r1", "--wait", "--quiet")
     assert done.exit_code == 130
-    assert "goes on" in done.stderr and "hcloud-flow status RUN_ID --wait" in done.stderr
+    assert "run r1 goes on" in done.stderr and "`hcloud-flow status r1 --wait` follows it" in done.stderr
+    answered = invoke("status", "r1", "--wait", "--json")
+    error = json.loads(answered.stdout)["error"]
+    assert answered.exit_code == 130 and error["run_id"] == "r1" and error["exit_code"] == 130
 
 
 def test_a_job_wait_off_a_terminal_prints_one_line_per_change(monkeypatch: pytest.MonkeyPatch) -> None:

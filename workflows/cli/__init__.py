@@ -20,6 +20,7 @@ from .common import (
     EXIT_OK,
     EXIT_STILL_RUNNING,
     EXIT_UNREACHABLE,
+    StoppedWaiting,
     print_json,
 )
 
@@ -57,14 +58,27 @@ class _Root(click.Group):
             return EXIT_BAD_INPUT
         except click.ClickException as exc:
             return _refuse(as_json, exc, EXIT_BAD_INPUT, exc.format_message())
+        except StoppedWaiting as exc:
+            return _refuse(as_json, exc, EXIT_INTERRUPTED, "\n" + str(exc), ident={exc.what: exc.ident})
         except click.Abort:  # Ctrl-C, which click turns into Abort
             return _interrupted()
         except KeyboardInterrupt:
             return _interrupted()
         except BrokenPipeError:
             return _reader_gone()
+        except SystemExit as exc:
+            if isinstance(exc.code, str):  # a setting refused where it is read (celeryconfig)
+                return _refuse(as_json, exc, EXIT_BAD_INPUT, exc.code)
+            return int(exc.code or 0)
         except Exception as exc:  # sorted by what it means to the caller, else raised again
             return _classify(as_json, exc)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            # Caught here, before click's own handler turns it into exit 1 ("failed"): the reader went away.
+            return _reader_gone()
 
 
 def _classify(as_json: bool, exc: Exception) -> int:
@@ -86,12 +100,22 @@ def _classify(as_json: bool, exc: Exception) -> int:
     raise exc
 
 
-def _refuse(as_json: bool, exc: BaseException, code: int, message: str | None = None) -> int:
+def _refuse(
+    as_json: bool,
+    exc: BaseException,
+    code: int,
+    message: str | None = None,
+    ident: dict[str, str] | None = None,
+) -> int:
     """Say why a command stopped (as JSON on stdout too, under --json) and return its exit code."""
     text = message or str(exc)
-    click.echo(f"hcloud-flow: {text}", err=True)
+    click.echo(
+        f"hcloud-flow: {text.lstrip()}" if not text.startswith("\n") else f"\nhcloud-flow: {text[1:]}",
+        err=True,
+    )
     if as_json:
-        print_json({"error": {"type": type(exc).__name__, "message": text, "exit_code": code}})
+        error = {"type": type(exc).__name__, "message": text.strip(), "exit_code": code}
+        print_json({"error": {**error, **{k.replace(" ", "_") + "_id": v for k, v in (ident or {}).items()}}})
     return code
 
 

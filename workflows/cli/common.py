@@ -22,6 +22,8 @@ __all__ = [
     "EXIT_STILL_RUNNING",
     "EXIT_UNREACHABLE",
     "SECONDS",
+    "StoppedWaiting",
+    "check_wait_flags",
     "flag_of",
     "json_option",
     "param_options",
@@ -91,6 +93,22 @@ def wait_options(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]
         return click.option("--wait", is_flag=True, help=f"wait for the {what}, showing live progress")(f)
 
     return decorate
+
+
+class StoppedWaiting(Exception):
+    """Ctrl-C during a wait: what was submitted goes on, and the message says how to follow it."""
+
+    def __init__(self, what: str, ident: str, follow: str) -> None:
+        super().__init__(f"stopped waiting; {what} {ident} goes on: `{follow}` follows it")
+        self.what, self.ident, self.follow = what, ident, follow
+
+
+def check_wait_flags(wait: bool, timeout: float | None, quiet: bool) -> None:
+    """--timeout and --quiet say how to wait: without --wait they would be ignored, so refuse them."""
+    from workers.errors import BadInput
+
+    if not wait and (timeout is not None or quiet):
+        raise BadInput("--timeout and --quiet go with --wait", "wait")
 
 
 def submit_timeout_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -173,10 +191,22 @@ def params_from(options: dict[str, Any]) -> dict[str, Any]:
         elif name == "image" and is_id(value):
             value = int(value)
         elif name == "user_data" and value.startswith("@"):
-            with open(value[1:], encoding="utf-8") as fh:
-                value = fh.read()
+            value = _read_file(value[1:], "--user-data")
         out[name] = value
     return out
+
+
+def _read_file(path: str, flag: str) -> str:
+    """Read ``@FILE`` for an option, or refuse with what went wrong (nothing is sent)."""
+    from workers.errors import BadInput
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read(1024 * 1024)
+    except UnicodeDecodeError:
+        raise BadInput(f"{flag} @{path}: not UTF-8 text", flag) from None
+    except OSError as exc:
+        raise BadInput(f"{flag} @{path}: {exc.strerror or exc}", flag) from None
 
 
 def split_servers(text: str | None) -> list[int | str] | None:

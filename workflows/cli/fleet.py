@@ -11,11 +11,14 @@ import click
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
+    StoppedWaiting,
+    check_wait_flags,
     json_option,
     param_options,
     params_from,
     print_json,
     split_servers,
+    submit_timeout_option,
     wait_options,
 )
 
@@ -68,6 +71,7 @@ def unsucceeded(job: dict[str, Any]) -> list[str]:
 )
 @click.option("--dry-run", is_flag=True, help="print the plan and its API budget; start nothing")
 @wait_options("job")
+@submit_timeout_option
 @json_option
 @param_options
 def fleet_cmd(
@@ -81,6 +85,7 @@ def fleet_cmd(
     wait: bool,
     timeout: float | None,
     quiet: bool,
+    submit_timeout: float,
     as_json: bool,
     **options: Any,
 ) -> int:
@@ -88,6 +93,7 @@ def fleet_cmd(
     from workers.errors import BadInput
     from workflows.specs import FleetSpec, checked
 
+    check_wait_flags(wait, timeout, quiet)
     if (selector is None) == (servers is None):
         raise BadInput("give either --selector or --servers (one of them)")
     spec: dict[str, Any] = {
@@ -100,9 +106,9 @@ def fleet_cmd(
     }
     checked(FleetSpec, {"workflow": workflow, **spec})  # refused here, before anything is sent
     if dry_run:
-        _print_plan(_jobs().plan(workflow, **spec), as_json)
+        _print_plan(_jobs().plan(workflow, timeout=submit_timeout, **spec), as_json)
         return EXIT_OK
-    job = _jobs().start(workflow, **spec)
+    job = _jobs().start(workflow, timeout=submit_timeout, **spec)
     if not wait:
         print_json(job) if as_json else click.echo(job["id"])
         return EXIT_OK
@@ -145,7 +151,10 @@ def wait_job(job_id: str, *, timeout: float | None, quiet: bool, as_json: bool) 
             click.echo(line, err=True)
         last = line
 
-    job = _jobs().wait(job_id, timeout=timeout, on_update=show)
+    try:
+        job = _jobs().wait(job_id, timeout=timeout, on_update=show)
+    except KeyboardInterrupt:
+        raise StoppedWaiting("fleet job", job_id, f"hcloud-flow job status {job_id} --wait") from None
     if tty and not (as_json or quiet):
         click.echo("", err=True)
     if as_json:
@@ -180,6 +189,7 @@ def job_list(as_json: bool) -> int:
 @json_option
 def job_status(job_id: str, wait: bool, timeout: float | None, quiet: bool, as_json: bool) -> int:
     """Show a job and each server's outcome (with --wait, follow it until it ends)."""
+    check_wait_flags(wait, timeout, quiet)
     if wait:
         return wait_job(job_id, timeout=timeout, quiet=quiet, as_json=as_json)
     job = _jobs().status(job_id)
@@ -201,9 +211,10 @@ def job_status(job_id: str, wait: bool, timeout: float | None, quiet: bool, as_j
 
 def _control(verb: str, summary: str) -> click.Command:
     @click.argument("job_id")
+    @submit_timeout_option
     @json_option
-    def command(job_id: str, as_json: bool) -> int:
-        answer = _jobs().control(job_id, verb)
+    def command(job_id: str, submit_timeout: float, as_json: bool) -> int:
+        answer = _jobs().control(job_id, verb, timeout=submit_timeout)
         print_json(answer) if as_json else click.echo(f"job {job_id}: {answer['state']}")
         return EXIT_OK
 

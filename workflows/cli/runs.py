@@ -10,6 +10,8 @@ import click
 from .common import (
     EXIT_FAILED,
     EXIT_OK,
+    StoppedWaiting,
+    check_wait_flags,
     flag_of,
     json_option,
     param_options,
@@ -49,6 +51,7 @@ def run_cmd(
     from workers.client import is_id
     from workflows.validate import check_params, workflow_named
 
+    check_wait_flags(wait, timeout, quiet)
     params = params_from(options)
     target: Any = int(server) if is_id(server) else server
     check_params(workflow_named(workflow), params)  # refuse bad shapes before touching the broker
@@ -68,6 +71,13 @@ def run_cmd(
 
 def wait_and_report(run_ids: list[str], *, timeout: float | None, quiet: bool, as_json: bool) -> int:
     """Follow runs until they end (or the deadline passes: StillRunning, exit 4) and say how they ended."""
+    try:
+        return _follow(run_ids, timeout=timeout, quiet=quiet, as_json=as_json)
+    except KeyboardInterrupt:
+        raise StoppedWaiting("run", run_ids[0], f"hcloud-flow status {run_ids[0]} --wait") from None
+
+
+def _follow(run_ids: list[str], *, timeout: float | None, quiet: bool, as_json: bool) -> int:
     from workers.errors import StillRunning
     from workers.run_store import has_ended
     from workflows.progress import LiveView, render_run
@@ -92,7 +102,7 @@ def wait_and_report(run_ids: list[str], *, timeout: float | None, quiet: bool, a
         time.sleep(0.5)
     if as_json:
         print_json(current if len(current) > 1 else current[0])
-    elif view is None:
+    elif view is None or not view.tty:  # off a terminal the progress lines were a log: now the outcome
         for run in current:
             click.echo("\n".join(render_run(run)))
     return EXIT_OK if all(r["state"] == "succeeded" for r in current) else EXIT_FAILED
@@ -106,6 +116,7 @@ def status_cmd(run_id: str, wait: bool, timeout: float | None, quiet: bool, as_j
     """Show a run: state, steps, actions, errors, images, and the server's state at the end."""
     from workflows.progress import render_run
 
+    check_wait_flags(wait, timeout, quiet)
     if wait:
         return wait_and_report([run_id], timeout=timeout, quiet=quiet, as_json=as_json)
     run = runs().status(run_id)
