@@ -1,0 +1,90 @@
+"""The web service's parts alone: the key file, idempotency claims, the shared counters (own Redis)."""
+
+from __future__ import annotations
+
+import json
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from workers.counters import Counters
+from workers.errors import BadInput, NotFound
+from workflows.web.idempotency import IdempotencyStore, InProgress, KeyReused, check_key
+from workflows.web.keys import KeyFile
+
+from ..support.processes import RedisServer
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("web-parts"))
+    yield server
+    server.stop()
+
+
+def test_keys_are_stored_as_hashes_with_their_role(tmp_path: Path) -> None:
+    keys = KeyFile(tmp_path / "sub" / "keys.json")
+    op = keys.add("deploy-bot", "operator")
+    view = keys.add("grafana", "viewer")
+    raw = (tmp_path / "sub" / "keys.json").read_text()
+    assert op not in raw and view not in raw and op.startswith("hfk_") and len(op) > 40
+    assert stat.S_IMODE((tmp_path / "sub" / "keys.json").stat().st_mode) == 0o600
+    assert keys.check(op).name == "deploy-bot" and keys.check(op).may("operator")  # type: ignore[union-attr]
+    assert keys.check(view).may("viewer") and not keys.check(view).may("operator")  # type: ignore[union-attr]
+    for wrong in (None, "", op[:-1], op + "x", json.loads(raw)["keys"][0]["sha256"]):
+        assert keys.check(wrong) is None
+    with pytest.raises(BadInput, match="exists"):
+        keys.add("grafana", "viewer")
+    with pytest.raises(BadInput, match="role"):
+        keys.add("x", "admin")
+    with pytest.raises(BadInput, match="key names"):
+        keys.add("bad name", "viewer")
+    keys.remove("grafana")
+    assert keys.check(view) is None and [k["name"] for k in keys.list()] == ["deploy-bot"]
+    with pytest.raises(NotFound):
+        keys.remove("grafana")
+
+
+def test_another_process_removing_a_key_takes_effect_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "keys.json"
+    web, cli = KeyFile(path), KeyFile(path)
+    key = cli.add("short", "viewer")
+    assert web.check(key) is not None
+    cli.remove("short")
+    assert web.check(key) is None
+
+
+def test_an_idempotency_key_answers_once_and_refuses_reuse_and_races(redis_server: RedisServer) -> None:
+    store = IdempotencyStore(redis_server.client())
+    first = store.claim("ops", "k1", "POST", "/api/v1/runs", b'{"a": 1}')
+    assert first.answer is None
+    with pytest.raises(InProgress):
+        store.claim("ops", "k1", "POST", "/api/v1/runs", b'{"a": 1}')
+    with pytest.raises(KeyReused):
+        store.claim("ops", "k1", "POST", "/api/v1/runs", b'{"a": 2}')
+    first.finish(202, {"run_id": "r1"})
+    again = store.claim("ops", "k1", "POST", "/api/v1/runs", b'{"a": 1}')
+    assert again.answer == {"status": 202, "content": {"run_id": "r1"}}
+    assert store.claim("other-key", "k1", "POST", "/api/v1/runs", b'{"a": 1}').answer is None, "per API key"
+    released = store.claim("ops", "k2", "POST", "/api/v1/runs", b"{}")
+    released.release()
+    assert store.claim("ops", "k2", "POST", "/api/v1/runs", b"{}").answer is None, "free again"
+    assert store.claim("ops", None, "POST", "/x", b"").answer is None
+    for bad in ("", "x" * 256, "a\nb"):
+        with pytest.raises(BadInput):
+            check_key(bad)
+
+
+def test_counters_are_shared_and_histograms_cumulative(redis_server: RedisServer) -> None:
+    one, other = Counters(redis_server.client(), "t"), Counters(redis_server.client(), "t")
+    one.add("api_requests", ("GET", "200"))
+    other.add("api_requests", ("GET", "200"), 2)
+    assert one.read("api_requests") == {("GET", "200"): 3}
+    for seconds in (0.5, 3.0, 3.0, 7200.0):
+        (one if seconds < 3 else other).observe("action_seconds", ("create_image",), seconds)
+    h = one.histogram("action_seconds")[("create_image",)]
+    buckets = dict(h["buckets"])
+    assert buckets["1"] == 1 and buckets["5"] == 3 and buckets["3600"] == 3 and buckets["+Inf"] == 4
+    assert h["count"] == 4 and h["sum"] == pytest.approx(7206.5)
