@@ -22,7 +22,7 @@ from workers.labels import check_selector
 
 from .cron import MAX_DURATION, WINDOW_NAME, cron_can_fire, parse_cron, parse_duration, zone
 from .fleet_plan import parse_amount
-from .validate import check_params, workflow_named
+from .validate import check_params, require_unicode, workflow_named
 
 __all__ = ["FleetSpec", "WindowSpec", "checked"]
 
@@ -118,6 +118,12 @@ class FleetSpec(BaseModel):
             raise BadInput(f"canary must be a whole number >= 0, not {value!r}", "canary")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _unicode(cls, data: Any) -> Any:
+        require_unicode(data, f"a {cls.noun}")
+        return data
+
     @model_validator(mode="after")
     def _whole(self) -> FleetSpec:
         if (self.selector is None) == (self.servers is None):
@@ -181,7 +187,9 @@ class WindowSpec(FleetSpec):
     @field_validator("paused", mode="before")
     @classmethod
     def _paused(cls, value: Any) -> bool:
-        return bool(value)
+        if not isinstance(value, bool):
+            raise BadInput(f"paused must be true or false, not {value!r}", "paused")
+        return value
 
     @model_validator(mode="after")
     def _open_long_enough(self) -> WindowSpec:

@@ -17,7 +17,7 @@ from workers.run_store import FINAL, RunStore
 from workers.runs import RunHooks, error_info
 
 from .build import build_chain, lock_ttl, plan_steps
-from .validate import Lookups, check_params, check_submitter, gather_facts, workflow_named
+from .validate import Lookups, check_params, check_submitter, gather_facts, require_unicode, workflow_named
 
 __all__ = ["cancel_run", "submit_run"]
 
@@ -51,6 +51,7 @@ def submit_run(
     ``lookups`` carries what a fleet wave already read from the API (fresh server objects, the image).
     """
     wf = workflow_named(workflow)
+    require_unicode({"server": server, "params": params}, "the submission")
     clean = check_params(wf, params or {})
     submitter = check_submitter(submitted_by)
     if not isinstance(queue, bool):

@@ -39,6 +39,17 @@ def check_submitter(value: Any) -> str | None:
 _EMPTY_IMAGE = "image is empty; give an image id or a system image name (e.g. ubuntu-24.04)"
 
 
+def require_unicode(value: Any, what: str = "the request") -> None:
+    """Refuse text that is not Unicode: a lone surrogate (``\\ud800``) decodes from JSON, but no HTTP
+    request can carry it, so it would fail at the API after the run was recorded."""
+    import json
+
+    try:
+        json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError:
+        raise BadInput(f"{what} holds text that is not Unicode (a lone surrogate, e.g. \\ud800)") from None
+
+
 def _blank(value: Any) -> bool:
     """Tell whether a reference is a string with nothing in it but whitespace."""
     return isinstance(value, str) and not value.strip()

@@ -76,12 +76,12 @@ class WindowStore:
         The record keeps what firing wrote (its last job) and says who changed it last, and when.
         """
         old = self.get(window["name"])
-        if not replace and old is not None:
-            raise BadInput(f"a window named {window['name']!r} exists; remove it first", "name")
         record = {**window, "changed_by": by, "changed_at": self.clock()}
         if old and old.get("last_job"):
             record["last_job"] = old["last_job"]
-        self.redis.set(self._key(window["name"]), json.dumps(record))
+        # A new window is written only if none of that name exists (SET NX): of two adds racing, one wins.
+        if not self.redis.set(self._key(window["name"]), json.dumps(record), nx=not replace):
+            raise BadInput(f"a window named {window['name']!r} exists; remove it first", "name")
         self.redis.sadd(f"{self.prefix}:windows", window["name"])
         self._entry(window).save()
         return record
@@ -96,11 +96,11 @@ class WindowStore:
         self.redis.delete(self._key(name), f"{self._key(name)}:history")
         self.redis.srem(f"{self.prefix}:windows", name)
 
-    def set_paused(self, name: str, paused: bool) -> dict[str, Any]:
+    def set_paused(self, name: str, paused: bool, by: str | None = None) -> dict[str, Any]:
         window = self.get(name)
         if window is None:
             raise NotFound(f"no window named {name!r}", "name")
-        window["paused"] = paused
+        window.update(paused=paused, changed_by=by, changed_at=self.clock())
         self.redis.set(self._key(name), json.dumps(window))
         return window
 

@@ -27,7 +27,12 @@ def cloud() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def worker(redis_server: RedisServer, cloud: Any, logdir: Path) -> Iterator[Worker]:
-    w = Worker("web", worker_env(redis_server.url, cloud.base_url, HCLOUD_FLOW_RATE_REFILL="20"), logdir)
+    from workers.sealing import generate_key
+
+    env = worker_env(
+        redis_server.url, cloud.base_url, HCLOUD_FLOW_RATE_REFILL="20", HCLOUD_FLOW_SECRET_KEY=generate_key()
+    )
+    w = Worker("web", env, logdir)
     yield w
     w.stop()
 
@@ -159,6 +164,53 @@ def test_cancel_is_recorded_with_the_key(op: Client, view: Client, names: list[s
     assert again.status_code == 400 and "already ended" in again.json()["error"]["message"]
 
 
+def test_a_busy_server_is_409_and_frees_the_idempotency_key(
+    op: Client, view: Client, names: list[str], cloud: Any
+) -> None:
+    Control(cloud.control_url).send("PUT", "/config", {"durations": {"create_image": 100.0}})  # 5 s
+    try:
+        holder = op.post("/api/v1/runs", {"workflow": "snapshot", "server": names[11]}).json()["run_id"]
+        body = {"workflow": "reboot", "server": names[11]}
+        busy = op.post("/api/v1/runs", body, **{"Idempotency-Key": "busy-1"})
+        assert busy.status_code == 409 and '"queue": true' in busy.json()["error"]["message"]
+        wait_run(view, holder)
+    finally:
+        Control(cloud.control_url).send("PUT", "/config", {"durations": {"create_image": 20.0}})
+    later = op.post("/api/v1/runs", body, **{"Idempotency-Key": "busy-1"})
+    assert later.status_code == 202 and "Idempotent-Replayed" not in later.headers, (
+        "the refusal freed the key"
+    )
+
+
+def test_chunked_bodies_over_the_limit_are_413(web: WebServer, op: Client) -> None:
+    def chunks() -> Any:
+        for _ in range(40):
+            yield b"x" * 10_000
+
+    for path in ("/api/v1/runs", "/login"):
+        answer = op.http.post(
+            web.url + path, data=chunks(), headers={"content-type": "application/json"}, timeout=30
+        )
+        assert answer.status_code == 413, (path, answer.text[:200])
+        assert answer.json()["error"]["type"] == "TooLarge"
+
+
+def test_a_session_ends_when_its_key_is_removed_even_if_the_name_comes_back(
+    web: WebServer, keys_file: Path
+) -> None:
+    key = apikey(keys_file, "add", "rotating", "--role", "viewer").stdout.strip()
+    browser = requests.Session()
+    login = browser.post(web.url + "/login", data={"key": key}, allow_redirects=False, timeout=10)
+    assert login.status_code == 303 and browser.get(web.url + "/api/v1/runs", timeout=10).status_code == 200
+    assert browser.post(web.url + "/api/v1/runs", json={}, timeout=10).status_code == 401, (
+        "no writes by cookie"
+    )
+    assert apikey(keys_file, "remove", "rotating").returncode == 0
+    assert apikey(keys_file, "add", "rotating", "--role", "viewer").returncode == 0
+    assert browser.get(web.url + "/api/v1/runs", timeout=10).status_code == 401
+    assert apikey(keys_file, "remove", "rotating").returncode == 0
+
+
 def test_jobs_and_windows_over_http(op: Client, view: Client, names: list[str]) -> None:
     spec = {"workflow": "reboot", "servers": names[3:6], "max_concurrency": "2", "max_errors": "0"}
     plan = op.post("/api/v1/jobs?dry_run=true", spec)
@@ -241,8 +293,9 @@ def window(**fields: Any) -> dict[str, Any]:
         ("POST", "/api/v1/runs", run({"description": "a\x1b[31mb"}, workflow="snapshot"), 400, "control"),
         ("POST", "/api/v1/runs", run({"image": ""}, workflow="rebuild"), 400, "image"),
         ("POST", "/api/v1/runs", run({"image": "x", "user_data": BIG}, workflow="rebuild"), 413, "over"),
-        ("POST", "/api/v1/runs", ["reboot"], 422, ""),
-        ("POST", "/api/v1/runs", "not json at all", 422, ""),
+        ("POST", "/api/v1/runs", ["reboot"], 422, "must be a JSON object"),
+        ("POST", "/api/v1/runs", "not json at all", 400, "not valid JSON"),
+        ("POST", "/api/v1/runs", '{"workflow": "reboot",', 400, "not valid JSON"),
         ("POST", "/api/v1/jobs", {"workflow": "reboot", "selector": "env in ("}, 400, "selector"),
         ("POST", "/api/v1/jobs", job(selector="a=b"), 400, "exactly one"),
         ("POST", "/api/v1/jobs", job(max_concurrency="150%"), 400, "max_concurrency"),
@@ -263,6 +316,15 @@ def window(**fields: Any) -> dict[str, Any]:
         ("GET", "/api/v1/jobs/nosuch", None, 404, "no fleet job"),
         ("GET", "/api/v1/windows/nosuch", None, 404, "no window"),
         ("POST", "/api/v1/jobs/nosuch/pause", None, 404, "no fleet job"),
+        ("POST", "/api/v1/runs", run(server="\ud800"), 400, "not Unicode"),
+        ("POST", "/api/v1/runs", run({"image": "\ud800"}, workflow="rebuild"), 400, "not Unicode"),
+        ("POST", "/api/v1/jobs?dry_run=true", job(servers=["\ud800"]), 400, "not Unicode"),
+        ("POST", "/api/v1/windows", window(servers=["\ud800"]), 400, "not Unicode"),
+        ("POST", "/api/v1/windows", window(paused="yes"), 400, "paused must be true or false"),
+        ("GET", "/api/v1/runs?since=nan", None, 400, "finite"),
+        ("GET", "/api/v1/windows/every:history", None, 404, "no window"),
+        ("GET", "/ui/runs/R:cancel", None, 400, "not an id"),
+        ("GET", "/api/v1/runs/", None, 404, "no such path"),
     ],
 )
 def test_hostile_requests_get_a_4xx_that_says_why_and_change_nothing(
@@ -333,6 +395,11 @@ def test_openapi_documents_the_api_and_the_password_is_never_served(
 ) -> None:
     spec = requests.get(web.url + "/openapi.json", timeout=10).json()
     assert {"/api/v1/runs", "/api/v1/jobs", "/api/v1/windows", "/api/v1/budget"} <= set(spec["paths"])
+    assert spec["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
+    post = spec["paths"]["/api/v1/runs"]["post"]
+    assert "Idempotency-Key" in {p["name"] for p in post["parameters"]}
+    assert post["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
+    assert requests.get(web.url + "/docs", timeout=10).status_code == 404, "no page that loads a CDN script"
     run_id = op.post("/api/v1/runs", {"workflow": "reset-password", "server": names[10]}).json()["run_id"]
     run = wait_run(view, run_id)
     shown = json.dumps(run)

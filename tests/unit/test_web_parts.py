@@ -88,3 +88,14 @@ def test_counters_are_shared_and_histograms_cumulative(redis_server: RedisServer
     buckets = dict(h["buckets"])
     assert buckets["1"] == 1 and buckets["5"] == 3 and buckets["3600"] == 3 and buckets["+Inf"] == 4
     assert h["count"] == 4 and h["sum"] == pytest.approx(7206.5)
+
+
+def test_a_run_shown_over_http_never_carries_its_password() -> None:
+    from workflows.web.api_routes import redact
+
+    sealed = {"steps": [{"outputs": {"root_password": {"sealed": "gAAAAB-token"}}}]}
+    dropped = {
+        "steps": [{"outputs": {"root_password": {"sealed": None, "notice": "root password dropped: no key"}}}]
+    }
+    assert "gAAAA" not in str(redact(sealed)) and "hcloud-flow secret" in str(redact(sealed))
+    assert redact(dropped)["steps"][0]["outputs"]["root_password"] == "root password dropped: no key"

@@ -212,7 +212,9 @@ def _pausing(paused: bool, summary: str) -> click.Command:
     @click.argument("name")
     @json_option
     def command(name: str, as_json: bool) -> int:
-        _show(_windows().set_paused(name, paused), as_json)
+        from workflows.api import default_submitter
+
+        _show(_windows().set_paused(name, paused, by=default_submitter()), as_json)
         return EXIT_OK
 
     return click.command("pause" if paused else "resume", help=summary)(command)

@@ -14,9 +14,10 @@ import redis
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
-from workers.errors import BadInput, HcloudFlowError, NotTaken
+from workers.errors import BadInput, HcloudFlowError, NotTaken, ServerBusy
 from workers.run_store import ACTIVE, FINAL
 from workflows.specs import FleetSpec, WindowSpec
+from workflows.validate import require_unicode
 
 from .auth import Operator, Viewer, who
 from .idempotency import check_key
@@ -42,7 +43,12 @@ def redact(record: Any) -> Any:
         out = {}
         for k, v in record.items():
             if k == "root_password" and v:
-                out[k] = "sealed: `hcloud-flow secret RUN_ID` on a host that holds the sealing key"
+                dropped = isinstance(v, dict) and not v.get("sealed")
+                out[k] = (
+                    (v.get("notice") or "dropped")
+                    if dropped
+                    else "sealed: `hcloud-flow secret RUN_ID` on a host that holds the sealing key"
+                )
             else:
                 out[k] = redact(v)
         return out
@@ -56,6 +62,7 @@ def _idempotent(
 ) -> JSONResponse:
     """Answer a write once per Idempotency-Key: a retry gets the first answer and starts nothing."""
     services = _services(request)
+    unicode_only(payload)
     idem = check_key(request.headers.get("idempotency-key"))
     body = json.dumps(payload, sort_keys=True, default=str).encode()
     claim = services.idempotency.claim(key.name, idem, request.method, request.url.path, body)
@@ -67,7 +74,7 @@ def _idempotent(
         )
     try:
         status, content = produce()
-    except (BadInput, NotTaken, redis.ConnectionError):
+    except (BadInput, ServerBusy, NotTaken, redis.ConnectionError):
         claim.release()  # nothing was started: a retry may try again (and gets the same refusal if bad)
         raise
     except HcloudFlowError as exc:
@@ -75,8 +82,15 @@ def _idempotent(
         content = {"error": {"type": type(exc).__name__, "message": str(exc)}}
         claim.finish(504, content)
         return JSONResponse(content, status_code=504)
+    except Exception:
+        claim.release()  # a failure of ours: the key must not hold a retry off for the pending time
+        raise
     claim.finish(status, content)
     return JSONResponse(content, status_code=status)
+
+
+def unicode_only(payload: Any) -> None:
+    require_unicode(payload, "the body")
 
 
 # -- runs ---------------------------------------------------------------------------------------------------
@@ -142,10 +156,16 @@ def list_runs(
 def _since(value: str | None) -> float | None:
     if value is None:
         return None
+    import math
+
     try:
-        return float(value)
+        number = float(value)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(number):
+            raise BadInput(f"since must be a finite UNIX time, not {value!r}", "since")
+        return number
     from datetime import UTC, datetime
 
     try:
@@ -157,17 +177,17 @@ def _since(value: str | None) -> float | None:
 
 @router.get("/runs/{run_id}", summary="Read a run: state, steps with action ids and progress, errors")
 def read_run(run_id: str, request: Request, key: Viewer) -> dict[str, Any]:
-    return dict(redact(_services(request).runs.status(_ident(run_id, "run_id"))))
+    return dict(redact(_services(request).runs.status(ident(run_id, "run_id"))))
 
 
 @router.post("/runs/{run_id}/cancel", status_code=202, summary="Cancel a run before its next step")
 def cancel_run(run_id: str, request: Request, key: Operator) -> JSONResponse:
     services = _services(request)
-    rid = _ident(run_id, "run_id")
+    rid = ident(run_id, "run_id")
     return _idempotent(request, key, {"run_id": rid}, lambda: (202, services.runs.cancel(rid, by=who(key))))
 
 
-def _ident(value: str, field: str) -> str:
+def ident(value: str, field: str) -> str:
     if not 1 <= len(value) <= 64 or not value.replace("-", "").isalnum():
         raise BadInput(f"{field} {value[:80]!r} is not an id of ours", field)
     return value
@@ -187,6 +207,7 @@ def start_job(
     spec = body.model_dump(mode="json")
     workflow = spec.pop("workflow")
     if dry_run:
+        unicode_only(spec)
         return JSONResponse(services.jobs.plan(workflow, timeout=services.submit_timeout, **spec))
 
     def produce() -> tuple[int, Any]:
@@ -203,13 +224,13 @@ def list_jobs(request: Request, key: Viewer, limit: int = Query(50, ge=1, le=500
 
 @router.get("/jobs/{job_id}", summary="Read a fleet job: counts, each server's outcome, who steered it")
 def read_job(job_id: str, request: Request, key: Viewer) -> dict[str, Any]:
-    return dict(redact(_services(request).jobs.status(_ident(job_id, "job_id"))))
+    return dict(redact(_services(request).jobs.status(ident(job_id, "job_id"))))
 
 
 def _job_control(verb: str) -> Callable[..., JSONResponse]:
     def control(job_id: str, request: Request, key: Operator) -> JSONResponse:
         services = _services(request)
-        jid = _ident(job_id, "job_id")
+        jid = ident(job_id, "job_id")
 
         def produce() -> tuple[int, Any]:
             return 202, services.jobs.control(jid, verb, timeout=services.submit_timeout, by=who(key))
@@ -304,8 +325,9 @@ def _save_window(
 
 def _window(services: Services, name: str) -> dict[str, Any]:
     from workers.errors import NotFound
+    from workflows.cron import WINDOW_NAME
 
-    record = services.windows.get(name) if len(name) <= 63 else None
+    record = services.windows.get(name) if WINDOW_NAME.match(name) else None
     if record is None:
         raise NotFound(f"no window named {name[:80]!r}", "name")
     return dict(record)
@@ -330,14 +352,14 @@ def window_history(
 def pause_window(name: str, request: Request, key: Operator) -> dict[str, Any]:
     services = _services(request)
     _window(services, name)
-    return _window_view(services, services.windows.set_paused(name, True))
+    return _window_view(services, services.windows.set_paused(name, True, by=who(key)))
 
 
 @router.post("/windows/{name}/resume", summary="Resume a paused window")
 def resume_window(name: str, request: Request, key: Operator) -> dict[str, Any]:
     services = _services(request)
     _window(services, name)
-    return _window_view(services, services.windows.set_paused(name, False))
+    return _window_view(services, services.windows.set_paused(name, False, by=who(key)))
 
 
 @router.delete("/windows/{name}", summary="Remove a window (a job it started goes on)")

@@ -9,6 +9,7 @@ recorded with the key's name (``apikey:NAME``) as who did it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,12 +17,16 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from workers.errors import BadInput, HcloudFlowError, NotFound, ServerBusy
+from workers.errors import BadInput, ConfigError, HcloudFlowError, NotFound, ServerBusy
 
 from .auth import AuthError
+from .errors import ERROR_RESPONSES, ErrorBody, describe_invalid
+from .errors import openapi_with_security as _openapi
 from .services import Services
 
 __all__ = ["MAX_BODY", "create_app", "error"]
+
+log = logging.getLogger(__name__)
 
 MAX_BODY = 256 * 1024  # a run's user_data is at most 32 KiB; nothing we take is larger than a few of those
 
@@ -35,37 +40,39 @@ def error(status: int, kind: str, message: str, field: str | None = None) -> JSO
     return JSONResponse(body, status_code=status, headers=headers)
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.kind, self.message = status, kind, message
-
-
 def _body_limit(app: Any) -> Any:
-    """An ASGI wrapper refusing bodies over MAX_BODY (413) before they are read whole, chunked ones too."""
+    """An ASGI wrapper that reads a request's body before the app does and refuses one over MAX_BODY with
+    413, whether it came with a Content-Length or chunked (the app then gets the body in one piece)."""
 
     async def guarded(scope: dict[str, Any], receive: Callable[[], Awaitable[Any]], send: Any) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
+        too_large = error(413, "TooLarge", f"the request body is over {MAX_BODY} bytes")
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
-            await error(413, "TooLarge", f"the request body is over {MAX_BODY} bytes")(scope, receive, send)
+            await too_large(scope, receive, send)
             return
-        seen = 0
-
-        async def counted() -> Any:
-            nonlocal seen
+        body, more = b"", True
+        while more:
             message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > MAX_BODY:
-                raise _Refused(413, "TooLarge", f"the request body is over {MAX_BODY} bytes")
-            return message
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > MAX_BODY:
+                await too_large(scope, receive, send)
+                return
+            more = message.get("more_body", False)
+        replayed = False
 
-        try:
-            await app(scope, counted, send)
-        except _Refused as exc:
-            await error(exc.status, exc.kind, exc.message)(scope, receive, send)
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: a disconnect, when it comes
+
+        await app(scope, replay, send)
 
     return guarded
 
@@ -79,9 +86,16 @@ def create_app(services: Services) -> Any:
         version="1",
         summary="Hetzner Cloud server actions as durable workflows: runs, fleet jobs, maintenance windows.",
         openapi_url="/openapi.json",
-        docs_url="/docs",
+        # No /docs: FastAPI's page loads its script from a CDN onto this origin. /openapi.json is the
+        # document (public: it holds no data); any OpenAPI viewer reads it.
+        docs_url=None,
         redoc_url=None,
+        redirect_slashes=False,  # a redirect would echo the Host header back, and before authentication
+        responses={
+            code: {"model": ErrorBody, "description": about} for code, about in ERROR_RESPONSES.items()
+        },
     )
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.state.services = services
 
     @app.exception_handler(AuthError)
@@ -116,7 +130,16 @@ def create_app(services: Services) -> Any:
 
     @app.exception_handler(ServerBusy)
     async def busy(request: Request, exc: ServerBusy) -> JSONResponse:
-        return error(409, "ServerBusy", str(exc))
+        message = (
+            f"server {exc.server_id} is busy with run {exc.run_id}; wait for it, or submit with "
+            '"queue": true to run after it'
+        )
+        return error(409, "ServerBusy", message, "server")
+
+    @app.exception_handler(ConfigError)
+    async def misconfigured(request: Request, exc: ConfigError) -> JSONResponse:
+        log.error("web: %s", exc)  # the details (a file's path, say) are for the operator's log
+        return error(503, "Misconfigured", "the web service is misconfigured; its log says how")
 
     @app.exception_handler(HcloudFlowError)
     async def unavailable(request: Request, exc: HcloudFlowError) -> JSONResponse:
@@ -125,11 +148,8 @@ def create_app(services: Services) -> Any:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        field = ".".join(loc) or None
-        message = f"{field}: {first['msg']}" if field else str(first["msg"])
-        return error(422, "BadInput", message, field)
+        status, message, field = describe_invalid(exc.errors())
+        return error(status, "BadInput", message, field)
 
     import redis as redis_lib
 

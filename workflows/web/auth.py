@@ -1,7 +1,8 @@
 """Who is calling: an API key in ``Authorization: Bearer KEY``, or, for the dashboard's pages (reads only),
 the session a login form set. A session is a random id in an HttpOnly cookie, mapped in Redis to the key's
-name and role (never the key) for 12 hours; writes always need the Bearer header, so a page cannot be made
-to write on a visitor's behalf (no CSRF surface)."""
+name and hash (never the key) for 12 hours; it ends when that key leaves the key file (even if a key of the
+same name is made again). Writes always need the Bearer header, so a page cannot be made to write on a
+visitor's behalf (no CSRF surface)."""
 
 from __future__ import annotations
 
@@ -34,17 +35,19 @@ class Sessions:
     def _key(self, sid: str) -> str:
         return f"{self.prefix}:web:session:" + hashlib.sha256(sid.encode()).hexdigest()
 
-    def open(self, key: ApiKey) -> str:
+    def open(self, key: ApiKey, key_digest: str) -> str:
         sid = secrets.token_urlsafe(32)
-        self.redis.set(self._key(sid), json.dumps({"name": key.name, "role": key.role}), ex=SESSION_TTL)
+        record = {"name": key.name, "role": key.role, "key_sha256": key_digest}
+        self.redis.set(self._key(sid), json.dumps(record), ex=SESSION_TTL)
         return sid
 
-    def get(self, sid: str) -> ApiKey | None:
+    def get(self, sid: str) -> tuple[str, str] | None:
+        """Return the session's key name and the hash of the key it was opened with."""
         raw = self.redis.get(self._key(sid)) if sid and len(sid) < 200 else None
         if raw is None:
             return None
         data: dict[str, Any] = json.loads(raw)
-        return ApiKey(data["name"], data["role"])
+        return str(data["name"]), str(data.get("key_sha256", ""))
 
     def close(self, sid: str) -> None:
         self.redis.delete(self._key(sid))
@@ -63,9 +66,10 @@ def authenticate(request: Request) -> ApiKey:
     if request.method in ("GET", "HEAD"):
         sid = request.cookies.get(SESSION_COOKIE)
         session = services.sessions.get(sid) if sid else None
-        # The key behind a session must still exist with that role.
-        if session is not None and services.keys.named(session.name) == session:
-            return session
+        # The key behind a session must still be in the file, unchanged: removing it ends its sessions.
+        key = services.keys.current(*session) if session is not None else None
+        if key is not None:
+            return key
     raise AuthError(401, "an API key is needed: Authorization: Bearer KEY (`hcloud-flow apikey add`)")
 
 

@@ -19,8 +19,9 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from workers.run_store import ACTIVE
 
-from .api_routes import redact
+from .api_routes import ident, redact
 from .auth import SESSION_COOKIE, SESSION_TTL, Viewer
+from .keys import digest
 from .services import Services
 from .state import budgets
 
@@ -79,12 +80,13 @@ def login_form(request: Request) -> HTMLResponse:
 async def login(request: Request) -> Response:
     raw = await request.body()
     form = parse_qs(raw.decode("utf-8", "replace")[:4096])
-    key = _services(request).keys.check((form.get("key") or [""])[0].strip())
+    given = (form.get("key") or [""])[0].strip()
+    key = _services(request).keys.check(given)
     if key is None:
         page = _render("login.html", error="That key is not valid.")
         page.status_code = 401
         return page
-    sid = _services(request).sessions.open(key)
+    sid = _services(request).sessions.open(key, digest(given))
     response = RedirectResponse("/", status_code=303)
     secure = request.url.scheme == "https"
     response.set_cookie(
@@ -139,14 +141,14 @@ def overview(request: Request, key: Viewer) -> HTMLResponse:
 @router.get("/ui/runs/{run_id}")
 @router.get("/ui/fragment/runs/{run_id}")
 def run_page(run_id: str, request: Request, key: Viewer) -> HTMLResponse:
-    run = redact(_services(request).runs.status(run_id[:64]))
+    run = redact(_services(request).runs.status(ident(run_id, "run_id")))
     return _page(request, key, "run.html", f"run {run['id']}", f"/ui/fragment/runs/{run['id']}", run=run)
 
 
 @router.get("/ui/jobs/{job_id}")
 @router.get("/ui/fragment/jobs/{job_id}")
 def job_page(job_id: str, request: Request, key: Viewer) -> HTMLResponse:
-    job = redact(_services(request).jobs.status(job_id[:64]))
+    job = redact(_services(request).jobs.status(ident(job_id, "job_id")))
     names = {int(s["id"]): s.get("name") or s["id"] for s in job["servers"]}
     cells = [
         {"id": sid, "name": names.get(sid, sid), **job["outcomes"].get(sid, {"outcome": "pending"})}

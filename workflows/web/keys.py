@@ -22,7 +22,7 @@ from typing import Literal
 
 from workers.errors import BadInput, ConfigError
 
-__all__ = ["ROLES", "ApiKey", "KeyFile"]
+__all__ = ["ROLES", "ApiKey", "KeyFile", "digest"]
 
 Role = Literal["viewer", "operator"]
 ROLES: tuple[Role, ...] = ("viewer", "operator")
@@ -38,6 +38,11 @@ class ApiKey:
     def may(self, role: Role) -> bool:
         """Tell whether this key holds ``role`` (an operator may do what a viewer may)."""
         return ROLES.index(self.role) >= ROLES.index(role)
+
+
+def digest(key: str) -> str:
+    """The hash the key file keeps of a key (and a session keeps of the key it was opened with)."""
+    return _digest(key)
 
 
 def _digest(key: str) -> str:
@@ -107,11 +112,13 @@ class KeyFile:
             raise NotFound(f"no API key named {name!r}", "name")
         self._save(kept)
 
-    def named(self, name: str) -> ApiKey | None:
-        """Return the key called ``name`` as it stands in the file now (for sessions opened with it)."""
+    def current(self, name: str, digest: str) -> ApiKey | None:
+        """Return the key called ``name`` if the file still holds it with this hash (a session opened with
+        a key that was removed, or removed and made again under the same name, ends)."""
         for entry in self._load():
             if entry.get("name") == name and entry.get("role") in ROLES:
-                return ApiKey(name, entry["role"])  # type: ignore[arg-type]
+                same = hmac.compare_digest(str(entry.get("sha256", "")), digest)
+                return ApiKey(name, entry["role"]) if same else None  # type: ignore[arg-type]
         return None
 
     def check(self, key: str | None) -> ApiKey | None:
