@@ -106,7 +106,14 @@ hcloud_flow = {
     # and the job lists the servers it has still to start again (workflows/fleet.py).
     "fleet_fresh": _float("HCLOUD_FLOW_FLEET_FRESH", 10.0),
     "monitor": os.environ.get("HCLOUD_FLOW_MONITOR", "1") not in ("0", "false", "no"),
+    # Webhooks told of every run, job and window event, besides a submission's own (workflows/notify.py).
+    "notify_urls": [u.strip() for u in os.environ.get("HCLOUD_FLOW_NOTIFY_URLS", "").split(",") if u.strip()],
 }
+
+
+def webhook_secret() -> str | None:
+    """Return the key webhook bodies are signed with (HCLOUD_FLOW_WEBHOOK_SECRET); kept out of app.conf."""
+    return os.environ.get("HCLOUD_FLOW_WEBHOOK_SECRET") or None
 
 
 def api_token() -> str:

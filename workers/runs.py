@@ -18,12 +18,14 @@ from .counters import Counters
 from .errors import HcloudFlowError, RunCancelled
 from .run_store import FINAL, RunStore
 
-__all__ = ["RUN_LISTENERS", "RunHooks", "error_info"]
+__all__ = ["RUN_LISTENERS", "RUN_STARTED", "RunHooks", "error_info"]
 
 log = logging.getLogger(__name__)
 
 # Called with each run record once it has ended; fleet jobs register here to start their next servers.
 RUN_LISTENERS: list[Callable[[dict[str, Any]], None]] = []
+# Called with each run record as its first step begins (notifications register here).
+RUN_STARTED: list[Callable[[dict[str, Any]], None]] = []
 
 
 def error_info(exc: BaseException) -> dict[str, Any]:
@@ -73,6 +75,11 @@ class RunHooks:
             raise RunCancelled(run_id, run["steps"][index]["name"] if index is not None else "?")
         if run["state"] in ("queued",):
             self.store.set_state(run_id, "running", started=self.store.clock())
+            for listener in RUN_STARTED:
+                try:
+                    listener({**run, "state": "running"})
+                except Exception:  # a listener's failure must not stop the run
+                    log.exception("run start listener failed for run %s", run_id)
             self.store.drop_chain(run_id)  # started: the record need not keep the chain's arguments
         # Each step renews the run's hold on its server, so a long run keeps it and a dead one loses it.
         self.store.refresh(run["server_id"], run_id, run["lock_ttl"])

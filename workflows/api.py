@@ -148,11 +148,13 @@ class Runs:
         queue: bool = False,
         timeout: float = 60.0,
         submitted_by: str | None = None,
+        notify: list[str] | None = None,
         **params: Any,
     ) -> dict[str, Any]:
         """Like submit, but return the whole answer (run id, state, planned steps, queued_behind).
 
-        ``submitted_by`` is recorded with the run (default: this process's user@host).
+        ``submitted_by`` is recorded with the run (default: this process's user@host); ``notify`` names
+        webhook URLs told when the run starts and ends.
         """
         kwargs = {
             "workflow": workflow,
@@ -160,6 +162,7 @@ class Runs:
             "params": params,
             "queue": queue,
             "submitted_by": submitted_by or default_submitter(),
+            "notify": notify or [],
         }
         return call_worker(self.app, self.store.redis, "hcloud_flow.submit", kwargs, timeout)
 

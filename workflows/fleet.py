@@ -170,7 +170,9 @@ class FleetRunner:
         restart: Callable[[dict[str, Any]], Any] | None = None,
         starters: int = 8,
         fresh_for: float = 10.0,
+        on_event: Callable[[str, dict[str, Any]], None] | None = None,
     ) -> None:
+        self.on_event = on_event  # told "job.started" and "job.ended" with the job record (notifications)
         self.starters = starters  # runs of one wave submitted at once
         self.fresh_for = fresh_for  # seconds a listed server object may validate a later start
         self.restart = restart  # sends a recorded run's chain again (workers.runs.RunHooks.start)
@@ -204,16 +206,28 @@ class FleetRunner:
             "max_errors": plan["max_errors"],
             "canary": plan["canary"],
             "limits": plan["limits"],
+            "notify": plan["notify"],
             "created": self.store.clock(),
             "window": window,
             "submitted_by": submitter,
         }
         self.store.create(meta)
+        self._tell("job.started", job_id)
         # The first wave starts now, on the server objects the plan just read: no second listing.
         self.advance(job_id, Lookups(servers={int(s["id"]): s for s in plan["servers"]}))
         job = self.store.get(job_id)
         assert job is not None
         return job
+
+    def _tell(self, event: str, job_id: str) -> None:
+        if self.on_event is None:
+            return
+        job = self.store.get(job_id)
+        if job is not None:
+            try:
+                self.on_event(event, job)
+            except Exception:  # telling must never stop the job
+                log.exception("fleet job %s: could not send %s", job_id, event)
 
     def plan(self, **options: Any) -> dict[str, Any]:
         """Check everything a job needs (``FleetSpec``'s fields) and return its plan, changing nothing."""
@@ -237,6 +251,7 @@ class FleetRunner:
             "max_concurrency": conc.of(len(targets), at_least=1),
             "max_errors": errs.of(len(targets)),
             "canary": canary,
+            "notify": spec.notify,
             "limits": {"max_concurrency": str(conc), "max_errors": str(errs)},
             "facts": facts,
         }
@@ -270,6 +285,7 @@ class FleetRunner:
                 if d.state != "running":
                     self.store.set_state(job_id, d.state, d.reason)
                     log.info("fleet job %s %s%s", job_id, d.state, f" ({d.reason})" if d.reason else "")
+                    self._tell("job.ended", job_id)
                 return
             try:
                 lookups = fresh if fresh is not None else self._wave_lookups(job, d.start)
@@ -488,6 +504,7 @@ class FleetRunner:
         for server in job["servers"]:
             if server["id"] not in job["outcomes"]:
                 self.store.set_outcome(job_id, server["id"], outcome="not_started", reason="job cancelled")
+        self._tell("job.ended", job_id)
         return {"job_id": job_id, "state": "cancelled"}
 
     def _active(self, job_id: str, verb: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from workers.labels import check_selector
 
 from .cron import MAX_DURATION, WINDOW_NAME, cron_can_fire, parse_cron, parse_duration, zone
 from .fleet_plan import parse_amount
+from .notify import check_urls
 from .validate import check_params, require_unicode, workflow_named
 
 __all__ = ["FleetSpec", "WindowSpec", "checked"]
@@ -63,6 +64,9 @@ class FleetSpec(BaseModel):
     max_concurrency: str = Field("1", description="servers in flight at most: N or P% (of the fleet)")
     max_errors: str = Field("0", description="stop starting servers past this many errors: N or P%")
     canary: int = Field(0, ge=0, description="the first N servers must all succeed before any other starts")
+    notify: list[str] = Field(
+        default_factory=list, description="webhook URLs told of the job's start and end"
+    )
 
     @field_validator("workflow", mode="before")
     @classmethod
@@ -91,6 +95,11 @@ class FleetSpec(BaseModel):
             if isinstance(ref, int) and ref <= 0:
                 raise BadInput(f"servers holds {ref}; server ids are positive", "servers")
         return value
+
+    @field_validator("notify", mode="before")
+    @classmethod
+    def _notify(cls, value: Any) -> list[str]:
+        return check_urls(value)
 
     @field_validator("params", mode="before")
     @classmethod

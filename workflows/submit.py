@@ -17,6 +17,7 @@ from workers.run_store import FINAL, RunStore
 from workers.runs import RunHooks, error_info
 
 from .build import build_chain, lock_ttl, plan_steps
+from .notify import check_urls
 from .validate import Lookups, check_params, check_submitter, gather_facts, require_unicode, workflow_named
 
 __all__ = ["cancel_run", "submit_run"]
@@ -45,6 +46,7 @@ def submit_run(
     priority: str | None = None,
     lookups: Lookups | None = None,
     submitted_by: Any = None,
+    notify: Any = None,
 ) -> dict[str, Any]:
     """Validate a request, record the run, take the server (or queue behind its run) and start the chain.
 
@@ -54,6 +56,7 @@ def submit_run(
     require_unicode({"server": server, "params": params}, "the submission")
     clean = check_params(wf, params or {})
     submitter = check_submitter(submitted_by)
+    urls = check_urls(notify)
     if not isinstance(queue, bool):
         raise BadInput("queue must be true or false", "queue")
     facts = gather_facts(client, wf, server, clean, lookups)
@@ -74,6 +77,7 @@ def submit_run(
         "job_id": job_id,
         "submitted_by": submitter,
         "warnings": facts.get("warnings") or [],
+        "notify": urls,
     }
     holder = store.acquire(int(srv["id"]), run_id, ttl)
     if holder is not None:

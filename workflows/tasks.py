@@ -12,10 +12,11 @@ from typing import Any
 from workers.app import app, engine, hooks, run_store
 from workers.deferred import Deferred
 from workers.errors import BadInput, ServerBusy
-from workers.runs import RUN_LISTENERS
+from workers.runs import RUN_LISTENERS, RUN_STARTED
 
 from .fleet import FleetRunner, JobStore
 from .inventory import project_images, project_servers
+from .notify import ATTEMPTS, Notifier, deliver
 from .submit import cancel_run, submit_run
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "fleet_control",
     "fleet_plan",
     "fleet_start",
+    "notify",
     "status",
     "submit",
     "window_fire",
@@ -44,7 +46,23 @@ def fleet_runner() -> FleetRunner:
         run_store=store,
         restart=hooks().start,
         fresh_for=float(app.conf.hcloud_flow.get("fleet_fresh", 10.0)),
+        on_event=lambda event, subject: notifier().emit(event, subject, subject.get("notify")),
     )
+
+
+def notifier() -> Notifier:
+    """Return this worker's notifier: each event to the global URLs and to those its subject names."""
+    return Notifier(
+        lambda delivery: notify.apply_async(kwargs=delivery), app.conf.hcloud_flow.get("notify_urls") or []
+    )
+
+
+@app.task(name="hcloud_flow.notify", bind=True, acks_late=False, max_retries=ATTEMPTS - 1)
+def notify(self: Any, url: Any = None, body: Any = None) -> dict[str, Any]:
+    """Deliver one event to one URL; try again later (at most ATTEMPTS in all) while it is not taken."""
+    import celeryconfig
+
+    return deliver(self, str(url), dict(body or {}), celeryconfig.webhook_secret(), run_store())
 
 
 def _kick(job_id: str, countdown: float) -> None:
@@ -57,14 +75,27 @@ def _kick(job_id: str, countdown: float) -> None:
 def _on_run_ended(run: dict[str, Any]) -> None:
     if run.get("job_id"):
         fleet_runner().on_run_ended(run)
+    else:  # a job's runs are told of through the job's own events
+        notifier().emit("run.ended", run, run.get("notify"))
+
+
+def _on_run_started(run: dict[str, Any]) -> None:
+    if not run.get("job_id"):
+        notifier().emit("run.started", run, run.get("notify"))
 
 
 RUN_LISTENERS.append(_on_run_ended)
+RUN_STARTED.append(_on_run_started)
 
 
 @app.task(name="hcloud_flow.submit", throws=(BadInput, ServerBusy), acks_late=False)
 def submit(
-    workflow: Any = None, server: Any = None, params: Any = None, queue: Any = False, submitted_by: Any = None
+    workflow: Any = None,
+    server: Any = None,
+    params: Any = None,
+    queue: Any = False,
+    submitted_by: Any = None,
+    notify: Any = None,
 ) -> dict[str, Any]:
     """Validate and start a workflow run; return its id."""
     # acks_late is off here: a redelivered submit would start a second run of the same request.
@@ -78,6 +109,7 @@ def submit(
         params=params if params is not None else {},
         queue=queue,
         submitted_by=submitted_by,
+        notify=notify,
     )
 
 

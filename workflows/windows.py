@@ -190,6 +190,7 @@ def fire(windows: WindowStore, runner: Any, name: str, now: float) -> dict[str, 
                 canary=window["canary"],
                 window=limits,
                 submitted_by=f"window {name}",
+                notify=window.get("notify") or [],
             )
         except BadInput as exc:
             entry.update(outcome="failed to start", reason=str(exc))
@@ -199,4 +200,8 @@ def fire(windows: WindowStore, runner: Any, name: str, now: float) -> dict[str, 
             windows.redis.set(windows._key(name), json.dumps(window))
     windows.record(name, entry)
     Counters(windows.redis, windows.prefix).add("window_firings", (name, entry["outcome"]))
+    tell = getattr(runner, "on_event", None)
+    if tell is not None:
+        event = "window.fired" if entry["outcome"] == "started" else "window.skipped"
+        tell(event, {"name": name, **entry, "notify": window.get("notify") or []})
     return {"window": name, "fired": True, **entry}

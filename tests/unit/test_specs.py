@@ -95,7 +95,7 @@ def test_not_an_object_is_refused() -> None:
 def test_the_schema_says_what_each_field_takes() -> None:
     schema = FleetSpec.model_json_schema()
     assert set(schema["properties"]) == {
-        "workflow", "selector", "servers", "params", "max_concurrency", "max_errors", "canary",
+        "workflow", "selector", "servers", "params", "max_concurrency", "max_errors", "canary", "notify",
     }  # fmt: skip
     assert schema["required"] == ["workflow"] and schema["additionalProperties"] is False
     assert schema["properties"]["canary"]["minimum"] == 0

@@ -149,8 +149,13 @@ def test_a_firing_past_the_cutoff_starts_nothing_and_says_why(tmp_path: Any) -> 
         window = validate_window(spec(duration="10m", cutoff="8m"))
         store.redis.set(store._key(window["name"]), json.dumps(window))
         started: list[dict[str, Any]] = []
+        told: list[tuple[str, dict[str, Any]]] = []
 
         class Runner:
+            @staticmethod
+            def on_event(event: str, subject: dict[str, Any]) -> None:
+                told.append((event, subject))
+
             class store:  # stands in for the job store the runner holds
                 @staticmethod
                 def get(job_id: str) -> None:
@@ -168,5 +173,7 @@ def test_a_firing_past_the_cutoff_starts_nothing_and_says_why(tmp_path: Any) -> 
         next_week = minute + 7 * 86400
         on_time = fire(store, Runner, window["name"], next_week + 20)
         assert on_time["outcome"] == "started" and started[0]["submitted_by"] == f"window {window['name']}"
+        assert [e for e, _ in told] == ["window.skipped", "window.fired"]
+        assert told[1][1]["job_id"] == "j1" and told[0][1]["name"] == window["name"]
     finally:
         server.stop()

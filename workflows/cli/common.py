@@ -26,6 +26,7 @@ __all__ = [
     "check_wait_flags",
     "flag_of",
     "json_option",
+    "notify_option",
     "param_options",
     "params_from",
     "print_json",
@@ -109,6 +110,15 @@ def check_wait_flags(wait: bool, timeout: float | None, quiet: bool) -> None:
 
     if not wait and (timeout is not None or quiet):
         raise BadInput("--timeout and --quiet go with --wait", "wait")
+
+
+def notify_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--notify",
+        multiple=True,
+        metavar="URL",
+        help="webhook told when it starts and ends (repeatable; slack+https://… for Slack's format)",
+    )(f)
 
 
 def submit_timeout_option(f: Callable[..., Any]) -> Callable[..., Any]:

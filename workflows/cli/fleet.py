@@ -14,6 +14,7 @@ from .common import (
     StoppedWaiting,
     check_wait_flags,
     json_option,
+    notify_option,
     param_options,
     params_from,
     print_json,
@@ -72,6 +73,7 @@ def unsucceeded(job: dict[str, Any]) -> list[str]:
 @click.option("--dry-run", is_flag=True, help="print the plan and its API budget; start nothing")
 @wait_options("job")
 @submit_timeout_option
+@notify_option
 @json_option
 @param_options
 def fleet_cmd(
@@ -86,6 +88,7 @@ def fleet_cmd(
     timeout: float | None,
     quiet: bool,
     submit_timeout: float,
+    notify: tuple[str, ...],
     as_json: bool,
     **options: Any,
 ) -> int:
@@ -103,6 +106,7 @@ def fleet_cmd(
         "max_concurrency": max_concurrency,
         "max_errors": max_errors,
         "canary": canary,
+        "notify": list(notify),
     }
     checked(FleetSpec, {"workflow": workflow, **spec})  # refused here, before anything is sent
     if dry_run:

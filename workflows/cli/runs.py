@@ -14,6 +14,7 @@ from .common import (
     check_wait_flags,
     flag_of,
     json_option,
+    notify_option,
     param_options,
     params_from,
     print_json,
@@ -34,6 +35,7 @@ _NAME_SCAN = 5000
 @click.option("--queue", is_flag=True, help="if the server is busy, queue behind its run")
 @wait_options("run")
 @submit_timeout_option
+@notify_option
 @json_option
 @param_options
 def run_cmd(
@@ -44,18 +46,23 @@ def run_cmd(
     timeout: float | None,
     quiet: bool,
     submit_timeout: float,
+    notify: tuple[str, ...],
     as_json: bool,
     **options: Any,
 ) -> int:
     """Submit WORKFLOW for one server (`hcloud-flow workflows` lists them and their options)."""
     from workers.client import is_id
+    from workflows.notify import check_urls
     from workflows.validate import check_params, workflow_named
 
     check_wait_flags(wait, timeout, quiet)
     params = params_from(options)
     target: Any = int(server) if is_id(server) else server
     check_params(workflow_named(workflow), params)  # refuse bad shapes before touching the broker
-    answer = runs().submit_full(workflow, server=target, queue=queue, timeout=submit_timeout, **params)
+    check_urls(list(notify))
+    answer = runs().submit_full(
+        workflow, server=target, queue=queue, timeout=submit_timeout, notify=list(notify), **params
+    )
     if not as_json:
         for warning in answer.get("warnings") or []:
             click.echo(f"hcloud-flow: warning: {warning}", err=True)

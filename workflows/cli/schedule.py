@@ -90,6 +90,8 @@ def _given(name: str, workflow: str | None, options: dict[str, Any]) -> dict[str
     params = params_from(options)
     if params:
         given["params"] = params
+    if options.get("notify"):
+        given["notify"] = list(options["notify"])
     return given
 
 

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 
 from workers.errors import BadInput, HcloudFlowError, NotTaken, ServerBusy
 from workers.run_store import ACTIVE, FINAL
+from workflows.notify import check_urls
 from workflows.specs import FleetSpec, WindowSpec
 from workflows.validate import require_unicode
 
@@ -106,11 +107,12 @@ def submit_run(body: RunRequest, request: Request, key: Operator) -> JSONRespons
     if isinstance(body.server, str) and not body.server.strip():
         raise BadInput("give the server as an id or a name, not an empty string", "server")
     check_params(workflow_named(body.workflow), body.params)  # refused here, before anything is sent
+    check_urls(body.notify)
 
     def produce() -> tuple[int, Any]:
         answer = services.runs.submit_full(
             body.workflow, server=body.server, queue=body.queue, timeout=services.submit_timeout,
-            submitted_by=who(key), **body.params,
+            submitted_by=who(key), notify=body.notify, **body.params,
         )  # fmt: skip
         return 202, {**answer, "links": {"run": f"/api/v1/runs/{answer['run_id']}"}}
 

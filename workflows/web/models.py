@@ -19,6 +19,9 @@ class RunRequest(BaseModel):
     server: StrictInt | StrictStr = Field(description="server id or name")
     params: dict[str, Any] = Field(default_factory=dict, description="the workflow's parameters")
     queue: StrictBool = Field(False, description="if the server is busy, queue behind its run")
+    notify: list[StrictStr] = Field(
+        default_factory=list, description="webhook URLs told of its start and end"
+    )
 
 
 class WindowPatch(BaseModel):
@@ -37,3 +40,4 @@ class WindowPatch(BaseModel):
     max_concurrency: StrictStr | StrictInt | None = None
     max_errors: StrictStr | StrictInt | None = None
     canary: StrictInt | None = None
+    notify: list[StrictStr] | None = None
