@@ -68,11 +68,11 @@ BENCHES = [
         "web.py",
         ["--runs", "1000", "--submits", "60", "--seconds", "4"],
         ["--runs", "100", "--submits", "10", "--seconds", "1"],
-        "Submit latency of `POST /api/v1/runs` (uvicorn, one process) against the Python API call `hcloud-flow "
-        "run` makes, one submission after another, both answered by the same worker; then reads per second "
-        "from 8 keep-alive clients with 1,000 ended runs in Redis, against the same reads in 8 threads of the "
-        "bench's own process (no HTTP). Target (issue 12): the figure itself; the ratio shows what HTTP, auth "
-        "and JSON cost on top of the store.",
+        "Submit latency of `POST /api/v1/runs` (uvicorn, one process) against the Python API call "
+        "`hcloud-flow run` makes, one submission after another, both answered by the same worker; then "
+        "reads per second from 8 keep-alive clients with 1,000 ended runs in Redis, against the same reads "
+        "in 8 threads of the bench's own process (no HTTP). Target (issue 12): the figure itself; the ratio "
+        "shows what HTTP, auth and JSON cost on top of the store.",
     ),
     (
         "fakecloud throughput",
