@@ -4,11 +4,14 @@ each test gets a Redis of its own (the next scenario's fakecloud reuses the same
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+from celery import Celery
 
-from ..conftest import new_redis
-from ..support.processes import RedisServer
+from ..conftest import new_redis, start_cloud
+from ..support.processes import RedisServer, client_app
 
 
 @pytest.fixture()
@@ -18,3 +21,17 @@ def redis_server(
     request: pytest.FixtureRequest,
 ) -> RedisServer:
     return new_redis(tmp_path_factory, re.sub(r"\W", "_", request.node.name)[:40])
+
+
+@pytest.fixture()
+def cloud() -> Iterator[Any]:
+    c = start_cloud(servers=45, speed=20.0, seed=61)
+    yield c
+    c.stop()
+
+
+@pytest.fixture()
+def app(redis_server: RedisServer) -> Iterator[Celery]:
+    a = client_app(redis_server.url)
+    yield a
+    a.close()
