@@ -1,4 +1,4 @@
-"""Chaos: workers killed at random, a faulty API (the monitor killed and Redis restarted: test_chaos_restarts).
+"""Chaos: workers killed at random and a faulty API (monitor kill and Redis restart: test_chaos_restarts).
 
 Each scenario runs a real fleet job (real Redis, real `celery worker` processes, fakecloud over HTTP), does
 damage while it runs, then checks from fakecloud's own request log that every server got exactly one of
