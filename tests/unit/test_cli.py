@@ -232,3 +232,33 @@ def test_a_job_wait_off_a_terminal_prints_one_line_per_change(monkeypatch: pytes
 def test_main_returns_the_exit_code_for_the_console_script() -> None:
     assert cli_package.main(["workflows", "--json"]) == 0
     assert cli_package.main(["run"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("state", "code"),
+    [("queued", 0), ("running", 0), ("succeeded", 0), ("failed", 1), ("cancelled", 1)],
+)
+def test_status_exits_as_waiting_would(monkeypatch: pytest.MonkeyPatch, state: str, code: int) -> None:
+    """The README promises one meaning per exit code: reading a failed run is 1, as waiting for it is."""
+    run = {"id": "r1", "state": state, "workflow": "reboot", "server_id": 1, "steps": [], "created": 1.0}
+
+    class Runs:
+        def status(self, run_id: str) -> dict[str, Any]:
+            return run
+
+    monkeypatch.setattr(runs_cli, "runs", Runs)
+    assert invoke("status", "r1", "--json").exit_code == code
+
+
+@pytest.mark.parametrize(("state", "code"), [("running", 0), ("succeeded", 0), ("completed_with_failures", 1)])
+def test_job_status_exits_as_waiting_would(monkeypatch: pytest.MonkeyPatch, state: str, code: int) -> None:
+    job = {"id": "j1", "workflow": "reboot", "state": state, "created": 1.0, "reason": None, "counts": {},
+           "servers": [], "outcomes": {}, "controls": []}  # fmt: skip
+
+    class Jobs:
+        def status(self, job_id: str) -> dict[str, Any]:
+            return job
+
+    monkeypatch.setattr(fleet_cli, "_jobs", Jobs)
+    assert invoke("job", "status", "j1").exit_code == code
+    assert invoke("job", "status", "j1", "--json").exit_code == code

@@ -24,6 +24,7 @@ __all__ = [
     "SECONDS",
     "StoppedWaiting",
     "check_wait_flags",
+    "exit_for",
     "flag_of",
     "json_option",
     "notify_option",
@@ -38,6 +39,14 @@ __all__ = [
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_UNREACHABLE, EXIT_STILL_RUNNING = 0, 1, 2, 3, 4
 EXIT_INTERRUPTED = 130
+
+# States that end a run or job badly: reading one exits 1 as waiting for it would (running ones exit 0).
+_BAD_ENDS = frozenset({"failed", "cancelled", "completed_with_failures"})
+
+
+def exit_for(*states: str) -> int:
+    """The exit code for runs or jobs in these states, the same for `status` as for `--wait`."""
+    return EXIT_FAILED if _BAD_ENDS.intersection(states) else EXIT_OK
 
 
 def print_json(value: Any) -> None:

@@ -9,10 +9,10 @@ from typing import Any
 import click
 
 from .common import (
-    EXIT_FAILED,
     EXIT_OK,
     StoppedWaiting,
     check_wait_flags,
+    exit_for,
     json_option,
     notify_option,
     param_options,
@@ -167,7 +167,7 @@ def wait_job(job_id: str, *, timeout: float | None, quiet: bool, as_json: bool) 
         click.echo(job_line(job) + (f" — {job['reason']}" if job.get("reason") else ""))
         for line in unsucceeded(job):
             click.echo(line)
-    return EXIT_OK if job["state"] == "succeeded" else EXIT_FAILED
+    return exit_for(job["state"])
 
 
 @click.group("job")
@@ -199,7 +199,7 @@ def job_status(job_id: str, wait: bool, timeout: float | None, quiet: bool, as_j
     job = _jobs().status(job_id)
     if as_json:
         print_json(job)
-        return EXIT_OK
+        return exit_for(job["state"])
     click.echo(job_line(job) + (f" — {job['reason']}" if job.get("reason") else ""))
     created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(job["created"]))
     click.echo(f"  submitted {created} by {job.get('submitted_by') or '-'}")
@@ -210,7 +210,7 @@ def job_status(job_id: str, wait: bool, timeout: float | None, quiet: bool, as_j
     for sid, entry in sorted(job["outcomes"].items()):
         note = f"  ({entry['reason']})" if entry.get("reason") else ""
         click.echo(f"  {names.get(sid, sid)!s:<20} {entry['outcome']:<12} {entry.get('run_id', '')}{note}")
-    return EXIT_OK
+    return exit_for(job["state"])
 
 
 def _control(verb: str, summary: str) -> click.Command:

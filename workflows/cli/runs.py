@@ -8,10 +8,10 @@ from typing import Any
 import click
 
 from .common import (
-    EXIT_FAILED,
     EXIT_OK,
     StoppedWaiting,
     check_wait_flags,
+    exit_for,
     flag_of,
     json_option,
     notify_option,
@@ -112,7 +112,7 @@ def _follow(run_ids: list[str], *, timeout: float | None, quiet: bool, as_json: 
     elif view is None or not view.tty:  # off a terminal the progress lines were a log: now the outcome
         for run in current:
             click.echo("\n".join(render_run(run)))
-    return EXIT_OK if all(r["state"] == "succeeded" for r in current) else EXIT_FAILED
+    return exit_for(*(r["state"] for r in current))
 
 
 @click.command("status")
@@ -131,7 +131,7 @@ def status_cmd(run_id: str, wait: bool, timeout: float | None, quiet: bool, as_j
         print_json(run)
     else:
         click.echo("\n".join(render_run(run)))
-    return EXIT_OK
+    return exit_for(run["state"])
 
 
 @click.command("list")
