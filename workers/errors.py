@@ -213,7 +213,7 @@ class StillRunning(HcloudFlowError):
 
     def __str__(self) -> str:
         return (
-            f"{self.what} is still {self.state} after {self.seconds:.0f} s; it goes on: "
+            f"{self.what} is still {self.state} after {self.seconds:g} s; it goes on: "
             f"follow it with `{self.follow}`"
         )
 

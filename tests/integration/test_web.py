@@ -444,7 +444,7 @@ def test_the_dashboard_in_a_real_browser(
             page.wait_for_selector("text=Active runs")
             assert "viewer-key (viewer)" in page.inner_text("header")
 
-            control.send("PUT", "/config", {"durations": {"create_image": 100.0}})  # 5 s at speed 20
+            control.send("PUT", "/config", {"durations": {"create_image": 140.0}})  # 7 s at speed 20
             try:
                 run_id = op.post("/api/v1/runs", {"workflow": "snapshot", "server": names[12]}).json()[
                     "run_id"
@@ -469,7 +469,10 @@ def test_the_dashboard_in_a_real_browser(
                 control.send("PUT", "/config", {"durations": {"create_image": 20.0}})
             assert page.query_selector("p .state.succeeded"), seen[-3:]
             assert any("running" in s for s, _ in seen), "the page showed the run in flight"
-            assert len({w for _, w in seen}) >= 3, f"the progress moved: {sorted({w for _, w in seen})}"
+            # Two looks at the running step with different bars: the page moved by itself (the fragment is
+            # fetched every 2 s, so a loaded machine may show few of the steps in between).
+            moving = {w for s, w in seen if "running" in s}
+            assert len(moving) >= 2, f"the progress moved: {sorted(moving)}"
             assert "image" in page.inner_text("main"), "the new image's id is shown"
             page.screenshot(path=str(ARTIFACTS / "run-succeeded.png"), full_page=True)
 
