@@ -22,7 +22,7 @@ from .errors import APIError, BadInput, ConfigError, TransportError
 from .rate_budget import Priority, RateBudget
 from .retry_policy import RetryPolicy, never_sent, should_retry
 
-__all__ = ["DEFAULT_BASE_URL", "MAX_IDS_PER_ACTIONS_GET", "HcloudClient"]
+__all__ = ["DEFAULT_BASE_URL", "MAX_IDS_PER_ACTIONS_GET", "MAX_PER_PAGE", "HcloudClient"]
 
 DEFAULT_BASE_URL = "https://api.hetzner.cloud/v1"
 # hcloud-go's finding: GET /actions answers at most 25 ids, extra ids "might not be returned at all".
@@ -285,6 +285,27 @@ class HcloudClient:
             chunk = ids[start : start + MAX_IDS_PER_ACTIONS_GET]
             body = self.request("GET", "/actions", params=[("id", i) for i in chunk])
             found += body.get("actions", [])
+        return found
+
+    def get_server_actions(self, action_ids: list[int]) -> list[dict[str, Any]]:
+        """Return the given server actions, 50 ids a request; ids the API does not know are left out.
+
+        ``GET /servers/actions`` takes the same ``id`` filter as ``GET /actions`` but is a paginated list
+        (``per_page`` up to 50), so one request carries twice the ids; a page cut short is followed by its
+        ``next_page``, never taken as actions that are gone. Only server actions are found here.
+        """
+        found: list[dict[str, Any]] = []
+        ids = sorted({int(i) for i in action_ids})
+        for start in range(0, len(ids), MAX_PER_PAGE):
+            chunk = [("id", i) for i in ids[start : start + MAX_PER_PAGE]]
+            page: int | None = 1
+            for _ in range(MAX_PER_PAGE):  # bounded: a chunk of 50 ids has at most 50 pages
+                if page is None:
+                    break
+                params = [*chunk, ("per_page", MAX_PER_PAGE), ("page", page)]
+                body = self.request("GET", "/servers/actions", params=params)
+                found += body.get("actions", [])
+                page = ((body.get("meta") or {}).get("pagination") or {}).get("next_page")
         return found
 
     def list_server_actions(

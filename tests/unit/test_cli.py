@@ -250,7 +250,9 @@ def test_status_exits_as_waiting_would(monkeypatch: pytest.MonkeyPatch, state: s
     assert invoke("status", "r1", "--json").exit_code == code
 
 
-@pytest.mark.parametrize(("state", "code"), [("running", 0), ("succeeded", 0), ("completed_with_failures", 1)])
+@pytest.mark.parametrize(
+    ("state", "code"), [("running", 0), ("succeeded", 0), ("completed_with_failures", 1)]
+)
 def test_job_status_exits_as_waiting_would(monkeypatch: pytest.MonkeyPatch, state: str, code: int) -> None:
     job = {"id": "j1", "workflow": "reboot", "state": state, "created": 1.0, "reason": None, "counts": {},
            "servers": [], "outcomes": {}, "controls": []}  # fmt: skip

@@ -128,6 +128,26 @@ def test_get_actions_splits_ids_into_batches_of_25() -> None:
     assert session.calls[0]["params"][0] == ("id", 1)
 
 
+def test_server_actions_are_read_fifty_ids_a_request_and_a_short_page_is_followed() -> None:
+    def page(ids: range, next_page: int | None) -> dict[str, Any]:
+        return {"actions": [{"id": i} for i in ids], "meta": {"pagination": {"next_page": next_page}}}
+
+    # The first chunk's answer is cut after 40 (as a list endpoint may): its next page is asked for.
+    answers = [
+        (200, page(range(1, 41), 2)),
+        (200, page(range(41, 51), None)),
+        (200, page(range(51, 61), None)),
+    ]
+    c, session, _ = client(answers)
+    got = c.get_server_actions(list(range(60, 0, -1)))
+    assert sorted(a["id"] for a in got) == list(range(1, 61))
+    assert [call["url"].rsplit("/v1", 1)[-1] for call in session.calls] == ["/servers/actions"] * 3
+    ids = [[v for k, v in call["params"] if k == "id"] for call in session.calls]
+    assert [len(i) for i in ids] == [50, 50, 10]
+    assert [dict(call["params"])["page"] for call in session.calls] == [1, 2, 1]
+    assert all(dict(call["params"])["per_page"] == 50 for call in session.calls)
+
+
 def test_pagination_is_followed() -> None:
     page = {"servers": [{"id": 1}], "meta": {"pagination": {"next_page": 2}}}
     last = {"servers": [{"id": 2}], "meta": {"pagination": {"next_page": None}}}

@@ -114,3 +114,39 @@ def test_rounds_space_out_while_the_rate_budget_is_scarce(redis_server: RedisSer
     fast = RateBudget(r, budget.key, default_limit=3600, refill_per_second=40.0)
     monitor.engine.client = type("C", (), {"budget": fast})()  # type: ignore[assignment]
     assert monitor._gap() == max(monitor.gap, SCARCE_ROUNDS_PER_REFILL / 40.0)
+
+
+class Actions:
+    """Server actions behind the two reads the monitor may make; one id is missing from the list read."""
+
+    def __init__(self, hidden: set[int]) -> None:
+        self.hidden = hidden
+        self.calls: list[tuple[str, list[int]]] = []
+
+    def get_server_actions(self, ids: list[int]) -> list[dict[str, Any]]:
+        self.calls.append(("/servers/actions", ids))
+        return [{"id": i, "status": "running"} for i in ids if i not in self.hidden]
+
+    def get_actions(self, ids: list[int]) -> list[dict[str, Any]]:
+        self.calls.append(("/actions", ids))
+        return [{"id": i, "status": "success"} for i in ids if i != 999]
+
+
+def test_actions_are_read_from_the_server_list_and_a_missing_one_is_asked_again_before_it_is_gone(
+    redis_server: RedisServer,
+) -> None:
+    from workers.monitor import RoundReport
+
+    monitor, waits = monitor_on(redis_server, Dispatcher(set()), Clock())
+    monitor.engine.client = Actions(hidden={7, 999})  # type: ignore[assignment]
+    due = [Wait(**{**wait(i).__dict__, "phase": Phase.ACTION, "action_id": i}) for i in (5, 7, 999)]
+    later = Wait(**{**wait(6).__dict__, "phase": Phase.ACTION, "action_id": 6, "next": 1500.0})
+    waits.park(later)  # not due yet: it rides along in the same request at no cost
+    report = RoundReport()
+    seen, topped = monitor._observe_actions(due, 1000.0, report)
+    assert [w.id for w in topped] == ["w6"]
+    assert monitor.engine.client.calls == [("/servers/actions", [5, 6, 7, 999]), ("/actions", [7, 999])]
+    assert report.requests == 2
+    assert seen["w5"].action["status"] == "running" and seen["w6"].action is not None
+    assert seen["w7"].action["status"] == "success", "found by the second read, not taken for gone"
+    assert seen["w999"].action_gone, "missing from both reads: gone"
