@@ -248,7 +248,8 @@ class Jobs:
     def control(
         self, job_id: str, verb: str, *, timeout: float = 60.0, by: str | None = None
     ) -> dict[str, Any]:
-        """Pause, resume or cancel a job; ``by`` (default: this process's user@host) is recorded."""
+        """Pause, resume, cancel, approve or reject a job (``fleet_plan.JOB_CONTROLS``); ``by`` (default:
+        this process's user@host) is recorded."""
         by = by or default_submitter()
         return self._call("hcloud_flow.fleet_control", timeout, job_id=job_id, verb=verb, by=by)
 

@@ -9,7 +9,7 @@ from workers.server_actions import ACTIONS
 
 from .build import plan_steps
 from .definitions import WORKFLOWS
-from .fleet_plan import estimate
+from .fleet_plan import GATES, estimate
 
 __all__ = ["describe"]
 
@@ -65,6 +65,11 @@ def describe(plan: dict[str, Any], engine: Engine) -> dict[str, Any]:
         "max_errors": plan["max_errors"],
         "canary": plan["canary"],
         "limits": plan["limits"],
+        # What the job will stop and wait for: each approval gate, and when it gives up on one.
+        "gates": [
+            f"{GATES[g][1]} (`hcloud-flow job approve`; cancelled after {plan['approval_timeout']} s without)"
+            for g in plan["gates"]
+        ],
         **figures,
     }
 

@@ -25,7 +25,7 @@ from workers.errors import APIError, BadInput, HcloudFlowError, NotFound, RateBu
 from workers.redis_values import text_hash, texts
 from workers.run_store import FINAL
 
-from .fleet_plan import Decision, decide, parse_amount
+from .fleet_plan import GATES, JOB_CONTROLS, Decision, decide, parse_amount
 from .specs import FleetSpec, checked
 from .validate import Lookups, check_submitter, find_server, gather_facts, workflow_named
 
@@ -118,6 +118,8 @@ class JobStore:
         job["finished"] = float(raw["finished"]) if raw.get("finished") else None
         job["outcomes"] = {int(k[4:]): json.loads(v) for k, v in raw.items() if k.startswith("srv:")}
         job["controls"] = [json.loads(raw[k]) for k in sorted(raw) if k.startswith("ctl:")]
+        job["approved"] = {k[5:]: json.loads(v) for k, v in raw.items() if k.startswith("appr:")}
+        job["approval"] = json.loads(raw["approval"]) if raw.get("approval") else None
         counts: dict[str, int] = {}
         for entry in job["outcomes"].values():
             counts[entry["outcome"]] = counts.get(entry["outcome"], 0) + 1
@@ -139,6 +141,27 @@ class JobStore:
             mapping["finished"] = repr(self.clock())
             self.redis.expire(self.key(job_id), self.retention)
         self.redis.hset(self.key(job_id), mapping=mapping)
+
+    def await_approval(self, job_id: str, gate: str, reason: str, deadline: float) -> dict[str, Any]:
+        """Put a job in ``awaiting_approval`` at ``gate``; a gate met again (after a pause) keeps its
+        deadline."""
+        old = self.redis.hget(self.key(job_id), "approval")
+        known = json.loads(old) if old else None
+        if known is None or known.get("gate") != gate:
+            known = {"gate": gate, "since": self.clock(), "deadline": deadline}
+        self.redis.hset(
+            self.key(job_id),
+            mapping={"approval": json.dumps(known), "state": "awaiting_approval", "reason": reason},
+        )
+        return dict(known)
+
+    def approve(self, job_id: str, gate: str, by: str | None) -> None:
+        """Record that ``by`` opened ``gate`` (field ``appr:<gate>``), and let the job run again."""
+        at = self.clock()
+        key = self.key(job_id)
+        self.redis.hset(key, f"appr:{gate}", json.dumps({"by": by, "at": at}))
+        self.redis.hdel(key, "approval", "reason")
+        self.redis.hset(key, "state", "running")
 
     def note_control(self, job_id: str, verb: str, by: str | None) -> None:
         """Record who paused, resumed or cancelled a job, and when (fields ``ctl:<time>``, in order)."""
@@ -207,6 +230,8 @@ class FleetRunner:
             "canary": plan["canary"],
             "limits": plan["limits"],
             "notify": plan["notify"],
+            "gates": plan["gates"],
+            "approval_timeout": plan["approval_timeout"],
             "created": self.store.clock(),
             "window": window,
             "submitted_by": submitter,
@@ -252,6 +277,8 @@ class FleetRunner:
             "max_errors": errs.of(len(targets)),
             "canary": canary,
             "notify": spec.notify,
+            "gates": [gate for gate, (flag, _) in GATES.items() if getattr(spec, flag)],
+            "approval_timeout": spec.approval_timeout,
             "limits": {"max_concurrency": str(conc), "max_errors": str(errs)},
             "facts": facts,
         }
@@ -272,6 +299,9 @@ class FleetRunner:
         swept = False
         while True:
             job = self.store.get(job_id)
+            if job is not None and job["state"] == "awaiting_approval":
+                self._expire_approval(job)
+                return
             if job is None or job["state"] != "running":
                 return
             if not swept:
@@ -279,6 +309,9 @@ class FleetRunner:
                 if self._sweep(job):
                     continue  # outcomes changed: decide on the fresh record
             d = self._decide(job)
+            if d.state == "awaiting_approval":
+                self._await_approval(job, d)
+                return
             if not d.start:
                 for sid in d.not_started:
                     self.store.set_outcome(job_id, sid, outcome="not_started", reason=d.reason)
@@ -308,7 +341,30 @@ class FleetRunner:
             max_errors=job["max_errors"],
             canary=job["canary"],
             cutoff_passed=bool(window.get("cutoff_at")) and self.store.clock() >= window["cutoff_at"],
+            closed=frozenset(job.get("gates") or ()) - set(job.get("approved") or {}),
         )
+
+    def _await_approval(self, job: dict[str, Any], d: Decision) -> None:
+        """Hold the job at an approval gate until approved, rejected, or its deadline (then it cancels)."""
+        assert d.gate is not None and d.reason is not None
+        now = self.store.clock()
+        deadline = now + float(job.get("approval_timeout") or 3600)
+        ends_at = (job.get("window") or {}).get("cutoff_at") or (job.get("window") or {}).get("ends_at")
+        if ends_at:
+            deadline = min(deadline, float(ends_at))  # a window's job cannot wait past the window
+        held = self.store.await_approval(job["id"], d.gate, d.reason, deadline)
+        log.info("fleet job %s awaiting %s until %.0f", job["id"], d.reason, held["deadline"])
+        if self.kick is not None:  # an advance at the deadline cancels the job if nobody answered
+            self.kick(job["id"], max(0.0, held["deadline"] - now) + 0.5)
+        if held["since"] == now:
+            self._tell("job.awaiting_approval", job["id"])
+
+    def _expire_approval(self, job: dict[str, Any]) -> None:
+        approval = job.get("approval") or {}
+        if self.store.clock() < float(approval.get("deadline", float("inf"))):
+            return
+        waited = self.store.clock() - float(approval.get("since", self.store.clock()))
+        self._end_cancelled(job, f"no approval within {waited:.0f} s ({job.get('reason') or 'approval'})")
 
     def _wave_lookups(self, job: dict[str, Any], start: tuple[int, ...]) -> Lookups:
         """Return the wave's server objects read at most ``fresh_for`` seconds ago, 50 a request.
@@ -496,16 +552,51 @@ class FleetRunner:
         job = self._active(job_id, "cancel")
         who = check_submitter(by)
         self.store.note_control(job_id, "cancel", who)
-        self.store.set_state(job_id, "cancelled", f"cancelled by {who}" if who else "cancelled by request")
+        self._end_cancelled(job, f"cancelled by {who}" if who else "cancelled by request", who)
+        return {"job_id": job_id, "state": "cancelled"}
+
+    def approve(self, job_id: str, by: str | None = None) -> dict[str, Any]:
+        """Open the gate a job awaits (recorded with who opened it) and let it go on."""
+        job = self._awaiting(job_id, "approve")
+        who = check_submitter(by)
+        self.store.note_control(job_id, "approve", who)
+        self.store.approve(job_id, job["approval"]["gate"], who)
+        self.advance(job_id)
+        return {"job_id": job_id, "state": self.store.get(job_id)["state"]}  # type: ignore[index]
+
+    def reject(self, job_id: str, by: str | None = None) -> dict[str, Any]:
+        """Cancel a job at its approval gate; the servers it did not reach are not_started."""
+        job = self._awaiting(job_id, "reject")
+        who = check_submitter(by)
+        self.store.note_control(job_id, "reject", who)
+        self._end_cancelled(job, f"rejected by {who}" if who else "rejected", who)
+        return {"job_id": job_id, "state": "cancelled"}
+
+    def control(self, job_id: str, verb: str, by: str | None = None) -> dict[str, Any]:
+        """Carry out one of ``JOB_CONTROLS`` on a job."""
+        if not isinstance(verb, str) or verb not in JOB_CONTROLS:
+            raise BadInput(f"verb must be one of {', '.join(JOB_CONTROLS)}, not {verb!r}", "verb")
+        method: Callable[[str, str | None], dict[str, Any]] = getattr(self, verb)
+        return method(job_id, by)
+
+    def _end_cancelled(self, job: dict[str, Any], reason: str, who: str | None = None) -> None:
+        job_id = job["id"]
+        self.store.set_state(job_id, "cancelled", reason)
         for entry in job["outcomes"].values():
             if entry["outcome"] == "running":
                 with contextlib.suppress(BadInput):  # it ended meanwhile
                     self.cancel_run(entry["run_id"], who)
         for server in job["servers"]:
             if server["id"] not in job["outcomes"]:
-                self.store.set_outcome(job_id, server["id"], outcome="not_started", reason="job cancelled")
+                self.store.set_outcome(job_id, server["id"], outcome="not_started", reason=reason)
         self._tell("job.ended", job_id)
-        return {"job_id": job_id, "state": "cancelled"}
+
+    def _awaiting(self, job_id: str, verb: str) -> dict[str, Any]:
+        job = self._active(job_id, verb)
+        if job["state"] != "awaiting_approval":
+            state = job["state"]
+            raise BadInput(f"job {job_id} is {state}, not awaiting approval; nothing to {verb}", "job_id")
+        return job
 
     def _active(self, job_id: str, verb: str) -> dict[str, Any]:
         job = self.store.get(job_id) if isinstance(job_id, str) else None

@@ -13,6 +13,10 @@ The rules, exactly (also in the README):
   threshold by at most ``max_concurrency - 1``. Use ``--max-concurrency 1`` for an exact bound.
 - After a maintenance window's cutoff, nothing new starts; the servers not reached are recorded as
   ``not_started``.
+- Approval gates: with ``approve_before_start`` nothing starts, and with ``approve_after_canary`` nothing
+  starts after a canary wave that succeeded, until someone approves (``job approve``); the job is
+  ``awaiting_approval`` meanwhile. ``job reject``, or no approval within ``approval_timeout``, cancels it:
+  the servers not reached are ``not_started``.
 """
 
 from __future__ import annotations
@@ -23,10 +27,36 @@ from typing import Any
 
 from workers.errors import BadInput
 
-__all__ = ["ENDED", "ERROR_OUTCOMES", "Amount", "Decision", "decide", "estimate", "parse_amount"]
+__all__ = [
+    "ENDED",
+    "ERROR_OUTCOMES",
+    "GATES",
+    "JOB_CONTROLS",
+    "Amount",
+    "Decision",
+    "decide",
+    "estimate",
+    "parse_amount",
+]
 
 ERROR_OUTCOMES = frozenset({"failed", "refused"})
 ENDED = frozenset({"succeeded", "failed", "refused", "cancelled", "skipped", "not_started"})
+
+# The approval gates a job may have: the spec's flag that asks for it, and what the job waits for there.
+GATES: dict[str, tuple[str, str]] = {
+    "before_start": ("approve_before_start", "approval before the first server starts"),
+    "after_canary": ("approve_after_canary", "approval after the canary wave succeeded"),
+}
+
+# What may be done to a job that has not ended, with the summary every surface (CLI, HTTP) shows; the
+# fleet runner has a method of each name. Only a job awaiting approval takes ``approve`` and ``reject``.
+JOB_CONTROLS: dict[str, str] = {
+    "pause": "Stop starting new servers; those in flight finish.",
+    "resume": "Start servers again after a pause.",
+    "cancel": "Start no more servers and cancel the runs in flight before their next step.",
+    "approve": "Let a job awaiting approval go on (before its start or after its canary wave).",
+    "reject": "Cancel a job awaiting approval; its servers not reached are not_started.",
+}
 
 
 @dataclass(frozen=True)
@@ -68,9 +98,11 @@ class Decision:
     """What the job does now: servers to start, and its state once nothing is left to decide."""
 
     start: tuple[int, ...]
-    state: str  # "running", or a final one: "succeeded", "completed_with_failures", "failed"
+    # "running", "awaiting_approval", or a final one: "succeeded", "completed_with_failures", "failed"
+    state: str
     reason: str | None = None
     not_started: tuple[int, ...] = ()
+    gate: str | None = None  # with "awaiting_approval": which gate of GATES
 
 
 def decide(
@@ -81,8 +113,12 @@ def decide(
     max_errors: int,
     canary: int,
     cutoff_passed: bool = False,
+    closed: frozenset[str] = frozenset(),
 ) -> Decision:
-    """Return which pending servers start now, given every server's outcome so far (pending if absent)."""
+    """Return which pending servers start now, given every server's outcome so far (pending if absent).
+
+    ``closed`` holds the approval gates the job asked for and nobody has approved yet.
+    """
     running = [s for s in order if outcomes.get(s) == "running"]
     errors = sum(1 for s in order if outcomes.get(s) in ERROR_OUTCOMES)
     pending = [s for s in order if s not in outcomes]
@@ -100,6 +136,11 @@ def decide(
             return Decision((), "running", stop_reason)
         failed = errors > max_errors or stop_reason == "a canary failed"
         return Decision((), _final(order, outcomes, failed), stop_reason, tuple(pending))
+    if "before_start" in closed and pending and not attempted and not running:
+        return Decision((), "awaiting_approval", GATES["before_start"][1], gate="before_start")
+    canary_done = len(canaries) == canary > 0 and all(outcomes.get(s) != "running" for s in canaries)
+    if "after_canary" in closed and canary_done and pending:
+        return Decision((), "awaiting_approval", GATES["after_canary"][1], gate="after_canary")
     room = window - len(running)
     if canary and len(canaries) < canary:
         # Canary phase: only as many new servers as still make up the canary wave.

@@ -1,9 +1,9 @@
 """Webhook notifications: what happened, told to the URLs a run, job or window names and to the global ones.
 
-Events (``event`` in the body): ``run.started``, ``run.ended``, ``job.started``, ``job.ended``,
-``window.fired``, ``window.skipped``. Each is delivered by its own ``hcloud_flow.notify`` task, so a slow or
-failing receiver holds no step back; a delivery is tried at most ``ATTEMPTS`` times with growing pauses,
-and every attempt is logged (``hf:notify:EVENT_ID``, kept as long as run records).
+Events (``event`` in the body): ``run.started``, ``run.ended``, ``job.started``, ``job.awaiting_approval``,
+``job.ended``, ``window.fired``, ``window.skipped``. Each is delivered by its own ``hcloud_flow.notify`` task,
+so a slow or failing receiver holds no step back; a delivery is tried at most ``ATTEMPTS`` times with growing
+pauses, and every attempt is logged (``hf:notify:EVENT_ID``, kept as long as run records).
 
 The body is JSON; a URL written ``slack+https://…`` gets Slack's ``{"text": …}`` instead. With
 ``HCLOUD_FLOW_WEBHOOK_SECRET`` set, each request carries ``X-Hcloud-Flow-Signature: sha256=<hex HMAC-SHA256
@@ -36,7 +36,15 @@ __all__ = [
     "target_of",
 ]
 
-EVENTS = ("run.started", "run.ended", "job.started", "job.ended", "window.fired", "window.skipped")
+EVENTS = (
+    "run.started",
+    "run.ended",
+    "job.started",
+    "job.awaiting_approval",
+    "job.ended",
+    "window.fired",
+    "window.skipped",
+)
 ATTEMPTS = 5
 MAX_URLS = 10
 _SLACK = "slack+"
@@ -95,6 +103,8 @@ def event_body(event: str, subject: dict[str, Any], now: float | None = None) ->
     elif event.startswith("job."):
         body["job"] = {k: subject.get(k) for k in _JOB_FIELDS}
         body["job"]["counts"] = subject.get("counts")
+        if subject.get("approval"):  # which gate it waits at and until when
+            body["job"]["approval"] = {k: subject["approval"].get(k) for k in ("gate", "since", "deadline")}
         names = {int(s["id"]): s.get("name") for s in subject.get("servers", [])}
         body["job"]["failed"] = [
             {"server": names.get(int(sid), sid), "outcome": e.get("outcome"), "reason": e.get("reason")}
@@ -127,6 +137,8 @@ def _text(body: dict[str, Any]) -> str:
     if "job" in body:
         j = body["job"]
         line = f"hcloud-flow: fleet job {j['id']} ({j['workflow']}) {j['state']}"
+        if j.get("approval"):
+            line += f": {j.get('reason')}; `hcloud-flow job approve {j['id']}` or `job reject`"
         failed = j.get("failed") or []
         if failed:
             line += "; " + ", ".join(f"{f['server']} {f['outcome']}" for f in failed[:10])

@@ -14,7 +14,15 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from workers.client import is_id
 from workers.errors import BadInput
@@ -28,6 +36,7 @@ from .validate import check_params, require_unicode, workflow_named
 __all__ = ["FleetSpec", "WindowSpec", "checked"]
 
 _MAX_SERVERS = 10_000  # one job; a bigger list is a mistake (a fleet of more is several jobs)
+APPROVAL_TIMEOUT = 3600  # seconds a job awaits approval by default: an unattended gate must not hold forever
 
 
 def checked(model: type[BaseModel], data: Any) -> Any:
@@ -66,6 +75,15 @@ class FleetSpec(BaseModel):
     canary: int = Field(0, ge=0, description="the first N servers must all succeed before any other starts")
     notify: list[str] = Field(
         default_factory=list, description="webhook URLs told of the job's start and end"
+    )
+    approve_before_start: bool = Field(False, description="wait for `job approve` before any server starts")
+    approve_after_canary: bool = Field(
+        False, description="wait for `job approve` after the canary wave succeeded (needs canary)"
+    )
+    approval_timeout: int = Field(
+        APPROVAL_TIMEOUT,
+        gt=0,
+        description="cancel the job if no approval comes within this long, e.g. 1h (seconds over HTTP)",
     )
 
     @field_validator("workflow", mode="before")
@@ -127,6 +145,21 @@ class FleetSpec(BaseModel):
             raise BadInput(f"canary must be a whole number >= 0, not {value!r}", "canary")
         return value
 
+    @field_validator("approve_before_start", "approve_after_canary", mode="before")
+    @classmethod
+    def _flag(cls, value: Any, info: ValidationInfo) -> bool:
+        if not isinstance(value, bool):
+            raise BadInput(f"{info.field_name} must be true or false, not {value!r}", str(info.field_name))
+        return value
+
+    @field_validator("approval_timeout", mode="before")
+    @classmethod
+    def _approval_timeout(cls, value: Any) -> int:
+        seconds = parse_duration(value, "approval_timeout")
+        if not 60 <= seconds <= MAX_DURATION:
+            raise BadInput(f"approval_timeout must be from 1m to 7d, not {value!r}", "approval_timeout")
+        return seconds
+
     @model_validator(mode="before")
     @classmethod
     def _unicode(cls, data: Any) -> Any:
@@ -137,6 +170,8 @@ class FleetSpec(BaseModel):
     def _whole(self) -> FleetSpec:
         if (self.selector is None) == (self.servers is None):
             raise BadInput("give exactly one of selector or servers", "selector")
+        if self.approve_after_canary and not self.canary:
+            raise BadInput("approve_after_canary needs a canary wave: give canary N (1 or more)", "canary")
         # The workflow's own parameter model (from its table); defaults filled in, unset ones dropped.
         clean = check_params(workflow_named(self.workflow), self.params)
         self.params = {k: v for k, v in clean.items() if v is not None}

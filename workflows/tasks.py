@@ -166,12 +166,9 @@ def fleet_plan(**options: Any) -> dict[str, Any]:
 
 @app.task(name="hcloud_flow.fleet_control", throws=(BadInput,))
 def fleet_control(job_id: Any = None, verb: Any = None, by: Any = None) -> dict[str, Any]:
-    """Pause, resume or cancel a fleet job; ``by`` (who asked) is recorded with the job."""
-    runner = fleet_runner()
-    actions = {"pause": runner.pause, "resume": runner.resume, "cancel": runner.cancel}
-    if verb not in actions:
-        raise BadInput(f"verb must be one of {', '.join(actions)}", "verb")
-    return actions[verb](job_id, by)
+    """Pause, resume, cancel, approve or reject a fleet job (``fleet_plan.JOB_CONTROLS``); ``by`` (who
+    asked) is recorded with the job."""
+    return fleet_runner().control(job_id, verb, by)
 
 
 @app.task(name="hcloud_flow.window_fire", acks_late=False)

@@ -26,6 +26,7 @@ import redis
 from workers.counters import Counters
 from workers.errors import BadInput, NotFound
 from workers.redis_values import texts
+from workers.run_store import FINAL
 
 from .cron import Cron, cron_matches, parse_cron, utc_minutes
 
@@ -165,7 +166,7 @@ def fire(windows: WindowStore, runner: Any, name: str, now: float) -> dict[str, 
     prev_job = runner.store.get(previous) if previous else None
     if window.get("paused"):
         entry.update(outcome="skipped", reason="the window is paused")
-    elif prev_job is not None and prev_job["state"] in ("running", "paused"):
+    elif prev_job is not None and prev_job["state"] not in FINAL:  # running, paused or awaiting approval
         entry.update(outcome="skipped", reason=f"the previous job {previous} is still {prev_job['state']}")
     elif now >= start + window["duration"] - window["cutoff"]:
         # A firing this late (a beat failover, a long queue) could start no server: say so, start nothing.
@@ -180,18 +181,11 @@ def fire(windows: WindowStore, runner: Any, name: str, now: float) -> dict[str, 
             "ends_at": start + window["duration"],
         }
         try:
-            job = runner.start(
-                workflow=window["workflow"],
-                selector=window["selector"],
-                servers=window["servers"],
-                params=window["params"],
-                max_concurrency=window["max_concurrency"],
-                max_errors=window["max_errors"],
-                canary=window["canary"],
-                window=limits,
-                submitted_by=f"window {name}",
-                notify=window.get("notify") or [],
-            )
+            from .specs import FleetSpec
+
+            # Every fleet field the window holds (a window stored before a field existed takes its default).
+            fields = {k: window[k] for k in FleetSpec.model_fields if window.get(k) is not None}
+            job = runner.start(window=limits, submitted_by=f"window {name}", **fields)
         except BadInput as exc:
             entry.update(outcome="failed to start", reason=str(exc))
         else:

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 @pytest.fixture(scope="module")
 def cloud() -> Iterator[Any]:
-    c = start_cloud(servers=60, speed=20.0, seed=41, durations={"reset": 40.0})  # a reset takes 2 s
+    c = start_cloud(servers=70, speed=20.0, seed=41, durations={"reset": 40.0})  # a reset takes 2 s
     yield c
     c.stop()
 
@@ -197,3 +197,41 @@ def test_bad_fleet_input_is_refused_and_starts_nothing(
     with pytest.raises(BadInput, match=message):
         jobs.start("reboot", **options)
     assert (len(control.posts()), redis_server.client().zcard("hf:jobs")) == before
+
+
+def test_approval_after_the_canary_through_real_workers(
+    jobs: Jobs, control: Control, pool: Iterator[int]
+) -> None:
+    ids = take(pool, 4)
+    plan = jobs.plan(
+        "reset", servers=ids, max_concurrency="2", max_errors="0", canary=1, approve_after_canary=True
+    )
+    assert plan["gates"] and "after the canary wave" in plan["gates"][0], "the dry run names the gate"
+    job = jobs.start(
+        "reset", servers=ids, max_concurrency="2", max_errors="0", canary=1, approve_after_canary=True,
+        approval_timeout="10m", submitted_by="tester@ci",
+    )  # fmt: skip
+    held = wait_until(
+        lambda: (j := jobs.status(job["id"]))["state"] == "awaiting_approval" and j, 30, "the gate"
+    )
+    assert [sid for sid in ids if control.posts(sid)] == ids[:1], "only the canary ran"
+    assert held["approval"]["gate"] == "after_canary" and held["counts"]["succeeded"] == 1
+    with pytest.raises(BadInput, match="not paused"):
+        jobs.control(job["id"], "resume", by="tester@ci")
+    jobs.control(job["id"], "approve", by="approver@ci")
+    done = jobs.wait(job["id"], timeout=60, poll=0.3)
+    assert done["state"] == "succeeded" and done["counts"]["succeeded"] == 4
+    assert done["approved"]["after_canary"]["by"] == "approver@ci"
+    assert all(len(control.posts(sid, "reset")) == 1 for sid in ids)
+
+
+def test_a_rejected_job_starts_nothing(jobs: Jobs, control: Control, pool: Iterator[int]) -> None:
+    ids = take(pool, 2)
+    job = jobs.start("reset", servers=ids, max_concurrency="2", max_errors="0", approve_before_start=True)
+    assert job["state"] == "awaiting_approval"
+    answer = jobs.control(job["id"], "reject", by="bob@ci")
+    assert answer["state"] == "cancelled"
+    done = jobs.status(job["id"])
+    assert done["reason"] == "rejected by bob@ci"
+    assert {e["outcome"] for e in done["outcomes"].values()} == {"not_started"}
+    assert not any(control.posts(sid) for sid in ids)

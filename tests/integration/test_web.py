@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 @pytest.fixture(scope="module")
 def cloud() -> Iterator[Any]:
-    c = start_cloud(servers=16, speed=20.0, seed=71)
+    c = start_cloud(servers=18, speed=20.0, seed=71)
     yield c
     c.stop()
 
@@ -224,6 +224,20 @@ def test_jobs_and_windows_over_http(op: Client, view: Client, names: list[str]) 
     assert done["state"] == "succeeded" and done["submitted_by"] == "apikey:operator-key"
     assert view.get("/api/v1/jobs").json()[0]["id"] == job_id
 
+    gated = op.post("/api/v1/jobs", {**spec, "servers": names[16:18], "approve_before_start": True})
+    assert gated.status_code == 202 and gated.json()["state"] == "awaiting_approval", gated.text
+    gated_id = gated.json()["id"]
+    assert view.post(f"/api/v1/jobs/{gated_id}/approve").status_code == 403, "a viewer cannot approve"
+    approved = op.post(f"/api/v1/jobs/{gated_id}/approve")
+    assert approved.status_code == 202 and approved.json()["state"] == "running", approved.text
+    again = op.post(f"/api/v1/jobs/{gated_id}/approve")
+    assert again.status_code == 400 and "not awaiting approval" in again.json()["error"]["message"]
+    record = wait_until(
+        lambda: (j := view.get(f"/api/v1/jobs/{gated_id}").json())["state"] != "running" and j, 60, "the job"
+    )
+    assert record["state"] == "succeeded"
+    assert record["approved"]["before_start"]["by"] == "apikey:operator-key"
+
     window = {
         "name": "web-nightly",
         "workflow": "reboot",
@@ -300,6 +314,9 @@ def window(**fields: Any) -> dict[str, Any]:
         ("POST", "/api/v1/jobs", job(selector="a=b"), 400, "exactly one"),
         ("POST", "/api/v1/jobs", job(max_concurrency="150%"), 400, "max_concurrency"),
         ("POST", "/api/v1/jobs", job(canary=-1), 400, "canary"),
+        ("POST", "/api/v1/jobs", job(approve_after_canary=True), 400, "needs a canary wave"),
+        ("POST", "/api/v1/jobs", job(approve_before_start="yes"), 400, "true or false"),
+        ("POST", "/api/v1/jobs", job(approval_timeout="forever"), 400, "approval_timeout"),
         ("POST", "/api/v1/jobs", job(limit=3), 422, "limit"),
         ("POST", "/api/v1/windows", window(name="../../etc"), 400, "window names"),
         ("POST", "/api/v1/windows", window(cron="0 0 31 2 *"), 400, "never fires"),

@@ -50,6 +50,9 @@ class FakeRuns:
         return {"id": run_id, "state": state, "workflow": "reboot", "server_id": 1, "steps": []}
 
 
+_FLEET = ["fleet", "reboot", "--servers", "1,2", "--max-concurrency", "1", "--max-errors", "0"]
+
+
 @pytest.fixture
 def no_api(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runs_cli, "runs", Untouchable)
@@ -163,6 +166,14 @@ def test_usage_errors_exit_2_and_are_json_under_json(no_api: None, args: list[st
             "http(s)",
         ),
         (["status", "r1", "--quiet"], "go with --wait"),
+        (
+            [*_FLEET, "--approve-after-canary"],
+            "needs a canary wave",
+        ),
+        (
+            [*_FLEET, "--approve-before-start", "--approval-timeout", "30s"],
+            "from 1m to 7d",
+        ),
     ],
 )
 def test_bad_input_is_refused_before_the_api_is_reached(no_api: None, args: list[str], message: str) -> None:
@@ -264,3 +275,35 @@ def test_job_status_exits_as_waiting_would(monkeypatch: pytest.MonkeyPatch, stat
     monkeypatch.setattr(fleet_cli, "_jobs", Jobs)
     assert invoke("job", "status", "j1").exit_code == code
     assert invoke("job", "status", "j1", "--json").exit_code == code
+
+
+def test_fleet_gates_reach_the_job_and_approve_is_a_job_verb(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[Any] = []
+
+    class Jobs:
+        def start(self, workflow: str, **spec: Any) -> dict[str, Any]:
+            asked.append(spec)
+            return {"id": "j1"}
+
+        def control(self, job_id: str, verb: str, **kw: Any) -> dict[str, Any]:
+            asked.append((job_id, verb))
+            return {"job_id": job_id, "state": "running"}
+
+    monkeypatch.setattr(fleet_cli, "_jobs", Jobs)
+    args = [
+        "fleet",
+        "reboot",
+        "--servers",
+        "1,2",
+        "--max-concurrency",
+        "1",
+        "--max-errors",
+        "0",
+        "--canary",
+        "1",
+    ]
+    assert invoke(*args, "--approve-after-canary", "--approval-timeout", "2h").exit_code == 0
+    assert asked[0]["approve_after_canary"] is True and asked[0]["approval_timeout"] == "2h"
+    assert asked[0]["approve_before_start"] is False
+    done = invoke("job", "approve", "j1")
+    assert done.exit_code == 0 and asked[1] == ("j1", "approve") and "job j1: running" in done.stdout

@@ -8,6 +8,8 @@ from typing import Any
 
 import click
 
+from workflows.fleet_plan import JOB_CONTROLS  # the job verbs: one table for the CLI, HTTP and the workers
+
 from .common import (
     EXIT_OK,
     StoppedWaiting,
@@ -38,10 +40,18 @@ def job_line(job: dict[str, Any]) -> str:
     done = sum(v for k, v in c.items() if k not in ("running", "pending"))
     parts = [f"{k} {v}" for k, v in sorted(c.items()) if v and k not in ("pending", "running")]
     secs = (job.get("finished") or time.time()) - job["created"]
-    return (
+    line = (
         f"job {job['id']} {job['workflow']}: {job['state']}  {done}/{len(job['servers'])} ended"
         f" ({', '.join(parts) or 'none yet'}), {c.get('running', 0)} in flight, {secs:.0f}s"
     )
+    approval = job.get("approval")
+    if job["state"] == "awaiting_approval" and approval:
+        left = max(0.0, approval["deadline"] - time.time())
+        line += (
+            f" — {job.get('reason')}: `hcloud-flow job approve {job['id']}` or `job reject`"
+            f" within {left:.0f}s, or it cancels"
+        )
+    return line
 
 
 def unsucceeded(job: dict[str, Any]) -> list[str]:
@@ -70,6 +80,17 @@ def unsucceeded(job: dict[str, Any]) -> list[str]:
     metavar="N",
     help="first N servers must all succeed first",
 )
+@click.option("--approve-before-start", is_flag=True, help="wait for `job approve` before any server starts")
+@click.option(
+    "--approve-after-canary", is_flag=True, help="wait for `job approve` after the canary wave succeeded"
+)
+@click.option(
+    "--approval-timeout",
+    default="1h",
+    show_default=True,
+    metavar="DURATION",
+    help="cancel the job if no approval comes within this long",
+)
 @click.option("--dry-run", is_flag=True, help="print the plan and its API budget; start nothing")
 @wait_options("job")
 @submit_timeout_option
@@ -83,6 +104,9 @@ def fleet_cmd(
     max_concurrency: str,
     max_errors: str,
     canary: int,
+    approve_before_start: bool,
+    approve_after_canary: bool,
+    approval_timeout: str,
     dry_run: bool,
     wait: bool,
     timeout: float | None,
@@ -107,6 +131,9 @@ def fleet_cmd(
         "max_errors": max_errors,
         "canary": canary,
         "notify": list(notify),
+        "approve_before_start": approve_before_start,
+        "approve_after_canary": approve_after_canary,
+        "approval_timeout": approval_timeout,
     }
     checked(FleetSpec, {"workflow": workflow, **spec})  # refused here, before anything is sent
     if dry_run:
@@ -127,6 +154,8 @@ def _print_plan(plan: dict[str, Any], as_json: bool) -> None:
         f"dry run: {plan['workflow']} on {len(plan['servers'])} servers, at most {plan['max_concurrency']} "
         f"at once, stop after {plan['max_errors']} errors, canary {plan['canary']}"
     )
+    for gate in plan.get("gates") or []:
+        click.echo(f"gate: {gate}")
     for s in plan["servers"]:
         click.echo(f"  {s['name']:<20} {s['status']:<10} {' → '.join(s['steps'])}")
     click.echo(
@@ -172,7 +201,7 @@ def wait_job(job_id: str, *, timeout: float | None, quiet: bool, as_json: bool) 
 
 @click.group("job")
 def job_group() -> None:
-    """Show, list, pause, resume or cancel fleet jobs."""
+    """Show, list, pause, resume, cancel, approve or reject fleet jobs."""
 
 
 @job_group.command("list")
@@ -225,11 +254,7 @@ def _control(verb: str, summary: str) -> click.Command:
     return click.command(verb, help=summary)(command)
 
 
-for _verb, _summary in (
-    ("pause", "Stop starting new servers; those in flight finish."),
-    ("resume", "Start servers again after a pause (or the error threshold's stop)."),
-    ("cancel", "Start no more servers and cancel the runs in flight before their next step."),
-):
+for _verb, _summary in JOB_CONTROLS.items():
     job_group.add_command(_control(_verb, _summary))
 
 COMMANDS = (fleet_cmd, job_group)

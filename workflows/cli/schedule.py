@@ -60,6 +60,21 @@ def _window_options(f: Callable[..., Any]) -> Callable[..., Any]:
             ),
             click.option("--canary", type=click.IntRange(min=0), metavar="N", help="add: default 0"),
             click.option(
+                "--approve-before-start/--no-approve-before-start",
+                default=None,
+                help="each firing's job waits for `job approve` before any server starts (add: no)",
+            ),
+            click.option(
+                "--approve-after-canary/--no-approve-after-canary",
+                default=None,
+                help="each firing's job waits for `job approve` after its canary wave (add: no)",
+            ),
+            click.option(
+                "--approval-timeout",
+                metavar="DURATION",
+                help="cancel if no approval comes within this long (add: 1h; never past the window)",
+            ),
+            click.option(
                 "--no-check",
                 is_flag=True,
                 help="store without asking the API that the servers and image exist",
@@ -78,7 +93,18 @@ def _given(name: str, workflow: str | None, options: dict[str, Any]) -> dict[str
     given: dict[str, Any] = {"name": name}
     if workflow:
         given["workflow"] = workflow
-    for field in ("cron", "tz", "duration", "cutoff", "max_concurrency", "max_errors", "canary"):
+    for field in (
+        "cron",
+        "tz",
+        "duration",
+        "cutoff",
+        "max_concurrency",
+        "max_errors",
+        "canary",
+        "approve_before_start",
+        "approve_after_canary",
+        "approval_timeout",
+    ):
         if options.get(field) is not None:
             given[field] = options[field]
     if options.get("selector") is not None and options.get("servers") is not None:

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 
 from workers.errors import BadInput, HcloudFlowError, NotTaken, ServerBusy
 from workers.run_store import ACTIVE, FINAL
+from workflows.fleet_plan import JOB_CONTROLS
 from workflows.notify import check_urls
 from workflows.specs import FleetSpec, WindowSpec
 from workflows.validate import require_unicode
@@ -242,11 +243,7 @@ def _job_control(verb: str) -> Callable[..., JSONResponse]:
     return control
 
 
-for _verb, _summary in (
-    ("pause", "Pause a job: no new server starts; those in flight finish"),
-    ("resume", "Resume a paused job"),
-    ("cancel", "Cancel a job: nothing new starts; runs in flight stop before their next step"),
-):
+for _verb, _summary in JOB_CONTROLS.items():
     router.add_api_route(
         f"/jobs/{{job_id}}/{_verb}", _job_control(_verb), methods=["POST"], status_code=202, summary=_summary
     )

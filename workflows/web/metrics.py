@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from workers.counters import Counters
+from workers.run_store import FINAL
 
 from .auth import Viewer
 from .services import Services
@@ -120,12 +121,19 @@ class _FromRedis:
         jobs = GaugeMetricFamily(
             _P + "job_servers", "Servers of running fleet jobs, by outcome so far", labels=["job", "outcome"]
         )
+        waiting = GaugeMetricFamily(
+            _P + "jobs_awaiting_approval", "Fleet jobs held at an approval gate (job approve or reject)"
+        )
+        held = 0
         for job in s.jobs.list(50):
-            if job["state"] not in ("running", "paused"):
+            if job["state"] in FINAL:
                 continue
+            held += job["state"] == "awaiting_approval"
             for outcome, n in sorted(job["counts"].items()):
                 jobs.add_metric([job["id"], outcome], n)
+        waiting.add_metric([], held)
         yield jobs
+        yield waiting
 
     @staticmethod
     def _counter(
