@@ -105,6 +105,8 @@ hcloud_flow = {
     # How old a server object a fleet job listed may be to validate one of its later, smaller waves; older,
     # and the job lists the servers it has still to start again (workflows/fleet.py).
     "fleet_fresh": _float("HCLOUD_FLOW_FLEET_FRESH", 10.0),
+    # Seconds between looks at a fleet job's --block-on URLs while one of them holds its new starts back.
+    "block_recheck": _float("HCLOUD_FLOW_BLOCK_RECHECK", 15.0),
     "monitor": os.environ.get("HCLOUD_FLOW_MONITOR", "1") not in ("0", "false", "no"),
     # Webhooks told of every run, job and window event, besides a submission's own (workflows/notify.py).
     "notify_urls": [u.strip() for u in os.environ.get("HCLOUD_FLOW_NOTIFY_URLS", "").split(",") if u.strip()],

@@ -10,6 +10,7 @@ from workers.server_actions import ACTIONS
 from .build import plan_steps
 from .definitions import WORKFLOWS
 from .fleet_plan import GATES, estimate
+from .gates import first_block
 
 __all__ = ["describe"]
 
@@ -69,7 +70,10 @@ def describe(plan: dict[str, Any], engine: Engine) -> dict[str, Any]:
         "gates": [
             f"{GATES[g][1]} (`hcloud-flow job approve`; cancelled after {plan['approval_timeout']} s without)"
             for g in plan["gates"]
-        ],
+        ]
+        + [f"no server starts while {_host(u)} answers non-2xx or lists alerts" for u in plan["block_on"]],
+        # Looked at now, as the job would before its first wave.
+        "blocked_now": first_block(plan["block_on"]) if plan["block_on"] else None,
         **figures,
     }
 
@@ -78,3 +82,9 @@ def _expected(engine: Engine, command: str) -> float:
     learned = engine.durations.expected(command) if engine.durations is not None else None
     # The API stamps times to the second, so a learned 0 means "under a second", not free.
     return max(1.0, learned) if learned is not None else float(TYPICAL_SECONDS[command])
+
+
+def _host(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).netloc

@@ -26,6 +26,7 @@ from workers.redis_values import text_hash, texts
 from workers.run_store import FINAL
 
 from .fleet_plan import GATES, JOB_CONTROLS, Decision, decide, parse_amount
+from .gates import Probe, first_block, http_probe
 from .specs import FleetSpec, checked
 from .validate import Lookups, check_submitter, find_server, gather_facts, workflow_named
 
@@ -120,6 +121,7 @@ class JobStore:
         job["controls"] = [json.loads(raw[k]) for k in sorted(raw) if k.startswith("ctl:")]
         job["approved"] = {k[5:]: json.loads(v) for k, v in raw.items() if k.startswith("appr:")}
         job["approval"] = json.loads(raw["approval"]) if raw.get("approval") else None
+        job["blocked"] = json.loads(raw["blocked"]) if raw.get("blocked") else None
         counts: dict[str, int] = {}
         for entry in job["outcomes"].values():
             counts[entry["outcome"]] = counts.get(entry["outcome"], 0) + 1
@@ -140,6 +142,7 @@ class JobStore:
         if state in JOB_FINAL:
             mapping["finished"] = repr(self.clock())
             self.redis.expire(self.key(job_id), self.retention)
+            self.redis.hdel(self.key(job_id), "blocked")  # an ended job waits for nothing
         self.redis.hset(self.key(job_id), mapping=mapping)
 
     def await_approval(self, job_id: str, gate: str, reason: str, deadline: float) -> dict[str, Any]:
@@ -154,6 +157,13 @@ class JobStore:
             mapping={"approval": json.dumps(known), "state": "awaiting_approval", "reason": reason},
         )
         return dict(known)
+
+    def set_blocked(self, job_id: str, blocked: dict[str, Any] | None) -> None:
+        """Record why no new server starts now (a block URL's answer), or that nothing blocks any more."""
+        if blocked is None:
+            self.redis.hdel(self.key(job_id), "blocked")
+        else:
+            self.redis.hset(self.key(job_id), "blocked", json.dumps(blocked))
 
     def approve(self, job_id: str, gate: str, by: str | None) -> None:
         """Record that ``by`` opened ``gate`` (field ``appr:<gate>``), and let the job run again."""
@@ -194,7 +204,11 @@ class FleetRunner:
         starters: int = 8,
         fresh_for: float = 10.0,
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
+        probe: Probe = http_probe,
+        recheck: float = 15.0,
     ) -> None:
+        self.probe = probe  # looks at a --block-on URL (workflows.gates)
+        self.recheck = recheck  # seconds between looks while a block URL holds new starts back
         self.on_event = on_event  # told "job.started" and "job.ended" with the job record (notifications)
         self.starters = starters  # runs of one wave submitted at once
         self.fresh_for = fresh_for  # seconds a listed server object may validate a later start
@@ -231,6 +245,7 @@ class FleetRunner:
             "limits": plan["limits"],
             "notify": plan["notify"],
             "gates": plan["gates"],
+            "block_on": plan["block_on"],
             "approval_timeout": plan["approval_timeout"],
             "created": self.store.clock(),
             "window": window,
@@ -278,6 +293,7 @@ class FleetRunner:
             "canary": canary,
             "notify": spec.notify,
             "gates": [gate for gate, (flag, _) in GATES.items() if getattr(spec, flag)],
+            "block_on": spec.block_on,
             "approval_timeout": spec.approval_timeout,
             "limits": {"max_concurrency": str(conc), "max_errors": str(errs)},
             "facts": facts,
@@ -320,6 +336,8 @@ class FleetRunner:
                     log.info("fleet job %s %s%s", job_id, d.state, f" ({d.reason})" if d.reason else "")
                     self._tell("job.ended", job_id)
                 return
+            if self._blocked(job):
+                return
             try:
                 lookups = fresh if fresh is not None else self._wave_lookups(job, d.start)
                 fresh = None  # one wave only: later waves read their servers again
@@ -343,6 +361,28 @@ class FleetRunner:
             cutoff_passed=bool(window.get("cutoff_at")) and self.store.clock() >= window["cutoff_at"],
             closed=frozenset(job.get("gates") or ()) - set(job.get("approved") or {}),
         )
+
+    def _blocked(self, job: dict[str, Any]) -> bool:
+        """Look at the job's block URLs before a wave; while one blocks, start nothing and look again later.
+
+        The job stays ``running`` (its runs in flight go on) and its record says why it waits (``blocked``).
+        """
+        urls = job.get("block_on") or []
+        reason = first_block(urls, self.probe) if urls else None
+        was = job.get("blocked")
+        if reason is None:
+            if was:
+                self.store.set_blocked(job["id"], None)
+                log.info("fleet job %s: no longer blocked", job["id"])
+            return False
+        if not was or was.get("reason") != reason:
+            self.store.set_blocked(
+                job["id"], {"reason": reason, "since": (was or {}).get("since") or self.store.clock()}
+            )
+            log.info("fleet job %s waits: %s", job["id"], reason)
+        if self.kick is not None:
+            self.kick(job["id"], self.recheck)
+        return True
 
     def _await_approval(self, job: dict[str, Any], d: Decision) -> None:
         """Hold the job at an approval gate until approved, rejected, or its deadline (then it cancels)."""

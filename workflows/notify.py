@@ -50,8 +50,9 @@ MAX_URLS = 10
 _SLACK = "slack+"
 
 
-def check_urls(urls: Any, field: str = "notify") -> list[str]:
-    """Return webhook URLs fit to keep, or refuse: http(s), a host, no credentials, at most 2048 chars."""
+def check_urls(urls: Any, field: str = "notify", *, slack: bool = True) -> list[str]:
+    """Return URLs fit to keep, or refuse: http(s) (or slack+https when ``slack``), a host, no credentials,
+    at most 2048 characters, at most ``MAX_URLS``."""
     if urls is None:
         return []
     if isinstance(urls, str) or not isinstance(urls, list):
@@ -64,13 +65,12 @@ def check_urls(urls: Any, field: str = "notify") -> list[str]:
             raise BadInput(
                 f"{field}: {str(url)[:80]!r} is not a URL of at most 2048 printable characters", field
             )
-        parts = urlsplit(url.removeprefix(_SLACK))
+        parts = urlsplit(url.removeprefix(_SLACK) if slack else url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise BadInput(f"{field}: {url[:80]!r} is not an http(s) URL (slack+https://… for Slack)", field)
+            hint = " (slack+https://… for Slack)" if slack else ""
+            raise BadInput(f"{field}: {url[:80]!r} is not an http(s) URL{hint}", field)
         if parts.username or parts.password:
-            raise BadInput(
-                f"{field}: {url[:80]!r} carries credentials; sign with HCLOUD_FLOW_WEBHOOK_SECRET", field
-            )
+            raise BadInput(f"{field}: {url[:80]!r} carries credentials, which would be stored", field)
         out.append(url)
     return out
 

@@ -76,6 +76,10 @@ class FleetSpec(BaseModel):
     notify: list[str] = Field(
         default_factory=list, description="webhook URLs told of the job's start and end"
     )
+    block_on: list[str] = Field(
+        default_factory=list,
+        description="no new server starts while one of these URLs answers non-2xx or lists alerts",
+    )
     approve_before_start: bool = Field(False, description="wait for `job approve` before any server starts")
     approve_after_canary: bool = Field(
         False, description="wait for `job approve` after the canary wave succeeded (needs canary)"
@@ -118,6 +122,11 @@ class FleetSpec(BaseModel):
     @classmethod
     def _notify(cls, value: Any) -> list[str]:
         return check_urls(value)
+
+    @field_validator("block_on", mode="before")
+    @classmethod
+    def _block_on(cls, value: Any) -> list[str]:
+        return check_urls(value, "block_on", slack=False)
 
     @field_validator("params", mode="before")
     @classmethod

@@ -46,6 +46,7 @@ def fleet_runner() -> FleetRunner:
         run_store=store,
         restart=hooks().start,
         fresh_for=float(app.conf.hcloud_flow.get("fleet_fresh", 10.0)),
+        recheck=float(app.conf.hcloud_flow.get("block_recheck", 15.0)),
         on_event=lambda event, subject: notifier().emit(event, subject, subject.get("notify")),
     )
 

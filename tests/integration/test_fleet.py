@@ -23,14 +23,16 @@ pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 @pytest.fixture(scope="module")
 def cloud() -> Iterator[Any]:
-    c = start_cloud(servers=70, speed=20.0, seed=41, durations={"reset": 40.0})  # a reset takes 2 s
+    c = start_cloud(servers=75, speed=20.0, seed=41, durations={"reset": 40.0})  # a reset takes 2 s
     yield c
     c.stop()
 
 
 @pytest.fixture(scope="module")
 def worker(redis_server: RedisServer, cloud: Any, logdir: Path) -> Iterator[Worker]:
-    env = worker_env(redis_server.url, cloud.base_url, HCLOUD_FLOW_RATE_REFILL="20")
+    env = worker_env(
+        redis_server.url, cloud.base_url, HCLOUD_FLOW_RATE_REFILL="20", HCLOUD_FLOW_BLOCK_RECHECK="1"
+    )
     w = Worker("fleet", env, logdir, concurrency=8)
     yield w
     w.stop()
@@ -235,3 +237,57 @@ def test_a_rejected_job_starts_nothing(jobs: Jobs, control: Control, pool: Itera
     assert done["reason"] == "rejected by bob@ci"
     assert {e["outcome"] for e in done["outcomes"].values()} == {"not_started"}
     assert not any(control.posts(sid) for sid in ids)
+
+
+class Alerts:
+    """An Alertmanager stand-in on a free port: GET answers the alerts it holds now, and counts the looks."""
+
+    def __init__(self) -> None:
+        import http.server
+        import json
+        import threading
+
+        alerts = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                alerts.looks += 1
+                body = json.dumps(alerts.firing).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.firing: list[dict[str, Any]] = [{"labels": {"alertname": "PagerStorm"}}]
+        self.looks = 0
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/api/v2/alerts?active=true"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_a_firing_alert_holds_new_starts_until_it_clears(
+    jobs: Jobs, control: Control, pool: Iterator[int]
+) -> None:
+    ids = take(pool, 3)
+    alerts = Alerts()
+    try:
+        plan = jobs.plan("reset", servers=ids, max_concurrency="3", max_errors="0", block_on=[alerts.url])
+        assert "1 alert firing (PagerStorm)" in plan["blocked_now"] and plan["gates"]
+        job = jobs.start("reset", servers=ids, max_concurrency="3", max_errors="0", block_on=[alerts.url])
+        assert "PagerStorm" in job["blocked"]["reason"] and job["state"] == "running"
+        looks = alerts.looks
+        wait_until(lambda: alerts.looks >= looks + 2, 30, "the job to look again")
+        assert not any(control.posts(sid) for sid in ids), "nothing starts while the alert fires"
+        alerts.firing = []
+        done = jobs.wait(job["id"], timeout=60, poll=0.3)
+        assert done["state"] == "succeeded" and done["blocked"] is None
+        assert all(len(control.posts(sid, "reset")) == 1 for sid in ids)
+    finally:
+        alerts.close()

@@ -44,6 +44,8 @@ def job_line(job: dict[str, Any]) -> str:
         f"job {job['id']} {job['workflow']}: {job['state']}  {done}/{len(job['servers'])} ended"
         f" ({', '.join(parts) or 'none yet'}), {c.get('running', 0)} in flight, {secs:.0f}s"
     )
+    if job.get("blocked") and job["state"] == "running":
+        line += f" — waiting: {job['blocked']['reason']}"
     approval = job.get("approval")
     if job["state"] == "awaiting_approval" and approval:
         left = max(0.0, approval["deadline"] - time.time())
@@ -91,6 +93,12 @@ def unsucceeded(job: dict[str, Any]) -> list[str]:
     metavar="DURATION",
     help="cancel the job if no approval comes within this long",
 )
+@click.option(
+    "--block-on",
+    multiple=True,
+    metavar="URL",
+    help="no new server starts while URL answers non-2xx or lists alerts (Alertmanager, Prometheus)",
+)
 @click.option("--dry-run", is_flag=True, help="print the plan and its API budget; start nothing")
 @wait_options("job")
 @submit_timeout_option
@@ -107,6 +115,7 @@ def fleet_cmd(
     approve_before_start: bool,
     approve_after_canary: bool,
     approval_timeout: str,
+    block_on: tuple[str, ...],
     dry_run: bool,
     wait: bool,
     timeout: float | None,
@@ -134,6 +143,7 @@ def fleet_cmd(
         "approve_before_start": approve_before_start,
         "approve_after_canary": approve_after_canary,
         "approval_timeout": approval_timeout,
+        "block_on": list(block_on),
     }
     checked(FleetSpec, {"workflow": workflow, **spec})  # refused here, before anything is sent
     if dry_run:
@@ -156,6 +166,8 @@ def _print_plan(plan: dict[str, Any], as_json: bool) -> None:
     )
     for gate in plan.get("gates") or []:
         click.echo(f"gate: {gate}")
+    if plan.get("blocked_now"):
+        click.echo(f"now: {plan['blocked_now']} (the job would wait)")
     for s in plan["servers"]:
         click.echo(f"  {s['name']:<20} {s['status']:<10} {' → '.join(s['steps'])}")
     click.echo(

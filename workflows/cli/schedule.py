@@ -70,6 +70,12 @@ def _window_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 help="each firing's job waits for `job approve` after its canary wave (add: no)",
             ),
             click.option(
+                "--block-on",
+                multiple=True,
+                metavar="URL",
+                help="no new server starts while URL answers non-2xx or lists alerts (edit: replaces)",
+            ),
+            click.option(
                 "--approval-timeout",
                 metavar="DURATION",
                 help="cancel if no approval comes within this long (add: 1h; never past the window)",
@@ -118,6 +124,8 @@ def _given(name: str, workflow: str | None, options: dict[str, Any]) -> dict[str
         given["params"] = params
     if options.get("notify"):
         given["notify"] = list(options["notify"])
+    if options.get("block_on"):
+        given["block_on"] = list(options["block_on"])
     return given
 
 

@@ -41,6 +41,7 @@ class WindowPatch(BaseModel):
     max_errors: StrictStr | StrictInt | None = None
     canary: StrictInt | None = None
     notify: list[StrictStr] | None = None
+    block_on: list[StrictStr] | None = None
     approve_before_start: StrictBool | None = None
     approve_after_canary: StrictBool | None = None
     approval_timeout: StrictStr | StrictInt | None = None
