@@ -19,15 +19,17 @@ from typing import Any
 
 from . import fleet
 from .clock import Clock, RealClock, check_skew
-from .exceptions import NotFound
+from .exceptions import Conflict, InvalidInput, NotFound
 from .faults import FaultDice, FaultSpec, parse_faults
-from .models import Action, Image, Server, SshKey
+from .models import Action, Image, PlacementGroup, Server, SshKey
 from .ratelimit import TokenBucket
 from .server_actions import ServerActions
 from .traffic import TrafficLog
 from .transitions import COMMAND_TO_NAME, TRANSITIONS, Transition
 
 __all__ = ["Backend"]
+
+SPREAD_MAX = 10  # servers a spread placement group may hold (SPEC)
 
 
 class Backend(ServerActions):
@@ -71,6 +73,7 @@ class Backend(ServerActions):
             self.actions: dict[int, Action] = {}
             self.images: dict[int, Image] = {i.id: i for i in fleet.system_images(now)}
             self.ssh_keys: dict[int, SshKey] = {k.id: k for k in fleet.ssh_keys(now)}
+            self.placement_groups: dict[int, PlacementGroup] = {}
             self.server_types = fleet.server_types()
             self.due: list[tuple[float, int]] = []  # heap of (due time, action id)
             self.root_passwords: list[str] = []
@@ -211,7 +214,38 @@ class Backend(ServerActions):
     def server_json(self, server: Server) -> dict[str, Any]:
         """Render a server with its image."""
         image = self.images.get(server.image_id) if server.image_id is not None else None
-        return server.to_json(self.image_json(image) if image is not None else None, self.skew)
+        group = self.placement_groups.get(server.placement_group_id or 0)
+        return server.to_json(
+            self.image_json(image) if image is not None else None,
+            self.skew,
+            self.placement_group_json(group) if group is not None else None,
+        )
+
+    def placement_group_json(self, group: PlacementGroup) -> dict[str, Any]:
+        """Render a placement group with its members."""
+        members = [s.id for _, s in sorted(self.servers.items()) if s.placement_group_id == group.id]
+        return group.to_json(members, self.skew)
+
+    def placement_group(self, group_id: int) -> PlacementGroup:
+        try:
+            return self.placement_groups[group_id]
+        except KeyError:
+            raise NotFound(f"placement_group with ID '{group_id}' not found") from None
+
+    def add_placement_group(self, name: str, labels: dict[str, str], members: list[int]) -> PlacementGroup:
+        """Create a spread group holding these servers (at most 10, as the API allows), by id."""
+        if any(g.name == name for g in self.placement_groups.values()):
+            raise Conflict(f"placement group name {name!r} is already used")
+        if len(members) > SPREAD_MAX:
+            raise InvalidInput.field("servers", f"a spread group holds at most {SPREAD_MAX} servers")
+        servers = [self.server(i) for i in members]
+        group = PlacementGroup(
+            id=len(self.placement_groups) + 1, name=name, created=self.clock.now(), labels=labels
+        )
+        self.placement_groups[group.id] = group
+        for server in servers:
+            server.placement_group_id = group.id
+        return group
 
     def action_json(self, action: Action) -> dict[str, Any]:
         """Render an action as of now."""
@@ -277,6 +311,18 @@ class Backend(ServerActions):
             and (not bound_to or i.bound_to in bound_to)
             and (not architectures or i.architecture in architectures)
             and (include_deprecated or i.deprecated is None)
+        ]
+
+    def find_placement_groups(
+        self, *, name: str | None, types: set[str], selector: Callable[[Mapping[str, str]], bool] | None
+    ) -> list[PlacementGroup]:
+        """Return placement groups matching every given filter, by id."""
+        return [
+            g
+            for _, g in sorted(self.placement_groups.items())
+            if (name is None or g.name == name)
+            and (not types or g.type in types)
+            and (selector is None or selector(g.labels))
         ]
 
     def find_ssh_keys(

@@ -219,6 +219,21 @@ def patch_server(backend: Backend, request: Request) -> Answer:
     }
 
 
+def post_placement_group(backend: Backend, request: Request) -> Answer:
+    """POST /_fakecloud/placement_groups: a spread group of the given servers (the API's own POST needs
+    the servers stopped and added one by one; tests want the group as it stands)."""
+    body = _body(request)
+    name = body.get("name")
+    if not isinstance(name, str) or not name or len(name) > 63:
+        raise InvalidInput.field("name", "must be a name of 1-63 characters")
+    members = body.get("servers") or []
+    if not isinstance(members, list) or not all(is_uint(str(i)) for i in members):
+        raise InvalidInput.field("servers", "must be a list of server ids")
+    labels = validate_labels(body.get("labels") or {})
+    group = backend.add_placement_group(name, labels, [int(i) for i in members])
+    return 201, {"placement_group": backend.placement_group_json(group)}
+
+
 def post_clock_advance(backend: Backend, request: Request) -> Answer:
     """POST /_fakecloud/clock/advance"""
     if not getattr(backend.clock, "manual", False):
@@ -263,6 +278,7 @@ ROUTES = [
     ("GET", "/config", get_config),
     ("PUT", "/config", put_config),
     ("PATCH", "/servers/{id}", patch_server),
+    ("POST", "/placement_groups", post_placement_group),
     ("POST", "/clock/advance", post_clock_advance),
     ("GET", "/secrets", get_secrets),
     ("GET", "/actions", get_actions),

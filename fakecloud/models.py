@@ -75,6 +75,28 @@ class Image:
 
 
 @dataclass
+class PlacementGroup:
+    """A placement group (SPEC ``placement_group``): ``spread`` puts its servers on distinct hosts."""
+
+    id: int
+    name: str
+    created: float
+    type: str = "spread"
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self, servers: list[int], skew: float = 0.0) -> dict[str, Any]:
+        """Return the public ``placement_group`` object; ``servers`` are its members' ids."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "labels": dict(self.labels),
+            "type": self.type,
+            "servers": list(servers),
+            "created": rfc3339(self.created, skew),
+        }
+
+
+@dataclass
 class SshKey:
     """An SSH key of the project (only read through the API)."""
 
@@ -162,6 +184,7 @@ class Server:
     acpi_draw: float = 1.0  # fixed by seed and id; the guest ignores ACPI when below faults.acpi_ignore
     acpi_override: bool | None = None  # set through PATCH /_fakecloud/servers/{id}
     running_action_id: int | None = None  # the action that holds the server's lock
+    placement_group_id: int | None = None
     fail_next: dict[str, tuple[str, str]] = field(default_factory=dict)  # action name -> (code, message)
 
     def honours_acpi(self, acpi_ignore: float) -> bool:
@@ -190,8 +213,10 @@ class Server:
             "firewalls": [],
         }
 
-    def to_json(self, image: dict[str, Any] | None, skew: float = 0.0) -> dict[str, Any]:
-        """Return the public ``server`` object; ``image`` is the rendered image or None."""
+    def to_json(
+        self, image: dict[str, Any] | None, skew: float = 0.0, placement_group: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Return the public ``server`` object; ``image`` and ``placement_group`` are rendered (or None)."""
         return {
             "id": self.id,
             "name": self.name,
@@ -214,5 +239,5 @@ class Server:
             "labels": dict(self.labels),
             "volumes": [],
             "load_balancers": [],
-            "placement_group": None,
+            "placement_group": placement_group,
         }

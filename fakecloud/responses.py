@@ -251,6 +251,27 @@ def get_image(backend: Backend, request: Request) -> Answer:
     return 200, {"image": backend.image_json(backend.image(_id(request)))}
 
 
+def get_placement_groups(backend: Backend, request: Request) -> Answer:
+    """GET /placement_groups"""
+    q = request.query
+    sorts = parse_sort(q, ("id", "name", "created"))
+    groups = backend.find_placement_groups(
+        name=one(q, "name"), types=many(q, "type", frozenset({"spread"})), selector=_selector(request)
+    )
+    return _list(
+        backend,
+        request,
+        "placement_groups",
+        sort_items(groups, sorts, _NAMED_SORT_KEYS),
+        backend.placement_group_json,
+    )
+
+
+def get_placement_group(backend: Backend, request: Request) -> Answer:
+    """GET /placement_groups/{id}"""
+    return 200, {"placement_group": backend.placement_group_json(backend.placement_group(_id(request)))}
+
+
 def get_ssh_keys(backend: Backend, request: Request) -> Answer:
     """GET /ssh_keys"""
     q = request.query

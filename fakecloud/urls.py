@@ -34,6 +34,8 @@ V1_ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/actions/{id}", responses.get_action),
     ("GET", "/images", responses.get_images),
     ("GET", "/images/{id}", responses.get_image),
+    ("GET", "/placement_groups", responses.get_placement_groups),
+    ("GET", "/placement_groups/{id}", responses.get_placement_group),
     ("GET", "/ssh_keys", responses.get_ssh_keys),
     ("GET", "/ssh_keys/{id}", responses.get_ssh_key),
 ]

@@ -41,6 +41,8 @@ def describe(plan: dict[str, Any], engine: Engine) -> dict[str, Any]:
                 "id": server["id"],
                 "name": server["name"],
                 "status": server["status"],
+                "location": (server.get("location") or {}).get("name"),
+                "placement_group": (server.get("placement_group") or {}).get("name"),
                 "steps": [s["name"] for s in steps],
             }
         )
@@ -65,6 +67,8 @@ def describe(plan: dict[str, Any], engine: Engine) -> dict[str, Any]:
         "max_concurrency": plan["max_concurrency"],
         "max_errors": plan["max_errors"],
         "canary": plan["canary"],
+        "max_per_placement_group": plan["max_per_placement_group"],
+        "max_per_location": plan["max_per_location"],
         "limits": plan["limits"],
         # What the job will stop and wait for: each approval gate, and when it gives up on one.
         "gates": [

@@ -25,7 +25,7 @@ from workers.errors import APIError, BadInput, HcloudFlowError, NotFound, RateBu
 from workers.redis_values import text_hash, texts
 from workers.run_store import FINAL
 
-from .fleet_plan import GATES, JOB_CONTROLS, Decision, decide, parse_amount
+from .fleet_plan import GATES, JOB_CONTROLS, Decision, Spread, decide, parse_amount
 from .gates import Probe, first_block, http_probe
 from .specs import FleetSpec, checked
 from .validate import Lookups, check_submitter, find_server, gather_facts, workflow_named
@@ -238,7 +238,17 @@ class FleetRunner:
             "workflow": plan["workflow"],
             "selector": options.get("selector"),
             "params": plan["params"],
-            "servers": [{"id": s["id"], "name": s["name"]} for s in plan["servers"]],
+            "servers": [
+                {
+                    "id": s["id"],
+                    "name": s["name"],
+                    "location": (s.get("location") or {}).get("name"),
+                    "placement_group": (s.get("placement_group") or {}).get("id"),
+                }
+                for s in plan["servers"]
+            ],
+            "max_per_placement_group": plan["max_per_placement_group"],
+            "max_per_location": plan["max_per_location"],
             "max_concurrency": plan["max_concurrency"],
             "max_errors": plan["max_errors"],
             "canary": plan["canary"],
@@ -294,6 +304,8 @@ class FleetRunner:
             "notify": spec.notify,
             "gates": [gate for gate, (flag, _) in GATES.items() if getattr(spec, flag)],
             "block_on": spec.block_on,
+            "max_per_placement_group": spec.max_per_placement_group,
+            "max_per_location": spec.max_per_location,
             "approval_timeout": spec.approval_timeout,
             "limits": {"max_concurrency": str(conc), "max_errors": str(errs)},
             "facts": facts,
@@ -360,6 +372,19 @@ class FleetRunner:
             canary=job["canary"],
             cutoff_passed=bool(window.get("cutoff_at")) and self.store.clock() >= window["cutoff_at"],
             closed=frozenset(job.get("gates") or ()) - set(job.get("approved") or {}),
+            spread=self._spread(job),
+        )
+
+    @staticmethod
+    def _spread(job: dict[str, Any]) -> Spread | None:
+        per_group, per_location = job.get("max_per_placement_group"), job.get("max_per_location")
+        if per_group is None and per_location is None:
+            return None
+        return Spread(
+            group_of={int(s["id"]): s.get("placement_group") for s in job["servers"]},
+            location_of={int(s["id"]): s.get("location") for s in job["servers"]},
+            max_per_group=per_group,
+            max_per_location=per_location,
         )
 
     def _blocked(self, job: dict[str, Any]) -> bool:

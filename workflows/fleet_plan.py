@@ -13,6 +13,9 @@ The rules, exactly (also in the README):
   threshold by at most ``max_concurrency - 1``. Use ``--max-concurrency 1`` for an exact bound.
 - After a maintenance window's cutoff, nothing new starts; the servers not reached are recorded as
   ``not_started``.
+- Spread limits: with ``max_per_placement_group`` / ``max_per_location`` N, at most N servers of one
+  placement group / one location are in flight at once, beside ``max_concurrency``; a server held back by
+  them waits while later servers of other groups or locations fill the window.
 - Approval gates: with ``approve_before_start`` nothing starts, and with ``approve_after_canary`` nothing
   starts after a canary wave that succeeded, until someone approves (``job approve``); the job is
   ``awaiting_approval`` meanwhile. ``job reject``, or no approval within ``approval_timeout``, cancels it:
@@ -34,6 +37,7 @@ __all__ = [
     "JOB_CONTROLS",
     "Amount",
     "Decision",
+    "Spread",
     "decide",
     "estimate",
     "parse_amount",
@@ -105,6 +109,43 @@ class Decision:
     gate: str | None = None  # with "awaiting_approval": which gate of GATES
 
 
+@dataclass(frozen=True)
+class Spread:
+    """Where each server is, and how many of one place may be in flight at once (None: no limit)."""
+
+    group_of: dict[int, int | None]
+    location_of: dict[int, str | None]
+    max_per_group: int | None = None
+    max_per_location: int | None = None
+
+    def pick(self, pending: list[int], running: list[int], room: int) -> tuple[int, ...]:
+        """Return up to ``room`` of ``pending``, in order, that keep every place within its limit."""
+        places = (
+            (self.group_of, self.max_per_group),
+            (self.location_of, self.max_per_location),
+        )
+        live = [(where, limit, _count(where, running)) for where, limit in places if limit is not None]
+        chosen: list[int] = []
+        for sid in pending:
+            if len(chosen) >= room:
+                break
+            # A server outside any group (no placement group) is never held back by the group limit.
+            if all(where.get(sid) is None or n.get(where[sid], 0) < limit for where, limit, n in live):
+                chosen.append(sid)
+                for where, _, n in live:
+                    if where.get(sid) is not None:
+                        n[where[sid]] = n.get(where[sid], 0) + 1
+        return tuple(chosen)
+
+
+def _count(where: dict[int, Any], servers: list[int]) -> dict[Any, int]:
+    counts: dict[Any, int] = {}
+    for sid in servers:
+        if where.get(sid) is not None:
+            counts[where[sid]] = counts.get(where[sid], 0) + 1
+    return counts
+
+
 def decide(
     order: list[int],
     outcomes: dict[int, str],
@@ -114,6 +155,7 @@ def decide(
     canary: int,
     cutoff_passed: bool = False,
     closed: frozenset[str] = frozenset(),
+    spread: Spread | None = None,
 ) -> Decision:
     """Return which pending servers start now, given every server's outcome so far (pending if absent).
 
@@ -147,7 +189,8 @@ def decide(
         room = min(room, canary - len(canaries))
     elif canary and any(outcomes.get(s) == "running" for s in canaries):
         room = 0  # the whole canary wave must succeed before the rest starts
-    start = tuple(pending[: max(0, room)])
+    room = max(0, room)
+    start = spread.pick(pending, running, room) if spread is not None else tuple(pending[:room])
     if not start and not running and not pending:
         return Decision((), _final(order, outcomes, errors > max_errors))
     return Decision(start, "running")

@@ -73,6 +73,12 @@ class FleetSpec(BaseModel):
     max_concurrency: str = Field("1", description="servers in flight at most: N or P% (of the fleet)")
     max_errors: str = Field("0", description="stop starting servers past this many errors: N or P%")
     canary: int = Field(0, ge=0, description="the first N servers must all succeed before any other starts")
+    max_per_placement_group: int | None = Field(
+        None, ge=1, description="servers of one placement group in flight at most (beside max_concurrency)"
+    )
+    max_per_location: int | None = Field(
+        None, ge=1, description="servers of one location in flight at most (beside max_concurrency)"
+    )
     notify: list[str] = Field(
         default_factory=list, description="webhook URLs told of the job's start and end"
     )
@@ -159,6 +165,17 @@ class FleetSpec(BaseModel):
     def _flag(cls, value: Any, info: ValidationInfo) -> bool:
         if not isinstance(value, bool):
             raise BadInput(f"{info.field_name} must be true or false, not {value!r}", str(info.field_name))
+        return value
+
+    @field_validator("max_per_placement_group", "max_per_location", mode="before")
+    @classmethod
+    def _per_place(cls, value: Any, info: ValidationInfo) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000:
+            raise BadInput(
+                f"{info.field_name} must be a whole number from 1, not {value!r}", str(info.field_name)
+            )
         return value
 
     @field_validator("approval_timeout", mode="before")

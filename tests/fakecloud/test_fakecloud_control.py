@@ -153,3 +153,24 @@ def test_backend_is_reachable_directly(api) -> None:
     ] == ids
     backend.reset(servers=1)
     assert len(api.get("/servers").json()["servers"]) == 1
+
+
+def test_placement_groups_are_served_as_the_api_does(api) -> None:
+    one, two, three = api.ids()[:3]
+    made = api.ctl(
+        "POST", "/placement_groups", json={"name": "web-spread", "servers": [one, two], "labels": {"a": "b"}}
+    )
+    assert made.status_code == 201, made.text
+    group = made.json()["placement_group"]
+    assert set(group) == {"id", "name", "labels", "type", "servers", "created"}
+    assert (group["type"], group["servers"], group["labels"]) == ("spread", [one, two], {"a": "b"})
+    listed = api.get("/placement_groups", params={"type": "spread"}).json()
+    assert [g["name"] for g in listed["placement_groups"]] == ["web-spread"] and listed["meta"]["pagination"]
+    assert api.get("/placement_groups", params={"label_selector": "a=c"}).json()["placement_groups"] == []
+    assert api.get(f"/placement_groups/{group['id']}").json()["placement_group"]["servers"] == [one, two]
+    assert api.get("/placement_groups/99").status_code == 404
+    assert api.get(f"/servers/{one}").json()["server"]["placement_group"]["name"] == "web-spread"
+    assert api.get(f"/servers/{three}").json()["server"]["placement_group"] is None
+    assert api.ctl("POST", "/placement_groups", json={"name": "web-spread"}).status_code == 409
+    too_many = api.ctl("POST", "/placement_groups", json={"name": "big", "servers": api.ids()[:11]})
+    assert too_many.status_code == 422 and "at most 10" in too_many.text

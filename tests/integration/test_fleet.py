@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 @pytest.fixture(scope="module")
 def cloud() -> Iterator[Any]:
-    c = start_cloud(servers=75, speed=20.0, seed=41, durations={"reset": 40.0})  # a reset takes 2 s
+    c = start_cloud(servers=80, speed=20.0, seed=41, durations={"reset": 40.0})  # a reset takes 2 s
     yield c
     c.stop()
 
@@ -291,3 +291,16 @@ def test_a_firing_alert_holds_new_starts_until_it_clears(
         assert all(len(control.posts(sid, "reset")) == 1 for sid in ids)
     finally:
         alerts.close()
+
+
+def test_one_server_of_a_spread_group_at_a_time(jobs: Jobs, control: Control, pool: Iterator[int]) -> None:
+    ids = take(pool, 6)
+    group = control.send("POST", "/placement_groups", {"name": "db-spread", "servers": ids[:3]})
+    assert group["placement_group"]["servers"] == ids[:3]
+    plan = jobs.plan("reset", servers=ids, max_concurrency="6", max_errors="0", max_per_placement_group=1)
+    assert {s["placement_group"] for s in plan["servers"][:3]} == {"db-spread"}
+    job = jobs.start("reset", servers=ids, max_concurrency="6", max_errors="0", max_per_placement_group=1)
+    done = jobs.wait(job["id"], timeout=90, poll=0.3)
+    assert done["state"] == "succeeded", done
+    assert in_flight_peak(control, ids[:3]) == 1, "the group's servers went one at a time"
+    assert in_flight_peak(control, ids) >= 3, "the others filled the window meanwhile"

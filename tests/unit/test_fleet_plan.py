@@ -79,3 +79,35 @@ def test_bad_concurrency_is_refused(text: str) -> None:
 def test_zero_errors_is_allowed() -> None:
     assert parse_amount("0", "max_errors", minimum=0).of(10) == 0
     assert parse_amount("0%", "max_errors", minimum=0).of(10) == 0
+
+
+def test_spread_limits_hold_back_a_busy_place_and_let_others_fill_the_window() -> None:
+    from workflows.fleet_plan import Spread
+
+    # Servers 1-4 in placement group 7, 5-6 in none; 1-2 and 5 in fsn1, the rest in nbg1.
+    spread = Spread(
+        group_of={1: 7, 2: 7, 3: 7, 4: 7, 5: None, 6: None},
+        location_of={1: "fsn1", 2: "fsn1", 3: "nbg1", 4: "nbg1", 5: "fsn1", 6: "nbg1"},
+        max_per_group=1,
+    )
+    order = [1, 2, 3, 4, 5, 6]
+    assert decide(order, {}, window=4, max_errors=0, canary=0, spread=spread).start == (1, 5, 6)
+    assert decide(order, {1: "running"}, window=4, max_errors=0, canary=0, spread=spread).start == (5, 6)
+    after = decide(order, {1: "succeeded", 5: "running"}, window=4, max_errors=0, canary=0, spread=spread)
+    assert after.start == (2, 6)
+    by_place = Spread(spread.group_of, spread.location_of, max_per_group=2, max_per_location=1)
+    assert decide(order, {}, window=6, max_errors=0, canary=0, spread=by_place).start == (1, 3)
+    done = {s: "succeeded" for s in order}
+    assert decide(order, done, window=6, max_errors=0, canary=0, spread=by_place).state == "succeeded"
+
+
+def test_spread_limits_never_stall_a_job_with_nothing_in_flight() -> None:
+    from workflows.fleet_plan import Spread
+
+    spread = Spread({1: 1, 2: 1, 3: 1}, {1: "a", 2: "a", 3: "a"}, max_per_group=1, max_per_location=1)
+    outcomes: dict[int, str] = {}
+    for _ in range(3):
+        d = decide([1, 2, 3], outcomes, window=3, max_errors=0, canary=0, spread=spread)
+        assert len(d.start) == 1, d
+        outcomes[d.start[0]] = "succeeded"
+    assert decide([1, 2, 3], outcomes, window=3, max_errors=0, canary=0, spread=spread).state == "succeeded"

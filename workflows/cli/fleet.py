@@ -82,6 +82,18 @@ def unsucceeded(job: dict[str, Any]) -> list[str]:
     metavar="N",
     help="first N servers must all succeed first",
 )
+@click.option(
+    "--max-per-placement-group",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="servers of one placement group in flight at most",
+)
+@click.option(
+    "--max-per-location",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="servers of one location in flight at most",
+)
 @click.option("--approve-before-start", is_flag=True, help="wait for `job approve` before any server starts")
 @click.option(
     "--approve-after-canary", is_flag=True, help="wait for `job approve` after the canary wave succeeded"
@@ -112,6 +124,8 @@ def fleet_cmd(
     max_concurrency: str,
     max_errors: str,
     canary: int,
+    max_per_placement_group: int | None,
+    max_per_location: int | None,
     approve_before_start: bool,
     approve_after_canary: bool,
     approval_timeout: str,
@@ -139,6 +153,8 @@ def fleet_cmd(
         "max_concurrency": max_concurrency,
         "max_errors": max_errors,
         "canary": canary,
+        "max_per_placement_group": max_per_placement_group,
+        "max_per_location": max_per_location,
         "notify": list(notify),
         "approve_before_start": approve_before_start,
         "approve_after_canary": approve_after_canary,
@@ -164,6 +180,13 @@ def _print_plan(plan: dict[str, Any], as_json: bool) -> None:
         f"dry run: {plan['workflow']} on {len(plan['servers'])} servers, at most {plan['max_concurrency']} "
         f"at once, stop after {plan['max_errors']} errors, canary {plan['canary']}"
     )
+    spread = [
+        f"{plan[k]} per {what}"
+        for k, what in (("max_per_placement_group", "placement group"), ("max_per_location", "location"))
+        if plan.get(k)
+    ]
+    if spread:
+        click.echo(f"spread limits: at most {' and '.join(spread)} in flight")
     for gate in plan.get("gates") or []:
         click.echo(f"gate: {gate}")
     if plan.get("blocked_now"):

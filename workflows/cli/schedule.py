@@ -60,6 +60,18 @@ def _window_options(f: Callable[..., Any]) -> Callable[..., Any]:
             ),
             click.option("--canary", type=click.IntRange(min=0), metavar="N", help="add: default 0"),
             click.option(
+                "--max-per-placement-group",
+                type=click.IntRange(min=1),
+                metavar="N",
+                help="servers of one placement group in flight at most (add: no limit)",
+            ),
+            click.option(
+                "--max-per-location",
+                type=click.IntRange(min=1),
+                metavar="N",
+                help="servers of one location in flight at most (add: no limit)",
+            ),
+            click.option(
                 "--approve-before-start/--no-approve-before-start",
                 default=None,
                 help="each firing's job waits for `job approve` before any server starts (add: no)",
@@ -107,6 +119,8 @@ def _given(name: str, workflow: str | None, options: dict[str, Any]) -> dict[str
         "max_concurrency",
         "max_errors",
         "canary",
+        "max_per_placement_group",
+        "max_per_location",
         "approve_before_start",
         "approve_after_canary",
         "approval_timeout",

@@ -42,6 +42,8 @@ class WindowPatch(BaseModel):
     canary: StrictInt | None = None
     notify: list[StrictStr] | None = None
     block_on: list[StrictStr] | None = None
+    max_per_placement_group: StrictInt | None = None
+    max_per_location: StrictInt | None = None
     approve_before_start: StrictBool | None = None
     approve_after_canary: StrictBool | None = None
     approval_timeout: StrictStr | StrictInt | None = None
