@@ -105,15 +105,17 @@ class TransportError(HcloudFlowError):
 class ActionFailed(HcloudFlowError):
     """Raised when an action ends with status ``error``; names everything a support ticket needs."""
 
-    def __init__(self, server_id: int, step: str, action_id: int, code: str, message: str) -> None:
-        super().__init__(server_id, step, action_id, code, message)
+    def __init__(
+        self, server_id: int, step: str, action_id: int, code: str, message: str, hint: str | None = None
+    ) -> None:
+        super().__init__(server_id, step, action_id, code, message, hint)
         self.server_id, self.step, self.action_id = server_id, step, action_id
-        self.code, self.message = code, message
+        self.code, self.message, self.hint = code, message, hint
 
     def __str__(self) -> str:
         return (
             f"server {self.server_id}, step {self.step}: action {self.action_id} failed: "
-            f"{self.message} ({self.code})"
+            f"{self.message} ({self.code})" + (f"; {self.hint}" if self.hint else "")
         )
 
 

@@ -57,6 +57,8 @@ class ServerAction:
     # submit, so a protected server is refused before anything starts.
     protected_by: str | None = None
     summary: str = ""
+    # What to check when the action fails: the API's own message for some causes is terse or generic.
+    failure_hint: str | None = None
 
 
 ACTIONS: dict[str, ServerAction] = {
@@ -105,6 +107,10 @@ ACTIONS: dict[str, ServerAction] = {
             600,
             secret=True,
             summary="Reset the root password (server must be running); the password is sealed.",
+            # reference §2.2: only Linux guests with the QEMU guest agent running; the code of this failure
+            # is not documented (§10, question 5), so the hint goes with any failure of this action.
+            failure_hint="resetting the password needs a running Linux guest with the QEMU guest agent "
+            "(qemu-guest-agent) answering; check that it is installed and running, or use enable-rescue",
         ),
         ServerAction(
             "enable_rescue",

@@ -176,7 +176,12 @@ def _run_action(task: Task, action: ServerAction, target: Any, options: dict[str
     if act["status"] == "error":
         err = act.get("error") or {}
         raise ActionFailed(
-            server_id, step, int(act["id"]), err.get("code", "unknown_error"), err.get("message", "")
+            server_id,
+            step,
+            int(act["id"]),
+            err.get("code", "unknown_error"),
+            err.get("message", ""),
+            action.failure_hint,
         )
     wait_state = bool(step_opts.get("wait_state", True))
     if act["status"] == "success" and (action.target is None or not wait_state):

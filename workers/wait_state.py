@@ -91,12 +91,13 @@ class ActionRules:
     target: TargetState | None = None
     acpi: bool = False
     fallback: str | None = None
+    failure_hint: str | None = None
 
 
 def rules_for(action: str) -> ActionRules:
     """Return the rules of a row of ``ACTIONS``."""
     row = ACTIONS[action]
-    return ActionRules(target=row.target, acpi=row.acpi, fallback=row.fallback)
+    return ActionRules(target=row.target, acpi=row.acpi, fallback=row.fallback, failure_hint=row.failure_hint)
 
 
 @dataclass(frozen=True)
@@ -293,6 +294,7 @@ def _on_action(wait: Wait, seen: Observation, rules: ActionRules, cadence: Caden
             int(action["id"]),
             str(err.get("code") or "unknown_error"),
             str(err.get("message") or "the action failed"),
+            rules.failure_hint,
         )
         return wait, Fail(failed)
     result = {**wait.result, "finished": action.get("finished")}

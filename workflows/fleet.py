@@ -28,7 +28,7 @@ from workers.run_store import FINAL
 from .fleet_plan import GATES, JOB_CONTROLS, Decision, Spread, decide, parse_amount
 from .gates import Probe, first_block, http_probe
 from .specs import FleetSpec, checked
-from .validate import Lookups, check_submitter, find_server, gather_facts, workflow_named
+from .validate import Lookups, check_fits, check_submitter, find_server, gather_facts, workflow_named
 
 __all__ = ["FleetRunner", "JobStore", "resolve_targets"]
 
@@ -294,6 +294,7 @@ class FleetRunner:
         facts = gather_facts(
             self.client, wf, targets[0]["id"], clean, Lookups(servers={targets[0]["id"]: targets[0]})
         )
+        self._preflight(facts, targets)
         return {
             "workflow": wf.name,
             "params": clean,
@@ -310,6 +311,27 @@ class FleetRunner:
             "limits": {"max_concurrency": str(conc), "max_errors": str(errs)},
             "facts": facts,
         }
+
+    @staticmethod
+    def _preflight(facts: dict[str, Any], targets: list[dict[str, Any]]) -> None:
+        """Refuse the whole job before anything starts when the image cannot fit some server's disk
+        (``gather_facts`` checked the first server only; each run would be refused alone, mid-job)."""
+        image = facts.get("image")
+        if not image:
+            return
+        small = []
+        for server in targets:
+            try:
+                check_fits(image, server)
+            except BadInput:
+                small.append(f"{server['name']} ({server.get('primary_disk_size')} GB)")
+        if small:
+            shown = ", ".join(small[:10]) + (f" and {len(small) - 10} more" if len(small) > 10 else "")
+            raise BadInput(
+                f"image {image.get('name') or image.get('id')} needs a disk of {image.get('disk_size')} GB; "
+                f"too small: {shown}",
+                "image",
+            )
 
     def advance(self, job_id: str, fresh: Lookups | None = None) -> None:
         """Start whatever the rules allow now, and end the job when nothing is left to start or wait for.

@@ -268,6 +268,22 @@ def _ssh_key_ids(client: HcloudClient, refs: list[int | str]) -> list[int]:
     return ids
 
 
+def check_fits(image: dict[str, Any], server: dict[str, Any]) -> None:
+    """Refuse an image whose disk is larger than the server's: a rebuild from it cannot fit.
+
+    A snapshot's ``disk_size`` is the disk of the server it was taken from (GB); a server's is
+    ``primary_disk_size``. Caught here, before the server is switched off for a rebuild that would fail.
+    """
+    need, have = image.get("disk_size"), server.get("primary_disk_size")
+    if isinstance(need, int | float) and isinstance(have, int | float) and need > have:
+        what = image.get("name") or image.get("description") or image.get("id")
+        raise BadInput(
+            f"image {what} ({image.get('id')}) needs a disk of {need:g} GB; server {server.get('name')} has "
+            f"{have:g} GB: use a server type with a larger disk, or another image",
+            "image",
+        )
+
+
 def gather_facts(
     client: HcloudClient,
     workflow: Workflow,
@@ -284,6 +300,7 @@ def gather_facts(
             f"{workflow.name} needs a running server; {server['name']} is {server['status']}", "server"
         )
     rows = [ACTIONS[step.action] for step in workflow.steps]
+    image: dict[str, Any] | None = None
     for row in rows:
         if row.protected_by and (server.get("protection") or {}).get(row.protected_by):
             raise BadInput(
@@ -297,6 +314,7 @@ def gather_facts(
         if key not in known.images:
             known.images[key] = _find_image(client, params["image"], server)
         image = known.images[key]
+        check_fits(image, server)
         warning = image_warning(image)
         if warning:
             warnings.append(warning)
@@ -309,4 +327,4 @@ def gather_facts(
         if keys not in known.ssh_keys:
             known.ssh_keys[keys] = _ssh_key_ids(client, params["ssh_keys"])
         params = {**params, "ssh_key_ids": known.ssh_keys[keys]}
-    return {"server": server, "params": params, "warnings": warnings}
+    return {"server": server, "params": params, "warnings": warnings, "image": image}

@@ -276,3 +276,39 @@ def test_a_failed_power_on_is_said_not_retried(runs: Runs, control: Control, poo
     assert record["state"] == "failed" and record["restore"] is None
     assert posted(control, sid) == ["shutdown", "create_image", "poweron"], "one power on, not two"
     assert record["left"]["status"] == "not running" and "power_on failed" in record["left"]["why"]
+
+
+def test_a_snapshot_larger_than_the_disk_is_refused_before_anything_starts(
+    runs: Runs, control: Control, api: Api, pool: Iterator[int]
+) -> None:
+    servers = [api.server(sid) for sid in api.server_ids()]
+    x86 = [s for s in servers if s["server_type"]["architecture"] == "x86"]
+    disks = {s["id"]: s["primary_disk_size"] for s in x86}
+    big = max(disks, key=lambda s: disks[s])
+    small = min(disks, key=lambda s: disks[s])
+    assert disks[big] > disks[small], "the seeded fleet mixes server types"
+    for sid in (big, small):
+        control.send("PATCH", f"/servers/{sid}", {"status": "off", "acpi": True})
+    made = run(runs, "snapshot", big)
+    assert made["state"] == "succeeded", made
+    image_id = next(
+        s["outputs"]["image"]["id"] for s in made["steps"] if (s.get("outputs") or {}).get("image")
+    )
+    posts_before = len(control.posts())
+    with pytest.raises(
+        BadInput, match=rf"needs a disk of {disks[big]:g} GB; server .* has {disks[small]:g} GB"
+    ):
+        runs.submit("rebuild", server=small, image=str(image_id), no_snapshot=True)
+    assert len(control.posts()) == posts_before, "the small server was not even switched off"
+
+
+def test_a_failed_password_reset_says_to_check_the_guest_agent(
+    runs: Runs, control: Control, pool: Iterator[int]
+) -> None:
+    sid = take(pool, control, "running")
+    control.send(
+        "PATCH", f"/servers/{sid}", {"fail_next": {"command": "reset_password", "code": "action_failed"}}
+    )
+    record = run(runs, "reset-password", sid)
+    assert record["state"] == "failed"
+    assert "QEMU guest agent" in record["error"]["message"], record["error"]

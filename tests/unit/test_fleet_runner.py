@@ -196,3 +196,18 @@ def test_small_waves_take_their_servers_from_the_jobs_last_listing_while_it_is_f
     clock.now += 1.0
     stale.on_run_ended({"id": "run-7", "server_id": 7, "state": "succeeded", "job_id": "j7"})
     assert project.pages == [] and given[8] is None, "fresh_for=0: the one server is read by its run"
+
+
+def test_an_image_larger_than_a_servers_disk_refuses_the_whole_job_before_it_starts() -> None:
+    import pytest
+
+    from workflows.validate import check_fits
+
+    image = {"id": 9, "name": None, "description": "db snapshot", "disk_size": 80.0}
+    check_fits(image, {"name": "big", "primary_disk_size": 80})
+    with pytest.raises(BadInput, match=r"needs a disk of 80 GB; server small has 40 GB"):
+        check_fits(image, {"name": "small", "primary_disk_size": 40})
+    servers = [{"name": f"s{i}", "primary_disk_size": 40 if i % 2 else 160} for i in range(4)]
+    with pytest.raises(BadInput, match=r"too small: s1 \(40 GB\), s3 \(40 GB\)"):
+        FleetRunner._preflight({"image": image}, servers)
+    FleetRunner._preflight({"image": None}, servers)  # no image: nothing to fit

@@ -301,3 +301,14 @@ def test_backoff_follows_age_not_poll_count() -> None:
 def test_a_wait_survives_its_json_round_trip() -> None:
     w = wait(phase=Phase.STATE, since=T0 + 3, image_id=4, request={"id": "step", "chain": []})
     assert Wait.from_json(w.to_json()) == w
+
+
+def test_a_failed_password_reset_says_what_to_check() -> None:
+    """The API's code for a guest without the QEMU agent is not documented; any failure gets the hint."""
+    failed = act("error", error={"code": "action_failed", "message": "Action failed"})
+    _, got = run(wait("reset_password"), action=failed)
+    assert isinstance(got.error, ActionFailed)
+    assert "Action failed (action_failed); resetting the password needs" in str(got.error)
+    assert "QEMU guest agent" in str(got.error)
+    _, other = run(wait("reboot"), action=failed)
+    assert str(other.error).endswith("(action_failed)"), "other actions carry no hint"
