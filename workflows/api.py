@@ -133,7 +133,13 @@ class Runs:
         self.store = store
 
     def submit(
-        self, workflow: str, *, server: int | str, queue: bool = False, timeout: float = 60.0, **params: Any
+        self,
+        workflow: str,
+        *,
+        server: int | str | None = None,
+        queue: bool = False,
+        timeout: float = 60.0,
+        **params: Any,
     ) -> str:
         """Validate and start a run; return its id. Raises BadInput or ServerBusy, nothing enqueued."""
         return str(
@@ -144,7 +150,7 @@ class Runs:
         self,
         workflow: str,
         *,
-        server: int | str,
+        server: int | str | None = None,
         queue: bool = False,
         timeout: float = 60.0,
         submitted_by: str | None = None,
@@ -317,7 +323,7 @@ def default() -> Runs:
     return _default
 
 
-def submit(workflow: str, *, server: int | str, queue: bool = False, **params: Any) -> str:
+def submit(workflow: str, *, server: int | str | None = None, queue: bool = False, **params: Any) -> str:
     """Validate and start a run on the configured installation; return its id."""
     return default().submit(workflow, server=server, queue=queue, **params)
 

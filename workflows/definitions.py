@@ -53,6 +53,9 @@ class Workflow:
     steps: tuple[Step, ...]
     params: tuple[Param, ...] = ()
     needs_running: bool = False
+    # The parameter naming an earlier run whose server and snapshot this run takes (workflows/undo.py):
+    # then --server may be left out, and the image comes from that run.
+    from_run: str | None = None
 
 
 def _was_running(f: Facts) -> bool:
@@ -192,6 +195,28 @@ WORKFLOWS: dict[str, Workflow] = {
                 *SHUTDOWN_PARAMS,
                 LEAVE_OFF,
             ),
+        ),
+        Workflow(
+            "restore",
+            "Undo: rebuild a server from the snapshot an earlier run made (a rebuild's safety snapshot, or a "
+            "snapshot run's image), refused if that snapshot is gone; power it on as it was.",
+            (
+                Step("shutdown", "shutdown", _shutdown, when=_was_running, restore=STOPPED),
+                Step("rebuild", "rebuild", _rebuild),
+                Step("power_on", "power_on", lambda f: {"skip_if_status": "running"}, restore=BEFORE_START),
+            ),
+            (
+                Param(
+                    "from_run",
+                    str,
+                    None,
+                    "the run whose snapshot to restore (its server is the target)",
+                    required=True,
+                ),
+                *SHUTDOWN_PARAMS,
+                LEAVE_OFF,
+            ),
+            from_run="from_run",
         ),
         Workflow(
             "rescue",

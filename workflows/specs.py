@@ -99,7 +99,12 @@ class FleetSpec(BaseModel):
     @field_validator("workflow", mode="before")
     @classmethod
     def _workflow(cls, value: Any) -> str:
-        return workflow_named(value).name
+        wf = workflow_named(value)
+        if wf.from_run is not None:
+            raise BadInput(
+                f"{wf.name} takes its server from an earlier run; it does not run over a fleet", "workflow"
+            )
+        return wf.name
 
     @field_validator("selector", mode="before")
     @classmethod

@@ -18,6 +18,7 @@ from workers.runs import RunHooks, error_info
 
 from .build import build_chain, lock_ttl, plan_steps
 from .notify import check_urls
+from .undo import from_earlier_run
 from .validate import Lookups, check_params, check_submitter, gather_facts, require_unicode, workflow_named
 
 __all__ = ["cancel_run", "submit_run"]
@@ -39,7 +40,7 @@ def submit_run(
     hooks: RunHooks,
     *,
     workflow: Any,
-    server: Any,
+    server: Any = None,
     params: dict[str, Any] | None = None,
     queue: bool = False,
     job_id: str | None = None,
@@ -59,6 +60,10 @@ def submit_run(
     urls = check_urls(notify)
     if not isinstance(queue, bool):
         raise BadInput("queue must be true or false", "queue")
+    if wf.from_run is not None:
+        server, clean = from_earlier_run(store, client, wf.from_run, server, clean)
+    elif server is None:
+        raise BadInput("server is missing; give a server id or name (--server)", "server")
     facts = gather_facts(client, wf, server, clean, lookups)
     run_id = store.new_id()
     steps = plan_steps(wf, facts, run_id, priority=priority)

@@ -266,7 +266,8 @@ def test_cancel_mid_run_waits_out_the_action_and_stops(
 def test_every_workflow_is_covered() -> None:
     from workflows.definitions import WORKFLOWS
 
-    assert {c[0] for c in CASES} == set(WORKFLOWS)
+    # restore needs an earlier run's snapshot: test_restore_undoes_a_rebuild_from_its_safety_snapshot.
+    assert {c[0] for c in CASES} | {"restore"} == set(WORKFLOWS)
 
 
 def test_a_failed_power_on_is_said_not_retried(runs: Runs, control: Control, pool: Iterator[int]) -> None:
@@ -312,3 +313,28 @@ def test_a_failed_password_reset_says_to_check_the_guest_agent(
     record = run(runs, "reset-password", sid)
     assert record["state"] == "failed"
     assert "QEMU guest agent" in record["error"]["message"], record["error"]
+
+
+def test_restore_undoes_a_rebuild_from_its_safety_snapshot(
+    runs: Runs, control: Control, api: Api, pool: Iterator[int]
+) -> None:
+    sid = take(pool, control, "running")
+    image_before = api.server(sid)["image"]["id"]
+    rebuilt = run(runs, "rebuild", sid, image="debian-12")
+    assert rebuilt["state"] == "succeeded" and api.server(sid)["image"]["name"] == "debian-12"
+    safety = next(s["outputs"]["image"]["id"] for s in rebuilt["steps"] if s["name"] == "safety_snapshot")
+    assert safety != image_before
+    before = len(posted(control, sid))
+    with pytest.raises(BadInput, match="not 1;"):
+        runs.submit("restore", server=1 if sid != 1 else 2, from_run=rebuilt["id"])
+    with pytest.raises(BadInput, match="no run 'nosuch'"):
+        runs.submit("restore", from_run="nosuch")
+    undo = run(runs, "restore", None, from_run=rebuilt["id"])  # the server comes from the run
+    assert undo["state"] == "succeeded", undo.get("error")
+    assert undo["server_id"] == sid and undo["params"]["image"] == safety
+    assert posted(control, sid)[before:] == ["shutdown", "rebuild"], "no new snapshot, no second rebuild"
+    assert api.server(sid)["image"]["id"] == safety and api.server(sid)["status"] == "running"
+    snapshot_run = run(runs, "snapshot", sid)
+    with pytest.raises(BadInput, match="made no snapshot"):
+        runs.submit("restore", from_run=run(runs, "reboot", sid)["id"])
+    assert run(runs, "restore", sid, from_run=snapshot_run["id"])["state"] == "succeeded"

@@ -31,7 +31,7 @@ _NAME_SCAN = 5000
 
 @click.command("run")
 @click.argument("workflow")
-@click.option("--server", required=True, help="server id or name")
+@click.option("--server", help="server id or name (restore: the --from-run run's server if left out)")
 @click.option("--queue", is_flag=True, help="if the server is busy, queue behind its run")
 @wait_options("run")
 @submit_timeout_option
@@ -40,7 +40,7 @@ _NAME_SCAN = 5000
 @param_options
 def run_cmd(
     workflow: str,
-    server: str,
+    server: str | None,
     queue: bool,
     wait: bool,
     timeout: float | None,
@@ -57,8 +57,11 @@ def run_cmd(
 
     check_wait_flags(wait, timeout, quiet)
     params = params_from(options)
-    target: Any = int(server) if is_id(server) else server
-    check_params(workflow_named(workflow), params)  # refuse bad shapes before touching the broker
+    wf = workflow_named(workflow)
+    if server is None and wf.from_run is None:
+        raise click.UsageError("Missing option '--server'.")
+    target: Any = int(server) if server is not None and is_id(server) else server
+    check_params(wf, params)  # refuse bad shapes before touching the broker
     check_urls(list(notify))
     answer = runs().submit_full(
         workflow, server=target, queue=queue, timeout=submit_timeout, notify=list(notify), **params

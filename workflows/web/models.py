@@ -16,7 +16,9 @@ class RunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     workflow: StrictStr = Field(description="workflow name (GET /api/v1/workflows lists them)", max_length=64)
-    server: StrictInt | StrictStr = Field(description="server id or name")
+    server: StrictInt | StrictStr | None = Field(
+        None, description="server id or name (restore: the run's own server when left out)"
+    )
     params: dict[str, Any] = Field(default_factory=dict, description="the workflow's parameters")
     queue: StrictBool = Field(False, description="if the server is busy, queue behind its run")
     notify: list[StrictStr] = Field(
