@@ -75,7 +75,15 @@ def describe(plan: dict[str, Any], engine: Engine) -> dict[str, Any]:
             f"{GATES[g][1]} (`hcloud-flow job approve`; cancelled after {plan['approval_timeout']} s without)"
             for g in plan["gates"]
         ]
-        + [f"no server starts while {_host(u)} answers non-2xx or lists alerts" for u in plan["block_on"]],
+        + [f"no server starts while {_host(u)} answers non-2xx or lists alerts" for u in plan["block_on"]]
+        + (
+            [
+                f"each server counts as done once {plan['health']['check']} is healthy for "
+                f"{plan['health']['settle']} s (failed if not within {plan['health']['timeout']} s)"
+            ]
+            if plan.get("health")
+            else []
+        ),
         # Looked at now, as the job would before its first wave.
         "blocked_now": first_block(plan["block_on"]) if plan["block_on"] else None,
         **figures,

@@ -26,7 +26,7 @@ from workers.redis_values import text_hash, texts
 from workers.run_store import FINAL
 
 from .fleet_plan import GATES, JOB_CONTROLS, Decision, Spread, decide, parse_amount
-from .gates import Probe, first_block, http_probe
+from .gates import Probe, first_block, health_url, health_verdict, http_probe, probe_health
 from .specs import FleetSpec, checked
 from .validate import Lookups, check_fits, check_submitter, find_server, gather_facts, workflow_named
 
@@ -206,7 +206,9 @@ class FleetRunner:
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         probe: Probe = http_probe,
         recheck: float = 15.0,
+        look: Callable[[str], tuple[bool, str]] = probe_health,
     ) -> None:
+        self.look = look  # one look at a server's health-check URL (workflows.gates)
         self.probe = probe  # looks at a --block-on URL (workflows.gates)
         self.recheck = recheck  # seconds between looks while a block URL holds new starts back
         self.on_event = on_event  # told "job.started" and "job.ended" with the job record (notifications)
@@ -244,11 +246,13 @@ class FleetRunner:
                     "name": s["name"],
                     "location": (s.get("location") or {}).get("name"),
                     "placement_group": (s.get("placement_group") or {}).get("id"),
+                    "ipv4": ((s.get("public_net") or {}).get("ipv4") or {}).get("ip"),
                 }
                 for s in plan["servers"]
             ],
             "max_per_placement_group": plan["max_per_placement_group"],
             "max_per_location": plan["max_per_location"],
+            "health": plan["health"],
             "max_concurrency": plan["max_concurrency"],
             "max_errors": plan["max_errors"],
             "canary": plan["canary"],
@@ -307,6 +311,9 @@ class FleetRunner:
             "block_on": spec.block_on,
             "max_per_placement_group": spec.max_per_placement_group,
             "max_per_location": spec.max_per_location,
+            "health": None
+            if spec.health_check is None
+            else {"check": spec.health_check, "timeout": spec.health_timeout, "settle": spec.health_settle},
             "approval_timeout": spec.approval_timeout,
             "limits": {"max_concurrency": str(conc), "max_errors": str(errs)},
             "facts": facts,
@@ -356,7 +363,7 @@ class FleetRunner:
                 return
             if not swept:
                 swept = True
-                if self._sweep(job):
+                if self._sweep(job) | self._check_health(job):
                     continue  # outcomes changed: decide on the fresh record
             d = self._decide(job)
             if d.state == "awaiting_approval":
@@ -409,6 +416,48 @@ class FleetRunner:
             max_per_location=per_location,
         )
 
+    def _check_health(self, job: dict[str, Any]) -> bool:
+        """Look at the servers whose health check is due; return True if one of them is now done.
+
+        Looks go out together (each may take up to the probe timeout); while any server is still being
+        checked, the job asks to be advanced again at the next look's time.
+        """
+        health = job.get("health")
+        if not health:
+            return False
+        now = self.store.clock()
+        checking = {
+            sid: e
+            for sid, e in job["outcomes"].items()
+            if e["outcome"] == "running" and (e.get("health") or {}).get("state") == "checking"
+        }
+        due = {sid: e for sid, e in checking.items() if e["health"]["next"] <= now}
+        servers = {int(s["id"]): s for s in job["servers"]}
+        changed = False
+        later = [e["health"]["next"] for sid, e in checking.items() if sid not in due]
+        if due:
+            urls = {sid: health_url(health["check"], servers[sid]) for sid in due}
+            with cf.ThreadPoolExecutor(max_workers=min(16, len(due))) as pool:
+                looks = dict(zip(urls, pool.map(self.look, urls.values()), strict=True))
+            for sid, (healthy, detail) in looks.items():
+                check = health_verdict(
+                    due[sid]["health"], healthy, detail, self.store.clock(), health["settle"]
+                )
+                if check["state"] == "healthy":
+                    self.store.set_outcome(job["id"], sid, outcome="succeeded", health=check)
+                    changed = True
+                elif check["state"] == "unhealthy":
+                    waited = check["deadline"] - check["since"]
+                    reason = f"health check not passed within {waited:.0f} s (last: {check['last']})"
+                    self.store.set_outcome(job["id"], sid, outcome="failed", reason=reason, health=check)
+                    changed = True
+                else:
+                    self.store.set_outcome(job["id"], sid, health=check)
+                    later.append(check["next"])
+        if later and self.kick is not None:  # one kick per job: the deferred entry keeps the earliest
+            self.kick(job["id"], max(0.0, min(later) - self.store.clock()))
+        return changed
+
     def _blocked(self, job: dict[str, Any]) -> bool:
         """Look at the job's block URLs before a wave; while one blocks, start nothing and look again later.
 
@@ -448,7 +497,11 @@ class FleetRunner:
 
     def _expire_approval(self, job: dict[str, Any]) -> None:
         approval = job.get("approval") or {}
-        if self.store.clock() < float(approval.get("deadline", float("inf"))):
+        deadline = float(approval.get("deadline", float("inf")))
+        if self.store.clock() < deadline:
+            # An earlier kick (they share one deferred entry per job) woke us: keep the deadline's own.
+            if self.kick is not None and deadline != float("inf"):
+                self.kick(job["id"], deadline - self.store.clock() + 0.5)
             return
         waited = self.store.clock() - float(approval.get("since", self.store.clock()))
         self._end_cancelled(job, f"no approval within {waited:.0f} s ({job.get('reason') or 'approval'})")
@@ -559,8 +612,8 @@ class FleetRunner:
         changed = starting = False
         now = self.store.clock()
         for sid, entry in job["outcomes"].items():
-            if entry["outcome"] != "running" or not entry.get("run_id"):
-                continue
+            if entry["outcome"] != "running" or not entry.get("run_id") or entry.get("health"):
+                continue  # (a server under its health check: its run ended and was recorded)
             run = self.run_store.get(entry["run_id"], live=False)
             if run is None:
                 continue
@@ -598,10 +651,20 @@ class FleetRunner:
         job_id = run.get("job_id")
         if not job_id:
             return
-        entry: dict[str, Any] = {"outcome": run["state"], "run_id": run["id"], "ended": self.store.clock()}
+        now = self.store.clock()
+        entry: dict[str, Any] = {"outcome": run["state"], "run_id": run["id"], "ended": now}
         if run.get("error"):
             entry["reason"] = run["error"].get("message")
         job = self.store.get(job_id)
+        health = (job or {}).get("health")
+        if health and run["state"] == "succeeded":
+            # Not done yet: in flight (still counted against max_concurrency) until its health check says.
+            check = {"state": "checking", "since": now, "deadline": now + health["timeout"], "next": now}
+            entry.update(outcome="running", health=check)
+            self.store.set_outcome(job_id, int(run["server_id"]), **entry)
+            if self.kick is not None:
+                self.kick(job_id, 0.0)
+            return
         ends_at = ((job or {}).get("window") or {}).get("ends_at")
         if ends_at and self.store.clock() > ends_at:
             entry["overran"] = True  # still running when its maintenance window closed
@@ -669,8 +732,11 @@ class FleetRunner:
     def _end_cancelled(self, job: dict[str, Any], reason: str, who: str | None = None) -> None:
         job_id = job["id"]
         self.store.set_state(job_id, "cancelled", reason)
-        for entry in job["outcomes"].values():
-            if entry["outcome"] == "running":
+        for sid, entry in job["outcomes"].items():
+            if entry["outcome"] == "running" and entry.get("health"):
+                why = f"{reason} during its health check (its run succeeded)"
+                self.store.set_outcome(job_id, sid, outcome="cancelled", reason=why)
+            elif entry["outcome"] == "running":
                 with contextlib.suppress(BadInput):  # it ended meanwhile
                     self.cancel_run(entry["run_id"], who)
         for server in job["servers"]:

@@ -1,4 +1,10 @@
-"""Alert blocks: a fleet job starts no new server while a URL it was given reports alerts (``--block-on``).
+"""Gates a fleet job passes besides its own rules: alert blocks and health checks.
+
+Health checks (``--health-check``): after a server's run succeeded, the server counts as done only once
+its URL answers healthy (2xx, or a TCP connection) without a break for the settle period; past the
+deadline it counts as failed. The verdict after each look is a pure function (``health_verdict``).
+
+Alert blocks: a fleet job starts no new server while a URL it was given reports alerts (``--block-on``).
 
 As kured does with Prometheus: any answer but a 2xx, no answer, or an answer listing alerts blocks. What
 counts as a list of alerts, by the shape of the JSON answer:
@@ -21,7 +27,18 @@ from typing import Any
 
 import requests
 
-__all__ = ["PROBE_TIMEOUT", "Probe", "blocking_reason", "first_block", "http_probe"]
+__all__ = [
+    "HEALTH_EVERY",
+    "PROBE_TIMEOUT",
+    "Probe",
+    "blocking_reason",
+    "check_template",
+    "first_block",
+    "health_url",
+    "health_verdict",
+    "http_probe",
+    "probe_health",
+]
 
 PROBE_TIMEOUT = 5.0  # seconds for one look at a block URL; no answer in time blocks
 # What a look at a URL found: the HTTP status (None: no answer, with why in the text) and the body.
@@ -84,3 +101,89 @@ def first_block(urls: list[str], probe: Probe = http_probe) -> str | None:
         if reason is not None:
             return f"blocked by {urlsplit(url).netloc}: {reason}"
     return None
+
+
+# ----- health checks -----------------------------------------------------------------------------------
+
+HEALTH_EVERY = 2.0  # seconds between two looks at a server's health while it is being checked
+_PLACES = ("ipv4", "name", "id")  # what a health-check template may name of its server
+
+
+def check_template(template: Any) -> str:
+    """Return a health-check template fit to keep, or refuse: http(s)://… or tcp://HOST:PORT, with only
+    ``{ipv4}``, ``{name}`` and ``{id}`` filled in per server."""
+    from string import Formatter
+    from urllib.parse import urlsplit
+
+    from workers.errors import BadInput
+
+    if not isinstance(template, str) or not template.isprintable() or not 0 < len(template) <= 2048:
+        raise BadInput(
+            "health_check must be a URL template of at most 2048 printable characters", "health_check"
+        )
+    try:
+        names = {name for _, name, spec, conv in Formatter().parse(template) if name is not None}
+    except ValueError as exc:
+        raise BadInput(
+            f"health_check {template[:80]!r} is not a valid template: {exc}", "health_check"
+        ) from None
+    unknown = sorted(names - set(_PLACES))
+    if unknown:
+        raise BadInput(
+            f"health_check may name {{ipv4}}, {{name}} and {{id}}, not {{{unknown[0]}}}", "health_check"
+        )
+    sample = urlsplit(template.format(ipv4="192.0.2.1", name="srv", id=1))
+    if sample.scheme not in ("http", "https", "tcp") or not sample.hostname:
+        raise BadInput(
+            "health_check must look like http://{ipv4}:8080/healthz or tcp://{ipv4}:22", "health_check"
+        )
+    if sample.username or sample.password:
+        raise BadInput("health_check carries credentials, which would be stored", "health_check")
+    try:
+        port = sample.port
+    except ValueError:
+        port = None
+    if sample.scheme == "tcp" and port is None:
+        raise BadInput("a tcp:// health check needs a port, e.g. tcp://{ipv4}:22", "health_check")
+    return template
+
+
+def health_url(template: str, server: dict[str, Any]) -> str:
+    """Return the health-check URL of one server."""
+    return template.format(ipv4=server.get("ipv4") or "", name=server.get("name") or "", id=server["id"])
+
+
+def probe_health(url: str) -> tuple[bool, str]:
+    """Look once: an http(s) URL is healthy when it answers 2xx, a tcp:// one when it takes a connection."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "tcp":
+        try:
+            with socket.create_connection((parts.hostname or "", parts.port or 0), timeout=PROBE_TIMEOUT):
+                return True, "connected"
+        except OSError as exc:
+            return False, f"no connection ({type(exc).__name__})"
+    try:
+        resp = requests.get(url, timeout=PROBE_TIMEOUT, allow_redirects=False)
+        resp.close()
+    except requests.RequestException as exc:
+        return False, f"no answer ({type(exc).__name__})"
+    return 200 <= resp.status_code < 300, f"HTTP {resp.status_code}"
+
+
+def health_verdict(
+    check: dict[str, Any], healthy: bool, detail: str, now: float, settle: float
+) -> dict[str, Any]:
+    """Return a server's health check after one look: ``state`` stays "checking" until the server has been
+    healthy for ``settle`` seconds ("healthy"), or its deadline passes first ("unhealthy"). A failed look
+    starts the settle period over."""
+    since = check.get("healthy_since")
+    since = (since if since is not None else now) if healthy else None
+    out = {**check, "healthy_since": since, "last": detail, "looks": int(check.get("looks", 0)) + 1}
+    if since is not None and now - since >= settle:
+        return {**out, "state": "healthy"}
+    if now >= check["deadline"]:
+        return {**out, "state": "unhealthy"}
+    return {**out, "state": "checking", "next": now + HEALTH_EVERY}

@@ -30,6 +30,7 @@ from workers.labels import check_selector
 
 from .cron import MAX_DURATION, WINDOW_NAME, cron_can_fire, parse_cron, parse_duration, zone
 from .fleet_plan import parse_amount
+from .gates import check_template
 from .notify import check_urls
 from .validate import check_params, require_unicode, workflow_named
 
@@ -85,6 +86,15 @@ class FleetSpec(BaseModel):
     block_on: list[str] = Field(
         default_factory=list,
         description="no new server starts while one of these URLs answers non-2xx or lists alerts",
+    )
+    health_check: str | None = Field(
+        None,
+        description="after each server's run: http(s)://{ipv4}:8080/healthz or tcp://{ipv4}:22 must be "
+        "healthy ({ipv4}, {name} and {id} are filled in)",
+    )
+    health_timeout: int = Field(300, gt=0, description="how long a server may take to be healthy, e.g. 5m")
+    health_settle: int = Field(
+        30, ge=0, description="how long it must stay healthy without a break, e.g. 30s"
     )
     approve_before_start: bool = Field(False, description="wait for `job approve` before any server starts")
     approve_after_canary: bool = Field(
@@ -183,6 +193,22 @@ class FleetSpec(BaseModel):
             )
         return value
 
+    @field_validator("health_check", mode="before")
+    @classmethod
+    def _health_check(cls, value: Any) -> str | None:
+        return None if value is None else check_template(value)
+
+    @field_validator("health_timeout", "health_settle", mode="before")
+    @classmethod
+    def _health_times(cls, value: Any, info: ValidationInfo) -> int:
+        seconds = parse_duration(value, str(info.field_name))
+        low = 10 if info.field_name == "health_timeout" else 0
+        if not low <= seconds <= 86400:
+            raise BadInput(
+                f"{info.field_name} must be from {low}s to 1d, not {value!r}", str(info.field_name)
+            )
+        return seconds
+
     @field_validator("approval_timeout", mode="before")
     @classmethod
     def _approval_timeout(cls, value: Any) -> int:
@@ -201,6 +227,8 @@ class FleetSpec(BaseModel):
     def _whole(self) -> FleetSpec:
         if (self.selector is None) == (self.servers is None):
             raise BadInput("give exactly one of selector or servers", "selector")
+        if self.health_check is not None and self.health_settle >= self.health_timeout:
+            raise BadInput("health_settle must be shorter than health_timeout", "health_settle")
         if self.approve_after_canary and not self.canary:
             raise BadInput("approve_after_canary needs a canary wave: give canary N (1 or more)", "canary")
         # The workflow's own parameter model (from its table); defaults filled in, unset ones dropped.

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 @pytest.fixture(scope="module")
 def cloud() -> Iterator[Any]:
-    c = start_cloud(servers=80, speed=20.0, seed=41, durations={"reset": 40.0})  # a reset takes 2 s
+    c = start_cloud(servers=85, speed=20.0, seed=41, durations={"reset": 40.0})  # a reset takes 2 s
     yield c
     c.stop()
 
@@ -304,3 +304,47 @@ def test_one_server_of_a_spread_group_at_a_time(jobs: Jobs, control: Control, po
     assert done["state"] == "succeeded", done
     assert in_flight_peak(control, ids[:3]) == 1, "the group's servers went one at a time"
     assert in_flight_peak(control, ids) >= 3, "the others filled the window meanwhile"
+
+
+def test_health_checks_decide_when_a_server_is_done(
+    jobs: Jobs, control: Control, pool: Iterator[int]
+) -> None:
+    import http.server
+    import threading
+
+    ids = take(pool, 3)
+    sick = jobs.plan("reset", servers=ids, max_concurrency="3", max_errors="0")["servers"][2]["name"]
+    looks: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            looks.append(self.path)
+            self.send_response(503 if self.path.endswith("/" + sick) else 200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        check = f"http://127.0.0.1:{server.server_address[1]}/health/{{name}}"
+        job = jobs.start(
+            "reset", servers=ids, max_concurrency="3", max_errors="1", health_check=check,
+            health_timeout="10s", health_settle="1s",
+        )  # fmt: skip
+        done = jobs.wait(job["id"], timeout=90, poll=0.3)
+    finally:
+        server.shutdown()
+    assert done["state"] == "completed_with_failures", done
+    outcomes = {s["name"]: done["outcomes"][s["id"]] for s in done["servers"]}
+    assert outcomes[sick]["outcome"] == "failed"
+    assert outcomes[sick]["reason"] == "health check not passed within 10 s (last: HTTP 503)"
+    assert all(
+        e["outcome"] == "succeeded" and e["health"]["state"] == "healthy"
+        for n, e in outcomes.items()
+        if n != sick
+    )
+    assert {p.rsplit("/", 1)[1] for p in looks} == {s["name"] for s in done["servers"]}
+    assert all(len(control.posts(sid, "reset")) == 1 for sid in ids), "a health check posts nothing"

@@ -106,6 +106,21 @@ def unsucceeded(job: dict[str, Any]) -> list[str]:
     help="cancel the job if no approval comes within this long",
 )
 @click.option(
+    "--health-check",
+    metavar="URL",
+    help="after each server: http://{ipv4}:8080/healthz (2xx) or tcp://{ipv4}:22 must be healthy",
+)
+@click.option(
+    "--health-timeout", default="5m", show_default=True, metavar="DURATION", help="to become healthy"
+)
+@click.option(
+    "--health-settle",
+    default="30s",
+    show_default=True,
+    metavar="DURATION",
+    help="to stay healthy without a break",
+)
+@click.option(
     "--block-on",
     multiple=True,
     metavar="URL",
@@ -129,6 +144,9 @@ def fleet_cmd(
     approve_before_start: bool,
     approve_after_canary: bool,
     approval_timeout: str,
+    health_check: str | None,
+    health_timeout: str,
+    health_settle: str,
     block_on: tuple[str, ...],
     dry_run: bool,
     wait: bool,
@@ -160,6 +178,9 @@ def fleet_cmd(
         "approve_after_canary": approve_after_canary,
         "approval_timeout": approval_timeout,
         "block_on": list(block_on),
+        "health_check": health_check,
+        "health_timeout": health_timeout,
+        "health_settle": health_settle,
     }
     checked(FleetSpec, {"workflow": workflow, **spec})  # refused here, before anything is sent
     if dry_run:
@@ -273,6 +294,9 @@ def job_status(job_id: str, wait: bool, timeout: float | None, quiet: bool, as_j
     names = {s["id"]: s["name"] for s in job["servers"]}
     for sid, entry in sorted(job["outcomes"].items()):
         note = f"  ({entry['reason']})" if entry.get("reason") else ""
+        check = entry.get("health") or {}
+        if check.get("state") == "checking":
+            note = f"  (health check: {check.get('last') or 'first look due'})"
         click.echo(f"  {names.get(sid, sid)!s:<20} {entry['outcome']:<12} {entry.get('run_id', '')}{note}")
     return exit_for(job["state"])
 

@@ -82,6 +82,13 @@ def _window_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 help="each firing's job waits for `job approve` after its canary wave (add: no)",
             ),
             click.option(
+                "--health-check",
+                metavar="URL",
+                help="after each server: http://{ipv4}:8080/healthz or tcp://{ipv4}:22 must be healthy",
+            ),
+            click.option("--health-timeout", metavar="DURATION", help="to become healthy (add: 5m)"),
+            click.option("--health-settle", metavar="DURATION", help="to stay healthy (add: 30s)"),
+            click.option(
                 "--block-on",
                 multiple=True,
                 metavar="URL",
@@ -124,6 +131,9 @@ def _given(name: str, workflow: str | None, options: dict[str, Any]) -> dict[str
         "approve_before_start",
         "approve_after_canary",
         "approval_timeout",
+        "health_check",
+        "health_timeout",
+        "health_settle",
     ):
         if options.get(field) is not None:
             given[field] = options[field]

@@ -154,6 +154,10 @@ def job_page(job_id: str, request: Request, key: Viewer) -> HTMLResponse:
         {"id": sid, "name": names.get(sid, sid), **job["outcomes"].get(sid, {"outcome": "pending"})}
         for sid in (int(s["id"]) for s in job["servers"])
     ]
+    for c in cells:
+        check = c.get("health") or {}
+        if check.get("state") == "checking":  # its run succeeded; the server is not done yet
+            c["reason"] = f"health check: {check.get('last') or 'first look due'}"
     errors = sum(1 for c in cells if c["outcome"] in ("failed", "refused"))
     return _page(
         request,

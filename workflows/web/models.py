@@ -44,6 +44,9 @@ class WindowPatch(BaseModel):
     canary: StrictInt | None = None
     notify: list[StrictStr] | None = None
     block_on: list[StrictStr] | None = None
+    health_check: StrictStr | None = None
+    health_timeout: StrictStr | StrictInt | None = None
+    health_settle: StrictStr | StrictInt | None = None
     max_per_placement_group: StrictInt | None = None
     max_per_location: StrictInt | None = None
     approve_before_start: StrictBool | None = None
