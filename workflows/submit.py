@@ -63,7 +63,7 @@ def submit_run(
     if wf.from_run is not None:
         server, clean = from_earlier_run(store, client, wf.from_run, server, clean)
     elif server is None:
-        raise BadInput("server is missing; give a server id or name (--server)", "server")
+        raise BadInput("server is missing; give the server as an id or a name (--server)", "server")
     facts = gather_facts(client, wf, server, clean, lookups)
     run_id = store.new_id()
     steps = plan_steps(wf, facts, run_id, priority=priority)

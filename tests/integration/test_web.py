@@ -287,7 +287,7 @@ def window(**fields: Any) -> dict[str, Any]:
     ("method", "path", "body", "status", "says"),
     [
         ("POST", "/api/v1/runs", run(workflow=5), 422, "workflow"),
-        ("POST", "/api/v1/runs", {"workflow": "reboot"}, 422, "server"),
+        ("POST", "/api/v1/runs", {"workflow": "reboot"}, 400, "server is missing"),
         ("POST", "/api/v1/runs", run(surprise=1), 422, "surprise"),
         ("POST", "/api/v1/runs", run(server=True), 422, "server"),
         ("POST", "/api/v1/runs", run(server=0), 400, "positive"),
