@@ -21,6 +21,7 @@ from . import fleet
 from .clock import Clock, RealClock, check_skew
 from .exceptions import Conflict, InvalidInput, NotFound
 from .faults import FaultDice, FaultSpec, parse_faults
+from .load_balancers import LoadBalancer, Target
 from .models import Action, Image, PlacementGroup, Server, SshKey
 from .ratelimit import TokenBucket
 from .server_actions import ServerActions
@@ -74,6 +75,7 @@ class Backend(ServerActions):
             self.images: dict[int, Image] = {i.id: i for i in fleet.system_images(now)}
             self.ssh_keys: dict[int, SshKey] = {k.id: k for k in fleet.ssh_keys(now)}
             self.placement_groups: dict[int, PlacementGroup] = {}
+            self.load_balancers: dict[int, LoadBalancer] = {}
             self.server_types = fleet.server_types()
             self.due: list[tuple[float, int]] = []  # heap of (due time, action id)
             self.root_passwords: list[str] = []
@@ -215,16 +217,44 @@ class Backend(ServerActions):
         """Render a server with its image."""
         image = self.images.get(server.image_id) if server.image_id is not None else None
         group = self.placement_groups.get(server.placement_group_id or 0)
-        return server.to_json(
+        out = server.to_json(
             self.image_json(image) if image is not None else None,
             self.skew,
             self.placement_group_json(group) if group is not None else None,
         )
+        out["load_balancers"] = [
+            i for i, lb in sorted(self.load_balancers.items()) if lb.targets_server(self, server.id)
+        ]
+        return out
 
     def placement_group_json(self, group: PlacementGroup) -> dict[str, Any]:
         """Render a placement group with its members."""
         members = [s.id for _, s in sorted(self.servers.items()) if s.placement_group_id == group.id]
         return group.to_json(members, self.skew)
+
+    def load_balancer(self, lb_id: int) -> LoadBalancer:
+        try:
+            return self.load_balancers[lb_id]
+        except KeyError:
+            raise NotFound(f"load_balancer with ID '{lb_id}' not found") from None
+
+    def add_load_balancer(
+        self, name: str, services: list[dict[str, Any]], targets: list[Target], health_delay: float
+    ) -> LoadBalancer:
+        """Create a load balancer with these services and targets (a test's setup, not an API call)."""
+        if any(lb.name == name for lb in self.load_balancers.values()):
+            raise Conflict(f"load balancer name {name!r} is already used")
+        lb = LoadBalancer(
+            id=len(self.load_balancers) + 1,
+            name=name,
+            created=self.clock.now(),
+            location=fleet.LOCATIONS[0],
+            services=services,
+            health_delay=health_delay,
+            targets=targets,
+        )
+        self.load_balancers[lb.id] = lb
+        return lb
 
     def placement_group(self, group_id: int) -> PlacementGroup:
         try:
@@ -276,9 +306,11 @@ class Backend(ServerActions):
             and (selector is None or selector(s.labels))
         ]
 
-    def find_actions(self, ids: Iterable[int]) -> list[Action]:
-        """Return the actions with these ids; unknown ids are left out, as the API does."""
-        return [self.actions[i] for i in dict.fromkeys(ids) if i in self.actions]
+    def find_actions(self, ids: Iterable[int], *, servers_only: bool = False) -> list[Action]:
+        """Return the actions with these ids; unknown ids are left out, as the API does (and with
+        ``servers_only``, another resource's actions too, as ``GET /servers/actions`` does)."""
+        found = [self.actions[i] for i in dict.fromkeys(ids) if i in self.actions]
+        return [a for a in found if a.resource is None] if servers_only else found
 
     def server_actions(self, server_id: int, statuses: set[str]) -> list[Action]:
         """Return the actions of one server (404 if the server does not exist)."""

@@ -27,7 +27,7 @@ from .backend import Backend
 from .clock import check_skew
 from .exceptions import Conflict, InvalidInput, JsonError, NotFound
 from .faults import ACTION_ERRORS
-from .labels import validate_labels
+from .labels import compile_selector, validate_labels
 from .listing import Request, is_uint, one
 from .transitions import COMMAND_TO_NAME, SERVER_STATUSES
 
@@ -234,6 +234,41 @@ def post_placement_group(backend: Backend, request: Request) -> Answer:
     return 201, {"placement_group": backend.placement_group_json(group)}
 
 
+def post_load_balancer(backend: Backend, request: Request) -> Answer:
+    """POST /_fakecloud/load_balancers: a load balancer with its services and targets, as a test sets it up
+    (the API's own POST /load_balancers is not simulated)."""
+    from .load_balancers import Target
+
+    body = _body(request)
+    name = body.get("name")
+    if not isinstance(name, str) or not name or len(name) > 63:
+        raise InvalidInput.field("name", "must be a name of 1-63 characters")
+    ports = body.get("ports") or [80]
+    if not isinstance(ports, list) or not all(isinstance(p, int) and 0 < p < 65536 for p in ports):
+        raise InvalidInput.field("ports", "must be a list of listen ports")
+    services = [
+        {"protocol": "tcp", "listen_port": p, "destination_port": p, "proxyprotocol": False,
+         "health_check": {"protocol": "tcp", "port": p, "interval": 15, "timeout": 10, "retries": 3}}
+        for p in ports
+    ]  # fmt: skip
+    now = backend.clock.now() - 3600.0  # set up an hour ago: its targets' first health checks are long done
+    targets = []
+    for sid in body.get("servers") or []:
+        if not is_uint(str(sid)):
+            raise InvalidInput.field("servers", "must be a list of server ids")
+        backend.server(int(sid))
+        targets.append(Target(added=now, server_id=int(sid)))
+    for selector in body.get("selectors") or []:
+        compile_selector(str(selector))
+        targets.append(Target(added=now, selector=str(selector)))
+    delay = body.get("health_delay", 3.0)
+    if isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0:
+        raise InvalidInput.field("health_delay", "must be a number of seconds >= 0")
+    with backend.lock:
+        lb = backend.add_load_balancer(name, services, targets, float(delay))
+    return 201, {"load_balancer": lb.to_json(backend)}
+
+
 def post_clock_advance(backend: Backend, request: Request) -> Answer:
     """POST /_fakecloud/clock/advance"""
     if not getattr(backend.clock, "manual", False):
@@ -279,6 +314,7 @@ ROUTES = [
     ("PUT", "/config", put_config),
     ("PATCH", "/servers/{id}", patch_server),
     ("POST", "/placement_groups", post_placement_group),
+    ("POST", "/load_balancers", post_load_balancer),
     ("POST", "/clock/advance", post_clock_advance),
     ("GET", "/secrets", get_secrets),
     ("GET", "/actions", get_actions),

@@ -136,6 +136,7 @@ class Action:
     status_before: ServerStatus | None = None  # server status to restore if the action fails
     noop: bool = False  # succeeds without touching the server
     params: dict[str, Any] = field(default_factory=dict)
+    resource: dict[str, Any] | None = None  # another resource's action (a load balancer's): not a server's
 
     def progress(self, now: float) -> int:
         """Return the percentage shown to clients: rising with time, 100 once finished."""
@@ -155,7 +156,7 @@ class Action:
             "progress": self.progress(now),
             "started": rfc3339(self.started, skew),
             "finished": rfc3339(self.finished, skew),
-            "resources": [{"id": self.server_id, "type": "server"}],
+            "resources": [self.resource or {"id": self.server_id, "type": "server"}],
             "error": self.error,
         }
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from . import load_balancers
 from .backend import Backend
 from .exceptions import InvalidInput, JsonError, NotFound
 from .labels import compile_selector, validate_labels
@@ -112,7 +113,8 @@ def get_servers_actions(backend: Backend, request: Request) -> Answer:
     ids = ints(q, "id")
     sorts = parse_sort(q, tuple(_ACTION_SORT_KEYS))
     statuses = many(q, "status", ACTION_STATUSES)
-    actions = backend.find_actions(ids) if ids else list(backend.actions.values())
+    every = [a for a in backend.actions.values() if a.resource is None]
+    actions = backend.find_actions(ids, servers_only=True) if ids else every
     actions = [a for a in actions if not statuses or a.status in statuses]
     actions = sort_items(actions, sorts or [("id", False)], _ACTION_SORT_KEYS)
     return _list(backend, request, "actions", actions, backend.action_json)
@@ -270,6 +272,42 @@ def get_placement_groups(backend: Backend, request: Request) -> Answer:
 def get_placement_group(backend: Backend, request: Request) -> Answer:
     """GET /placement_groups/{id}"""
     return 200, {"placement_group": backend.placement_group_json(backend.placement_group(_id(request)))}
+
+
+def get_load_balancers(backend: Backend, request: Request) -> Answer:
+    """GET /load_balancers"""
+    q = request.query
+    sorts = parse_sort(q, ("id", "name", "created"))
+    name, selector = one(q, "name"), _selector(request)
+    lbs = [
+        lb
+        for _, lb in sorted(backend.load_balancers.items())
+        if (name is None or lb.name == name) and (selector is None or selector(lb.labels))
+    ]
+    return _list(
+        backend,
+        request,
+        "load_balancers",
+        sort_items(lbs, sorts, _NAMED_SORT_KEYS),
+        lambda lb: lb.to_json(backend),
+    )
+
+
+def get_load_balancer(backend: Backend, request: Request) -> Answer:
+    """GET /load_balancers/{id}"""
+    return 200, {"load_balancer": backend.load_balancer(_id(request)).to_json(backend)}
+
+
+def add_load_balancer_target(backend: Backend, request: Request) -> Answer:
+    """POST /load_balancers/{id}/actions/add_target"""
+    action = load_balancers.add_target(backend, _id(request), _body(request))
+    return 201, {"action": backend.action_json(action)}
+
+
+def remove_load_balancer_target(backend: Backend, request: Request) -> Answer:
+    """POST /load_balancers/{id}/actions/remove_target"""
+    action = load_balancers.remove_target(backend, _id(request), _body(request))
+    return 201, {"action": backend.action_json(action)}
 
 
 def get_ssh_keys(backend: Backend, request: Request) -> Answer:

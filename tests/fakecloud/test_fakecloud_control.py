@@ -174,3 +174,62 @@ def test_placement_groups_are_served_as_the_api_does(api) -> None:
     assert api.ctl("POST", "/placement_groups", json={"name": "web-spread"}).status_code == 409
     too_many = api.ctl("POST", "/placement_groups", json={"name": "big", "servers": api.ids()[:11]})
     assert too_many.status_code == 422 and "at most 10" in too_many.text
+
+
+def test_load_balancers_targets_health_and_target_actions(api) -> None:
+    one, two, three = api.ids(status="running")[:3]
+    api.ctl("PATCH", f"/servers/{three}", json={"labels": {"role": "lbweb"}})
+    made = api.ctl(
+        "POST", "/load_balancers", json={"name": "lb-web", "ports": [80, 443], "servers": [one, two],
+                                         "selectors": ["role=lbweb"], "health_delay": 0.5},
+    )  # fmt: skip
+    assert made.status_code == 201, made.text
+    lb = made.json()["load_balancer"]
+    direct = [t for t in lb["targets"] if t["type"] == "server"]
+    assert [t["server"]["id"] for t in direct] == [one, two]
+    assert direct[0]["health_status"] == [
+        {"listen_port": 80, "status": "healthy"},
+        {"listen_port": 443, "status": "healthy"},
+    ]
+    selector = next(t for t in lb["targets"] if t["type"] == "label_selector")
+    assert selector["label_selector"] == {"selector": "role=lbweb"}
+    assert [t["server"]["id"] for t in selector["targets"]] == [three]
+    assert api.get(f"/servers/{one}").json()["server"]["load_balancers"] == [lb["id"]]
+    assert api.get(f"/servers/{three}").json()["server"]["load_balancers"] == [lb["id"]]
+    assert [x["name"] for x in api.get("/load_balancers").json()["load_balancers"]] == ["lb-web"]
+
+    removed = api.post(
+        f"/load_balancers/{lb['id']}/actions/remove_target", json={"type": "server", "server": {"id": one}}
+    )
+    assert removed.status_code == 201, removed.text
+    action = removed.json()["action"]
+    assert (action["command"], action["status"]) == ("remove_target", "success")
+    assert action["resources"] == [{"id": lb["id"], "type": "load_balancer"}]
+    assert api.get("/actions", params={"id": action["id"]}).json()["actions"][0]["id"] == action["id"]
+    assert api.get("/servers/actions", params={"id": action["id"]}).json()["actions"] == [], "not a server's"
+    again = api.post(
+        f"/load_balancers/{lb['id']}/actions/remove_target", json={"type": "server", "server": {"id": one}}
+    )
+    assert again.status_code == 422 and again.json()["error"]["code"] == "load_balancer_target_not_found"
+    assert api.get(f"/servers/{one}").json()["server"]["load_balancers"] == []
+
+    added = api.post(
+        f"/load_balancers/{lb['id']}/actions/add_target", json={"type": "server", "server": {"id": one}}
+    )
+    assert added.status_code == 201
+    fresh = api.get(f"/load_balancers/{lb['id']}").json()["load_balancer"]
+    status = {
+        t["server"]["id"]: t["health_status"][0]["status"] for t in fresh["targets"] if t["type"] == "server"
+    }
+    assert status[one] == "unknown", "a new target's first health checks are not done"
+    twice = api.post(
+        f"/load_balancers/{lb['id']}/actions/add_target", json={"type": "server", "server": {"id": one}}
+    )
+    assert twice.status_code == 422 and twice.json()["error"]["code"] == "target_already_defined"
+    api.ctl("PATCH", f"/servers/{two}", json={"status": "off"})
+    fresh = api.get(f"/load_balancers/{lb['id']}").json()["load_balancer"]
+    status = {
+        t["server"]["id"]: t["health_status"][0]["status"] for t in fresh["targets"] if t["type"] == "server"
+    }
+    assert status[two] == "unhealthy", "the health follows the server's power state"
+    assert api.get("/load_balancers/99").status_code == 404
