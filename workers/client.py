@@ -308,6 +308,22 @@ class HcloudClient:
                 page = ((body.get("meta") or {}).get("pagination") or {}).get("next_page")
         return found
 
+    # -- load balancers --------------------------------------------------------------------------------
+
+    def list_load_balancers(self) -> list[dict[str, Any]]:
+        """Return every load balancer of the project, following pagination."""
+        return list(self._pages("/load_balancers", "load_balancers", []))
+
+    def get_load_balancer(self, lb_id: int) -> dict[str, Any]:
+        return self.request("GET", f"/load_balancers/{int(lb_id)}")["load_balancer"]
+
+    def load_balancer_target(self, lb_id: int, verb: str, server_id: int) -> dict[str, Any]:
+        """POST ``add_target`` or ``remove_target`` of one server; return the action."""
+        if verb not in ("add_target", "remove_target"):
+            raise ValueError(f"{verb!r} is not a target action")
+        body = {"type": "server", "server": {"id": int(server_id)}}
+        return self.request("POST", f"/load_balancers/{int(lb_id)}/actions/{verb}", json=body)["action"]
+
     def list_server_actions(
         self,
         server_id: int,

@@ -56,6 +56,9 @@ class Workflow:
     # The parameter naming an earlier run whose server and snapshot this run takes (workflows/undo.py):
     # then --server may be left out, and the image comes from that run.
     from_run: str | None = None
+    # It interrupts what the server serves (a reboot, a shutdown, a rebuild): a fleet job's --drain takes
+    # the server out of its load balancers first. Powering on or resetting a password does not.
+    disruptive: bool = True
 
 
 def _was_running(f: Facts) -> bool:
@@ -130,7 +133,10 @@ WORKFLOWS: dict[str, Workflow] = {
     w.name: w
     for w in (
         Workflow(
-            "power-on", "Power the server on and wait until it is running.", (Step("power_on", "power_on"),)
+            "power-on",
+            "Power the server on and wait until it is running.",
+            (Step("power_on", "power_on"),),
+            disruptive=False,
         ),
         Workflow(
             "power-off",
@@ -241,6 +247,7 @@ WORKFLOWS: dict[str, Workflow] = {
             "Reset the root password of a running server; the password is sealed in the run record.",
             (Step("reset_password", "reset_password"),),
             needs_running=True,
+            disruptive=False,
         ),
     )
 }

@@ -43,6 +43,8 @@ def describe(plan: dict[str, Any], engine: Engine) -> dict[str, Any]:
                 "status": server["status"],
                 "location": (server.get("location") or {}).get("name"),
                 "placement_group": (server.get("placement_group") or {}).get("name"),
+                "load_balancers": [m["name"] for m in plan["drain"].get(int(server["id"]), [])]
+                or list(server.get("load_balancers") or []),
                 "steps": [s["name"] for s in steps],
             }
         )
@@ -78,12 +80,29 @@ def describe(plan: dict[str, Any], engine: Engine) -> dict[str, Any]:
         + [f"no server starts while {_host(u)} answers non-2xx or lists alerts" for u in plan["block_on"]]
         + (
             [
+                "each server is taken out of the load balancers that target it before its run, put back "
+                "after, and waited for until they report it healthy on every port"
+            ]
+            if plan["drain"]
+            else []
+        )
+        + (
+            [
                 f"each server counts as done once {plan['health']['check']} is healthy for "
                 f"{plan['health']['settle']} s (failed if not within {plan['health']['timeout']} s)"
             ]
             if plan.get("health")
             else []
         ),
+        # Servers that load balancers send traffic to while they are disrupted: drain says what it does.
+        "drain": bool(plan["drain"]),
+        "warnings": [
+            f"{n} of the servers are load-balancer targets; --drain takes each out while it is disrupted"
+        ]
+        if not plan["drain"]
+        and (n := sum(1 for s in plan["servers"] if s.get("load_balancers")))
+        and wf.disruptive
+        else [],
         # Looked at now, as the job would before its first wave.
         "blocked_now": first_block(plan["block_on"]) if plan["block_on"] else None,
         **figures,

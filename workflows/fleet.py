@@ -25,6 +25,7 @@ from workers.errors import APIError, BadInput, HcloudFlowError, NotFound, RateBu
 from workers.redis_values import text_hash, texts
 from workers.run_store import FINAL
 
+from .drain import Drainer, memberships, refuse_selector_targets, safely
 from .fleet_plan import GATES, JOB_CONTROLS, Decision, Spread, decide, parse_amount
 from .gates import Probe, first_block, health_url, health_verdict, http_probe, probe_health
 from .specs import FleetSpec, checked
@@ -42,6 +43,10 @@ _SEEN: dict[str, tuple[float, dict[int, dict[str, Any]]]] = {}
 # A run still queued this long after it was recorded, while its server is held for it, lost its first
 # message: it is sent again; three times this long, and it has failed.
 ORPHAN_AFTER = 20.0
+# A drain step (out of, or back into, the load balancers and healthy there) fails past this many seconds;
+# its requests are looked at again this often meanwhile.
+DRAIN_TIMEOUT = 300.0
+DRAIN_EVERY = 2.0
 
 
 def resolve_targets(client: HcloudClient, selector: Any, servers: Any) -> list[dict[str, Any]]:
@@ -209,6 +214,7 @@ class FleetRunner:
         look: Callable[[str], tuple[bool, str]] = probe_health,
     ) -> None:
         self.look = look  # one look at a server's health-check URL (workflows.gates)
+        self._lb_cache: dict[int, dict[str, Any]] = {}  # load balancers read in this pass (drain)
         self.probe = probe  # looks at a --block-on URL (workflows.gates)
         self.recheck = recheck  # seconds between looks while a block URL holds new starts back
         self.on_event = on_event  # told "job.started" and "job.ended" with the job record (notifications)
@@ -247,12 +253,14 @@ class FleetRunner:
                     "location": (s.get("location") or {}).get("name"),
                     "placement_group": (s.get("placement_group") or {}).get("id"),
                     "ipv4": ((s.get("public_net") or {}).get("ipv4") or {}).get("ip"),
+                    "lbs": [m["lb"] for m in plan["drain"].get(int(s["id"]), [])],
                 }
                 for s in plan["servers"]
             ],
             "max_per_placement_group": plan["max_per_placement_group"],
             "max_per_location": plan["max_per_location"],
             "health": plan["health"],
+            "drain": bool(plan["drain"]),
             "max_concurrency": plan["max_concurrency"],
             "max_errors": plan["max_errors"],
             "canary": plan["canary"],
@@ -299,6 +307,7 @@ class FleetRunner:
             self.client, wf, targets[0]["id"], clean, Lookups(servers={targets[0]["id"]: targets[0]})
         )
         self._preflight(facts, targets)
+        drained = self._drain_plan(wf, spec.drain, targets)
         return {
             "workflow": wf.name,
             "params": clean,
@@ -309,6 +318,7 @@ class FleetRunner:
             "notify": spec.notify,
             "gates": [gate for gate, (flag, _) in GATES.items() if getattr(spec, flag)],
             "block_on": spec.block_on,
+            "drain": drained,
             "max_per_placement_group": spec.max_per_placement_group,
             "max_per_location": spec.max_per_location,
             "health": None
@@ -318,6 +328,22 @@ class FleetRunner:
             "limits": {"max_concurrency": str(conc), "max_errors": str(errs)},
             "facts": facts,
         }
+
+    def _drain_plan(
+        self, wf: Any, drain: bool, targets: list[dict[str, Any]]
+    ) -> dict[int, list[dict[str, Any]]]:
+        """Return, per server, the load balancers a drain takes it out of; refuse label-selector targets.
+
+        The server objects name their load balancers; only those are read (none, for a fleet behind none).
+        """
+        if not drain or not wf.disruptive:
+            return {}
+        lb_ids = sorted({int(i) for s in targets for i in s.get("load_balancers") or []})
+        found = memberships(
+            [self.client.get_load_balancer(i) for i in lb_ids], {int(s["id"]) for s in targets}
+        )
+        refuse_selector_targets(found, {int(s["id"]): s["name"] for s in targets})
+        return found
 
     @staticmethod
     def _preflight(facts: dict[str, Any], targets: list[dict[str, Any]]) -> None:
@@ -422,9 +448,17 @@ class FleetRunner:
         Looks go out together (each may take up to the probe timeout); while any server is still being
         checked, the job asks to be advanced again at the next look's time.
         """
+        self._lb_cache = {}
+        draining = [
+            (sid, e["drain"])
+            for sid, e in job["outcomes"].items()
+            if e["outcome"] == "running" and (e.get("drain") or {}).get("state") in ("draining", "restoring")
+        ]
+        for sid, drain in draining:
+            self._drain_step(job, sid, drain)
         health = job.get("health")
         if not health:
-            return False
+            return bool(draining)
         now = self.store.clock()
         checking = {
             sid: e
@@ -456,7 +490,7 @@ class FleetRunner:
                     later.append(check["next"])
         if later and self.kick is not None:  # one kick per job: the deferred entry keeps the earliest
             self.kick(job["id"], max(0.0, min(later) - self.store.clock()))
-        return changed
+        return changed or bool(draining)
 
     def _blocked(self, job: dict[str, Any]) -> bool:
         """Look at the job's block URLs before a wave; while one blocks, start nothing and look again later.
@@ -562,7 +596,135 @@ class FleetRunner:
         return ok
 
     def _start_one(self, job: dict[str, Any], sid: int, lookups: Lookups | None = None) -> bool:
-        """Start one server's run and record the outcome; False when the budget says to try again later."""
+        """Start one server's run and record the outcome; False when the budget says to try again later.
+
+        A server to drain is first taken out of its load balancers; its run starts once that is done.
+        """
+        lbs = self._lbs(job, sid)
+        if lbs:
+            now = self.store.clock()
+            drain = {
+                "state": "draining",
+                "lbs": lbs,
+                "since": now,
+                "deadline": now + DRAIN_TIMEOUT,
+                "actions": None,
+            }
+            self.store.set_outcome(job["id"], sid, outcome="running", drain=drain)  # before the requests
+            return self._drain_step(job, sid, drain, lookups)
+        return self._submit_one(job, sid, lookups)
+
+    @staticmethod
+    def _lbs(job: dict[str, Any], sid: int) -> list[int]:
+        if not job.get("drain"):
+            return []
+        return next((list(s.get("lbs") or []) for s in job["servers"] if int(s["id"]) == sid), [])
+
+    def _drain_step(
+        self, job: dict[str, Any], sid: int, drain: dict[str, Any], lookups: Lookups | None = None
+    ) -> bool:
+        """Carry a server's drain one step on (every request safe to send again); True unless the budget
+        said to try again later."""
+        drainer, now = Drainer(self.client), self.store.clock()
+        state, lbs = drain["state"], drain["lbs"]
+        verb = "remove_target" if state == "draining" else "add_target"
+        if drain.get("actions") is None:  # not sent yet (or the sender died before it noted them)
+            actions, _ = safely(drainer.send, verb, lbs, sid)  # failed: sent again at the next pass
+            if actions is not None:
+                drain = {**drain, "actions": [int(a["id"]) for a in actions]}
+                self.store.set_outcome(job["id"], sid, drain=drain)
+        done, error = False, None
+        if drain.get("actions") is not None:
+            ended, _ = safely(drainer.finished, drain["actions"])
+            done, error = ended if ended is not None else (False, None)
+        if state == "draining":
+            if done and error is None:
+                self.store.set_outcome(job["id"], sid, drain={**drain, "state": "out"})
+                return self._submit_one(job, sid, lookups, drain={**drain, "state": "out"})
+            if error is not None or now >= drain["deadline"]:
+                why = error or f"not taken out of its load balancers within {DRAIN_TIMEOUT:.0f} s"
+                self._put_back(job, sid, drain, {"outcome": "failed", "reason": f"drain: {why}"})
+                return True
+        else:  # restoring: once back, wait until every load balancer says healthy
+            if done and error is None:
+                ok, detail = safely(drainer.healthy, lbs, sid, self._lb_cache)
+                healthy, said = ok if ok is not None else (False, detail)
+                if healthy:
+                    return self._back(job, sid, drain)
+                drain = {**drain, "last": said}
+                self.store.set_outcome(job["id"], sid, drain=drain)
+            if error is not None or now >= drain["deadline"]:
+                then = drain.get("then") or {}
+                reason = (
+                    f"NOT put back into load balancers {lbs} ({error}): add it by hand"
+                    if error is not None
+                    else f"load balancer not healthy within {DRAIN_TIMEOUT:.0f} s ({drain.get('last')})"
+                )
+                if then.get("outcome") == "failed":
+                    reason = f"{then.get('reason')}; {reason}"
+                self.store.set_outcome(
+                    job["id"], sid, outcome="failed", reason=reason, drain={**drain, "state": "back"}
+                )
+                return True
+        if self.kick is not None:
+            self.kick(job["id"], DRAIN_EVERY)
+        return True
+
+    def _put_back(self, job: dict[str, Any], sid: int, drain: dict[str, Any], then: dict[str, Any]) -> None:
+        """Start adding a server back to its load balancers; ``then`` is its outcome once it is back."""
+        now = self.store.clock()
+        back = {
+            **drain,
+            "state": "restoring",
+            "actions": None,
+            "since": now,
+            "deadline": now + DRAIN_TIMEOUT,
+            "then": then,
+        }
+        self.store.set_outcome(job["id"], sid, outcome="running", drain=back)
+        self._drain_step(job, sid, back)
+
+    def _put_back_now(
+        self, job: dict[str, Any], sid: int, drain: dict[str, Any], then: dict[str, Any]
+    ) -> None:
+        """Add a server back to its load balancers once, for a job that ended: no waiting for health."""
+        _, why = safely(Drainer(self.client).send, "add_target", drain["lbs"], sid)
+        note = (
+            "put back into its load balancers (not waited for: the job ended)"
+            if why is None
+            else f"NOT put back into load balancers {drain['lbs']} ({why}): add it by hand"
+        )
+        reason = "; ".join(r for r in (then.get("reason"), note) if r)
+        outcome = then.get("outcome") or "cancelled"
+        self.store.set_outcome(
+            job["id"], sid, outcome=outcome, reason=reason, drain={**drain, "state": "back"}
+        )
+
+    def _back(self, job: dict[str, Any], sid: int, drain: dict[str, Any]) -> bool:
+        """A server is back in its load balancers and healthy there: its health check, or its outcome."""
+        then = drain.get("then") or {"outcome": "succeeded"}
+        drain = {**drain, "state": "back", "back_at": self.store.clock()}
+        health = job.get("health")
+        if then["outcome"] == "succeeded" and health:
+            now = self.store.clock()
+            check = {"state": "checking", "since": now, "deadline": now + health["timeout"], "next": now}
+            self.store.set_outcome(job["id"], sid, drain=drain, health=check)
+            if self.kick is not None:
+                self.kick(job["id"], 0.0)
+            return True
+        extra = {"reason": then["reason"]} if then.get("reason") else {}
+        self.store.set_outcome(job["id"], sid, outcome=then["outcome"], drain=drain, **extra)
+        return True
+
+    def _submit_one(
+        self,
+        job: dict[str, Any],
+        sid: int,
+        lookups: Lookups | None = None,
+        drain: dict[str, Any] | None = None,
+    ) -> bool:
+        """Submit one server's run and record the outcome; a drained server refused is put back."""
+        final: dict[str, Any] | None = None
         try:
             answer = self.submit(
                 workflow=job["workflow"],
@@ -589,13 +751,15 @@ class FleetRunner:
                 if self.kick is not None:
                     self.kick(job["id"], ORPHAN_AFTER + 1.0)
             else:
-                self.store.set_outcome(
-                    job["id"], sid, outcome="skipped", reason=str(exc), busy_with=exc.run_id
-                )
+                final = {"outcome": "skipped", "reason": str(exc), "busy_with": exc.run_id}
         except BadInput as exc:
-            self.store.set_outcome(job["id"], sid, outcome="refused", reason=str(exc))
+            final = {"outcome": "refused", "reason": str(exc)}
         except HcloudFlowError as exc:
-            self.store.set_outcome(job["id"], sid, outcome="refused", reason=f"could not submit: {exc}")
+            final = {"outcome": "refused", "reason": f"could not submit: {exc}"}
+        if final is not None and drain is not None:
+            self._put_back(job, sid, drain, final)
+        elif final is not None:
+            self.store.set_outcome(job["id"], sid, **final)
         return True
 
     def _sweep(self, job: dict[str, Any]) -> bool:
@@ -656,6 +820,17 @@ class FleetRunner:
         if run.get("error"):
             entry["reason"] = run["error"].get("message")
         job = self.store.get(job_id)
+        sid = int(run["server_id"])
+        drain = (((job or {}).get("outcomes") or {}).get(sid) or {}).get("drain")
+        if job is not None and drain and drain.get("state") == "out":
+            then: dict[str, Any] = {k: entry[k] for k in ("outcome", "reason") if k in entry}
+            self.store.set_outcome(job_id, sid, run_id=run["id"], ended=now)
+            if job["state"] in JOB_FINAL:  # cancelled meanwhile: back in at once, not waited for
+                self._put_back_now(job, sid, drain, then)
+            else:
+                self._put_back(job, sid, drain, then)
+                self.advance(job_id)
+            return
         health = (job or {}).get("health")
         if health and run["state"] == "succeeded":
             # Not done yet: in flight (still counted against max_concurrency) until its health check says.
@@ -733,7 +908,11 @@ class FleetRunner:
         job_id = job["id"]
         self.store.set_state(job_id, "cancelled", reason)
         for sid, entry in job["outcomes"].items():
-            if entry["outcome"] == "running" and entry.get("health"):
+            drain = entry.get("drain") or {}
+            if entry["outcome"] == "running" and drain.get("state") in ("draining", "restoring"):
+                then = drain.get("then") or {"outcome": "cancelled", "reason": reason}
+                self._put_back_now(job, sid, drain, then)
+            elif entry["outcome"] == "running" and entry.get("health"):
                 why = f"{reason} during its health check (its run succeeded)"
                 self.store.set_outcome(job_id, sid, outcome="cancelled", reason=why)
             elif entry["outcome"] == "running":

@@ -83,6 +83,11 @@ class FleetSpec(BaseModel):
     notify: list[str] = Field(
         default_factory=list, description="webhook URLs told of the job's start and end"
     )
+    drain: bool = Field(
+        False,
+        description="take each server out of the load balancers that target it directly before its run, "
+        "put it back after, and wait until they report it healthy",
+    )
     block_on: list[str] = Field(
         default_factory=list,
         description="no new server starts while one of these URLs answers non-2xx or lists alerts",
@@ -175,7 +180,7 @@ class FleetSpec(BaseModel):
             raise BadInput(f"canary must be a whole number >= 0, not {value!r}", "canary")
         return value
 
-    @field_validator("approve_before_start", "approve_after_canary", mode="before")
+    @field_validator("approve_before_start", "approve_after_canary", "drain", mode="before")
     @classmethod
     def _flag(cls, value: Any, info: ValidationInfo) -> bool:
         if not isinstance(value, bool):

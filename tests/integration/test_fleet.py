@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 @pytest.fixture(scope="module")
 def cloud() -> Iterator[Any]:
-    c = start_cloud(servers=85, speed=20.0, seed=41, durations={"reset": 40.0})  # a reset takes 2 s
+    c = start_cloud(servers=90, speed=20.0, seed=41, durations={"reset": 40.0})  # a reset takes 2 s
     yield c
     c.stop()
 
@@ -348,3 +348,58 @@ def test_health_checks_decide_when_a_server_is_done(
     )
     assert {p.rsplit("/", 1)[1] for p in looks} == {s["name"] for s in done["servers"]}
     assert all(len(control.posts(sid, "reset")) == 1 for sid in ids), "a health check posts nothing"
+
+
+def lb_requests(control: Control, since: int) -> list[tuple[str, int | None, str]]:
+    """Return (what, server, when) of the drain's target requests and the servers' action POSTs, in order."""
+    out = []
+    for r in control.get("/requests", since=since)["requests"]:
+        if r["method"] != "POST" or r["status"] != 201:
+            continue
+        if r["path"].startswith("/load_balancers/"):
+            out.append((r["route"].rsplit("/", 1)[1], None, r["time"]))
+        elif r["server_id"] is not None:
+            out.append((r["route"].rsplit("/", 1)[1], r["server_id"], r["time"]))
+    return out
+
+
+def test_drain_takes_servers_out_of_their_load_balancer_and_back(
+    jobs: Jobs, control: Control, pool: Iterator[int]
+) -> None:
+    ids = take(pool, 3)
+    lb = control.send(
+        "POST",
+        "/load_balancers",
+        {"name": "lb-drain", "ports": [80, 443], "servers": ids[:2], "health_delay": 20},
+    )["load_balancer"]  # health checks take 1 s at speed 20 after a target is added
+    plan = jobs.plan("reboot", servers=ids, max_concurrency="1", max_errors="0")
+    assert plan["warnings"] and "load-balancer targets" in plan["warnings"][0], (
+        "a dry run without --drain warns"
+    )
+    plan = jobs.plan("reboot", servers=ids, max_concurrency="1", max_errors="0", drain=True)
+    assert [s["load_balancers"] for s in plan["servers"]] == [["lb-drain"], ["lb-drain"], []]
+    seq = control.get("/requests", since=0)["next"]
+    job = jobs.start("reboot", servers=ids, max_concurrency="1", max_errors="0", drain=True)
+    done = jobs.wait(job["id"], timeout=90, poll=0.3)
+    assert done["state"] == "succeeded", done
+    posts = [(what, sid) for what, sid, _ in lb_requests(control, seq)]
+    assert posts == [
+        ("remove_target", None), ("reboot", ids[0]), ("add_target", None),
+        ("remove_target", None), ("reboot", ids[1]), ("add_target", None),
+        ("reboot", ids[2]),
+    ], "out before its action, back after; the next server only once the first is healthy again"  # fmt: skip
+    lb_now = Api(control.url.replace("/_fakecloud", "/v1")).get(f"/load_balancers/{lb['id']}")[
+        "load_balancer"
+    ]
+    assert sorted(t["server"]["id"] for t in lb_now["targets"]) == sorted(ids[:2]), "both are back in"
+    assert all(done["outcomes"][sid]["drain"]["state"] == "back" for sid in ids[:2])
+
+
+def test_drain_refuses_label_selector_targets(jobs: Jobs, control: Control, pool: Iterator[int]) -> None:
+    ids = take(pool, 2)
+    control.send("PATCH", f"/servers/{ids[0]}", {"labels": {"role": "drainsel"}})
+    control.send("POST", "/load_balancers", {"name": "lb-selector", "selectors": ["role=drainsel"]})
+    before = len(control.posts())
+    with pytest.raises(BadInput, match=r"through the label selector 'role=drainsel'"):
+        jobs.start("reboot", servers=ids, max_concurrency="1", max_errors="0", drain=True)
+    assert len(control.posts()) == before

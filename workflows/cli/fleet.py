@@ -121,6 +121,11 @@ def unsucceeded(job: dict[str, Any]) -> list[str]:
     help="to stay healthy without a break",
 )
 @click.option(
+    "--drain",
+    is_flag=True,
+    help="take each server out of the load balancers that target it before its run; back in, healthy, after",
+)
+@click.option(
     "--block-on",
     multiple=True,
     metavar="URL",
@@ -147,6 +152,7 @@ def fleet_cmd(
     health_check: str | None,
     health_timeout: str,
     health_settle: str,
+    drain: bool,
     block_on: tuple[str, ...],
     dry_run: bool,
     wait: bool,
@@ -178,6 +184,7 @@ def fleet_cmd(
         "approve_after_canary": approve_after_canary,
         "approval_timeout": approval_timeout,
         "block_on": list(block_on),
+        "drain": drain,
         "health_check": health_check,
         "health_timeout": health_timeout,
         "health_settle": health_settle,
@@ -210,10 +217,17 @@ def _print_plan(plan: dict[str, Any], as_json: bool) -> None:
         click.echo(f"spread limits: at most {' and '.join(spread)} in flight")
     for gate in plan.get("gates") or []:
         click.echo(f"gate: {gate}")
+    for warning in plan.get("warnings") or []:
+        click.echo(f"hcloud-flow: warning: {warning}", err=True)
     if plan.get("blocked_now"):
         click.echo(f"now: {plan['blocked_now']} (the job would wait)")
     for s in plan["servers"]:
-        click.echo(f"  {s['name']:<20} {s['status']:<10} {' → '.join(s['steps'])}")
+        lbs = (
+            f"  [load balancers: {', '.join(map(str, s['load_balancers']))}]"
+            if s.get("load_balancers")
+            else ""
+        )
+        click.echo(f"  {s['name']:<20} {s['status']:<10} {' → '.join(s['steps'])}{lbs}")
     click.echo(
         f"API requests: about {plan['api_requests']} ({plan['share_of_hourly_budget']:.1%} of the hourly "
         f"budget of {plan['budget_limit_per_hour']}; {plan['budget_remaining']} left now)"

@@ -89,6 +89,11 @@ def _window_options(f: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--health-timeout", metavar="DURATION", help="to become healthy (add: 5m)"),
             click.option("--health-settle", metavar="DURATION", help="to stay healthy (add: 30s)"),
             click.option(
+                "--drain/--no-drain",
+                default=None,
+                help="take each server out of its load balancers during its run (add: no)",
+            ),
+            click.option(
                 "--block-on",
                 multiple=True,
                 metavar="URL",
@@ -134,6 +139,7 @@ def _given(name: str, workflow: str | None, options: dict[str, Any]) -> dict[str
         "health_check",
         "health_timeout",
         "health_settle",
+        "drain",
     ):
         if options.get(field) is not None:
             given[field] = options[field]

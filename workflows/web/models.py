@@ -44,6 +44,7 @@ class WindowPatch(BaseModel):
     canary: StrictInt | None = None
     notify: list[StrictStr] | None = None
     block_on: list[StrictStr] | None = None
+    drain: StrictBool | None = None
     health_check: StrictStr | None = None
     health_timeout: StrictStr | StrictInt | None = None
     health_settle: StrictStr | StrictInt | None = None

@@ -1,0 +1,102 @@
+"""Load-balancer drain: memberships and health (pure), and a cancelled job that puts its servers back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from workers.errors import APIError, BadInput
+from workflows.drain import Drainer, memberships, refuse_selector_targets, target_health
+from workflows.fleet import FleetRunner, JobStore
+
+from ..support.processes import RedisServer
+
+
+def lb(
+    lb_id: int, name: str, direct: list[int], selector: str | None = None, members: Any = ()
+) -> dict[str, Any]:
+    targets: list[dict[str, Any]] = [
+        {"type": "server", "server": {"id": s}, "health_status": [{"listen_port": 80, "status": "healthy"}]}
+        for s in direct
+    ]
+    if selector:
+        targets.append(
+            {"type": "label_selector", "label_selector": {"selector": selector},
+             "targets": [{"type": "server", "server": {"id": s}} for s in members]}
+        )  # fmt: skip
+    return {"id": lb_id, "name": name, "targets": targets}
+
+
+def test_memberships_and_refusal_of_selector_targets() -> None:
+    found = memberships([lb(1, "web", [1, 2]), lb(2, "api", [2], "role=api", [3])], {1, 2, 3, 4})
+    assert [m["name"] for m in found[2]] == ["web", "api"] and 4 not in found
+    assert found[3] == [{"lb": 2, "name": "api", "via": "label_selector", "selector": "role=api"}]
+    refuse_selector_targets({k: v for k, v in found.items() if k != 3}, {})
+    with pytest.raises(BadInput, match=r"srv-3 is a target of load balancer api through the label selector"):
+        refuse_selector_targets(found, {3: "srv-3"})
+
+
+def test_target_health_needs_every_port() -> None:
+    one = lb(1, "web", [7])
+    assert target_health(one, 7) == (True, "healthy on every port")
+    one["targets"][0]["health_status"] = [
+        {"listen_port": 80, "status": "healthy"},
+        {"listen_port": 443, "status": "unknown"},
+    ]
+    assert target_health(one, 7) == (False, "web: port 443 unknown")
+    assert target_health(one, 8) == (False, "web: not a target (yet)")
+
+
+class Client:
+    """The load-balancer calls of a drain; "already" answers for a target already out or in."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int, int]] = []
+        self.targets = {1: {10, 11}}
+
+    def load_balancer_target(self, lb_id: int, verb: str, server_id: int) -> dict[str, Any]:
+        self.calls.append((verb, lb_id, server_id))
+        present = server_id in self.targets[lb_id]
+        if verb == "remove_target" and not present:
+            raise APIError("load_balancer_target_not_found", "not a target", 422)
+        if verb == "add_target" and present:
+            raise APIError("target_already_defined", "already", 422)
+        (self.targets[lb_id].discard if verb == "remove_target" else self.targets[lb_id].add)(server_id)
+        return {"id": len(self.calls), "status": "success"}
+
+    def get_actions(self, ids: list[int]) -> list[dict[str, Any]]:
+        return [{"id": i, "status": "success"} for i in ids]
+
+
+def test_sending_again_is_safe() -> None:
+    client = Client()
+    drainer = Drainer(client)  # type: ignore[arg-type]
+    assert len(drainer.send("remove_target", [1], 10)) == 1
+    assert drainer.send("remove_target", [1], 10) == [], "already out: done, nothing new"
+    assert len(drainer.send("add_target", [1], 10)) == 1
+    assert drainer.send("add_target", [1], 10) == []
+
+
+def test_a_cancelled_job_puts_a_drained_server_back_at_once(redis_server: RedisServer) -> None:
+    store = JobStore(redis_server.client(), prefix="dr1")
+    client = Client()
+    runner = FleetRunner(
+        store, client, lambda **kw: {"run_id": f"run-{kw['server']}"}, lambda run_id, by: None,  # type: ignore[arg-type]
+        kick=lambda job_id, delay: None, fresh_for=0,
+    )  # fmt: skip
+    store.create(
+        {
+            "id": "j1", "workflow": "reboot", "selector": None, "params": {}, "created": 0.0,
+            "servers": [{"id": 10, "name": "a", "lbs": [1]}, {"id": 11, "name": "b", "lbs": [1]}],
+            "max_concurrency": 1, "max_errors": 0, "canary": 0, "limits": {}, "window": None, "drain": True,
+        }
+    )  # fmt: skip
+    runner.advance("j1")
+    assert client.calls == [("remove_target", 1, 10)] and client.targets[1] == {11}
+    assert store.get("j1")["outcomes"][10]["drain"]["state"] == "out"  # type: ignore[index]
+    runner.cancel("j1", "ops")
+    runner.on_run_ended({"id": "run-10", "job_id": "j1", "server_id": 10, "state": "cancelled"})
+    assert client.targets[1] == {10, 11}, "back in its load balancer though the job was cancelled"
+    entry = store.get("j1")["outcomes"][10]  # type: ignore[index]
+    assert entry["outcome"] == "cancelled" and "put back into its load balancers" in entry["reason"]
