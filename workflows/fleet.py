@@ -127,6 +127,7 @@ class JobStore:
         job["approved"] = {k[5:]: json.loads(v) for k, v in raw.items() if k.startswith("appr:")}
         job["approval"] = json.loads(raw["approval"]) if raw.get("approval") else None
         job["blocked"] = json.loads(raw["blocked"]) if raw.get("blocked") else None
+        job["told"] = sorted(k[5:] for k in raw if k.startswith("told:"))
         counts: dict[str, int] = {}
         for entry in job["outcomes"].values():
             counts[entry["outcome"]] = counts.get(entry["outcome"], 0) + 1
@@ -162,6 +163,13 @@ class JobStore:
             mapping={"approval": json.dumps(known), "state": "awaiting_approval", "reason": reason},
         )
         return dict(known)
+
+    def note_told(self, job_id: str, event: str, reason: str | None) -> None:
+        """Record that ``event`` was told of this job (so it is told once); a reason is also the job's
+        ``reason`` from now on (why it stopped starting servers, while its last runs finish)."""
+        self.redis.hset(self.key(job_id), f"told:{event}", json.dumps({"at": self.clock(), "reason": reason}))
+        if reason:
+            self.redis.hset(self.key(job_id), "reason", reason)
 
     def set_blocked(self, job_id: str, blocked: dict[str, Any] | None) -> None:
         """Record why no new server starts now (a block URL's answer), or that nothing blocks any more."""
@@ -275,6 +283,9 @@ class FleetRunner:
         }
         self.store.create(meta)
         self._tell("job.started", job_id)
+        if window and window.get("ends_at") and self.kick is not None:
+            # Woken at the window's end: a job still running then is told of as "window.overran".
+            self.kick(job_id, max(0.0, float(window["ends_at"]) - self.store.clock()) + 0.5)
         # The first wave starts now, on the server objects the plan just read: no second listing.
         self.advance(job_id, Lookups(servers={int(s["id"]): s for s in plan["servers"]}))
         job = self.store.get(job_id)
@@ -391,6 +402,7 @@ class FleetRunner:
                 swept = True
                 if self._sweep(job) | self._check_health(job):
                     continue  # outcomes changed: decide on the fresh record
+            self._note_stops(job)
             d = self._decide(job)
             if d.state == "awaiting_approval":
                 self._await_approval(job, d)
@@ -513,6 +525,30 @@ class FleetRunner:
         if self.kick is not None:
             self.kick(job["id"], self.recheck)
         return True
+
+    def _note_stops(self, job: dict[str, Any]) -> None:
+        """Tell, once each, that the error threshold stopped new starts and that a window's end passed
+        with the job still running (fields ``told:<event>`` keep it to once)."""
+        d = self._decide(job)
+        told = job.get("told") or []
+        if d.stopped_by in ("threshold", "canary") and "job.threshold_reached" not in told:
+            self.store.note_told(job["id"], "job.threshold_reached", d.reason)
+            self._tell("job.threshold_reached", job["id"])
+        window = job.get("window") or {}
+        ends_at = window.get("ends_at")
+        if ends_at and self.store.clock() > float(ends_at) and "window.overran" not in told:
+            self.store.note_told(job["id"], "window.overran", None)
+            running = sum(1 for e in job["outcomes"].values() if e["outcome"] == "running")
+            if self.on_event is not None:
+                subject = {
+                    "name": window.get("name"), "local": window.get("started_at"), "outcome": "overran",
+                    "reason": f"job {job['id']} still had {running} server(s) in flight at the window's end",
+                    "job_id": job["id"], "notify": job.get("notify") or [],
+                }  # fmt: skip
+                try:
+                    self.on_event("window.overran", subject)
+                except Exception:  # telling must never stop the job
+                    log.exception("fleet job %s: could not send window.overran", job["id"])
 
     def _await_approval(self, job: dict[str, Any], d: Decision) -> None:
         """Hold the job at an approval gate until approved, rejected, or its deadline (then it cancels)."""

@@ -107,6 +107,7 @@ class Decision:
     reason: str | None = None
     not_started: tuple[int, ...] = ()
     gate: str | None = None  # with "awaiting_approval": which gate of GATES
+    stopped_by: str | None = None  # what stopped new starts: "threshold", "canary" or "cutoff"
 
 
 @dataclass(frozen=True)
@@ -166,18 +167,19 @@ def decide(
     pending = [s for s in order if s not in outcomes]
     attempted = [s for s in order if outcomes.get(s) not in (None, "skipped")]
     canaries = attempted[:canary]
-    stop_reason = None
+    stop_reason = stopped_by = None
     if errors > max_errors:
-        stop_reason = f"{errors} errors exceed --max-errors {max_errors}"
+        stop_reason, stopped_by = f"{errors} errors exceed --max-errors {max_errors}", "threshold"
     elif canary and any(outcomes.get(s) in ERROR_OUTCOMES for s in canaries):
-        stop_reason = "a canary failed"
+        stop_reason, stopped_by = "a canary failed", "canary"
     elif cutoff_passed and pending:
-        stop_reason = "the maintenance window's cutoff passed"
+        stop_reason, stopped_by = "the maintenance window's cutoff passed", "cutoff"
     if stop_reason is not None:
         if running:
-            return Decision((), "running", stop_reason)
-        failed = errors > max_errors or stop_reason == "a canary failed"
-        return Decision((), _final(order, outcomes, failed), stop_reason, tuple(pending))
+            return Decision((), "running", stop_reason, stopped_by=stopped_by)
+        failed = stopped_by in ("threshold", "canary")
+        final = _final(order, outcomes, failed)
+        return Decision((), final, stop_reason, tuple(pending), stopped_by=stopped_by)
     if "before_start" in closed and pending and not attempted and not running:
         return Decision((), "awaiting_approval", GATES["before_start"][1], gate="before_start")
     canary_done = len(canaries) == canary > 0 and all(outcomes.get(s) != "running" for s in canaries)

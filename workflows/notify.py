@@ -1,9 +1,10 @@
 """Webhook notifications: what happened, told to the URLs a run, job or window names and to the global ones.
 
 Events (``event`` in the body): ``run.started``, ``run.ended``, ``job.started``, ``job.awaiting_approval``,
-``job.ended``, ``window.fired``, ``window.skipped``. Each is delivered by its own ``hcloud_flow.notify`` task,
-so a slow or failing receiver holds no step back; a delivery is tried at most ``ATTEMPTS`` times with growing
-pauses, and every attempt is logged (``hf:notify:EVENT_ID``, kept as long as run records).
+``job.threshold_reached``, ``job.ended``, ``window.fired``, ``window.skipped``, ``window.overran``. Each is
+delivered by its own ``hcloud_flow.notify`` task, so a slow or failing receiver holds no step back; a delivery
+is tried at most ``ATTEMPTS`` times with growing pauses, and every attempt is logged (``hf:notify:EVENT_ID``,
+kept as long as run records).
 
 The body is JSON; a URL written ``slack+https://…`` gets Slack's ``{"text": …}`` instead. With
 ``HCLOUD_FLOW_WEBHOOK_SECRET`` set, each request carries ``X-Hcloud-Flow-Signature: sha256=<hex HMAC-SHA256
@@ -41,9 +42,11 @@ EVENTS = (
     "run.ended",
     "job.started",
     "job.awaiting_approval",
+    "job.threshold_reached",
     "job.ended",
     "window.fired",
     "window.skipped",
+    "window.overran",
 )
 ATTEMPTS = 5
 MAX_URLS = 10

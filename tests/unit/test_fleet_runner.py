@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from workers.errors import BadInput, RateBudgetExhausted, ServerBusy
@@ -211,3 +212,33 @@ def test_an_image_larger_than_a_servers_disk_refuses_the_whole_job_before_it_sta
     with pytest.raises(BadInput, match=r"too small: s1 \(40 GB\), s3 \(40 GB\)"):
         FleetRunner._preflight({"image": image}, servers)
     FleetRunner._preflight({"image": None}, servers)  # no image: nothing to fit
+
+
+def test_the_threshold_and_a_windows_end_are_told_once(redis_server: RedisServer) -> None:
+    now = [1000.0]
+    store = JobStore(redis_server.client(), prefix="fr9", clock=lambda: now[0])
+    events: list[tuple[str, Any]] = []
+    runner = FleetRunner(
+        store, None, lambda **kw: {"run_id": f"run-{kw['server']}"}, lambda run_id, by: None,  # type: ignore[arg-type]
+        kick=lambda j, c: None, fresh_for=0,
+        on_event=lambda event, subject: events.append((event, subject.get("reason") or subject.get("state"))),
+    )  # fmt: skip
+    job(store, "j9", [1, 2, 3, 4], window=2)
+    store.redis.hset(
+        store.key("j9"), "meta",
+        json.dumps({**json.loads(store.redis.hget(store.key("j9"), "meta")), "window": {
+            "name": "nightly", "started_at": 900.0, "cutoff_at": 1100.0, "ends_at": 1200.0}}),
+    )  # fmt: skip
+    runner.advance("j9")
+    runner.on_run_ended({"id": "run-1", "job_id": "j9", "server_id": 1, "state": "failed"})
+    runner.advance("j9")
+    told = [e for e, _ in events]
+    assert (
+        told.count("job.threshold_reached") == 1
+        and ("job.threshold_reached", "1 errors exceed --max-errors 0") in events
+    )
+    now[0] = 1201.0
+    runner.advance("j9")
+    runner.advance("j9")
+    overran = [reason for e, reason in events if e == "window.overran"]
+    assert overran == ["job j9 still had 1 server(s) in flight at the window's end"]
