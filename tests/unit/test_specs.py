@@ -96,7 +96,7 @@ def test_the_schema_says_what_each_field_takes() -> None:
     schema = FleetSpec.model_json_schema()
     assert set(schema["properties"]) == {
         "workflow", "selector", "servers", "params", "max_concurrency", "max_errors", "canary", "notify",
-        "approve_before_start", "approve_after_canary", "approval_timeout", "block_on",
+        "approve_before_start", "approve_after_canary", "approval_timeout", "block_on", "drain",
         "max_per_placement_group", "max_per_location", "health_check", "health_timeout", "health_settle",
     }  # fmt: skip
     assert schema["required"] == ["workflow"] and schema["additionalProperties"] is False
