@@ -9,7 +9,7 @@ from workers.server_actions import ACTIONS
 
 from .build import plan_steps
 from .definitions import WORKFLOWS
-from .fleet_plan import GATES, estimate
+from .fleet_plan import GATES, estimate, waves_needed
 from .gates import first_block
 
 __all__ = ["describe"]
@@ -62,6 +62,19 @@ def describe(plan: dict[str, Any], engine: Engine) -> dict[str, Any]:
         remaining=remaining,
         limit=limit,
         refill_per_second=refill or limit / 3600,
+        waves=waves_needed(
+            [
+                {
+                    "placement_group": (s.get("placement_group") or {}).get("id"),
+                    "location": (s.get("location") or {}).get("name"),
+                }
+                for s in plan["servers"]
+            ],
+            plan["max_concurrency"],
+            plan["canary"],
+            plan["max_per_placement_group"],
+            plan["max_per_location"],
+        ),
     )
     return {
         "workflow": wf.name,

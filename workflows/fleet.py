@@ -156,13 +156,14 @@ class JobStore:
         deadline."""
         old = self.redis.hget(self.key(job_id), "approval")
         known = json.loads(old) if old else None
-        if known is None or known.get("gate") != gate:
+        new = known is None or known.get("gate") != gate
+        if new:
             known = {"gate": gate, "since": self.clock(), "deadline": deadline}
         self.redis.hset(
             self.key(job_id),
             mapping={"approval": json.dumps(known), "state": "awaiting_approval", "reason": reason},
         )
-        return dict(known)
+        return {**known, "new": new}  # type: ignore[dict-item]
 
     def note_told(self, job_id: str, event: str, reason: str | None) -> None:
         """Record that ``event`` was told of this job (so it is told once); a reason is also the job's
@@ -393,7 +394,8 @@ class FleetRunner:
         swept = False
         while True:
             job = self.store.get(job_id)
-            if job is not None and job["state"] == "awaiting_approval":
+            # At a gate, or paused at one: the gate's deadline holds either way.
+            if job is not None and job.get("approval") and job["state"] in ("awaiting_approval", "paused"):
                 self._expire_approval(job)
                 return
             if job is None or job["state"] != "running":
@@ -483,12 +485,15 @@ class FleetRunner:
         later = [e["health"]["next"] for sid, e in checking.items() if sid not in due]
         if due:
             urls = {sid: health_url(health["check"], servers[sid]) for sid in due}
+
+            def timed(url: str) -> tuple[bool, str, float]:
+                healthy, detail = self.look(url)
+                return healthy, detail, self.store.clock()  # when this look answered, not the round
+
             with cf.ThreadPoolExecutor(max_workers=min(16, len(due))) as pool:
-                looks = dict(zip(urls, pool.map(self.look, urls.values()), strict=True))
-            for sid, (healthy, detail) in looks.items():
-                check = health_verdict(
-                    due[sid]["health"], healthy, detail, self.store.clock(), health["settle"]
-                )
+                looks = dict(zip(urls, pool.map(timed, urls.values()), strict=True))
+            for sid, (healthy, detail, at) in looks.items():
+                check = health_verdict(due[sid]["health"], healthy, detail, at, health["settle"])
                 if check["state"] == "healthy":
                     self.store.set_outcome(job["id"], sid, outcome="succeeded", health=check)
                     changed = True
@@ -562,7 +567,7 @@ class FleetRunner:
         log.info("fleet job %s awaiting %s until %.0f", job["id"], d.reason, held["deadline"])
         if self.kick is not None:  # an advance at the deadline cancels the job if nobody answered
             self.kick(job["id"], max(0.0, held["deadline"] - now) + 0.5)
-        if held["since"] == now:
+        if held["new"]:  # told once per gate, not again after a pause and resume
             self._tell("job.awaiting_approval", job["id"])
 
     def _expire_approval(self, job: dict[str, Any]) -> None:
@@ -573,8 +578,9 @@ class FleetRunner:
             if self.kick is not None and deadline != float("inf"):
                 self.kick(job["id"], deadline - self.store.clock() + 0.5)
             return
-        waited = self.store.clock() - float(approval.get("since", self.store.clock()))
-        self._end_cancelled(job, f"no approval within {waited:.0f} s ({job.get('reason') or 'approval'})")
+        allowed = deadline - float(approval.get("since", deadline))
+        gate = GATES.get(str(approval.get("gate")), ("", "approval"))[1]
+        self._end_cancelled(job, f"no approval within {allowed:.0f} s ({gate})")
 
     def _wave_lookups(self, job: dict[str, Any], start: tuple[int, ...]) -> Lookups:
         """Return the wave's server objects read at most ``fresh_for`` seconds ago, 50 a request.
@@ -961,6 +967,10 @@ class FleetRunner:
 
     def _awaiting(self, job_id: str, verb: str) -> dict[str, Any]:
         job = self._active(job_id, verb)
+        if job["state"] == "paused" and job.get("approval"):
+            raise BadInput(
+                f"job {job_id} is paused at its approval gate: resume it first, then {verb}", "job_id"
+            )
         if job["state"] != "awaiting_approval":
             state = job["state"]
             raise BadInput(f"job {job_id} is {state}, not awaiting approval; nothing to {verb}", "job_id")

@@ -209,6 +209,27 @@ def _final(order: list[int], outcomes: dict[int, str], failed: bool) -> str:
     return "completed_with_failures"
 
 
+def waves_needed(
+    servers: list[dict[str, Any]], window: int, canary: int, per_group: int | None, per_location: int | None
+) -> int:
+    """Return the least number of waves a job takes: its window, a canary wave of its own, and each spread
+    limit (a placement group of 6 at 1 at a time is 6 waves, whatever the window)."""
+    n = len(servers)
+    waves = (
+        (1 + math.ceil(max(0, n - canary) / max(1, window)))
+        if canary and n > canary
+        else math.ceil(n / max(1, window))
+    )
+    for key, limit in (("placement_group", per_group), ("location", per_location)):
+        if limit:
+            sizes: dict[Any, int] = {}
+            for s in servers:
+                if s.get(key) is not None:
+                    sizes[s[key]] = sizes.get(s[key], 0) + 1
+            waves = max(waves, *(math.ceil(v / limit) for v in sizes.values()), 0)
+    return waves
+
+
 def estimate(
     servers: int,
     steps_per_server: float,
@@ -218,6 +239,7 @@ def estimate(
     remaining: float,
     limit: float,
     refill_per_second: float,
+    waves: int | None = None,
 ) -> dict[str, Any]:
     """Return the dry run's figures: API requests the job will spend and how long it should take.
 
@@ -225,7 +247,7 @@ def estimate(
     bench/polling.py: 1.2 requests per action all told), and 2 for the submit-time checks.
     """
     requests_total = servers * (steps_per_server * 1.3 + 2)
-    waves = math.ceil(servers / max(1, window))
+    waves = max(waves or 0, math.ceil(servers / max(1, window)))
     by_actions = waves * step_seconds
     deficit = max(0.0, requests_total - remaining)
     by_budget = deficit / refill_per_second if refill_per_second > 0 else 0.0

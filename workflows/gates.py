@@ -13,8 +13,10 @@ counts as a list of alerts, by the shape of the JSON answer:
   query string, e.g. ``?silenced=false&inhibited=false&active=true``).
 - Prometheus ``/api/v1/query?query=ALERTS{alertstate="firing"}`` (or any query): ``data.result``; a
   non-empty vector blocks.
-- Alertmanager's older ``/api/v1/alerts``: ``data`` as a list.
-- Anything else that is a 2xx: not blocking (a health endpoint answering ``ok``).
+- Alertmanager's older ``/api/v1/alerts``: ``data`` as a list; Prometheus' ``/api/v1/alerts``:
+  ``data.alerts``.
+- Anything else blocks, 2xx or not: an answer we cannot read as a list of alerts (an HTML login page, an
+  empty body, one over 1 MiB) is not an all-clear.
 
 The rule is a pure function of the answer (``blocking_reason``); ``first_block`` asks each URL in turn.
 """
@@ -22,6 +24,7 @@ The rule is a pure function of the answer (``blocking_reason``); ``first_block``
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +32,9 @@ import requests
 
 __all__ = [
     "HEALTH_EVERY",
+    "MAX_BODY",
     "PROBE_TIMEOUT",
+    "TOO_BIG",
     "Probe",
     "blocking_reason",
     "check_template",
@@ -37,19 +42,25 @@ __all__ = [
     "health_url",
     "health_verdict",
     "http_probe",
+    "looks_needed",
     "probe_health",
 ]
 
 PROBE_TIMEOUT = 5.0  # seconds for one look at a block URL; no answer in time blocks
+MAX_BODY = 1 << 20  # bytes of a block URL's answer read at most; a longer one blocks
+TOO_BIG = "\x00too big"  # what http_probe hands back for an answer over MAX_BODY
 # What a look at a URL found: the HTTP status (None: no answer, with why in the text) and the body.
 Probe = Callable[[str], tuple[int | None, str]]
 
 
 def http_probe(url: str) -> tuple[int | None, str]:
-    """GET ``url``; return its status and at most 1 MiB of its body, or (None, why) without an answer."""
+    """GET ``url``; return its status and body, or (None, why) without an answer. A body over
+    ``MAX_BODY`` is not read: it comes back as ``TOO_BIG``, which blocks (a list cut short is unreadable)."""
     try:
         with requests.get(url, timeout=PROBE_TIMEOUT, stream=True, allow_redirects=False) as resp:
-            body = resp.raw.read(1 << 20, decode_content=True) or b""
+            body = resp.raw.read(MAX_BODY + 1, decode_content=True) or b""
+            if len(body) > MAX_BODY:
+                return resp.status_code, TOO_BIG
             return resp.status_code, body.decode("utf-8", "replace")
     except requests.RequestException as exc:
         return None, type(exc).__name__
@@ -63,8 +74,10 @@ def _alerts(answer: Any) -> list[Any] | None:
         data = answer.get("data")
         if isinstance(data, list):
             return data
-        if isinstance(data, dict) and isinstance(data.get("result"), list):
-            return data["result"]
+        if isinstance(data, dict):
+            for key in ("result", "alerts"):  # a Prometheus query, Prometheus' own /api/v1/alerts
+                if isinstance(data.get(key), list):
+                    return data[key]
     return None
 
 
@@ -81,10 +94,15 @@ def blocking_reason(status: int | None, body: str) -> str | None:
         return f"no answer ({body})"
     if not 200 <= status < 300:
         return f"answered HTTP {status}"
+    if body == TOO_BIG:
+        return f"answer over {MAX_BODY >> 20} MiB: not read"
     try:
         alerts = _alerts(json.loads(body))
     except ValueError:
-        return None  # a 2xx that is not JSON: a plain health endpoint
+        alerts = None
+    if alerts is None:
+        # An answer we cannot read as alerts (an HTML login page, an empty body) is not an all-clear.
+        return f"answer is not a list of alerts (HTTP {status}, {len(body)} bytes)"
     if not alerts:
         return None
     names = sorted({n for n in map(_name, alerts) if n})
@@ -117,33 +135,39 @@ def check_template(template: Any) -> str:
 
     from workers.errors import BadInput
 
+    from .notify import url_problem
+
     if not isinstance(template, str) or not template.isprintable() or not 0 < len(template) <= 2048:
         raise BadInput(
             "health_check must be a URL template of at most 2048 printable characters", "health_check"
         )
     try:
-        names = {name for _, name, spec, conv in Formatter().parse(template) if name is not None}
+        fields = [
+            (name, spec, conv) for _, name, spec, conv in Formatter().parse(template) if name is not None
+        ]
     except ValueError as exc:
         raise BadInput(
             f"health_check {template[:80]!r} is not a valid template: {exc}", "health_check"
         ) from None
-    unknown = sorted(names - set(_PLACES))
+    unknown = sorted({name for name, _, _ in fields} - set(_PLACES))
     if unknown:
         raise BadInput(
             f"health_check may name {{ipv4}}, {{name}} and {{id}}, not {{{unknown[0]}}}", "health_check"
         )
-    sample = urlsplit(template.format(ipv4="192.0.2.1", name="srv", id=1))
+    if any(spec or conv for _, spec, conv in fields):
+        raise BadInput(
+            "health_check takes {ipv4}, {name} and {id} as they are, without :spec or !r", "health_check"
+        )
+    # Filled in as a real server would fill it (ids run to eight digits and more, names to 63 characters).
+    sample = urlsplit(template.format(ipv4="192.0.2.1", name="s" * 63, id=123456789))
     if sample.scheme not in ("http", "https", "tcp") or not sample.hostname:
         raise BadInput(
             "health_check must look like http://{ipv4}:8080/healthz or tcp://{ipv4}:22", "health_check"
         )
-    if sample.username or sample.password:
-        raise BadInput("health_check carries credentials, which would be stored", "health_check")
-    try:
-        port = sample.port
-    except ValueError:
-        port = None
-    if sample.scheme == "tcp" and port is None:
+    problem = url_problem(sample)
+    if problem is not None:
+        raise BadInput(f"health_check {problem} (with a server's values filled in)", "health_check")
+    if sample.scheme == "tcp" and sample.port is None:
         raise BadInput("a tcp:// health check needs a port, e.g. tcp://{ipv4}:22", "health_check")
     return template
 
@@ -173,16 +197,30 @@ def probe_health(url: str) -> tuple[bool, str]:
     return 200 <= resp.status_code < 300, f"HTTP {resp.status_code}"
 
 
+def looks_needed(settle: float) -> int:
+    """Return how many healthy looks in a row a settle period needs: one per ``HEALTH_EVERY`` seconds of
+    it and one more (at least two), so that looks delayed by a slow probe cannot pass a flapping server on
+    two looks far apart."""
+    return 1 if settle <= 0 else max(2, math.ceil(settle / HEALTH_EVERY) + 1)
+
+
 def health_verdict(
     check: dict[str, Any], healthy: bool, detail: str, now: float, settle: float
 ) -> dict[str, Any]:
-    """Return a server's health check after one look: ``state`` stays "checking" until the server has been
-    healthy for ``settle`` seconds ("healthy"), or its deadline passes first ("unhealthy"). A failed look
-    starts the settle period over."""
+    """Return a server's health check after one look taken at ``now``: ``state`` stays "checking" until the
+    server has been healthy for ``settle`` seconds and ``looks_needed`` looks in a row ("healthy"), or its
+    deadline passes first ("unhealthy"). A failed look starts the settle period over."""
     since = check.get("healthy_since")
     since = (since if since is not None else now) if healthy else None
-    out = {**check, "healthy_since": since, "last": detail, "looks": int(check.get("looks", 0)) + 1}
-    if since is not None and now - since >= settle:
+    streak = int(check.get("streak", 0)) + 1 if healthy else 0
+    out = {
+        **check,
+        "healthy_since": since,
+        "streak": streak,
+        "last": detail,
+        "looks": int(check.get("looks", 0)) + 1,
+    }
+    if since is not None and now - since >= settle and streak >= looks_needed(settle):
         return {**out, "state": "healthy"}
     if now >= check["deadline"]:
         return {**out, "state": "unhealthy"}

@@ -17,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 from workers.errors import BadInput
 
@@ -53,6 +54,29 @@ MAX_URLS = 10
 _SLACK = "slack+"
 
 
+# Query keys that carry a credential: a URL holding one would be stored in plain text in the record that
+# names it (a run, job or window), and shown to every viewer of it.
+_SECRET_KEY = re.compile(
+    r"(token|secret|passw|pwd|api[-_]?key|apikey|auth|signature|\bsig\b|access[-_]?key)", re.I
+)
+
+
+def url_problem(parts: SplitResult) -> str | None:
+    """Return what makes a URL unfit to keep (without repeating any secret in it), or None."""
+    if parts.username or parts.password:
+        return "carries credentials (user:password@), which would be stored in plain text"
+    secrets = sorted({k for k, _ in parse_qsl(parts.query, keep_blank_values=True) if _SECRET_KEY.search(k)})
+    if secrets:
+        return (
+            f"carries a credential in its query ({', '.join(secrets)}), which would be stored in plain text"
+        )
+    try:
+        parts.port  # noqa: B018 - raises for a port out of range
+    except ValueError:
+        return "has a port out of 1-65535"
+    return None
+
+
 def check_urls(urls: Any, field: str = "notify", *, slack: bool = True) -> list[str]:
     """Return URLs fit to keep, or refuse: http(s) (or slack+https when ``slack``), a host, no credentials,
     at most 2048 characters, at most ``MAX_URLS``."""
@@ -72,8 +96,10 @@ def check_urls(urls: Any, field: str = "notify", *, slack: bool = True) -> list[
         if parts.scheme not in ("http", "https") or not parts.hostname:
             hint = " (slack+https://… for Slack)" if slack else ""
             raise BadInput(f"{field}: {url[:80]!r} is not an http(s) URL{hint}", field)
-        if parts.username or parts.password:
-            raise BadInput(f"{field}: {url[:80]!r} carries credentials, which would be stored", field)
+        problem = url_problem(parts)
+        if problem is not None:
+            shown = f"{parts.scheme}://{parts.hostname}"  # never the rest: it may hold the secret
+            raise BadInput(f"{field}: the URL to {shown} {problem}", field)
         out.append(url)
     return out
 

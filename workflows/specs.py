@@ -183,6 +183,8 @@ class FleetSpec(BaseModel):
     @field_validator("approve_before_start", "approve_after_canary", "drain", mode="before")
     @classmethod
     def _flag(cls, value: Any, info: ValidationInfo) -> bool:
+        if value is None:  # JSON null: not set
+            return False
         if not isinstance(value, bool):
             raise BadInput(f"{info.field_name} must be true or false, not {value!r}", str(info.field_name))
         return value
@@ -194,7 +196,8 @@ class FleetSpec(BaseModel):
             return None
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 100_000:
             raise BadInput(
-                f"{info.field_name} must be a whole number from 1, not {value!r}", str(info.field_name)
+                f"{info.field_name} must be a whole number from 1 to 100000, not {value!r}",
+                str(info.field_name),
             )
         return value
 
@@ -232,8 +235,30 @@ class FleetSpec(BaseModel):
     def _whole(self) -> FleetSpec:
         if (self.selector is None) == (self.servers is None):
             raise BadInput("give exactly one of selector or servers", "selector")
+        # A setting of a feature not asked for is a mistake to say, not to drop (a stored window holds every
+        # field with its default, so only a value other than the default counts as given).
+        defaults = {k: f.default for k, f in type(self).model_fields.items()}
+        given = {
+            k
+            for k in ("health_timeout", "health_settle", "approval_timeout")
+            if getattr(self, k) != defaults[k]
+        }
+        if self.health_check is None and given & {"health_timeout", "health_settle"}:
+            raise BadInput(
+                "health_timeout and health_settle go with health_check (--health-check URL)", "health_check"
+            )
         if self.health_check is not None and self.health_settle >= self.health_timeout:
-            raise BadInput("health_settle must be shorter than health_timeout", "health_settle")
+            raise BadInput(
+                f"health_settle ({self.health_settle} s) must be shorter than health_timeout "
+                f"({self.health_timeout} s)",
+                "health_settle",
+            )
+        if "approval_timeout" in given and not (self.approve_before_start or self.approve_after_canary):
+            raise BadInput(
+                "approval_timeout goes with an approval gate "
+                "(--approve-before-start or --approve-after-canary)",
+                "approval_timeout",
+            )
         if self.approve_after_canary and not self.canary:
             raise BadInput("approve_after_canary needs a canary wave: give canary N (1 or more)", "canary")
         # The workflow's own parameter model (from its table); defaults filled in, unset ones dropped.

@@ -9,7 +9,7 @@ import pytest
 
 from workers.errors import BadInput
 from workflows.fleet import FleetRunner, JobStore
-from workflows.gates import blocking_reason, first_block
+from workflows.gates import TOO_BIG, blocking_reason, first_block
 from workflows.specs import FleetSpec, checked
 
 from ..support.processes import RedisServer
@@ -29,9 +29,13 @@ FIRING = {"labels": {"alertname": "HighLoad"}, "status": {"state": "active"}}
             "1 alert firing (DiskFull)",
         ),
         (200, json.dumps({"status": "success", "data": [FIRING]}), "1 alert firing (HighLoad)"),
-        (200, "ok", None),  # a plain health endpoint
-        (200, json.dumps({"healthy": True}), None),
-        (204, "", None),
+        (200, json.dumps({"status": "success", "data": {"alerts": [FIRING]}}), "1 alert firing (HighLoad)"),
+        (200, json.dumps({"status": "success", "data": {"alerts": []}}), None),  # Prometheus /api/v1/alerts
+        # What cannot be read as a list of alerts is not an all-clear.
+        (200, "<html>log in</html>", "answer is not a list of alerts (HTTP 200, 19 bytes)"),
+        (200, json.dumps({"healthy": True}), "answer is not a list of alerts (HTTP 200, 17 bytes)"),
+        (204, "", "answer is not a list of alerts (HTTP 204, 0 bytes)"),
+        (200, TOO_BIG, "answer over 1 MiB: not read"),
         (503, "[]", "answered HTTP 503"),
         (302, "", "answered HTTP 302"),  # a redirect (to a login page, say) is not an all-clear
         (None, "ConnectTimeout", "no answer (ConnectTimeout)"),

@@ -146,7 +146,7 @@ def test_no_answer_by_the_deadline_cancels_the_job(redis_server: RedisServer) ->
     runner.advance("j3")
     done = store.get("j3")
     assert done is not None and done["state"] == "cancelled"
-    assert done["reason"].startswith("no approval within 600 s")
+    assert done["reason"] == "no approval within 600 s (approval before the first server starts)"
     assert set(states(store, "j3").values()) == {"not_started"}
 
 
@@ -160,6 +160,14 @@ def test_a_pause_at_the_gate_keeps_its_deadline(redis_server: RedisServer) -> No
     held = store.get("j4")
     assert held is not None and held["state"] == "awaiting_approval"
     assert held["approval"]["deadline"] == 1600.0, "pausing does not buy time"
+    runner.control("j4", "pause", "ops")
+    with pytest.raises(BadInput, match="paused at its approval gate: resume it first"):
+        runner.control("j4", "approve", "ops")
+    clock.now = 1600.5
+    runner.advance("j4")  # the deadline's kick finds it paused: the deadline holds all the same
+    done = store.get("j4")
+    assert done is not None and done["state"] == "cancelled"
+    assert done["reason"] == "no approval within 600 s (approval before the first server starts)"
 
 
 def test_a_windows_job_waits_no_later_than_its_cutoff(redis_server: RedisServer) -> None:
@@ -173,3 +181,20 @@ def test_every_control_verb_is_a_method_of_the_runner() -> None:
     assert all(callable(getattr(FleetRunner, verb, None)) for verb in JOB_CONTROLS)
     with pytest.raises(BadInput, match="verb must be one of"):
         FleetRunner.control(None, "j", "explode")  # type: ignore[arg-type]
+
+
+def test_awaiting_approval_is_told_once_with_a_clock_that_moves(redis_server: RedisServer) -> None:
+    """Every read of a real clock differs: the gate must not be told by comparing two of them."""
+    runner, store, _, seen = runner_on(redis_server, "ap6")
+
+    class Moving(Clock):
+        def __call__(self) -> float:
+            self.now += 0.001
+            return self.now
+
+    store.clock = Moving()
+    job(store, "j6", ["before_start"], canary=0)
+    runner.advance("j6")
+    runner.control("j6", "pause", "ops")
+    runner.control("j6", "resume", "ops")
+    assert [e for e, _ in seen["events"]].count("job.awaiting_approval") == 1

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from workers.errors import BadInput
 from workflows.fleet import FleetRunner, JobStore
-from workflows.gates import check_template, health_url, health_verdict
+from workflows.gates import check_template, health_url, health_verdict, looks_needed
 from workflows.specs import FleetSpec, checked
 
 from ..support.processes import RedisServer
@@ -17,7 +19,11 @@ from ..support.processes import RedisServer
     [
         ("", "at most 2048"),
         ("http://{ipv4}:8080/{token}", r"not \{token\}"),
-        ("http://{ipv4:>10}/x", None),  # a format spec is the template's business; the name is known
+        ("http://{ipv4:>10}/x", "without :spec"),
+        ("http://{name!r}/x", "without :spec"),
+        ("http://127.0.0.1:{id}/", "port out of 1-65535"),  # ids are far above 65535
+        ("tcp://127.0.0.1:99999", "port out of 1-65535"),
+        ("http://{ipv4}/h?token=abc", "credential in its query"),
         ("ftp://{ipv4}/", "must look like"),
         ("tcp://{ipv4}", "needs a port"),
         ("http://{ipv4}:8080/healthz{", "not a valid template"),
@@ -42,18 +48,24 @@ def test_the_url_is_filled_in_per_server() -> None:
 
 
 def test_settle_timeout_and_flapping() -> None:
-    check = {"state": "checking", "since": 100.0, "deadline": 160.0, "next": 100.0}
-    up = health_verdict(check, True, "HTTP 200", 100.0, settle=10)
-    assert (up["state"], up["healthy_since"]) == ("checking", 100.0)
-    down = health_verdict(up, False, "HTTP 503", 105.0, settle=10)
-    assert (down["state"], down["healthy_since"], down["last"]) == ("checking", None, "HTTP 503")
-    up2 = health_verdict(down, True, "HTTP 200", 107.0, settle=10)
-    assert health_verdict(up2, True, "HTTP 200", 116.0, settle=10)["state"] == "checking", (
-        "the settle restarted"
-    )
-    assert health_verdict(up2, True, "HTTP 200", 117.0, settle=10)["state"] == "healthy"
-    assert health_verdict(down, False, "no answer", 160.0, settle=10)["state"] == "unhealthy"
-    assert health_verdict(check, True, "connected", 100.0, settle=0)["state"] == "healthy"
+    check: dict[str, Any] = {"state": "checking", "since": 100.0, "deadline": 160.0, "next": 100.0}
+
+    def look(check: dict[str, Any], healthy: bool, at: float, settle: float = 4) -> dict[str, Any]:
+        return health_verdict(check, healthy, "HTTP 200" if healthy else "HTTP 503", at, settle)
+
+    assert looks_needed(4) == 3 and looks_needed(0) == 1 and looks_needed(30) == 16
+    up = look(check, True, 100.0)
+    assert (up["state"], up["healthy_since"], up["streak"]) == ("checking", 100.0, 1)
+    down = look(up, False, 102.0)
+    assert (down["healthy_since"], down["streak"], down["last"]) == (None, 0, "HTTP 503")
+    b = look(look(down, True, 104.0), True, 106.0)
+    assert b["state"] == "checking", "the 4 s settle restarted at the break"
+    assert look(b, True, 108.0)["state"] == "healthy"
+    # Looks 7 s apart (a slow probe held the round): time alone would pass it on two looks; the streak not.
+    slow = look(look(check, True, 100.0), True, 107.0)
+    assert slow["state"] == "checking" and look(slow, True, 114.0)["state"] == "healthy"
+    assert look(down, False, 160.0)["state"] == "unhealthy"
+    assert look(check, True, 100.0, settle=0)["state"] == "healthy"
 
 
 def test_health_options_are_checked_before_anything_starts() -> None:
@@ -70,7 +82,7 @@ def test_a_server_counts_only_once_healthy_and_an_unhealthy_one_is_an_error(
 ) -> None:
     now = [1000.0]
     store = JobStore(redis_server.client(), prefix="hc1", clock=lambda: now[0])
-    healthy = {1: [True, True], 2: [False] * 100, 3: [True]}
+    healthy = {1: [True, True, True], 2: [False] * 100, 3: [True]}
     looked: list[str] = []
 
     def look(url: str) -> tuple[bool, str]:
@@ -102,9 +114,12 @@ def test_a_server_counts_only_once_healthy_and_an_unhealthy_one_is_an_error(
     }
     assert 3 not in job["outcomes"], "a server under its health check still takes a place in the window"
     runner.advance("j1")  # the kick: first looks
-    assert looked == ["http://10.0.0.1/h/1", "http://10.0.0.2/h/2"]
+    assert sorted(looked) == ["http://10.0.0.1/h/1", "http://10.0.0.2/h/2"]
+    now[0] = 1003.0
+    runner.advance("j1")  # healthy for 3 s, two looks: not settled yet
+    assert store.get("j1")["outcomes"][1]["outcome"] == "running"  # type: ignore[index]
     now[0] = 1005.0
-    runner.advance("j1")
+    runner.advance("j1")  # a third look, 5 s: settled
     job = store.get("j1")
     assert job is not None and job["outcomes"][1]["outcome"] == "succeeded"
     assert job["outcomes"][2]["outcome"] == "running" and job["outcomes"][2]["health"]["last"] == "HTTP 503"

@@ -44,15 +44,16 @@ def job_line(job: dict[str, Any]) -> str:
         f"job {job['id']} {job['workflow']}: {job['state']}  {done}/{len(job['servers'])} ended"
         f" ({', '.join(parts) or 'none yet'}), {c.get('running', 0)} in flight, {secs:.0f}s"
     )
+    if job.get("reason"):  # why it ended, why it stopped starting servers, or the gate it waits at
+        line += f" — {job['reason']}"
     if job.get("blocked") and job["state"] == "running":
         line += f" — waiting: {job['blocked']['reason']}"
     approval = job.get("approval")
-    if job["state"] == "awaiting_approval" and approval:
+    if job["state"] in ("awaiting_approval", "paused") and approval:
         left = max(0.0, approval["deadline"] - time.time())
-        line += (
-            f" — {job.get('reason')}: `hcloud-flow job approve {job['id']}` or `job reject`"
-            f" within {left:.0f}s, or it cancels"
-        )
+        resume = f"`hcloud-flow job resume {job['id']}`, then " if job["state"] == "paused" else ""
+        approve = f"`hcloud-flow job approve {job['id']}` or `job reject`"
+        line += f": {resume}{approve} within {left:.0f}s, or it cancels"
     return line
 
 
@@ -227,7 +228,8 @@ def _print_plan(plan: dict[str, Any], as_json: bool) -> None:
             if s.get("load_balancers")
             else ""
         )
-        click.echo(f"  {s['name']:<20} {s['status']:<10} {' → '.join(s['steps'])}{lbs}")
+        where = " ".join(x for x in (s.get("location"), s.get("placement_group")) if x)
+        click.echo(f"  {s['name']:<20} {s['status']:<10} {where:<16} {' → '.join(s['steps'])}{lbs}")
     click.echo(
         f"API requests: about {plan['api_requests']} ({plan['share_of_hourly_budget']:.1%} of the hourly "
         f"budget of {plan['budget_limit_per_hour']}; {plan['budget_remaining']} left now)"
@@ -263,7 +265,7 @@ def wait_job(job_id: str, *, timeout: float | None, quiet: bool, as_json: bool) 
     if as_json:
         print_json(job)
     else:
-        click.echo(job_line(job) + (f" — {job['reason']}" if job.get("reason") else ""))
+        click.echo(job_line(job))
         for line in unsucceeded(job):
             click.echo(line)
     return exit_for(job["state"])
@@ -299,7 +301,7 @@ def job_status(job_id: str, wait: bool, timeout: float | None, quiet: bool, as_j
     if as_json:
         print_json(job)
         return exit_for(job["state"])
-    click.echo(job_line(job) + (f" — {job['reason']}" if job.get("reason") else ""))
+    click.echo(job_line(job))
     created = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(job["created"]))
     click.echo(f"  submitted {created} by {job.get('submitted_by') or '-'}")
     for c in job.get("controls") or []:

@@ -61,15 +61,15 @@ def _window_options(f: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--canary", type=click.IntRange(min=0), metavar="N", help="add: default 0"),
             click.option(
                 "--max-per-placement-group",
-                type=click.IntRange(min=1),
+                type=click.IntRange(min=0),
                 metavar="N",
-                help="servers of one placement group in flight at most (add: no limit)",
+                help="servers of one placement group in flight at most (add: no limit; edit: 0 removes it)",
             ),
             click.option(
                 "--max-per-location",
-                type=click.IntRange(min=1),
+                type=click.IntRange(min=0),
                 metavar="N",
-                help="servers of one location in flight at most (add: no limit)",
+                help="servers of one location in flight at most (add: no limit; edit: 0 removes it)",
             ),
             click.option(
                 "--approve-before-start/--no-approve-before-start",
@@ -84,7 +84,8 @@ def _window_options(f: Callable[..., Any]) -> Callable[..., Any]:
             click.option(
                 "--health-check",
                 metavar="URL",
-                help="after each server: http://{ipv4}:8080/healthz or tcp://{ipv4}:22 must be healthy",
+                help="after each server: http://{ipv4}:8080/healthz or tcp://{ipv4}:22 must be healthy "
+                "(edit: '' removes it)",
             ),
             click.option("--health-timeout", metavar="DURATION", help="to become healthy (add: 5m)"),
             click.option("--health-settle", metavar="DURATION", help="to stay healthy (add: 30s)"),
@@ -97,7 +98,8 @@ def _window_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 "--block-on",
                 multiple=True,
                 metavar="URL",
-                help="no new server starts while URL answers non-2xx or lists alerts (edit: replaces)",
+                help="no new server starts while URL answers non-2xx or lists alerts (edit: replaces; '' "
+                "removes them)",
             ),
             click.option(
                 "--approval-timeout",
@@ -155,7 +157,14 @@ def _given(name: str, workflow: str | None, options: dict[str, Any]) -> dict[str
     if options.get("notify"):
         given["notify"] = list(options["notify"])
     if options.get("block_on"):
-        given["block_on"] = list(options["block_on"])
+        given["block_on"] = [u for u in options["block_on"] if u != ""]  # --block-on '' removes them
+    if given.get("health_check") == "":
+        given["health_check"] = None
+        given.setdefault("health_timeout", 300)  # with the check gone, its settings go back to defaults
+        given.setdefault("health_settle", 30)
+    for field in ("max_per_placement_group", "max_per_location"):
+        if given.get(field) == 0:
+            given[field] = None
     return given
 
 
