@@ -10,31 +10,26 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import json
 import logging
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-import redis
 from redis.exceptions import LockNotOwnedError
 
 from workers.client import HcloudClient, is_id
 from workers.errors import APIError, BadInput, HcloudFlowError, NotFound, RateBudgetExhausted, ServerBusy
-from workers.redis_values import text_hash, texts
-from workers.run_store import FINAL
 
-from .drain import Drainer, memberships, refuse_selector_targets, safely
-from .fleet_plan import GATES, JOB_CONTROLS, Decision, Spread, decide, parse_amount
-from .gates import Probe, first_block, health_url, health_verdict, http_probe, probe_health
+from .fleet_gates import DRAIN_TIMEOUT, Gates
+from .fleet_plan import GATES, JOB_CONTROLS, Decision, decide, parse_amount
+from .gates import Probe, http_probe, probe_health
+from .job_store import JOB_FINAL, JobStore
 from .specs import FleetSpec, checked
-from .validate import Lookups, check_fits, check_submitter, find_server, gather_facts, workflow_named
+from .validate import Lookups, check_submitter, find_server, gather_facts, workflow_named
 
 __all__ = ["FleetRunner", "JobStore", "resolve_targets"]
 
 log = logging.getLogger(__name__)
-JOB_FINAL = FINAL  # jobs end in the same three states as runs
 # Up to this many servers named one by one are looked up singly; more, through the server list.
 _LIST_BELOW = 5
 # Per process: the server objects each job listed last, and when (FleetRunner.fresh_for says how long
@@ -43,10 +38,6 @@ _SEEN: dict[str, tuple[float, dict[int, dict[str, Any]]]] = {}
 # A run still queued this long after it was recorded, while its server is held for it, lost its first
 # message: it is sent again; three times this long, and it has failed.
 ORPHAN_AFTER = 20.0
-# A drain step (out of, or back into, the load balancers and healthy there) fails past this many seconds;
-# its requests are looked at again this often meanwhile.
-DRAIN_TIMEOUT = 300.0
-DRAIN_EVERY = 2.0
 
 
 def resolve_targets(client: HcloudClient, selector: Any, servers: Any) -> list[dict[str, Any]]:
@@ -91,120 +82,9 @@ def resolve_targets(client: HcloudClient, selector: Any, servers: Any) -> list[d
     return out
 
 
-class JobStore:
-    """Fleet job records in Redis."""
-
-    def __init__(
-        self,
-        client: redis.Redis,
-        *,
-        prefix: str = "hf",
-        retention: float = 7 * 86400,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.redis = client
-        self.prefix = prefix
-        self.retention = int(retention)
-        self.clock = clock
-
-    def key(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}"
-
-    def create(self, meta: dict[str, Any]) -> None:
-        self.redis.hset(self.key(meta["id"]), mapping={"meta": json.dumps(meta), "state": "running"})
-        self.redis.zadd(f"{self.prefix}:jobs", {meta["id"]: meta["created"]})
-
-    def get(self, job_id: str) -> dict[str, Any] | None:
-        raw = text_hash(self.redis.hgetall(self.key(job_id)))
-        if "meta" not in raw:
-            return None
-        job = json.loads(raw["meta"])
-        job["state"] = raw.get("state", "running")
-        job["reason"] = raw.get("reason")
-        job["finished"] = float(raw["finished"]) if raw.get("finished") else None
-        job["outcomes"] = {int(k[4:]): json.loads(v) for k, v in raw.items() if k.startswith("srv:")}
-        job["controls"] = [json.loads(raw[k]) for k in sorted(raw) if k.startswith("ctl:")]
-        job["approved"] = {k[5:]: json.loads(v) for k, v in raw.items() if k.startswith("appr:")}
-        job["approval"] = json.loads(raw["approval"]) if raw.get("approval") else None
-        job["blocked"] = json.loads(raw["blocked"]) if raw.get("blocked") else None
-        job["told"] = sorted(k[5:] for k in raw if k.startswith("told:"))
-        counts: dict[str, int] = {}
-        for entry in job["outcomes"].values():
-            counts[entry["outcome"]] = counts.get(entry["outcome"], 0) + 1
-        counts["pending"] = len(job["servers"]) - len(job["outcomes"])
-        job["counts"] = counts
-        return job
-
-    def set_outcome(self, job_id: str, server_id: int, **entry: Any) -> None:
-        field = f"srv:{server_id}"
-        old = self.redis.hget(self.key(job_id), field)
-        merged = {**(json.loads(old) if old else {}), **entry}
-        self.redis.hset(self.key(job_id), field, json.dumps(merged))
-
-    def set_state(self, job_id: str, state: str, reason: str | None = None) -> None:
-        mapping: dict[Any, Any] = {"state": state}  # redis-py wants its own key type; ours are str
-        if reason:
-            mapping["reason"] = reason
-        if state in JOB_FINAL:
-            mapping["finished"] = repr(self.clock())
-            self.redis.expire(self.key(job_id), self.retention)
-            self.redis.hdel(self.key(job_id), "blocked")  # an ended job waits for nothing
-        self.redis.hset(self.key(job_id), mapping=mapping)
-
-    def await_approval(self, job_id: str, gate: str, reason: str, deadline: float) -> dict[str, Any]:
-        """Put a job in ``awaiting_approval`` at ``gate``; a gate met again (after a pause) keeps its
-        deadline."""
-        old = self.redis.hget(self.key(job_id), "approval")
-        known = json.loads(old) if old else None
-        new = known is None or known.get("gate") != gate
-        if new:
-            known = {"gate": gate, "since": self.clock(), "deadline": deadline}
-        self.redis.hset(
-            self.key(job_id),
-            mapping={"approval": json.dumps(known), "state": "awaiting_approval", "reason": reason},
-        )
-        return {**known, "new": new}  # type: ignore[dict-item]
-
-    def note_told(self, job_id: str, event: str, reason: str | None) -> None:
-        """Record that ``event`` was told of this job (so it is told once); a reason is also the job's
-        ``reason`` from now on (why it stopped starting servers, while its last runs finish)."""
-        self.redis.hset(self.key(job_id), f"told:{event}", json.dumps({"at": self.clock(), "reason": reason}))
-        if reason:
-            self.redis.hset(self.key(job_id), "reason", reason)
-
-    def set_blocked(self, job_id: str, blocked: dict[str, Any] | None) -> None:
-        """Record why no new server starts now (a block URL's answer), or that nothing blocks any more."""
-        if blocked is None:
-            self.redis.hdel(self.key(job_id), "blocked")
-        else:
-            self.redis.hset(self.key(job_id), "blocked", json.dumps(blocked))
-
-    def approve(self, job_id: str, gate: str, by: str | None) -> None:
-        """Record that ``by`` opened ``gate`` (field ``appr:<gate>``), and let the job run again."""
-        at = self.clock()
-        key = self.key(job_id)
-        self.redis.hset(key, f"appr:{gate}", json.dumps({"by": by, "at": at}))
-        self.redis.hdel(key, "approval", "reason")
-        self.redis.hset(key, "state", "running")
-
-    def note_control(self, job_id: str, verb: str, by: str | None) -> None:
-        """Record who paused, resumed or cancelled a job, and when (fields ``ctl:<time>``, in order)."""
-        at = self.clock()
-        self.redis.hset(self.key(job_id), f"ctl:{at:017.6f}", json.dumps({"verb": verb, "by": by, "at": at}))
-
-    def list(self, limit: int = 50) -> list[dict[str, Any]]:
-        ids = texts(self.redis.zrevrange(f"{self.prefix}:jobs", 0, limit - 1))
-        return [j for j in (self.get(i) for i in ids) if j is not None]
-
-    def lock(self, job_id: str) -> Any:
-        # Held while a wave is submitted (seconds); lapses soon if its holder dies mid-wave.
-        # redis-py waits for a held lock in steps of ``sleep`` (0.1 s by default): the job's last endings
-        # queue here, so a short step is a shorter tail.
-        return self.redis.lock(f"{self.key(job_id)}:lock", timeout=30, blocking_timeout=60, sleep=0.01)
-
-
-class FleetRunner:
-    """Start, advance, pause, resume and cancel fleet jobs; ``submit`` starts one server's run."""
+class FleetRunner(Gates):
+    """Start, advance, pause, resume and cancel fleet jobs; ``submit`` starts one server's run. Its gates
+    (approval, blocks, health checks, drain, spread limits, pre-flight) are ``fleet_gates.Gates``."""
 
     def __init__(
         self,
@@ -341,43 +221,6 @@ class FleetRunner:
             "facts": facts,
         }
 
-    def _drain_plan(
-        self, wf: Any, drain: bool, targets: list[dict[str, Any]]
-    ) -> dict[int, list[dict[str, Any]]]:
-        """Return, per server, the load balancers a drain takes it out of; refuse label-selector targets.
-
-        The server objects name their load balancers; only those are read (none, for a fleet behind none).
-        """
-        if not drain or not wf.disruptive:
-            return {}
-        lb_ids = sorted({int(i) for s in targets for i in s.get("load_balancers") or []})
-        found = memberships(
-            [self.client.get_load_balancer(i) for i in lb_ids], {int(s["id"]) for s in targets}
-        )
-        refuse_selector_targets(found, {int(s["id"]): s["name"] for s in targets})
-        return found
-
-    @staticmethod
-    def _preflight(facts: dict[str, Any], targets: list[dict[str, Any]]) -> None:
-        """Refuse the whole job before anything starts when the image cannot fit some server's disk
-        (``gather_facts`` checked the first server only; each run would be refused alone, mid-job)."""
-        image = facts.get("image")
-        if not image:
-            return
-        small = []
-        for server in targets:
-            try:
-                check_fits(image, server)
-            except BadInput:
-                small.append(f"{server['name']} ({server.get('primary_disk_size')} GB)")
-        if small:
-            shown = ", ".join(small[:10]) + (f" and {len(small) - 10} more" if len(small) > 10 else "")
-            raise BadInput(
-                f"image {image.get('name') or image.get('id')} needs a disk of {image.get('disk_size')} GB; "
-                f"too small: {shown}",
-                "image",
-            )
-
     def advance(self, job_id: str, fresh: Lookups | None = None) -> None:
         """Start whatever the rules allow now, and end the job when nothing is left to start or wait for.
 
@@ -443,144 +286,6 @@ class FleetRunner:
             closed=frozenset(job.get("gates") or ()) - set(job.get("approved") or {}),
             spread=self._spread(job),
         )
-
-    @staticmethod
-    def _spread(job: dict[str, Any]) -> Spread | None:
-        per_group, per_location = job.get("max_per_placement_group"), job.get("max_per_location")
-        if per_group is None and per_location is None:
-            return None
-        return Spread(
-            group_of={int(s["id"]): s.get("placement_group") for s in job["servers"]},
-            location_of={int(s["id"]): s.get("location") for s in job["servers"]},
-            max_per_group=per_group,
-            max_per_location=per_location,
-        )
-
-    def _check_health(self, job: dict[str, Any]) -> bool:
-        """Look at the servers whose health check is due; return True if one of them is now done.
-
-        Looks go out together (each may take up to the probe timeout); while any server is still being
-        checked, the job asks to be advanced again at the next look's time.
-        """
-        self._lb_cache = {}
-        draining = [
-            (sid, e["drain"])
-            for sid, e in job["outcomes"].items()
-            if e["outcome"] == "running" and (e.get("drain") or {}).get("state") in ("draining", "restoring")
-        ]
-        for sid, drain in draining:
-            self._drain_step(job, sid, drain)
-        health = job.get("health")
-        if not health:
-            return bool(draining)
-        now = self.store.clock()
-        checking = {
-            sid: e
-            for sid, e in job["outcomes"].items()
-            if e["outcome"] == "running" and (e.get("health") or {}).get("state") == "checking"
-        }
-        due = {sid: e for sid, e in checking.items() if e["health"]["next"] <= now}
-        servers = {int(s["id"]): s for s in job["servers"]}
-        changed = False
-        later = [e["health"]["next"] for sid, e in checking.items() if sid not in due]
-        if due:
-            urls = {sid: health_url(health["check"], servers[sid]) for sid in due}
-
-            def timed(url: str) -> tuple[bool, str, float]:
-                healthy, detail = self.look(url)
-                return healthy, detail, self.store.clock()  # when this look answered, not the round
-
-            with cf.ThreadPoolExecutor(max_workers=min(16, len(due))) as pool:
-                looks = dict(zip(urls, pool.map(timed, urls.values()), strict=True))
-            for sid, (healthy, detail, at) in looks.items():
-                check = health_verdict(due[sid]["health"], healthy, detail, at, health["settle"])
-                if check["state"] == "healthy":
-                    self.store.set_outcome(job["id"], sid, outcome="succeeded", health=check)
-                    changed = True
-                elif check["state"] == "unhealthy":
-                    waited = check["deadline"] - check["since"]
-                    reason = f"health check not passed within {waited:.0f} s (last: {check['last']})"
-                    self.store.set_outcome(job["id"], sid, outcome="failed", reason=reason, health=check)
-                    changed = True
-                else:
-                    self.store.set_outcome(job["id"], sid, health=check)
-                    later.append(check["next"])
-        if later and self.kick is not None:  # one kick per job: the deferred entry keeps the earliest
-            self.kick(job["id"], max(0.0, min(later) - self.store.clock()))
-        return changed or bool(draining)
-
-    def _blocked(self, job: dict[str, Any]) -> bool:
-        """Look at the job's block URLs before a wave; while one blocks, start nothing and look again later.
-
-        The job stays ``running`` (its runs in flight go on) and its record says why it waits (``blocked``).
-        """
-        urls = job.get("block_on") or []
-        reason = first_block(urls, self.probe) if urls else None
-        was = job.get("blocked")
-        if reason is None:
-            if was:
-                self.store.set_blocked(job["id"], None)
-                log.info("fleet job %s: no longer blocked", job["id"])
-            return False
-        if not was or was.get("reason") != reason:
-            self.store.set_blocked(
-                job["id"], {"reason": reason, "since": (was or {}).get("since") or self.store.clock()}
-            )
-            log.info("fleet job %s waits: %s", job["id"], reason)
-        if self.kick is not None:
-            self.kick(job["id"], self.recheck)
-        return True
-
-    def _note_stops(self, job: dict[str, Any]) -> None:
-        """Tell, once each, that the error threshold stopped new starts and that a window's end passed
-        with the job still running (fields ``told:<event>`` keep it to once)."""
-        d = self._decide(job)
-        told = job.get("told") or []
-        if d.stopped_by in ("threshold", "canary") and "job.threshold_reached" not in told:
-            self.store.note_told(job["id"], "job.threshold_reached", d.reason)
-            self._tell("job.threshold_reached", job["id"])
-        window = job.get("window") or {}
-        ends_at = window.get("ends_at")
-        if ends_at and self.store.clock() > float(ends_at) and "window.overran" not in told:
-            self.store.note_told(job["id"], "window.overran", None)
-            running = sum(1 for e in job["outcomes"].values() if e["outcome"] == "running")
-            if self.on_event is not None:
-                subject = {
-                    "name": window.get("name"), "local": window.get("started_at"), "outcome": "overran",
-                    "reason": f"job {job['id']} still had {running} server(s) in flight at the window's end",
-                    "job_id": job["id"], "notify": job.get("notify") or [],
-                }  # fmt: skip
-                try:
-                    self.on_event("window.overran", subject)
-                except Exception:  # telling must never stop the job
-                    log.exception("fleet job %s: could not send window.overran", job["id"])
-
-    def _await_approval(self, job: dict[str, Any], d: Decision) -> None:
-        """Hold the job at an approval gate until approved, rejected, or its deadline (then it cancels)."""
-        assert d.gate is not None and d.reason is not None
-        now = self.store.clock()
-        deadline = now + float(job.get("approval_timeout") or 3600)
-        ends_at = (job.get("window") or {}).get("cutoff_at") or (job.get("window") or {}).get("ends_at")
-        if ends_at:
-            deadline = min(deadline, float(ends_at))  # a window's job cannot wait past the window
-        held = self.store.await_approval(job["id"], d.gate, d.reason, deadline)
-        log.info("fleet job %s awaiting %s until %.0f", job["id"], d.reason, held["deadline"])
-        if self.kick is not None:  # an advance at the deadline cancels the job if nobody answered
-            self.kick(job["id"], max(0.0, held["deadline"] - now) + 0.5)
-        if held["new"]:  # told once per gate, not again after a pause and resume
-            self._tell("job.awaiting_approval", job["id"])
-
-    def _expire_approval(self, job: dict[str, Any]) -> None:
-        approval = job.get("approval") or {}
-        deadline = float(approval.get("deadline", float("inf")))
-        if self.store.clock() < deadline:
-            # An earlier kick (they share one deferred entry per job) woke us: keep the deadline's own.
-            if self.kick is not None and deadline != float("inf"):
-                self.kick(job["id"], deadline - self.store.clock() + 0.5)
-            return
-        allowed = deadline - float(approval.get("since", deadline))
-        gate = GATES.get(str(approval.get("gate")), ("", "approval"))[1]
-        self._end_cancelled(job, f"no approval within {allowed:.0f} s ({gate})")
 
     def _wave_lookups(self, job: dict[str, Any], start: tuple[int, ...]) -> Lookups:
         """Return the wave's server objects read at most ``fresh_for`` seconds ago, 50 a request.
@@ -655,108 +360,6 @@ class FleetRunner:
             self.store.set_outcome(job["id"], sid, outcome="running", drain=drain)  # before the requests
             return self._drain_step(job, sid, drain, lookups)
         return self._submit_one(job, sid, lookups)
-
-    @staticmethod
-    def _lbs(job: dict[str, Any], sid: int) -> list[int]:
-        if not job.get("drain"):
-            return []
-        return next((list(s.get("lbs") or []) for s in job["servers"] if int(s["id"]) == sid), [])
-
-    def _drain_step(
-        self, job: dict[str, Any], sid: int, drain: dict[str, Any], lookups: Lookups | None = None
-    ) -> bool:
-        """Carry a server's drain one step on (every request safe to send again); True unless the budget
-        said to try again later."""
-        drainer, now = Drainer(self.client), self.store.clock()
-        state, lbs = drain["state"], drain["lbs"]
-        verb = "remove_target" if state == "draining" else "add_target"
-        if drain.get("actions") is None:  # not sent yet (or the sender died before it noted them)
-            actions, _ = safely(drainer.send, verb, lbs, sid)  # failed: sent again at the next pass
-            if actions is not None:
-                drain = {**drain, "actions": [int(a["id"]) for a in actions]}
-                self.store.set_outcome(job["id"], sid, drain=drain)
-        done, error = False, None
-        if drain.get("actions") is not None:
-            ended, _ = safely(drainer.finished, drain["actions"])
-            done, error = ended if ended is not None else (False, None)
-        if state == "draining":
-            if done and error is None:
-                self.store.set_outcome(job["id"], sid, drain={**drain, "state": "out"})
-                return self._submit_one(job, sid, lookups, drain={**drain, "state": "out"})
-            if error is not None or now >= drain["deadline"]:
-                why = error or f"not taken out of its load balancers within {DRAIN_TIMEOUT:.0f} s"
-                self._put_back(job, sid, drain, {"outcome": "failed", "reason": f"drain: {why}"})
-                return True
-        else:  # restoring: once back, wait until every load balancer says healthy
-            if done and error is None:
-                ok, detail = safely(drainer.healthy, lbs, sid, self._lb_cache)
-                healthy, said = ok if ok is not None else (False, detail)
-                if healthy:
-                    return self._back(job, sid, drain)
-                drain = {**drain, "last": said}
-                self.store.set_outcome(job["id"], sid, drain=drain)
-            if error is not None or now >= drain["deadline"]:
-                then = drain.get("then") or {}
-                reason = (
-                    f"NOT put back into load balancers {lbs} ({error}): add it by hand"
-                    if error is not None
-                    else f"load balancer not healthy within {DRAIN_TIMEOUT:.0f} s ({drain.get('last')})"
-                )
-                if then.get("outcome") == "failed":
-                    reason = f"{then.get('reason')}; {reason}"
-                self.store.set_outcome(
-                    job["id"], sid, outcome="failed", reason=reason, drain={**drain, "state": "back"}
-                )
-                return True
-        if self.kick is not None:
-            self.kick(job["id"], DRAIN_EVERY)
-        return True
-
-    def _put_back(self, job: dict[str, Any], sid: int, drain: dict[str, Any], then: dict[str, Any]) -> None:
-        """Start adding a server back to its load balancers; ``then`` is its outcome once it is back."""
-        now = self.store.clock()
-        back = {
-            **drain,
-            "state": "restoring",
-            "actions": None,
-            "since": now,
-            "deadline": now + DRAIN_TIMEOUT,
-            "then": then,
-        }
-        self.store.set_outcome(job["id"], sid, outcome="running", drain=back)
-        self._drain_step(job, sid, back)
-
-    def _put_back_now(
-        self, job: dict[str, Any], sid: int, drain: dict[str, Any], then: dict[str, Any]
-    ) -> None:
-        """Add a server back to its load balancers once, for a job that ended: no waiting for health."""
-        _, why = safely(Drainer(self.client).send, "add_target", drain["lbs"], sid)
-        note = (
-            "put back into its load balancers (not waited for: the job ended)"
-            if why is None
-            else f"NOT put back into load balancers {drain['lbs']} ({why}): add it by hand"
-        )
-        reason = "; ".join(r for r in (then.get("reason"), note) if r)
-        outcome = then.get("outcome") or "cancelled"
-        self.store.set_outcome(
-            job["id"], sid, outcome=outcome, reason=reason, drain={**drain, "state": "back"}
-        )
-
-    def _back(self, job: dict[str, Any], sid: int, drain: dict[str, Any]) -> bool:
-        """A server is back in its load balancers and healthy there: its health check, or its outcome."""
-        then = drain.get("then") or {"outcome": "succeeded"}
-        drain = {**drain, "state": "back", "back_at": self.store.clock()}
-        health = job.get("health")
-        if then["outcome"] == "succeeded" and health:
-            now = self.store.clock()
-            check = {"state": "checking", "since": now, "deadline": now + health["timeout"], "next": now}
-            self.store.set_outcome(job["id"], sid, drain=drain, health=check)
-            if self.kick is not None:
-                self.kick(job["id"], 0.0)
-            return True
-        extra = {"reason": then["reason"]} if then.get("reason") else {}
-        self.store.set_outcome(job["id"], sid, outcome=then["outcome"], drain=drain, **extra)
-        return True
 
     def _submit_one(
         self,

@@ -1,0 +1,130 @@
+"""Fleet job records in Redis: one hash per job (``hf:job:<id>``) with its plan, state and each server's
+outcome, plus the fields the gates keep (an approval, a block, what was told), and the per-job lock."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from workers.redis_values import text_hash, texts
+from workers.run_store import FINAL
+
+__all__ = ["JOB_FINAL", "JobStore"]
+
+JOB_FINAL = FINAL  # jobs end in the same three states as runs (and completed_with_failures)
+
+
+class JobStore:
+    """Fleet job records in Redis."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str = "hf",
+        retention: float = 7 * 86400,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = client
+        self.prefix = prefix
+        self.retention = int(retention)
+        self.clock = clock
+
+    def key(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}"
+
+    def create(self, meta: dict[str, Any]) -> None:
+        self.redis.hset(self.key(meta["id"]), mapping={"meta": json.dumps(meta), "state": "running"})
+        self.redis.zadd(f"{self.prefix}:jobs", {meta["id"]: meta["created"]})
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        raw = text_hash(self.redis.hgetall(self.key(job_id)))
+        if "meta" not in raw:
+            return None
+        job = json.loads(raw["meta"])
+        job["state"] = raw.get("state", "running")
+        job["reason"] = raw.get("reason")
+        job["finished"] = float(raw["finished"]) if raw.get("finished") else None
+        job["outcomes"] = {int(k[4:]): json.loads(v) for k, v in raw.items() if k.startswith("srv:")}
+        job["controls"] = [json.loads(raw[k]) for k in sorted(raw) if k.startswith("ctl:")]
+        job["approved"] = {k[5:]: json.loads(v) for k, v in raw.items() if k.startswith("appr:")}
+        job["approval"] = json.loads(raw["approval"]) if raw.get("approval") else None
+        job["blocked"] = json.loads(raw["blocked"]) if raw.get("blocked") else None
+        job["told"] = sorted(k[5:] for k in raw if k.startswith("told:"))
+        counts: dict[str, int] = {}
+        for entry in job["outcomes"].values():
+            counts[entry["outcome"]] = counts.get(entry["outcome"], 0) + 1
+        counts["pending"] = len(job["servers"]) - len(job["outcomes"])
+        job["counts"] = counts
+        return job
+
+    def set_outcome(self, job_id: str, server_id: int, **entry: Any) -> None:
+        field = f"srv:{server_id}"
+        old = self.redis.hget(self.key(job_id), field)
+        merged = {**(json.loads(old) if old else {}), **entry}
+        self.redis.hset(self.key(job_id), field, json.dumps(merged))
+
+    def set_state(self, job_id: str, state: str, reason: str | None = None) -> None:
+        mapping: dict[Any, Any] = {"state": state}  # redis-py wants its own key type; ours are str
+        if reason:
+            mapping["reason"] = reason
+        if state in JOB_FINAL:
+            mapping["finished"] = repr(self.clock())
+            self.redis.expire(self.key(job_id), self.retention)
+            self.redis.hdel(self.key(job_id), "blocked")  # an ended job waits for nothing
+        self.redis.hset(self.key(job_id), mapping=mapping)
+
+    def await_approval(self, job_id: str, gate: str, reason: str, deadline: float) -> dict[str, Any]:
+        """Put a job in ``awaiting_approval`` at ``gate``; a gate met again (after a pause) keeps its
+        deadline."""
+        old = self.redis.hget(self.key(job_id), "approval")
+        known = json.loads(old) if old else None
+        new = known is None or known.get("gate") != gate
+        if new:
+            known = {"gate": gate, "since": self.clock(), "deadline": deadline}
+        self.redis.hset(
+            self.key(job_id),
+            mapping={"approval": json.dumps(known), "state": "awaiting_approval", "reason": reason},
+        )
+        return {**known, "new": new}  # type: ignore[dict-item]
+
+    def note_told(self, job_id: str, event: str, reason: str | None) -> None:
+        """Record that ``event`` was told of this job (so it is told once); a reason is also the job's
+        ``reason`` from now on (why it stopped starting servers, while its last runs finish)."""
+        self.redis.hset(self.key(job_id), f"told:{event}", json.dumps({"at": self.clock(), "reason": reason}))
+        if reason:
+            self.redis.hset(self.key(job_id), "reason", reason)
+
+    def set_blocked(self, job_id: str, blocked: dict[str, Any] | None) -> None:
+        """Record why no new server starts now (a block URL's answer), or that nothing blocks any more."""
+        if blocked is None:
+            self.redis.hdel(self.key(job_id), "blocked")
+        else:
+            self.redis.hset(self.key(job_id), "blocked", json.dumps(blocked))
+
+    def approve(self, job_id: str, gate: str, by: str | None) -> None:
+        """Record that ``by`` opened ``gate`` (field ``appr:<gate>``), and let the job run again."""
+        at = self.clock()
+        key = self.key(job_id)
+        self.redis.hset(key, f"appr:{gate}", json.dumps({"by": by, "at": at}))
+        self.redis.hdel(key, "approval", "reason")
+        self.redis.hset(key, "state", "running")
+
+    def note_control(self, job_id: str, verb: str, by: str | None) -> None:
+        """Record who paused, resumed or cancelled a job, and when (fields ``ctl:<time>``, in order)."""
+        at = self.clock()
+        self.redis.hset(self.key(job_id), f"ctl:{at:017.6f}", json.dumps({"verb": verb, "by": by, "at": at}))
+
+    def list(self, limit: int = 50) -> list[dict[str, Any]]:
+        ids = texts(self.redis.zrevrange(f"{self.prefix}:jobs", 0, limit - 1))
+        return [j for j in (self.get(i) for i in ids) if j is not None]
+
+    def lock(self, job_id: str) -> Any:
+        # Held while a wave is submitted (seconds); lapses soon if its holder dies mid-wave.
+        # redis-py waits for a held lock in steps of ``sleep`` (0.1 s by default): the job's last endings
+        # queue here, so a short step is a shorter tail.
+        return self.redis.lock(f"{self.key(job_id)}:lock", timeout=30, blocking_timeout=60, sleep=0.01)
