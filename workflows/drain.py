@@ -57,7 +57,8 @@ def refuse_selector_targets(found: dict[int, list[dict[str, Any]]], names: dict[
     bad = [(sid, m) for sid, ms in sorted(found.items()) for m in ms if m["via"] == "label_selector"]
     if bad:
         sid, m = bad[0]
-        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        others = sorted({str(names.get(s, s)) for s, _ in bad[1:]} - {str(names.get(sid, sid))})
+        more = f" (so are {', '.join(others[:10])}{' ...' if len(others) > 10 else ''})" if others else ""
         raise BadInput(
             f"{names.get(sid, sid)} is a target of load balancer {m['name']} through the label selector "
             f"{m['selector']!r}{more}: removing the server would not take it out (the selector matches it "

@@ -43,8 +43,9 @@ def describe(plan: dict[str, Any], engine: Engine) -> dict[str, Any]:
                 "status": server["status"],
                 "location": (server.get("location") or {}).get("name"),
                 "placement_group": (server.get("placement_group") or {}).get("name"),
+                # By name when a drain read them; else the ids the server object names.
                 "load_balancers": [m["name"] for m in plan["drain"].get(int(server["id"]), [])]
-                or list(server.get("load_balancers") or []),
+                or [f"id {i}" for i in server.get("load_balancers") or []],
                 "steps": [s["name"] for s in steps],
             }
         )
@@ -109,17 +110,24 @@ def describe(plan: dict[str, Any], engine: Engine) -> dict[str, Any]:
         ),
         # Servers that load balancers send traffic to while they are disrupted: drain says what it does.
         "drain": bool(plan["drain"]),
-        "warnings": [
-            f"{n} of the servers are load-balancer targets; --drain takes each out while it is disrupted"
-        ]
-        if not plan["drain"]
-        and (n := sum(1 for s in plan["servers"] if s.get("load_balancers")))
-        and wf.disruptive
-        else [],
+        "warnings": _warnings(plan, wf.name, wf.disruptive),
         # Looked at now, as the job would before its first wave.
         "blocked_now": first_block(plan["block_on"]) if plan["block_on"] else None,
         **figures,
     }
+
+
+def _warnings(plan: dict[str, Any], workflow: str, disruptive: bool) -> list[str]:
+    """What the plan should make a cautious operator look twice at."""
+    out = []
+    targets = sum(1 for s in plan["servers"] if s.get("load_balancers"))
+    if targets and disruptive and not plan["drain"]:
+        out.append(
+            f"{targets} of the servers are load-balancer targets: --drain takes each out while disrupted"
+        )
+    if plan.get("drain_skipped"):
+        out.append(f"--drain does nothing for {workflow}: it interrupts nothing")
+    return out
 
 
 def _expected(engine: Engine, command: str) -> float:

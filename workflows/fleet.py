@@ -211,6 +211,7 @@ class FleetRunner(Gates):
             "gates": [gate for gate, (flag, _) in GATES.items() if getattr(spec, flag)],
             "block_on": spec.block_on,
             "drain": drained,
+            "drain_skipped": spec.drain and not wf.disruptive,
             "max_per_placement_group": spec.max_per_placement_group,
             "max_per_location": spec.max_per_location,
             "health": None
@@ -421,15 +422,17 @@ class FleetRunner(Gates):
         changed = starting = False
         now = self.store.clock()
         for sid, entry in job["outcomes"].items():
-            if entry["outcome"] != "running" or not entry.get("run_id") or entry.get("health"):
-                continue  # (a server under its health check: its run ended and was recorded)
+            if entry["outcome"] != "running" or not entry.get("run_id"):
+                continue
+            if entry.get("health") or (entry.get("drain") or {}).get("state", "out") != "out":
+                continue  # its run's end was recorded: it is being put back or health-checked
             run = self.run_store.get(entry["run_id"], live=False)
             if run is None:
                 continue
             age = now - float(run["created"])
             if run["state"] in ("succeeded", "failed", "cancelled") and run.get("notified"):
-                extra = {"reason": run["error"].get("message")} if run.get("error") else {}
-                self.store.set_outcome(job["id"], sid, outcome=run["state"], run_id=run["id"], **extra)
+                # Its end was never told to the job (the telling process died): as if it just ended.
+                self._record_end(job, {**run, "job_id": job["id"]})
                 changed = True
             elif run["state"] == "queued" and age > 3 * ORPHAN_AFTER:
                 reason = "its start was lost with the worker that submitted it; submit it again"
@@ -460,35 +463,11 @@ class FleetRunner(Gates):
         job_id = run.get("job_id")
         if not job_id:
             return
-        now = self.store.clock()
-        entry: dict[str, Any] = {"outcome": run["state"], "run_id": run["id"], "ended": now}
-        if run.get("error"):
-            entry["reason"] = run["error"].get("message")
         job = self.store.get(job_id)
-        sid = int(run["server_id"])
-        drain = (((job or {}).get("outcomes") or {}).get(sid) or {}).get("drain")
-        if job is not None and drain and drain.get("state") == "out":
-            then: dict[str, Any] = {k: entry[k] for k in ("outcome", "reason") if k in entry}
-            self.store.set_outcome(job_id, sid, run_id=run["id"], ended=now)
-            if job["state"] in JOB_FINAL:  # cancelled meanwhile: back in at once, not waited for
-                self._put_back_now(job, sid, drain, then)
-            else:
-                self._put_back(job, sid, drain, then)
-                self.advance(job_id)
+        if job is None:
             return
-        health = (job or {}).get("health")
-        if health and run["state"] == "succeeded":
-            # Not done yet: in flight (still counted against max_concurrency) until its health check says.
-            check = {"state": "checking", "since": now, "deadline": now + health["timeout"], "next": now}
-            entry.update(outcome="running", health=check)
-            self.store.set_outcome(job_id, int(run["server_id"]), **entry)
-            if self.kick is not None:
-                self.kick(job_id, 0.0)
-            return
-        ends_at = ((job or {}).get("window") or {}).get("ends_at")
-        if ends_at and self.store.clock() > ends_at:
-            entry["overran"] = True  # still running when its maintenance window closed
-        self.store.set_outcome(job_id, int(run["server_id"]), **entry)
+        if not self._record_end(job, run):
+            return  # not done yet: its drain or health check goes on, woken by the job's kicks
         # Most runs of a big job end while others still run and none waits to start: then there is nothing
         # to decide, and taking the job lock (and sweeping) for each would queue the last runs' endings
         # behind one another. The outcome is written before this read, so the last run to end always sees
@@ -499,6 +478,37 @@ class FleetRunner(Gates):
         d = self._decide(job)
         if d.start or d.state != "running" or d.not_started:
             self.advance(job_id)
+
+    def _record_end(self, job: dict[str, Any], run: dict[str, Any]) -> bool:
+        """Record how a server's run ended; True if that is the server's outcome, False if the server is
+        not done yet: it goes back into its load balancers first (drain), or its health check starts."""
+        job_id, sid, now = job["id"], int(run["server_id"]), self.store.clock()
+        entry: dict[str, Any] = {"outcome": run["state"], "run_id": run["id"], "ended": now}
+        if run.get("error"):
+            entry["reason"] = run["error"].get("message")
+        drain = (job["outcomes"].get(sid) or {}).get("drain")
+        if drain and drain.get("state") == "out":
+            then: dict[str, Any] = {k: entry[k] for k in ("outcome", "reason") if k in entry}
+            self.store.set_outcome(job_id, sid, run_id=run["id"], ended=now)
+            if job["state"] in JOB_FINAL:  # cancelled meanwhile: back in at once, not waited for
+                self._put_back_now(job, sid, drain, then)
+                return True
+            self._put_back(job, sid, drain, then)
+            return False
+        health = job.get("health")
+        if health and run["state"] == "succeeded" and job["state"] not in JOB_FINAL:
+            # Not done yet: in flight (still counted against max_concurrency) until its health check says.
+            check = {"state": "checking", "since": now, "deadline": now + health["timeout"], "next": now}
+            entry.update(outcome="running", health=check)
+            self.store.set_outcome(job_id, sid, **entry)
+            if self.kick is not None:
+                self.kick(job_id, 0.0)
+            return False
+        ends_at = (job.get("window") or {}).get("ends_at")
+        if ends_at and now > ends_at:
+            entry["overran"] = True  # still running when its maintenance window closed
+        self.store.set_outcome(job_id, sid, **entry)
+        return True
 
     def pause(self, job_id: str, by: str | None = None) -> dict[str, Any]:
         job = self._active(job_id, "pause")

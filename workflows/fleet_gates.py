@@ -322,7 +322,7 @@ class Gates:
     def _back(self, job: dict[str, Any], sid: int, drain: dict[str, Any]) -> bool:
         """A server is back in its load balancers and healthy there: its health check, or its outcome."""
         then = drain.get("then") or {"outcome": "succeeded"}
-        drain = {**drain, "state": "back", "back_at": self.store.clock()}
+        drain = {**drain, "state": "back", "back_at": self.store.clock(), "last": "healthy on every port"}
         health = job.get("health")
         if then["outcome"] == "succeeded" and health:
             now = self.store.clock()

@@ -169,7 +169,8 @@ def decide(
     canaries = attempted[:canary]
     stop_reason = stopped_by = None
     if errors > max_errors:
-        stop_reason, stopped_by = f"{errors} errors exceed --max-errors {max_errors}", "threshold"
+        many = f"{errors} errors exceed" if errors != 1 else "1 error exceeds"
+        stop_reason, stopped_by = f"{many} --max-errors {max_errors}", "threshold"
     elif canary and any(outcomes.get(s) in ERROR_OUTCOMES for s in canaries):
         stop_reason, stopped_by = "a canary failed", "canary"
     elif cutoff_passed and pending:

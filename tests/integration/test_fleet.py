@@ -370,8 +370,8 @@ def test_drain_takes_servers_out_of_their_load_balancer_and_back(
     lb = control.send(
         "POST",
         "/load_balancers",
-        {"name": "lb-drain", "ports": [80, 443], "servers": ids[:2], "health_delay": 20},
-    )["load_balancer"]  # health checks take 1 s at speed 20 after a target is added
+        {"name": "lb-drain", "ports": [80, 443], "servers": ids[:2], "health_delay": 60},
+    )["load_balancer"]  # a target is "unknown" for 3 s (at speed 20) after it is added
     plan = jobs.plan("reboot", servers=ids, max_concurrency="1", max_errors="0")
     assert plan["warnings"] and "load-balancer targets" in plan["warnings"][0], (
         "a dry run without --drain warns"
@@ -382,7 +382,11 @@ def test_drain_takes_servers_out_of_their_load_balancer_and_back(
     job = jobs.start("reboot", servers=ids, max_concurrency="1", max_errors="0", drain=True)
     done = jobs.wait(job["id"], timeout=90, poll=0.3)
     assert done["state"] == "succeeded", done
-    posts = [(what, sid) for what, sid, _ in lb_requests(control, seq)]
+    timeline = lb_requests(control, seq)
+    posts = [(what, sid) for what, sid, _ in timeline]
+    back_in = next(t for what, _, t in timeline if what == "add_target")
+    next_out = [t for what, _, t in timeline if what == "remove_target"][1]
+    assert next_out - back_in >= 3.0, "the next server waited until the first was healthy again"
     assert posts == [
         ("remove_target", None), ("reboot", ids[0]), ("add_target", None),
         ("remove_target", None), ("reboot", ids[1]), ("add_target", None),

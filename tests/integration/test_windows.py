@@ -230,6 +230,8 @@ def test_a_window_is_edited_in_place_and_listed_with_its_next_firing(
         assert refused.returncode == 2 and "at most 7d" in refused.stderr
         kept = json.loads(cli(env, "schedule", "show", "edited", "--json").stdout)
         assert kept["duration"] == 7200, "a refused edit changes nothing"
+        text = cli(env, "schedule", "show", "edited").stdout
+        assert not text.startswith("{") and "cron:" in text and "30 4 * * *" in text, text
         missing = cli(env, "schedule", "edit", "nosuch", "--cron", "0 3 * * *")
         assert missing.returncode == 2 and "no window named 'nosuch'" in missing.stderr
     finally:

@@ -235,7 +235,7 @@ def test_the_threshold_and_a_windows_end_are_told_once(redis_server: RedisServer
     told = [e for e, _ in events]
     assert (
         told.count("job.threshold_reached") == 1
-        and ("job.threshold_reached", "1 errors exceed --max-errors 0") in events
+        and ("job.threshold_reached", "1 error exceeds --max-errors 0") in events
     )
     now[0] = 1201.0
     runner.advance("j9")

@@ -310,9 +310,17 @@ def job_status(job_id: str, wait: bool, timeout: float | None, quiet: bool, as_j
     names = {s["id"]: s["name"] for s in job["servers"]}
     for sid, entry in sorted(job["outcomes"].items()):
         note = f"  ({entry['reason']})" if entry.get("reason") else ""
-        check = entry.get("health") or {}
+        check, drain = entry.get("health") or {}, entry.get("drain") or {}
         if check.get("state") == "checking":
             note = f"  (health check: {check.get('last') or 'first look due'})"
+        elif entry["outcome"] == "running" and drain.get("state") in ("draining", "out", "restoring"):
+            doing = {
+                "draining": "being taken out of its load balancers",
+                "out": "out of its load balancers while its run goes on",
+                "restoring": "back in its load balancers, waiting for healthy: "
+                + (drain.get("last") or "first look due"),
+            }[drain["state"]]
+            note = f"  ({doing})"
         click.echo(f"  {names.get(sid, sid)!s:<20} {entry['outcome']:<12} {entry.get('run_id', '')}{note}")
     return exit_for(job["state"])
 

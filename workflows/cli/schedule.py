@@ -31,9 +31,21 @@ def _known(store: Any, name: str) -> dict[str, Any]:
 
 
 def _show(answer: Any, as_json: bool) -> None:
+    """A window (or an answer about one): JSON under --json, else one "field  value" line each."""
     import json
 
-    print_json(answer) if as_json else click.echo(json.dumps(answer, indent=2, default=str))
+    if as_json:
+        print_json(answer)
+        return
+    for key, value in answer.items():
+        if key == "history":
+            click.echo("history:" if value else "history: none yet")
+            for h in value:
+                what = h.get("job_id") or h.get("reason") or ""
+                click.echo(f"  {h.get('local', ''):<22} {h.get('outcome', ''):<16} {what}")
+            continue
+        shown = value if isinstance(value, str) else json.dumps(value, default=str)
+        click.echo(f"{key + ':':<26} {shown}")
 
 
 @click.group("schedule")
