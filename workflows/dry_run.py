@@ -113,7 +113,21 @@ def describe(plan: dict[str, Any], engine: Engine) -> dict[str, Any]:
         "warnings": _warnings(plan, wf.name, wf.disruptive),
         # Looked at now, as the job would before its first wave.
         "blocked_now": first_block(plan["block_on"]) if plan["block_on"] else None,
+        **_with_drain(figures, plan["drain"]),
+    }
+
+
+def _with_drain(figures: dict[str, Any], drain: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Add what a drain spends: per server and load balancer a remove and an add, and about three reads
+    (the actions, the load balancer's health until it says healthy); and per server the wait for healthy
+    (a load balancer's first health checks: about 15 s, once per wave that holds one)."""
+    if not drain:
+        return figures
+    pairs = sum(len(m) for m in drain.values())
+    return {
         **figures,
+        "api_requests": figures["api_requests"] + 5 * pairs,
+        "estimated_seconds": figures["estimated_seconds"] + 15 * min(len(drain), figures["waves"]),
     }
 
 
