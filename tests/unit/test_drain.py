@@ -100,3 +100,32 @@ def test_a_cancelled_job_puts_a_drained_server_back_at_once(redis_server: RedisS
     assert client.targets[1] == {10, 11}, "back in its load balancer though the job was cancelled"
     entry = store.get("j1")["outcomes"][10]  # type: ignore[index]
     assert entry["outcome"] == "cancelled" and "put back into its load balancers" in entry["reason"]
+
+
+def test_a_slow_remove_target_is_waited_for_before_the_run_starts(redis_server: RedisServer) -> None:
+    """The real API's target actions take a moment (fakecloud's end at once): the run waits for them."""
+    store = JobStore(redis_server.client(), prefix="dr2")
+    client = Client()
+    status = ["running"]
+    client.get_actions = lambda ids: [{"id": i, "status": status[0]} for i in ids]  # type: ignore[method-assign]
+    original = client.load_balancer_target
+    client.load_balancer_target = lambda *a: {**original(*a), "status": "running"}  # type: ignore[method-assign]
+    started: list[int] = []
+    kicks: list[float] = []
+    runner = FleetRunner(
+        store, client, lambda **kw: started.append(kw["server"]) or {"run_id": "r"},  # type: ignore[arg-type]
+        lambda run_id, by: None, kick=lambda job_id, delay: kicks.append(delay), fresh_for=0,
+    )  # fmt: skip
+    store.create(
+        {
+            "id": "j2", "workflow": "reboot", "selector": None, "params": {}, "created": 0.0,
+            "servers": [{"id": 10, "name": "a", "lbs": [1]}], "max_concurrency": 1, "max_errors": 0,
+            "canary": 0, "limits": {}, "window": None, "drain": True,
+        }
+    )  # fmt: skip
+    runner.advance("j2")
+    assert started == [] and kicks, "removed, but its action still runs: no run yet, a look later"
+    assert store.get("j2")["outcomes"][10]["drain"]["state"] == "draining"  # type: ignore[index]
+    status[0] = "success"
+    runner.advance("j2")
+    assert started == [10] and client.calls == [("remove_target", 1, 10)], "sent once, then waited for"
