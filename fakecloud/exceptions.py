@@ -38,6 +38,7 @@ __all__ = [
     "Timeout",
     "Unauthorized",
     "Unavailable",
+    "UniquenessError",
     "UnsupportedError",
 ]
 
@@ -99,6 +100,15 @@ class Conflict(FakeCloudError):
     """Raised by the conflict fault, and by control calls that do not fit the current setup."""
 
     status, code, default_message = 409, "conflict", "resource has changed during the request, please retry"
+
+
+class UniquenessError(FakeCloudError):
+    """Raised when a field that must be unique in the project is not (SPEC ``uniqueness_error``)."""
+
+    status, code = 409, "uniqueness_error"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message, {"fields": [{"name": field}]})
 
 
 class InvalidInput(FakeCloudError):

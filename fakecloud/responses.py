@@ -8,11 +8,12 @@ Handlers return ``(status, body)`` or ``(status, body, extra headers)``.
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from . import load_balancers
 from .backend import Backend
-from .exceptions import InvalidInput, JsonError, NotFound
+from .exceptions import InvalidInput, JsonError, NotFound, UniquenessError
 from .labels import compile_selector, validate_labels
 from .listing import Request, flag, ints, is_uint, many, one, paginate, parse_sort, sort_items
 from .transitions import ACTION_STATUSES, SERVER_STATUSES
@@ -88,6 +89,31 @@ def get_servers(backend: Backend, request: Request) -> Answer:
 def get_server(backend: Backend, request: Request) -> Answer:
     """GET /servers/{id}"""
     return 200, {"server": backend.server_json(backend.server(_id(request)))}
+
+
+# SPEC: server names are valid hostnames as per RFC 1123 (letters, digits, periods and dashes).
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z"
+)
+
+
+def put_server(backend: Backend, request: Request) -> Answer:
+    """PUT /servers/{id}: its name and labels (the labels given replace the whole set)."""
+    body = _body(request)
+    with backend.lock:
+        server = backend.server(_id(request))
+        name = body.get("name")
+        if name is not None:
+            if not isinstance(name, str) or not _HOSTNAME.match(name):
+                raise InvalidInput.field("name", "must be a valid hostname (RFC 1123)")
+            if any(s.name == name and s.id != server.id for s in backend.servers.values()):
+                raise UniquenessError("name", f"server name {name!r} is already used")
+        labels = validate_labels(body["labels"]) if body.get("labels") is not None else None
+        if name is not None:
+            server.name = name
+        if labels is not None:
+            server.labels = labels
+        return 200, {"server": backend.server_json(server)}
 
 
 def get_server_actions(backend: Backend, request: Request) -> Answer:

@@ -16,6 +16,7 @@ Handler = Callable[..., Any]
 V1_ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/servers", responses.get_servers),
     ("GET", "/servers/{id}", responses.get_server),
+    ("PUT", "/servers/{id}", responses.put_server),
     ("GET", "/servers/actions", responses.get_servers_actions),
     ("GET", "/servers/actions/{id}", responses.get_servers_action),
     ("GET", "/servers/{id}/actions", responses.get_server_actions),

@@ -238,3 +238,24 @@ def test_images_and_ssh_keys(api: Api) -> None:
         api.get("/ssh_keys", params={"label_selector": "team=ci"}).json()["ssh_keys"][0]["name"] == "deploy"
     )
     assert api.get("/ssh_keys/5").status_code == 404
+
+
+def test_put_server_renames_and_replaces_labels_as_the_api_does(api: Api) -> None:
+    """PUT /servers/{id} (name and labels; the labels given replace the set), as Ansible's
+    hetzner.hcloud updates a server's labels."""
+    one, two = api.ids()[:2]
+    url = f"/servers/{one}"
+    changed = api.request("PUT", url, json={"labels": {"role": "db", "env": "prod"}})
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["server"]["labels"] == {"role": "db", "env": "prod"}
+    renamed = api.request("PUT", url, json={"name": "db-1.example"})
+    assert renamed.json()["server"]["name"] == "db-1.example"
+    assert renamed.json()["server"]["labels"] == {"role": "db", "env": "prod"}, "labels not given stay"
+    assert api.get("/servers", params={"label_selector": "role=db"}).json()["servers"][0]["id"] == one
+    taken = api.request("PUT", f"/servers/{two}", json={"name": "db-1.example"})
+    assert taken.status_code == 409 and taken.json()["error"]["code"] == "uniqueness_error"
+    bad = api.request("PUT", url, json={"name": "not a hostname"})
+    assert bad.status_code == 422 and bad.json()["error"]["code"] == "invalid_input"
+    bad_labels = api.request("PUT", url, json={"labels": {"": "x"}})
+    assert bad_labels.status_code == 422
+    assert api.request("PUT", "/servers/999999999", json={}).status_code == 404
