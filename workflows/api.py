@@ -259,6 +259,22 @@ class Jobs:
         by = by or default_submitter()
         return self._call("hcloud_flow.fleet_control", timeout, job_id=job_id, verb=verb, by=by)
 
+    def retry(
+        self,
+        job_id: str,
+        *,
+        failed: bool = True,
+        not_started: bool = False,
+        timeout: float = 120.0,
+        by: str | None = None,
+    ) -> dict[str, Any]:
+        """Start a new job over an ended job's failed and/or not started servers (same workflow and
+        options, linked to the first); return the new job's record."""
+        by = by or default_submitter()
+        return self._call(
+            "hcloud_flow.fleet_retry", timeout, job_id=job_id, failed=failed, not_started=not_started, by=by
+        )
+
     def status(self, job_id: str) -> dict[str, Any]:
         job = self.store.get(job_id)
         if job is None:

@@ -120,7 +120,12 @@ class FleetRunner(Gates):
         self.kick = kick
 
     def start(
-        self, *, window: dict[str, Any] | None = None, submitted_by: str | None = None, **options: Any
+        self,
+        *,
+        window: dict[str, Any] | None = None,
+        submitted_by: str | None = None,
+        retry_of: str | None = None,
+        **options: Any,
     ) -> dict[str, Any]:
         """Validate a fleet job (``plan``'s keywords), record it with its resolved servers, start its runs.
 
@@ -149,6 +154,8 @@ class FleetRunner(Gates):
             "max_per_placement_group": plan["max_per_placement_group"],
             "max_per_location": plan["max_per_location"],
             "health": plan["health"],
+            "spec": plan["spec"],  # what it was asked, for `job retry`
+            "retry_of": retry_of,
             "drain": bool(plan["drain"]),
             "max_concurrency": plan["max_concurrency"],
             "max_errors": plan["max_errors"],
@@ -210,6 +217,7 @@ class FleetRunner(Gates):
             "notify": spec.notify,
             "gates": [gate for gate, (flag, _) in GATES.items() if getattr(spec, flag)],
             "block_on": spec.block_on,
+            "spec": spec.model_dump(mode="json"),
             "drain": drained,
             "drain_skipped": spec.drain and not wf.disruptive,
             "max_per_placement_group": spec.max_per_placement_group,
@@ -509,6 +517,41 @@ class FleetRunner(Gates):
             entry["overran"] = True  # still running when its maintenance window closed
         self.store.set_outcome(job_id, sid, **entry)
         return True
+
+    def retry(
+        self, job_id: str, *, failed: bool = True, not_started: bool = False, by: str | None = None
+    ) -> dict[str, Any]:
+        """Start a new job over an ended job's failed (failed, refused) and/or not started (not_started,
+        skipped as busy) servers, with the same workflow, parameters and options; linked both ways."""
+        if not isinstance(failed, bool) or not isinstance(not_started, bool):
+            raise BadInput("failed and not_started must be true or false", "failed")
+        if not (failed or not_started):
+            raise BadInput("say which servers to retry: --failed, --not-started or both", "failed")
+        job = self.store.get(job_id) if isinstance(job_id, str) else None
+        if job is None:
+            raise NotFound(f"no fleet job {job_id!r}", "job_id")
+        if job["state"] not in JOB_FINAL:
+            raise BadInput(f"job {job_id} is {job['state']}; retry it once it has ended", "job_id")
+        if not job.get("spec"):
+            raise BadInput(
+                f"job {job_id} was started before jobs kept their options; start a new one", "job_id"
+            )
+        wanted = ({"failed", "refused"} if failed else set()) | (
+            {"not_started", "skipped"} if not_started else set()
+        )
+        ids = [
+            int(s["id"])
+            for s in job["servers"]
+            if (job["outcomes"].get(int(s["id"])) or {}).get("outcome") in wanted
+        ]
+        if not ids:
+            what = " or ".join(sorted(wanted))
+            raise BadInput(f"job {job_id} has no server that ended {what}; nothing to retry", "job_id")
+        spec = {**job["spec"], "servers": ids, "selector": None}
+        spec["canary"] = min(int(spec.get("canary") or 0), len(ids))
+        new = self.start(submitted_by=check_submitter(by), retry_of=job_id, **spec)
+        self.store.note_retry(job_id, new["id"])
+        return new
 
     def pause(self, job_id: str, by: str | None = None) -> dict[str, Any]:
         job = self._active(job_id, "pause")

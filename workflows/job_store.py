@@ -51,6 +51,7 @@ class JobStore:
         job["finished"] = float(raw["finished"]) if raw.get("finished") else None
         job["outcomes"] = {int(k[4:]): json.loads(v) for k, v in raw.items() if k.startswith("srv:")}
         job["controls"] = [json.loads(raw[k]) for k in sorted(raw) if k.startswith("ctl:")]
+        job["retried_by"] = [raw[k] for k in sorted(raw) if k.startswith("retry:")]
         job["approved"] = {k[5:]: json.loads(v) for k, v in raw.items() if k.startswith("appr:")}
         job["approval"] = json.loads(raw["approval"]) if raw.get("approval") else None
         job["blocked"] = json.loads(raw["blocked"]) if raw.get("blocked") else None
@@ -113,6 +114,10 @@ class JobStore:
         self.redis.hset(key, f"appr:{gate}", json.dumps({"by": by, "at": at}))
         self.redis.hdel(key, "approval", "reason")
         self.redis.hset(key, "state", "running")
+
+    def note_retry(self, job_id: str, new_id: str) -> None:
+        """Link an ended job to a job that retries some of its servers (``retried_by``, in order)."""
+        self.redis.hset(self.key(job_id), f"retry:{self.clock():017.6f}", new_id)
 
     def note_control(self, job_id: str, verb: str, by: str | None) -> None:
         """Record who paused, resumed or cancelled a job, and when (fields ``ctl:<time>``, in order)."""

@@ -24,6 +24,7 @@ __all__ = [
     "fleet_advance",
     "fleet_control",
     "fleet_plan",
+    "fleet_retry",
     "fleet_start",
     "notify",
     "status",
@@ -170,6 +171,14 @@ def fleet_control(job_id: Any = None, verb: Any = None, by: Any = None) -> dict[
     """Pause, resume, cancel, approve or reject a fleet job (``fleet_plan.JOB_CONTROLS``); ``by`` (who
     asked) is recorded with the job."""
     return fleet_runner().control(job_id, verb, by)
+
+
+@app.task(name="hcloud_flow.fleet_retry", throws=(BadInput,), acks_late=False)
+def fleet_retry(
+    job_id: Any = None, failed: Any = True, not_started: Any = False, by: Any = None
+) -> dict[str, Any]:
+    """Start a new job over an ended job's failed and/or not started servers; return the new job."""
+    return fleet_runner().retry(job_id, failed=failed, not_started=not_started, by=by)
 
 
 @app.task(name="hcloud_flow.window_fire", acks_late=False)

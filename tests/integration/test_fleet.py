@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.long]
 
 @pytest.fixture(scope="module")
 def cloud() -> Iterator[Any]:
-    c = start_cloud(servers=90, speed=20.0, seed=41, durations={"reset": 40.0})  # a reset takes 2 s
+    c = start_cloud(servers=95, speed=20.0, seed=41, durations={"reset": 40.0})  # a reset takes 2 s
     yield c
     c.stop()
 
@@ -407,3 +407,26 @@ def test_drain_refuses_label_selector_targets(jobs: Jobs, control: Control, pool
     with pytest.raises(BadInput, match=r"through the label selector 'role=drainsel'"):
         jobs.start("reboot", servers=ids, max_concurrency="1", max_errors="0", drain=True)
     assert len(control.posts()) == before
+
+
+def test_retry_starts_a_new_job_over_the_failed_servers(
+    jobs: Jobs, control: Control, pool: Iterator[int]
+) -> None:
+    ids = take(pool, 3)
+    control.send("PATCH", f"/servers/{ids[1]}", {"fail_next": {"command": "reset", "code": "action_failed"}})
+    first = jobs.start(
+        "reset", servers=ids, max_concurrency="3", max_errors="1", block_on=[], submitted_by="ops@a"
+    )
+    with pytest.raises(BadInput, match="retry it once it has ended"):
+        jobs.retry(first["id"], failed=True)
+    done = jobs.wait(first["id"], timeout=60, poll=0.3)
+    assert done["state"] == "completed_with_failures" and done["outcomes"][ids[1]]["outcome"] == "failed"
+    with pytest.raises(BadInput, match="no server that ended not_started or skipped"):
+        jobs.retry(first["id"], failed=False, not_started=True)
+    again = jobs.retry(first["id"], failed=True, by="ops@b")
+    assert [s["id"] for s in again["servers"]] == [ids[1]] and again["retry_of"] == first["id"]
+    assert again["max_errors"] == 1 and again["workflow"] == "reset" and again["submitted_by"] == "ops@b"
+    second = jobs.wait(again["id"], timeout=60, poll=0.3)
+    assert second["state"] == "succeeded"
+    assert jobs.status(first["id"])["retried_by"] == [again["id"]]
+    assert len(control.posts(ids[0], "reset")) == 1, "a server that succeeded is not run again"

@@ -166,6 +166,7 @@ def test_usage_errors_exit_2_and_are_json_under_json(no_api: None, args: list[st
             "http(s)",
         ),
         (["status", "r1", "--quiet"], "go with --wait"),
+        (["job", "retry", "j1"], "say which servers to retry"),
         (
             [*_FLEET, "--approve-after-canary"],
             "needs a canary wave",

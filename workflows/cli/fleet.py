@@ -273,7 +273,7 @@ def wait_job(job_id: str, *, timeout: float | None, quiet: bool, as_json: bool) 
 
 @click.group("job")
 def job_group() -> None:
-    """Show, list, pause, resume, cancel, approve or reject fleet jobs."""
+    """Show, list, pause, resume, cancel, approve, reject or retry fleet jobs."""
 
 
 @job_group.command("list")
@@ -339,5 +339,38 @@ def _control(verb: str, summary: str) -> click.Command:
 
 for _verb, _summary in JOB_CONTROLS.items():
     job_group.add_command(_control(_verb, _summary))
+
+
+@job_group.command("retry")
+@click.argument("job_id")
+@click.option("--failed", is_flag=True, help="the servers that failed or were refused")
+@click.option(
+    "--not-started", is_flag=True, help="the servers that never started (not_started, or skipped as busy)"
+)
+@wait_options("job")
+@submit_timeout_option
+@json_option
+def job_retry(
+    job_id: str,
+    failed: bool,
+    not_started: bool,
+    wait: bool,
+    timeout: float | None,
+    quiet: bool,
+    submit_timeout: float,
+    as_json: bool,
+) -> int:
+    """Start a new job over an ended job's failed and/or not started servers, same workflow and options."""
+    from workers.errors import BadInput
+
+    check_wait_flags(wait, timeout, quiet)
+    if not (failed or not_started):
+        raise BadInput("say which servers to retry: --failed, --not-started or both")
+    job = _jobs().retry(job_id, failed=failed, not_started=not_started, timeout=submit_timeout)
+    if not wait:
+        print_json(job) if as_json else click.echo(job["id"])
+        return EXIT_OK
+    return wait_job(job["id"], timeout=timeout, quiet=quiet, as_json=as_json)
+
 
 COMMANDS = (fleet_cmd, job_group)

@@ -24,7 +24,7 @@ from workflows.validate import require_unicode
 from .auth import Operator, Viewer, who
 from .idempotency import check_key
 from .keys import ApiKey
-from .models import RunRequest, WindowPatch
+from .models import RetryRequest, RunRequest, WindowPatch
 from .services import Services
 
 __all__ = ["redact", "router"]
@@ -247,6 +247,28 @@ for _verb, _summary in JOB_CONTROLS.items():
     router.add_api_route(
         f"/jobs/{{job_id}}/{_verb}", _job_control(_verb), methods=["POST"], status_code=202, summary=_summary
     )
+
+
+@router.post(
+    "/jobs/{job_id}/retry",
+    status_code=202,
+    summary="Start a new job over an ended job's failed and/or not started servers (same options)",
+)
+def retry_job(job_id: str, body: RetryRequest, request: Request, key: Operator) -> JSONResponse:
+    services = _services(request)
+    jid = ident(job_id, "job_id")
+
+    def produce() -> tuple[int, Any]:
+        answer = services.jobs.retry(
+            jid,
+            failed=body.failed,
+            not_started=body.not_started,
+            timeout=services.submit_timeout,
+            by=who(key),
+        )
+        return 202, redact(answer)
+
+    return _idempotent(request, key, {"job_id": jid, "retry": body.model_dump()}, produce)
 
 
 # -- maintenance windows ------------------------------------------------------------------------------------

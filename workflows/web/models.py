@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-__all__ = ["RunRequest", "WindowPatch"]
+__all__ = ["RetryRequest", "RunRequest", "WindowPatch"]
 
 
 class RunRequest(BaseModel):
@@ -24,6 +24,15 @@ class RunRequest(BaseModel):
     notify: list[StrictStr] = Field(
         default_factory=list, description="webhook URLs told of its start and end"
     )
+
+
+class RetryRequest(BaseModel):
+    """Which servers of an ended job a new job retries (as `hcloud-flow job retry`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    failed: StrictBool = Field(True, description="the servers that failed or were refused")
+    not_started: StrictBool = Field(False, description="the servers that never started (or were busy)")
 
 
 class WindowPatch(BaseModel):
