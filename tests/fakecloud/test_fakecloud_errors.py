@@ -62,7 +62,7 @@ def test_outside_v1_is_404(api: Api) -> None:
     ("method", "path", "allow"),
     [
         ("POST", "/servers", "GET, HEAD"),
-        ("DELETE", "/servers/50000001", "GET, HEAD"),
+        ("DELETE", "/servers/50000001", "GET, HEAD, PUT"),
         ("GET", "/servers/50000001/actions/poweron", "POST"),
         ("PUT", "/actions/1", "GET, HEAD"),
     ],
