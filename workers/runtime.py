@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from cryptography.fernet import Fernet
 
 from .action_ids import HighWater
 from .client import HcloudClient
@@ -18,6 +17,7 @@ from .errors import ConfigError
 from .ledger import Ledger
 from .rate_budget import RateBudget, bucket_key
 from .retry_policy import RetryPolicy
+from .sealing import keyring
 from .wait_state import Cadence
 from .waits import WaitStore
 
@@ -31,12 +31,12 @@ def build_engine(settings: dict[str, Any], *, redis_url: str, token: str, secret
     """Return an Engine wired from plain settings (the ``hcloud_flow`` dict of celeryconfig)."""
     if secret_key:
         try:
-            Fernet(secret_key.encode())
+            keyring(secret_key)
         except (ValueError, TypeError) as exc:
             # Found now, not after a password reset whose password could then not be sealed.
             raise ConfigError(
-                "HCLOUD_FLOW_SECRET_KEY is not a valid key; make one with "
-                "python3 -c 'from workers.sealing import generate_key; print(generate_key())'"
+                "HCLOUD_FLOW_SECRET_KEY is not a valid key (or comma-separated keys, newest first); make "
+                "one with `hcloud-flow keygen`"
             ) from exc
     store = redis.Redis.from_url(redis_url)
     key = bucket_key(token)

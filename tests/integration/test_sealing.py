@@ -38,7 +38,7 @@ def test_password_is_sealed_and_opens_only_with_the_key(
     handed_out = control.get("/secrets")["root_passwords"][-1]
     assert handed_out not in str(result)
     assert open_sealed(sealed, KEY) == handed_out
-    with pytest.raises(SecretError, match="does not open"):
+    with pytest.raises(SecretError, match="no key in HCLOUD_FLOW_SECRET_KEY opens this secret"):
         open_sealed(sealed, generate_key())
     with pytest.raises(SecretError, match="HCLOUD_FLOW_SECRET_KEY"):
         open_sealed(sealed, None)

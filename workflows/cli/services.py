@@ -105,4 +105,13 @@ def demo_cmd(servers: int, as_json: bool) -> int:
     return run_demo(json_out=as_json, servers=servers)
 
 
-COMMANDS = (worker_cmd, beat_cmd, flower_cmd, fakecloud_cmd, demo_cmd)
+@click.command("keygen")
+def keygen_cmd() -> int:
+    """Print a new sealing key for HCLOUD_FLOW_SECRET_KEY (to rotate: "NEW,OLD" until old runs expire)."""
+    from workers.sealing import generate_key
+
+    click.echo(generate_key())
+    return 0
+
+
+COMMANDS = (worker_cmd, beat_cmd, flower_cmd, fakecloud_cmd, demo_cmd, keygen_cmd)
