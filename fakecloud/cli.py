@@ -179,6 +179,14 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    stopped = threading.Event()
+
+    def _stop(signum: int, frame: Any) -> None:
+        stopped.set()
+
+    # Before the URL is printed: a caller may signal as soon as it has read it (and a signal before the
+    # handler killed the process with SIGINT's default, not a clean stop).
+    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     print(fc.base_url, flush=True)
     print(
         f"fakecloud: {len(fc.backend.servers)} servers, token {args.token!r}, faults {args.faults}, "
@@ -186,12 +194,6 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    stopped = threading.Event()
-
-    def _stop(signum: int, frame: Any) -> None:
-        stopped.set()
-
-    previous = {sig: signal.signal(sig, _stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while not stopped.wait(0.5):
             pass
