@@ -20,7 +20,7 @@ from redis.exceptions import LockNotOwnedError
 from workers.client import HcloudClient, is_id
 from workers.errors import APIError, BadInput, HcloudFlowError, NotFound, RateBudgetExhausted, ServerBusy
 
-from .fleet_gates import DRAIN_TIMEOUT, Gates
+from .fleet_gates import Gates
 from .fleet_plan import GATES, JOB_CONTROLS, Decision, decide, parse_amount
 from .gates import Probe, http_probe, probe_health
 from .job_store import JOB_FINAL, JobStore
@@ -254,10 +254,10 @@ class FleetRunner(Gates):
                 return
             if not swept:
                 swept = True
-                if self._sweep(job) | self._check_health(job):
+                if self._sweep(job) | self._tend_drains(job) | self._check_health(job):
                     continue  # outcomes changed: decide on the fresh record
-            self._note_stops(job)
             d = self._decide(job)
+            self._note_stops(job, d)
             if d.state == "awaiting_approval":
                 self._await_approval(job, d)
                 return
@@ -358,14 +358,7 @@ class FleetRunner(Gates):
         """
         lbs = self._lbs(job, sid)
         if lbs:
-            now = self.store.clock()
-            drain = {
-                "state": "draining",
-                "lbs": lbs,
-                "since": now,
-                "deadline": now + DRAIN_TIMEOUT,
-                "actions": None,
-            }
+            drain = self._drain_entry("draining", lbs)
             self.store.set_outcome(job["id"], sid, outcome="running", drain=drain)  # before the requests
             return self._drain_step(job, sid, drain, lookups)
         return self._submit_one(job, sid, lookups)
@@ -503,14 +496,9 @@ class FleetRunner(Gates):
                 return True
             self._put_back(job, sid, drain, then)
             return False
-        health = job.get("health")
-        if health and run["state"] == "succeeded" and job["state"] not in JOB_FINAL:
+        if job.get("health") and run["state"] == "succeeded" and job["state"] not in JOB_FINAL:
             # Not done yet: in flight (still counted against max_concurrency) until its health check says.
-            check = {"state": "checking", "since": now, "deadline": now + health["timeout"], "next": now}
-            entry.update(outcome="running", health=check)
-            self.store.set_outcome(job_id, sid, **entry)
-            if self.kick is not None:
-                self.kick(job_id, 0.0)
+            self._start_health_check(job, sid, **{**entry, "outcome": "running"})
             return False
         ends_at = (job.get("window") or {}).get("ends_at")
         if ends_at and now > ends_at:

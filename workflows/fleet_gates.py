@@ -107,13 +107,10 @@ class Gates:
             max_per_location=per_location,
         )
 
-    def _check_health(self, job: dict[str, Any]) -> bool:
-        """Look at the servers whose health check is due; return True if one of them is now done.
-
-        Looks go out together (each may take up to the probe timeout); while any server is still being
-        checked, the job asks to be advanced again at the next look's time.
-        """
-        self._lb_cache = {}
+    def _tend_drains(self, job: dict[str, Any]) -> bool:
+        """Carry on each server being taken out of or put back into its load balancers; True if any was
+        (its outcome may have changed)."""
+        self._lb_cache = {}  # each load balancer read once in this pass, for all its servers
         draining = [
             (sid, e["drain"])
             for sid, e in job["outcomes"].items()
@@ -121,9 +118,25 @@ class Gates:
         ]
         for sid, drain in draining:
             self._drain_step(job, sid, drain)
+        return bool(draining)
+
+    def _start_health_check(self, job: dict[str, Any], sid: int, **entry: Any) -> None:
+        """Begin a server's health check (its first look at once), recorded with ``entry``'s fields."""
+        now = self.store.clock()
+        check = {"state": "checking", "since": now, "deadline": now + job["health"]["timeout"], "next": now}
+        self.store.set_outcome(job["id"], sid, health=check, **entry)
+        if self.kick is not None:
+            self.kick(job["id"], 0.0)
+
+    def _check_health(self, job: dict[str, Any]) -> bool:
+        """Look at the servers whose health check is due; return True if one of them is now done.
+
+        Looks go out together (each may take up to the probe timeout); while any server is still being
+        checked, the job asks to be advanced again at the next look's time.
+        """
         health = job.get("health")
         if not health:
-            return bool(draining)
+            return False
         now = self.store.clock()
         checking = {
             sid: e
@@ -158,7 +171,7 @@ class Gates:
                     later.append(check["next"])
         if later and self.kick is not None:  # one kick per job: the deferred entry keeps the earliest
             self.kick(job["id"], max(0.0, min(later) - self.store.clock()))
-        return changed or bool(draining)
+        return changed
 
     def _blocked(self, job: dict[str, Any]) -> bool:
         """Look at the job's block URLs before a wave; while one blocks, start nothing and look again later.
@@ -182,10 +195,9 @@ class Gates:
             self.kick(job["id"], self.recheck)
         return True
 
-    def _note_stops(self, job: dict[str, Any]) -> None:
-        """Tell, once each, that the error threshold stopped new starts and that a window's end passed
-        with the job still running (fields ``told:<event>`` keep it to once)."""
-        d = self._decide(job)
+    def _note_stops(self, job: dict[str, Any], d: Decision) -> None:
+        """Tell, once each, that the error threshold stopped new starts (``d``, the job's decision now) and
+        that a window's end passed with the job still running (fields ``told:<event>`` keep it to once)."""
         told = job.get("told") or []
         if d.stopped_by in ("threshold", "canary") and "job.threshold_reached" not in told:
             self.store.note_told(job["id"], "job.threshold_reached", d.reason)
@@ -232,6 +244,11 @@ class Gates:
         allowed = deadline - float(approval.get("since", deadline))
         gate = GATES.get(str(approval.get("gate")), ("", "approval"))[1]
         self._end_cancelled(job, f"no approval within {allowed:.0f} s ({gate})")
+
+    def _drain_entry(self, state: str, lbs: list[int]) -> dict[str, Any]:
+        """Return a drain step's record as it begins: nothing sent yet, DRAIN_TIMEOUT from now to finish."""
+        now = self.store.clock()
+        return {"state": state, "lbs": lbs, "since": now, "deadline": now + DRAIN_TIMEOUT, "actions": None}
 
     @staticmethod
     def _lbs(job: dict[str, Any], sid: int) -> list[int]:
@@ -291,15 +308,7 @@ class Gates:
 
     def _put_back(self, job: dict[str, Any], sid: int, drain: dict[str, Any], then: dict[str, Any]) -> None:
         """Start adding a server back to its load balancers; ``then`` is its outcome once it is back."""
-        now = self.store.clock()
-        back = {
-            **drain,
-            "state": "restoring",
-            "actions": None,
-            "since": now,
-            "deadline": now + DRAIN_TIMEOUT,
-            "then": then,
-        }
+        back = {**drain, **self._drain_entry("restoring", drain["lbs"]), "then": then}
         self.store.set_outcome(job["id"], sid, outcome="running", drain=back)
         self._drain_step(job, sid, back)
 
@@ -323,13 +332,8 @@ class Gates:
         """A server is back in its load balancers and healthy there: its health check, or its outcome."""
         then = drain.get("then") or {"outcome": "succeeded"}
         drain = {**drain, "state": "back", "back_at": self.store.clock(), "last": "healthy on every port"}
-        health = job.get("health")
-        if then["outcome"] == "succeeded" and health:
-            now = self.store.clock()
-            check = {"state": "checking", "since": now, "deadline": now + health["timeout"], "next": now}
-            self.store.set_outcome(job["id"], sid, drain=drain, health=check)
-            if self.kick is not None:
-                self.kick(job["id"], 0.0)
+        if then["outcome"] == "succeeded" and job.get("health"):
+            self._start_health_check(job, sid, drain=drain)
             return True
         extra = {"reason": then["reason"]} if then.get("reason") else {}
         self.store.set_outcome(job["id"], sid, outcome=then["outcome"], drain=drain, **extra)
