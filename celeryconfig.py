@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import os
 
+from workers.errors import ConfigError
+from workers.projects import Projects, projects_from, read_secret
+
 
 def _float(name: str, default: float) -> float:
     raw = os.environ.get(name)
@@ -113,16 +116,24 @@ hcloud_flow = {
 }
 
 
+def _secret(variable: str) -> str | None:
+    try:
+        return read_secret(os.environ, variable) or None
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
+
+
 def webhook_secret() -> str | None:
-    """Return the key webhook bodies are signed with (HCLOUD_FLOW_WEBHOOK_SECRET); kept out of app.conf."""
-    return os.environ.get("HCLOUD_FLOW_WEBHOOK_SECRET") or None
+    """Return the key webhook bodies are signed with (HCLOUD_FLOW_WEBHOOK_SECRET[_FILE]); not in app.conf."""
+    return _secret("HCLOUD_FLOW_WEBHOOK_SECRET")
 
 
-def api_token() -> str:
-    """Return the Hetzner Cloud API token (HCLOUD_TOKEN); kept out of app.conf on purpose."""
-    return os.environ.get("HCLOUD_TOKEN", "")
+def projects() -> Projects:
+    """Return the projects the workers serve, with their tokens (HCLOUD_TOKEN[_FILE], HCLOUD_FLOW_PROJECTS
+    and each project's HCLOUD_TOKEN_<NAME>[_FILE]); kept out of app.conf on purpose."""
+    return projects_from(os.environ, default_endpoint=str(hcloud_flow["endpoint"]))
 
 
 def secret_key() -> str | None:
-    """Return the key that seals root passwords (HCLOUD_FLOW_SECRET_KEY), or None."""
-    return os.environ.get("HCLOUD_FLOW_SECRET_KEY") or None
+    """Return the key that seals root passwords (HCLOUD_FLOW_SECRET_KEY[_FILE]), or None."""
+    return _secret("HCLOUD_FLOW_SECRET_KEY")

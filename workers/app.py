@@ -12,15 +12,17 @@ from celery.signals import worker_init, worker_ready, worker_shutdown
 import celeryconfig
 
 from .continuation import CeleryDispatcher
+from .deferred import Deferred
 from .engine import Engine
 from .errors import ConfigError
 from .monitor import Monitor
+from .projects import Projects
 from .run_store import RunStore, chain_holder
 from .runs import RunHooks
-from .runtime import engine_for
+from .runtime import engine_for, wait_prefix
 from .wait_state import Wait
 
-__all__ = ["app", "engine", "hooks", "run_store", "start_monitor", "stop_monitor"]
+__all__ = ["app", "engine", "hooks", "projects", "run_store", "start_monitor", "stop_monitor"]
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +31,24 @@ app.config_from_object(celeryconfig)
 
 _stop = threading.Event()
 _redis: redis.Redis | None = None
-_thread: threading.Thread | None = None
+_threads: list[threading.Thread] = []
+_projects: Projects | None = None
 
 
-def engine() -> Engine:
-    """Return this process's Engine (client, ledger, waits), built from celeryconfig on first use."""
-    return engine_for(app, celeryconfig.api_token, celeryconfig.secret_key)
+def projects() -> Projects:
+    """Return the projects this process serves (celeryconfig), read once."""
+    global _projects
+    if _projects is None:
+        _projects = celeryconfig.projects()
+    return _projects
+
+
+def engine(project: str | None = None) -> Engine:
+    """Return this process's Engine (client, ledger, waits) of ``project`` (the default project for None).
+
+    Raises BadInput for a project this worker does not serve.
+    """
+    return engine_for(app, projects().get(project), celeryconfig.secret_key)
 
 
 def run_store() -> RunStore:
@@ -51,27 +65,34 @@ def hooks() -> RunHooks:
 
 
 def start_monitor() -> None:
-    """Start the monitor thread of this worker process (every worker runs one; a lock takes turns)."""
-    global _thread
-    if _thread is not None or not app.conf.hcloud_flow.get("monitor", True):
+    """Start this worker's monitor threads, one per project (every worker runs them; a lock takes turns)."""
+    if _threads or not app.conf.hcloud_flow.get("monitor", True):
         return
     _stop.clear()
-    eng = engine()
     # The round lock lapses one request timeout after its holder died, so a killed worker stalls polling
     # for seconds, not minutes; a live holder renews it before every request.
     lock_ttl = float(app.conf.hcloud_flow.get("request_timeout", 30.0)) + 10.0
-    monitor = Monitor(
-        eng,
-        CeleryDispatcher(app, hooks()),
-        lock_ttl=lock_ttl,
-        on_end=_step_ended,
-        send=lambda name, kwargs: app.send_task(name, kwargs=kwargs),
-    )
-    _thread = threading.Thread(
-        target=monitor.run_forever, args=(_stop,), name="hcloud-flow-monitor", daemon=True
-    )
-    _thread.start()
-    log.info("hcloud-flow monitor started")
+    served = projects()
+    for name in served.names():
+        eng = engine(name)
+        # Deferred task messages (fleet jobs' later advances) belong to no project: the default project's
+        # monitor sends them.
+        own_deferred = name == served.default
+        monitor = Monitor(
+            eng,
+            CeleryDispatcher(app, hooks()),
+            prefix=wait_prefix(name),
+            lock_ttl=lock_ttl,
+            on_end=_step_ended,
+            send=(lambda task, kwargs: app.send_task(task, kwargs=kwargs)) if own_deferred else None,
+            deferred=Deferred(eng.redis) if own_deferred else None,
+        )
+        thread = threading.Thread(
+            target=monitor.run_forever, args=(_stop,), name=f"hcloud-flow-monitor-{name}", daemon=True
+        )
+        thread.start()
+        _threads.append(thread)
+    log.info("hcloud-flow monitor started for %s", ", ".join(served.names()))
 
 
 def _step_ended(wait: Wait, succeeded: bool) -> None:
@@ -81,19 +102,18 @@ def _step_ended(wait: Wait, succeeded: bool) -> None:
 
 
 def stop_monitor() -> None:
-    """Stop the monitor thread and wait for its round to end."""
-    global _thread
+    """Stop the monitor threads and wait for their rounds to end."""
     _stop.set()
-    if _thread is not None:
-        _thread.join(timeout=30)
-        _thread = None
+    while _threads:
+        _threads.pop().join(timeout=30)
 
 
 @worker_init.connect
 def _refuse_to_start_misconfigured(**_: object) -> None:
     """Stop a worker that could do nothing (no token, a malformed sealing key) before it says "ready"."""
     try:
-        engine()
+        for name in projects().names():
+            engine(name)
     except ConfigError as exc:
         log.critical("hcloud-flow worker cannot start: %s", exc)
         # SystemExit, not an Exception: Celery logs and swallows those raised by signal receivers.

@@ -66,6 +66,7 @@ class Engine:
     post_policy: RetryPolicy = field(default_factory=RetryPolicy)
     durations: Durations | None = None
     high_water: HighWater | None = None
+    project: str = "default"  # the project whose token the client holds (workers/projects.py)
 
     def deadline_for(self, action: ServerAction, override: float | None) -> float:
         """Return the seconds a step of this action may take: override, configured, or the table's."""

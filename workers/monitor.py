@@ -163,10 +163,12 @@ class Monitor:
         send: Callable[[str, dict[str, Any]], None] | None = None,
         gap: float = 0.5,
         enders: int = 8,
+        deferred: Deferred | None = None,
     ) -> None:
         self.gap = gap  # least time between the starts of two rounds, cluster-wide
         self.engine = engine
-        self.deferred = Deferred(engine.redis, prefix=prefix)
+        # Only a monitor that can send them looks at deferred messages (one set per installation).
+        self.deferred = deferred or (Deferred(engine.redis, prefix=prefix) if send is not None else None)
         self.send = send  # sends a deferred task message (workers/deferred.py) when it is due
         self.on_end = on_end  # told of each step that ended here (succeeded or not), after its dispatch
         self.dispatcher = dispatcher
@@ -212,7 +214,7 @@ class Monitor:
                 log.exception("monitor round failed (%d in a row)", failures)
                 stop.wait(min(10.0, 0.5 * 2 ** min(failures, 5)))
                 continue
-            later = self.deferred.next_due()
+            later = self.deferred.next_due() if self.deferred is not None else None
             nxt = min((t for t in (nxt, later) if t is not None), default=None)
             pause = idle if nxt is None else max(0.0, min(idle, nxt - self.engine.clock()))
             stop.wait(pause or 0.01)
@@ -221,7 +223,10 @@ class Monitor:
         """Run one round if no other process is running one; return its report, or None."""
         report = RoundReport()
         now = self.engine.clock()
-        soonest = (self.engine.waits.next_due(), self.deferred.next_due())
+        soonest = (
+            self.engine.waits.next_due(),
+            self.deferred.next_due() if self.deferred is not None else None,
+        )
         nxt = min((t for t in soonest if t is not None), default=None)
         if nxt is None or nxt > now:
             return report
@@ -266,7 +271,7 @@ class Monitor:
         return max(self.gap, min(SCARCE_GAP_CAP, SCARCE_ROUNDS_PER_REFILL / budget.rate()))
 
     def _send_deferred(self, now: float) -> None:
-        if self.send is None:
+        if self.send is None or self.deferred is None:
             return
         for member, entry in self.deferred.due(now):
             # Send first, then forget: a crash in between sends twice, which a deferred task must bear.

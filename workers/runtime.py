@@ -15,20 +15,40 @@ from .durations import Durations
 from .engine import Engine
 from .errors import ConfigError
 from .ledger import Ledger
+from .projects import DEFAULT_PROJECT, Project, variable_suffix
 from .rate_budget import RateBudget, bucket_key
 from .retry_policy import RetryPolicy
 from .sealing import keyring
 from .wait_state import Cadence
 from .waits import WaitStore
 
-__all__ = ["build_engine", "engine_for"]
+__all__ = ["build_engine", "engine_for", "wait_prefix"]
 
 _lock = threading.Lock()
-_engines: dict[int, Engine] = {}
+_engines: dict[tuple[int, str], Engine] = {}
 
 
-def build_engine(settings: dict[str, Any], *, redis_url: str, token: str, secret_key: str | None) -> Engine:
-    """Return an Engine wired from plain settings (the ``hcloud_flow`` dict of celeryconfig)."""
+def wait_prefix(project: str) -> str:
+    """Return the Redis prefix of a project's parked waits and monitor: each project has its own monitor.
+
+    The project named ``default`` (the one a single-project installation has) keeps the prefix that came
+    before projects, so waits parked before an upgrade are still found.
+    """
+    return "hf" if project == DEFAULT_PROJECT else f"hf:p:{project}"
+
+
+def build_engine(
+    settings: dict[str, Any], *, redis_url: str, project: Project, secret_key: str | None
+) -> Engine:
+    """Return one project's Engine, wired from plain settings (celeryconfig's ``hcloud_flow`` dict)."""
+    token = project.token
+    if not token:
+        suffix = "" if project.name == DEFAULT_PROJECT else f"_{variable_suffix(project.name)}"
+        raise ConfigError(
+            f"no API token for project {project.name!r}: set HCLOUD_TOKEN{suffix} "
+            f"(or HCLOUD_TOKEN{suffix}_FILE, "
+            "a file only the workers can read) in the workers' environment"
+        )
     if secret_key:
         try:
             keyring(secret_key)
@@ -47,7 +67,7 @@ def build_engine(settings: dict[str, Any], *, redis_url: str, token: str, secret
     counters = Counters(store)
     client = HcloudClient(
         token,
-        base_url=settings["endpoint"],
+        base_url=project.endpoint,
         timeout=(5.0, float(settings.get("request_timeout", 30.0))),
         budget=budget,
         policy=policy,
@@ -60,7 +80,7 @@ def build_engine(settings: dict[str, Any], *, redis_url: str, token: str, secret
         client=client,
         redis=store,
         ledger=Ledger(store, retention=retention),
-        waits=WaitStore(store),
+        waits=WaitStore(store, prefix=wait_prefix(project.name)),
         secret_key=secret_key,
         cadence=Cadence(
             first=float(settings.get("poll_first", 1.0)), cap=float(settings.get("poll_cap", 10.0))
@@ -73,16 +93,17 @@ def build_engine(settings: dict[str, Any], *, redis_url: str, token: str, secret
         durations=Durations(store),
         # Per project (the bucket's hashed key): action ids of one project say nothing about another's.
         high_water=HighWater(store, f"{key}:action_ids", fresh_for=float(settings.get("bound_fresh", 5.0))),
+        project=project.name,
     )
 
 
-def engine_for(app: Any, token: Callable[[], str], secret_key: Callable[[], str | None]) -> Engine:
-    """Return this process's Engine for ``app``, building it on first use (after any fork)."""
+def engine_for(app: Any, project: Project, secret_key: Callable[[], str | None]) -> Engine:
+    """Return this process's Engine of ``project`` for ``app``, building it on first use (after any fork)."""
     with _lock:
-        engine = _engines.get(id(app))
+        engine = _engines.get((id(app), project.name))
         if engine is None:
             engine = build_engine(
-                app.conf.hcloud_flow, redis_url=app.conf.broker_url, token=token(), secret_key=secret_key()
+                app.conf.hcloud_flow, redis_url=app.conf.broker_url, project=project, secret_key=secret_key()
             )
-            _engines[id(app)] = engine
+            _engines[(id(app), project.name)] = engine
         return engine

@@ -323,7 +323,7 @@ def test_compose_defaults_are_the_code_defaults() -> None:
     """The worker's environment with nothing set on the host configures exactly what no environment does."""
     probe = (
         "import json, celeryconfig as c; print(json.dumps([c.broker_url, c.result_expires, c.task_time_limit,"
-        " c.broker_transport_options, c.hcloud_flow, c.api_token(), c.secret_key()]))"
+        " c.broker_transport_options, c.hcloud_flow, c.projects(), c.secret_key()]))"
     )
     base = {k: v for k, v in os.environ.items() if not k.startswith(("HCLOUD", "CELERY", "PYTHON"))}
     base["PYTHONPATH"] = str(ROOT)
