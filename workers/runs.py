@@ -188,6 +188,8 @@ class RunHooks:
         task_id = f"{run_id}-restore-{uuid.uuid4().hex[:8]}"
         self.store.set_state(run_id, run["state"], restore={"state": "powering_on", "task_id": task_id})
         kwargs = {"run_id": run_id, "step": "restore_power", "skip_if_status": "running"}
+        if run.get("project"):
+            kwargs["project"] = run["project"]
         try:
             signature(
                 "hcloud_flow.power_on", args=(run["server_id"],), kwargs=kwargs, app=self.app

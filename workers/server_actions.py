@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from .errors import BadInput
 from .labels import check_labels
+from .projects import check_project_name
 
 __all__ = [
     "ACTIONS",
@@ -180,6 +181,7 @@ class StepOptions(BaseModel):
     step: str | None = None
     skip_if_status: Literal["running", "off"] | None = Field(None, description="skip if already so")
     priority: Literal["interactive", "bulk"] | None = Field(None, description="the rate budget's class")
+    project: str | None = Field(None, description="the project whose token the step uses (the default)")
 
     @field_validator("deadline", mode="before")
     @classmethod
@@ -204,6 +206,11 @@ class StepOptions(BaseModel):
         if value is not None and not isinstance(value, str):
             raise BadInput(f"{info.field_name} must be a string", info.field_name)
         return value
+
+    @field_validator("project", mode="before")
+    @classmethod
+    def _project(cls, value: Any) -> Any:
+        return None if value is None else check_project_name(value)
 
     @field_validator("skip_if_status", mode="before")
     @classmethod

@@ -32,6 +32,7 @@ from .errors import (
     StepInProgress,
     TransportError,
 )
+from .projects import check_project_name
 from .retry_policy import Outcome, classify
 from .run_store import chain_holder
 from .server_actions import (
@@ -91,9 +92,15 @@ def run_action(task: Task, action: ServerAction, target: Any, options: dict[str,
     priority = options.get("priority")
     if priority not in (None, "interactive", "bulk"):
         raise BadInput("priority must be interactive or bulk", "priority")
+    # The project: named by the step, else by the previous step's result (a chain written by hand names it
+    # on its first step only), else the default. Its engine holds that project's token and budget.
+    project = options.get("project")
+    if project is None and isinstance(target, dict):
+        project = target.get("project")
+    eng = engine(None if project is None else check_project_name(project))
     # No sleeping for budget inside the task: a step short of budget is parked in Redis (Phase.LATER).
-    with engine().client.priority_scope(priority, patience=0.0):
-        return _run_action(task, action, target, options)
+    with eng.client.priority_scope(priority, patience=0.0):
+        return _run_action(eng, task, action, target, options)
 
 
 def _previous_action(previous: dict[str, Any] | None, server_id: int) -> int | None:
@@ -105,9 +112,10 @@ def _previous_action(previous: dict[str, Any] | None, server_id: int) -> int | N
     return max(known, default=None)
 
 
-def _run_action(task: Task, action: ServerAction, target: Any, options: dict[str, Any]) -> dict[str, Any]:
+def _run_action(
+    eng: Engine, task: Task, action: ServerAction, target: Any, options: dict[str, Any]
+) -> dict[str, Any]:
     """Start the step's action and park its wait; return at once only if nothing is left to wait for."""
-    eng = engine()
     step_key = task.request.id
     _took_over(eng, task.request.parent_id)
     if eng.ledger.get(step_key).status in FINISHED_STEP:
@@ -138,7 +146,7 @@ def _run_action(task: Task, action: ServerAction, target: Any, options: dict[str
         if skip and eng.ledger.get(step_key).action_id is None:
             status = eng.client.get_server(server_id)["status"]
             if status == skip:
-                return _skipped(action, server_id, step, run_id, previous, status)
+                return {**_skipped(action, server_id, step, run_id, previous, status), "project": eng.project}
         started = start_action(
             eng, action, server_id, params, step_key, after=_previous_action(previous, server_id)
         )
@@ -171,6 +179,7 @@ def _run_action(task: Task, action: ServerAction, target: Any, options: dict[str
         "outputs": started.outputs,
         "attached": started.attached,
         "run_id": run_id,
+        "project": eng.project,
         "history": history,
     }
     if act["status"] == "error":

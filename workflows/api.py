@@ -23,6 +23,7 @@ from celery.exceptions import TimeoutError as CeleryTimeout
 
 from workers.errors import BadInput, HcloudFlowError, NotFound, NotTaken, StillRunning
 from workers.labels import check_selector
+from workers.projects import check_project_name
 from workers.run_store import RunStore, has_ended
 
 from .submit import cancel_run
@@ -139,12 +140,15 @@ class Runs:
         server: int | str | None = None,
         queue: bool = False,
         timeout: float = 60.0,
+        project: str | None = None,
         **params: Any,
     ) -> str:
-        """Validate and start a run; return its id. Raises BadInput or ServerBusy, nothing enqueued."""
-        return str(
-            self.submit_full(workflow, server=server, queue=queue, timeout=timeout, **params)["run_id"]
+        """Validate and start a run (in ``project``, else the workers' default); return its id. Raises
+        BadInput or ServerBusy, nothing enqueued."""
+        answer = self.submit_full(
+            workflow, server=server, queue=queue, timeout=timeout, project=project, **params
         )
+        return str(answer["run_id"])
 
     def submit_full(
         self,
@@ -155,14 +159,18 @@ class Runs:
         timeout: float = 60.0,
         submitted_by: str | None = None,
         notify: list[str] | None = None,
+        project: str | None = None,
         **params: Any,
     ) -> dict[str, Any]:
         """Like submit, but return the whole answer (run id, state, planned steps, queued_behind).
 
         ``submitted_by`` is recorded with the run (default: this process's user@host); ``notify`` names
-        webhook URLs told when the run starts and ends.
+        webhook URLs told when the run starts and ends; ``project`` the project it acts in.
         """
+        if project is not None:
+            check_project_name(project)  # refused here, before anything is sent
         kwargs = {
+            "project": project,
             "workflow": workflow,
             "server": server,
             "params": params,
@@ -184,18 +192,24 @@ class Runs:
         """Cancel a run before its next step; ``by`` (default: this process's user@host) is recorded."""
         return cancel_run(self.store, run_id, by or default_submitter())
 
-    def servers(self, selector: str | None = None, *, timeout: float = 60.0) -> list[dict[str, Any]]:
+    def servers(
+        self, selector: str | None = None, *, timeout: float = 60.0, project: str | None = None
+    ) -> list[dict[str, Any]]:
         """Return the project's servers (or those the label selector picks), each with the run holding it."""
         if selector is not None:
             check_selector(selector)  # refused here, before anything is sent
-        answer = call_worker(
-            self.app, self.store.redis, "hcloud_flow.servers", {"selector": selector}, timeout
-        )
+        if project is not None:
+            check_project_name(project)
+        kwargs = {"selector": selector, "project": project}
+        answer = call_worker(self.app, self.store.redis, "hcloud_flow.servers", kwargs, timeout)
         return list(answer["servers"])
 
-    def images(self, *, timeout: float = 60.0) -> list[dict[str, Any]]:
+    def images(self, *, timeout: float = 60.0, project: str | None = None) -> list[dict[str, Any]]:
         """Return the project's snapshots and backups, each with the run of ours that made it."""
-        return list(call_worker(self.app, self.store.redis, "hcloud_flow.images", {}, timeout)["images"])
+        if project is not None:
+            check_project_name(project)
+        answer = call_worker(self.app, self.store.redis, "hcloud_flow.images", {"project": project}, timeout)
+        return list(answer["images"])
 
     def list(
         self, *, active: bool = False, server_id: int | None = None, limit: int = 50
@@ -339,9 +353,17 @@ def default() -> Runs:
     return _default
 
 
-def submit(workflow: str, *, server: int | str | None = None, queue: bool = False, **params: Any) -> str:
-    """Validate and start a run on the configured installation; return its id."""
-    return default().submit(workflow, server=server, queue=queue, **params)
+def submit(
+    workflow: str,
+    *,
+    server: int | str | None = None,
+    queue: bool = False,
+    project: str | None = None,
+    **params: Any,
+) -> str:
+    """Validate and start a run on the configured installation (in ``project``, else its default); return
+    its id."""
+    return default().submit(workflow, server=server, queue=queue, project=project, **params)
 
 
 def status(run_id: str) -> dict[str, Any]:

@@ -18,9 +18,18 @@ LOCK_MARGIN = 600.0
 
 
 def plan_steps(
-    workflow: Workflow, facts: dict[str, Any], run_id: str, *, priority: str | None = None
+    workflow: Workflow,
+    facts: dict[str, Any],
+    run_id: str,
+    *,
+    priority: str | None = None,
+    project: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Return the steps that will run, each with its fixed task id and its task's keyword arguments."""
+    """Return the steps that will run, each with its fixed task id and its task's keyword arguments.
+
+    Every step names the run's project: the steps' tasks pick that project's token and budget, whatever
+    the workers' default project is by then.
+    """
     steps: list[dict[str, Any]] = []
     for step in workflow.steps:
         if not step.when(facts):
@@ -29,6 +38,8 @@ def plan_steps(
         kwargs.update(run_id=run_id, step=step.name)
         if priority:
             kwargs["priority"] = priority
+        if project:
+            kwargs["project"] = project
         steps.append(
             {
                 "index": len(steps),

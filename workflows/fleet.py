@@ -19,6 +19,7 @@ from redis.exceptions import LockNotOwnedError
 
 from workers.client import HcloudClient, is_id
 from workers.errors import APIError, BadInput, HcloudFlowError, NotFound, RateBudgetExhausted, ServerBusy
+from workers.projects import DEFAULT_PROJECT
 
 from .fleet_gates import Gates
 from .fleet_plan import GATES, JOB_CONTROLS, Decision, decide, parse_amount
@@ -101,7 +102,9 @@ class FleetRunner(Gates):
         probe: Probe = http_probe,
         recheck: float = 15.0,
         look: Callable[[str], tuple[bool, str]] = probe_health,
+        project: str = DEFAULT_PROJECT,
     ) -> None:
+        self.project = project  # the project ``client`` and ``submit`` act in; its jobs name it
         self.look = look  # one look at a server's health-check URL (workflows.gates)
         self._lb_cache: dict[int, dict[str, Any]] = {}  # load balancers read in this pass (drain)
         self.probe = probe  # looks at a --block-on URL (workflows.gates)
@@ -138,6 +141,7 @@ class FleetRunner(Gates):
         meta = {
             "id": job_id,
             "workflow": plan["workflow"],
+            "project": self.project,
             "selector": options.get("selector"),
             "params": plan["params"],
             "servers": [
@@ -193,6 +197,9 @@ class FleetRunner(Gates):
     def plan(self, **options: Any) -> dict[str, Any]:
         """Check everything a job needs (``FleetSpec``'s fields) and return its plan, changing nothing."""
         spec = checked(FleetSpec, options)
+        if spec.project not in (None, self.project):
+            # A job never mixes projects: its servers, runs and budget are all of one.
+            raise BadInput(f"this runner acts in project {self.project!r}, not {spec.project!r}", "project")
         wf = workflow_named(spec.workflow)
         conc = parse_amount(spec.max_concurrency, "max_concurrency", minimum=1)
         errs = parse_amount(spec.max_errors, "max_errors", minimum=0)

@@ -10,6 +10,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from workers.projects import DEFAULT_PROJECT
+
 __all__ = ["LiveView", "change_line", "render_run"]
 
 _ICONS = {"pending": " ", "running": ">", "succeeded": "✓", "failed": "✗", "cancelled": "-"}
@@ -30,8 +32,10 @@ def _elapsed(run: dict[str, Any], now: float) -> float:
 def render_run(run: dict[str, Any], now: float | None = None) -> list[str]:
     """Return the display lines of one run."""
     now = time.time() if now is None else now
+    # The project is named when it is not the single-project installation's own ("default").
+    where = f" ({run['project']})" if run.get("project") not in (None, DEFAULT_PROJECT) else ""
     head = (
-        f"run {run['id']}  {run['workflow']} on {run.get('server_name') or run['server_id']}  "
+        f"run {run['id']}  {run['workflow']} on {run.get('server_name') or run['server_id']}{where}  "
         f"{run['state']}  {_elapsed(run, now):5.1f}s"
     )
     lines = [head]

@@ -27,6 +27,7 @@ from pydantic import (
 from workers.client import is_id
 from workers.errors import BadInput
 from workers.labels import check_selector
+from workers.projects import check_project_name
 
 from .cron import MAX_DURATION, WINDOW_NAME, cron_can_fire, parse_cron, parse_duration, zone
 from .fleet_plan import parse_amount
@@ -68,6 +69,7 @@ class FleetSpec(BaseModel):
     noun: ClassVar[str] = "fleet option"
 
     workflow: str = Field(description="workflow name (hcloud-flow workflows)")
+    project: str | None = Field(None, description="the project the job acts in (the workers' default)")
     selector: str | None = Field(None, description="label selector, e.g. 'env=staging,role in (web,api)'")
     servers: list[int | str] | None = Field(None, description="server ids or names (instead of a selector)")
     params: dict[str, Any] = Field(default_factory=dict, description="the workflow's parameters")
@@ -120,6 +122,11 @@ class FleetSpec(BaseModel):
                 f"{wf.name} takes its server from an earlier run; it does not run over a fleet", "workflow"
             )
         return wf.name
+
+    @field_validator("project", mode="before")
+    @classmethod
+    def _project(cls, value: Any) -> Any:
+        return None if value is None else check_project_name(value)
 
     @field_validator("selector", mode="before")
     @classmethod

@@ -17,11 +17,12 @@ from workers.run_store import FINAL, RunStore
 from workers.runs import RunHooks, error_info
 
 from .build import build_chain, lock_ttl, plan_steps
+from .definitions import WORKFLOWS
 from .notify import check_urls
-from .undo import from_earlier_run
+from .undo import from_earlier_run, project_of_run
 from .validate import Lookups, check_params, check_submitter, gather_facts, require_unicode, workflow_named
 
-__all__ = ["cancel_run", "submit_run"]
+__all__ = ["cancel_run", "from_run_project", "submit_run"]
 
 
 def _recordable(params: dict[str, Any]) -> dict[str, Any]:
@@ -31,6 +32,14 @@ def _recordable(params: dict[str, Any]) -> dict[str, Any]:
         data = out.pop("user_data").encode()
         out["user_data"] = f"sha256:{hashlib.sha256(data).hexdigest()[:16]} ({len(data)} bytes)"
     return out
+
+
+def from_run_project(store: RunStore, workflow: Any, params: Any) -> str | None:
+    """Return the project of the run an undo workflow restores from (None: it names none, or not an undo)."""
+    wf = WORKFLOWS.get(workflow) if isinstance(workflow, str) else None
+    if wf is None or wf.from_run is None or not isinstance(params, dict):
+        return None
+    return project_of_run(store, params.get(wf.from_run))
 
 
 def submit_run(
@@ -48,10 +57,12 @@ def submit_run(
     lookups: Lookups | None = None,
     submitted_by: Any = None,
     notify: Any = None,
+    project: str | None = None,
 ) -> dict[str, Any]:
     """Validate a request, record the run, take the server (or queue behind its run) and start the chain.
 
-    ``lookups`` carries what a fleet wave already read from the API (fresh server objects, the image).
+    ``client`` is the API client of ``project`` (the run acts there; its record says so). ``lookups``
+    carries what a fleet wave already read from the API (fresh server objects, the image).
     """
     wf = workflow_named(workflow)
     require_unicode({"server": server, "params": params}, "the submission")
@@ -61,18 +72,19 @@ def submit_run(
     if not isinstance(queue, bool):
         raise BadInput("queue must be true or false", "queue")
     if wf.from_run is not None:
-        server, clean = from_earlier_run(store, client, wf.from_run, server, clean)
+        server, clean = from_earlier_run(store, client, wf.from_run, server, clean, project)
     elif server is None:
         raise BadInput("server is missing; give the server as an id or a name (--server)", "server")
     facts = gather_facts(client, wf, server, clean, lookups)
     run_id = store.new_id()
-    steps = plan_steps(wf, facts, run_id, priority=priority)
+    steps = plan_steps(wf, facts, run_id, priority=priority, project=project)
     srv = facts["server"]
     ttl = lock_ttl(steps)
     sig = build_chain(app, steps, int(srv["id"]))
     meta = {
         "id": run_id,
         "workflow": wf.name,
+        "project": project,
         "server_id": int(srv["id"]),
         "server_name": srv["name"],
         "server_status_before": srv["status"],

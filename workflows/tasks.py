@@ -17,7 +17,7 @@ from workers.runs import RUN_LISTENERS, RUN_STARTED
 from .fleet import FleetRunner, JobStore
 from .inventory import project_images, project_servers
 from .notify import ATTEMPTS, Notifier, deliver
-from .submit import cancel_run, submit_run
+from .submit import cancel_run, from_run_project, submit_run
 
 __all__ = [
     "cancel",
@@ -26,6 +26,7 @@ __all__ = [
     "fleet_plan",
     "fleet_retry",
     "fleet_start",
+    "job_runner",
     "notify",
     "status",
     "submit",
@@ -33,14 +34,16 @@ __all__ = [
 ]
 
 
-def fleet_runner() -> FleetRunner:
-    """Return the fleet runner of this worker process."""
+def fleet_runner(project: str | None = None) -> FleetRunner:
+    """Return this worker's fleet runner of ``project`` (the default project for None): its client holds
+    that project's token and budget, and the runs it submits act there."""
+    eng = engine(project)
     store = run_store()
     job_store = JobStore(store.redis, retention=store.retention)
-    submit_one = partial(submit_run, app, engine().client, store, hooks())
+    submit_one = partial(submit_run, app, eng.client, store, hooks(), project=eng.project)
     return FleetRunner(
         job_store,
-        engine().client,
+        eng.client,
         submit_one,
         partial(cancel_run, store),
         kick=_kick,
@@ -49,7 +52,15 @@ def fleet_runner() -> FleetRunner:
         fresh_for=float(app.conf.hcloud_flow.get("fleet_fresh", 10.0)),
         recheck=float(app.conf.hcloud_flow.get("block_recheck", 15.0)),
         on_event=lambda event, subject: notifier().emit(event, subject, subject.get("notify")),
+        project=eng.project,
     )
+
+
+def job_runner(job_id: Any) -> FleetRunner:
+    """Return the fleet runner of the project a recorded job acts in (the default for an unknown job: its
+    own methods then refuse the id)."""
+    job = JobStore(run_store().redis).get(job_id) if isinstance(job_id, str) else None
+    return fleet_runner((job or {}).get("project"))
 
 
 def notifier() -> Notifier:
@@ -76,7 +87,7 @@ def _kick(job_id: str, countdown: float) -> None:
 
 def _on_run_ended(run: dict[str, Any]) -> None:
     if run.get("job_id"):
-        fleet_runner().on_run_ended(run)
+        fleet_runner(run.get("project")).on_run_ended(run)
     else:  # a job's runs are told of through the job's own events
         notifier().emit("run.ended", run, run.get("notify"))
 
@@ -98,12 +109,17 @@ def submit(
     queue: Any = False,
     submitted_by: Any = None,
     notify: Any = None,
+    project: Any = None,
 ) -> dict[str, Any]:
-    """Validate and start a workflow run; return its id."""
+    """Validate and start a workflow run in ``project`` (the default project for None); return its id."""
     # acks_late is off here: a redelivered submit would start a second run of the same request.
+    if project is None:
+        # An undo runs where the run it undoes ran.
+        project = from_run_project(run_store(), workflow, params)
+    eng = engine(project)
     return submit_run(
         app,
-        engine().client,
+        eng.client,
         run_store(),
         hooks(),
         workflow=workflow,
@@ -112,6 +128,7 @@ def submit(
         queue=queue,
         submitted_by=submitted_by,
         notify=notify,
+        project=eng.project,
     )
 
 
@@ -134,15 +151,17 @@ def status(run_id: Any = None) -> dict[str, Any]:
 
 
 @app.task(name="hcloud_flow.servers", throws=(BadInput,))
-def servers(selector: Any = None) -> dict[str, Any]:
+def servers(selector: Any = None, project: Any = None) -> dict[str, Any]:
     """Return the project's servers (or those the label selector picks), each with the run holding it."""
-    return {"servers": project_servers(engine().client, run_store(), selector)}
+    eng = engine(project)
+    return {"project": eng.project, "servers": project_servers(eng.client, run_store(), selector)}
 
 
 @app.task(name="hcloud_flow.images", throws=(BadInput,))
-def images() -> dict[str, Any]:
+def images(project: Any = None) -> dict[str, Any]:
     """Return the project's snapshots and backups, each with the run of ours that made it."""
-    return {"images": project_images(engine().client, run_store())}
+    eng = engine(project)
+    return {"project": eng.project, "images": project_images(eng.client, run_store())}
 
 
 def _fleet_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +174,7 @@ def _fleet_options(options: dict[str, Any]) -> dict[str, Any]:
 def fleet_start(submitted_by: Any = None, **options: Any) -> dict[str, Any]:
     """Validate and start a fleet job; return its record. Options: ``workflows.specs.FleetSpec``'s fields;
     ``submitted_by`` (who asks) is recorded with the job and its runs."""
-    return fleet_runner().start(submitted_by=submitted_by, **_fleet_options(options))
+    return fleet_runner(options.get("project")).start(submitted_by=submitted_by, **_fleet_options(options))
 
 
 @app.task(name="hcloud_flow.fleet_plan", throws=(BadInput,))
@@ -163,14 +182,15 @@ def fleet_plan(**options: Any) -> dict[str, Any]:
     """Return what a fleet job would do and spend, changing nothing (the dry run)."""
     from .dry_run import describe
 
-    return describe(fleet_runner().plan(**_fleet_options(options)), engine())
+    runner = fleet_runner(options.get("project"))
+    return describe(runner.plan(**_fleet_options(options)), engine(runner.project))
 
 
 @app.task(name="hcloud_flow.fleet_control", throws=(BadInput,))
 def fleet_control(job_id: Any = None, verb: Any = None, by: Any = None) -> dict[str, Any]:
     """Pause, resume, cancel, approve or reject a fleet job (``fleet_plan.JOB_CONTROLS``); ``by`` (who
     asked) is recorded with the job."""
-    return fleet_runner().control(job_id, verb, by)
+    return job_runner(job_id).control(job_id, verb, by)
 
 
 @app.task(name="hcloud_flow.fleet_retry", throws=(BadInput,), acks_late=False)
@@ -178,7 +198,7 @@ def fleet_retry(
     job_id: Any = None, failed: Any = True, not_started: Any = False, by: Any = None
 ) -> dict[str, Any]:
     """Start a new job over an ended job's failed and/or not started servers; return the new job."""
-    return fleet_runner().retry(job_id, failed=failed, not_started=not_started, by=by)
+    return job_runner(job_id).retry(job_id, failed=failed, not_started=not_started, by=by)
 
 
 @app.task(name="hcloud_flow.window_fire", acks_late=False)
@@ -186,12 +206,12 @@ def window_fire(name: Any = None) -> dict[str, Any]:
     """Fired by redbeat: start the window's fleet job if this is one of its local minutes."""
     from .windows import WindowStore, fire
 
-    runner = fleet_runner()
-    return fire(WindowStore(runner.store.redis, app), runner, str(name), runner.store.clock())
+    store = run_store()
+    return fire(WindowStore(store.redis, app), fleet_runner, str(name), store.clock())
 
 
 @app.task(name="hcloud_flow.fleet_advance", acks_late=False)
 def fleet_advance(job_id: Any = None) -> None:
     """Start what a fleet job may start now (sent again later when the rate budget held it back)."""
     if isinstance(job_id, str):
-        fleet_runner().advance(job_id)
+        job_runner(job_id).advance(job_id)

@@ -14,7 +14,7 @@ from workers.client import HcloudClient
 from workers.errors import APIError, BadInput
 from workers.run_store import RunStore
 
-__all__ = ["from_earlier_run"]
+__all__ = ["from_earlier_run", "project_of_run"]
 
 
 def made_images(run: dict[str, Any]) -> list[int]:
@@ -27,10 +27,24 @@ def made_images(run: dict[str, Any]) -> list[int]:
     return ids
 
 
+def project_of_run(store: RunStore, run_id: Any) -> str | None:
+    """Return the project an earlier run ran in (None: unknown run, or one from before projects)."""
+    run = store.get(run_id, live=False) if isinstance(run_id, str) and run_id else None
+    return (run or {}).get("project")
+
+
 def from_earlier_run(
-    store: RunStore, client: HcloudClient, param: str, server: Any, params: dict[str, Any]
+    store: RunStore,
+    client: HcloudClient,
+    param: str,
+    server: Any,
+    params: dict[str, Any],
+    project: str | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Return the server and parameters of a run restoring from ``params[param]``'s snapshot, or refuse."""
+    """Return the server and parameters of a run restoring from ``params[param]``'s snapshot, or refuse.
+
+    ``project`` is the project the restore would run in: it must be the earlier run's.
+    """
     run_id = params.get(param)
     run = store.get(run_id, live=False) if isinstance(run_id, str) and run_id else None
     if run is None:
@@ -38,6 +52,12 @@ def from_earlier_run(
             f"no run {run_id!r} (unknown, or older than the retention period); `hcloud-flow images` lists "
             "snapshots with the run that made each, for `run rebuild --image ID`",
             param,
+        )
+    if project is not None and run.get("project", project) != project:
+        raise BadInput(
+            f"run {run_id} ran in project {run.get('project')!r}, not {project!r}; a snapshot restores "
+            "in the project it was taken in",
+            "project",
         )
     images = made_images(run)
     if not images:

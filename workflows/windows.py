@@ -150,11 +150,22 @@ def _scheduled_minute(cron: Cron, local: datetime) -> datetime | None:
     return None
 
 
-def fire(windows: WindowStore, runner: Any, name: str, now: float) -> dict[str, Any]:
-    """Start the window's fleet job if its cron matches this local minute; record what happened."""
+def fire(
+    windows: WindowStore, runner_for: Callable[[str | None], Any], name: str, now: float
+) -> dict[str, Any]:
+    """Start the window's fleet job if its cron matches this local minute; record what happened.
+
+    ``runner_for(project)`` returns the fleet runner of the project the window acts in.
+    """
     window = windows.get(name)
     if window is None:
         return {"window": name, "fired": False, "why": "no such window"}
+    runner: Any = None
+    refused = ""
+    try:
+        runner = runner_for(window.get("project"))
+    except BadInput as exc:  # the project is no longer served by the workers: say so in its history
+        refused = str(exc)
     local = _scheduled_minute(parse_cron(window["cron"]), datetime.fromtimestamp(now, ZoneInfo(window["tz"])))
     if local is None:
         return {"window": name, "fired": False, "why": "not a minute of this window in its time zone"}
@@ -163,8 +174,10 @@ def fire(windows: WindowStore, runner: Any, name: str, now: float) -> dict[str, 
     start = local.timestamp()  # the window runs from its scheduled minute, even when its firing came late
     entry: dict[str, Any] = {"fired_at": now, "local": local.isoformat(timespec="minutes")}
     previous = window.get("last_job")
-    prev_job = runner.store.get(previous) if previous else None
-    if window.get("paused"):
+    prev_job = runner.store.get(previous) if previous and runner is not None else None
+    if runner is None:
+        entry.update(outcome="failed to start", reason=refused)
+    elif window.get("paused"):
         entry.update(outcome="skipped", reason="the window is paused")
     elif prev_job is not None and prev_job["state"] not in FINAL:  # running, paused or awaiting approval
         entry.update(outcome="skipped", reason=f"the previous job {previous} is still {prev_job['state']}")

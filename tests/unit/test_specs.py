@@ -98,6 +98,7 @@ def test_the_schema_says_what_each_field_takes() -> None:
         "workflow", "selector", "servers", "params", "max_concurrency", "max_errors", "canary", "notify",
         "approve_before_start", "approve_after_canary", "approval_timeout", "block_on", "drain",
         "max_per_placement_group", "max_per_location", "health_check", "health_timeout", "health_settle",
+        "project",
     }  # fmt: skip
     assert schema["required"] == ["workflow"] and schema["additionalProperties"] is False
     assert schema["properties"]["canary"]["minimum"] == 0

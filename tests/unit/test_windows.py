@@ -167,11 +167,11 @@ def test_a_firing_past_the_cutoff_starts_nothing_and_says_why(tmp_path: Any) -> 
                 return {"id": "j1", "servers": [1]}
 
         minute = datetime(2026, 7, 5, 3, 0, tzinfo=BERLIN).timestamp()
-        late = fire(store, Runner, window["name"], minute + 150)  # 2.5 min late: after the 2 min to cutoff
+        late = fire(store, lambda project: Runner, window["name"], minute + 150)  # 2.5 min late: after the 2 min to cutoff
         assert late["outcome"] == "skipped" and "past the window's cutoff" in late["reason"]
         assert not started
         next_week = minute + 7 * 86400
-        on_time = fire(store, Runner, window["name"], next_week + 20)
+        on_time = fire(store, lambda project: Runner, window["name"], next_week + 20)
         assert on_time["outcome"] == "started" and started[0]["submitted_by"] == f"window {window['name']}"
         assert [e for e, _ in told] == ["window.skipped", "window.fired"]
         assert told[1][1]["job_id"] == "j1" and told[0][1]["name"] == window["name"]

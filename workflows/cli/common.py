@@ -31,6 +31,7 @@ __all__ = [
     "param_options",
     "params_from",
     "print_json",
+    "project_option",
     "runs",
     "split_servers",
     "submit_timeout_option",
@@ -127,6 +128,26 @@ def notify_option(f: Callable[..., Any]) -> Callable[..., Any]:
         multiple=True,
         metavar="URL",
         help="webhook told when it starts and ends (repeatable; slack+https://… for Slack's format)",
+    )(f)
+
+
+def _project(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    from workers.projects import check_project_name
+
+    return None if value is None else check_project_name(value, "--project")
+
+
+def project_option(f: Callable[..., Any], *, envvar: bool = True) -> Callable[..., Any]:
+    """``--project NAME``; with ``envvar``, $HCLOUD_FLOW_PROJECT when it is not given (not for what is
+    stored and edited later, a window: an edit must not move it because of a shell's setting)."""
+    return click.option(
+        "--project",
+        metavar="NAME",
+        envvar="HCLOUD_FLOW_PROJECT" if envvar else None,
+        callback=_project,
+        help="the project to act in (default: $HCLOUD_FLOW_PROJECT, else the workers' default project)"
+        if envvar
+        else "the project the window acts in (add: the workers' default project)",
     )(f)
 
 

@@ -20,6 +20,7 @@ from .common import (
     param_options,
     params_from,
     print_json,
+    project_option,
     split_servers,
     submit_timeout_option,
     wait_options,
@@ -133,6 +134,7 @@ def unsucceeded(job: dict[str, Any]) -> list[str]:
     help="no new server starts while URL answers non-2xx or lists alerts (Alertmanager, Prometheus)",
 )
 @click.option("--dry-run", is_flag=True, help="print the plan and its API budget; start nothing")
+@project_option
 @wait_options("job")
 @submit_timeout_option
 @notify_option
@@ -156,6 +158,7 @@ def fleet_cmd(
     drain: bool,
     block_on: tuple[str, ...],
     dry_run: bool,
+    project: str | None,
     wait: bool,
     timeout: float | None,
     quiet: bool,
@@ -172,6 +175,7 @@ def fleet_cmd(
     if (selector is None) == (servers is None):
         raise BadInput("give either --selector or --servers (one of them)")
     spec: dict[str, Any] = {
+        "project": project,
         "selector": selector,
         "servers": split_servers(servers),
         "params": params_from(options),

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import click
 
-from .common import EXIT_OK, json_option, print_json, runs, submit_timeout_option
+from .common import EXIT_OK, json_option, print_json, project_option, runs, submit_timeout_option
 
 __all__ = ["COMMANDS"]
 
 
 @click.command("servers")
 @click.option("--selector", help="only servers this label selector picks, e.g. 'env=staging'")
+@project_option
 @submit_timeout_option
 @json_option
-def servers_cmd(selector: str | None, submit_timeout: float, as_json: bool) -> int:
+def servers_cmd(selector: str | None, project: str | None, submit_timeout: float, as_json: bool) -> int:
     """List the project's servers: status, type, location, labels, and the run holding each."""
-    rows = runs().servers(selector, timeout=submit_timeout)
+    rows = runs().servers(selector, timeout=submit_timeout, project=project)
     if as_json:
         print_json(rows)
         return EXIT_OK
@@ -35,11 +36,12 @@ def servers_cmd(selector: str | None, submit_timeout: float, as_json: bool) -> i
 
 
 @click.command("images")
+@project_option
 @submit_timeout_option
 @json_option
-def images_cmd(submit_timeout: float, as_json: bool) -> int:
+def images_cmd(project: str | None, submit_timeout: float, as_json: bool) -> int:
     """List the project's snapshots and backups, with the run that made each."""
-    rows = runs().images(timeout=submit_timeout)
+    rows = runs().images(timeout=submit_timeout, project=project)
     if as_json:
         print_json(rows)
         return EXIT_OK

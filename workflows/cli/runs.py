@@ -18,6 +18,7 @@ from .common import (
     param_options,
     params_from,
     print_json,
+    project_option,
     runs,
     submit_timeout_option,
     wait_options,
@@ -33,6 +34,7 @@ _NAME_SCAN = 5000
 @click.argument("workflow")
 @click.option("--server", help="server id or name (restore: the --from-run run's server if left out)")
 @click.option("--queue", is_flag=True, help="if the server is busy, queue behind its run")
+@project_option
 @wait_options("run")
 @submit_timeout_option
 @notify_option
@@ -42,6 +44,7 @@ def run_cmd(
     workflow: str,
     server: str | None,
     queue: bool,
+    project: str | None,
     wait: bool,
     timeout: float | None,
     quiet: bool,
@@ -64,7 +67,13 @@ def run_cmd(
     check_params(wf, params)  # refuse bad shapes before touching the broker
     check_urls(list(notify))
     answer = runs().submit_full(
-        workflow, server=target, queue=queue, timeout=submit_timeout, notify=list(notify), **params
+        workflow,
+        server=target,
+        queue=queue,
+        timeout=submit_timeout,
+        notify=list(notify),
+        project=project,
+        **params,
     )
     if not as_json:
         for warning in answer.get("warnings") or []:

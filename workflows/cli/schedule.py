@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import click
 
 from workflows.api import check_window_at_the_api
 
-from .common import EXIT_OK, json_option, param_options, params_from, print_json, submit_timeout_option
+from .common import (
+    EXIT_OK,
+    json_option,
+    param_options,
+    params_from,
+    print_json,
+    project_option,
+    submit_timeout_option,
+)
 
 __all__ = ["COMMANDS"]
 
@@ -124,6 +133,7 @@ def _window_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 help="store without asking the API that the servers and image exist",
             ),
             submit_timeout_option,
+            partial(project_option, envvar=False),
         )
     ):
         f = option(f)
@@ -138,6 +148,7 @@ def _given(name: str, workflow: str | None, options: dict[str, Any]) -> dict[str
     if workflow:
         given["workflow"] = workflow
     for field in (
+        "project",
         "cron",
         "tz",
         "duration",

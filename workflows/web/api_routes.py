@@ -15,6 +15,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 
 from workers.errors import BadInput, HcloudFlowError, NotTaken, ServerBusy
+from workers.projects import check_project_name
 from workers.run_store import ACTIVE, FINAL
 from workflows.fleet_plan import JOB_CONTROLS
 from workflows.notify import check_urls
@@ -109,11 +110,13 @@ def submit_run(body: RunRequest, request: Request, key: Operator) -> JSONRespons
         raise BadInput("give the server as an id or a name, not an empty string", "server")
     check_params(workflow_named(body.workflow), body.params)  # refused here, before anything is sent
     check_urls(body.notify)
+    if body.project is not None:
+        check_project_name(body.project)
 
     def produce() -> tuple[int, Any]:
         answer = services.runs.submit_full(
             body.workflow, server=body.server, queue=body.queue, timeout=services.submit_timeout,
-            submitted_by=who(key), notify=body.notify, **body.params,
+            submitted_by=who(key), notify=body.notify, project=body.project, **body.params,
         )  # fmt: skip
         return 202, {**answer, "links": {"run": f"/api/v1/runs/{answer['run_id']}"}}
 

@@ -24,6 +24,7 @@ class RunRequest(BaseModel):
     notify: list[StrictStr] = Field(
         default_factory=list, description="webhook URLs told of its start and end"
     )
+    project: StrictStr | None = Field(None, description="the project to act in (the workers' default)")
 
 
 class RetryRequest(BaseModel):
@@ -41,6 +42,7 @@ class WindowPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     workflow: StrictStr | None = None
+    project: StrictStr | None = None
     cron: StrictStr | None = None
     tz: StrictStr | None = None
     duration: StrictStr | StrictInt | None = None
