@@ -20,14 +20,25 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 from . import __version__
 from .errors import APIError, BadInput, ConfigError, TransportError
 from .rate_budget import Priority, RateBudget
-from .retry_policy import RetryPolicy, never_sent, should_retry
+from .retry_policy import RetryPolicy, is_ambiguous, never_sent, should_retry
 
-__all__ = ["DEFAULT_BASE_URL", "MAX_IDS_PER_ACTIONS_GET", "MAX_PER_PAGE", "HcloudClient"]
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "IDEMPOTENT_METHODS",
+    "MAX_IDS_PER_ACTIONS_GET",
+    "MAX_PER_PAGE",
+    "HcloudClient",
+]
 
 DEFAULT_BASE_URL = "https://api.hetzner.cloud/v1"
 # hcloud-go's finding: GET /actions answers at most 25 ids, extra ids "might not be returned at all".
 MAX_IDS_PER_ACTIONS_GET = 25
 MAX_PER_PAGE = 50
+# Methods whose repetition leaves the API as one request would (RFC 9110 §9.2.2), so an ambiguous failure
+# (a lost answer, a read timeout, a gateway error) is retried as it is. The API's PUTs replace what they
+# are given, and a second DELETE finds nothing to delete (404, which ``gone_is_done`` can count as done).
+# A POST starts an action each time it is processed: it is resent only when the API certainly did not act.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 # The budget priority of the requests made in this thread or task: fleet jobs spend as "bulk".
 _PRIORITY: ContextVar[Priority | None] = ContextVar("hcloud_flow_priority", default=None)
 # How long a request made in this thread or task may sleep for the budget (None: the budget's own bound).
@@ -112,14 +123,25 @@ class HcloudClient:
         params: dict[str, Any] | list[tuple[str, Any]] | None = None,
         json: Any = None,
         idempotent: bool | None = None,
+        gone_is_done: bool = False,
     ) -> dict[str, Any]:
-        """Send one API request with bounded retries and return its decoded JSON body.
+        """Send one API request with bounded retries and return its decoded JSON body ({} if it has none).
 
         A POST is retried only when the API certainly did not act on it (see ``retry_policy``); after an
         ambiguous failure the caller must look for the action it may have started before sending again.
+        Methods in ``IDEMPOTENT_METHODS`` are retried after ambiguous failures too. With ``gone_is_done``
+        (a DELETE), a 404 ``not_found`` that answers a retry after an ambiguous failure means the earlier
+        attempt did the work and only its answer was lost: the call returns {} instead of raising.
         """
         if idempotent is None:
-            idempotent = method.upper() == "GET"
+            idempotent = method.upper() in IDEMPOTENT_METHODS
+        maybe_done = False  # an earlier attempt may have been processed, its answer lost
+
+        def retry_on(exc: BaseException) -> bool:
+            nonlocal maybe_done
+            retry = should_retry(exc, idempotent=idempotent)
+            maybe_done = maybe_done or (retry and is_ambiguous(exc))
+            return retry
 
         def wait(state: RetryCallState) -> float:
             return self.policy.backoff(state.attempt_number, self._rnd)
@@ -127,13 +149,17 @@ class HcloudClient:
         retrying = Retrying(
             stop=stop_after_attempt(self.policy.attempts) | stop_after_delay(self.policy.max_total),
             wait=wait,
-            retry=retry_if_exception(lambda exc: should_retry(exc, idempotent=idempotent)),
+            retry=retry_if_exception(retry_on),
             sleep=self._sleep,
             reraise=True,
             before_sleep=None if self._on_retry is None else (lambda state: self._on_retry(method, path)),  # type: ignore[misc]
         )
         try:
             return retrying(self._send_once, method, path, params, json)
+        except APIError as exc:
+            if gone_is_done and maybe_done and exc.code == "not_found":
+                return {}
+            raise
         except requests.RequestException as exc:
             raise TransportError(
                 f"{type(exc).__name__}: {exc}", method, path, maybe_sent=not never_sent(exc)
@@ -373,6 +399,37 @@ class HcloudClient:
     ) -> Iterator[list[dict[str, Any]]]:
         """Yield the image list page by page, so a caller can stop once it has what it needs."""
         yield from self._page_lists("/images", "images", self._image_params(type, None, None, None, sort))
+
+    def update_image(
+        self, image_id: int, *, labels: dict[str, str] | None = None, description: str | None = None
+    ) -> dict[str, Any]:
+        """Change a snapshot's or backup's labels (the given set replaces all of them; {} removes every
+        label) and/or its description; None leaves a field as it is. Return the updated image."""
+        body: dict[str, Any] = {}
+        if labels is not None:
+            body["labels"] = dict(labels)
+        if description is not None:
+            body["description"] = description
+        # A PUT: repeating it after a lost answer sets the same values again (IDEMPOTENT_METHODS).
+        return self.request("PUT", f"/images/{int(image_id)}", json=body)["image"]
+
+    def delete_image(self, image_id: int) -> None:
+        """Delete a snapshot or backup (the API answers 204 with no body).
+
+        A DELETE whose answer is lost (reset, read timeout, gateway error) is sent again, and a 404 to
+        that retry means the first one deleted the image: done, not an error. A 404 to the first attempt,
+        or after failures the API documents as "not processed", still raises APIError ``not_found``.
+        Refusals raise too: ``protected`` (delete protection on), ``unsupported_error`` (a system image).
+        """
+        self.request("DELETE", f"/images/{int(image_id)}", gone_is_done=True)
+
+    def change_image_protection(self, image_id: int, *, delete: bool) -> dict[str, Any]:
+        """Turn a snapshot's delete protection on or off; return the ``change_protection`` action."""
+        # A POST, but one that sets a flag to a value: a second one after a lost answer leaves the image as
+        # the first did (its action simply is not the one returned), so it is retried like a PUT.
+        body = {"delete": bool(delete)}
+        path = f"/images/{int(image_id)}/actions/change_protection"
+        return self.request("POST", path, json=body, idempotent=True)["action"]
 
     @staticmethod
     def _image_params(*values: str | None) -> list[tuple[str, Any]]:

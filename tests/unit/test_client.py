@@ -205,3 +205,102 @@ def test_a_server_lookup_by_an_empty_filter_is_refused(kwargs: dict[str, str]) -
     with pytest.raises(BadInput):
         c.list_servers(**kwargs)
     assert session.calls == []
+
+
+# -- images: update, delete, change_protection ------------------------------------------------------------
+
+IMAGE = {"image": {"id": 7, "type": "snapshot", "labels": {"run": "r2"}, "description": "d"}}
+PROTECT = {"action": {"id": 9, "command": "change_protection", "status": "success", "progress": 100}}
+LOST = requests.ConnectionError(ConnectionResetError(104, "Connection reset by peer"))
+
+
+def test_delete_image_sends_a_bodiless_delete_and_takes_the_204() -> None:
+    c, session, sleeps = client([(204, "")])
+    assert c.delete_image(7) is None
+    call = session.calls[0]
+    assert call["method"] == "DELETE" and call["url"] == "http://api.test/v1/images/7"
+    assert "json" not in call and sleeps == []
+
+
+@pytest.mark.parametrize(
+    "lost",
+    [LOST, requests.ReadTimeout("slow"), (502, "<html>bad gateway</html>"), (504, err("timeout"))],
+    ids=["reset", "read-timeout", "502", "504"],
+)
+def test_delete_image_after_a_lost_answer_is_retried_and_a_404_then_means_done(lost: Any) -> None:
+    c, session, sleeps = client([lost if isinstance(lost, tuple) else (0, lost), (404, err("not_found"))])
+    assert c.delete_image(7) is None  # the first DELETE did it; only its answer was lost
+    assert [call["method"] for call in session.calls] == ["DELETE", "DELETE"] and len(sleeps) == 1
+
+
+def test_delete_image_lost_answer_then_the_retry_deletes_it() -> None:
+    c, session, _ = client([(0, requests.ReadTimeout("slow")), (204, "")])
+    c.delete_image(7)
+    assert len(session.calls) == 2
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        [(404, err("not_found"))],  # no such image: the caller's mistake, not a success
+        [(409, err("conflict")), (404, err("not_found"))],  # the API did nothing the first time
+        [(0, requests.ConnectTimeout("connect")), (404, err("not_found"))],  # never sent
+    ],
+    ids=["first-attempt", "after-not-processed", "after-not-sent"],
+)
+def test_delete_image_404_is_an_error_unless_an_earlier_attempt_may_have_deleted(answers: Any) -> None:
+    c, session, _ = client(answers)
+    with pytest.raises(APIError) as info:
+        c.delete_image(7)
+    assert info.value.code == "not_found" and len(session.calls) == len(answers)
+
+
+@pytest.mark.parametrize(("status", "code"), [(423, "protected"), (422, "unsupported_error")])
+def test_delete_image_refusals_are_raised_at_once(status: int, code: str) -> None:
+    c, session, _ = client([(status, err(code)), (204, "")])
+    with pytest.raises(APIError) as info:
+        c.delete_image(7)
+    assert info.value.code == code and len(session.calls) == 1
+
+
+def test_delete_image_gives_up_after_the_retry_bound_with_a_transport_error() -> None:
+    c, session, _ = client([(0, LOST)] * 4)
+    with pytest.raises(TransportError) as info:
+        c.delete_image(7)
+    assert info.value.maybe_sent and len(session.calls) == 4
+
+
+def test_update_image_sends_only_what_is_given_and_empty_labels_clear_them() -> None:
+    c, session, _ = client([(200, IMAGE)] * 3)
+    assert c.update_image(7, labels={"run": "r2"}) == IMAGE["image"]
+    c.update_image(7, description="d")
+    c.update_image(7, labels={}, description="")
+    assert [call["method"] for call in session.calls] == ["PUT"] * 3
+    assert session.calls[0]["url"] == "http://api.test/v1/images/7"
+    assert [call["json"] for call in session.calls] == [
+        {"labels": {"run": "r2"}},
+        {"description": "d"},
+        {"labels": {}, "description": ""},
+    ]
+
+
+def test_update_image_is_retried_after_a_lost_answer_and_refusals_are_raised() -> None:
+    c, session, _ = client([(0, requests.ReadTimeout("slow")), (200, IMAGE)])
+    assert c.update_image(7, labels={"run": "r2"})["labels"] == {"run": "r2"}
+    assert len(session.calls) == 2
+    c, session, _ = client([(422, err("invalid_input")), (200, IMAGE)])
+    with pytest.raises(APIError):
+        c.update_image(7, labels={"bad key": "x"})
+    assert len(session.calls) == 1
+
+
+def test_change_image_protection_returns_the_action_and_survives_a_lost_answer() -> None:
+    c, session, _ = client([(201, PROTECT)])
+    assert c.change_image_protection(7, delete=True) == PROTECT["action"]
+    call = session.calls[0]
+    assert call["method"] == "POST" and call["url"] == "http://api.test/v1/images/7/actions/change_protection"
+    assert call["json"] == {"delete": True}
+    # Setting a flag twice leaves it as once: unlike a server action, it is sent again after a lost answer.
+    c, session, _ = client([(0, LOST), (201, PROTECT)])
+    assert c.change_image_protection(7, delete=False)["id"] == 9
+    assert [call["json"] for call in session.calls] == [{"delete": False}] * 2
