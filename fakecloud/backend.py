@@ -73,6 +73,8 @@ class Backend(ServerActions):
             self.servers: dict[int, Server] = {}
             self.actions: dict[int, Action] = {}
             self.images: dict[int, Image] = {i.id: i for i in fleet.system_images(now)}
+            # Deleted by DELETE /images/{id}: gone from /images, still shown by the servers built from them.
+            self.deleted_images: dict[int, Image] = {}
             self.ssh_keys: dict[int, SshKey] = {k.id: k for k in fleet.ssh_keys(now)}
             self.placement_groups: dict[int, PlacementGroup] = {}
             self.load_balancers: dict[int, LoadBalancer] = {}
@@ -215,7 +217,9 @@ class Backend(ServerActions):
     # Every rendering goes through these, so the clock skew reaches every timestamp ``/v1`` reports.
     def server_json(self, server: Server) -> dict[str, Any]:
         """Render a server with its image."""
-        image = self.images.get(server.image_id) if server.image_id is not None else None
+        image = None
+        if server.image_id is not None:
+            image = self.images.get(server.image_id) or self.deleted_images.get(server.image_id)
         group = self.placement_groups.get(server.placement_group_id or 0)
         out = server.to_json(
             self.image_json(image) if image is not None else None,
@@ -276,6 +280,29 @@ class Backend(ServerActions):
         for server in servers:
             server.placement_group_id = group.id
         return group
+
+    def instant_action(
+        self, command: str, resource: dict[str, Any], params: dict[str, Any] | None = None
+    ) -> Action:
+        """Record an action of another resource than a server that succeeded at once: its 201 already
+        says ``success``. It holds no server's lock and is not listed by ``GET /servers/actions``."""
+        with self.lock:
+            now = self.clock.now()
+            self.next_action_id += 1
+            action = Action(
+                id=self.next_action_id,
+                name=command,
+                command=command,
+                server_id=0,  # not a server action: GET /servers/{id}/actions does not list it
+                started=now,
+                due=now,
+                status="success",
+                finished=now,
+                params=params or {},
+                resource=resource,
+            )
+            self.actions[action.id] = action
+            return action
 
     def action_json(self, action: Action) -> dict[str, Any]:
         """Render an action as of now."""

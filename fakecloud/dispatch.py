@@ -60,6 +60,8 @@ class Reply:
 
 
 def _json_reply(status: int, payload: Any, headers: list[tuple[str, str]]) -> Reply:
+    if status == 204:  # No Content (DELETE): no body, so no Content-Type either
+        return Reply(status, headers)
     headers.append(("Content-Type", JSON))
     return Reply(status, headers, json.dumps(payload, separators=(",", ":")).encode())
 

@@ -144,9 +144,9 @@ class Locked(FakeCloudError):
 
 
 class Protected(FakeCloudError):
-    """Raised when the server's protection forbids the action."""
+    """Raised when the resource's protection forbids the action (a server's rebuild, an image's delete)."""
 
-    status, code, default_message = 423, "protected", "server is protected"
+    status, code, default_message = 423, "protected", "resource is protected"
 
 
 class RateLimitExceeded(FakeCloudError):

@@ -22,10 +22,11 @@ from typing import TYPE_CHECKING, Any
 
 from .exceptions import FakeCloudError, InvalidInput
 from .labels import compile_selector
-from .models import Action, rfc3339
+from .models import rfc3339
 
 if TYPE_CHECKING:
     from .backend import Backend
+    from .models import Action
 
 __all__ = ["LoadBalancer", "Target", "add_target", "remove_target"]
 
@@ -130,22 +131,7 @@ def _server_of(body: dict[str, Any], backend: Backend) -> int:
 
 
 def _action(backend: Backend, lb: LoadBalancer, command: str, server_id: int) -> Action:
-    now = backend.clock.now()
-    backend.next_action_id += 1
-    action = Action(
-        id=backend.next_action_id,
-        name=command,
-        command=command,
-        server_id=0,  # not a server action: GET /servers/{id}/actions does not list it
-        started=now,
-        due=now,
-        status="success",
-        finished=now,
-        params={"server_id": server_id},
-        resource={"id": lb.id, "type": "load_balancer"},
-    )
-    backend.actions[action.id] = action
-    return action
+    return backend.instant_action(command, {"id": lb.id, "type": "load_balancer"}, {"server_id": server_id})
 
 
 def add_target(backend: Backend, lb_id: int, body: dict[str, Any]) -> Action:

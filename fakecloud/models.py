@@ -41,6 +41,7 @@ class Image:
     unavailable_after: float | None = None  # set with ``deprecated``
     labels: dict[str, str] = field(default_factory=dict)
     protection_delete: bool = False
+    deleted: float | None = None  # when DELETE /images/{id} removed it; servers built from it still show it
 
     def to_json(self, skew: float = 0.0) -> dict[str, Any]:
         """Return the public ``image`` object; ``skew`` shifts its timestamps (the API's clock offset)."""
@@ -69,7 +70,7 @@ class Image:
                 "announced": rfc3339(self.deprecated, skew),
                 "unavailable_after": rfc3339(self.unavailable_after, skew),
             },
-            "deleted": None,
+            "deleted": rfc3339(self.deleted, skew),
             "labels": dict(self.labels),
         }
 

@@ -11,7 +11,7 @@ import json
 import re
 from typing import Any
 
-from . import load_balancers
+from . import images, load_balancers
 from .backend import Backend
 from .exceptions import InvalidInput, JsonError, NotFound, UniquenessError
 from .labels import compile_selector, validate_labels
@@ -148,8 +148,10 @@ def get_servers_actions(backend: Backend, request: Request) -> Answer:
 
 def get_servers_action(backend: Backend, request: Request) -> Answer:
     """GET /servers/actions/{id}"""
-    # Every action fakecloud holds is a server action, so this is GET /actions/{id} under another name.
-    return 200, {"action": backend.action_json(backend.action(_id(request)))}
+    action = backend.action(_id(request))
+    if action.resource is not None:  # a load balancer's or an image's action is not found here
+        raise NotFound(f"action with ID '{action.id}' not found")
+    return 200, {"action": backend.action_json(action)}
 
 
 # ----- the ten server actions ---------------------------------------------------------------------
@@ -262,7 +264,7 @@ def get_images(backend: Backend, request: Request) -> Answer:
     q = request.query
     sorts = parse_sort(q, ("id", "name", "created"))
     bound = ints(q, "bound_to")
-    images = backend.find_images(
+    found = backend.find_images(
         types=many(q, "type", IMAGE_TYPES),
         statuses=many(q, "status", IMAGE_STATUSES),
         name=one(q, "name"),
@@ -271,12 +273,89 @@ def get_images(backend: Backend, request: Request) -> Answer:
         architectures=many(q, "architecture", ARCHITECTURES),
         include_deprecated=bool(flag(q, "include_deprecated")),
     )
-    return _list(backend, request, "images", sort_items(images, sorts, _NAMED_SORT_KEYS), backend.image_json)
+    return _list(backend, request, "images", sort_items(found, sorts, _NAMED_SORT_KEYS), backend.image_json)
 
 
 def get_image(backend: Backend, request: Request) -> Answer:
     """GET /images/{id}"""
     return 200, {"image": backend.image_json(backend.image(_id(request)))}
+
+
+def update_image(backend: Backend, request: Request) -> Answer:
+    """PUT /images/{id}: description, type (only ``snapshot``: a backup becomes a snapshot) and labels
+    (the labels given replace the whole set); what is left out or null stays as it is."""
+    # Fields the SPEC's UpdateImageRequest does not name are ignored, not refused: the schema does not
+    # forbid additional properties (the OpenAPI default allows them; the SPEC says
+    # ``additionalProperties: false`` only where it means it), and PUT /servers/{id} is served the same way.
+    body = _body(request)
+    with backend.lock:
+        backend.image(_id(request))  # 404 before the fields, as PUT /servers/{id}
+        description = _optional_str(body, "description")
+        image_type = body.get("type")
+        if image_type not in (None, "snapshot"):
+            raise InvalidInput.field("type", f"invalid image type {image_type!r}; allowed: snapshot")
+        labels = validate_labels(body["labels"]) if body.get("labels") is not None else None
+        image = images.update_image(
+            backend, _id(request), description=description, image_type=image_type, labels=labels
+        )
+        return 200, {"image": backend.image_json(image)}
+
+
+def delete_image(backend: Backend, request: Request) -> Answer:
+    """DELETE /images/{id}: 204 and no body (SPEC)"""
+    images.delete_image(backend, _id(request))
+    return 204, {}
+
+
+def change_image_protection(backend: Backend, request: Request) -> Answer:
+    """POST /images/{id}/actions/change_protection"""
+    body = _body(request)
+    with backend.lock:
+        backend.image(_id(request))  # 404 before the fields, as PUT /images/{id}
+        delete = body.get("delete")  # hcloud-python sends {}, hcloud-go leaves it out, when given none
+        if delete is not None and not isinstance(delete, bool):
+            raise InvalidInput.field("delete", "must be a boolean")
+        action = images.change_protection(backend, _id(request), delete)
+        return 201, {"action": backend.action_json(action)}
+
+
+def _action_list(backend: Backend, request: Request, actions: list[Any]) -> Answer:
+    sorts = parse_sort(request.query, tuple(_ACTION_SORT_KEYS))
+    statuses = many(request.query, "status", ACTION_STATUSES)
+    actions = [a for a in actions if not statuses or a.status in statuses]
+    actions = sort_items(actions, sorts or [("id", False)], _ACTION_SORT_KEYS)
+    return _list(backend, request, "actions", actions, backend.action_json)
+
+
+def get_image_actions(backend: Backend, request: Request) -> Answer:
+    """GET /images/{id}/actions"""
+    return _action_list(backend, request, images.image_actions(backend, _id(request)))
+
+
+def get_images_actions(backend: Backend, request: Request) -> Answer:
+    """GET /images/actions (the actions of every image; hcloud-python ``client.images.actions``)"""
+    every = images.image_actions(backend)
+    ids = set(ints(request.query, "id"))
+    return _action_list(backend, request, [a for a in every if not ids or a.id in ids])
+
+
+def _image_action(backend: Backend, action_id: int, image_id: int | None = None) -> Answer:
+    action = backend.action(action_id)
+    resource = action.resource or {}
+    if resource.get("type") != "image" or image_id not in (None, resource.get("id")):
+        raise NotFound(f"action with ID '{action.id}' not found")
+    return 200, {"action": backend.action_json(action)}
+
+
+def get_images_action(backend: Backend, request: Request) -> Answer:
+    """GET /images/actions/{id}"""
+    return _image_action(backend, _id(request))
+
+
+def get_image_action(backend: Backend, request: Request) -> Answer:
+    """GET /images/{id}/actions/{action_id} (deprecated in the SPEC, still served)"""
+    image = backend.image(_id(request))
+    return _image_action(backend, _id(request, 1), image.id)
 
 
 def get_placement_groups(backend: Backend, request: Request) -> Answer:

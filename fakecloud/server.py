@@ -90,7 +90,8 @@ class _Handler(BaseHTTPRequestHandler):
         status_line = f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, '')}"
         head = [status_line, f"Date: {_http_date(app.backend.reported_now())}"]
         head.extend(f"{k}: {v}" for k, v in reply.headers)
-        head.append(f"Content-Length: {len(reply.body)}")
+        if reply.status != 204:  # RFC 9110 §8.6: a 204 carries no Content-Length
+            head.append(f"Content-Length: {len(reply.body)}")
         if self.close_connection:
             head.append("Connection: close")
         payload = b"" if head_only else reply.body

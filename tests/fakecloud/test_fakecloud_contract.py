@@ -119,3 +119,31 @@ def test_image_deprecation_reaches_the_client(client: Client) -> None:
     assert old is not None and old.deprecation is not None
     assert old.deprecation.unavailable_after > old.deprecation.announced
     assert client.images.get_by_name_and_architecture("ubuntu-24.04", "x86").deprecation is None
+
+
+def test_image_update_protection_and_delete(client: Client) -> None:
+    server = client.servers.get_by_name("srv-5")
+    created = server.create_image(description="to-delete", labels={"suite": "contract"})
+    created.action.wait_until_finished()
+    image = client.images.get_by_id(created.image.id)
+
+    updated = client.images.update(image, description="kept", labels={"suite": "contract", "round": "2"})
+    assert (updated.description, updated.labels) == ("kept", {"suite": "contract", "round": "2"})
+    assert [i.id for i in client.images.get_all(label_selector="round=2")] == [image.id]
+
+    protect = client.images.change_protection(image, delete=True)
+    assert protect.command == "change_protection" and protect.resources == [{"id": image.id, "type": "image"}]
+    protect.wait_until_finished()
+    assert client.images.get_by_id(image.id).protection == {"delete": True}
+    with pytest.raises(APIException) as info:
+        client.images.delete(image)
+    assert info.value.code == "protected"
+    # hcloud-python's image actions clients read GET /images/{id}/actions and GET /images/actions/{id}.
+    assert [a.id for a in client.images.get_actions(image)] == [protect.id]
+    assert client.images.actions.get_by_id(protect.id).command == "change_protection"
+
+    client.images.change_protection(image, delete=False).wait_until_finished()
+    assert client.images.delete(image) is True
+    with pytest.raises(APIException) as info:
+        client.images.get_by_id(image.id)
+    assert info.value.code == "not_found"
