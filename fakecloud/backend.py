@@ -47,8 +47,15 @@ class Backend(ServerActions):
         faults: str | dict[str, Any] | FaultSpec | None = None,
         durations: Mapping[str, float] | None = None,
         skew: float = 0.0,
+        id_space: int = 0,
     ) -> None:
         self.lock = threading.RLock()
+        # The real API draws the ids of every project from one space: two fakeclouds standing for two
+        # projects of one API take different id_space numbers, so their servers, actions and snapshots
+        # never share an id.
+        if isinstance(id_space, bool) or not isinstance(id_space, int) or not 0 <= id_space < 100:
+            raise ValueError(f"id_space must be 0 to 99, not {id_space!r}")
+        self.id_space = id_space
         self.clock: Clock = clock or RealClock()
         self.token = token
         self.faults = parse_faults(faults)
@@ -81,8 +88,8 @@ class Backend(ServerActions):
             self.server_types = fleet.server_types()
             self.due: list[tuple[float, int]] = []  # heap of (due time, action id)
             self.root_passwords: list[str] = []
-            self.next_action_id = fleet.ACTION_ID_BASE
-            self.next_image_id = fleet.SNAPSHOT_ID_BASE
+            self.next_action_id = fleet.ACTION_ID_BASE + self.id_space * 1_000_000_000
+            self.next_image_id = fleet.SNAPSHOT_ID_BASE + self.id_space * 1_000_000
             self.server_count = 0
             self.traffic.clear()
             # Armed drops belong to the test that armed them, not to the project that comes next.
@@ -100,7 +107,7 @@ class Backend(ServerActions):
             ids = []
             for _ in range(count):
                 self.server_count += 1
-                server_id = fleet.SERVER_ID_BASE + self.server_count
+                server_id = fleet.SERVER_ID_BASE + self.id_space * 100_000 + self.server_count
                 server = fleet.make_server(
                     self.fleet_rng,
                     server_id,

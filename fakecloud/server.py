@@ -194,10 +194,12 @@ def start(
     durations: Mapping[str, float] | None = None,
     clock: Clock | None = None,
     skew: float = 0.0,
+    id_space: int = 0,
 ) -> FakeCloud:
     """Start fakecloud on a daemon thread; ``port=0`` picks a free port. ``speed`` applies to the clock.
 
     ``skew`` (seconds, negative = behind) shifts every time ``/v1`` reports, as an API with a wrong clock.
+    ``id_space`` (0-99) sets this project apart in the API's one id space (a second project: 1).
     """
     if clock is None:
         clock = RealClock(speed)
@@ -212,5 +214,6 @@ def start(
         faults=dict(faults) if isinstance(faults, Mapping) else faults,
         durations=durations,
         skew=skew,
+        id_space=id_space,
     )
     return FakeCloud(backend, host, port).serve_in_thread()

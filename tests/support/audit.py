@@ -46,7 +46,8 @@ def leaks(secrets: set[bytes], blobs: dict[str, list[bytes]]) -> list[tuple[str,
 
 def secrets_of(token: str, clouds: list[Any]) -> set[bytes]:
     """Return what must never show in plaintext: the API token and every root password fakecloud issued."""
-    return {token.encode()} | {p.encode() for cloud in clouds for p in cloud.backend.root_passwords}
+    tokens = {token.encode()} | {str(cloud.backend.token).encode() for cloud in clouds}  # every project's
+    return tokens | {p.encode() for cloud in clouds for p in cloud.backend.root_passwords}
 
 
 def audit(secrets: set[bytes], servers: list[Any], logs_under: Path) -> list[tuple[str, str]]:
