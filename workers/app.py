@@ -19,7 +19,7 @@ from .monitor import Monitor
 from .projects import Projects
 from .run_store import RunStore, chain_holder
 from .runs import RunHooks
-from .runtime import engine_for, wait_prefix
+from .runtime import engine_for, register_projects, wait_prefix
 from .wait_state import Wait
 
 __all__ = ["app", "engine", "hooks", "projects", "run_store", "start_monitor", "stop_monitor"]
@@ -122,6 +122,7 @@ def _refuse_to_start_misconfigured(**_: object) -> None:
 
 @worker_ready.connect
 def _on_worker_ready(**_: object) -> None:
+    register_projects(engine().redis, projects())
     start_monitor()
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -15,15 +18,16 @@ from .durations import Durations
 from .engine import Engine
 from .errors import ConfigError
 from .ledger import Ledger
-from .projects import DEFAULT_PROJECT, Project, variable_suffix
+from .projects import DEFAULT_PROJECT, Project, Projects, variable_suffix
 from .rate_budget import RateBudget, bucket_key
 from .retry_policy import RetryPolicy
 from .sealing import keyring
 from .wait_state import Cadence
 from .waits import WaitStore
 
-__all__ = ["build_engine", "engine_for", "wait_prefix"]
+__all__ = ["PROJECTS_KEY", "build_engine", "engine_for", "register_projects", "wait_prefix"]
 
+log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _engines: dict[tuple[int, str], Engine] = {}
 
@@ -95,6 +99,36 @@ def build_engine(
         high_water=HighWater(store, f"{key}:action_ids", fresh_for=float(settings.get("bound_fresh", 5.0))),
         project=project.name,
     )
+
+
+PROJECTS_KEY = "hf:projects"
+
+
+def register_projects(store: redis.Redis, projects: Projects) -> None:
+    """Note each project's name, endpoint and bucket (never its token) where the CLI and the web service,
+    which hold no token, read which projects the workers serve and whose budget is whose."""
+    entries: dict[Any, Any] = {
+        p.name: json.dumps(
+            {
+                "endpoint": p.endpoint,
+                "bucket": bucket_key(p.token).rsplit(":", 1)[1],
+                "default": p.name == projects.default,
+                "seen": time.time(),
+            }
+        )
+        for p in projects.by_name.values()
+        if p.token
+    }
+    try:
+        # Replaced whole: a project taken out of the configuration is not listed on (every worker of one
+        # installation serves the same projects).
+        pipe = store.pipeline()
+        pipe.delete(PROJECTS_KEY)
+        if entries:
+            pipe.hset(PROJECTS_KEY, mapping=entries)
+        pipe.execute()
+    except redis.RedisError as exc:  # Redis not up yet: the worker still starts, and notes it next time
+        log.warning("could not note the projects in Redis: %s", exc)
 
 
 def engine_for(app: Any, project: Project, secret_key: Callable[[], str | None]) -> Engine:

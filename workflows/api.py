@@ -211,6 +211,34 @@ class Runs:
         answer = call_worker(self.app, self.store.redis, "hcloud_flow.images", {"project": project}, timeout)
         return list(answer["images"])
 
+    def prune_images(
+        self,
+        *,
+        selector: str | None = None,
+        servers: list[int | str] | None = None,
+        keep: int | None = None,
+        keep_within: int | str | None = None,
+        dry_run: bool = False,
+        project: str | None = None,
+        timeout: float = 120.0,
+    ) -> dict[str, Any]:
+        """Apply a retention policy to the snapshots hcloud-flow made of the servers picked; return, per
+        server, what was deleted (or, with ``dry_run``, would be), what failed and what was kept and why."""
+        from .retention import check_policy
+        from .specs import Targets, checked
+
+        check_policy(keep, keep_within, required=True)  # refused here, before anything is sent
+        checked(Targets, {"selector": selector, "servers": servers, "project": project})
+        kwargs = {
+            "selector": selector,
+            "servers": servers,
+            "keep": keep,
+            "keep_within": keep_within,
+            "dry_run": dry_run,
+            "project": project,
+        }
+        return call_worker(self.app, self.store.redis, "hcloud_flow.images_prune", kwargs, timeout)
+
     def list(
         self, *, active: bool = False, server_id: int | None = None, limit: int = 50
     ) -> list[dict[str, Any]]:

@@ -10,6 +10,10 @@ from celery import Celery, chain, signature
 from workers.server_actions import ACTIONS, TASK_NAMES
 
 from .definitions import Workflow
+from .retention import PRUNE_DEADLINE, PRUNE_TASK
+
+# Steps that are tasks of ours rather than server actions: their task name and deadline.
+LOCAL_STEPS: dict[str, tuple[str, float]] = {"prune_snapshots": (PRUNE_TASK, PRUNE_DEADLINE)}
 
 __all__ = ["build_chain", "plan_steps"]
 
@@ -45,7 +49,7 @@ def plan_steps(
                 "index": len(steps),
                 "name": step.name,
                 "action": step.action,
-                "task": TASK_NAMES[step.action],
+                "task": TASK_NAMES[step.action] if step.action in TASK_NAMES else LOCAL_STEPS[step.action][0],
                 "task_id": f"{run_id}-{len(steps)}-{uuid.uuid4().hex[:8]}",
                 "kwargs": kwargs,
                 "restore": step.restore,
@@ -71,4 +75,8 @@ def build_chain(app: Celery, steps: list[dict[str, Any]], server_id: int) -> Any
 
 def lock_ttl(steps: list[dict[str, Any]]) -> float:
     """Return how long a run may hold its server: every step's deadline, plus a margin."""
-    return sum(ACTIONS[s["action"]].deadline + 60 for s in steps) + LOCK_MARGIN
+    return sum(_deadline(s["action"]) + 60 for s in steps) + LOCK_MARGIN
+
+
+def _deadline(action: str) -> float:
+    return ACTIONS[action].deadline if action in ACTIONS else LOCAL_STEPS[action][1]

@@ -83,6 +83,14 @@ def _image(f: Facts) -> dict[str, Any]:
     }
 
 
+def _retention(f: Facts) -> dict[str, Any]:
+    return {"keep": f["params"].get("keep"), "keep_within": f["params"].get("keep_within")}
+
+
+def _retains(f: Facts) -> bool:
+    return f["params"].get("keep") is not None or f["params"].get("keep_within") is not None
+
+
 def _safety_image(f: Facts) -> dict[str, Any]:
     return {
         "description": f"hcloud-flow safety snapshot before rebuild of {f['server']['name']}",
@@ -129,6 +137,24 @@ IMAGE_PARAMS = (
     Param("image_type", str, "snapshot", "snapshot or backup", choices=("snapshot", "backup")),
 )
 
+RETENTION_PARAMS = (
+    Param(
+        "keep",
+        int,
+        None,
+        "after the snapshot, delete older snapshots hcloud-flow made of this server beyond the newest N",
+        minimum=1,
+        maximum=1000,
+    ),
+    Param(
+        "keep_within",
+        (int, str),
+        None,
+        "keep every snapshot hcloud-flow made of this server within this long, e.g. 30d (with --keep: "
+        "kept if either keeps it)",
+    ),
+)
+
 WORKFLOWS: dict[str, Workflow] = {
     w.name: w
     for w in (
@@ -164,8 +190,10 @@ WORKFLOWS: dict[str, Workflow] = {
                 Step("shutdown", "shutdown", _shutdown, when=_was_running, restore=STOPPED),
                 Step("create_image", "create_image", _image, restore=STOPPED),
                 Step("power_on", "power_on", when=_was_running, restore=BEFORE_START),
+                # Last: the server is back as it was before older snapshots go.
+                Step("prune", "prune_snapshots", _retention, when=_retains),
             ),
-            SHUTDOWN_PARAMS + IMAGE_PARAMS + (LEAVE_OFF,),
+            SHUTDOWN_PARAMS + IMAGE_PARAMS + RETENTION_PARAMS + (LEAVE_OFF,),
         ),
         Workflow(
             "rebuild",

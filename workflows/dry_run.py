@@ -50,7 +50,9 @@ def describe(plan: dict[str, Any], engine: Engine) -> dict[str, Any]:
             }
         )
         step_counts.append(len(steps))
-        seconds.append(sum(_expected(engine, ACTIONS[s["action"]].command) for s in steps))
+        seconds.append(
+            sum(_expected(engine, ACTIONS[s["action"]].command) for s in steps if s["action"] in ACTIONS)
+        )
     budget = engine.client.budget.snapshot() if engine.client.budget is not None else {}
     limit = float(budget.get("limit", 3600))
     remaining = float(budget.get("tokens", limit))

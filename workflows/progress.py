@@ -65,6 +65,17 @@ def render_run(run: dict[str, Any], now: float | None = None) -> list[str]:
             )
         else:
             lines.append(f"  root password ({step['name']}): {password.get('notice')}")
+    for step in run["steps"]:
+        pruned = (step.get("outputs") or {}).get("pruned")
+        if pruned:
+            gone = [str(i["id"]) for i in pruned.get("deleted") or []]
+            line = f"  prune: deleted {len(gone)} older snapshot(s)" + (
+                f" ({', '.join(gone)})" if gone else ""
+            )
+            line += f", kept {len(pruned.get('kept') or [])}"
+            for failed in pruned.get("failed") or []:
+                line += f"; could not delete {failed['id']}: {failed['error']}"
+            lines.append(line)
     restore = run.get("restore") or {}
     if restore.get("state") == "powering_on":
         lines.append("  powering the server on again, as it was running before the run")

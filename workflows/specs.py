@@ -35,7 +35,7 @@ from .gates import check_template
 from .notify import check_urls
 from .validate import check_params, require_unicode, workflow_named
 
-__all__ = ["FleetSpec", "WindowSpec", "checked"]
+__all__ = ["FleetSpec", "Targets", "WindowSpec", "checked"]
 
 _MAX_SERVERS = 10_000  # one job; a bigger list is a mistake (a fleet of more is several jobs)
 APPROVAL_TIMEOUT = 3600  # seconds a job awaits approval by default: an unattended gate must not hold forever
@@ -62,16 +62,52 @@ def checked(model: type[BaseModel], data: Any) -> Any:
         raise BadInput(f"{field}: {error['msg']}", field) from None
 
 
-class FleetSpec(BaseModel):
+class Targets(BaseModel):
+    """Which servers, in which project: a fleet job's, a window's and `images prune`'s (one rule each)."""
+
+    model_config = ConfigDict(extra="forbid")
+    noun: ClassVar[str] = "option"
+
+    project: str | None = Field(None, description="the project to act in (the workers' default)")
+    selector: str | None = Field(None, description="label selector, e.g. 'env=staging,role in (web,api)'")
+    servers: list[int | str] | None = Field(None, description="server ids or names (instead of a selector)")
+
+    @field_validator("project", mode="before")
+    @classmethod
+    def _project(cls, value: Any) -> Any:
+        return None if value is None else check_project_name(value)
+
+    @field_validator("selector", mode="before")
+    @classmethod
+    def _selector(cls, value: Any) -> Any:
+        return None if value is None else check_selector(value)
+
+    @field_validator("servers", mode="before")
+    @classmethod
+    def _servers(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, str):  # "1,2,srv-7", as the CLI and a form send it
+            value = [int(s) if is_id(s) else s for s in (p.strip() for p in value.split(",")) if s]
+        if not isinstance(value, list) or not value:
+            raise BadInput("servers must be a non-empty list of server ids or names", "servers")
+        if len(value) > _MAX_SERVERS:
+            raise BadInput(f"servers: at most {_MAX_SERVERS} in one job, not {len(value)}", "servers")
+        for ref in value:
+            if isinstance(ref, bool) or not isinstance(ref, int | str) or not str(ref).strip():
+                raise BadInput(f"servers holds {ref!r}; give each server as an id or a name", "servers")
+            if isinstance(ref, int) and ref <= 0:
+                raise BadInput(f"servers holds {ref}; server ids are positive", "servers")
+        return value
+
+
+class FleetSpec(Targets):
     """What a fleet job runs, on which servers, and how carefully."""
 
     model_config = ConfigDict(extra="forbid")
     noun: ClassVar[str] = "fleet option"
 
     workflow: str = Field(description="workflow name (hcloud-flow workflows)")
-    project: str | None = Field(None, description="the project the job acts in (the workers' default)")
-    selector: str | None = Field(None, description="label selector, e.g. 'env=staging,role in (web,api)'")
-    servers: list[int | str] | None = Field(None, description="server ids or names (instead of a selector)")
     params: dict[str, Any] = Field(default_factory=dict, description="the workflow's parameters")
     max_concurrency: str = Field("1", description="servers in flight at most: N or P% (of the fleet)")
     max_errors: str = Field("0", description="stop starting servers past this many errors: N or P%")
@@ -122,34 +158,6 @@ class FleetSpec(BaseModel):
                 f"{wf.name} takes its server from an earlier run; it does not run over a fleet", "workflow"
             )
         return wf.name
-
-    @field_validator("project", mode="before")
-    @classmethod
-    def _project(cls, value: Any) -> Any:
-        return None if value is None else check_project_name(value)
-
-    @field_validator("selector", mode="before")
-    @classmethod
-    def _selector(cls, value: Any) -> Any:
-        return None if value is None else check_selector(value)
-
-    @field_validator("servers", mode="before")
-    @classmethod
-    def _servers(cls, value: Any) -> Any:
-        if value is None:
-            return None
-        if isinstance(value, str):  # "1,2,srv-7", as the CLI and a form send it
-            value = [int(s) if is_id(s) else s for s in (p.strip() for p in value.split(",")) if s]
-        if not isinstance(value, list) or not value:
-            raise BadInput("servers must be a non-empty list of server ids or names", "servers")
-        if len(value) > _MAX_SERVERS:
-            raise BadInput(f"servers: at most {_MAX_SERVERS} in one job, not {len(value)}", "servers")
-        for ref in value:
-            if isinstance(ref, bool) or not isinstance(ref, int | str) or not str(ref).strip():
-                raise BadInput(f"servers holds {ref!r}; give each server as an id or a name", "servers")
-            if isinstance(ref, int) and ref <= 0:
-                raise BadInput(f"servers holds {ref}; server ids are positive", "servers")
-        return value
 
     @field_validator("notify", mode="before")
     @classmethod

@@ -11,12 +11,17 @@ from typing import Any
 
 from workers.app import app, engine, hooks, run_store
 from workers.deferred import Deferred
-from workers.errors import BadInput, ServerBusy
+from workers.engine import STEP_LABEL
+from workers.errors import BadInput, RunCancelled, ServerBusy
 from workers.runs import RUN_LISTENERS, RUN_STARTED
+from workers.server_actions import check_step_options
+from workers.tasks import ActionTask, resolve_target
 
-from .fleet import FleetRunner, JobStore
+from .fleet import FleetRunner, JobStore, resolve_targets
 from .inventory import project_images, project_servers
 from .notify import ATTEMPTS, Notifier, deliver
+from .retention import PRUNE_TASK, check_policy, prune
+from .specs import Targets, checked
 from .submit import cancel_run, from_run_project, submit_run
 
 __all__ = [
@@ -26,8 +31,10 @@ __all__ = [
     "fleet_plan",
     "fleet_retry",
     "fleet_start",
+    "images_prune",
     "job_runner",
     "notify",
+    "prune_snapshots",
     "status",
     "submit",
     "window_fire",
@@ -199,6 +206,75 @@ def fleet_retry(
 ) -> dict[str, Any]:
     """Start a new job over an ended job's failed and/or not started servers; return the new job."""
     return job_runner(job_id).retry(job_id, failed=failed, not_started=not_started, by=by)
+
+
+def _made_image(previous: dict[str, Any] | None) -> int | None:
+    """Return the image the run's create_image step made, from the previous step's result and history."""
+    if not previous:
+        return None
+    for result in [previous, *reversed(previous.get("history") or [])]:
+        image = (result.get("outputs") or {}).get("image") or {}
+        if result.get("action") == "create_image" and image.get("id"):
+            return int(image["id"])
+    return None
+
+
+@app.task(name=PRUNE_TASK, bind=True, base=ActionTask, throws=(BadInput, RunCancelled))
+def prune_snapshots(self: Any, target: Any = None, **options: Any) -> dict[str, Any]:
+    """A snapshot run's last step: delete older snapshots hcloud-flow made of its server beyond the policy
+    (``keep``, ``keep_within``; workflows/retention.py). Deleting again after a redelivery finds them gone,
+    which counts as deleted: the step is safe to run twice."""
+    policy = check_policy(options.pop("keep", None), options.pop("keep_within", None), required=True)
+    opts = check_step_options(options)
+    eng = engine(opts.get("project") or (target.get("project") if isinstance(target, dict) else None))
+    server_id, previous = resolve_target(eng, target)
+    run_id = opts.get("run_id") or (previous or {}).get("run_id")
+    if run_id:
+        hooks().step_started(run_id, self.request.id)  # raises RunCancelled when the run was cancelled
+    with eng.client.priority_scope(opts.get("priority"), patience=60.0):
+        outcome = prune(eng.client, server_id, policy, eng.clock(), just_made=_made_image(previous))
+    summary = {k: v for k, v in (previous or {}).items() if k != "history"}
+    history = [*(previous or {}).get("history", []), summary] if previous else []
+    return {
+        "server_id": server_id,
+        "step": opts.get("step") or "prune",
+        "action": "prune_snapshots",
+        "action_id": None,
+        "command": None,
+        "status": "success",
+        "outputs": {"pruned": outcome},
+        "attached": False,
+        "run_id": run_id,
+        "project": eng.project,
+        "history": history,
+    }
+
+
+@app.task(name="hcloud_flow.images_prune", throws=(BadInput,), acks_late=False)
+def images_prune(
+    selector: Any = None,
+    servers: Any = None,
+    keep: Any = None,
+    keep_within: Any = None,
+    dry_run: Any = False,
+    project: Any = None,
+) -> dict[str, Any]:
+    """Apply a retention policy to the snapshots hcloud-flow made of the servers a selector (or a list)
+    picks; ``dry_run`` lists what would go and deletes nothing."""
+    policy = check_policy(keep, keep_within, required=True)
+    if not isinstance(dry_run, bool):
+        raise BadInput("dry_run must be true or false", "dry_run")
+    spec = checked(Targets, {"selector": selector, "servers": servers, "project": project})
+    eng = engine(spec.project)
+    targets = resolve_targets(eng.client, spec.selector, spec.servers)
+    # One listing of the project's snapshots that we made serves every server.
+    made = eng.client.list_images(type="snapshot", label_selector=STEP_LABEL)
+    now = eng.clock()
+    rows = [
+        {"name": s["name"], **prune(eng.client, int(s["id"]), policy, now, dry_run=dry_run, images=made)}
+        for s in targets
+    ]
+    return {"project": eng.project, "dry_run": dry_run, "servers": rows}
 
 
 @app.task(name="hcloud_flow.window_fire", acks_late=False)

@@ -18,6 +18,7 @@ from workers.server_actions import ACTIONS, MAX_USER_DATA, check_description
 
 from .definitions import WORKFLOWS, Workflow
 from .param_models import model_for
+from .retention import check_policy
 
 __all__ = ["Lookups", "check_params", "check_submitter", "gather_facts", "workflow_named"]
 
@@ -129,6 +130,8 @@ def _check_values(p: dict[str, Any]) -> None:
         check_description(p["description"])
     if p.get("labels") is not None:
         check_labels(p["labels"])
+    if p.get("keep_within") is not None:
+        p["keep_within"] = check_policy(None, p["keep_within"]).keep_within
     image = p.get("image")
     # An empty name must never reach a lookup: it once became "no filter", and the first image of the
     # whole catalogue (debian-11) was rebuilt onto the server.
@@ -299,7 +302,7 @@ def gather_facts(
         raise BadInput(
             f"{workflow.name} needs a running server; {server['name']} is {server['status']}", "server"
         )
-    rows = [ACTIONS[step.action] for step in workflow.steps]
+    rows = [ACTIONS[step.action] for step in workflow.steps if step.action in ACTIONS]
     image: dict[str, Any] | None = None
     for row in rows:
         if row.protected_by and (server.get("protection") or {}).get(row.protected_by):

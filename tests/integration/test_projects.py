@@ -164,3 +164,17 @@ def test_workers_refuse_to_start_without_a_token_for_a_named_project(
     with pytest.raises(AssertionError, match="died at start") as refused:
         Worker("projects-no-token", env, logdir)
     assert "no API token for project 'staging': set HCLOUD_TOKEN_STAGING" in str(refused.value)
+
+
+def test_projects_lists_what_the_workers_serve_with_each_budget_and_no_token(
+    worker: Worker, redis_server: RedisServer, staging: Any
+) -> None:
+    shown = cli(redis_server, "projects", "--json")
+    assert shown.returncode == 0, shown.stderr
+    rows = {r["name"]: r for r in json.loads(shown.stdout)}
+    assert list(rows) == ["prod", "staging"] and rows["prod"]["default"] and not rows["staging"]["default"]
+    assert rows["staging"]["endpoint"] == staging.base_url
+    assert rows["staging"]["budget"]["limit"] == 3600
+    assert STAGING_TOKEN not in shown.stdout and TOKEN not in shown.stdout
+    table = cli(redis_server, "projects")
+    assert "staging" in table.stdout and "yes" in table.stdout

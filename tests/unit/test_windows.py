@@ -167,7 +167,8 @@ def test_a_firing_past_the_cutoff_starts_nothing_and_says_why(tmp_path: Any) -> 
                 return {"id": "j1", "servers": [1]}
 
         minute = datetime(2026, 7, 5, 3, 0, tzinfo=BERLIN).timestamp()
-        late = fire(store, lambda project: Runner, window["name"], minute + 150)  # 2.5 min late: after the 2 min to cutoff
+        # 2.5 min late: after the 2 min to cutoff
+        late = fire(store, lambda project: Runner, window["name"], minute + 150)
         assert late["outcome"] == "skipped" and "past the window's cutoff" in late["reason"]
         assert not started
         next_week = minute + 7 * 86400

@@ -207,6 +207,8 @@ def param_options(f: Callable[..., Any]) -> Callable[..., Any]:
             option = click.option(
                 flag_of(p), dest, multiple=True, metavar="ID|NAME", help=p.help + " (repeatable)"
             )
+        elif p.kind is int:
+            option = click.option(flag_of(p), dest, type=int, metavar="N", help=p.help)
         elif p.kind == (int, float):
             option = click.option(flag_of(p), dest, type=float, metavar="SECONDS", help=p.help)
         else:

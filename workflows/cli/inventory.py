@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import click
 
-from .common import EXIT_OK, json_option, print_json, project_option, runs, submit_timeout_option
+from .common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    json_option,
+    print_json,
+    project_option,
+    runs,
+    split_servers,
+    submit_timeout_option,
+)
 
 __all__ = ["COMMANDS"]
 
@@ -35,12 +44,15 @@ def servers_cmd(selector: str | None, project: str | None, submit_timeout: float
     return EXIT_OK
 
 
-@click.command("images")
+@click.group("images", invoke_without_command=True)
 @project_option
 @submit_timeout_option
 @json_option
-def images_cmd(project: str | None, submit_timeout: float, as_json: bool) -> int:
-    """List the project's snapshots and backups, with the run that made each."""
+@click.pass_context
+def images_cmd(ctx: click.Context, project: str | None, submit_timeout: float, as_json: bool) -> int:
+    """List the project's snapshots and backups, with the run that made each (`images prune`: retention)."""
+    if ctx.invoked_subcommand is not None:
+        return EXIT_OK
     rows = runs().images(timeout=submit_timeout, project=project)
     if as_json:
         print_json(rows)
@@ -61,4 +73,108 @@ def images_cmd(project: str | None, submit_timeout: float, as_json: bool) -> int
     return EXIT_OK
 
 
-COMMANDS = (servers_cmd, images_cmd)
+@images_cmd.command("prune")
+@click.option("--selector", help="the servers whose snapshots to prune, by label selector, e.g. 'env=prod'")
+@click.option("--servers", help="comma-separated server ids or names (instead of --selector)")
+@click.option(
+    "--keep", type=int, metavar="N", help="keep the newest N snapshots hcloud-flow made of each server"
+)
+@click.option("--keep-within", metavar="DURATION", help="keep every one made within this long, e.g. 30d")
+@click.option("--dry-run", is_flag=True, help="list what would be deleted; delete nothing")
+@project_option
+@submit_timeout_option
+@json_option
+def prune_cmd(
+    selector: str | None,
+    servers: str | None,
+    keep: int | None,
+    keep_within: str | None,
+    dry_run: bool,
+    project: str | None,
+    submit_timeout: float,
+    as_json: bool,
+) -> int:
+    """Delete older snapshots hcloud-flow made of each server beyond --keep/--keep-within (either keeps one).
+
+    Never an image hcloud-flow did not make, a backup, one with delete protection, or one not available.
+    """
+    from workers.errors import BadInput
+    from workflows.retention import check_policy
+    from workflows.specs import Targets, checked
+
+    check_policy(keep, keep_within, required=True)  # refused here, before anything is sent
+    if (selector is None) == (servers is None):
+        raise BadInput("give either --selector or --servers (one of them)")
+    targets = {"selector": selector, "servers": split_servers(servers), "project": project}
+    checked(Targets, targets)
+    answer = runs().prune_images(
+        **targets, keep=keep, keep_within=keep_within, dry_run=dry_run, timeout=submit_timeout
+    )
+    failed = sum(len(r["failed"]) for r in answer["servers"])
+    if as_json:
+        print_json(answer)
+        return EXIT_FAILED if failed else EXIT_OK
+    verb = "would delete" if dry_run else "deleted"
+    gone_key = "would_delete" if dry_run else "deleted"
+    for row in answer["servers"]:
+        gone = row[gone_key]
+        click.echo(f"{row['name']} ({row['server_id']}): {verb} {len(gone)}, kept {len(row['kept'])}")
+        for image in gone:
+            click.echo(
+                f"  {verb} {image['id']}  {(image.get('created') or '')[:19]}  "
+                f"{(image.get('description') or '')[:60]}"
+            )
+        for image in row["failed"]:
+            click.echo(f"  FAILED {image['id']}: {image['error']}")
+        for image in row["kept"]:
+            click.echo(f"  kept {image['id']}  ({image['why']})")
+    total = sum(len(r[gone_key]) for r in answer["servers"])
+    click.echo(
+        f"{verb} {total} snapshot(s) of {len(answer['servers'])} server(s)"
+        + (f", {failed} failed" if failed else "")
+    )
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+@click.command("projects")
+@json_option
+def projects_cmd(as_json: bool) -> int:
+    """List the projects the workers serve (as they noted them in Redis: no token here), with each one's
+    API endpoint and rate budget; `--project NAME` picks one on the commands that act."""
+    import json
+    import time
+
+    from workers.redis_values import text_hash
+    from workers.runtime import PROJECTS_KEY
+    from workflows.web.state import budgets
+
+    store = runs().store.redis
+    noted = {name: json.loads(raw) for name, raw in text_hash(store.hgetall(PROJECTS_KEY)).items()}
+    left = {b["bucket"]: b for b in budgets(store, time.time())}
+    rows = [
+        {
+            "name": name,
+            "default": bool(entry.get("default")),
+            "endpoint": entry.get("endpoint"),
+            "budget": {k: left[entry["bucket"]][k] for k in ("remaining", "limit")}
+            if entry.get("bucket") in left
+            else None,
+            "noted": entry.get("seen"),
+        }
+        for name, entry in sorted(noted.items(), key=lambda item: (not item[1].get("default"), item[0]))
+    ]
+    if as_json:
+        print_json(rows)
+        return EXIT_OK
+    if not rows:
+        click.echo("no projects noted: no worker has started on this Redis yet")
+        return EXIT_OK
+    click.echo(f"{'NAME':<20} {'DEFAULT':<8} {'BUDGET':<14} ENDPOINT")
+    for row in rows:
+        budget = row["budget"]
+        shown = f"{budget['remaining']:.0f}/{budget['limit']:.0f}" if budget else "-"
+        click.echo(f"{row['name']:<20} {'yes' if row['default'] else '':<8} {shown:<14} {row['endpoint']}")
+    return EXIT_OK
+
+
+COMMANDS = (servers_cmd, images_cmd, projects_cmd)

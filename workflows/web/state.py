@@ -4,6 +4,8 @@ service holds no API token); the worker count comes from a broadcast ping, kept 
 
 from __future__ import annotations
 
+import contextlib
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -23,12 +25,17 @@ QUEUE = "hcloud_flow"
 def budgets(client: redis.Redis, now: float, refill: float = 0.0, prefix: str = "hf") -> list[dict[str, Any]]:
     """Return each project's bucket as it stands now: tokens left, the limit, the refill and the reserve.
 
-    A bucket is named by a hash of its token, never the token; the first project is "default".
+    A bucket is named by a hash of its token, never the token; the workers note which project each is
+    (``hf:projects``); a bucket no worker noted is shown by its hash.
     """
+    named = {}
+    for name, raw in text_hash(client.hgetall(f"{prefix}:projects")).items():
+        with contextlib.suppress(ValueError, TypeError, KeyError):
+            named[json.loads(raw)["bucket"]] = name
     out = []
     found = texts(client.scan_iter(match=f"{prefix}:rate:*", count=100))
     keys = sorted(k for k in found if k.count(":") == 2)  # not the buckets' own sub-keys (action ids)
-    for n, key in enumerate(keys):
+    for key in keys:
         b = text_hash(client.hgetall(key))
         if "tokens" not in b:
             continue
@@ -37,7 +44,7 @@ def budgets(client: redis.Redis, now: float, refill: float = 0.0, prefix: str = 
         tokens = min(limit, float(b["tokens"]) + max(0.0, now - float(b.get("ts") or now)) * rate)
         out.append(
             {
-                "project": "default" if n == 0 else key.rsplit(":", 1)[1],
+                "project": named.get(key.rsplit(":", 1)[1], key.rsplit(":", 1)[1]),
                 "bucket": key.rsplit(":", 1)[1],
                 "remaining": round(tokens, 1),
                 "limit": limit,

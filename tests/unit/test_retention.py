@@ -1,0 +1,119 @@
+"""Snapshot retention's decision: only what hcloud-flow made of this server, never what must stay."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from workers.engine import STEP_LABEL
+from workers.errors import BadInput
+from workflows.definitions import WORKFLOWS
+from workflows.retention import Policy, check_policy, decide
+from workflows.validate import check_params
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC).timestamp()
+DAY = 86400
+
+
+def image(
+    image_id: int,
+    days_old: float,
+    *,
+    server: int = 7,
+    ours: bool = True,
+    kind: str = "snapshot",
+    protected: bool = False,
+    status: str = "available",
+) -> dict[str, Any]:
+    created = datetime.fromtimestamp(NOW - days_old * DAY, UTC).isoformat()
+    return {
+        "id": image_id,
+        "type": kind,
+        "status": status,
+        "created": created,
+        "description": f"img {image_id}",
+        "created_from": {"id": server, "name": f"srv-{server}"},
+        "labels": {STEP_LABEL: f"run-{image_id}"} if ours else {"purpose": "manual"},
+        "protection": {"delete": protected},
+    }
+
+
+def ids(rows: list[dict[str, Any]]) -> list[int]:
+    return [int(r["id"]) for r in rows]
+
+
+def test_keep_n_keeps_the_newest_n_and_deletes_the_rest_oldest_included() -> None:
+    images = [image(i, days_old=10 - i) for i in range(1, 6)]  # 5 is the newest
+    decision = decide(images, 7, Policy(keep=2), NOW, just_made=5)
+    assert ids(decision.delete) == [3, 2, 1]
+    assert ids(decision.keep) == [5, 4]
+
+
+def test_keep_within_keeps_what_is_recent_enough() -> None:
+    images = [image(1, 40), image(2, 20), image(3, 1)]
+    decision = decide(images, 7, Policy(keep_within=30 * DAY), NOW)
+    assert ids(decision.delete) == [1] and ids(decision.keep) == [3, 2]
+
+
+def test_with_both_rules_an_image_stays_when_either_keeps_it() -> None:
+    images = [image(1, 40), image(2, 20), image(3, 10), image(4, 1)]
+    decision = decide(images, 7, Policy(keep=1, keep_within=15 * DAY), NOW)
+    assert ids(decision.delete) == [2, 1] and ids(decision.keep) == [4, 3]
+
+
+def test_never_what_hcloud_flow_did_not_make_nor_another_server_s_nor_a_backup() -> None:
+    images = [
+        image(1, 50, ours=False),
+        image(2, 50, server=8),
+        image(3, 50, kind="backup"),
+        image(4, 50),
+        image(5, 0),
+    ]
+    decision = decide(images, 7, Policy(keep=1), NOW, just_made=5)
+    assert ids(decision.delete) == [4]
+    assert ids(decision.keep) == [5]  # the others are not even candidates
+
+
+def test_never_the_one_just_made_a_protected_one_or_one_still_being_made() -> None:
+    images = [image(1, 9, protected=True), image(2, 8, status="creating"), image(3, 7), image(9, 50)]
+    # keep=1 would keep only the newest; the just-made image is kept even though it is not the newest.
+    decision = decide(images, 7, Policy(keep=1), NOW, just_made=9)
+    assert ids(decision.delete) == []
+    why = {int(r["id"]): r["why"] for r in decision.keep}
+    assert why[9] == "just made" and why[1] == "delete protection is on" and "creating" in why[2]
+    assert why[3] == "one of the newest 1"
+
+
+def test_an_unreadable_date_never_makes_an_image_old_enough_to_go() -> None:
+    odd = {**image(1, 100), "created": "yesterday-ish"}
+    assert ids(decide([odd, image(2, 0)], 7, Policy(keep_within=DAY), NOW).delete) == []
+
+
+@pytest.mark.parametrize(
+    ("keep", "within", "message"),
+    [
+        (0, None, "keep must be a whole number from 1 to 1000"),
+        (1001, None, "keep must be"),
+        (True, None, "keep must be"),
+        ("2", None, "keep must be"),
+        (None, "forever", "keep_within must look like"),
+        (None, "0", "longer than 0"),
+        (None, 1.5, "keep_within must be a duration"),
+        (None, None, "give --keep N and/or --keep-within"),
+    ],
+)
+def test_a_bad_policy_is_refused(keep: Any, within: Any, message: str) -> None:
+    with pytest.raises(BadInput, match=message):
+        check_policy(keep, within, required=True)
+
+
+def test_a_snapshot_run_s_policy_is_checked_with_its_parameters_and_kept_in_seconds() -> None:
+    clean = check_params(WORKFLOWS["snapshot"], {"keep": 3, "keep_within": "30d"})
+    assert clean["keep"] == 3 and clean["keep_within"] == 30 * DAY
+    for bad in ({"keep": 0}, {"keep": "3"}, {"keep_within": "soon"}, {"keep_within": ""}):
+        with pytest.raises(BadInput):
+            check_params(WORKFLOWS["snapshot"], bad)
+    with pytest.raises(BadInput, match="does not take keep"):
+        check_params(WORKFLOWS["reboot"], {"keep": 3})
