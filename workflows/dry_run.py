@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
-from workers.engine import Engine
+from workers.engine import STEP_LABEL, Engine
 from workers.server_actions import ACTIONS
 
 from .build import plan_steps
 from .definitions import WORKFLOWS
 from .fleet_plan import GATES, estimate, waves_needed
 from .gates import first_block
+from .retention import Policy, decide
 
 __all__ = ["describe"]
 
@@ -33,6 +35,7 @@ def describe(plan: dict[str, Any], engine: Engine) -> dict[str, Any]:
     """Return the dry-run report of a validated fleet plan; nothing is started."""
     wf = WORKFLOWS[plan["workflow"]]
     facts_params = plan["facts"]["params"]
+    prune = _would_prune(engine, plan["servers"], facts_params)
     rows, step_counts, seconds = [], [], []
     for server in plan["servers"]:
         steps = plan_steps(wf, {"server": server, "params": facts_params}, "dry-run")
@@ -47,6 +50,7 @@ def describe(plan: dict[str, Any], engine: Engine) -> dict[str, Any]:
                 "load_balancers": [m["name"] for m in plan["drain"].get(int(server["id"]), [])]
                 or [f"id {i}" for i in server.get("load_balancers") or []],
                 "steps": [s["name"] for s in steps],
+                **({"would_prune": prune[int(server["id"])]} if prune is not None else {}),
             }
         )
         step_counts.append(len(steps))
@@ -115,8 +119,46 @@ def describe(plan: dict[str, Any], engine: Engine) -> dict[str, Any]:
         "warnings": _warnings(plan, wf.name, wf.disruptive),
         # Looked at now, as the job would before its first wave.
         "blocked_now": first_block(plan["block_on"]) if plan["block_on"] else None,
-        **_with_drain(figures, plan["drain"]),
+        **_with_prune(_with_drain(figures, plan["drain"]), prune),
     }
+
+
+def _would_prune(
+    engine: Engine, servers: list[dict[str, Any]], params: dict[str, Any]
+) -> dict[int, list[int]] | None:
+    """Return, per server, the snapshots the job's retention would delete once its new one exists (one
+    listing of the project's snapshots we made); None when the job keeps everything."""
+    policy = Policy(params.get("keep"), params.get("keep_within"))
+    if not policy:
+        return None
+    made = engine.client.list_images(type="snapshot", label_selector=STEP_LABEL)
+    now = engine.clock()
+    out = {}
+    for server in servers:
+        # The snapshot the run will make: the newest, and kept.
+        coming = {
+            "id": 0,
+            "type": "snapshot",
+            "status": "creating",
+            "created": _iso(now),
+            "labels": {STEP_LABEL: ""},
+            "created_from": {"id": server["id"]},
+        }
+        decision = decide([coming, *made], int(server["id"]), policy, now, just_made=0)
+        out[int(server["id"])] = [int(i["id"]) for i in decision.delete]
+    return out
+
+
+def _with_prune(figures: dict[str, Any], prune: dict[int, list[int]] | None) -> dict[str, Any]:
+    """Add what retention spends: per server one listing of our snapshots and one DELETE per one to go."""
+    if prune is None:
+        return figures
+    extra = len(prune) + sum(len(ids) for ids in prune.values())
+    return {**figures, "api_requests": figures["api_requests"] + extra}
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 def _with_drain(figures: dict[str, Any], drain: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:

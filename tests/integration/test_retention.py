@@ -123,3 +123,24 @@ def test_a_fleet_snapshot_applies_the_policy_to_each_server(
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["state"] == "succeeded"
     assert older not in image_ids(api)
+
+
+def test_a_fleet_dry_run_lists_what_retention_would_delete_and_deletes_nothing(
+    worker: Worker, redis_server: RedisServer, api: Api
+) -> None:
+    server = api.get("/servers", name="srv-14")["servers"][0]
+    first = snapshot_by_hand(api, server["id"], {STEP_LABEL: "dry-1"}, "older")
+    second = snapshot_by_hand(api, server["id"], {STEP_LABEL: "dry-2"}, "newer")
+    shown = cli(
+        redis_server, "fleet", "snapshot", "--servers", "srv-14", "--max-concurrency", "1",
+        "--max-errors", "0", "--keep", "2", "--dry-run", "--json",
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    row = json.loads(shown.stdout)["servers"][0]
+    assert row["would_prune"] == [first]  # the new one and `second` are the newest two
+    assert {first, second} <= image_ids(api)
+    table = cli(
+        redis_server, "fleet", "snapshot", "--servers", "srv-14", "--max-concurrency", "1",
+        "--max-errors", "0", "--keep", "2", "--dry-run",
+    )  # fmt: skip
+    assert f"then deletes older snapshots: {first}" in table.stdout

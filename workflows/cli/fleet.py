@@ -234,6 +234,8 @@ def _print_plan(plan: dict[str, Any], as_json: bool) -> None:
         )
         where = " ".join(x for x in (s.get("location"), s.get("placement_group")) if x)
         click.echo(f"  {s['name']:<20} {s['status']:<10} {where:<16} {' → '.join(s['steps'])}{lbs}")
+        if s.get("would_prune"):
+            click.echo(f"    then deletes older snapshots: {', '.join(map(str, s['would_prune']))}")
     click.echo(
         f"API requests: about {plan['api_requests']} ({plan['share_of_hourly_budget']:.1%} of the hourly "
         f"budget of {plan['budget_limit_per_hour']}; {plan['budget_remaining']} left now)"

@@ -19,7 +19,7 @@ from workers.run_store import FINAL
 
 from .auth import Viewer
 from .services import Services
-from .state import budgets
+from .state import budgets, wait_prefixes
 
 __all__ = ["router"]
 
@@ -94,7 +94,7 @@ class _FromRedis:
         yield GaugeMetricFamily(
             _P + "waits_parked",
             "Steps parked waiting for their action (actions in flight)",
-            value=int(s.redis.zcard("hf:waits")),
+            value=sum(int(s.redis.zcard(f"{p}:waits")) for p in wait_prefixes(s.redis)),
         )
         live = s.liveness.read()
         yield GaugeMetricFamily(

@@ -13,13 +13,19 @@ from typing import Any
 
 import redis
 
+from workers.projects import DEFAULT_PROJECT
 from workers.redis_values import text_hash, texts
+from workers.runtime import PROJECTS_KEY, wait_prefix
 from workflows.beat import HEARTBEAT_KEY
 
 __all__ = ["Liveness", "budgets", "queue_length"]
 
 BULK_RESERVE = 0.1  # the share of the limit fleet work leaves to single runs (workers.rate_budget)
 QUEUE = "hcloud_flow"
+
+
+def _freshest(ages: Any) -> float | None:
+    return min((a for a in ages if a is not None), default=None)
 
 
 def budgets(client: redis.Redis, now: float, refill: float = 0.0, prefix: str = "hf") -> list[dict[str, Any]]:
@@ -55,6 +61,13 @@ def budgets(client: redis.Redis, now: float, refill: float = 0.0, prefix: str = 
     return out
 
 
+def wait_prefixes(client: redis.Redis) -> list[str]:
+    """Return the Redis prefixes of every served project's waits and monitor (the workers note the projects
+    in ``hf:projects``; a single-project installation's is ``hf``)."""
+    names = texts(client.hkeys(PROJECTS_KEY))
+    return sorted({wait_prefix(DEFAULT_PROJECT), *(wait_prefix(n) for n in names)})
+
+
 def queue_length(client: redis.Redis) -> int:
     return int(client.llen(QUEUE))
 
@@ -87,8 +100,10 @@ class Liveness:
             return self._workers[1]
 
     def read(self) -> dict[str, Any]:
-        monitor = self._age(f"{self.prefix}:monitor:alive")
-        last_round = self._age(f"{self.prefix}:monitor:last_round")
+        # One monitor thread per project, all in the same workers: the freshest sign of any of them.
+        prefixes = wait_prefixes(self.redis) if self.prefix == "hf" else [self.prefix]
+        monitor = _freshest(self._age(f"{p}:monitor:alive") for p in prefixes)
+        last_round = _freshest(self._age(f"{p}:monitor:last_round") for p in prefixes)
         beat = self._age(HEARTBEAT_KEY)
         workers = self.workers()
         return {
