@@ -75,6 +75,8 @@ def render_run(run: dict[str, Any], now: float | None = None) -> list[str]:
             line += f", kept {len(pruned.get('kept') or [])}"
             for failed in pruned.get("failed") or []:
                 line += f"; could not delete {failed['id']}: {failed['error']}"
+            if pruned.get("error"):
+                line = f"  prune: nothing deleted, {pruned['error']}"
             lines.append(line)
     restore = run.get("restore") or {}
     if restore.get("state") == "powering_on":

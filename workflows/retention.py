@@ -129,8 +129,19 @@ def prune(
     ``images`` is the project's snapshot list when the caller already read it (one listing for many
     servers). An image already gone counts as deleted; any other refusal is reported, never raised.
     """
+    result: dict[str, Any] = {
+        "server_id": int(server_id),
+        "policy": {"keep": policy.keep, "keep_within": policy.keep_within},
+        "dry_run": dry_run,
+    }
     if images is None:
-        images = client.list_images(type="snapshot", label_selector=STEP_LABEL)
+        try:
+            images = client.list_images(type="snapshot", label_selector=STEP_LABEL)
+        except HcloudFlowError as exc:
+            # The snapshot itself is made: a listing that failed through its retries (budget spent, API
+            # away) leaves every older one in place, and says so, instead of failing the run.
+            gone = "would_delete" if dry_run else "deleted"
+            return {**result, gone: [], "failed": [], "kept": [], "error": f"could not list snapshots: {exc}"}
     decision = decide(images, server_id, policy, now, just_made)
     deleted: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
@@ -148,9 +159,7 @@ def prune(
             continue
         deleted.append(row)
     return {
-        "server_id": int(server_id),
-        "policy": {"keep": policy.keep, "keep_within": policy.keep_within},
-        "dry_run": dry_run,
+        **result,
         "would_delete" if dry_run else "deleted": decision.delete if dry_run else deleted,
         "failed": failed,
         "kept": decision.keep,

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from workers.engine import STEP_LABEL
-from workers.errors import BadInput
+from workers.errors import APIError, BadInput, RateBudgetExhausted
 from workflows.definitions import WORKFLOWS
-from workflows.retention import Policy, check_policy, decide
+from workflows.retention import Policy, check_policy, decide, prune
 from workflows.validate import check_params
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC).timestamp()
@@ -117,3 +117,39 @@ def test_a_snapshot_run_s_policy_is_checked_with_its_parameters_and_kept_in_seco
             check_params(WORKFLOWS["snapshot"], bad)
     with pytest.raises(BadInput, match="does not take keep"):
         check_params(WORKFLOWS["reboot"], {"keep": 3})
+
+
+class _Api:
+    """One unit's stand-in for the client: answers a listing, records deletes, fails where told."""
+
+    def __init__(
+        self, images: list[dict[str, Any]], *, refuse: dict[int, str] | None = None, list_error: bool = False
+    ):
+        self.images, self.refuse, self.list_error, self.deleted = images, refuse or {}, list_error, []
+
+    def list_images(self, **_: Any) -> list[dict[str, Any]]:
+        if self.list_error:
+            raise RateBudgetExhausted(30.0)
+        return list(self.images)
+
+    def delete_image(self, image_id: int) -> None:
+        if image_id in self.refuse:
+            raise APIError(self.refuse[image_id], f"refused {image_id}", 423)
+        self.deleted.append(image_id)
+
+
+def test_prune_reports_what_it_deleted_what_was_gone_and_what_was_refused() -> None:
+    api = _Api([image(1, 30), image(2, 20), image(3, 10), image(4, 0)], refuse={2: "locked", 3: "not_found"})
+    outcome = prune(api, 7, Policy(keep=1), NOW, just_made=4)  # type: ignore[arg-type]
+    assert ids(outcome["deleted"]) == [3, 1]  # 3 was already gone: deleted all the same
+    assert [f["id"] for f in outcome["failed"]] == [2] and "locked" in outcome["failed"][0]["error"]
+    assert api.deleted == [1]
+
+
+def test_a_dry_run_deletes_nothing_and_a_failed_listing_deletes_nothing_and_says_so() -> None:
+    api = _Api([image(1, 30), image(4, 0)])
+    plan = prune(api, 7, Policy(keep=1), NOW, just_made=4, dry_run=True)  # type: ignore[arg-type]
+    assert ids(plan["would_delete"]) == [1] and api.deleted == []
+    starved = _Api([image(1, 30)], list_error=True)
+    outcome = prune(starved, 7, Policy(keep=1), NOW)  # type: ignore[arg-type]
+    assert outcome["deleted"] == [] and "could not list snapshots" in outcome["error"]
