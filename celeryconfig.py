@@ -8,6 +8,7 @@ settings: they are read by the functions at the bottom, so they never sit in ``a
 from __future__ import annotations
 
 import os
+from urllib.parse import quote, unquote, urlsplit
 
 from workers.errors import ConfigError
 from workers.projects import Projects, projects_from, read_secret
@@ -33,17 +34,59 @@ def _deadlines(raw: str) -> dict[str, float]:
     return out
 
 
-redis_url = os.environ.get("HCLOUD_FLOW_REDIS_URL", "redis://127.0.0.1:6379/0")
-if not redis_url.startswith(("redis://", "rediss://", "unix://")):
-    raise SystemExit(
-        f"HCLOUD_FLOW_REDIS_URL must be a redis://, rediss:// or unix:// URL, not {redis_url[:200]!r}"
-    )
+def _secret(variable: str) -> str | None:
+    try:
+        return read_secret(os.environ, variable) or None
+    except ConfigError as exc:
+        raise SystemExit(str(exc)) from None
+
+
+def redis_urls(url: str, password: str | None) -> tuple[str, str, str | None]:
+    """Return the Redis URL to connect with, the same URL without its password, and the password (or None).
+
+    The password comes from the URL or from HCLOUD_FLOW_REDIS_PASSWORD[_FILE] (a compose secret), not both:
+    which one wins would be a guess. Only the URL a client connects with carries it.
+    """
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("redis", "rediss", "unix") or not sep:
+        # The scheme only: the rest of a URL may hold a password.
+        raise SystemExit(
+            "HCLOUD_FLOW_REDIS_URL must be a redis://, rediss:// or unix:// URL, not one starting "
+            f"{url.split(':', 1)[0][:10]!r}"
+        )
+    netloc = urlsplit(url).netloc
+    userinfo, _, hostport = netloc.rpartition("@")
+    user, _, own = userinfo.partition(":")
+    if own and password:
+        raise SystemExit(
+            "HCLOUD_FLOW_REDIS_URL has a password and HCLOUD_FLOW_REDIS_PASSWORD[_FILE] is set too; keep one"
+        )
+    after = rest[len(netloc) :]  # the path (unix: the socket), the database, the query
+
+    def joined(login: str) -> str:
+        return f"{scheme}://{login}{hostport}{after}"
+
+    bare = joined(f"{user}@" if user else "")
+    if own:
+        return url, bare, unquote(own)
+    if not password:
+        return bare, bare, None
+    return joined(f"{user}:{quote(password, safe='')}@"), bare, password
+
+
 _visibility = _float("HCLOUD_FLOW_VISIBILITY_TIMEOUT", 600.0)
 
-broker_url = redis_url
+# The URL with the password sits only under names that Celery masks wherever it shows its settings
+# (`celery inspect conf`, Flower, banners: "broker_url", "*backend*"); redbeat gets the URL without it and
+# the password under a "password" key (masked too), never a module-level name of its own here.
+broker_url, redbeat_redis_url, _password = redis_urls(
+    os.environ.get("HCLOUD_FLOW_REDIS_URL", "redis://127.0.0.1:6379/0"), _secret("HCLOUD_FLOW_REDIS_PASSWORD")
+)
+redbeat_redis_options = {"password": _password} if _password else {}
+del _password
 # kombu's Redis transport, but a malformed entry on a queue list is moved aside instead of killing the worker.
 broker_transport = "workers.broker_transport:Transport"
-result_backend = redis_url
+result_backend = broker_url
 task_serializer = "json"
 result_serializer = "json"
 accept_content = ["json"]
@@ -87,7 +130,7 @@ enable_utc = True
 # redbeat's scheduler, made to outlive a Redis outage and to note each tick (workflows/beat.py).
 beat_scheduler = "workflows.beat:Scheduler"
 beat_max_loop_interval = int(_float("HCLOUD_FLOW_BEAT_INTERVAL", 30))
-redbeat_redis_url = redis_url
+# redbeat_redis_url and redbeat_redis_options: with broker_url above.
 redbeat_key_prefix = "hf:redbeat:"
 # A standby beat takes over this long after the active one died; it must exceed the loop interval.
 redbeat_lock_timeout = beat_max_loop_interval * 5
@@ -114,13 +157,6 @@ hcloud_flow = {
     # Webhooks told of every run, job and window event, besides a submission's own (workflows/notify.py).
     "notify_urls": [u.strip() for u in os.environ.get("HCLOUD_FLOW_NOTIFY_URLS", "").split(",") if u.strip()],
 }
-
-
-def _secret(variable: str) -> str | None:
-    try:
-        return read_secret(os.environ, variable) or None
-    except ConfigError as exc:
-        raise SystemExit(str(exc)) from None
 
 
 def webhook_secret() -> str | None:
