@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from . import fleet, inventory, runs, schedule, services, web
+from . import fleet, health, inventory, runs, schedule, services, web
 from .common import (
     EXIT_BAD_INPUT,
     EXIT_INTERRUPTED,
@@ -151,7 +151,7 @@ def cli() -> None:
     """Run Hetzner Cloud server actions as durable Celery workflows."""
 
 
-for _module in (runs, fleet, schedule, inventory, services, web):
+for _module in (runs, fleet, schedule, inventory, services, health, web):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 
