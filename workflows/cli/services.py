@@ -66,13 +66,25 @@ def beat_cmd(loglevel: str) -> int:
 @click.option("--port", type=click.IntRange(1, 65535), default=5555, show_default=True)
 @click.option("--address", default="127.0.0.1", show_default=True, help="address to listen on")
 def flower_cmd(port: int, address: str) -> int:
-    """Start Flower, the task monitor (needs FLOWER_BASIC_AUTH=user:password)."""
-    from workers.errors import BadInput
+    """Start Flower, the task monitor (needs FLOWER_BASIC_AUTH=user:password, or FLOWER_BASIC_AUTH_FILE)."""
+    from workers.errors import BadInput, ConfigError
+    from workers.projects import read_secret
 
-    user, colon, password = os.environ.get("FLOWER_BASIC_AUTH", "").partition(",")[0].partition(":")
+    try:
+        auth = read_secret(os.environ, "FLOWER_BASIC_AUTH")
+    except ConfigError as exc:
+        raise BadInput(str(exc)) from None
+    user, colon, password = auth.partition(",")[0].partition(":")
     if not (user.strip() and colon and password.strip()):
         # Flower's HTTP API can cancel and send tasks: never without credentials (":" lets anybody in).
-        raise BadInput("set FLOWER_BASIC_AUTH to user:password (both non-empty) first; Flower needs it")
+        raise BadInput(
+            "set FLOWER_BASIC_AUTH (or FLOWER_BASIC_AUTH_FILE, a file holding it) to user:password, both "
+            "non-empty, first; Flower needs it"
+        )
+    # Flower reads FLOWER_BASIC_AUTH from its own environment: the credentials never go on a command line,
+    # which `ps` shows to every user of the host.
+    os.environ.pop("FLOWER_BASIC_AUTH_FILE", None)
+    os.environ["FLOWER_BASIC_AUTH"] = auth
     from workers.app import app
 
     app.start(["flower", f"--port={port}", f"--address={address}"])
