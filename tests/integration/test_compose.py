@@ -4,7 +4,8 @@ them, then started as local processes, and a fleet job and a Flower submission r
 Compose is emulated, not mocked: the file is read with PyYAML, ``${VAR:-default}`` / ``${VAR:?message}``
 interpolation is resolved from a test-provided host environment (never this machine's), each service's
 process environment is the image's ``ENV`` plus the service's ``environment``, and its command is the
-service's ``command``. The only rewrites are what the container network would otherwise provide:
+service's ``command``. The only rewrites are what the container network, the engine and the images would
+otherwise provide:
 
 - service names to local addresses (``redis://redis:6379`` to a private redis-server on a free port,
   ``http://fakecloud:8080`` to fakecloud on a free port); the Redis on 6379 is never touched;
@@ -12,7 +13,12 @@ service's ``command``. The only rewrites are what the container network would ot
 - the executables to this Python (``hcloud-flow`` = ``python -m workflows.cli``, ``celery`` =
   ``python -m celery``, ``python``);
 - each worker replica's container hostname, which compose gives every replica and which Celery's default
-  node name (``celery@%h``) is made of: here ``--hostname celery@compose-worker-N``.
+  node name (``celery@%h``) is made of: here ``--hostname celery@compose-worker-N``;
+- compose secrets: the host's secret files are the test's own (``HCLOUD_FLOW_SECRETS_DIR``, never the
+  tree's ``./secrets``), and each service's ``/run/secrets`` is a directory of its own holding links to
+  just the files compose would mount into that service;
+- the redis image's entrypoint (``docker-entrypoint.sh``, which as root hands its arguments to the redis
+  user) is left out: redis-server runs as the test's user.
 
 Readiness follows each service's healthcheck, which is run as written (localized the same way).
 """
@@ -32,12 +38,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
 import redis
 import requests
 import yaml
+from cryptography.fernet import Fernet
+
+from workers.token_health import TokenHealth
 
 from ..support.cloud import Api
 from ..support.processes import ROOT, free_port, wait_until
@@ -51,12 +60,30 @@ README = ROOT / "README.md"
 SECTION = "## Deployment with docker-compose"
 AUTH = ("ops", "compose-flower-pw")
 
+# The files of the host's ./secrets, as the README's steps make them (test values).
+SECRETS = {
+    "hcloud_token": "compose-test-token",
+    "secret_key": Fernet.generate_key().decode(),
+    "webhook_secret": "compose-webhook-secret-5f0c2a",
+    "redis_password": "compose-redis-pw-9d41b7e6",
+    "flower_auth": ":".join(AUTH),
+}
+# Which secrets each service is given; no other service may read one.
+GRANTS = {
+    "redis": {"redis_password"},
+    "worker": {"hcloud_token", "secret_key", "webhook_secret", "redis_password"},
+    "beat": {"redis_password"},
+    "flower": {"flower_auth", "redis_password"},
+    "web": {"redis_password"},
+    "fakecloud": set(),
+}
+
 # The host environment `docker compose up` is run with. HCLOUD_ENDPOINT points the workers at fakecloud
-# exactly as the compose file's comment says; the tuning is what a simulator 10x faster than real time needs.
+# exactly as the compose file's comment says, and fakecloud accepts the token of secrets/hcloud_token; the
+# tuning is what a simulator 10x faster than real time needs.
 HOST_ENV = {
-    "HCLOUD_TOKEN": "compose-test-token",
     "HCLOUD_ENDPOINT": "http://fakecloud:8080/v1",
-    "FLOWER_BASIC_AUTH": ":".join(AUTH),
+    "FAKECLOUD_TOKEN": SECRETS["hcloud_token"],
     "HCLOUD_FLOW_WORKER_CONCURRENCY": "4",
     "FAKECLOUD_SERVERS": "12",
     "FAKECLOUD_SPEED": "10",
@@ -69,7 +96,6 @@ HOST_ENV = {
     "HCLOUD_FLOW_REQUEST_TIMEOUT": "5",
 }
 WORKERS = 2  # docker compose up --scale worker=2
-
 
 # -- compose, read as compose reads it -------------------------------------------------------------------
 
@@ -197,19 +223,78 @@ def seconds(duration: str) -> float:
     return sum(float(n) * scale[u] for n, u in parts)
 
 
+def secrets_of(service: dict[str, Any]) -> dict[str, str]:
+    """Path in the container -> secret name, for each secret a service is given (short or long syntax)."""
+    out = {}
+    for item in service.get("secrets") or []:
+        source, target = (item, item) if isinstance(item, str) else (item["source"], item.get("target"))
+        target = target or source
+        out[target if target.startswith("/") else f"/run/secrets/{target}"] = source
+    return out
+
+
+def redis_script() -> str:
+    """The redis service's shell script (its command is ``sh -c SCRIPT``)."""
+    cmd = command_of(compose()["services"]["redis"])
+    assert cmd[:2] == ["sh", "-c"] and len(cmd) == 3, cmd
+    return cmd[2]
+
+
+def redis_server_words() -> list[str]:
+    """The script's redis-server invocation as words, from ``redis-server`` to its here-document."""
+    line = next(ln for ln in redis_script().splitlines() if "redis-server" in ln)
+    words = shlex.split(line.split("<<", 1)[0])
+    return words[words.index("redis-server") :]
+
+
 # -- static properties -----------------------------------------------------------------------------------
 
 
-def test_redis_keeps_its_data_never_evicts_and_has_a_healthcheck() -> None:
+def test_redis_requires_a_password_from_its_secret_keeps_its_data_and_never_evicts() -> None:
     svc = compose()["services"]["redis"]
-    cmd = command_of(svc)
+    script = redis_script()
+    server = redis_server_words()
     assert svc["image"].split(":")[0] == "redis"
-    assert cmd[0] == "redis-server"
-    assert cmd[cmd.index("--appendonly") + 1] == "yes"
-    assert cmd[cmd.index("--maxmemory-policy") + 1] == "noeviction"
+    assert server[:2] == ["redis-server", "-"], "its config, requirepass included, comes on stdin"
+    assert server[server.index("--appendonly") + 1] == "yes"
+    assert server[server.index("--maxmemory-policy") + 1] == "noeviction"
+    assert not [w for w in server if "requirepass" in w or "$" in w], "the password is on no command line"
+    assert re.search(r"^pw=\$\(cat /run/secrets/redis_password\)", script, re.M), script
+    assert re.search(r"^requirepass \$pw$", script, re.M), "the here-document gives the config its password"
+    # Through the image's entrypoint, which drops root for the redis user as it does for plain redis-server.
+    assert "exec docker-entrypoint.sh redis-server -" in script
+    assert secrets_of(svc) == {"/run/secrets/redis_password": "redis_password"}
     assert any(v.split(":")[1] == "/data" for v in svc["volumes"])
     assert "redis-data" in raw_compose()["volumes"]
-    assert "redis-cli ping" in " ".join(svc["healthcheck"]["test"])
+    check = " ".join(svc["healthcheck"]["test"])
+    assert "redis-cli ping" in check and "grep -q PONG" in check
+    assert 'REDISCLI_AUTH="$(cat /run/secrets/redis_password)"' in check, "the check authenticates"
+
+
+@pytest.mark.parametrize(
+    ("password", "accepted"),
+    [
+        ("0f3a9c2e7b1d4f6a8c0e2b4d6f8a0c2e", True),  # openssl rand -hex 32
+        ("Zm9vYmFy+/=._~-", True),  # base64 and URL-safe punctuation
+        ("", False),
+        ("two words", False),
+        ('quo"te', False),
+        ("back\\slash", False),
+        ("two\nlines", False),
+    ],
+)
+def test_redis_refuses_a_password_its_config_line_cannot_hold(
+    tmp_path: Path, password: str, accepted: bool
+) -> None:
+    (tmp_path / "redis_password").write_text(password + "\n")
+    script = redis_script().replace("/run/secrets/", f"{tmp_path}/")
+    # Stop where redis-server would start: exit 7 means the password passed.
+    script = script.replace("exec docker-entrypoint.sh redis-server", "exit 7; :", 1)
+    done = subprocess.run(["/bin/sh", "-c", script], capture_output=True, text=True, timeout=10)
+    if accepted:
+        assert done.returncode == 7, done.stderr
+    else:
+        assert done.returncode == 1 and "redis_password must hold one password" in done.stderr
 
 
 def test_worker_scales_shuts_down_warm_and_waits_for_redis() -> None:
@@ -227,54 +312,115 @@ def test_worker_scales_shuts_down_warm_and_waits_for_redis() -> None:
         command_of(compose({**HOST_ENV, "HCLOUD_FLOW_WORKER_CONCURRENCY": ""})["services"]["worker"])[-1]
         == "8"
     )
-    assert environment_of(raw)["HCLOUD_TOKEN"].startswith("${HCLOUD_TOKEN:?")
-    assert environment_of(svc)["HCLOUD_FLOW_REDIS_URL"] == "redis://redis:6379/0"
+    env = environment_of(svc)
+    assert env["HCLOUD_TOKEN_FILE"] == "/run/secrets/hcloud_token" and "HCLOUD_TOKEN" not in env
+    assert env["HCLOUD_FLOW_SECRET_KEY_FILE"] == "/run/secrets/secret_key"
+    assert env["HCLOUD_FLOW_WEBHOOK_SECRET_FILE"] == "/run/secrets/webhook_secret"
+    assert env["HCLOUD_FLOW_REDIS_URL"] == "redis://redis:6379/0"
     assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
     assert svc["restart"] == "unless-stopped"
     assert seconds(svc["stop_grace_period"]) >= 60
-    assert "inspect ping" in " ".join(svc["healthcheck"]["test"])
+
+
+def test_the_worker_healthcheck_asks_about_its_token_and_its_own_node() -> None:
+    check = " ".join(compose()["services"]["worker"]["healthcheck"]["test"])
+    assert "hcloud-flow health worker" in check, "no token or a token the API refused: unhealthy"
     # $$ is compose's escape: the container's shell, not compose, expands $HOSTNAME.
-    assert "celery@$HOSTNAME" in " ".join(svc["healthcheck"]["test"])
+    assert "--node celery@$HOSTNAME" in check
+    assert "$$" in COMPOSE_FILE.read_text().split("hcloud-flow health worker", 1)[1].split("\n", 1)[0]
 
 
-def test_beat_uses_redbeat_and_gets_no_token() -> None:
-    services = compose()["services"]
-    cmd = command_of(services["beat"])
+def test_beat_uses_redbeat_and_has_a_healthcheck() -> None:
+    beat = compose()["services"]["beat"]
+    cmd = command_of(beat)
     assert cmd[:3] == ["celery", "-A", "workers.app"] and "beat" in cmd
     assert cmd[cmd.index("-S") + 1] == "workflows.beat:Scheduler"
-    assert services["beat"]["depends_on"]["redis"]["condition"] == "service_healthy"
-    for name in ("beat", "flower", "redis"):
-        assert "HCLOUD_TOKEN" not in environment_of(services[name]), f"{name} must not see the API token"
-        assert "HCLOUD_FLOW_SECRET_KEY" not in environment_of(services[name])
+    assert beat["depends_on"]["redis"]["condition"] == "service_healthy"
+    assert beat["healthcheck"]["test"] == ["CMD", "hcloud-flow", "health", "beat"]
 
 
-def test_flower_requires_auth_and_gets_its_broker_before_the_subcommand() -> None:
-    raw = raw_compose()["services"]["flower"]
+def test_flower_requires_auth_from_its_secret_and_uses_the_apps_broker() -> None:
     svc = compose()["services"]["flower"]
-    assert environment_of(raw)["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH:?")
+    env = environment_of(svc)
+    assert env["FLOWER_BASIC_AUTH_FILE"] == "/run/secrets/flower_auth" and "FLOWER_BASIC_AUTH" not in env
     cmd = command_of(svc)
-    assert cmd.index("--broker") < cmd.index("flower"), "--broker after `flower` is ignored"
-    assert cmd[cmd.index("--broker") + 1] == "redis://redis:6379/0"
-    assert "--port=5555" in cmd and "--address=0.0.0.0" in cmd
+    # hcloud-flow reads the file into Flower's own environment and refuses to start Flower without it.
+    assert cmd[:2] == ["hcloud-flow", "flower"]
+    assert not [a for a in cmd if "redis://" in a], "a broker URL here would need the password in it"
+    assert cmd[cmd.index("--port") + 1] == "5555" and cmd[cmd.index("--address") + 1] == "0.0.0.0"  # noqa: S104
     assert any(str(p).endswith(":5555") for p in svc["ports"])
     assert "/healthcheck" in " ".join(svc["healthcheck"]["test"])
 
 
-def test_required_variables_stop_compose_with_a_message() -> None:
-    for name in ("HCLOUD_TOKEN", "FLOWER_BASIC_AUTH"):
-        env = {k: v for k, v in HOST_ENV.items() if k != name}
-        with pytest.raises(MissingVariable, match=name):
-            compose(env)
-    # Everything else has a default: the two required ones alone give a complete file.
-    minimal = compose({"HCLOUD_TOKEN": "t", "FLOWER_BASIC_AUTH": "a:b"})
-    assert environment_of(minimal["services"]["worker"])["HCLOUD_ENDPOINT"] == "https://api.hetzner.cloud/v1"
+def test_secrets_are_files_and_each_service_gets_only_its_own() -> None:
+    declared = compose()["secrets"]
+    assert set(declared) == set().union(*GRANTS.values())
+    for name, spec in declared.items():
+        assert spec == {"file": f"./secrets/{name}"}, f"secret {name} must be a file of ./secrets"
+    moved = compose({**HOST_ENV, "HCLOUD_FLOW_SECRETS_DIR": "/srv/hf"})["secrets"]
+    assert {s["file"] for s in moved.values()} == {f"/srv/hf/{name}" for name in declared}
+    services = compose()["services"]
+    assert set(services) == set(GRANTS)
+    for name, svc in services.items():
+        mounts = secrets_of(svc)
+        assert set(mounts.values()) == GRANTS[name], f"{name} gets {sorted(mounts.values())}"
+        readers = " ".join([*environment_of(svc).values(), *command_of(svc)])
+        for path in mounts:
+            assert path.startswith("/run/secrets/") and path in readers, f"{name}: nothing reads {path}"
+        for var, value in environment_of(svc).items():
+            if value.startswith("/run/secrets/"):
+                assert var.endswith("_FILE") and value in mounts, f"{name}: {var} names a secret not given"
+
+
+_SECRET_VARIABLE = re.compile(r"TOKEN|SECRET|PASSWORD|PASS$|AUTH|KEY")
+
+
+def test_no_secret_sits_in_an_environment_or_on_a_command_line() -> None:
+    for name, svc in raw_compose()["services"].items():
+        for var in environment_of(svc):
+            if _SECRET_VARIABLE.search(var):
+                assert var.endswith("_FILE"), f"{name}: {var} would put a secret in the environment"
+    for name, svc in compose()["services"].items():
+        shown = [*environment_of(svc).values(), *command_of(svc), *svc.get("healthcheck", {}).get("test", [])]
+        for secret, value in SECRETS.items():
+            if name == "fakecloud" and secret == "hcloud_token":
+                continue  # the simulator's own token (FAKECLOUD_TOKEN), on its command line by design
+            assert not [s for s in shown if value in s], f"{name} shows {secret}"
+
+
+def test_every_service_rotates_its_logs() -> None:
+    raw = raw_compose()
+    rotation = raw["x-logging"]
+    assert rotation["driver"] == "json-file"
+    assert (
+        re.fullmatch(r"\d+[kmg]", rotation["options"]["max-size"])
+        and int(rotation["options"]["max-file"]) > 1
+    )
+    for name, svc in raw["services"].items():
+        assert svc.get("logging") == rotation, f"{name} keeps its whole output: give it `logging: *logging`"
+
+
+def test_every_long_running_service_has_a_healthcheck() -> None:
+    for name, svc in compose()["services"].items():
+        if name == "fakecloud":  # the simulator, behind its profile
+            continue
+        check = svc.get("healthcheck") or {}
+        assert check.get("test") and check["test"][0] in ("CMD", "CMD-SHELL"), f"{name} has no healthcheck"
+        assert seconds(check["timeout"]) < seconds(check["interval"]) and check["retries"] >= 3, name
+
+
+def test_compose_needs_no_variable_from_the_host() -> None:
+    """The secrets are files now: with nothing set on the host the file resolves, every default filled in."""
+    assert not [n for n, op, _ in variables_used(COMPOSE_FILE.read_text()) if op in (":?", "?")]
+    bare = compose({})
+    assert environment_of(bare["services"]["worker"])["HCLOUD_ENDPOINT"] == "https://api.hetzner.cloud/v1"
+    assert command_of(bare["services"]["fakecloud"])[-1] == "fakecloud-token"
 
 
 def test_web_needs_no_token_binds_loopback_and_has_a_healthcheck() -> None:
     services = compose()["services"]
     web = services["web"]
     env = environment_of(web)
-    assert "HCLOUD_TOKEN" not in env and "HCLOUD_FLOW_SECRET_KEY" not in env, "the web never sees the token"
     assert env["HCLOUD_FLOW_API_KEYS_FILE"].startswith("/run/hcloud-flow/")
     assert (
         web["volumes"][0]["read_only"]
@@ -299,10 +445,11 @@ def test_fakecloud_is_only_in_its_profile() -> None:
     assert cmd[:2] == ["hcloud-flow", "fakecloud"]
     assert cmd[cmd.index("--host") + 1] == "0.0.0.0"  # noqa: S104 - inside the compose network only
     assert cmd[cmd.index("--port") + 1] == "8080"
-    assert "HCLOUD_ENDPOINT=http://fakecloud:8080/v1" in COMPOSE_FILE.read_text()
-    # fakecloud accepts the workers' token; with none on the host, its own default one.
-    assert command_of(compose()["services"]["fakecloud"])[-1] == HOST_ENV["HCLOUD_TOKEN"]
-    assert command_of(resolve(raw_compose()["services"]["fakecloud"], {}))[-1] == "fakecloud-token"
+    text = COMPOSE_FILE.read_text()
+    assert "HCLOUD_ENDPOINT=http://fakecloud:8080/v1" in text
+    # The workers' token (secrets/hcloud_token) is the one fakecloud accepts, as the comment says.
+    assert "printf 'fakecloud-token\\n' > secrets/hcloud_token" in text
+    assert cmd[-1] == HOST_ENV["FAKECLOUD_TOKEN"]
 
 
 def test_every_variable_is_documented_with_its_default() -> None:
@@ -319,17 +466,25 @@ def test_every_variable_is_documented_with_its_default() -> None:
             assert "required" in row.lower(), f"README must say {name} is required: {row}"
 
 
+def test_every_secret_file_is_documented() -> None:
+    section = README.read_text().split(SECTION, 1)[1].split("\n## ", 1)[0]
+    for name in compose()["secrets"]:
+        assert f"`secrets/{name}`" in section, f"the README does not say what secrets/{name} holds"
+    assert "umask 077" in section and "hcloud-flow keygen > secrets/secret_key" in section
+
+
 def test_compose_defaults_are_the_code_defaults() -> None:
     """The worker's environment with nothing set on the host configures exactly what no environment does."""
     probe = (
         "import json, celeryconfig as c; print(json.dumps([c.broker_url, c.result_expires, c.task_time_limit,"
-        " c.broker_transport_options, c.hcloud_flow, c.projects(), c.secret_key()]))"
+        " c.broker_transport_options, c.hcloud_flow, repr(c.projects()), c.secret_key()]))"
     )
     base = {k: v for k, v in os.environ.items() if not k.startswith(("HCLOUD", "CELERY", "PYTHON"))}
     base["PYTHONPATH"] = str(ROOT)
-    worker = compose({"HCLOUD_TOKEN": "t", "FLOWER_BASIC_AUTH": "a:b"})["services"]["worker"]
-    env = environment_of(worker)
-    assert env.pop("HCLOUD_TOKEN") == "t"
+    env = environment_of(compose({})["services"]["worker"])
+    # The secrets are files only a container has; the stack below runs the services with them.
+    for var in [v for v, value in env.items() if value.startswith("/run/secrets/")]:
+        del env[var]
     env["HCLOUD_FLOW_REDIS_URL"] = "redis://127.0.0.1:6379/0"  # the code's default; compose names its service
 
     def read(extra: dict[str, str]) -> Any:
@@ -345,6 +500,216 @@ def test_compose_defaults_are_the_code_defaults() -> None:
         return json.loads(done.stdout)
 
     assert read(env) == read({})
+
+
+@pytest.mark.parametrize(
+    ("url", "password", "connect", "bare", "secret"),
+    [
+        ("redis://redis:6379/0", None, "redis://redis:6379/0", "redis://redis:6379/0", None),
+        (
+            "redis://redis:6379/0",
+            "p@ss/w:rd%",
+            "redis://:p%40ss%2Fw%3Ard%25@redis:6379/0",
+            "redis://redis:6379/0",
+            "p@ss/w:rd%",
+        ),
+        ("redis://ops@h:6379/1", "pw", "redis://ops:pw@h:6379/1", "redis://ops@h:6379/1", "pw"),
+        ("redis://:own%40@h/0", None, "redis://:own%40@h/0", "redis://h/0", "own@"),
+        (
+            "rediss://h:6380/0?ssl_cert_reqs=required",
+            "pw",
+            "rediss://:pw@h:6380/0?ssl_cert_reqs=required",
+            "rediss://h:6380/0?ssl_cert_reqs=required",
+            "pw",
+        ),
+        ("unix:///run/r.sock?db=2", "pw", "unix://:pw@/run/r.sock?db=2", "unix:///run/r.sock?db=2", "pw"),
+    ],
+)
+def test_the_redis_password_goes_into_the_url_clients_connect_with(
+    url: str, password: str | None, connect: str, bare: str, secret: str | None
+) -> None:
+    import celeryconfig
+
+    assert celeryconfig.redis_urls(url, password) == (connect, bare, secret)
+
+
+def test_a_redis_password_in_the_url_and_in_the_setting_is_refused() -> None:
+    import celeryconfig
+
+    with pytest.raises(SystemExit, match="keep one"):
+        celeryconfig.redis_urls("redis://:a@h/0", "b")
+    with pytest.raises(SystemExit, match="redis://, rediss:// or unix://") as refused:
+        celeryconfig.redis_urls("http://user:hunter2@h/0", None)
+    assert "hunter2" not in str(refused.value)
+
+
+def test_the_redis_password_stays_out_of_the_settings_celery_shows(tmp_path: Path) -> None:
+    """`celery inspect conf`, `celery report` and Flower show app.conf censored: the password nowhere."""
+    (tmp_path / "pw").write_text("conf-probe-pw-41f2\n")
+    probe = (
+        "import json; from workers.app import app; t = app.conf.table(with_defaults=True, censored=True); "
+        "print(json.dumps(t, default=repr)); print(app.conf.redbeat_redis_url)"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HCLOUD", "CELERY", "PYTHON"))}
+    env |= {
+        "PYTHONPATH": str(ROOT),
+        "HCLOUD_FLOW_REDIS_URL": "redis://127.0.0.1:1/0",
+        "HCLOUD_FLOW_REDIS_PASSWORD_FILE": str(tmp_path / "pw"),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert "conf-probe-pw-41f2" not in done.stdout, done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "redis://127.0.0.1:1/0", "redbeat's URL has no password"
+
+
+# -- Redis over TLS, as the README shows it --------------------------------------------------------------
+
+
+def _tls_files(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA of the test's own and a certificate for 127.0.0.1 it signed: ca.pem, server.pem, server.key."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(text: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    def signed(builder: x509.CertificateBuilder, key: Any, issuer_key: Any) -> x509.Certificate:
+        return (
+            builder.public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), critical=False
+            )
+            .sign(issuer_key, hashes.SHA256())
+        )
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    usage = dict.fromkeys(
+        ("content_commitment", "data_encipherment", "key_agreement", "encipher_only", "decipher_only"), False
+    )
+    ca = signed(
+        x509.CertificateBuilder()
+        .subject_name(name("hcloud-flow test CA"))
+        .issuer_name(name("hcloud-flow test CA"))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False, key_encipherment=False, key_cert_sign=True, crl_sign=True, **usage
+            ),
+            critical=True,
+        ),
+        ca_key,
+        ca_key,
+    )
+    server = signed(
+        x509.CertificateBuilder()
+        .subject_name(name("127.0.0.1"))
+        .issuer_name(ca.subject)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+        ),
+        key,
+        ca_key,
+    )
+    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return paths
+
+
+_TLS_PROBE = """
+import redis
+from redbeat.schedulers import get_redis
+from workers.app import app
+
+def broker():
+    with app.connection() as conn:
+        conn.ensure_connection(max_retries=0)
+
+for name, reach in [("broker", broker), ("results", lambda: app.backend.client.ping()),
+                    ("schedules", lambda: get_redis(app).ping()),
+                    ("run records", lambda: redis.Redis.from_url(app.conf.broker_url).ping())]:
+    try:
+        reach()
+        print(name, "ok")
+    except Exception as exc:
+        print(name, "refused", type(exc).__name__, "CERTIFICATE_VERIFY_FAILED" in str(exc))
+"""
+
+
+def test_the_readme_rediss_url_reaches_a_redis_over_tls(tmp_path: Path) -> None:
+    """The README's rediss:// form against a redis-server with TLS and a password: broker, results, schedules
+    and run records connect with the CA named, and every one refuses the server without it."""
+    section = README.read_text().split(SECTION, 1)[1].split("\n## ", 1)[0]
+    shown = re.search(r"HCLOUD_FLOW_REDIS_URL: (rediss://\S+)", section)
+    assert shown, "the README shows no rediss:// URL"
+    readme_url = shown.group(1)
+    assert "ssl_cert_reqs=required" in readme_url and "ssl_ca_certs=/run/secrets/redis_ca" in readme_url
+    ca, cert, key = _tls_files(tmp_path)
+    (tmp_path / "redis_password").write_text("tls-redis-pw-77c1\n")
+    port = free_port()
+    argv = [
+        str(shutil.which("redis-server")),
+        *("--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1"),
+        *("--save", "", "--dir", str(tmp_path), "--requirepass", "tls-redis-pw-77c1"),
+        *("--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca)),
+        "--tls-auth-clients",
+        "no",
+    ]
+    log = tmp_path / "redis.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: server.poll() is not None or _listening(port), 10, "redis-server with TLS")
+        if server.poll() is not None:
+            pytest.skip(f"this redis-server has no TLS: {log.read_text()[-300:]}")
+        local = urlsplit(readme_url)._replace(netloc=f"127.0.0.1:{port}").geturl()
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HCLOUD", "CELERY", "PYTHON"))}
+        env |= {"PYTHONPATH": str(ROOT), "HCLOUD_FLOW_REDIS_PASSWORD_FILE": str(tmp_path / "redis_password")}
+
+        def probe(url: str) -> list[str]:
+            done = subprocess.run(
+                [sys.executable, "-c", _TLS_PROBE],
+                env=env | {"HCLOUD_FLOW_REDIS_URL": url},
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert done.returncode == 0, done.stderr
+            return done.stdout.splitlines()
+
+        with_ca = probe(local.replace("/run/secrets/redis_ca", str(ca)))
+        assert with_ca == ["broker ok", "results ok", "schedules ok", "run records ok"], with_ca
+        without_ca = probe(local.replace("&ssl_ca_certs=/run/secrets/redis_ca", ""))
+        assert [line.split()[-1] for line in without_ca] == ["True"] * 4, without_ca
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 # -- the image -------------------------------------------------------------------------------------------
@@ -426,9 +791,74 @@ def test_dockerignore_keeps_caches_secrets_and_history_out() -> None:
         ".venv/bin/python",
         "tests/support/processes.py",
         ".coverage",
+        "secrets/hcloud_token",
+        "secrets/redis_password",
+        "api-keys/keys.json",
     ):
         assert dockerignored(path), f"{path} would be sent to the image build"
     assert not dockerignored("workers/app.py")
+
+
+def test_git_ignores_the_secrets_folder() -> None:
+    paths = ["secrets/hcloud_token", "secrets/redis_password", ".env", "api-keys/keys.json"]
+    done = subprocess.run(
+        ["git", "check-ignore", "--no-index", *paths], cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
+    assert done.stdout.split() == paths, f"git must ignore each of {paths}: {done.stdout}{done.stderr}"
+
+
+def test_keygen_and_health_run_from_the_installed_package_outside_the_tree(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """What the image has: the package built from exactly what the Dockerfile copies, installed, and run from
+    another directory with no source tree on the path (as README's `hcloud-flow keygen > secrets/...`)."""
+    tmp = tmp_path_factory.mktemp("installed")
+    src, site, elsewhere = tmp / "src", tmp / "site", tmp / "elsewhere"
+    src.mkdir()
+    for ins, args in dockerfile_instructions():
+        if ins == "COPY":  # each source to the same place, as the image's COPYs do
+            for name in [a for a in shlex.split(args) if not a.startswith("--")][:-1]:
+                source, target = ROOT / name, src / name.rstrip("/")
+                if source.is_dir():
+                    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    shutil.copy2(source, target)
+    elsewhere.mkdir()
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    built = subprocess.run(
+        [*pip, "wheel", "--no-deps", "-w", str(tmp / "wheel"), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if built.returncode != 0:
+        pytest.fail(f"the package does not build from what the image copies:\n{built.stderr[-2000:]}")
+    wheel = next((tmp / "wheel").glob("*.whl"))
+    installed = subprocess.run(
+        [*pip, "install", "--no-deps", "--target", str(site), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert installed.returncode == 0, installed.stderr
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HCLOUD", "CELERY", "PYTHON", "FLOWER"))}
+    env["PYTHONPATH"] = str(site)  # before site-packages, where the tree's editable install points
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, *args], env=env, cwd=elsewhere, capture_output=True, text=True, timeout=60
+        )
+
+    where = run("-c", "import workers, workflows, celeryconfig as c; print(workers.__file__, c.__file__)")
+    assert where.returncode == 0 and str(ROOT) not in where.stdout and str(site) in where.stdout, where
+    script = site / "bin" / "hcloud-flow"
+    keygen = subprocess.run(
+        [str(script), "keygen"], env=env, cwd=elsewhere, capture_output=True, text=True, timeout=60
+    )
+    assert keygen.returncode == 0, keygen.stderr
+    Fernet(keygen.stdout.strip().encode())  # a valid sealing key, and nothing else on stdout
+    assert run("-m", "workflows.cli", "health", "worker", "--help").returncode == 0
+    assert run("-m", "workflows.cli", "health", "beat", "--help").returncode == 0
 
 
 # -- the stack, as local processes -----------------------------------------------------------------------
@@ -484,23 +914,27 @@ class Service:
 class Stack:
     services: dict[str, Any]  # the resolved compose services
     hosts: dict[str, str]  # service:port -> 127.0.0.1:free port
-    redis_url: str
+    redis_url: str  # the local Redis as HCLOUD_FLOW_REDIS_URL names it: no password in it
     api_url: str
     flower_url: str
     web_url: str = ""
     keys_file: Path | None = None
+    secrets_dir: Path | None = None  # the host's ./secrets (HCLOUD_FLOW_SECRETS_DIR)
+    mounts: dict[str, Path] = field(default_factory=dict)  # service -> the directory that is its /run/secrets
     running: dict[str, Service] = field(default_factory=dict)
     workers: list[Service] = field(default_factory=list)
     _client: redis.Redis | None = None
 
     def redis(self) -> redis.Redis:
         if self._client is None:
-            self._client = redis.Redis.from_url(self.redis_url)
+            self._client = redis.Redis.from_url(self.redis_url, password=SECRETS["redis_password"])
         return self._client
 
-    def localize(self, text: str) -> str:
+    def localize(self, text: str, service: str | None = None) -> str:
         for name, local in self.hosts.items():
             text = text.replace(f"//{name}", f"//{local}")
+        if service is not None and service in self.mounts:
+            text = text.replace("/run/secrets/", f"{self.mounts[service]}/")
         return text
 
     def container_env(self, service: str, **extra: str) -> dict[str, str]:
@@ -508,31 +942,33 @@ class Stack:
             k: v for k, v in os.environ.items() if not k.startswith(("HCLOUD", "CELERY", "FLOWER", "PYTHON"))
         }
         env.update(image_env())
-        env.update({k: self.localize(v) for k, v in environment_of(self.services[service]).items()})
+        env.update({k: self.localize(v, service) for k, v in environment_of(self.services[service]).items()})
         env["PYTHONPATH"] = str(ROOT)
         env.update(extra)
         return env
 
-    def healthcheck(self, service: str, *, replace: dict[str, str], **env: str) -> subprocess.Popen[bytes]:
+    def healthcheck(
+        self, service: str, *, replace: dict[str, str], output: bool = False, **env: str
+    ) -> subprocess.Popen[bytes]:
         """Start the service's healthcheck as written (localized with ``replace``); exit 0 is healthy."""
         test = self.services[service]["healthcheck"]["test"]
         if test[0] == "CMD-SHELL":
             script = test[1]
             for old, new in replace.items():
                 script = script.replace(old, new)
-            argv = ["/bin/sh", "-c", script]
+            argv = ["/bin/sh", "-c", self.localize(script, service)]
         else:
             assert test[0] == "CMD", test
             args = list(test[1:])
             for old, new in replace.items():
                 args = [a.replace(old, new) for a in args]
-            argv = local_argv(args)
+            argv = local_argv([self.localize(a, service) for a in args])
         return subprocess.Popen(
             argv,
             env=self.container_env(service, **env),
             cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if output else subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if output else subprocess.DEVNULL,
         )
 
     def healthy(self, service: str, *, replace: dict[str, str], timeout: float = 30, **env: str) -> bool:
@@ -543,6 +979,14 @@ class Stack:
             check.kill()
             check.wait()
             return False
+
+    def health(
+        self, service: str, *, replace: dict[str, str], timeout: float = 30, **env: str
+    ) -> tuple[int, str]:
+        """Run the service's healthcheck to its end: its exit status and what it printed."""
+        check = self.healthcheck(service, replace=replace, output=True, **env)
+        out, _ = check.communicate(timeout=timeout)
+        return check.returncode, out.decode(errors="replace")
 
 
 def local_argv(argv: list[str]) -> list[str]:
@@ -572,7 +1016,30 @@ def set_option(argv: list[str], option: str, value: str) -> list[str]:
     raise AssertionError(f"{option} not in {argv}")
 
 
-CELERY_SHELL = f"{shlex.quote(sys.executable)} -m celery -A"
+HCLOUD_FLOW_SHELL = f"{shlex.quote(sys.executable)} -m workflows.cli"
+
+
+def make_secrets(tmp: Path) -> Path:
+    """The host's ./secrets as the README's steps leave it: a 0700 folder of 0600 files."""
+    folder = tmp / "secrets"
+    folder.mkdir(mode=0o700)
+    for name, value in SECRETS.items():
+        path = folder / name
+        path.write_text(value + "\n")
+        path.chmod(0o600)
+    return folder
+
+
+def mount_secrets(tmp: Path, resolved: dict[str, Any]) -> dict[str, Path]:
+    """Each service's /run/secrets: links to the host files of just the secrets compose gives it."""
+    mounts = {}
+    for name, svc in resolved["services"].items():
+        run = tmp / "run" / name / "secrets"
+        run.mkdir(parents=True)
+        for path, source in secrets_of(svc).items():
+            (run / path.removeprefix("/run/secrets/")).symlink_to(resolved["secrets"][source]["file"])
+        mounts[name] = run
+    return mounts
 
 
 @pytest.fixture(scope="module")
@@ -582,7 +1049,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("compose")
     logs = tmp / "logs"
     logs.mkdir()
-    services = compose()["services"]
+    secrets_dir = make_secrets(tmp)
+    resolved = compose({**HOST_ENV, "HCLOUD_FLOW_SECRETS_DIR": str(secrets_dir)})
+    services = resolved["services"]
     started: list[Service] = []
     st: Stack | None = None
 
@@ -591,14 +1060,22 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         return svc.start()
 
     try:
-        # redis: the compose flags, then a free port on loopback and a private data directory.
+        # redis: its script as written, then a free port on loopback and a private data directory.
         redis_port = free_port()
         st = Stack(services, {"redis:6379": f"127.0.0.1:{redis_port}"}, "", "", "")
+        st.secrets_dir, st.mounts = secrets_dir, mount_secrets(tmp, resolved)
         data = tmp / "redis-data"
         data.mkdir()
-        argv = local_argv(command_of(services["redis"]))
-        argv += ["--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(data)]
-        rds = start(Service("redis", argv, st.container_env("redis"), logs / "redis.log"))
+        script = st.localize(command_of(services["redis"])[2], "redis")
+        local = (
+            f"exec {shlex.quote(str(shutil.which('redis-server')))} - --port {redis_port} --bind 127.0.0.1 "
+            f"--dir {shlex.quote(str(data))}"
+        )
+        assert "exec docker-entrypoint.sh redis-server -" in script
+        script = script.replace("exec docker-entrypoint.sh redis-server -", local)
+        rds = start(
+            Service("redis", ["/bin/sh", "-c", script], st.container_env("redis"), logs / "redis.log")
+        )
         rds.wait_for(
             lambda: st.healthy("redis", replace={"redis-cli": f"redis-cli -p {redis_port}"}, timeout=5),
             15,
@@ -617,15 +1094,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
         # workers (two replicas), beat and Flower start together; every one then must become ready.
         for n in range(1, WORKERS + 1):
-            argv = local_argv([st.localize(a) for a in command_of(services["worker"])])
+            argv = local_argv([st.localize(a, "worker") for a in command_of(services["worker"])])
             argv += ["--hostname", f"celery@compose-worker-{n}"]  # the replica's container hostname
             st.workers.append(
                 start(Service(f"worker-{n}", argv, st.container_env("worker"), logs / f"worker-{n}.log"))
             )
-        argv = local_argv([st.localize(a) for a in command_of(services["beat"])])
+        argv = local_argv([st.localize(a, "beat") for a in command_of(services["beat"])])
         beat = start(Service("beat", argv, st.container_env("beat"), logs / "beat.log"))
         flower_port = free_port()
-        argv = [st.localize(a) for a in command_of(services["flower"])]
+        argv = [st.localize(a, "flower") for a in command_of(services["flower"])]
         argv = local_argv(set_option(set_option(argv, "--port", str(flower_port)), "--address", "127.0.0.1"))
         flower = start(Service("flower", argv, st.container_env("flower"), logs / "flower.log"))
         st.flower_url = f"http://127.0.0.1:{flower_port}"
@@ -670,9 +1147,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def cli(st: Stack, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """``hcloud-flow ...`` as a user runs it next to the stack: Redis only, no API token."""
+    """``hcloud-flow ...`` as a user runs it next to the stack: Redis and its password only, no API token."""
+    assert st.secrets_dir is not None
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HCLOUD", "CELERY", "PYTHON"))}
-    env.update(HCLOUD_FLOW_REDIS_URL=st.redis_url, PYTHONPATH=str(ROOT))
+    env.update(
+        HCLOUD_FLOW_REDIS_URL=st.redis_url,
+        HCLOUD_FLOW_REDIS_PASSWORD_FILE=str(st.secrets_dir / "redis_password"),
+        PYTHONPATH=str(ROOT),
+    )
     return subprocess.run(
         [sys.executable, "-m", "workflows.cli", *args],
         env=env,
@@ -683,22 +1165,44 @@ def cli(st: Stack, *args: str, timeout: float = 60) -> subprocess.CompletedProce
     )
 
 
-def test_redis_runs_with_the_compose_flags(stack: Stack) -> None:
+def test_redis_runs_with_the_compose_flags_and_requires_its_password(stack: Stack) -> None:
     conf = stack.redis().config_get("*")
     assert conf["appendonly"] == "yes"
     assert conf["maxmemory-policy"] == "noeviction"
+    assert conf["requirepass"] == SECRETS["redis_password"]
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(stack.redis_url).ping()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(stack.redis_url, password="wrong").ping()
+    # Without the password, the same healthcheck fails: it is not "any answer".
+    assert not stack.healthy(
+        "redis",
+        replace={
+            "redis-cli": f"redis-cli -p {urlsplit(stack.redis_url).port}",
+            "/run/secrets/": "/nonexistent/",
+        },
+        timeout=5,
+    )
 
 
 def test_workers_point_at_fakecloud_as_the_compose_comment_says(stack: Stack) -> None:
     env = stack.container_env("worker")
     assert env["HCLOUD_ENDPOINT"] == stack.api_url
-    assert env["HCLOUD_TOKEN"] == command_of(stack.services["fakecloud"])[-1]  # the token fakecloud accepts
+    token = Path(env["HCLOUD_TOKEN_FILE"]).read_text().strip()
+    assert token == command_of(stack.services["fakecloud"])[-1]  # the token fakecloud accepts
     assert env["HCLOUD_FLOW_REDIS_URL"] == stack.redis_url
-    assert len(Api(stack.api_url, env["HCLOUD_TOKEN"]).server_ids()) == int(HOST_ENV["FAKECLOUD_SERVERS"])
+    assert len(Api(stack.api_url, token).server_ids()) == int(HOST_ENV["FAKECLOUD_SERVERS"])
+
+
+def test_each_service_reads_only_the_secrets_it_is_given(stack: Stack) -> None:
+    for name, folder in stack.mounts.items():
+        assert {p.name for p in folder.iterdir()} == GRANTS[name], name
+    # The web service, given no token, starts and answers: it never needed one.
+    assert "HCLOUD_TOKEN_FILE" not in stack.container_env("web")
 
 
 def test_each_worker_replica_passes_its_own_healthcheck(stack: Stack) -> None:
-    replace = {"celery -A": CELERY_SHELL}
+    replace = {"hcloud-flow": HCLOUD_FLOW_SHELL}
     checks = [
         stack.healthcheck("worker", replace=replace, HOSTNAME=f"compose-worker-{n}")
         for n in range(1, WORKERS + 1)
@@ -711,9 +1215,37 @@ def test_each_worker_replica_passes_its_own_healthcheck(stack: Stack) -> None:
     assert nobody.wait(timeout=30) != 0
 
 
+def test_the_worker_healthcheck_fails_without_a_usable_token(stack: Stack, tmp_path: Path) -> None:
+    replace = {"hcloud-flow": HCLOUD_FLOW_SHELL}
+    token = SECRETS["hcloud_token"]
+    # The API answers the token 401 (noted as the workers' client notes every answer), an hour from now so
+    # that no answer the running workers note meanwhile comes later.
+    later = time.time() + 3600
+    TokenHealth(stack.redis(), "default", token, clock=lambda: later).note("GET", "/servers", 401)
+    code, out = stack.health("worker", replace=replace, HOSTNAME="compose-worker-1")
+    assert code != 0 and "token of project default: refused by the API (HTTP 401 to GET /servers" in out, out
+    # A later success clears it.
+    TokenHealth(stack.redis(), "default", token, clock=lambda: later + 1).note("GET", "/servers", 200)
+    code, out = stack.health("worker", replace=replace, HOSTNAME="compose-worker-1")
+    assert code == 0, out
+    # A worker whose token file is empty has no token at all.
+    empty = tmp_path / "hcloud_token"
+    empty.write_text("\n")
+    code, out = stack.health(
+        "worker", replace=replace, HOSTNAME="compose-worker-1", HCLOUD_TOKEN_FILE=str(empty)
+    )
+    assert code != 0 and "token of project default: none configured" in out, out
+
+
+def test_beat_passes_its_healthcheck_and_fails_it_where_no_beat_ticks(stack: Stack) -> None:
+    assert stack.healthy("beat", replace={}, timeout=30)
+    code, out = stack.health("beat", replace={}, HCLOUD_FLOW_REDIS_URL=stack.redis_url.replace("/0", "/9"))
+    assert code != 0 and "no beat has ticked" in out, out
+
+
 def test_flower_submits_a_run_with_basic_auth_only(stack: Stack) -> None:
     url = f"{stack.flower_url}/api/task/send-task/hcloud_flow.submit"
-    api = Api(stack.api_url, HOST_ENV["HCLOUD_TOKEN"])
+    api = Api(stack.api_url, SECRETS["hcloud_token"])
     servers = api.get("/servers", per_page=50, sort="id")["servers"]
     server = next((s for s in reversed(servers) if s["status"] == "off"), servers[-1])
     body = {"kwargs": {"workflow": "power-on", "server": server["id"]}}
@@ -751,7 +1283,7 @@ def _max_overlap(actions: list[dict[str, Any]]) -> int:
 
 def test_fleet_power_off_through_the_stack(stack: Stack) -> None:
     """The end-to-end check: a fleet job over 6 servers, at most 2 at once, submitted by the CLI."""
-    api = Api(stack.api_url, HOST_ENV["HCLOUD_TOKEN"])
+    api = Api(stack.api_url, SECRETS["hcloud_token"])
     running = [s["id"] for s in api.get("/servers", per_page=50, sort="id", status="running")["servers"]]
     assert len(running) >= 6, "fakecloud's seeded fleet has too few running servers"
     ids = running[:6]
@@ -786,13 +1318,12 @@ def test_fleet_power_off_through_the_stack(stack: Stack) -> None:
     assert _max_overlap(actions) <= 2, actions
 
 
-def test_the_token_stays_in_the_workers_environment(stack: Stack) -> None:
-    """After the runs above: the token is in no service's log (fakecloud prints its own) and not in Redis."""
-    token = HOST_ENV["HCLOUD_TOKEN"].encode()
-    for name, svc in [*stack.running.items(), *((w.name, w) for w in stack.workers)]:
-        if name != "fakecloud":
-            assert token not in svc.log.read_bytes(), f"the API token is in the {name} log"
-    client = stack.redis()
+def _as_shown(value: str) -> set[bytes]:
+    """A secret as it could show: itself, and URL-quoted (the Redis password inside a URL)."""
+    return {value.encode(), quote(value, safe="").encode()}
+
+
+def _redis_blobs(client: redis.Redis) -> list[bytes]:
     blobs: list[bytes] = []
     for key in client.scan_iter(count=1000):
         kind = client.type(key).decode()
@@ -805,8 +1336,53 @@ def test_the_token_stays_in_the_workers_environment(stack: Stack) -> None:
             blobs += client.lrange(key, 0, -1)
         elif kind in ("set", "zset"):
             blobs += [m for m, _ in client.zscan_iter(key)] if kind == "zset" else list(client.smembers(key))
+    return blobs
+
+
+def test_no_secret_in_any_log_on_any_command_line_or_in_redis(stack: Stack) -> None:
+    """After the runs above: no secret file's content in a service's log or command line (fakecloud's own
+    token excepted: the simulator prints it and takes it as an argument), nor anywhere in Redis."""
+    processes = [*stack.running.items(), *((w.name, w) for w in stack.workers)]
+    blobs = _redis_blobs(stack.redis())
     assert len(blobs) > 10, "the runs above left records in Redis"
-    assert not [b for b in blobs if token in b], "the API token is stored in Redis"
+    for secret, value in SECRETS.items():
+        shown = _as_shown(value)
+        for name, svc in processes:
+            if name == "fakecloud" and secret == "hcloud_token":
+                continue
+            assert svc.proc is not None
+            log = svc.log.read_bytes() + (svc.stdout.read_bytes() if svc.stdout else b"")
+            assert not [s for s in shown if s in log], f"{secret} is in the {name} log"
+            cmdline = Path(f"/proc/{svc.proc.pid}/cmdline").read_bytes()
+            assert not [s for s in shown if s in cmdline], f"{secret} is on the command line of {name}"
+        assert not [b for b in blobs for s in shown if s in b], f"{secret} is stored in Redis"
+
+
+def test_the_redis_password_stays_out_of_celery_inspect_conf_and_flower(stack: Stack) -> None:
+    shown = _as_shown(SECRETS["redis_password"])
+    conf = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.app",
+            "inspect",
+            "conf",
+            "-d",
+            "celery@compose-worker-1",
+        ],
+        env=stack.container_env("worker"),
+        cwd=ROOT,
+        capture_output=True,
+        timeout=60,
+    )
+    assert conf.returncode == 0 and b"broker_url" in conf.stdout, conf.stdout + conf.stderr
+    assert not [s for s in shown if s in conf.stdout + conf.stderr], "celery inspect conf shows the password"
+    for path in ("/broker", "/workers", "/api/workers?refresh=1"):
+        page = requests.get(stack.flower_url + path, auth=AUTH, timeout=30)
+        assert page.status_code == 200, (path, page.status_code)
+        assert not [s for s in shown if s in page.content], f"Flower's {path} shows the Redis password"
 
 
 def test_the_web_service_of_the_stack_answers_with_a_key(stack: Stack) -> None:
@@ -820,7 +1396,7 @@ def test_the_web_service_of_the_stack_answers_with_a_key(stack: Stack) -> None:
     key = made.stdout.strip()
     assert made.returncode == 0 and key
     headers = {"Authorization": f"Bearer {key}"}
-    sid = Api(stack.api_url, HOST_ENV["HCLOUD_TOKEN"]).server_ids()[-1]
+    sid = Api(stack.api_url, SECRETS["hcloud_token"]).server_ids()[-1]
     answer = requests.post(
         stack.web_url + "/api/v1/runs",
         json={"workflow": "power-on", "server": sid},
