@@ -56,6 +56,8 @@ MAX_MISSING = 5
 PROGRESS_HINT = 5
 # Never plan two polls of one wait closer than this.
 MIN_PAUSE = 0.2
+# Longest first look past an action's expected end (see next_poll).
+LATE_FIRST_CAP = 0.5
 # How long a finished step waits for the next one to start before sending it again, and how many times.
 HANDOFF_AFTER = 30.0
 MAX_HANDOFFS = 3
@@ -218,7 +220,10 @@ def next_poll(wait: Wait, now: float, cadence: Cadence) -> tuple[float, int]:
         # Past the expected end: the end is near, so look again soon — a tenth of the expected duration,
         # growing from there — rather than backing off as if nothing were known.
         late += 1
-        step = max(MIN_PAUSE, 0.1 * expected) * cadence.growth ** (late - 1)
+        # The API stamps times to the second, so a learned duration is off by up to a second either way;
+        # an action running at its expected end is mostly a few hundred ms from its end. Half a second
+        # finds it without waiting a tenth of a long duration (2 s for a snapshot) for the second look.
+        step = min(LATE_FIRST_CAP, max(MIN_PAUSE, 0.1 * expected)) * cadence.growth ** (late - 1)
         at = now + min(cadence.interval(late - 1), step)
     else:
         at = now + max(cadence.first, min(cadence.cap, age * (cadence.growth - 1)))

@@ -274,13 +274,22 @@ def test_learned_duration_sets_the_poll_at_the_expected_end() -> None:
     w = wait(expected=8.0)
     at, late = next_poll(w, T0 + 1, CADENCE)
     assert at == T0 + 8.0 and late == 0
-    at, late = next_poll(w, T0 + 8, CADENCE)  # still running at the expected end: soon (a tenth of 8 s) ...
-    assert at == pytest.approx(T0 + 8.8) and late == 1
-    at, late = next_poll(replace(w, late_polls=late), T0 + 8.8, CADENCE)  # ... then backing off
-    assert at == pytest.approx(T0 + 8.8 + 1.2) and late == 2
-    long = wait(expected=100.0)  # a long action: never later than the cadence's own back-off
-    at, _ = next_poll(long, T0 + 100, CADENCE)
-    assert at == T0 + 101.0
+    at, late = next_poll(w, T0 + 8, CADENCE)  # still running at the expected end: soon ...
+    assert at == pytest.approx(T0 + 8.5) and late == 1
+    at, late = next_poll(replace(w, late_polls=late), T0 + 8.5, CADENCE)  # ... then backing off
+    assert at == pytest.approx(T0 + 8.5 + 0.75) and late == 2
+    short = wait(expected=3.0)  # a short action: a tenth of its duration, at least MIN_PAUSE
+    at, _ = next_poll(short, T0 + 3, CADENCE)
+    assert at == pytest.approx(T0 + 3.3)
+    long = wait(expected=100.0)  # a long action: half a second, not a tenth of 100 s
+    at, late = next_poll(long, T0 + 100, CADENCE)
+    assert at == pytest.approx(T0 + 100.5)
+    gaps = []
+    for _ in range(12):  # backing off from there, never further apart than the cadence's cap
+        now = at
+        at, late = next_poll(replace(long, late_polls=late), now, CADENCE)
+        gaps.append(at - now)
+    assert gaps == sorted(gaps) and max(gaps) <= CADENCE.cap and late == 13
 
 
 def test_progress_tells_the_end_when_nothing_was_learned() -> None:
