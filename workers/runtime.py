@@ -22,6 +22,7 @@ from .projects import DEFAULT_PROJECT, Project, Projects, variable_suffix
 from .rate_budget import RateBudget, bucket_key
 from .retry_policy import RetryPolicy
 from .sealing import keyring
+from .token_health import TokenHealth
 from .wait_state import Cadence
 from .waits import WaitStore
 
@@ -69,14 +70,21 @@ def build_engine(
     # The whole retry schedule scales with its first backoff (tests shrink it; production keeps 1 s).
     policy = RetryPolicy(base=base, cap=30.0 * base, max_total=120.0 * base)
     counters = Counters(store)
+    token_health = TokenHealth(store, project.name, token)
+
+    def answered(method: str, path: str, status: int) -> None:
+        # Every answer, retried ones included: counted by method and status for /metrics, and what it says
+        # of the token noted for the worker's healthcheck (workers/token_health.py).
+        counters.add("api_requests", (method, str(status)))
+        token_health.note(method, path, status)
+
     client = HcloudClient(
         token,
         base_url=project.endpoint,
         timeout=(5.0, float(settings.get("request_timeout", 30.0))),
         budget=budget,
         policy=policy,
-        # Every answer, retried ones included, counted by method and status for /metrics.
-        on_response=lambda method, path, status: counters.add("api_requests", (method, str(status))),
+        on_response=answered,
         on_retry=lambda method, path: counters.add("api_retries", (method,)),
     )
     retention = float(settings.get("retention", 7 * 86400))

@@ -180,9 +180,6 @@ def test_the_client_hook_notes_every_answer_retries_included(client: redis.Redis
     assert mark is not None and mark.state == REJECTED and mark.request == "GET /servers"
 
 
-@pytest.mark.xfail(
-    reason="needs workers/runtime.py's build_engine to pass every answer to TokenHealth.note", strict=False
-)
 def test_an_engine_notes_a_rejected_token_where_the_healthcheck_reads_it(
     redis_server: RedisServer, name: str
 ) -> None:
