@@ -42,6 +42,7 @@ def test_public_surface_is_pinned() -> None:
         "durations",
         "clock",
         "skew",
+        "id_space",
     ]
     assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params.values())
 
