@@ -155,6 +155,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SECONDS",
         help="the API's clock offset in every time it reports; negative = behind (default 0)",
     )
+    parser.add_argument(
+        "--id-space",
+        type=_id_space,
+        default=0,
+        metavar="N",
+        help="0-99: a second project of one API takes 1, so the two never share a server, action or "
+        "image id, as on the real API (default 0)",
+    )
+
+
+def _id_space(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < 100:
+        raise argparse.ArgumentTypeError(f"{value} is not between 0 and 99")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:
@@ -171,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
             faults=args.faults,
             durations=args.durations or None,
             skew=args.skew,
+            id_space=args.id_space,
         )
     except OSError as exc:
         print(
