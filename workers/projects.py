@@ -9,8 +9,9 @@ Configuration (read at the edge, in ``celeryconfig``; documented in the README):
 - ``HCLOUD_FLOW_PROJECTS=prod,staging``: the names. Unset, there is one project, ``default``, whose token
   is ``HCLOUD_TOKEN``.
 - For each name, its token in ``HCLOUD_TOKEN_<NAME>`` (upper case, ``-`` as ``_``) or, better, in a file
-  named by ``HCLOUD_TOKEN_<NAME>_FILE`` (a compose secret, readable by the workers only). Its endpoint is
-  ``HCLOUD_ENDPOINT_<NAME>``, else ``HCLOUD_ENDPOINT``.
+  named by ``HCLOUD_TOKEN_<NAME>_FILE`` (a compose secret, readable by the workers only); the project named
+  ``default`` falls back to ``HCLOUD_TOKEN[_FILE]``. Its endpoint is ``HCLOUD_ENDPOINT_<NAME>``, else
+  ``HCLOUD_ENDPOINT``.
 - ``HCLOUD_FLOW_DEFAULT_PROJECT``: the project a submission without ``--project`` acts in (the first name
   by default).
 
@@ -137,11 +138,11 @@ def projects_from(environ: Mapping[str, str], *, default_endpoint: str) -> Proje
         if name in by_name:
             raise ConfigError(f"HCLOUD_FLOW_PROJECTS names {name!r} twice")
         suffix = variable_suffix(name)
-        by_name[name] = Project(
-            name,
-            environ.get(f"HCLOUD_ENDPOINT_{suffix}", "") or endpoint,
-            read_secret(environ, f"HCLOUD_TOKEN_{suffix}"),
-        )
+        token = read_secret(environ, f"HCLOUD_TOKEN_{suffix}")
+        if not token and name == DEFAULT_PROJECT:
+            # The single-project installation's token keeps serving its project when others are added.
+            token = read_secret(environ, "HCLOUD_TOKEN")
+        by_name[name] = Project(name, environ.get(f"HCLOUD_ENDPOINT_{suffix}", "") or endpoint, token)
     default = environ.get("HCLOUD_FLOW_DEFAULT_PROJECT", "").strip() or listed[0]
     if default not in by_name:
         raise ConfigError(

@@ -48,6 +48,17 @@ def test_named_projects_each_have_their_token_endpoint_and_a_default(tmp_path: P
     ).default == ("eu-staging")
 
 
+def test_the_project_named_default_keeps_the_single_project_token_when_others_are_added() -> None:
+    env = {"HCLOUD_FLOW_PROJECTS": "default,staging", "HCLOUD_TOKEN": "old", "HCLOUD_TOKEN_STAGING": "new"}
+    projects = projects_from(env, default_endpoint=API)
+    assert projects.get("default").token == "old" and projects.get("staging").token == "new"
+    assert (
+        projects_from({**env, "HCLOUD_TOKEN_DEFAULT": "own"}, default_endpoint=API).get(None).token == "own"
+    )
+    # Another project never takes HCLOUD_TOKEN: a token must not land in the wrong project by default.
+    assert projects_from({**env, "HCLOUD_TOKEN_STAGING": ""}, default_endpoint=API).get("staging").token == ""
+
+
 def test_a_project_the_workers_do_not_serve_is_refused_with_the_ones_they_do() -> None:
     projects = projects_from({"HCLOUD_FLOW_PROJECTS": "prod,dev"}, default_endpoint=API)
     with pytest.raises(
