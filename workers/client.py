@@ -7,6 +7,7 @@ as they are, and tests feed raw API JSON.
 
 from __future__ import annotations
 
+import email.utils
 import random
 import time
 from collections.abc import Callable, Iterator
@@ -87,6 +88,7 @@ class HcloudClient:
         self._clock = clock
         self._rnd = random.Random()
         self._on_response = on_response
+        self._api_date: tuple[float, float] | None = None  # (the API's Date, our monotonic clock then)
         self._on_retry = on_retry
         self.session = session or requests.Session()
         agent = f"hcloud-flow/{__version__} python-requests/{requests.__version__}"
@@ -173,6 +175,7 @@ class HcloudClient:
         if body is not None:
             kwargs["json"] = body
         response = self.session.request(method, self.base_url + path, **kwargs)
+        self._note_date(response.headers.get("Date"))
         if self.budget is not None:
             self.budget.observe(response.headers)
         if self._on_response is not None:
@@ -182,6 +185,26 @@ class HcloudClient:
         if not response.content:
             return {}
         return response.json()
+
+    def _note_date(self, header: Any) -> None:
+        if not isinstance(header, str):
+            return
+        try:
+            stamp = email.utils.parsedate_to_datetime(header).timestamp()
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return
+        self._api_date = (stamp, self._clock())
+
+    def api_now(self) -> float | None:
+        """Return the API's own time now, from its last answer's ``Date`` header (None before any answer).
+
+        For comparing with the times the API reports (an image's ``created``): never the local clock, which
+        may differ from the API's by any amount.
+        """
+        if self._api_date is None:
+            return None
+        stamp, seen = self._api_date
+        return stamp + max(0.0, self._clock() - seen)
 
     # -- servers --------------------------------------------------------------------------------------
 

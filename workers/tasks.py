@@ -45,7 +45,7 @@ from .server_actions import (
 )
 from .wait_state import MIN_PAUSE, Phase, Wait
 
-__all__ = ["TASK_NAMES", *ACTIONS]
+__all__ = ["TASK_NAMES", "took_over", *ACTIONS]
 
 # Ledger statuses the monitor writes just before it continues (or fails) the chain of a parked step.
 FINISHED_STEP = frozenset({"success", "failed"})
@@ -117,7 +117,7 @@ def _run_action(
 ) -> dict[str, Any]:
     """Start the step's action and park its wait; return at once only if nothing is left to wait for."""
     step_key = task.request.id
-    _took_over(eng, task.request.parent_id)
+    took_over(eng, task.request.parent_id)
     if eng.ledger.get(step_key).status in FINISHED_STEP:
         # A duplicate delivery of a step the monitor already finished (it continued the chain then):
         # re-parking it would wait, and maybe force a power off, all over again.
@@ -239,7 +239,7 @@ def budget_pause(wait: float, rate: float | None, waiting: int, rnd: float) -> f
     return min(_BUDGET_PAUSE_CAP, max(wait, MIN_PAUSE) + rnd * spread)
 
 
-def _took_over(eng: Engine, parent_id: str | None) -> None:
+def took_over(eng: Engine, parent_id: str | None) -> None:
     """Tell the previous step's hand-off watch that its next step started (see wait_state HANDOFF)."""
     if parent_id:
         parent = eng.waits.get(parent_id)

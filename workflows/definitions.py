@@ -91,10 +91,17 @@ def _retains(f: Facts) -> bool:
     return f["params"].get("keep") is not None or f["params"].get("keep_within") is not None
 
 
+# A rebuild's safety snapshot is the undo point of `run restore --from-run`: snapshot retention never counts
+# or deletes it. Known by this label, or (made before the label existed) by its description.
+SAFETY_LABEL = ("hcloud-flow/purpose", "safety")
+SAFETY_DESCRIPTION = "hcloud-flow safety snapshot before rebuild of "
+
+
 def _safety_image(f: Facts) -> dict[str, Any]:
     return {
-        "description": f"hcloud-flow safety snapshot before rebuild of {f['server']['name']}",
+        "description": f"{SAFETY_DESCRIPTION}{f['server']['name']}",
         "type": "snapshot",
+        "labels": dict([SAFETY_LABEL]),
     }
 
 

@@ -11,6 +11,7 @@ being created. The rules keep an image when either keeps it (as restic's ``--kee
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -20,6 +21,7 @@ from workers.engine import STEP_LABEL
 from workers.errors import APIError, BadInput, HcloudFlowError
 
 from .cron import parse_duration
+from .definitions import SAFETY_DESCRIPTION, SAFETY_LABEL
 
 __all__ = ["MAX_KEEP", "PRUNE_TASK", "Decision", "Policy", "check_policy", "decide", "ours", "prune"]
 
@@ -77,10 +79,15 @@ def _created(image: dict[str, Any]) -> float:
 
 
 def ours(image: dict[str, Any], server_id: int) -> bool:
-    """Whether hcloud-flow made this snapshot, of this server."""
+    """Whether hcloud-flow made this snapshot, of this server, as a snapshot run's image (not a rebuild's
+    safety snapshot: that is an undo point, kept until someone deletes it)."""
+    labels = image.get("labels") or {}
+    key, value = SAFETY_LABEL
+    safety = labels.get(key) == value or str(image.get("description") or "").startswith(SAFETY_DESCRIPTION)
     return (
         image.get("type") == "snapshot"
-        and STEP_LABEL in (image.get("labels") or {})
+        and STEP_LABEL in labels
+        and not safety
         and int((image.get("created_from") or {}).get("id") or 0) == int(server_id)
     )
 
@@ -91,7 +98,11 @@ def decide(
     """Return which of ``server_id``'s snapshots made by hcloud-flow go under ``policy`` and which stay."""
     out = Decision()
     mine = sorted((i for i in images if ours(i, server_id)), key=lambda i: (-_created(i), -int(i["id"])))
-    for rank, image in enumerate(mine):
+    # Only what exists counts towards "the newest N": one still being made may yet fail, and must not
+    # push an available one out.
+    rank = 0
+    for image in mine:
+        counts = image.get("status") == "available" or image["id"] == just_made
         row = {
             "id": int(image["id"]),
             "created": image.get("created"),
@@ -111,6 +122,7 @@ def decide(
             out.keep.append({**row, "why": "no policy"})
         else:
             out.delete.append(row)
+        rank += counts
     return out
 
 
@@ -123,11 +135,14 @@ def prune(
     just_made: int | None = None,
     dry_run: bool = False,
     images: list[dict[str, Any]] | None = None,
+    on_deleted: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Apply ``policy`` to the server's snapshots hcloud-flow made; return what went, stayed and failed.
 
     ``images`` is the project's snapshot list when the caller already read it (one listing for many
     servers). An image already gone counts as deleted; any other refusal is reported, never raised.
+    "Within" is judged on the API's clock (its last answer's Date), the one its ``created`` times are on;
+    ``now`` (ours) only stands in before any answer. ``on_deleted`` is told of each deletion as it happens.
     """
     result: dict[str, Any] = {
         "server_id": int(server_id),
@@ -142,7 +157,7 @@ def prune(
             # away) leaves every older one in place, and says so, instead of failing the run.
             gone = "would_delete" if dry_run else "deleted"
             return {**result, gone: [], "failed": [], "kept": [], "error": f"could not list snapshots: {exc}"}
-    decision = decide(images, server_id, policy, now, just_made)
+    decision = decide(images, server_id, policy, client.api_now() or now, just_made)
     deleted: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     for row in decision.delete:
@@ -158,6 +173,8 @@ def prune(
             failed.append({**row, "error": str(exc)[:300]})
             continue
         deleted.append(row)
+        if on_deleted is not None:
+            on_deleted(row)
     return {
         **result,
         "would_delete" if dry_run else "deleted": decision.delete if dry_run else deleted,

@@ -6,16 +6,20 @@
 
 from __future__ import annotations
 
+import json
 from functools import partial
 from typing import Any
+
+from celery.exceptions import Ignore
 
 from workers.app import app, engine, hooks, run_store
 from workers.deferred import Deferred
 from workers.engine import STEP_LABEL
 from workers.errors import BadInput, RunCancelled, ServerBusy
+from workers.run_store import FINAL
 from workers.runs import RUN_LISTENERS, RUN_STARTED
 from workers.server_actions import check_step_options
-from workers.tasks import ActionTask, resolve_target
+from workers.tasks import ActionTask, resolve_target, took_over
 
 from .fleet import FleetRunner, JobStore, resolve_targets
 from .inventory import project_images, project_servers
@@ -222,32 +226,62 @@ def _made_image(previous: dict[str, Any] | None) -> int | None:
 @app.task(name=PRUNE_TASK, bind=True, base=ActionTask, throws=(BadInput, RunCancelled))
 def prune_snapshots(self: Any, target: Any = None, **options: Any) -> dict[str, Any]:
     """A snapshot run's last step: delete older snapshots hcloud-flow made of its server beyond the policy
-    (``keep``, ``keep_within``; workflows/retention.py). Deleting again after a redelivery finds them gone,
-    which counts as deleted: the step is safe to run twice."""
+    (``keep``, ``keep_within``; workflows/retention.py).
+
+    Delivered more than once (a worker died mid-step), it prunes once: the step ledger keeps each deletion
+    as it happens and the outcome once it is known; a later delivery adds to the deletions, or returns the
+    recorded outcome. A delivery after its run ended does nothing: the server may be another run's by then.
+    """
     policy = check_policy(options.pop("keep", None), options.pop("keep_within", None), required=True)
     opts = check_step_options(options)
     eng = engine(opts.get("project") or (target.get("project") if isinstance(target, dict) else None))
+    step_key = self.request.id
+    took_over(eng, self.request.parent_id)  # the previous step's hand-off watch: its next step started
     server_id, previous = resolve_target(eng, target)
     run_id = opts.get("run_id") or (previous or {}).get("run_id")
-    if run_id:
-        hooks().step_started(run_id, self.request.id)  # raises RunCancelled when the run was cancelled
-    with eng.client.priority_scope(opts.get("priority"), patience=60.0):
-        outcome = prune(eng.client, server_id, policy, eng.clock(), just_made=_made_image(previous))
+    record = eng.ledger.get(step_key)
     summary = {k: v for k, v in (previous or {}).items() if k != "history"}
-    history = [*(previous or {}).get("history", []), summary] if previous else []
-    return {
+    result = {
         "server_id": server_id,
         "step": opts.get("step") or "prune",
         "action": "prune_snapshots",
         "action_id": None,
         "command": None,
         "status": "success",
-        "outputs": {"pruned": outcome},
         "attached": False,
         "run_id": run_id,
         "project": eng.project,
-        "history": history,
+        "history": [*(previous or {}).get("history", []), summary] if previous else [],
     }
+    if record.status == "returned" and "pruned" in (record.outputs or {}):
+        return {**result, "outputs": record.outputs, "attached": True}
+    if run_id:
+        run = run_store().get(run_id, live=False)
+        if run is not None and run["state"] in FINAL:
+            raise Ignore()
+        hooks().step_started(run_id, step_key)  # raises RunCancelled when the run was cancelled
+    claim = eng.ledger.claim(step_key, 120.0)
+    if claim is None:
+        raise Ignore()  # another delivery is pruning right now; it ends the step
+    try:
+        earlier = list((record.outputs or {}).get("deleting") or [])
+
+        def note(row: dict[str, Any]) -> None:
+            earlier.append(row)
+            eng.ledger.update(step_key, outputs=json.dumps({"deleting": earlier}))
+
+        before = len(earlier)
+        with eng.client.priority_scope(opts.get("priority"), patience=60.0):
+            outcome = prune(
+                eng.client, server_id, policy, eng.clock(), just_made=_made_image(previous), on_deleted=note
+            )
+        # What earlier deliveries deleted counts too: those images are gone from this delivery's listing.
+        outcome["deleted"] = earlier[:before] + outcome.get("deleted", [])
+        outputs = {"pruned": outcome}
+        eng.ledger.update(step_key, status="returned", outputs=json.dumps(outputs))
+    finally:
+        eng.ledger.release(step_key, claim)
+    return {**result, "outputs": outputs}
 
 
 @app.task(name="hcloud_flow.images_prune", throws=(BadInput,), acks_late=False)

@@ -68,6 +68,10 @@ def test_a_snapshot_run_keeps_the_newest_n_it_made_and_never_touches_the_rest(
     assert ours["old-2"] not in left
     assert {ours["old-3"], protected, manual, elsewhere} <= left
     assert [i["id"] for i in pruned["deleted"]] == [ours["old-2"]] and pruned["failed"] == []
+    # The prune step told the step before it that it started: no hand-off watch is left to send it again
+    # (it once came back three times, 30 s apart, and pruned other runs' snapshots).
+    parked = redis_server.client().zrange("hf:waits", 0, -1)
+    assert not {s["task_id"].encode() for s in run["steps"]} & set(parked)
     assert "prune: deleted 1 older snapshot" in cli(redis_server, "status", run["id"]).stdout
 
     shown = cli(redis_server, "images", "prune", "--servers", "srv-11", "--keep", "1", "--dry-run", "--json")

@@ -127,6 +127,9 @@ class _Api:
     ):
         self.images, self.refuse, self.list_error, self.deleted = images, refuse or {}, list_error, []
 
+    def api_now(self) -> float:
+        return NOW  # the API's clock; ours may be anywhere
+
     def list_images(self, **_: Any) -> list[dict[str, Any]]:
         if self.list_error:
             raise RateBudgetExhausted(30.0)
@@ -153,3 +156,23 @@ def test_a_dry_run_deletes_nothing_and_a_failed_listing_deletes_nothing_and_says
     starved = _Api([image(1, 30)], list_error=True)
     outcome = prune(starved, 7, Policy(keep=1), NOW)  # type: ignore[arg-type]
     assert outcome["deleted"] == [] and "could not list snapshots" in outcome["error"]
+
+
+def test_within_is_judged_on_the_api_s_clock_not_ours() -> None:
+    api = _Api([image(1, 0.5), image(2, 3)])  # half a day and three days old, by the API's clock
+    # Our clock two days ahead of the API's must not make yesterday's snapshot look old enough to go.
+    outcome = prune(api, 7, Policy(keep_within=DAY), NOW + 2 * DAY)  # type: ignore[arg-type]
+    assert ids(outcome["deleted"]) == [2] and ids(outcome["kept"]) == [1]
+
+
+def test_a_snapshot_still_being_made_does_not_count_among_the_newest() -> None:
+    images = [image(1, 3), image(2, 2), image(3, 0, status="creating")]
+    decision = decide(images, 7, Policy(keep=1), NOW)
+    assert ids(decision.delete) == [1] and ids(decision.keep) == [3, 2]  # 2 is the newest that exists
+
+
+def test_a_rebuild_s_safety_snapshot_is_an_undo_point_never_counted_or_deleted() -> None:
+    labelled = {**image(1, 30), "labels": {STEP_LABEL: "r-1", "hcloud-flow/purpose": "safety"}}
+    older = {**image(2, 40), "description": "hcloud-flow safety snapshot before rebuild of srv-7"}
+    decision = decide([labelled, older, image(3, 20), image(4, 0)], 7, Policy(keep=1), NOW, just_made=4)
+    assert ids(decision.delete) == [3]
