@@ -76,7 +76,9 @@ class HcloudClient:
         application: str | None = None,
         on_response: Callable[[str, str, int], None] | None = None,
         on_retry: Callable[[str, str], None] | None = None,
+        project: str | None = None,
     ) -> None:
+        self.project = project  # named in a refusal of the token, where several projects are served
         if not token:
             raise ConfigError("no API token: set HCLOUD_TOKEN in the workers' environment")
         self.base_url = base_url.rstrip("/")
@@ -181,7 +183,14 @@ class HcloudClient:
         if self._on_response is not None:
             self._on_response(method, path, response.status_code)
         if response.status_code >= 400:
-            raise _error_from(response, method, path)
+            error = _error_from(response, method, path)
+            if response.status_code == 401 and self.project:
+                # A new error, not an edited one: its arguments are what crosses the result backend.
+                said = f"the API refused the token of project {self.project!r}: {error.message}"
+                error = APIError(
+                    error.code, said, error.status, error.details, error.correlation_id, method, path
+                )
+            raise error
         if not response.content:
             return {}
         return response.json()

@@ -46,7 +46,7 @@ _MAX_SECRET_FILE = 64 * 1024
 
 def check_project_name(value: Any, field_name: str = "project") -> str:
     """Return a project name (lower-case letters, digits and '-', at most 32, a letter first), or refuse."""
-    if not isinstance(value, str) or not _NAME.match(value):
+    if not isinstance(value, str) or not _NAME.fullmatch(value):  # fullmatch: "prod\n" is not "prod"
         shown = value if isinstance(value, str) else type(value).__name__
         raise BadInput(
             f"a project name is 1 to 32 lower-case letters, digits or '-', starting with a letter, "

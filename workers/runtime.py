@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
@@ -26,7 +27,7 @@ from .token_health import TokenHealth
 from .wait_state import Cadence
 from .waits import WaitStore
 
-__all__ = ["PROJECTS_KEY", "build_engine", "engine_for", "register_projects", "wait_prefix"]
+__all__ = ["PROJECTS_KEY", "build_engine", "engine_for", "register_projects", "shown_url", "wait_prefix"]
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -85,6 +86,7 @@ def build_engine(
         budget=budget,
         policy=policy,
         on_response=answered,
+        project=project.name,
         on_retry=lambda method, path: counters.add("api_retries", (method,)),
     )
     retention = float(settings.get("retention", 7 * 86400))
@@ -112,13 +114,20 @@ def build_engine(
 PROJECTS_KEY = "hf:projects"
 
 
+def shown_url(url: str) -> str:
+    """Return an endpoint as it may be shown: without credentials in it (user:password@, a query)."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
 def register_projects(store: redis.Redis, projects: Projects) -> None:
     """Note each project's name, endpoint and bucket (never its token) where the CLI and the web service,
     which hold no token, read which projects the workers serve and whose budget is whose."""
     entries: dict[Any, Any] = {
         p.name: json.dumps(
             {
-                "endpoint": p.endpoint,
+                "endpoint": shown_url(p.endpoint),
                 "bucket": bucket_key(p.token).rsplit(":", 1)[1],
                 "default": p.name == projects.default,
                 "seen": time.time(),

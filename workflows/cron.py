@@ -36,13 +36,14 @@ _UNITS = {"h": 3600, "m": 60, "s": 1, "d": 86400}
 def parse_duration(text: Any, name: str) -> int:
     """Parse ``2h``, ``30m``, ``1h30m``, ``90s`` or plain seconds into seconds."""
     if text is None:
-        raise BadInput(f"{name} is missing; give it like 2h, 30m, 1h30m or 90s (--{name})", name)
+        raise BadInput(f"{name} is missing; give it like 7d, 2h, 30m, 1h30m or 90s (--{name})", name)
     raw = str(text).strip().lower()
     if raw.isascii() and raw.isdigit():
         return int(raw)
-    parts = re.fullmatch(r"((\d+)d)?((\d+)h)?((\d+)m)?((\d+)s)?", raw)
+    # ASCII digits only: "٣٠d" is not 30 days to a reader of the window's record.
+    parts = re.fullmatch(r"(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?", raw)
     if not raw or parts is None:
-        raise BadInput(f"{name} must look like 2h, 30m, 1h30m or 90s, not {text!r}", name)
+        raise BadInput(f"{name} must look like 7d, 2h, 30m, 1h30m or 90s, not {text!r}"[:300], name)
     return sum(
         int(parts.group(i)) * _UNITS[u] for i, u in ((2, "d"), (4, "h"), (6, "m"), (8, "s")) if parts.group(i)
     )

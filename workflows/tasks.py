@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from functools import partial
 from typing import Any
 
@@ -284,6 +285,10 @@ def prune_snapshots(self: Any, target: Any = None, **options: Any) -> dict[str, 
     return {**result, "outputs": outputs}
 
 
+# How long `images prune` may hold one server: its deletions, with their retries.
+_PRUNE_HOLD = 300.0
+
+
 @app.task(name="hcloud_flow.images_prune", throws=(BadInput,), acks_late=False)
 def images_prune(
     selector: Any = None,
@@ -303,12 +308,40 @@ def images_prune(
     targets = resolve_targets(eng.client, spec.selector, spec.servers)
     # One listing of the project's snapshots that we made serves every server.
     made = eng.client.list_images(type="snapshot", label_selector=STEP_LABEL)
-    now = eng.clock()
-    rows = [
-        {"name": s["name"], **prune(eng.client, int(s["id"]), policy, now, dry_run=dry_run, images=made)}
-        for s in targets
-    ]
-    return {"project": eng.project, "dry_run": dry_run, "servers": rows}
+    return {
+        "project": eng.project,
+        "dry_run": dry_run,
+        "servers": [_prune_one(eng, s, policy, made, dry_run) for s in targets],
+    }
+
+
+def _prune_one(
+    eng: Any, server: dict[str, Any], policy: Any, made: list[dict[str, Any]], dry_run: bool
+) -> dict[str, Any]:
+    """Prune one server's snapshots while holding the server as a run would: a run in flight may be about
+    to use one of them (a restore's image) or make one; such a server is skipped and said to be."""
+    sid, store = int(server["id"]), run_store()
+    if dry_run:
+        return {
+            "name": server["name"],
+            **prune(eng.client, sid, policy, eng.clock(), dry_run=True, images=made),
+        }
+    me = f"prune-{uuid.uuid4().hex[:12]}"
+    holder = store.acquire(sid, me, _PRUNE_HOLD)
+    if holder is not None:
+        return {
+            "name": server["name"],
+            "server_id": sid,
+            "skipped": f"run {holder} holds the server; prune it once that run has ended",
+            "deleted": [],
+            "failed": [],
+            "kept": [],
+        }
+    try:
+        return {"name": server["name"], **prune(eng.client, sid, policy, eng.clock(), images=made)}
+    finally:
+        store.release(sid, me)
+        hooks().start_next(sid)  # a run queued behind the prune meanwhile
 
 
 @app.task(name="hcloud_flow.window_fire", acks_late=False)

@@ -132,6 +132,12 @@ def _check_values(p: dict[str, Any]) -> None:
         check_labels(p["labels"])
     if p.get("keep_within") is not None:
         p["keep_within"] = check_policy(None, p["keep_within"]).keep_within
+    if (p.get("keep") is not None or p.get("keep_within") is not None) and p.get("image_type") == "backup":
+        raise BadInput(
+            "keep and keep_within rotate snapshots; a backup is not one of them (the API rotates backups "
+            "itself, seven per server)",
+            "keep",
+        )
     image = p.get("image")
     # An empty name must never reach a lookup: it once became "no filter", and the first image of the
     # whole catalogue (debian-11) was rebuilt onto the server.

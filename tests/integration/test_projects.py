@@ -8,6 +8,7 @@ space, as the real API's are). The worker serves both; its staging token comes f
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,13 +49,17 @@ def worker(
     env = worker_env(
         redis_server.url,
         prod.base_url,
-        HCLOUD_FLOW_PROJECTS="prod,staging",
+        HCLOUD_FLOW_PROJECTS="prod,staging,revoked",
         HCLOUD_TOKEN_PROD=TOKEN,
         HCLOUD_TOKEN_STAGING_FILE=str(token_file),
         HCLOUD_ENDPOINT_STAGING=staging.base_url,
+        # A project whose token the API no longer accepts (revoked in the console, say).
+        HCLOUD_TOKEN_REVOKED="revoked-" + "x" * 40,
+        HCLOUD_ENDPOINT_REVOKED=staging.base_url,
     )
     del env["HCLOUD_TOKEN"]  # named projects take their own tokens only
     w = Worker("projects", env, logdir)
+    w.env = env
     yield w
     w.stop()
 
@@ -99,7 +104,9 @@ def test_a_project_the_workers_do_not_serve_is_refused_and_nothing_runs(
     before = redis_server.client().keys("hf:run:*")
     refused = cli(redis_server, "run", "reboot", "--server", "srv-1", "--project", "qa")
     assert refused.returncode == 2
-    assert "no project 'qa' is configured on the workers (they serve: prod, staging)" in refused.stderr
+    assert (
+        "no project 'qa' is configured on the workers (they serve: prod, revoked, staging)" in refused.stderr
+    )
     bad = cli(redis_server, "run", "reboot", "--server", "srv-1", "--project", "QA;rm")
     assert bad.returncode == 2 and "a project name is" in bad.stderr
     assert redis_server.client().keys("hf:run:*") == before
@@ -172,9 +179,25 @@ def test_projects_lists_what_the_workers_serve_with_each_budget_and_no_token(
     shown = cli(redis_server, "projects", "--json")
     assert shown.returncode == 0, shown.stderr
     rows = {r["name"]: r for r in json.loads(shown.stdout)}
-    assert list(rows) == ["prod", "staging"] and rows["prod"]["default"] and not rows["staging"]["default"]
+    assert list(rows) == ["prod", "revoked", "staging"] and rows["prod"]["default"]
+    assert not rows["staging"]["default"]
     assert rows["staging"]["endpoint"] == staging.base_url
     assert rows["staging"]["budget"]["limit"] == 3600
     assert STAGING_TOKEN not in shown.stdout and TOKEN not in shown.stdout
     table = cli(redis_server, "projects")
     assert "staging" in table.stdout and "yes" in table.stdout
+
+
+def test_a_revoked_token_is_named_by_its_project_and_fails_the_worker_s_healthcheck(
+    worker: Worker, redis_server: RedisServer
+) -> None:
+    env = {k: v for k, v in worker.env.items() if k.startswith(("HCLOUD", "PYTHONPATH"))}
+    node = ["--node", f"projects@{socket.gethostname()}"]
+    healthy = run_cli("health", "worker", *node, "--json", redis_url=redis_server.url, env=env)
+    assert healthy.returncode == 0, healthy.stdout + healthy.stderr
+    refused = cli(redis_server, "run", "reboot", "--server", "srv-1", "--project", "revoked")
+    assert refused.returncode == 3, refused.stderr
+    assert "the API refused the token of project 'revoked'" in refused.stderr
+    sick = run_cli("health", "worker", *node, redis_url=redis_server.url, env=env)
+    assert sick.returncode == 1 and "token of project revoked" in sick.stdout + sick.stderr
+    assert "revoked-" + "x" * 40 not in sick.stdout + sick.stderr

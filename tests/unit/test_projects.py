@@ -94,7 +94,7 @@ def test_a_secret_file_too_large_or_not_text_is_refused(tmp_path: Path) -> None:
     assert read_secret({}, "K") == ""
 
 
-@pytest.mark.parametrize("bad", ["", "Prod", "-x", "9lives", "a" * 33, "a b", "ä", 7, ["prod"]])
+@pytest.mark.parametrize("bad", ["", "Prod", "-x", "9lives", "a" * 33, "a b", "ä", "prod\n", 7, ["prod"]])
 def test_one_rule_for_a_name_on_every_entry_point(bad: object) -> None:
     with pytest.raises(BadInput, match="a project name is"):
         check_project_name(bad)

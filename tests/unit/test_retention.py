@@ -98,7 +98,8 @@ def test_an_unreadable_date_never_makes_an_image_old_enough_to_go() -> None:
         (1001, None, "keep must be"),
         (True, None, "keep must be"),
         ("2", None, "keep must be"),
-        (None, "forever", "keep_within must look like"),
+        (None, "forever", "keep_within must look like 7d"),
+        (None, "\u0663\u0660d", "keep_within must look like"),  # Arabic-Indic digits: not 30 days
         (None, "0", "longer than 0"),
         (None, 1.5, "keep_within must be a duration"),
         (None, None, "give --keep N and/or --keep-within"),
@@ -115,6 +116,8 @@ def test_a_snapshot_run_s_policy_is_checked_with_its_parameters_and_kept_in_seco
     for bad in ({"keep": 0}, {"keep": "3"}, {"keep_within": "soon"}, {"keep_within": ""}):
         with pytest.raises(BadInput):
             check_params(WORKFLOWS["snapshot"], bad)
+    with pytest.raises(BadInput, match="a backup is not one of them"):
+        check_params(WORKFLOWS["snapshot"], {"keep": 2, "image_type": "backup"})
     with pytest.raises(BadInput, match="does not take keep"):
         check_params(WORKFLOWS["reboot"], {"keep": 3})
 

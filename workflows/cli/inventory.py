@@ -117,6 +117,9 @@ def prune_cmd(
     verb = "would delete" if dry_run else "deleted"
     gone_key = "would_delete" if dry_run else "deleted"
     for row in answer["servers"]:
+        if row.get("skipped"):
+            click.echo(f"{row['name']} ({row['server_id']}): skipped: {row['skipped']}")
+            continue
         gone = row[gone_key]
         click.echo(f"{row['name']} ({row['server_id']}): {verb} {len(gone)}, kept {len(row['kept'])}")
         for image in gone:
