@@ -148,3 +148,26 @@ def test_a_fleet_dry_run_lists_what_retention_would_delete_and_deletes_nothing(
         "--max-errors", "0", "--keep", "2", "--dry-run",
     )  # fmt: skip
     assert f"then deletes older snapshots: {first}" in table.stdout
+
+
+def test_images_prune_skips_a_server_a_run_holds_and_deletes_nothing_of_it(
+    worker: Worker, redis_server: RedisServer, api: Api
+) -> None:
+    from workers.run_store import RunStore
+
+    server = api.get("/servers", name="srv-15")["servers"][0]
+    older = snapshot_by_hand(api, server["id"], {STEP_LABEL: "held-1"}, "older")
+    snapshot_by_hand(api, server["id"], {STEP_LABEL: "held-2"}, "newer")
+    store = RunStore(redis_server.client())
+    assert store.acquire(server["id"], "run-restoring", 60) is None  # a run in flight (a restore, say)
+    try:
+        held = cli(redis_server, "images", "prune", "--servers", "srv-15", "--keep", "1", "--json")
+        assert held.returncode == 0, held.stderr
+        row = json.loads(held.stdout)["servers"][0]
+        assert "run run-restoring holds the server" in row["skipped"] and row["deleted"] == []
+        assert older in image_ids(api)
+    finally:
+        store.release(server["id"], "run-restoring")
+    freed = cli(redis_server, "images", "prune", "--servers", "srv-15", "--keep", "1")
+    assert freed.returncode == 0 and older not in image_ids(api)
+    assert store.holder(server["id"]) is None  # the prune let go of the server
