@@ -40,7 +40,7 @@ def parse_duration(text: Any, name: str) -> int:
     raw = str(text).strip().lower()
     if raw.isascii() and raw.isdigit():
         return int(raw)
-    # ASCII digits only: "٣٠d" is not 30 days to a reader of the window's record.
+    # ASCII digits only: Arabic-Indic "30d" is not 30 days to a reader of the window's record.
     parts = re.fullmatch(r"(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?", raw)
     if not raw or parts is None:
         raise BadInput(f"{name} must look like 7d, 2h, 30m, 1h30m or 90s, not {text!r}"[:300], name)

@@ -25,7 +25,8 @@ import redis
 
 from workers.counters import Counters
 from workers.errors import BadInput, NotFound
-from workers.redis_values import texts
+from workers.projects import DEFAULT_PROJECT
+from workers.redis_values import text_hash, texts
 from workers.run_store import FINAL
 
 from .cron import Cron, cron_matches, parse_cron, utc_minutes
@@ -78,6 +79,10 @@ class WindowStore:
         """
         old = self.get(window["name"])
         record = {**window, "changed_by": by, "changed_at": self.clock()}
+        if record.get("project") is None:
+            # Named now, not at each firing: a window must not move to another project when the workers'
+            # default changes.
+            record["project"] = self.default_project()
         if old and old.get("last_job"):
             record["last_job"] = old["last_job"]
         # A new window is written only if none of that name exists (SET NX): of two adds racing, one wins.
@@ -86,6 +91,14 @@ class WindowStore:
         self.redis.sadd(f"{self.prefix}:windows", window["name"])
         self._entry(window).save()
         return record
+
+    def default_project(self) -> str:
+        """Return the project the workers noted as their default (``hf:projects``), else "default"."""
+        for name, raw in text_hash(self.redis.hgetall(f"{self.prefix}:projects")).items():
+            with contextlib.suppress(ValueError, TypeError, AttributeError):
+                if json.loads(raw).get("default"):
+                    return name
+        return DEFAULT_PROJECT
 
     def remove(self, name: str) -> None:
         if self.get(name) is None:

@@ -201,3 +201,30 @@ def test_a_revoked_token_is_named_by_its_project_and_fails_the_worker_s_healthch
     sick = run_cli("health", "worker", *node, redis_url=redis_server.url, env=env)
     assert sick.returncode == 1 and "token of project revoked" in sick.stdout + sick.stderr
     assert "revoked-" + "x" * 40 not in sick.stdout + sick.stderr
+
+
+def test_a_window_is_tied_to_a_project_when_added_and_an_edit_keeps_it(
+    worker: Worker, redis_server: RedisServer
+) -> None:
+    common = (
+        "reboot",
+        "--cron",
+        "0 3 * * *",
+        "--duration",
+        "1h",
+        "--servers",
+        "srv-1",
+        "--no-check",
+        "--json",
+    )
+    plain = cli(redis_server, "schedule", "add", "w-plain", *common)
+    assert plain.returncode == 0, plain.stderr
+    assert json.loads(plain.stdout)["project"] == "prod"  # the workers' default, named now
+    shell = cli(redis_server, "schedule", "add", "w-shell", *common, HCLOUD_FLOW_PROJECT="staging")
+    assert json.loads(shell.stdout)["project"] == "staging"
+    edited = cli(redis_server, "schedule", "edit", "w-shell", "--cron", "0 4 * * *", "--no-check", "--json",
+                 HCLOUD_FLOW_PROJECT="prod")  # fmt: skip
+    assert edited.returncode == 0, edited.stderr
+    assert json.loads(edited.stdout)["project"] == "staging"  # an edit never takes the shell's project
+    moved = cli(redis_server, "schedule", "edit", "w-shell", "--project", "prod", "--no-check", "--json")
+    assert json.loads(moved.stdout)["project"] == "prod"

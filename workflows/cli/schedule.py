@@ -133,7 +133,6 @@ def _window_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 help="store without asking the API that the servers and image exist",
             ),
             submit_timeout_option,
-            partial(project_option, envvar=False),
         )
     ):
         f = option(f)
@@ -211,6 +210,7 @@ def _save(name: str, workflow: str | None, options: dict[str, Any], *, edit: boo
 @schedule_group.command("add")
 @click.argument("name")
 @click.argument("workflow")
+@project_option
 @_window_options
 def schedule_add(name: str, workflow: str, **options: Any) -> int:
     """Add window NAME that runs WORKFLOW (needs --cron, --duration and --selector or --servers)."""
@@ -220,6 +220,8 @@ def schedule_add(name: str, workflow: str, **options: Any) -> int:
 @schedule_group.command("edit")
 @click.argument("name")
 @click.argument("workflow", required=False)
+# No $HCLOUD_FLOW_PROJECT here: an edit of the cron must not move a window to the shell's project.
+@partial(project_option, envvar=False)
 @_window_options
 def schedule_edit(name: str, workflow: str | None, **options: Any) -> int:
     """Change window NAME: only the options given (and WORKFLOW, if given; its old parameters then go)."""
