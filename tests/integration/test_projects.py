@@ -228,3 +228,16 @@ def test_a_window_is_tied_to_a_project_when_added_and_an_edit_keeps_it(
     assert json.loads(edited.stdout)["project"] == "staging"  # an edit never takes the shell's project
     moved = cli(redis_server, "schedule", "edit", "w-shell", "--project", "prod", "--no-check", "--json")
     assert json.loads(moved.stdout)["project"] == "prod"
+
+
+def test_list_and_job_list_tell_projects_apart(worker: Worker, redis_server: RedisServer) -> None:
+    shown = cli(redis_server, "list", "--server", "srv-1", "--project", "staging", "--json")
+    assert shown.returncode == 0, shown.stderr
+    found = json.loads(shown.stdout)
+    assert found and {r["project"] for r in found} == {"staging"}
+    table = cli(redis_server, "list", "--server", "srv-1")
+    assert "srv-1 (staging)" in table.stdout
+    jobs = json.loads(cli(redis_server, "job", "list", "--project", "prod", "--json").stdout)
+    assert jobs == []  # the fleet job of this module ran in staging
+    assert "(staging)" in cli(redis_server, "job", "list").stdout
+    assert cli(redis_server, "list", "--project", "Bad Name").returncode == 2

@@ -31,6 +31,7 @@ __all__ = [
     "param_options",
     "params_from",
     "print_json",
+    "project_name",
     "project_option",
     "runs",
     "split_servers",
@@ -131,7 +132,8 @@ def notify_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
-def _project(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+def project_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A click callback: a ``--project`` value checked by the one rule for project names."""
     from workers.projects import check_project_name
 
     return None if value is None else check_project_name(value, "--project")
@@ -144,7 +146,7 @@ def project_option(f: Callable[..., Any], *, envvar: bool = True) -> Callable[..
         "--project",
         metavar="NAME",
         envvar="HCLOUD_FLOW_PROJECT" if envvar else None,
-        callback=_project,
+        callback=project_name,
         help="the project to act in (default: $HCLOUD_FLOW_PROJECT, else the workers' default project)"
         if envvar
         else "the project the window acts in (add: the workers' default project)",

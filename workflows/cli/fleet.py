@@ -20,6 +20,7 @@ from .common import (
     param_options,
     params_from,
     print_json,
+    project_name,
     project_option,
     split_servers,
     submit_timeout_option,
@@ -41,8 +42,9 @@ def job_line(job: dict[str, Any]) -> str:
     done = sum(v for k, v in c.items() if k not in ("running", "pending"))
     parts = [f"{k} {v}" for k, v in sorted(c.items()) if v and k not in ("pending", "running")]
     secs = (job.get("finished") or time.time()) - job["created"]
+    where = f" ({job['project']})" if job.get("project") not in (None, "default") else ""
     line = (
-        f"job {job['id']} {job['workflow']}: {job['state']}  {done}/{len(job['servers'])} ended"
+        f"job {job['id']} {job['workflow']}{where}: {job['state']}  {done}/{len(job['servers'])} ended"
         f" ({', '.join(parts) or 'none yet'}), {c.get('running', 0)} in flight, {secs:.0f}s"
     )
     if job.get("reason"):  # why it ended, why it stopped starting servers, or the gate it waits at
@@ -283,10 +285,13 @@ def job_group() -> None:
 
 
 @job_group.command("list")
+@click.option("--project", metavar="NAME", callback=project_name, help="only jobs of this project")
 @json_option
-def job_list(as_json: bool) -> int:
+def job_list(project: str | None, as_json: bool) -> int:
     """List fleet jobs, newest first."""
     listed = _jobs().list()
+    if project is not None:
+        listed = [j for j in listed if (j.get("project") or "default") == project]
     if as_json:
         print_json(listed)
     else:

@@ -18,6 +18,7 @@ from .common import (
     param_options,
     params_from,
     print_json,
+    project_name,
     project_option,
     runs,
     submit_timeout_option,
@@ -149,23 +150,32 @@ def status_cmd(run_id: str, wait: bool, timeout: float | None, quiet: bool, as_j
 @click.command("list")
 @click.option("--active", is_flag=True, help="only queued and running runs")
 @click.option("--server", help="only runs of this server (id or name)")
+@click.option("--project", metavar="NAME", callback=project_name, help="only runs of this project")
 @click.option(
     "--limit", type=click.IntRange(1, _NAME_SCAN), default=50, show_default=True, help="runs at most"
 )
 @json_option
-def list_cmd(active: bool, server: str | None, limit: int, as_json: bool) -> int:
+def list_cmd(active: bool, server: str | None, project: str | None, limit: int, as_json: bool) -> int:
     """List runs, newest first, with when they were created and who submitted them."""
     from workers.client import is_id
     from workers.errors import BadInput
 
     if server is not None and not server.strip():
         raise BadInput("--server is empty; give a server id or name", "server")
-    if server is None or is_id(server):
+    if (server is None or is_id(server)) and project is None:
         found = runs().list(active=active, server_id=int(server) if server else None, limit=limit)
     else:
-        # The CLI holds no API token, so a name is matched against the name each run recorded.
-        kept = runs().list(active=active, limit=_NAME_SCAN)
-        found = [r for r in kept if r.get("server_name") == server][:limit]
+        # The CLI holds no API token, so a name is matched against the name each run recorded (and the
+        # same name may be a server of two projects: --project tells them apart).
+        kept = runs().list(
+            active=active, server_id=int(server) if server and is_id(server) else None, limit=_NAME_SCAN
+        )
+        found = [
+            r
+            for r in kept
+            if (server is None or is_id(server) or r.get("server_name") == server)
+            and (project is None or (r.get("project") or "default") == project)
+        ][:limit]
     if as_json:
         print_json(found)
         return EXIT_OK
@@ -173,16 +183,18 @@ def list_cmd(active: bool, server: str | None, limit: int, as_json: bool) -> int
         click.echo("no runs")
         return EXIT_OK
     click.echo(
-        f"{'RUN':<18}{'CREATED (UTC)':<21}{'WORKFLOW':<16}{'SERVER':<14}{'STATE':<12}{'STEPS':<8}"
+        f"{'RUN':<18}{'CREATED (UTC)':<21}{'WORKFLOW':<16}{'SERVER (PROJECT)':<24}{'STATE':<12}{'STEPS':<8}"
         f"{'SECONDS':>8}  BY"
     )
     for r in found:
         done = sum(1 for s in r["steps"] if s.get("status") == "succeeded")
         secs = (r.get("finished") or time.time()) - (r.get("started") or r["created"])
         name = str(r.get("server_name") or r["server_id"])
+        if r.get("project") not in (None, "default"):
+            name = f"{name} ({r['project']})"
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["created"]))
         click.echo(
-            f"{r['id']:<18}{created:<21}{r['workflow']:<16}{name[:13]:<14}{r['state']:<12}"
+            f"{r['id']:<18}{created:<21}{r['workflow']:<16}{name[:23]:<24}{r['state']:<12}"
             f"{done}/{len(r['steps']):<6}{secs:>8.1f}  {r.get('submitted_by') or '-'}"
         )
     return EXIT_OK
