@@ -92,8 +92,8 @@ def _retains(f: Facts) -> bool:
 
 
 # A rebuild's safety snapshot is the undo point of `run restore --from-run`: snapshot retention never counts
-# or deletes it. Known by this label, or (made before the label existed) by its description.
-SAFETY_LABEL = ("hcloud-flow/purpose", "safety")
+# or deletes it. Known by its description (a label would need the prefix hcloud-flow/, which labels a
+# request may not carry: check_labels keeps it for the step label the engine adds).
 SAFETY_DESCRIPTION = "hcloud-flow safety snapshot before rebuild of "
 
 
@@ -101,7 +101,6 @@ def _safety_image(f: Facts) -> dict[str, Any]:
     return {
         "description": f"{SAFETY_DESCRIPTION}{f['server']['name']}",
         "type": "snapshot",
-        "labels": dict([SAFETY_LABEL]),
     }
 
 

@@ -21,7 +21,7 @@ from workers.engine import STEP_LABEL
 from workers.errors import APIError, BadInput, HcloudFlowError
 
 from .cron import parse_duration
-from .definitions import SAFETY_DESCRIPTION, SAFETY_LABEL
+from .definitions import SAFETY_DESCRIPTION
 
 __all__ = ["MAX_KEEP", "PRUNE_TASK", "Decision", "Policy", "check_policy", "decide", "ours", "prune"]
 
@@ -82,8 +82,7 @@ def ours(image: dict[str, Any], server_id: int) -> bool:
     """Whether hcloud-flow made this snapshot, of this server, as a snapshot run's image (not a rebuild's
     safety snapshot: that is an undo point, kept until someone deletes it)."""
     labels = image.get("labels") or {}
-    key, value = SAFETY_LABEL
-    safety = labels.get(key) == value or str(image.get("description") or "").startswith(SAFETY_DESCRIPTION)
+    safety = str(image.get("description") or "").startswith(SAFETY_DESCRIPTION)
     return (
         image.get("type") == "snapshot"
         and STEP_LABEL in labels

@@ -175,7 +175,6 @@ def test_a_snapshot_still_being_made_does_not_count_among_the_newest() -> None:
 
 
 def test_a_rebuild_s_safety_snapshot_is_an_undo_point_never_counted_or_deleted() -> None:
-    labelled = {**image(1, 30), "labels": {STEP_LABEL: "r-1", "hcloud-flow/purpose": "safety"}}
-    older = {**image(2, 40), "description": "hcloud-flow safety snapshot before rebuild of srv-7"}
-    decision = decide([labelled, older, image(3, 20), image(4, 0)], 7, Policy(keep=1), NOW, just_made=4)
+    safety = {**image(2, 40), "description": "hcloud-flow safety snapshot before rebuild of srv-7"}
+    decision = decide([safety, image(3, 20), image(4, 0)], 7, Policy(keep=1), NOW, just_made=4)
     assert ids(decision.delete) == [3]
