@@ -150,23 +150,33 @@ class RunHooks:
         fields: dict[str, Any] = {"finished": self.store.clock()}
         if error is not None:
             fields["error"] = error
+        # The record as it is about to be written: read once above (after the step's own update).
+        ended = {**(current or run), "state": state, **fields}
+        restore_id, left = self._restore_plan(ended) if state != "succeeded" else (None, None)
+        # The final state and the restore under way go in one write: a reader between two writes saw the run
+        # ended (failed, no restore) before the power-on that the run still owed the server was sent.
+        if restore_id is not None:
+            fields["restore"] = {"state": "powering_on", "task_id": restore_id}
+        if left is not None:
+            fields["left"] = left
         self.store.set_state(run["id"], state, **fields)  # type: ignore[arg-type]
         self.counters.add("runs", (run["workflow"], state))
         log.info("run %s (%s on server %s) %s", run["id"], run["workflow"], run["server_id"], state)
-        # The record as just written: read once above (after the step's own update), not again.
-        ended = {**(current or run), "state": state, **fields}
-        if state != "succeeded" and self._restore(ended):
+        ended = {**ended, **fields}
+        if restore_id is not None:
+            self._send_restore(ended, restore_id)
             return  # the server stays held until the restore has ended (_ended)
         self._ended(ended)
 
-    def _restore(self, run: dict[str, Any]) -> bool:
-        """Power a server on again that the run found running and stopped before it failed or was cancelled.
+    def _restore_plan(self, run: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
+        """Decide whether to power on again a server that the run found running and stopped before it failed
+        or was cancelled; return the restore's task id (None: no restore) and what the run left, if that
+        is known now.
 
         Only where the step it stopped at says so (``restore`` in the run's step list: a failed snapshot
         must not leave a running server off; a failed rebuild step is not booted), the server was running
-        before, and the user did not ask ``--leave-off``. Return True when a restore was started.
+        before, and the user did not ask ``--leave-off``.
         """
-        run_id = run["id"]
         stopped_at = next((s for s in run["steps"] if s.get("status") in ("failed", "cancelled")), None)
         if (
             stopped_at is None
@@ -183,11 +193,13 @@ class RunHooks:
             if starter_failed and stopped_at is not None:
                 # The step that would have started the server again is the one that failed: say so.
                 why = f"{stopped_at['name']} failed: {(run.get('error') or {}).get('message', '')}"
-                self.store.set_state(run_id, run["state"], left={"status": "not running", "why": why[:500]})
-            return False
-        task_id = f"{run_id}-restore-{uuid.uuid4().hex[:8]}"
-        self.store.set_state(run_id, run["state"], restore={"state": "powering_on", "task_id": task_id})
-        kwargs = {"run_id": run_id, "step": "restore_power", "skip_if_status": "running"}
+                return None, {"status": "not running", "why": why[:500]}
+            return None, None
+        return f"{run['id']}-restore-{uuid.uuid4().hex[:8]}", None
+
+    def _send_restore(self, run: dict[str, Any], task_id: str) -> None:
+        """Send the power-on of a restore whose record ``_finish`` wrote."""
+        kwargs = {"run_id": run["id"], "step": "restore_power", "skip_if_status": "running"}
         if run.get("project"):
             kwargs["project"] = run["project"]
         try:
@@ -199,7 +211,6 @@ class RunHooks:
             self._ended(
                 run, restore=restore, left={"status": "unknown", "why": f"could not send power on: {exc}"}
             )
-        return True
 
     def _ended(self, run: dict[str, Any], **fields: Any) -> None:
         """Free the server, start what is queued behind it, and tell the listeners that the run ended."""

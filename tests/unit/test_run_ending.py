@@ -1,0 +1,51 @@
+"""A run's ending is one write: no reader ever sees a run ended that still owes its server a power-on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from workers.errors import ActionFailed
+from workers.run_store import RunStore, has_ended
+from workers.runs import RunHooks
+
+from ..support.processes import RedisServer
+
+
+class WatchedStore(RunStore):
+    """A RunStore that, after each state write, reads the record back as another process would."""
+
+    seen: list[dict[str, Any]]
+
+    def set_state(self, run_id: str, state: Any, **fields: Any) -> None:
+        super().set_state(run_id, state, **fields)
+        record = self.get(run_id, live=False)
+        assert record is not None
+        self.seen.append(record)
+
+
+def test_a_failed_snapshot_is_never_seen_ended_before_its_power_on_is_under_way(
+    redis_server: RedisServer,
+) -> None:
+    store = WatchedStore(redis_server.client(), prefix="ending")
+    store.seen = []
+    app = Celery("ending", broker="memory://", set_as_current=False)
+    hooks = RunHooks(store, app)
+    both, before_start = ["failed", "cancelled"], ["cancelled"]
+    steps = [
+        {"index": 0, "name": "shutdown", "action": "shutdown", "task_id": "t0", "restore": both},
+        {"index": 1, "name": "create_image", "action": "create_image", "task_id": "t1", "restore": both},
+        {"index": 2, "name": "power_on", "action": "power_on", "task_id": "t2", "restore": before_start},
+    ]
+    meta = {"id": "run-1", "workflow": "snapshot", "server_id": 5, "server_name": "srv-5", "params": {},
+            "server_status_before": "running", "steps": steps, "lock_ttl": 600}  # fmt: skip
+    store.create(meta, "running")
+    assert store.acquire(5, "run-1", 600) is None
+    hooks.step_failed("run-1", "t1", ActionFailed(5, "create_image", 77, "action_failed", "disk error"))
+    ended = [r for r in store.seen if r["state"] == "failed"]
+    assert ended, "the run was never recorded failed"
+    # Every look at the record after it turned failed shows the restore under way, until it is done.
+    assert not any(has_ended(r) for r in ended)
+    assert ended[0]["restore"]["state"] == "powering_on"
+    assert store.holder(5) == "run-1"  # still held for the power-on
