@@ -45,7 +45,7 @@ from .server_actions import (
 )
 from .wait_state import MIN_PAUSE, Phase, Wait
 
-__all__ = ["TASK_NAMES", "took_over", *ACTIONS]
+__all__ = ["TASK_NAMES", "history_after", "step_engine", "took_over", *ACTIONS]
 
 # Ledger statuses the monitor writes just before it continues (or fails) the chain of a parked step.
 FINISHED_STEP = frozenset({"success", "failed"})
@@ -83,8 +83,19 @@ def resolve_target(eng: Engine, target: Any) -> tuple[int, dict[str, Any] | None
     raise BadInput(f"a server must be an id or a name, not {target!r}"[:200])
 
 
-def _summary(result: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in result.items() if k != "history"}
+def history_after(previous: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Return a step's history: the previous step's, then the previous step's result itself."""
+    if not previous:
+        return []
+    return [*previous.get("history", []), {k: v for k, v in previous.items() if k != "history"}]
+
+
+def step_engine(project: Any, target: Any) -> Engine:
+    """Return the engine of a step's project: named by the step, else by the previous step's result (a
+    chain written by hand names it on its first step only), else the default project."""
+    if project is None and isinstance(target, dict):
+        project = target.get("project")
+    return engine(None if project is None else check_project_name(project))
 
 
 def run_action(task: Task, action: ServerAction, target: Any, options: dict[str, Any]) -> dict[str, Any]:
@@ -92,12 +103,7 @@ def run_action(task: Task, action: ServerAction, target: Any, options: dict[str,
     priority = options.get("priority")
     if priority not in (None, "interactive", "bulk"):
         raise BadInput("priority must be interactive or bulk", "priority")
-    # The project: named by the step, else by the previous step's result (a chain written by hand names it
-    # on its first step only), else the default. Its engine holds that project's token and budget.
-    project = options.get("project")
-    if project is None and isinstance(target, dict):
-        project = target.get("project")
-    eng = engine(None if project is None else check_project_name(project))
+    eng = step_engine(options.get("project"), target)  # that project's token and budget
     # No sleeping for budget inside the task: a step short of budget is parked in Redis (Phase.LATER).
     with eng.client.priority_scope(priority, patience=0.0):
         return _run_action(eng, task, action, target, options)
@@ -168,7 +174,7 @@ def _run_action(
             raise
         park(Phase.LATER, min(_BUDGET_PAUSE_CAP, 2.0**tries) * (1.0 + random.random()))
     act = started.action
-    history = [*(previous or {}).get("history", []), _summary(previous)] if previous else []
+    history = history_after(previous)
     result = {
         "server_id": server_id,
         "step": step,
@@ -269,7 +275,7 @@ def _skipped(
     previous: dict[str, Any] | None,
     status: str,
 ) -> dict[str, Any]:
-    history = [*(previous or {}).get("history", []), _summary(previous)] if previous else []
+    history = history_after(previous)
     return {
         "server_id": server_id,
         "step": step,

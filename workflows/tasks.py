@@ -20,7 +20,7 @@ from workers.errors import BadInput, RunCancelled, ServerBusy
 from workers.run_store import FINAL
 from workers.runs import RUN_LISTENERS, RUN_STARTED
 from workers.server_actions import check_step_options
-from workers.tasks import ActionTask, resolve_target, took_over
+from workers.tasks import ActionTask, history_after, resolve_target, step_engine, took_over
 
 from .fleet import FleetRunner, JobStore, resolve_targets
 from .inventory import project_images, project_servers
@@ -235,13 +235,12 @@ def prune_snapshots(self: Any, target: Any = None, **options: Any) -> dict[str, 
     """
     policy = check_policy(options.pop("keep", None), options.pop("keep_within", None), required=True)
     opts = check_step_options(options)
-    eng = engine(opts.get("project") or (target.get("project") if isinstance(target, dict) else None))
+    eng = step_engine(opts.get("project"), target)
     step_key = self.request.id
     took_over(eng, self.request.parent_id)  # the previous step's hand-off watch: its next step started
     server_id, previous = resolve_target(eng, target)
     run_id = opts.get("run_id") or (previous or {}).get("run_id")
     record = eng.ledger.get(step_key)
-    summary = {k: v for k, v in (previous or {}).items() if k != "history"}
     result = {
         "server_id": server_id,
         "step": opts.get("step") or "prune",
@@ -252,7 +251,7 @@ def prune_snapshots(self: Any, target: Any = None, **options: Any) -> dict[str, 
         "attached": False,
         "run_id": run_id,
         "project": eng.project,
-        "history": [*(previous or {}).get("history", []), summary] if previous else [],
+        "history": history_after(previous),
     }
     if record.status == "returned" and "pruned" in (record.outputs or {}):
         return {**result, "outputs": record.outputs, "attached": True}
