@@ -21,13 +21,22 @@ from .errors import ConfigError
 from .ledger import Ledger
 from .projects import DEFAULT_PROJECT, Project, Projects, variable_suffix
 from .rate_budget import RateBudget, bucket_key
+from .redis_values import text_hash
 from .retry_policy import RetryPolicy
 from .sealing import keyring
 from .token_health import TokenHealth
 from .wait_state import Cadence
 from .waits import WaitStore
 
-__all__ = ["PROJECTS_KEY", "build_engine", "engine_for", "register_projects", "shown_url", "wait_prefix"]
+__all__ = [
+    "PROJECTS_KEY",
+    "build_engine",
+    "engine_for",
+    "noted_projects",
+    "register_projects",
+    "shown_url",
+    "wait_prefix",
+]
 
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
@@ -119,6 +128,20 @@ def shown_url(url: str) -> str:
     parts = urlsplit(url)
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def noted_projects(store: redis.Redis) -> dict[str, dict[str, Any]]:
+    """Return what the workers noted of each project they serve (``register_projects``), by name; an
+    entry that cannot be read is left out."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, raw in text_hash(store.hgetall(PROJECTS_KEY)).items():
+        try:
+            entry = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            out[name] = entry
+    return out
 
 
 def register_projects(store: redis.Redis, projects: Projects) -> None:

@@ -26,7 +26,7 @@ import redis
 from workers.counters import Counters
 from workers.errors import BadInput, NotFound
 from workers.projects import DEFAULT_PROJECT
-from workers.redis_values import text_hash, texts
+from workers.redis_values import texts
 from workers.run_store import FINAL
 
 from .cron import Cron, cron_matches, parse_cron, utc_minutes
@@ -94,11 +94,10 @@ class WindowStore:
 
     def default_project(self) -> str:
         """Return the project the workers noted as their default (``hf:projects``), else "default"."""
-        for name, raw in text_hash(self.redis.hgetall(f"{self.prefix}:projects")).items():
-            with contextlib.suppress(ValueError, TypeError, AttributeError):
-                if json.loads(raw).get("default"):
-                    return name
-        return DEFAULT_PROJECT
+        from workers.runtime import noted_projects
+
+        noted = noted_projects(self.redis)
+        return next((name for name, entry in noted.items() if entry.get("default")), DEFAULT_PROJECT)
 
     def remove(self, name: str) -> None:
         if self.get(name) is None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from .common import (
@@ -144,17 +146,15 @@ def prune_cmd(
 def projects_cmd(as_json: bool) -> int:
     """List the projects the workers serve (as they noted them in Redis: no token here), with each one's
     API endpoint and rate budget; `--project NAME` picks one on the commands that act."""
-    import json
     import time
 
-    from workers.redis_values import text_hash
-    from workers.runtime import PROJECTS_KEY
+    from workers.runtime import noted_projects
     from workflows.web.state import budgets
 
     store = runs().store.redis
-    noted = {name: json.loads(raw) for name, raw in text_hash(store.hgetall(PROJECTS_KEY)).items()}
+    noted = noted_projects(store)
     left = {b["bucket"]: b for b in budgets(store, time.time())}
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "name": name,
             "default": bool(entry.get("default")),

@@ -4,8 +4,6 @@ service holds no API token); the worker count comes from a broadcast ping, kept 
 
 from __future__ import annotations
 
-import contextlib
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -15,7 +13,7 @@ import redis
 
 from workers.projects import DEFAULT_PROJECT
 from workers.redis_values import text_hash, texts
-from workers.runtime import PROJECTS_KEY, wait_prefix
+from workers.runtime import noted_projects, wait_prefix
 from workflows.beat import HEARTBEAT_KEY
 
 __all__ = ["Liveness", "budgets", "queue_length"]
@@ -34,10 +32,9 @@ def budgets(client: redis.Redis, now: float, refill: float = 0.0, prefix: str = 
     A bucket is named by a hash of its token, never the token; the workers note which project each is
     (``hf:projects``); a bucket no worker noted is shown by its hash.
     """
-    named = {}
-    for name, raw in text_hash(client.hgetall(f"{prefix}:projects")).items():
-        with contextlib.suppress(ValueError, TypeError, KeyError):
-            named[json.loads(raw)["bucket"]] = name
+    named = {
+        e["bucket"]: name for name, e in noted_projects(client).items() if isinstance(e.get("bucket"), str)
+    }
     out = []
     found = texts(client.scan_iter(match=f"{prefix}:rate:*", count=100))
     keys = sorted(k for k in found if k.count(":") == 2)  # not the buckets' own sub-keys (action ids)
@@ -64,7 +61,7 @@ def budgets(client: redis.Redis, now: float, refill: float = 0.0, prefix: str = 
 def wait_prefixes(client: redis.Redis) -> list[str]:
     """Return the Redis prefixes of every served project's waits and monitor (the workers note the projects
     in ``hf:projects``; a single-project installation's is ``hf``)."""
-    names = texts(client.hkeys(PROJECTS_KEY))
+    names = noted_projects(client)
     return sorted({wait_prefix(DEFAULT_PROJECT), *(wait_prefix(n) for n in names)})
 
 
