@@ -32,7 +32,7 @@ from .action_ids import HighWater
 from .client import HcloudClient
 from .durations import Durations
 from .errors import APIError, Blocked, RateBudgetExhausted, StepInProgress, TransportError
-from .ledger import Ledger
+from .ledger import Ledger, StepRecord
 from .retry_policy import Outcome, RetryPolicy, classify
 from .sealing import seal
 from .server_actions import ServerAction
@@ -125,21 +125,29 @@ def start_action(
     step_key: str,
     *,
     after: int | None = None,
+    record: StepRecord | None = None,
 ) -> Started:
     """Start the step's action once, or find the one it already started.
 
     ``after`` is an action id known to be older than anything this step can start (the previous step's
-    action on the same server), which saves reading the server's newest action. Raises Blocked on a 423
-    by someone else's action, StepInProgress when another delivery holds the step's claim, and the
-    request's error otherwise.
+    action on the same server), which saves reading the server's newest action. ``record`` is the step's
+    ledger record as the caller read it a moment ago, if it did. Raises Blocked on a 423 by someone else's
+    action, StepInProgress when another delivery holds the step's claim, and the request's error otherwise.
     """
-    record = engine.ledger.get(step_key)
+    if record is None:
+        record = engine.ledger.get(step_key)
     if record.action_id is not None:
         return Started(engine.client.get_action(record.action_id), record.outputs or {}, True)
     token = engine.ledger.claim(step_key, engine.claim_ttl)
     if token is None:
         raise StepInProgress(step_key)
     try:
+        # Read again under the claim: a record read before it may be stale, for another delivery of this
+        # step may have posted, recorded its action and let go of its claim since. Only what is read while
+        # we hold the claim tells whether to post.
+        record = engine.ledger.get(step_key)
+        if record.action_id is not None:
+            return Started(engine.client.get_action(record.action_id), record.outputs or {}, True)
         bound = record.posting_after
         if bound is not None:
             # An earlier delivery died between noting its bound and recording its action: it may have

@@ -124,7 +124,8 @@ def _run_action(
     """Start the step's action and park its wait; return at once only if nothing is left to wait for."""
     step_key = task.request.id
     took_over(eng, task.request.parent_id)
-    if eng.ledger.get(step_key).status in FINISHED_STEP:
+    record = eng.ledger.get(step_key)
+    if record.status in FINISHED_STEP:
         # A duplicate delivery of a step the monitor already finished (it continued the chain then):
         # re-parking it would wait, and maybe force a power off, all over again.
         raise Ignore()
@@ -149,12 +150,18 @@ def _run_action(
         else:
             hold_server(server_id, task.request, eng.deadline_for(action, step_opts.get("deadline")))
         skip = step_opts.get("skip_if_status")
-        if skip and eng.ledger.get(step_key).action_id is None:
+        if skip and record.action_id is None:
             status = eng.client.get_server(server_id)["status"]
             if status == skip:
                 return {**_skipped(action, server_id, step, run_id, previous, status), "project": eng.project}
         started = start_action(
-            eng, action, server_id, params, step_key, after=_previous_action(previous, server_id)
+            eng,
+            action,
+            server_id,
+            params,
+            step_key,
+            after=_previous_action(previous, server_id),
+            record=record,
         )
     except StepInProgress as exc:
         raise task.retry(countdown=_IN_PROGRESS_RETRY, max_retries=_IN_PROGRESS_TRIES, exc=exc) from exc

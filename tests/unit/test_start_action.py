@@ -257,3 +257,15 @@ def test_the_bound_comes_from_the_previous_step_without_a_read(redis_server: Red
     start_action(eng, ACTIONS["power_on"], SERVER, {}, "step-n", after=previous["id"])
     assert [m for m, _ in api.requests_seen] == ["POST"], "no read of the server's newest action"
     assert eng.ledger.get("step-n").posting_after == previous["id"]
+
+
+def test_a_record_read_before_the_claim_is_read_again_under_it(redis_server: RedisServer) -> None:
+    # Two deliveries of one step: this one read the ledger (empty) before the other posted, recorded its
+    # action and let go of its claim. Posting on the stale record would start the action twice.
+    api = ScriptedAPI()
+    eng = engine(redis_server, api)
+    stale = eng.ledger.get("step-s")
+    other = start_action(eng, ACTIONS["reboot"], SERVER, {}, "step-s")
+    late = start_action(eng, ACTIONS["reboot"], SERVER, {}, "step-s", record=stale)
+    assert late.attached is True and late.action["id"] == other.action["id"]
+    assert posts(api) == 1 and len(api.processed) == 1
