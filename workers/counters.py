@@ -31,17 +31,19 @@ class Counters:
     def _key(self, family: str) -> str:
         return f"{self.prefix}:metrics:{family}"
 
-    def add(self, family: str, labels: Iterable[str], amount: int = 1) -> None:
-        self.redis.hincrby(self._key(family), _SEP.join(labels), amount)
+    def add(self, family: str, labels: Iterable[str], amount: int = 1, *, pipe: Any = None) -> None:
+        """Add to a counter; with ``pipe``, staged in the caller's pipeline (sent with its other writes)."""
+        (pipe or self.redis).hincrby(self._key(family), _SEP.join(labels), amount)
 
-    def observe(self, family: str, labels: Iterable[str], seconds: float) -> None:
+    def observe(self, family: str, labels: Iterable[str], seconds: float, *, pipe: Any = None) -> None:
         """Count a duration into its bucket (``+Inf`` past the last), with the family's count and sum."""
         base = _SEP.join(labels)
         bucket = next((f"{b:g}" for b in DURATION_BUCKETS if seconds <= b), "+Inf")
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hincrby(self._key(family), f"{base}{_SEP}{bucket}", 1)
-        pipe.hincrbyfloat(self._key(f"{family}:sum"), base, max(0.0, seconds))
-        pipe.execute()
+        staged = pipe if pipe is not None else self.redis.pipeline(transaction=False)
+        staged.hincrby(self._key(family), f"{base}{_SEP}{bucket}", 1)
+        staged.hincrbyfloat(self._key(f"{family}:sum"), base, max(0.0, seconds))
+        if pipe is None:
+            staged.execute()
 
     def read(self, family: str) -> dict[tuple[str, ...], int]:
         raw = self.redis.hgetall(self._key(family))

@@ -87,8 +87,10 @@ class Ledger:
     def mark_posting(self, step_key: str, bound: int) -> None:
         """Note, before a POST goes out, the id its action will be newer than (the oldest bound wins)."""
         key = self._key(step_key)
-        self.redis.hsetnx(key, "posting_after", int(bound))
-        self.redis.expire(key, self.retention)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hsetnx(key, "posting_after", int(bound))
+        pipe.expire(key, self.retention)
+        pipe.execute()
 
     def clear_posting(self, step_key: str) -> None:
         """Drop the bound of an attempt that provably started nothing."""
@@ -97,9 +99,10 @@ class Ledger:
     def bump(self, step_key: str, counter: str) -> int:
         """Count one more of ``counter`` (e.g. budget waits) for this step; return the count."""
         key = self._key(step_key)
-        count = int(self.redis.hincrby(key, counter, 1))
-        self.redis.expire(key, self.retention)
-        return count
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hincrby(key, counter, 1)
+        pipe.expire(key, self.retention)
+        return int(pipe.execute()[0])
 
     def since(self, step_key: str, field: str, now: float) -> float:
         """Return the time stamped in ``field``, stamping ``now`` there first if it is empty."""
@@ -116,8 +119,10 @@ class Ledger:
         }
         mapping.update({k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in fields.items()})
         key = self._key(step_key)
-        self.redis.hset(key, mapping=mapping)
-        self.redis.expire(key, self.retention)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(key, mapping=mapping)
+        pipe.expire(key, self.retention)
+        pipe.execute()
 
     def update(self, step_key: str, **fields: Any) -> None:
         """Set display fields (status, progress) on a step record."""

@@ -161,11 +161,14 @@ class Monitor:
         batch: int = 2000,
         on_end: Callable[[Wait, bool], None] | None = None,
         send: Callable[[str, dict[str, Any]], None] | None = None,
-        gap: float = 0.5,
+        gap: float = 0.25,
         enders: int = 8,
         deferred: Deferred | None = None,
     ) -> None:
-        self.gap = gap  # least time between the starts of two rounds, cluster-wide
+        # Least time between the starts of two rounds, cluster-wide. Rounds run only when a wait is due, so a
+        # shorter gap costs requests only where ends fall close together: at 100 servers, 0.25 s against
+        # 0.5 s cut the end-to-next-POST median from 0.55 s to 0.36 s for 1% more requests (bench/polling.py).
+        self.gap = gap
         self.engine = engine
         # Only a monitor that can send them looks at deferred messages (one set per installation).
         self.deferred = deferred or (Deferred(engine.redis, prefix=prefix) if send is not None else None)
@@ -190,6 +193,7 @@ class Monitor:
         self._progress: dict[str, int] = {}  # the round's new progress figures, written with the parks
         self._learned: list[dict[str, Any]] = []  # the round's finished actions, to learn durations from
         self._not_before = 0.0  # when a round skipped for another process's round may be tried again
+        self._idle_look: tuple[float | None, float | None] | None = None  # what a round with nothing due read
 
     # -- the loop a worker thread runs ----------------------------------------------------------------
 
@@ -202,7 +206,9 @@ class Monitor:
                     self._alive_noted = self.engine.clock()
                     self.engine.redis.set(self.alive_key, repr(self._alive_noted), ex=int(ALIVE_EVERY * 12))
                 report = self.run_round()
-                nxt = self.engine.waits.next_due()
+                # When nothing was due, run_round has just read when something will be: no second read.
+                idle_look, self._idle_look = self._idle_look, None
+                nxt, later = idle_look or self._soonest()
                 failures = 0
                 if report is None and nxt is not None:
                     # Another process runs a round now, or began one a moment ago: nothing is ours to do
@@ -214,7 +220,6 @@ class Monitor:
                 log.exception("monitor round failed (%d in a row)", failures)
                 stop.wait(min(10.0, 0.5 * 2 ** min(failures, 5)))
                 continue
-            later = self.deferred.next_due() if self.deferred is not None else None
             nxt = min((t for t in (nxt, later) if t is not None), default=None)
             pause = idle if nxt is None else max(0.0, min(idle, nxt - self.engine.clock()))
             stop.wait(pause or 0.01)
@@ -222,13 +227,12 @@ class Monitor:
     def run_round(self) -> RoundReport | None:
         """Run one round if no other process is running one; return its report, or None."""
         report = RoundReport()
+        self._idle_look = None
         now = self.engine.clock()
-        soonest = (
-            self.engine.waits.next_due(),
-            self.deferred.next_due() if self.deferred is not None else None,
-        )
+        soonest = self._soonest()
         nxt = min((t for t in soonest if t is not None), default=None)
         if nxt is None or nxt > now:
+            self._idle_look = soonest
             return report
         token = uuid.uuid4().hex
         self._token = token
@@ -250,6 +254,11 @@ class Monitor:
         finally:
             self._release(keys=[self.lock_key], args=[token])
         return report
+
+    def _soonest(self) -> tuple[float | None, float | None]:
+        """Return when the soonest wait and the soonest deferred message fall due (None: there is none)."""
+        later = self.deferred.next_due() if self.deferred is not None else None
+        return self.engine.waits.next_due(), later
 
     # -- one round -------------------------------------------------------------------------------------
 
@@ -546,14 +555,16 @@ class Monitor:
         if isinstance(effect, Succeed):
             result = {**wait.result, **effect.extra, "status": "success"}
             result["seconds"] = round(engine.clock() - wait.started, 3)
-            engine.ledger.update(wait.id, status="success", progress=100)
             goes_on = bool(wait.request.get("chain"))
+            pipe = engine.redis.pipeline()
+            engine.ledger.stage_update(pipe, wait.id, status="success", progress=100)
             if goes_on:
                 # A hand-off watch until the next step starts (it removes this wait) and sends it again if it
                 # never does: Redis hands a message out before kombu records it as unacknowledged, so a worker
                 # killed in between loses it. Parked before the send, so the next step always finds it.
                 due = engine.clock() + HANDOFF_AFTER
-                engine.waits.park(replace(wait, phase=Phase.HANDOFF, next=due, result=result))
+                engine.waits.stage_park(pipe, replace(wait, phase=Phase.HANDOFF, next=due, result=result))
+            pipe.execute()
             # Dispatch, then forget: a crash in between re-dispatches, and the next step's ledger turns the
             # duplicate into a re-attach instead of a second action.
             self.dispatcher.succeed(wait.request, result)

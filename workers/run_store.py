@@ -95,8 +95,8 @@ class RunStore:
         """Write a new run's record and index it."""
         now = self.clock()
         key = self._run(meta["id"])
-        self.redis.hset(key, mapping={"meta": json.dumps(meta), "state": state, "created": repr(now)})
         pipe = self.redis.pipeline()
+        pipe.hset(key, mapping={"meta": json.dumps(meta), "state": state, "created": repr(now)})
         pipe.zadd(f"{self.prefix}:runs", {meta["id"]: now})
         pipe.zadd(f"{self.prefix}:runs:server:{meta['server_id']}", {meta["id"]: now})
         pipe.sadd(f"{self.prefix}:runs:active", meta["id"])
@@ -140,10 +140,12 @@ class RunStore:
         for name, value in fields.items():
             mapping[name] = json.dumps(value) if name in _JSON_FIELDS else repr(value)
         key = self._run(run_id)
-        self.redis.hset(key, mapping=mapping)
+        pipe = self.redis.pipeline()
+        pipe.hset(key, mapping=mapping)
         if state in FINAL:
-            self.redis.expire(key, self.retention)
-            self.redis.srem(f"{self.prefix}:runs:active", run_id)
+            pipe.expire(key, self.retention)
+            pipe.srem(f"{self.prefix}:runs:active", run_id)
+        pipe.execute()
 
     def state(self, run_id: str) -> str | None:
         raw = self.redis.hget(self._run(run_id), "state")
@@ -195,8 +197,10 @@ class RunStore:
     def note_image(self, image_id: int, run_id: str) -> None:
         """Remember which run made an image (kept as long as run records are)."""
         key = f"{self.prefix}:images"
-        self.redis.hset(key, str(image_id), run_id)
-        self.redis.expire(key, self.retention)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(key, str(image_id), run_id)
+        pipe.expire(key, self.retention)
+        pipe.execute()
 
     def image_runs(self, image_ids: Sequence[int]) -> dict[int, str]:
         """Return the run that made each of these images, for those one of ours made."""

@@ -50,9 +50,12 @@ class RunHooks:
         """Count a step's end for /metrics: by workflow, action and outcome, and how long its action took."""
         step = run["steps"][index]
         action = str(step.get("action") or step.get("name"))
-        self.counters.add("steps", (run["workflow"], action, outcome))
+        pipe = self.store.redis.pipeline(transaction=False)
+        self.counters.add("steps", (run["workflow"], action, outcome), pipe=pipe)
         if step.get("started") and outcome == "succeeded":
-            self.counters.observe("action_seconds", (action,), self.store.clock() - float(step["started"]))
+            seconds = self.store.clock() - float(step["started"])
+            self.counters.observe("action_seconds", (action,), seconds, pipe=pipe)
+        pipe.execute()
 
     def _index(self, run: dict[str, Any], task_id: str) -> int | None:
         for step in run["steps"]:
