@@ -63,7 +63,7 @@ def session_for(base_url: str) -> requests.Session:
     """Return a session for ``base_url`` that reads the environment once, here, instead of every request.
 
     requests looks up proxies, the CA bundle and ``~/.netrc`` before each request of a session that
-    trusts the environment: 40% of a request's CPU in a worker, measured (bench/polling.py). And a
+    trusts the environment: a fifth of a request's CPU (client and fakecloud in one process, measured). And a
     ``.netrc`` entry for the API's host would replace our bearer token with its login. Proxy settings,
     ``no_proxy`` and a CA bundle (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``) are still honoured, as
     read when the worker started.

@@ -150,6 +150,10 @@ def _run_action(
         else:
             hold_server(server_id, task.request, eng.deadline_for(action, step_opts.get("deadline")))
         skip = step_opts.get("skip_if_status")
+        if skip:
+            # Read again: another delivery of this step may have posted its action since the read above
+            # (resolving the target and the run's hooks take a while), and a step that did act is not skipped.
+            record = eng.ledger.get(step_key)
         if skip and record.action_id is None:
             status = eng.client.get_server(server_id)["status"]
             if status == skip:
