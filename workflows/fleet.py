@@ -479,9 +479,13 @@ class FleetRunner(Gates):
         job_id = run.get("job_id")
         if not job_id:
             return
-        job = self.store.get(job_id)
+        job = self.store.brief(job_id, int(run["server_id"]))
         if job is None:
             return
+        if job.get("health") or (job["outcomes"].get(int(run["server_id"])) or {}).get("drain"):
+            job = self.store.get(job_id)  # putting a server back or checking its health reads the whole job
+            if job is None:
+                return
         if not self._record_end(job, run):
             return  # not done yet: its drain or health check goes on, woken by the job's kicks
         # Most runs of a big job end while others still run and none waits to start: then there is nothing
