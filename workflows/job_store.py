@@ -69,6 +69,16 @@ class JobStore:
         job["counts"] = counts
         return job
 
+    def state(self, job_id: str) -> str | None:
+        """Return the job's state alone (None: no such job)."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hexists(self.key(job_id), "meta")
+        pipe.hget(self.key(job_id), "state")
+        known, state = pipe.execute()
+        if not known:
+            return None
+        return (state.decode() if isinstance(state, bytes) else state) or "running"
+
     def brief(self, job_id: str, server_id: int) -> dict[str, Any] | None:
         """Return the job's plan and state with one server's outcome only (``outcomes`` holds no other).
 

@@ -1,4 +1,4 @@
-"""JobStore's two reads agree: ``brief`` is ``get`` narrowed to one server's outcome."""
+"""JobStore's narrow reads agree with ``get``: ``brief`` (one server's outcome) and ``state``."""
 
 from __future__ import annotations
 
@@ -25,6 +25,8 @@ def test_brief_is_get_narrowed_to_one_servers_outcome(redis_server: RedisServer)
     assert full["told"] == ["started"] and full["reason"] == "why"
     assert full["counts"] == {"running": 1, "succeeded": 1, "pending": 1}
     assert store.brief("j1", 3)["outcomes"] == {}  # type: ignore[index]
+    assert store.state("j1") == "running"
     store.set_state("j1", "cancelled")
     assert store.brief("j1", 1)["state"] == "cancelled"  # type: ignore[index]
-    assert store.brief("no-such-job", 1) is None
+    assert store.state("j1") == "cancelled"
+    assert store.brief("no-such-job", 1) is None and store.state("no-such-job") is None
