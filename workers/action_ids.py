@@ -9,6 +9,8 @@ action from someone else's after a lost answer (workers/engine.py).
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 
 __all__ = ["HighWater"]
@@ -40,9 +42,16 @@ class HighWater:
 
     def fresh(self, now: float) -> int | None:
         """Return the mark if it was seen within ``fresh_for`` seconds of ``now``, else None."""
+        return self.fresh_from(self.redis.hmget(self.key, "id", "at"), now)
+
+    def stage_read(self, pipe: redis.client.Pipeline) -> None:
+        """Add the read ``fresh`` makes to a pipeline; pass its answer to ``fresh_from``."""
+        pipe.hmget(self.key, "id", "at")
+
+    def fresh_from(self, raw: Any, now: float) -> int | None:
+        """Return the mark from a read staged with ``stage_read``, if fresh at ``now``, else None."""
         if self.fresh_for <= 0:
             return None
-        raw = self.redis.hmget(self.key, "id", "at")
         if raw[0] is None or raw[1] is None:
             return None
         seen_at = float(raw[1])

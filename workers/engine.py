@@ -42,6 +42,8 @@ from .waits import WaitStore
 __all__ = ["Cadence", "Engine", "Started", "find_own", "start_action"]
 
 STEP_LABEL = "hcloud-flow/step"
+# A claim younger than this is not renewed before a POST attempt (its TTL, claim_ttl, is far longer).
+_RENEW_AFTER = 1.0
 LOST_NOTICE = "root password lost: the answer that carried it was cut off; reset the password again"
 
 
@@ -138,14 +140,18 @@ def start_action(
         record = engine.ledger.get(step_key)
     if record.action_id is not None:
         return Started(engine.client.get_action(record.action_id), record.outputs or {}, True)
-    token = engine.ledger.claim(step_key, engine.claim_ttl)
+    # The claim, the record read again under it, and the project's action-id mark, in one round trip. The
+    # record read before the claim may be stale: another delivery of this step may have posted, recorded
+    # its action and let go of its claim since. Only what is read while we hold the claim tells whether to
+    # post.
+    pipe = engine.redis.pipeline(transaction=False)
+    if engine.high_water is not None:
+        engine.high_water.stage_read(pipe)
+    token, record, staged = engine.ledger.claim_and_get(step_key, engine.claim_ttl, pipe)
     if token is None:
         raise StepInProgress(step_key)
+    claimed_at = engine.clock()
     try:
-        # Read again under the claim: a record read before it may be stale, for another delivery of this
-        # step may have posted, recorded its action and let go of its claim since. Only what is read while
-        # we hold the claim tells whether to post.
-        record = engine.ledger.get(step_key)
         if record.action_id is not None:
             return Started(engine.client.get_action(record.action_id), record.outputs or {}, True)
         bound = record.posting_after
@@ -156,17 +162,20 @@ def start_action(
             if found is not None:
                 return _record(engine, step_key, server_id, found, attached=True, secret=action.secret)
         else:
-            bound = _bound(engine, server_id, after)
+            fresh = None
+            if engine.high_water is not None and staged:
+                fresh = engine.high_water.fresh_from(staged[0], engine.clock())
+            bound = _bound(engine, server_id, after, fresh)
             engine.ledger.mark_posting(step_key, bound)
         doubt = record.posting_after is not None
-        return _post(engine, action, server_id, params, step_key, token, bound, doubt=doubt)
+        return _post(engine, action, server_id, params, step_key, token, bound, doubt=doubt, since=claimed_at)
     finally:
         engine.ledger.release(step_key, token)
 
 
-def _bound(engine: Engine, server_id: int, after: int | None) -> int:
-    """Return an action id that every action started from now on is newer than."""
-    fresh = engine.high_water.fresh(engine.clock()) if engine.high_water is not None else None
+def _bound(engine: Engine, server_id: int, after: int | None, fresh: int | None) -> int:
+    """Return an action id that every action started from now on is newer than; ``fresh`` is the project's
+    action-id mark when it was seen lately (see HighWater)."""
     known = max((b for b in (fresh, after) if b is not None), default=None)
     if known is not None:
         return known
@@ -184,8 +193,12 @@ def _post(
     bound: int,
     *,
     doubt: bool,
+    since: float,
 ) -> Started:
-    """POST until the outcome is known; ``doubt`` says an earlier attempt may have started the action."""
+    """POST until the outcome is known; ``doubt`` says an earlier attempt may have started the action.
+
+    ``since`` is when the claim was last taken or renewed.
+    """
     body = dict(params)
     if action.makes_image:
         # The label finds the image again if our answer is lost; it carries the step id, nothing secret.
@@ -193,7 +206,11 @@ def _post(
     policy = engine.post_policy
     last: Exception | None = None
     for attempt in range(1, policy.attempts + 1):
-        engine.ledger.renew(step_key, claim, engine.claim_ttl)
+        if engine.clock() - since > _RENEW_AFTER:
+            # Reads before this attempt (a bound, a search) took a while: renew the claim so that it lapses
+            # soon only if we die. Just taken or renewed, it needs no round trip.
+            engine.ledger.renew(step_key, claim, engine.claim_ttl)
+            since = engine.clock()
         try:
             answer = getattr(engine.client, action.name)(server_id, **body)
             return _record(engine, step_key, server_id, answer, attached=False, secret=action.secret)

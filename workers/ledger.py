@@ -51,6 +51,22 @@ class Ledger:
         """Return the step's record (empty when the step never ran)."""
         return self._record(self.redis.hgetall(self._key(step_key)))
 
+    def claim_and_get(
+        self, step_key: str, ttl: float, pipe: redis.client.Pipeline | None = None
+    ) -> tuple[str | None, StepRecord, list[Any]]:
+        """Take the step's claim and read its record in one round trip; return (token or None, record, and
+        the answers to whatever the caller staged in ``pipe`` beforehand).
+
+        Redis runs a pipeline's commands in order, so the record is read after the claim was taken: when
+        the token is not None, nothing another delivery recorded before it is missed.
+        """
+        pipe = pipe if pipe is not None else self.redis.pipeline(transaction=False)
+        token = uuid.uuid4().hex
+        pipe.set(f"{self._key(step_key)}:claim", token, nx=True, px=int(ttl * 1000))
+        pipe.hgetall(self._key(step_key))
+        *staged, claimed, raw = pipe.execute()
+        return (token if claimed else None), self._record(raw), staged
+
     def get_many(self, step_keys: list[str]) -> list[StepRecord]:
         """Return several steps' records in one round trip."""
         pipe = self.redis.pipeline(transaction=False)

@@ -109,19 +109,8 @@ class RunStore:
         shown. The engine's own bookkeeping reads the record alone (``live=False``): it runs several times
         per step, and the ledger reads were most of a run's Redis round trips.
         """
-        raw = text_hash(self.redis.hgetall(self._run(run_id)))
-        if "meta" not in raw:
-            return None
-        run = json.loads(raw["meta"])
-        run["state"] = raw.get("state", "queued")
-        for field in ("created", "started", "finished"):
-            run[field] = float(raw[field]) if raw.get(field) else None
-        for field in _JSON_FIELDS:
-            run[field] = json.loads(raw[field]) if raw.get(field) else None
-        for i, step in enumerate(run["steps"]):
-            step.update(json.loads(raw.get(f"s{i}", "{}")))
-            step.setdefault("status", "pending")
-        if not live:
+        run = self._parse(self.redis.hgetall(self._run(run_id)))
+        if run is None or not live:
             return run
         ledger = self.ledger.get_many([step["task_id"] for step in run["steps"]])
         for step, rec in zip(run["steps"], ledger, strict=True):
@@ -132,6 +121,31 @@ class RunStore:
                 step["progress"] = rec.progress
             elif step["status"] == "succeeded":
                 step["progress"] = 100
+        return run
+
+    def get_for_step(self, run_id: str) -> tuple[dict[str, Any] | None, bool]:
+        """Return what a starting step reads, in one round trip: the run's record (as ``get(live=False)``)
+        and whether a cancel was asked for it."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hgetall(self._run(run_id))
+        pipe.exists(self.cancel_key(run_id))
+        raw, cancel = pipe.execute()
+        return self._parse(raw), bool(cancel)
+
+    @staticmethod
+    def _parse(stored: Any) -> dict[str, Any] | None:
+        raw = text_hash(stored)
+        if "meta" not in raw:
+            return None
+        run: dict[str, Any] = json.loads(raw["meta"])
+        run["state"] = raw.get("state", "queued")
+        for field in ("created", "started", "finished"):
+            run[field] = float(raw[field]) if raw.get(field) else None
+        for field in _JSON_FIELDS:
+            run[field] = json.loads(raw[field]) if raw.get(field) else None
+        for i, step in enumerate(run["steps"]):
+            step.update(json.loads(raw.get(f"s{i}", "{}")))
+            step.setdefault("status", "pending")
         return run
 
     def set_state(self, run_id: str, state: RunState, **fields: Any) -> None:
@@ -151,12 +165,16 @@ class RunStore:
         raw = self.redis.hget(self._run(run_id), "state")
         return text(raw) if raw else None
 
-    def update_step(self, run_id: str, index: int, **fields: Any) -> None:
-        """Merge fields into step ``index`` of the run."""
+    def update_step(
+        self, run_id: str, index: int, stored: dict[str, Any] | None = None, **fields: Any
+    ) -> None:
+        """Merge fields into step ``index`` of the run; ``stored`` is what the step holds now, if the caller
+        knows it (a round trip fewer)."""
         key = self._run(run_id)
-        raw = self.redis.hget(key, f"s{index}")
-        step = json.loads(raw) if raw else {}
-        step.update(fields)
+        if stored is None:
+            raw = self.redis.hget(key, f"s{index}")
+            stored = json.loads(raw) if raw else {}
+        step = {**stored, **fields}
         self.redis.hset(key, f"s{index}", json.dumps(step))
 
     def list(

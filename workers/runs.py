@@ -65,7 +65,7 @@ class RunHooks:
 
     def step_started(self, run_id: str, task_id: str) -> None:
         """Record that a step began; raise RunCancelled if the run was cancelled before it."""
-        run = self.store.get(run_id, live=False)
+        run, cancelled = self.store.get_for_step(run_id)
         if run is None:
             return
         if task_id == (run.get("restore") or {}).get("task_id"):
@@ -74,7 +74,7 @@ class RunHooks:
             )  # the restore runs, cancelled or not
             return
         index = self._index(run, task_id)
-        if self.store.cancel_requested(run_id):
+        if cancelled:
             raise RunCancelled(run_id, run["steps"][index]["name"] if index is not None else "?")
         if run["state"] in ("queued",):
             self.store.set_state(run_id, "running", started=self.store.clock())
@@ -87,7 +87,9 @@ class RunHooks:
         # Each step renews the run's hold on its server, so a long run keeps it and a dead one loses it.
         self.store.refresh(run["server_id"], run_id, run["lock_ttl"])
         if index is not None and run["steps"][index].get("status") in (None, "pending"):
-            self.store.update_step(run_id, index, status="running", started=self.store.clock())
+            # Every write of a step's fields sets its status (update_step's callers): one without a status
+            # has nothing stored yet.
+            self.store.update_step(run_id, index, {}, status="running", started=self.store.clock())
 
     def step_succeeded(self, run_id: str, task_id: str, result: dict[str, Any], last: bool) -> None:
         """Record a step's success; finish the run after its last step."""

@@ -269,3 +269,24 @@ def test_a_record_read_before_the_claim_is_read_again_under_it(redis_server: Red
     late = start_action(eng, ACTIONS["reboot"], SERVER, {}, "step-s", record=stale)
     assert late.attached is True and late.action["id"] == other.action["id"]
     assert posts(api) == 1 and len(api.processed) == 1
+
+
+@pytest.mark.parametrize(("tick", "renewals"), [(0.0, 0), (2.0, 1)])
+def test_the_claim_is_renewed_before_a_post_only_when_it_has_aged(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, tick: float, renewals: int
+) -> None:
+    # Just taken, the claim has its whole TTL; after slow reads (here: a clock that moves 2 s a look) it is
+    # renewed before the POST, so that it lapses soon only if this process dies.
+    api = ScriptedAPI()
+    eng = engine(redis_server, api)
+    now = [1000.0]
+
+    def clock() -> float:
+        now[0] += tick
+        return now[0]
+
+    eng.clock = clock
+    seen: list[str] = []
+    monkeypatch.setattr(eng.ledger, "renew", lambda key, token, ttl: seen.append(key))
+    start_action(eng, ACTIONS["reboot"], SERVER, {}, f"step-renew-{tick}")
+    assert len(seen) == renewals and posts(api) == 1
