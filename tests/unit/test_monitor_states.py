@@ -20,8 +20,9 @@ class Servers:
         self, params: list[tuple[str, Any]], page: int
     ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         self.calls.append(f"page {page}")
-        status = dict(params)["status"]
-        there = [{"id": i, "status": s} for i, s in sorted(self.statuses.items()) if s == status]
+        status, order = dict(params)["status"], dict(params).get("sort", "id:asc")
+        ordered = sorted(self.statuses.items(), reverse=order == "id:desc")
+        there = [{"id": i, "status": s} for i, s in ordered if s == status]
         last = max(1, -(-len(there) // 50))
         nxt = page + 1 if page < last else None
         return there[(page - 1) * 50 : page * 50], {"page": page, "next_page": nxt, "last_page": last}
@@ -46,11 +47,20 @@ def test_a_fleet_reads_the_pages_of_servers_already_there() -> None:
     assert all(got[i] == "off" for i in range(1, 81)) and all(got[i] == OTHER for i in range(81, 101))
 
 
+def test_the_servers_that_got_there_last_are_found_on_the_first_page() -> None:
+    # A fleet started in id order: this round's servers are the newest of 400 already off. Oldest first,
+    # the walk read all eight pages to find them.
+    project = Servers({i: "off" for i in range(1, 401)})
+    got = statuses(project, {i: "off" for i in range(361, 401)})
+    assert project.calls == ["page 1"]
+    assert got == {i: "off" for i in range(361, 401)}
+
+
 def test_few_servers_among_many_running_are_read_alone() -> None:
     project = Servers({i: "running" for i in range(1, 1001)} | {2001: "starting", 2002: "running"})
     got = statuses(project, {2001: "running", 2002: "running", 5: "running"})
     assert project.calls[0] == "page 1", "the first page says how many there are"
-    assert len(project.calls) == 3, "then the two not on it are read alone, not 19 more pages"
+    assert len(project.calls) == 3, "then those not on it are read alone, not 19 more pages"
     assert got == {5: "running", 2001: "starting", 2002: "running"}
 
 
