@@ -241,6 +241,10 @@ def _row(system: str, n: int, wall: float, api: int, msgs: float, delays: list[f
         "broker_msgs_per_step": round(msgs, 3) if msgs == msgs else "n/a (no broker)",
         "end_to_next_post_median_s": round(median(delays), 3),
         "end_to_next_post_p95_s": round(percentile(delays, 95), 3),
+        # Where the wall goes beyond the actions' own time (from the run just measured): the first POSTs
+        # spread over this many seconds, and the run was over this long after its last action ended.
+        "first_posts_spread_s": LAST_TIMELINE.get("first_posts_spread", float("nan")),
+        "after_last_end_s": LAST_TIMELINE.get("after_last_end", float("nan")),
     }
 
 
@@ -253,6 +257,8 @@ COLUMNS = [
     ("broker_msgs_per_step", "broker msgs / step"),
     ("end_to_next_post_median_s", "end→next POST median s"),
     ("end_to_next_post_p95_s", "p95 s"),
+    ("first_posts_spread_s", "first POSTs spread s"),
+    ("after_last_end_s", "after last end s"),
     ("baseline_requests_per_action_over_ours", "baseline ÷ ours (requests)"),
     ("wall_over_baseline", "wall ÷ baseline"),
 ]
