@@ -165,17 +165,20 @@ class RunStore:
         raw = self.redis.hget(self._run(run_id), "state")
         return text(raw) if raw else None
 
-    def update_step(
-        self, run_id: str, index: int, stored: dict[str, Any] | None = None, **fields: Any
-    ) -> None:
-        """Merge fields into step ``index`` of the run; ``stored`` is what the step holds now, if the caller
-        knows it (a round trip fewer)."""
+    def update_step(self, run_id: str, index: int, **fields: Any) -> None:
+        """Merge fields into step ``index`` of the run."""
         key = self._run(run_id)
-        if stored is None:
-            raw = self.redis.hget(key, f"s{index}")
-            stored = json.loads(raw) if raw else {}
-        step = {**stored, **fields}
+        raw = self.redis.hget(key, f"s{index}")
+        step = json.loads(raw) if raw else {}
+        step.update(fields)
         self.redis.hset(key, f"s{index}", json.dumps(step))
+
+    def start_step(self, run_id: str, index: int, started: float) -> None:
+        """Record that step ``index`` began, in one round trip, unless something is stored for it already:
+        another delivery of the step may have got further meanwhile (its success is not overwritten)."""
+        self.redis.hsetnx(
+            self._run(run_id), f"s{index}", json.dumps({"status": "running", "started": started})
+        )
 
     def list(
         self, *, active: bool = False, server_id: int | None = None, limit: int = 50

@@ -87,9 +87,7 @@ class RunHooks:
         # Each step renews the run's hold on its server, so a long run keeps it and a dead one loses it.
         self.store.refresh(run["server_id"], run_id, run["lock_ttl"])
         if index is not None and run["steps"][index].get("status") in (None, "pending"):
-            # Every write of a step's fields sets its status (update_step's callers): one without a status
-            # has nothing stored yet.
-            self.store.update_step(run_id, index, {}, status="running", started=self.store.clock())
+            self.store.start_step(run_id, index, self.store.clock())
 
     def step_succeeded(self, run_id: str, task_id: str, result: dict[str, Any], last: bool) -> None:
         """Record a step's success; finish the run after its last step."""
