@@ -92,11 +92,18 @@ class RunStore:
         return uuid.uuid4().hex[:16]
 
     def create(self, meta: dict[str, Any], state: RunState = "queued") -> None:
-        """Write a new run's record and index it."""
+        """Write a new run's record and index it. Its ``chain`` (the steps' arguments, kept to be sent or
+        sent again until the first step starts) goes in a field of its own, which ``begin`` drops."""
         now = self.clock()
         key = self._run(meta["id"])
+        meta = dict(meta)
+        mapping: dict[Any, Any] = {"state": state, "created": repr(now)}
+        chain = meta.pop("chain", None)
+        if chain is not None:
+            mapping["chain"] = json.dumps(chain)
+        mapping["meta"] = json.dumps(meta)
         pipe = self.redis.pipeline()
-        pipe.hset(key, mapping={"meta": json.dumps(meta), "state": state, "created": repr(now)})
+        pipe.hset(key, mapping=mapping)
         pipe.zadd(f"{self.prefix}:runs", {meta["id"]: now})
         pipe.zadd(f"{self.prefix}:runs:server:{meta['server_id']}", {meta["id"]: now})
         pipe.sadd(f"{self.prefix}:runs:active", meta["id"])
@@ -138,6 +145,8 @@ class RunStore:
         if "meta" not in raw:
             return None
         run: dict[str, Any] = json.loads(raw["meta"])
+        if raw.get("chain"):
+            run["chain"] = json.loads(raw["chain"])
         run["state"] = raw.get("state", "queued")
         for field in ("created", "started", "finished"):
             run[field] = float(raw[field]) if raw.get(field) else None
@@ -172,13 +181,6 @@ class RunStore:
         step = json.loads(raw) if raw else {}
         step.update(fields)
         self.redis.hset(key, f"s{index}", json.dumps(step))
-
-    def start_step(self, run_id: str, index: int, started: float) -> None:
-        """Record that step ``index`` began, in one round trip, unless something is stored for it already:
-        another delivery of the step may have got further meanwhile (its success is not overwritten)."""
-        self.redis.hsetnx(
-            self._run(run_id), f"s{index}", json.dumps({"status": "running", "started": started})
-        )
 
     def list(
         self, *, active: bool = False, server_id: int | None = None, limit: int = 50
@@ -236,11 +238,34 @@ class RunStore:
 
     def drop_chain(self, run_id: str) -> None:
         """Remove the chain (the steps' arguments) from a run's record once it has been sent."""
+        if not self.redis.hdel(self._run(run_id), "chain"):
+            self._drop_chain_from_meta(run_id)
+
+    def _drop_chain_from_meta(self, run_id: str) -> None:
+        # Records written before the chain had a field of its own kept it inside ``meta``.
         raw = self.redis.hget(self._run(run_id), "meta")
         if raw:
             meta = json.loads(raw)
-            meta.pop("chain", None)
-            self.redis.hset(self._run(run_id), "meta", json.dumps(meta))
+            if meta.pop("chain", None) is not None:
+                self.redis.hset(self._run(run_id), "meta", json.dumps(meta))
+
+    def begin_step(self, run: dict[str, Any], index: int | None, now: float, *, first: bool) -> None:
+        """Record, in one round trip, what a step's start changes: the run's hold on its server renewed
+        (a long run keeps it, a dead one loses it), the step running (unless a faster delivery of it
+        stored more: HSETNX), and for the run's first step, the run running without its chain."""
+        key = self._run(run["id"])
+        pipe = self.redis.pipeline()
+        if first:
+            pipe.hset(key, mapping={"state": "running", "started": repr(now)})
+            pipe.hdel(key, "chain")
+        self._refresh(
+            keys=[self._lock(run["server_id"])], args=[run["id"], int(run["lock_ttl"] * 1000)], client=pipe
+        )
+        if index is not None and run["steps"][index].get("status") in (None, "pending"):
+            pipe.hsetnx(key, f"s{index}", json.dumps({"status": "running", "started": now}))
+        answers = pipe.execute()
+        if first and not answers[1]:
+            self._drop_chain_from_meta(run["id"])
 
     def release(self, server_id: int, run_id: str) -> None:
         """Free the server if ``run_id`` holds it."""

@@ -76,18 +76,15 @@ class RunHooks:
         index = self._index(run, task_id)
         if cancelled:
             raise RunCancelled(run_id, run["steps"][index]["name"] if index is not None else "?")
-        if run["state"] in ("queued",):
-            self.store.set_state(run_id, "running", started=self.store.clock())
+        first = run["state"] == "queued"
+        # Started: the record need not keep the chain's arguments any more.
+        self.store.begin_step(run, index, self.store.clock(), first=first)
+        if first:
             for listener in RUN_STARTED:
                 try:
                     listener({**run, "state": "running"})
                 except Exception:  # a listener's failure must not stop the run
                     log.exception("run start listener failed for run %s", run_id)
-            self.store.drop_chain(run_id)  # started: the record need not keep the chain's arguments
-        # Each step renews the run's hold on its server, so a long run keeps it and a dead one loses it.
-        self.store.refresh(run["server_id"], run_id, run["lock_ttl"])
-        if index is not None and run["steps"][index].get("status") in (None, "pending"):
-            self.store.start_step(run_id, index, self.store.clock())
 
     def step_succeeded(self, run_id: str, task_id: str, result: dict[str, Any], last: bool) -> None:
         """Record a step's success; finish the run after its last step."""
