@@ -174,13 +174,14 @@ class RunStore:
         raw = self.redis.hget(self._run(run_id), "state")
         return text(raw) if raw else None
 
-    def update_step(self, run_id: str, index: int, **fields: Any) -> None:
-        """Merge fields into step ``index`` of the run."""
+    def update_step(self, run_id: str, index: int, *, pipe: Any = None, **fields: Any) -> None:
+        """Merge fields into step ``index`` of the run; with ``pipe``, the write is staged there (the read of
+        what the step holds is made now)."""
         key = self._run(run_id)
         raw = self.redis.hget(key, f"s{index}")
         step = json.loads(raw) if raw else {}
         step.update(fields)
-        self.redis.hset(key, f"s{index}", json.dumps(step))
+        (pipe or self.redis).hset(key, f"s{index}", json.dumps(step))
 
     def list(
         self, *, active: bool = False, server_id: int | None = None, limit: int = 50
@@ -217,13 +218,14 @@ class RunStore:
         raws = self.redis.mget([self._lock(i) for i in server_ids])
         return {i: text(raw) for i, raw in zip(server_ids, raws, strict=True) if raw}
 
-    def note_image(self, image_id: int, run_id: str) -> None:
-        """Remember which run made an image (kept as long as run records are)."""
+    def note_image(self, image_id: int, run_id: str, *, pipe: Any = None) -> None:
+        """Remember which run made an image (kept as long as run records are); with ``pipe``, staged there."""
         key = f"{self.prefix}:images"
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(key, str(image_id), run_id)
-        pipe.expire(key, self.retention)
-        pipe.execute()
+        staged = pipe if pipe is not None else self.redis.pipeline(transaction=False)
+        staged.hset(key, str(image_id), run_id)
+        staged.expire(key, self.retention)
+        if pipe is None:
+            staged.execute()
 
     def image_runs(self, image_ids: Sequence[int]) -> dict[int, str]:
         """Return the run that made each of these images, for those one of ours made."""

@@ -46,16 +46,18 @@ class RunHooks:
         self.app = app
         self.counters = Counters(store.redis, store.prefix)
 
-    def _count_step(self, run: dict[str, Any], index: int, outcome: str) -> None:
-        """Count a step's end for /metrics: by workflow, action and outcome, and how long its action took."""
+    def _count_step(self, run: dict[str, Any], index: int, outcome: str, pipe: Any = None) -> None:
+        """Count a step's end for /metrics: by workflow, action and outcome, and how long its action took;
+        with ``pipe``, staged there."""
         step = run["steps"][index]
         action = str(step.get("action") or step.get("name"))
-        pipe = self.store.redis.pipeline(transaction=False)
-        self.counters.add("steps", (run["workflow"], action, outcome), pipe=pipe)
+        staged = pipe if pipe is not None else self.store.redis.pipeline(transaction=False)
+        self.counters.add("steps", (run["workflow"], action, outcome), pipe=staged)
         if step.get("started") and outcome == "succeeded":
             seconds = self.store.clock() - float(step["started"])
-            self.counters.observe("action_seconds", (action,), seconds, pipe=pipe)
-        pipe.execute()
+            self.counters.observe("action_seconds", (action,), seconds, pipe=staged)
+        if pipe is None:
+            staged.execute()
 
     def _index(self, run: dict[str, Any], task_id: str) -> int | None:
         for step in run["steps"]:
@@ -98,20 +100,24 @@ class RunHooks:
             why = "still running: it was never stopped" if skipped else "powered on again after the failure"
             self._ended(run, restore=restore, left={"status": status, "why": why})
             return
+        # The step's writes in one round trip (after update_step's read): its image, its record, its counts.
+        pipe = self.store.redis.pipeline(transaction=False)
         image = (result.get("outputs") or {}).get("image") or {}
         if image.get("id"):
-            self.store.note_image(int(image["id"]), run_id)  # for `hcloud-flow images`
+            self.store.note_image(int(image["id"]), run_id, pipe=pipe)  # for `hcloud-flow images`
         index = self._index(run, task_id)
         if index is not None:
             keep = {k: result.get(k) for k in ("action_id", "outputs", "forced", "server_status", "skipped")}
             self.store.update_step(
                 run_id,
                 index,
+                pipe=pipe,
                 status="succeeded",
                 finished=self.store.clock(),
                 **{k: v for k, v in keep.items() if v is not None},
             )
-            self._count_step(run, index, "succeeded")
+            self._count_step(run, index, "succeeded", pipe)
+        pipe.execute()
         if last:
             self._finish(run, "succeeded", None)
 
