@@ -22,6 +22,15 @@ def _float(name: str, default: float) -> float:
         raise SystemExit(f"{name}={raw!r} is not a number; unset it or give seconds, e.g. {default}") from exc
 
 
+def _between(name: str, default: float, low: float, high: float) -> float:
+    value = _float(name, default)
+    if not low <= value <= high:  # NaN fails this too
+        raise SystemExit(
+            f"{name}={value!r} is out of range; give seconds from {low:g} to {high:g}, e.g. {default}"
+        )
+    return value
+
+
 def _deadlines(raw: str) -> dict[str, float]:
     """Parse HCLOUD_FLOW_DEADLINES, e.g. ``create_image=7200,rebuild=1800``."""
     out: dict[str, float] = {}
@@ -154,6 +163,9 @@ hcloud_flow = {
     # Seconds between looks at a fleet job's --block-on URLs while one of them holds its new starts back.
     "block_recheck": _float("HCLOUD_FLOW_BLOCK_RECHECK", 15.0),
     "monitor": os.environ.get("HCLOUD_FLOW_MONITOR", "1") not in ("0", "false", "no"),
+    # Least time between two monitor rounds, cluster-wide: shorter hands off sooner, longer spends fewer
+    # requests (rounds run only when a wait is due, and space out by themselves while the budget is scarce).
+    "monitor_gap": _between("HCLOUD_FLOW_MONITOR_GAP", 0.25, 0.05, 10.0),
     # Webhooks told of every run, job and window event, besides a submission's own (workflows/notify.py).
     "notify_urls": [u.strip() for u in os.environ.get("HCLOUD_FLOW_NOTIFY_URLS", "").split(",") if u.strip()],
 }

@@ -83,6 +83,7 @@ def start_monitor() -> None:
             CeleryDispatcher(app, hooks()),
             prefix=wait_prefix(name),
             lock_ttl=lock_ttl,
+            gap=float(app.conf.hcloud_flow.get("monitor_gap", 0.25)),
             on_end=_step_ended,
             send=(lambda task, kwargs: app.send_task(task, kwargs=kwargs)) if own_deferred else None,
             deferred=Deferred(eng.redis) if own_deferred else None,

@@ -1,0 +1,38 @@
+"""Settings read from the environment at the edge (celeryconfig): a bad value stops the process with a clear
+message instead of running with a silent default."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load(**env: str) -> subprocess.CompletedProcess[str]:
+    code = "import celeryconfig; print(celeryconfig.hcloud_flow['monitor_gap'])"
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_monitor_gap_defaults_and_can_be_set() -> None:
+    assert _load(HCLOUD_FLOW_MONITOR_GAP="").stdout.strip() == "0.25"
+    assert _load(HCLOUD_FLOW_MONITOR_GAP="1.5").stdout.strip() == "1.5"
+
+
+@pytest.mark.parametrize("raw", ["abc", "-1", "0", "nan", "inf", "600"])
+def test_a_monitor_gap_out_of_range_is_refused_by_name(raw: str) -> None:
+    done = _load(HCLOUD_FLOW_MONITOR_GAP=raw)
+    assert done.returncode != 0
+    assert "HCLOUD_FLOW_MONITOR_GAP" in done.stderr and "Traceback" not in done.stderr
