@@ -146,6 +146,11 @@ class _Endings:
 
 
 ALIVE_EVERY = 5.0
+# A monitor whose round could not reach the API takes no round for this long, doubling up to the cap: a
+# worker with a broken proxy held the round lock through its retries and pushed every wait's next poll back.
+FAILING_PAUSE_FIRST = 1.0
+FAILING_PAUSE_CAP = 30.0
+FAILING_LOG_EVERY = 30.0
 
 
 class Monitor:
@@ -194,6 +199,9 @@ class Monitor:
         self._learned: list[dict[str, Any]] = []  # the round's finished actions, to learn durations from
         self._not_before = 0.0  # when a round skipped for another process's round may be tried again
         self._idle_look: tuple[float | None, float | None] | None = None  # what a round with nothing due read
+        self._failing = 0  # rounds in a row that could not reach the API
+        self._failing_until = 0.0  # no round here before this (see _note_failures)
+        self._failure_logged = 0.0
 
     # -- the loop a worker thread runs ----------------------------------------------------------------
 
@@ -229,6 +237,11 @@ class Monitor:
         report = RoundReport()
         self._idle_look = None
         now = self.engine.clock()
+        if now < self._failing_until:
+            # Our last rounds could not reach the API (a bad proxy, this host's network): leave the rounds to
+            # the other workers' monitors meanwhile; the waits we could not look at are still due for them.
+            self._not_before = self._failing_until
+            return None
         soonest = self._soonest()
         nxt = min((t for t in soonest if t is not None), default=None)
         if nxt is None or nxt > now:
@@ -251,9 +264,30 @@ class Monitor:
             self._send_deferred(now)
             self._round(report)
             self.engine.redis.set(self.beat_key, repr(self.engine.clock()))
+            self._note_failures(report)
         finally:
             self._release(keys=[self.lock_key], args=[token])
         return report
+
+    def _note_failures(self, report: RoundReport) -> None:
+        """After a round that could not reach the API, take none for a while (longer each time); log it."""
+        if not report.errors:
+            self._failing = 0
+            self._failing_until = 0.0
+            return
+        self._failing += 1
+        pause = min(FAILING_PAUSE_CAP, FAILING_PAUSE_FIRST * 2 ** (self._failing - 1))
+        now = self.engine.clock()
+        self._failing_until = now + pause
+        if now - self._failure_logged >= FAILING_LOG_EVERY:
+            self._failure_logged = now
+            log.warning(
+                "monitor round could not reach the API (%d in a row): %s; the waits it could not look at "
+                "stay due, and this worker leaves rounds to the others for %.1f s",
+                self._failing,
+                report.errors[0],
+                pause,
+            )
 
     def _soonest(self) -> tuple[float | None, float | None]:
         """Return when the soonest wait and the soonest deferred message fall due (None: there is none)."""
@@ -317,18 +351,23 @@ class Monitor:
         report.waits = len(due)
         watching = [w for w in due if w.phase in _WATCHING_ACTIONS and now <= w.deadline]
         seen, topped = self._observe_actions(watching, now, report) if watching else ({}, [])
+        unseen = {w.id for w in watching} if seen is None else set()
         states: list[Wait] = []
         for wait in due + topped:
             if wait.phase is Phase.STATE:
                 states.append(wait)
                 continue
-            nxt = self._step(wait, seen.get(wait.id, Observation(now)), report)
+            if seen is None and wait.id in unseen:
+                continue  # not looked at: left due, so that the next round (here or elsewhere) looks at once
+            nxt = self._step(wait, (seen or {}).get(wait.id, Observation(now)), report)
             if nxt is not None and nxt.phase is Phase.STATE and nxt.next <= now:
                 states.append(nxt)  # its action just succeeded: look at the target in this same round
         if states:
             observed = self._observe_states(states, now, report)
             for wait in states:
-                self._step(wait, observed.get(wait.id, Observation(now)), report)
+                if observed is None and now <= wait.deadline:
+                    continue  # as above: its state was not read, it stays due
+                self._step(wait, (observed or {}).get(wait.id, Observation(now)), report)
 
     def _step(self, wait: Wait, seen: Observation, report: RoundReport) -> Wait | None:
         """Decide on one wait and carry out the effect; return the wait as parked again, if it was."""
@@ -361,8 +400,9 @@ class Monitor:
 
     def _observe_actions(
         self, waits: list[Wait], now: float, report: RoundReport
-    ) -> tuple[dict[str, Observation], list[Wait]]:
-        """Fetch the actions of these waits; return what was seen, and the waits topped into the batch.
+    ) -> tuple[dict[str, Observation] | None, list[Wait]]:
+        """Fetch the actions of these waits; return what was seen (None: the API could not be asked), and
+        the waits topped into the batch.
 
         Every action we wait on is a server action, read 50 a request from ``GET /servers/actions``. An
         id missing there is asked once more of ``GET /actions`` before it counts as gone: "gone" decides
@@ -388,7 +428,7 @@ class Monitor:
                 report.requests += math.ceil(len(missing) / MAX_IDS_PER_ACTIONS_GET)
         except HcloudFlowError as exc:
             report.errors.append(str(exc))
-            return {}, []
+            return None, []
         by_id = {int(a["id"]): a for a in actions}
         if by_id and engine.high_water is not None:
             engine.high_water.observe(max(by_id), now)
@@ -398,7 +438,10 @@ class Monitor:
             seen[w.id] = Observation(now, action=action, action_gone=action is None)
         return seen, topped
 
-    def _observe_states(self, waits: list[Wait], now: float, report: RoundReport) -> dict[str, Observation]:
+    def _observe_states(
+        self, waits: list[Wait], now: float, report: RoundReport
+    ) -> dict[str, Observation] | None:
+        """Read the target states of these waits; None when the API could not be asked."""
         servers = [w for w in waits if rules_for(w.action).target in ("running", "off")]
         images = [w for w in waits if rules_for(w.action).target == "image_available" and w.image_id]
         try:
@@ -409,7 +452,7 @@ class Monitor:
             image_status = self._image_statuses({int(w.image_id or 0) for w in images}, report)
         except HcloudFlowError as exc:
             report.errors.append(str(exc))
-            return {}
+            return None
         out = {w.id: Observation(now, server_status=server_status.get(w.server_id, GONE)) for w in servers}
         out.update(
             {

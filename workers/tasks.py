@@ -9,6 +9,7 @@ and ``step``. The result is JSON: server id, action id, command, outputs (sealed
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import replace
 from typing import Any, NoReturn
@@ -44,6 +45,8 @@ from .server_actions import (
     validate_params,
 )
 from .wait_state import MIN_PAUSE, Phase, Wait
+
+log = logging.getLogger(__name__)
 
 __all__ = ["TASK_NAMES", "history_after", "step_engine", "took_over", *ACTIONS]
 
@@ -183,7 +186,19 @@ def _run_action(
         tries = eng.ledger.bump(step_key, "transient_waits")
         if classify(exc) not in (Outcome.NOT_SENT, Outcome.NOT_PROCESSED) or tries > _TRANSIENT_TRIES:
             raise
-        park(Phase.LATER, min(_BUDGET_PAUSE_CAP, 2.0**tries) * (1.0 + random.random()))
+        pause = min(_BUDGET_PAUSE_CAP, 2.0**tries) * (1.0 + random.random())
+        # Said at once: the step is over only after all its tries, minutes from now.
+        log.warning(
+            "step %s (%s on server %s) could not reach the API: %s; trying again in %.0f s (%d of %d)",
+            step_key,
+            step,
+            server_id,
+            exc,
+            pause,
+            tries,
+            _TRANSIENT_TRIES,
+        )
+        park(Phase.LATER, pause)
     act = started.action
     history = history_after(previous)
     result = {

@@ -147,6 +147,49 @@ def test_actions_are_read_from_the_server_list_and_a_missing_one_is_asked_again_
     assert [w.id for w in topped] == ["w6"]
     assert monitor.engine.client.calls == [("/servers/actions", [5, 6, 7, 999]), ("/actions", [7, 999])]
     assert report.requests == 2
+    assert seen is not None
     assert seen["w5"].action["status"] == "running" and seen["w6"].action is not None
     assert seen["w7"].action["status"] == "success", "found by the second read, not taken for gone"
     assert seen["w999"].action_gone, "missing from both reads: gone"
+
+
+class Unreachable:
+    """An API this worker cannot reach (a bad proxy): every read fails as the client reports it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def get_server_actions(self, ids: list[int]) -> list[dict[str, Any]]:
+        from workers.errors import TransportError
+
+        self.calls += 1
+        raise TransportError("ProxyError: no proxy there", "GET", "/servers/actions", maybe_sent=False)
+
+
+def test_a_monitor_that_cannot_reach_the_api_leaves_the_waits_due_and_the_rounds_to_others(
+    redis_server: RedisServer,
+) -> None:
+    """A worker with a broken proxy used to re-park every wait it failed to look at (pushing its next poll
+    back by the wait's backoff, 14 s in the report) and to keep taking the round lock."""
+    clock = Clock()
+    broken, waits = monitor_on(redis_server, Dispatcher(set()), clock)
+    broken.engine.client = Unreachable()  # type: ignore[assignment]
+    for i in (1, 2):
+        waits.park(Wait(**{**wait(i).__dict__, "phase": Phase.ACTION, "action_id": 100 + i}))
+    report = broken.run_round()
+    assert report is not None and report.errors and broken.engine.client.calls == 1
+    assert waits.due(clock.now) == ["w1", "w2"], "not looked at: still due, at the time they had"
+    clock.now += 0.5
+    assert broken.run_round() is None, "it leaves the next rounds to the others for a while"
+    assert broken.engine.client.calls == 1
+    engine = Engine(
+        client=Actions(hidden=set()),  # type: ignore[arg-type]
+        redis=broken.engine.redis,
+        ledger=broken.engine.ledger,
+        waits=waits,
+        clock=clock,
+    )
+    healthy = Monitor(engine, broken.dispatcher, prefix=broken.lock_key.split(":")[0], enders=2)
+    assert healthy.run_round() is not None
+    assert engine.client.calls == [("/servers/actions", [101, 102])]  # type: ignore[attr-defined]
+    assert waits.due(clock.now) == [], "looked at by the healthy monitor and parked for their next poll"
