@@ -47,6 +47,8 @@ _PRIORITY: ContextVar[Priority | None] = ContextVar("hcloud_flow_priority", defa
 # Action tasks sleep not at all: a task asleep holds its message unacknowledged, and a worker killed then
 # would keep it until the visibility timeout; they park the step in Redis instead (workers/tasks.py).
 _PATIENCE: ContextVar[float | None] = ContextVar("hcloud_flow_patience", default=None)
+# How long the requests made in this thread or task may go on retrying (None: the policy's own max_total).
+_RETRY_WITHIN: ContextVar[float | None] = ContextVar("hcloud_flow_retry_within", default=None)
 
 
 def is_id(value: object) -> bool:
@@ -135,6 +137,16 @@ class HcloudClient:
             _PATIENCE.reset(waiting)
             _PRIORITY.reset(token)
 
+    @contextmanager
+    def retry_within(self, seconds: float) -> Iterator[None]:
+        """Stop retrying the requests made inside the block once ``seconds`` have passed since their first
+        attempt: for a caller that holds a lock others wait on, and asks again later anyway."""
+        token = _RETRY_WITHIN.set(seconds)
+        try:
+            yield
+        finally:
+            _RETRY_WITHIN.reset(token)
+
     # -- the seam -------------------------------------------------------------------------------------
 
     def request(
@@ -168,8 +180,10 @@ class HcloudClient:
         def wait(state: RetryCallState) -> float:
             return self.policy.backoff(state.attempt_number, self._rnd)
 
+        within = _RETRY_WITHIN.get()
+        max_total = self.policy.max_total if within is None else min(within, self.policy.max_total)
         retrying = Retrying(
-            stop=stop_after_attempt(self.policy.attempts) | stop_after_delay(self.policy.max_total),
+            stop=stop_after_attempt(self.policy.attempts) | stop_after_delay(max_total),
             wait=wait,
             retry=retry_if_exception(retry_on),
             sleep=self._sleep,

@@ -151,6 +151,9 @@ ALIVE_EVERY = 5.0
 FAILING_PAUSE_FIRST = 1.0
 FAILING_PAUSE_CAP = 30.0
 FAILING_LOG_EVERY = 30.0
+# A round's reads retry for at most this long: the round holds the cluster's one round lock, and a read that
+# fails is made again by the next round anyway (by default a request retries for up to about 30 s).
+RETRY_WITHIN = 3.0
 
 
 class Monitor:
@@ -420,11 +423,13 @@ class Monitor:
         ids = {int(w.action_id) for w in everyone if w.action_id is not None}
         try:
             self._renew()
-            actions = engine.client.get_server_actions(sorted(ids))
+            with engine.client.retry_within(RETRY_WITHIN):
+                actions = engine.client.get_server_actions(sorted(ids))
             report.requests += math.ceil(len(ids) / MAX_PER_PAGE)
             missing = ids - {int(a["id"]) for a in actions}
             if missing:
-                actions += engine.client.get_actions(sorted(missing))
+                with engine.client.retry_within(RETRY_WITHIN):
+                    actions += engine.client.get_actions(sorted(missing))
                 report.requests += math.ceil(len(missing) / MAX_IDS_PER_ACTIONS_GET)
         except HcloudFlowError as exc:
             report.errors.append(str(exc))
@@ -446,10 +451,11 @@ class Monitor:
         images = [w for w in waits if rules_for(w.action).target == "image_available" and w.image_id]
         try:
             self._renew()
-            server_status = self._server_statuses(
-                {w.server_id: str(rules_for(w.action).target) for w in servers}, report
-            )
-            image_status = self._image_statuses({int(w.image_id or 0) for w in images}, report)
+            with self.engine.client.retry_within(RETRY_WITHIN):
+                server_status = self._server_statuses(
+                    {w.server_id: str(rules_for(w.action).target) for w in servers}, report
+                )
+                image_status = self._image_statuses({int(w.image_id or 0) for w in images}, report)
         except HcloudFlowError as exc:
             report.errors.append(str(exc))
             return None

@@ -89,3 +89,23 @@ def test_a_ca_bundle_from_the_environment_is_kept(cloud: Any, clean_env: pytest.
     client = HcloudClient(TOKEN, base_url=cloud.base_url)
     assert client.session.verify == "/etc/ssl/certs/ca-certificates.crt"
     assert client.session.trust_env is False
+
+
+def test_retry_within_stops_a_request_retrying_early(clean_env: pytest.MonkeyPatch) -> None:
+    # The monitor's reads run under retry_within: a round holds the cluster's lock, and the next asks again.
+    from workers.retry_policy import RetryPolicy
+
+    attempts: list[str] = []
+    client = HcloudClient(
+        TOKEN,
+        base_url=f"http://127.0.0.1:{_dead_port()}/v1",
+        policy=RetryPolicy(base=0.2, multiplier=1.0, cap=0.2),  # 0.2 s between tries, 6 tries
+        on_retry=lambda method, path: attempts.append(path),
+    )
+    with pytest.raises(TransportError):
+        client.list_servers()
+    assert len(attempts) == 5, "without a bound: every try of the policy"
+    attempts.clear()
+    with client.retry_within(0.3), pytest.raises(TransportError):
+        client.list_servers()
+    assert 1 <= len(attempts) <= 2, "stopped once 0.3 s had passed since the first try"

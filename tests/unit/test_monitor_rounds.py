@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -123,6 +124,9 @@ class Actions:
         self.hidden = hidden
         self.calls: list[tuple[str, list[int]]] = []
 
+    def retry_within(self, seconds: float) -> Any:
+        return contextlib.nullcontext()
+
     def get_server_actions(self, ids: list[int]) -> list[dict[str, Any]]:
         self.calls.append(("/servers/actions", ids))
         return [{"id": i, "status": "running"} for i in ids if i not in self.hidden]
@@ -158,6 +162,9 @@ class Unreachable:
 
     def __init__(self) -> None:
         self.calls = 0
+
+    def retry_within(self, seconds: float) -> Any:
+        return contextlib.nullcontext()
 
     def get_server_actions(self, ids: list[int]) -> list[dict[str, Any]]:
         from workers.errors import TransportError
