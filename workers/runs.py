@@ -97,7 +97,8 @@ class RunHooks:
             status = result.get("server_status") or "running"
             skipped = bool(result.get("skipped"))
             restore = {**run["restore"], "state": "done", "skipped": skipped}
-            why = "still running: it was never stopped" if skipped else "powered on again after the failure"
+            stop = "the cancel" if run["state"] == "cancelled" else "the failure"
+            why = "still running: it was never stopped" if skipped else f"powered on again after {stop}"
             self._ended(run, restore=restore, left={"status": status, "why": why})
             return
         # The step's writes in one round trip (after update_step's read): its image, its record, its counts.

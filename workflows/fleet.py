@@ -493,6 +493,10 @@ class FleetRunner(Gates):
         # behind one another. The outcome is written before this read, so the last run to end always sees
         # every outcome final and ends the job; two that end together both advance, under the lock, once.
         job = self.store.get(job_id)
+        if job is not None and job["state"] in JOB_FINAL and not job["counts"].get("running"):
+            # Ended (cancelled, or stopped by its errors) while runs were in flight: the job is over only now,
+            # with the last of them, and its record says so.
+            self.store.note_finished(job_id)
         if job is None or job["state"] != "running":
             return
         d = self._decide(job)

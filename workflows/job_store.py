@@ -114,6 +114,10 @@ class JobStore:
             self.redis.hdel(self.key(job_id), "blocked")  # an ended job waits for nothing
         self.redis.hset(self.key(job_id), mapping=mapping)
 
+    def note_finished(self, job_id: str) -> None:
+        """Move an ended job's ``finished`` to now: its last run in flight has just ended."""
+        self.redis.hset(self.key(job_id), "finished", repr(self.clock()))
+
     def await_approval(self, job_id: str, gate: str, reason: str, deadline: float) -> dict[str, Any]:
         """Put a job in ``awaiting_approval`` at ``gate``; a gate met again (after a pause) keeps its
         deadline."""

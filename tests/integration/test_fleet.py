@@ -174,6 +174,9 @@ def test_pause_resume_and_cancel(jobs: Jobs, runs: Runs, control: Control, pool:
     assert all(r["cancelled_by"] == "bob@ops" for r in records if r["state"] == "cancelled")
     wait_until(lambda: jobs.status(job["id"])["counts"].get("running", 0) == 0, 30, "in-flight runs to end")
     assert len([s for s in ids if control.posts(s)]) <= 3
+    # The job is over when its last run is, not when it was cancelled (its runs may stop only later).
+    ended = [runs.status(e["run_id"])["finished"] for e in done["outcomes"].values() if e.get("run_id")]
+    assert jobs.status(job["id"])["finished"] >= max(ended)
     with pytest.raises(BadInput, match="already ended"):
         jobs.control(job["id"], "resume")
 
