@@ -109,6 +109,7 @@ class RoundReport:
     resent: int = 0
     forced: int = 0
     errors: list[str] = field(default_factory=list)
+    unreachable: bool = False  # a read failed for want of the API itself (not of the rate budget)
 
 
 class _Endings:
@@ -273,8 +274,12 @@ class Monitor:
         return report
 
     def _note_failures(self, report: RoundReport) -> None:
-        """After a round that could not reach the API, take none for a while (longer each time); log it."""
-        if not report.errors:
+        """After a round that could not reach the API, take none for a while (longer each time); log it.
+
+        A round short of rate budget is not one of them: rounds already space out while the budget is
+        scarce (_gap), and backing off further would only slow the job down.
+        """
+        if not report.unreachable:
             self._failing = 0
             self._failing_until = 0.0
             return
@@ -433,6 +438,7 @@ class Monitor:
                 report.requests += math.ceil(len(missing) / MAX_IDS_PER_ACTIONS_GET)
         except HcloudFlowError as exc:
             report.errors.append(str(exc))
+            report.unreachable = report.unreachable or not isinstance(exc, RateBudgetExhausted)
             return None, []
         by_id = {int(a["id"]): a for a in actions}
         if by_id and engine.high_water is not None:
@@ -458,6 +464,7 @@ class Monitor:
                 image_status = self._image_statuses({int(w.image_id or 0) for w in images}, report)
         except HcloudFlowError as exc:
             report.errors.append(str(exc))
+            report.unreachable = report.unreachable or not isinstance(exc, RateBudgetExhausted)
             return None
         out = {w.id: Observation(now, server_status=server_status.get(w.server_id, GONE)) for w in servers}
         out.update(

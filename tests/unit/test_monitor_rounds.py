@@ -200,3 +200,23 @@ def test_a_monitor_that_cannot_reach_the_api_leaves_the_waits_due_and_the_rounds
     assert healthy.run_round() is not None
     assert engine.client.calls == [("/servers/actions", [101, 102])]  # type: ignore[attr-defined]
     assert waits.due(clock.now) == [], "looked at by the healthy monitor and parked for their next poll"
+
+
+def test_a_round_short_of_budget_is_not_taken_for_an_unreachable_api(redis_server: RedisServer) -> None:
+    """Rounds already space out while the budget is scarce; backing off more would only slow the job."""
+    from workers.errors import RateBudgetExhausted
+
+    class Spent(Unreachable):
+        def get_server_actions(self, ids: list[int]) -> list[dict[str, Any]]:
+            self.calls += 1
+            raise RateBudgetExhausted(2.0)
+
+    clock = Clock()
+    monitor, waits = monitor_on(redis_server, Dispatcher(set()), clock)
+    monitor.engine.client = Spent()  # type: ignore[assignment]
+    waits.park(Wait(**{**wait(1).__dict__, "phase": Phase.ACTION, "action_id": 101}))
+    report = monitor.run_round()
+    assert report is not None and report.errors and not report.unreachable
+    assert waits.due(clock.now) == ["w1"], "not looked at: still due"
+    clock.now += 0.5
+    assert monitor.run_round() is not None and monitor.engine.client.calls == 2  # type: ignore[attr-defined]
