@@ -40,16 +40,14 @@ class HighWater:
         """Note that an action with this id exists (seen at ``now``)."""
         self._observe(keys=[self.key], args=[int(action_id), repr(now)])
 
-    def fresh(self, now: float) -> int | None:
-        """Return the mark if it was seen within ``fresh_for`` seconds of ``now``, else None."""
-        return self.fresh_from(self.redis.hmget(self.key, "id", "at"), now)
-
     def stage_read(self, pipe: redis.client.Pipeline) -> None:
-        """Add the read ``fresh`` makes to a pipeline; pass its answer to ``fresh_from``."""
+        """Add a read of the mark to a pipeline (a step reads it with its claim); pass its answer to
+        ``fresh_from``."""
         pipe.hmget(self.key, "id", "at")
 
     def fresh_from(self, raw: Any, now: float) -> int | None:
-        """Return the mark from a read staged with ``stage_read``, if fresh at ``now``, else None."""
+        """Return the mark read by ``stage_read`` if it was seen within ``fresh_for`` seconds of ``now``,
+        else None."""
         if self.fresh_for <= 0:
             return None
         if raw[0] is None or raw[1] is None:

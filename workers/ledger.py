@@ -61,8 +61,7 @@ class Ledger:
         the token is not None, nothing another delivery recorded before it is missed.
         """
         pipe = pipe if pipe is not None else self.redis.pipeline(transaction=False)
-        token = uuid.uuid4().hex
-        pipe.set(f"{self._key(step_key)}:claim", token, nx=True, px=int(ttl * 1000))
+        token = self._stage_claim(pipe, step_key, ttl)
         pipe.hgetall(self._key(step_key))
         *staged, claimed, raw = pipe.execute()
         return (token if claimed else None), self._record(raw), staged
@@ -88,9 +87,14 @@ class Ledger:
 
     def claim(self, step_key: str, ttl: float) -> str | None:
         """Take the right to POST for this step; return the claim token, or None if another holds it."""
+        pipe = self.redis.pipeline(transaction=False)
+        token = self._stage_claim(pipe, step_key, ttl)
+        return token if pipe.execute()[0] else None
+
+    def _stage_claim(self, pipe: redis.client.Pipeline, step_key: str, ttl: float) -> str:
         token = uuid.uuid4().hex
-        ok = self.redis.set(f"{self._key(step_key)}:claim", token, nx=True, px=int(ttl * 1000))
-        return token if ok else None
+        pipe.set(f"{self._key(step_key)}:claim", token, nx=True, px=int(ttl * 1000))
+        return token
 
     def renew(self, step_key: str, token: str, ttl: float) -> None:
         """Extend our claim before another attempt, so it lapses soon only if we die."""
@@ -134,11 +138,7 @@ class Ledger:
             "status": "running",
         }
         mapping.update({k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in fields.items()})
-        key = self._key(step_key)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(key, mapping=mapping)
-        pipe.expire(key, self.retention)
-        pipe.execute()
+        self.update(step_key, **mapping)
 
     def update(self, step_key: str, **fields: Any) -> None:
         """Set display fields (status, progress) on a step record."""

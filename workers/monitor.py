@@ -365,7 +365,7 @@ class Monitor:
             if wait.phase is Phase.STATE:
                 states.append(wait)
                 continue
-            if seen is None and wait.id in unseen:
+            if wait.id in unseen:
                 continue  # not looked at: left due, so that the next round (here or elsewhere) looks at once
             nxt = self._step(wait, (seen or {}).get(wait.id, Observation(now)), report)
             if nxt is not None and nxt.phase is Phase.STATE and nxt.next <= now:

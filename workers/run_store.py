@@ -93,7 +93,7 @@ class RunStore:
 
     def create(self, meta: dict[str, Any], state: RunState = "queued") -> None:
         """Write a new run's record and index it. Its ``chain`` (the steps' arguments, kept to be sent or
-        sent again until the first step starts) goes in a field of its own, which ``begin`` drops."""
+        sent again until the first step starts) goes in a field of its own, which ``begin_step`` drops."""
         now = self.clock()
         key = self._run(meta["id"])
         meta = dict(meta)
@@ -218,14 +218,11 @@ class RunStore:
         raws = self.redis.mget([self._lock(i) for i in server_ids])
         return {i: text(raw) for i, raw in zip(server_ids, raws, strict=True) if raw}
 
-    def note_image(self, image_id: int, run_id: str, *, pipe: Any = None) -> None:
-        """Remember which run made an image (kept as long as run records are); with ``pipe``, staged there."""
+    def note_image(self, pipe: redis.client.Pipeline, image_id: int, run_id: str) -> None:
+        """Stage in ``pipe`` a note of which run made an image (kept as long as run records are)."""
         key = f"{self.prefix}:images"
-        staged = pipe if pipe is not None else self.redis.pipeline(transaction=False)
-        staged.hset(key, str(image_id), run_id)
-        staged.expire(key, self.retention)
-        if pipe is None:
-            staged.execute()
+        pipe.hset(key, str(image_id), run_id)
+        pipe.expire(key, self.retention)
 
     def image_runs(self, image_ids: Sequence[int]) -> dict[int, str]:
         """Return the run that made each of these images, for those one of ours made."""

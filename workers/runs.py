@@ -46,18 +46,15 @@ class RunHooks:
         self.app = app
         self.counters = Counters(store.redis, store.prefix)
 
-    def _count_step(self, run: dict[str, Any], index: int, outcome: str, pipe: Any = None) -> None:
-        """Count a step's end for /metrics: by workflow, action and outcome, and how long its action took;
-        with ``pipe``, staged there."""
+    def _count_step(self, pipe: Any, run: dict[str, Any], index: int, outcome: str) -> None:
+        """Stage in ``pipe`` the count of a step's end for /metrics: by workflow, action and outcome, and
+        how long its action took."""
         step = run["steps"][index]
         action = str(step.get("action") or step.get("name"))
-        staged = pipe if pipe is not None else self.store.redis.pipeline(transaction=False)
-        self.counters.add("steps", (run["workflow"], action, outcome), pipe=staged)
+        self.counters.add("steps", (run["workflow"], action, outcome), pipe=pipe)
         if step.get("started") and outcome == "succeeded":
             seconds = self.store.clock() - float(step["started"])
-            self.counters.observe("action_seconds", (action,), seconds, pipe=staged)
-        if pipe is None:
-            staged.execute()
+            self.counters.observe("action_seconds", (action,), seconds, pipe=pipe)
 
     def _index(self, run: dict[str, Any], task_id: str) -> int | None:
         for step in run["steps"]:
@@ -105,7 +102,7 @@ class RunHooks:
         pipe = self.store.redis.pipeline(transaction=False)
         image = (result.get("outputs") or {}).get("image") or {}
         if image.get("id"):
-            self.store.note_image(int(image["id"]), run_id, pipe=pipe)  # for `hcloud-flow images`
+            self.store.note_image(pipe, int(image["id"]), run_id)  # for `hcloud-flow images`
         index = self._index(run, task_id)
         if index is not None:
             keep = {k: result.get(k) for k in ("action_id", "outputs", "forced", "server_status", "skipped")}
@@ -117,7 +114,7 @@ class RunHooks:
                 finished=self.store.clock(),
                 **{k: v for k, v in keep.items() if v is not None},
             )
-            self._count_step(run, index, "succeeded", pipe)
+            self._count_step(pipe, run, index, "succeeded")
         pipe.execute()
         if last:
             self._finish(run, "succeeded", None)
@@ -136,14 +133,17 @@ class RunHooks:
         index = self._index(run, task_id)
         cancelled = isinstance(exc, RunCancelled)
         if index is not None:
+            pipe = self.store.redis.pipeline(transaction=False)
             self.store.update_step(
                 run_id,
                 index,
+                pipe=pipe,
                 status="cancelled" if cancelled else "failed",
                 finished=self.store.clock(),
                 error=error_info(exc),
             )
-            self._count_step(run, index, "cancelled" if cancelled else "failed")
+            self._count_step(pipe, run, index, "cancelled" if cancelled else "failed")
+            pipe.execute()
         self._finish(run, "cancelled" if cancelled else "failed", None if cancelled else error_info(exc))
 
     def _finish(self, run: dict[str, Any], state: str, error: dict[str, Any] | None) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 
 import redis
 
-from workers.redis_values import text_hash, texts
+from workers.redis_values import text, text_hash, texts
 from workers.run_store import FINAL
 
 __all__ = ["JOB_FINAL", "JobStore"]
@@ -75,9 +75,7 @@ class JobStore:
         pipe.hexists(self.key(job_id), "meta")
         pipe.hget(self.key(job_id), "state")
         known, state = pipe.execute()
-        if not known:
-            return None
-        return (state.decode() if isinstance(state, bytes) else state) or "running"
+        return self._state(state) if known else None
 
     def brief(self, job_id: str, server_id: int) -> dict[str, Any] | None:
         """Return the job's plan and state with one server's outcome only (``outcomes`` holds no other).
@@ -92,11 +90,15 @@ class JobStore:
         job["outcomes"] = {int(server_id): json.loads(entry)} if entry else {}
         return job
 
-    @staticmethod
-    def _head(meta: str | bytes, state: str | bytes | None) -> dict[str, Any]:
+    @classmethod
+    def _head(cls, meta: str | bytes, state: str | bytes | None) -> dict[str, Any]:
         job: dict[str, Any] = json.loads(meta)
-        job["state"] = (state.decode() if isinstance(state, bytes) else state) or "running"
+        job["state"] = cls._state(state)
         return job
+
+    @staticmethod
+    def _state(raw: str | bytes | None) -> str:
+        return text(raw) if raw else "running"
 
     def set_outcome(self, job_id: str, server_id: int, **entry: Any) -> None:
         field = f"srv:{server_id}"
