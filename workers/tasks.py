@@ -65,6 +65,11 @@ _BUDGET_PAUSE_CAP = 30.0
 _UNBLOCKED_PAUSE = 1.0
 
 
+class _HandedOver(Exception):
+    """The step's message is done with, and no result is due from this task: its wait is parked (the monitor
+    continues the chain), or the monitor already finished it. Turned into Celery's ``Ignore`` in ``run``."""
+
+
 def resolve_target(eng: Engine, target: Any) -> tuple[int, dict[str, Any] | None]:
     """Return (server id, previous step's result) from a task's first argument."""
     if isinstance(target, dict):
@@ -131,7 +136,7 @@ def _run_action(
     if record.status in FINISHED_STEP:
         # A duplicate delivery of a step the monitor already finished (it continued the chain then):
         # re-parking it would wait, and maybe force a power off, all over again.
-        raise Ignore()
+        raise _HandedOver()
     step_opts = check_step_options({k: options.pop(k) for k in list(options) if k in STEP_OPTIONS})
     params = validate_params(action, options)
     check_continuable(task.request)
@@ -143,7 +148,7 @@ def _run_action(
         _later(
             eng, action, server_id, step, step_key, request, run_id, phase=phase, pause=pause, blocker=blocker
         )
-        raise Ignore()
+        raise _HandedOver()
 
     try:
         server_id, previous = resolve_target(eng, target)
@@ -257,7 +262,7 @@ def _run_action(
     first = min(eng.cadence.cap, expected if expected is not None else eng.cadence.first)
     eng.waits.park(replace(wait, next=now + max(MIN_PAUSE, first)))
     # The monitor now owns the rest of the chain: no result yet, no next step from Celery.
-    raise Ignore()
+    raise _HandedOver()
 
 
 def budget_pause(wait: float, rate: float | None, waiting: int, rnd: float) -> float:
@@ -405,7 +410,14 @@ def _make_task(action: ServerAction) -> Task:
                 f"{action.name} takes one argument (a server id or name, or the previous step's result) and "
                 f"keyword options; got {1 + len(extra)} arguments"
             )
-        return run_action(self, action, target, options)
+        try:
+            return run_action(self, action, target, options)
+        except _HandedOver:
+            pass
+        # Raised here, outside the handler, not where the step parked: Celery copies every frame of an
+        # Ignore's traceback, twice (billiard's ExceptionInfo, with each frame's code positions), and from
+        # deep in the step that was a quarter of a worker's CPU.
+        raise Ignore()
 
     run.__name__ = action.name
     run.__doc__ = action.summary
