@@ -20,6 +20,10 @@ one log line with a short excerpt; the list holds the entry as it was popped, or
 A valid message is passed on untouched and takes kombu's own path: the same decode, the same unacked hash,
 the same visibility timeout and at-least-once delivery. A body Celery cannot decode or a task it does not
 know Celery handles itself: it logs the message and acknowledges it.
+
+The channel also hands kombu one Redis client for its publishes, events and acknowledgements, instead of a new
+one each time, and keeps it to put unacknowledged messages back when Celery closes a lost connection (see
+``Channel.conn_or_acquire``).
 """
 
 from __future__ import annotations
@@ -135,6 +139,16 @@ class Channel(kombu_redis.Channel):
         (kombu makes one after a fork or a reconnect) gets a new client."""
         if client:
             yield client
+            return
+        if self._pool is None and self.connection.client is None:
+            # Celery lost the broker connection, had kombu drop it, and now closes this channel, which puts
+            # its unacknowledged messages back: a new pool would need the connection's address, gone with it
+            # (kombu's own client failed there with an AttributeError that stopped the worker). The last
+            # client still has its pool, which reconnects on demand. Without one, or with Redis still away,
+            # the messages come back after the visibility timeout, as they would from a dead worker.
+            if self._shared is None:
+                raise redis.exceptions.ConnectionError("the broker connection is closed")
+            yield self._shared
             return
         pool = self.pool
         shared = self._shared
