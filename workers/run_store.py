@@ -126,6 +126,11 @@ class RunStore:
             if step["status"] in ("pending", "running") and rec.action_id is not None:
                 step["status"] = "running"
                 step["progress"] = rec.progress
+            elif step["status"] in ("pending", "running") and rec.posting_after is not None:
+                # Its POST went out and no answer is recorded: in flight, or answered while the worker or
+                # Redis was away (the step comes back with its message and re-attaches to what it started).
+                step["status"] = "running"
+                step["posted"] = True
             elif step["status"] == "succeeded":
                 step["progress"] = 100
         return run

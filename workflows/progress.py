@@ -43,6 +43,8 @@ def render_run(run: dict[str, Any], now: float | None = None) -> list[str]:
         status = step.get("status", "pending")
         progress = 100 if status == "succeeded" else int(step.get("progress") or 0)
         extra = f" action {step['action_id']}" if step.get("action_id") else ""
+        if step.get("posted") and not step.get("action_id"):
+            extra += " posted, its answer not recorded yet"
         if step.get("forced"):
             extra += " (guest ignored ACPI: powered off)"
         if step.get("skipped"):

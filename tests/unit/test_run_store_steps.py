@@ -57,3 +57,22 @@ def test_a_record_written_with_the_chain_in_its_meta_loses_it_at_its_first_step(
     assert store.get(run_id, live=False)["chain"] == {"task": "old"}  # type: ignore[index]
     store.begin_step(store.get(run_id, live=False), 0, 5.0, first=True)  # type: ignore[arg-type]
     assert "chain" not in store.get(run_id, live=False)  # type: ignore[operator]
+
+
+def test_a_step_whose_post_has_no_recorded_answer_shows_so(redis_server: RedisServer) -> None:
+    # The POST went out (its bound noted) and its answer never reached the ledger: a worker or Redis lost
+    # while it was in flight. The run says so instead of a bare "running" with no action.
+    from workflows.progress import render_run
+
+    store = _store(redis_server)
+    run_id = _run(store)
+    step_key = f"{run_id}-0"
+    assert store.get(run_id)["steps"][0]["status"] == "pending"  # type: ignore[index]
+    store.ledger.mark_posting(step_key, 41)
+    step = store.get(run_id)["steps"][0]  # type: ignore[index]
+    assert (step["status"], step.get("posted"), step.get("action_id")) == ("running", True, None)
+    assert "posted, its answer not recorded yet" in render_run(store.get(run_id))[1]  # type: ignore[arg-type]
+    store.ledger.record_action(step_key, 42, {})
+    step = store.get(run_id)["steps"][0]  # type: ignore[index]
+    assert step["action_id"] == 42 and "posted" not in step
+    assert "posted" not in render_run(store.get(run_id))[1]  # type: ignore[arg-type]
