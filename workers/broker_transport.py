@@ -32,6 +32,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable, Iterator
+from queue import Empty
 from typing import Any
 
 import redis
@@ -64,6 +65,8 @@ def malformed(channel: kombu_redis.Channel, item: bytes) -> str | None:
         payload = loads(bytes_to_str(item))
     except (TypeError, ValueError) as exc:  # ValueError covers JSONDecodeError and UnicodeDecodeError
         return f"not JSON ({exc})"
+    except RecursionError:  # ``[[[[…`` a few thousand deep: json gives up on the stack
+        return "JSON nested too deeply"
     return bad_envelope(channel, payload)
 
 
@@ -106,6 +109,8 @@ def _bad_task(message: Any) -> str | None:
         body = json.loads(message.body)
     except ValueError:
         return None
+    except RecursionError:
+        return "a task body nested too deeply"
     if not (
         isinstance(body, list)
         and len(body) == 3
@@ -172,6 +177,14 @@ class Channel(kombu_redis.Channel):
             return queue, item
         self._set_aside(bytes_to_str(queue).rsplit(self.sep, 1)[0], item, reason)
         return None
+
+    def _receive_one(self, c: Any) -> Any:
+        # A broadcast kombu decodes itself: one nested a few thousand deep raised out of the event loop.
+        try:
+            return super()._receive_one(c)
+        except RecursionError:
+            log.error("Malformed broadcast dropped: JSON nested too deeply")
+            raise Empty() from None
 
     def _deliver_fanout_message(self, message: Any, exchange: str) -> bool:
         # Broadcasts (remote control, events) arrive by pub/sub; kombu skips those that are not JSON itself.

@@ -90,6 +90,8 @@ MALFORMED = {
     "a time limit that is a number": envelope(ARGS, timelimit=5),
     "stamps that are a number": envelope(ARGS, stamps=5, stamped_headers=5),
     "a large payload": b"{" + b"x" * 200_000,
+    "JSON nested too deeply": b"[" * 3000 + b"]" * 3000,
+    "a task body nested too deeply": envelope(b"[" * 3000 + b"]" * 3000),
 }
 
 # Envelopes Celery refuses itself: it logs them and acknowledges them (nothing to set aside).
@@ -106,7 +108,7 @@ def canonical(entry: bytes) -> Any:
     """Return an entry as JSON values where it is JSON (the consumer guard stores its re-encoding)."""
     try:
         return json.loads(entry)
-    except ValueError:
+    except (ValueError, RecursionError):
         return entry
 
 
@@ -217,7 +219,7 @@ def test_a_malformed_broadcast_does_not_stop_the_worker(
     worker: Worker, broker: redis.Redis, celery_client: Celery
 ) -> None:
     # Remote control commands reach every worker by pub/sub on this channel (kombu's fanout prefix, db 0).
-    for entry in (b"{garbage", b"[1,2,3]", b'{"properties": {}}'):
+    for entry in (b"{garbage", b"[1,2,3]", b'{"properties": {}}', b"[" * 3000 + b"]" * 3000):
         broker.publish("/0.celery.pidbox", entry)
 
     replies = celery_client.control.ping(timeout=5, limit=1)
