@@ -62,17 +62,24 @@ class RunHooks:
                 return int(step["index"])
         return None
 
-    def step_started(self, run_id: str, task_id: str) -> None:
-        """Record that a step began; raise RunCancelled if the run was cancelled before it."""
+    def step_started(self, run_id: str, task_id: str) -> bool:
+        """Record that a step began; raise RunCancelled if the run was cancelled before it.
+
+        Return False, recording nothing, when the run has no such step: a message that names a run (in its
+        options, or in a "previous step's result" written by hand) is not let into that run's hold on the
+        server unless the run planned it.
+        """
         run, cancelled = self.store.get_for_step(run_id)
         if run is None:
-            return
+            return False
         if task_id == (run.get("restore") or {}).get("task_id"):
             self.store.refresh(
                 run["server_id"], run_id, run["lock_ttl"]
             )  # the restore runs, cancelled or not
-            return
+            return True
         index = self._index(run, task_id)
+        if index is None:
+            return False
         if cancelled:
             raise RunCancelled(run_id, run["steps"][index]["name"] if index is not None else "?")
         first = run["state"] == "queued"
@@ -84,6 +91,7 @@ class RunHooks:
                     listener({**run, "state": "running"})
                 except Exception:  # a listener's failure must not stop the run
                     log.exception("run start listener failed for run %s", run_id)
+        return True
 
     def step_succeeded(self, run_id: str, task_id: str, result: dict[str, Any], last: bool) -> None:
         """Record a step's success; finish the run after its last step."""
@@ -98,23 +106,24 @@ class RunHooks:
             why = "still running: it was never stopped" if skipped else f"powered on again after {stop}"
             self._ended(run, restore=restore, left={"status": status, "why": why})
             return
+        index = self._index(run, task_id)
+        if index is None:
+            return  # not a step of this run (see step_started): it neither records nor ends the run
         # The step's writes in one round trip (after update_step's read): its image, its record, its counts.
         pipe = self.store.redis.pipeline(transaction=False)
         image = (result.get("outputs") or {}).get("image") or {}
         if image.get("id"):
             self.store.note_image(pipe, int(image["id"]), run_id)  # for `hcloud-flow images`
-        index = self._index(run, task_id)
-        if index is not None:
-            keep = {k: result.get(k) for k in ("action_id", "outputs", "forced", "server_status", "skipped")}
-            self.store.update_step(
-                run_id,
-                index,
-                pipe=pipe,
-                status="succeeded",
-                finished=self.store.clock(),
-                **{k: v for k, v in keep.items() if v is not None},
-            )
-            self._count_step(pipe, run, index, "succeeded")
+        keep = {k: result.get(k) for k in ("action_id", "outputs", "forced", "server_status", "skipped")}
+        self.store.update_step(
+            run_id,
+            index,
+            pipe=pipe,
+            status="succeeded",
+            finished=self.store.clock(),
+            **{k: v for k, v in keep.items() if v is not None},
+        )
+        self._count_step(pipe, run, index, "succeeded")
         pipe.execute()
         if last:
             self._finish(run, "succeeded", None)
@@ -131,19 +140,20 @@ class RunHooks:
             )
             return
         index = self._index(run, task_id)
+        if index is None:
+            return  # not a step of this run (see step_started): its failure is not the run's
         cancelled = isinstance(exc, RunCancelled)
-        if index is not None:
-            pipe = self.store.redis.pipeline(transaction=False)
-            self.store.update_step(
-                run_id,
-                index,
-                pipe=pipe,
-                status="cancelled" if cancelled else "failed",
-                finished=self.store.clock(),
-                error=error_info(exc),
-            )
-            self._count_step(pipe, run, index, "cancelled" if cancelled else "failed")
-            pipe.execute()
+        pipe = self.store.redis.pipeline(transaction=False)
+        self.store.update_step(
+            run_id,
+            index,
+            pipe=pipe,
+            status="cancelled" if cancelled else "failed",
+            finished=self.store.clock(),
+            error=error_info(exc),
+        )
+        self._count_step(pipe, run, index, "cancelled" if cancelled else "failed")
+        pipe.execute()
         self._finish(run, "cancelled" if cancelled else "failed", None if cancelled else error_info(exc))
 
     def _finish(self, run: dict[str, Any], state: str, error: dict[str, Any] | None) -> None:

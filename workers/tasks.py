@@ -153,9 +153,10 @@ def _run_action(
     try:
         server_id, previous = resolve_target(eng, target)
         run_id = run_id or (previous or {}).get("run_id")
-        if run_id:
-            hooks().step_started(run_id, step_key)  # raises RunCancelled when the run was cancelled
-        else:
+        # step_started raises RunCancelled when the run was cancelled; a step the run did not plan is an
+        # action task of its own and takes the server's lock like one.
+        if not (run_id and hooks().step_started(run_id, step_key)):
+            run_id = None
             hold_server(server_id, task.request, eng.deadline_for(action, step_opts.get("deadline")))
         skip = step_opts.get("skip_if_status")
         if skip:

@@ -259,7 +259,8 @@ def prune_snapshots(self: Any, target: Any = None, **options: Any) -> dict[str, 
         run = run_store().get(run_id, live=False)
         if run is not None and run["state"] in FINAL:
             raise Ignore()
-        hooks().step_started(run_id, step_key)  # raises RunCancelled when the run was cancelled
+        if not hooks().step_started(run_id, step_key):  # raises RunCancelled when the run was cancelled
+            result["run_id"] = None  # not a step of that run: its record is not ours to write
     claim = eng.ledger.claim(step_key, 120.0)
     if claim is None:
         raise Ignore()  # another delivery is pruning right now; it ends the step

@@ -216,6 +216,26 @@ def test_an_action_task_outside_a_run_takes_the_servers_lock(
     assert "run-held-by-someone" in str(info.value)
     assert control.posts(sid) == [], "nothing was posted while a run held the server"
     assert store.holder(sid) == "run-held-by-someone", "the refused task left the run's lock alone"
+    # Naming the run (as a "previous step's result" written by hand, or in the options) does not let a task
+    # the run never planned into its hold on the server: an outside test powered a server off this way in
+    # the middle of another run's snapshot.
+    steps = [{"index": 0, "name": "reboot", "task_id": "planned-step-0"}]
+    store.create(
+        {"id": "run-held-by-someone", "server_id": sid, "workflow": "w", "steps": steps, "lock_ttl": 60}
+    )
+    forged = [
+        sig(celery_client, "power_off", {"server_id": sid, "run_id": "run-held-by-someone"}),
+        sig(celery_client, "power_off", sid, run_id="run-held-by-someone"),
+        sig(celery_client, "power_off", {"server_id": sid, "run_id": "no-such-run"}),
+    ]
+    for forgery in forged:
+        with pytest.raises(Exception) as info:
+            forgery.apply_async().get(timeout=RESULT_TIMEOUT)
+        assert type(info.value).__name__ == "ServerBusy", info.value
+    assert control.posts(sid) == [], "nothing was posted in the run's hold"
+    held = store.get("run-held-by-someone", live=False)
+    assert held is not None and held["state"] == "queued" and held["steps"][0]["status"] == "pending"
+    assert store.holder(sid) == "run-held-by-someone", "nor did their failures end the run or free the server"
     store.release(sid, "run-held-by-someone")
     # Free again: a user's chain of raw tasks holds the server across its steps and gives it back after.
     flow = chain(sig(celery_client, "power_off", sid), sig(celery_client, "power_on"))
