@@ -22,6 +22,7 @@ __all__ = [
     "ServerAction",
     "TargetState",
     "check_description",
+    "check_ssh_key_count",
     "check_step_options",
     "validate_params",
 ]
@@ -236,6 +237,15 @@ def check_step_options(opts: dict[str, Any]) -> dict[str, Any]:
 
 
 MAX_DESCRIPTION = 1000
+# Each key named costs an API read when a run is submitted, from the project's shared budget: ten thousand
+# names drained a project's hour (an outside test). Far more than any rescue login needs.
+MAX_SSH_KEYS = 50
+
+
+def check_ssh_key_count(keys: list[Any]) -> None:
+    """Refuse a list of more ssh keys than any rescue needs (its entries are checked where they are read)."""
+    if len(keys) > MAX_SSH_KEYS:
+        raise BadInput(f"ssh_keys names {len(keys)} keys; at most {MAX_SSH_KEYS}", "ssh_keys")
 
 
 def check_description(text: Any) -> str:
@@ -267,6 +277,7 @@ def validate_params(action: ServerAction, params: dict[str, Any]) -> dict[str, A
             isinstance(k, int) and not isinstance(k, bool) for k in keys
         ):
             raise BadInput("ssh_keys must be a list of ssh key ids (integers)", "ssh_keys")
+        check_ssh_key_count(keys)
     if "description" in clean:
         check_description(clean["description"])
     if "labels" in clean:

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from workers.client import HcloudClient, is_id
 from workers.errors import APIError, BadInput
 from workers.labels import check_labels
-from workers.server_actions import ACTIONS, MAX_USER_DATA, check_description
+from workers.server_actions import ACTIONS, MAX_USER_DATA, check_description, check_ssh_key_count
 
 from .definitions import WORKFLOWS, Workflow
 from .param_models import model_for
@@ -148,6 +148,7 @@ def _check_values(p: dict[str, Any]) -> None:
     keys = p.get("ssh_keys")
     if keys is not None and not all(isinstance(k, int | str) and not isinstance(k, bool) for k in keys):
         raise BadInput("ssh_keys must be a list of ssh key ids or names", "ssh_keys")
+    check_ssh_key_count(list(keys or []))
     for key in keys or []:
         if _blank(key):
             raise BadInput("ssh_keys holds an empty name; give each ssh key as an id or a name", "ssh_keys")
@@ -260,8 +261,8 @@ def _wrong_architecture(image: dict[str, Any], server: dict[str, Any], arch: str
 
 
 def _ssh_key_ids(client: HcloudClient, refs: list[int | str]) -> list[int]:
-    ids = []
-    for ref in refs:
+    ids: list[int] = []
+    for ref in dict.fromkeys(refs):  # each key read once, in the order given
         if is_id(ref):
             try:
                 ids.append(int(client.get_ssh_key(int(ref))["id"]))
@@ -274,7 +275,7 @@ def _ssh_key_ids(client: HcloudClient, refs: list[int | str]) -> list[int]:
             if not found:
                 raise BadInput(f"no ssh key named {ref!r}", "ssh_keys")
             ids.append(int(found[0]["id"]))
-    return ids
+    return list(dict.fromkeys(ids))
 
 
 def check_fits(image: dict[str, Any], server: dict[str, Any]) -> None:

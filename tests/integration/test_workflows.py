@@ -193,6 +193,8 @@ REFUSALS = [
     ("snapshot", "srv", {"labels": {"hetzner.cloud/x": "y"}}, "reserved"),
     ("snapshot", "srv", {"image_type": "floppy"}, "image_type must be one of"),
     ("rescue", "srv", {"ssh_keys": ["no-such-key"]}, "no ssh key named"),
+    # Each key named is an API read at submit: ten thousand drained a project's budget for an hour.
+    ("rescue", "srv", {"ssh_keys": ["ops"] * 10_000}, "at most 50"),
     ("reset-password", "off", {}, "needs a running server"),
 ]
 
