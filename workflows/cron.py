@@ -49,6 +49,20 @@ def parse_duration(text: Any, name: str) -> int:
     )
 
 
+def _field_grammar(names: str | None) -> re.Pattern[str]:
+    """Return the whole-field pattern of a cron field: values (numbers, or ``names``), ``*``, ranges, lists
+    and steps; nothing else (Celery's parser read ``SUN#2`` as ``SUN`` and dropped the rest)."""
+    value = "[0-9]+" if names is None else f"(?:[0-9]+|{names})"
+    item = rf"(?:\*|{value}(?:-{value})?)(?:/[0-9]+)?"
+    return re.compile(rf"{item}(?:,{item})*", re.IGNORECASE)
+
+
+_MONTHS = "jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec"
+_DAYS = "sun|mon|tue|wed|thu|fri|sat"
+_GRAMMAR = [_field_grammar(None)] * 3 + [_field_grammar(_MONTHS), _field_grammar(_DAYS)]
+_NAMED = ["", "", "", " or names like JAN", " or names like SUN"]
+
+
 class Cron(TypedDict):
     """A parsed five-field cron: the values each field allows, and whether the day fields were ``*``."""
 
@@ -74,7 +88,14 @@ def parse_cron(expr: Any) -> Cron:
     limits = [(60, 0), (24, 0), (31, 1), (12, 1), (7, 0)]
     names = ["minute", "hour", "day of month", "month", "day of week"]
     sets = []
-    for field, (size, low), label in zip(fields, limits, names, strict=True):
+    rows = zip(fields, limits, names, _GRAMMAR, _NAMED, strict=True)
+    for field, (size, low), label, grammar, named in rows:
+        if not grammar.fullmatch(field):
+            raise BadInput(
+                f"cron {label} field {field!r} is invalid: use numbers{named}, *, ranges (1-5), lists (1,3) "
+                "and steps (*/15); # L W ? are not supported",
+                "cron",
+            )
         try:
             sets.append(set(crontab_parser(size, low).parse(field)))
         except (ValueError, ParseException) as exc:

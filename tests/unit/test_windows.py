@@ -178,3 +178,27 @@ def test_a_firing_past_the_cutoff_starts_nothing_and_says_why(tmp_path: Any) -> 
         assert told[1][1]["job_id"] == "j1" and told[0][1]["name"] == window["name"]
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    "expr",
+    [
+        "0 3 * * SUN#2",
+        "0 3 * * SUNxyz",
+        "0 3 * * SUN?",
+        "0 3 1-5/2#3 * *",
+        "0 0 L * *",
+        "0 3 * MON *",
+        "0 3 * * 1W",
+    ],
+)
+def test_cron_syntax_beyond_five_plain_fields_is_refused_not_truncated(expr: str) -> None:
+    # Celery's parser read "SUN#2" (the second Sunday) as "SUN" and dropped the rest: the window would have
+    # fired every Sunday. Every field is matched whole; what is left over is refused.
+    with pytest.raises(BadInput, match="is invalid: use numbers"):
+        parse_cron(expr)
+
+
+@pytest.mark.parametrize("expr", ["*/15 0-23/2 1,15 jan-mar mon-fri", "0 3 * JAN sun,SAT", "5 4 * * 0-6/2"])
+def test_plain_cron_syntax_is_accepted(expr: str) -> None:
+    assert parse_cron(expr)["minute"]
