@@ -122,8 +122,18 @@ def submit(
     submitted_by: Any = None,
     notify: Any = None,
     project: Any = None,
+    *extra: Any,
+    **unknown: Any,
 ) -> dict[str, Any]:
     """Validate and start a workflow run in ``project`` (the default project for None); return its id."""
+    # A caller in another language may send anything: refused here, not by Python as a TypeError.
+    if extra or unknown:
+        what = ", ".join(sorted(unknown)) or f"{len(extra)} more positional arguments"
+        raise BadInput(
+            f"submit does not take {what} (it takes: workflow, server, params, queue, submitted_by, notify, "
+            "project; workflow parameters go in params)"[:300],
+            sorted(unknown)[0] if unknown else "submit",
+        )
     # acks_late is off here: a redelivered submit would start a second run of the same request.
     if project is None:
         # An undo runs where the run it undoes ran.

@@ -308,3 +308,30 @@ def test_fleet_gates_reach_the_job_and_approve_is_a_job_verb(monkeypatch: pytest
     assert asked[0]["approve_before_start"] is False
     done = invoke("job", "approve", "j1")
     assert done.exit_code == 0 and asked[1] == ("j1", "approve") and "job j1: running" in done.stdout
+
+
+def test_text_from_the_api_cannot_drive_the_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    # An image description is anyone's free text: escape sequences, bells and newlines once reached the
+    # terminal, retitled it and printed a row that was not there (an outside test).
+    from workflows.cli import inventory
+
+    image = {
+        "id": 7,
+        "type": "snapshot",
+        "status": "available",
+        "created": "2026-12-01T10:00:00+00:00",
+        "from_server": "web-1",
+        "run_id": None,
+        "description": "ok\x1b]0;pwned\x07\nFAKE ROW",
+    }
+
+    class Images:
+        def images(self, **_: Any) -> list[dict[str, Any]]:
+            return [image]
+
+    monkeypatch.setattr(inventory, "runs", lambda: Images())
+    done = invoke("images")
+    assert done.exit_code == 0, done.output
+    assert "\x1b" not in done.stdout and "\x07" not in done.stdout
+    assert len(done.stdout.splitlines()) == 2  # the heading and one row
+    assert "ok\\x1b]0;pwned\\x07\\nFAKE ROW" in done.stdout

@@ -44,3 +44,16 @@ def test_action_has_task_client_method_and_simulator_route(name: str) -> None:
 def test_task_names_are_stable() -> None:
     # Other services send_task these names: renaming one breaks them. Change this list only with a notice.
     assert sorted(TASK_NAMES.values()) == sorted(f"hcloud_flow.{n}" for n in TEN)
+
+
+def test_submit_refuses_what_it_does_not_take_by_name() -> None:
+    # Sent by another service as send_task("hcloud_flow.submit", kwargs=...): an unknown keyword was a raw
+    # TypeError with a traceback in the worker's log (an outside test), where every other field is BadInput.
+    from workers.errors import BadInput
+    from workflows.tasks import submit
+
+    with pytest.raises(BadInput, match="submit does not take extra") as info:
+        submit(workflow="reboot", server=1, extra=1)
+    assert info.value.field == "extra"
+    with pytest.raises(BadInput, match="positional"):
+        submit("reboot", 1, {}, False, None, None, None, "surplus")

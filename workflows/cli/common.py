@@ -51,6 +51,12 @@ def exit_for(*states: str) -> int:
     return EXIT_FAILED if _BAD_ENDS.intersection(states) else EXIT_OK
 
 
+def shown(text: Any) -> str:
+    """Return text from the API fit for one table cell: control characters (escape sequences, newlines) as
+    escapes, so an image description cannot move the cursor, retitle the terminal or fake a row."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+
+
 def print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
 

@@ -13,6 +13,7 @@ from .common import (
     print_json,
     project_option,
     runs,
+    shown,
     split_servers,
     submit_timeout_option,
 )
@@ -40,8 +41,8 @@ def servers_cmd(selector: str | None, project: str | None, submit_timeout: float
     for s in rows:
         labels = ",".join(f"{k}={v}" if v else k for k, v in sorted(s["labels"].items()))
         click.echo(
-            f"{s['id']:<10} {s['name']:<24} {s['status']:<10} {s['server_type'] or '-':<8} "
-            f"{s['location'] or '-':<9} {s['held_by'] or '-':<18} {labels}"
+            f"{s['id']:<10} {shown(s['name']):<24} {s['status']:<10} {s['server_type'] or '-':<8} "
+            f"{s['location'] or '-':<9} {s['held_by'] or '-':<18} {shown(labels)}"
         )
     return EXIT_OK
 
@@ -70,7 +71,7 @@ def images_cmd(ctx: click.Context, project: str | None, submit_timeout: float, a
         created = (i["created"] or "-")[:19].replace("T", " ")
         click.echo(
             f"{i['id']:<10} {i['type']:<9} {i['status']:<10} {created:<20} {i['from_server'] or '-':<20} "
-            f"{i['run_id'] or '-':<18} {(i['description'] or '')[:60]}"
+            f"{i['run_id'] or '-':<18} {shown((i['description'] or '')[:60])}"
         )
     return EXIT_OK
 
