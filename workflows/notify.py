@@ -70,6 +70,9 @@ def url_problem(parts: SplitResult) -> str | None:
         return (
             f"carries a credential in its query ({', '.join(secrets)}), which would be stored in plain text"
         )
+    if parts.fragment:
+        # Never sent over HTTP, so a webhook needs none; and one may hold a token (#access_token=…).
+        return "has a #fragment, which a webhook never sends and which would be stored in plain text"
     try:
         parts.port  # noqa: B018 - raises for a port out of range
     except ValueError:

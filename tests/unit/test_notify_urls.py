@@ -1,0 +1,27 @@
+"""Webhook URLs are stored with runs and jobs, where viewers can read them: none may carry a credential."""
+
+from __future__ import annotations
+
+import pytest
+
+from workers.errors import BadInput
+from workflows.notify import check_urls
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://127.0.0.1:9/#access_token=SECRETFRAG", "#fragment"),  # found by an outside test
+        ("https://hooks.example/x#", None),  # an empty fragment holds nothing
+        ("https://hooks.example/x?token=abc", "credential in its query"),
+        ("https://u:p@hooks.example/x", "credentials"),
+        ("https://hooks.example/x?run=1", None),
+    ],
+)
+def test_a_url_that_would_keep_a_secret_is_refused_quietly(url: str, message: str | None) -> None:
+    if message is None:
+        assert check_urls([url]) == [url]
+        return
+    with pytest.raises(BadInput, match=message) as info:
+        check_urls([url])
+    assert "SECRETFRAG" not in str(info.value) and "abc" not in str(info.value)
