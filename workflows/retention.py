@@ -30,6 +30,8 @@ PRUNE_TASK = "hcloud_flow.prune_snapshots"
 PRUNE_DEADLINE = 600.0
 
 MAX_KEEP = 1000
+# Ten years: longer keeps every snapshot anyway, and a bigger number is a typo, not a policy.
+MAX_KEEP_WITHIN = 3650 * 86400
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,9 @@ def check_policy(keep: Any, keep_within: Any, *, required: bool = False) -> Poli
         if isinstance(keep_within, bool) or not isinstance(keep_within, int | str):
             raise BadInput("keep_within must be a duration such as 30d, 12h or seconds", "keep_within")
         within = parse_duration(keep_within, "keep_within")
-        if within <= 0:
-            raise BadInput("keep_within must be longer than 0 seconds", "keep_within")
+        if not 0 < within <= MAX_KEEP_WITHIN:
+            days = MAX_KEEP_WITHIN // 86400
+            raise BadInput(f"keep_within must be longer than 0 seconds and at most {days}d", "keep_within")
     if required and keep is None and within is None:
         raise BadInput(
             "give --keep N and/or --keep-within DURATION: with neither, every snapshot goes", "keep"

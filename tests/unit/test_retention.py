@@ -101,6 +101,8 @@ def test_an_unreadable_date_never_makes_an_image_old_enough_to_go() -> None:
         (None, "forever", "keep_within must look like 7d"),
         (None, "\u0663\u0660d", "keep_within must look like"),  # Arabic-Indic digits: not 30 days
         (None, "0", "longer than 0"),
+        (None, "99999999999d", "at most 3650d"),  # a typo, not a policy (an outside test)
+        (None, 10**32, "at most 3650d"),
         (None, 1.5, "keep_within must be a duration"),
         (None, None, "give --keep N and/or --keep-within"),
     ],
