@@ -7,10 +7,11 @@ asks of a schedule before it fires; ``utc_minutes`` is what redbeat (which knows
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from celery.schedules import ParseException, crontab_parser
 
@@ -156,9 +157,18 @@ def next_firing(cron: Cron, tz: ZoneInfo, after: datetime) -> datetime | None:
     return None
 
 
+@functools.cache
+def _iana_names() -> frozenset[str]:
+    # What ZoneInfo opens also includes this host's own files (localtime, posix/…): a window set to them
+    # would fire at another hour on another host.
+    return frozenset(available_timezones()) - {"localtime", "posixrules", "Factory"}
+
+
 def zone(name: Any) -> ZoneInfo:
     """Return the named IANA time zone or refuse it."""
     try:
+        if str(name) not in _iana_names():
+            raise ZoneInfoNotFoundError(str(name))
         return ZoneInfo(str(name))
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise BadInput(

@@ -73,6 +73,9 @@ def test_a_good_window_is_accepted() -> None:
         ({"cron": "61 3 * * SUN"}, "minute field"),
         ({"cron": "0 3 * * FUNDAY"}, "day of week"),
         ({"tz": "Mars/Olympus"}, "unknown time zone"),
+        # This host's files, not IANA names: another host would read them as another zone (an outside test).
+        ({"tz": "localtime"}, "unknown time zone"),
+        ({"tz": "posix/Europe/Berlin"}, "unknown time zone"),
         ({"duration": "30m", "cutoff": "45m"}, "must be shorter than the duration"),
         ({"duration": "2 hours"}, "duration must look like"),
         ({"selector": ""}, "selector is empty"),
