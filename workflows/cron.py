@@ -100,7 +100,8 @@ def parse_cron(expr: Any) -> Cron:
         try:
             sets.append(set(crontab_parser(size, low).parse(field)))
         except (ValueError, ParseException) as exc:
-            raise BadInput(f"cron {label} field {field!r} is invalid: {exc}", "cron") from exc
+            span = f"{label}: {low}-{low + size - 1}" + (", 0 is Sunday" if size == 7 else "")
+            raise BadInput(f"cron {label} field {field!r} is invalid: {exc} ({span})", "cron") from exc
     return {
         "minute": sets[0],
         "hour": sets[1],
