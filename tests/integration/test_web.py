@@ -310,6 +310,22 @@ def window(**fields: Any) -> dict[str, Any]:
         ("POST", "/api/v1/runs", ["reboot"], 422, "must be a JSON object"),
         ("POST", "/api/v1/runs", "not json at all", 400, "not valid JSON"),
         ("POST", "/api/v1/runs", '{"workflow": "reboot",', 400, "not valid JSON"),
+        # json keeps the last of a repeated key: this once ran a power-off (an outside test).
+        (
+            "POST",
+            "/api/v1/runs",
+            '{"workflow": "reboot", "server": 1, "workflow": "power-off"}',
+            400,
+            "twice",
+        ),
+        (
+            "POST",
+            "/api/v1/runs",
+            '{"workflow": "reboot", "server": 1, "params": {"a": 1, "a": 2}}',
+            400,
+            "twice",
+        ),
+        ("POST", "/api/v1/runs", "[" * 3000 + "]" * 3000, 400, "nested too deeply"),
         ("POST", "/api/v1/jobs", {"workflow": "reboot", "selector": "env in ("}, 400, "selector"),
         ("POST", "/api/v1/jobs", job(selector="a=b"), 400, "exactly one"),
         ("POST", "/api/v1/jobs", job(max_concurrency="150%"), 400, "max_concurrency"),

@@ -9,6 +9,7 @@ recorded with the key's name (``apikey:NAME``) as who did it.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -40,6 +41,36 @@ def error(status: int, kind: str, message: str, field: str | None = None) -> JSO
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def _json_refusal(body: bytes) -> JSONResponse | None:
+    """Refuse a JSON body that names a key twice in one object (json keeps the last: a repeated "workflow"
+    once ran a power-off the caller may not have meant) or nests too deeply to read; leave any other body,
+    JSON or not, to the app, which says what is wrong with it."""
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen and not repeated:
+                repeated.append(key)
+            seen.add(key)
+        return dict(items)
+
+    try:
+        json.loads(body, object_pairs_hook=pairs)
+    except ValueError:
+        return None
+    except RecursionError:
+        return error(400, "BadInput", "the body is JSON nested too deeply to read")
+    if repeated:
+        return error(
+            400,
+            "BadInput",
+            f"the body names {repeated[0][:80]!r} twice; send each key once",
+            repeated[0][:80],
+        )
+    return None
+
+
 def _body_limit(app: Any) -> Any:
     """An ASGI wrapper that reads a request's body before the app does and refuses one over MAX_BODY with
     413, whether it came with a Content-Length or chunked (the app then gets the body in one piece)."""
@@ -63,6 +94,10 @@ def _body_limit(app: Any) -> Any:
                 await too_large(scope, receive, send)
                 return
             more = message.get("more_body", False)
+        refusal = _json_refusal(body) if body else None
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
         replayed = False
 
         async def replay() -> Any:
