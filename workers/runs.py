@@ -81,7 +81,7 @@ class RunHooks:
         if index is None:
             return False
         if cancelled:
-            raise RunCancelled(run_id, run["steps"][index]["name"] if index is not None else "?")
+            raise RunCancelled(run_id, run["steps"][index]["name"])
         first = run["state"] == "queued"
         # Started: the record need not keep the chain's arguments any more.
         self.store.begin_step(run, index, self.store.clock(), first=first)

@@ -6,6 +6,7 @@ and be missing in another (tests/unit/test_surface.py checks the table against t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -242,7 +243,7 @@ MAX_DESCRIPTION = 1000
 MAX_SSH_KEYS = 50
 
 
-def check_ssh_key_count(keys: list[Any]) -> None:
+def check_ssh_key_count(keys: Sequence[Any]) -> None:
     """Refuse a list of more ssh keys than any rescue needs (its entries are checked where they are read)."""
     if len(keys) > MAX_SSH_KEYS:
         raise BadInput(f"ssh_keys names {len(keys)} keys; at most {MAX_SSH_KEYS}", "ssh_keys")

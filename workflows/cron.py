@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
@@ -58,10 +59,39 @@ def _field_grammar(names: str | None) -> re.Pattern[str]:
     return re.compile(rf"{item}(?:,{item})*", re.IGNORECASE)
 
 
-_MONTHS = "jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec"
-_DAYS = "sun|mon|tue|wed|thu|fri|sat"
-_GRAMMAR = [_field_grammar(None)] * 3 + [_field_grammar(_MONTHS), _field_grammar(_DAYS)]
-_NAMED = ["", "", "", " or names like JAN", " or names like SUN"]
+@dataclass(frozen=True)
+class _Field:
+    """One of the five cron fields: its name, its values (``low`` to ``low + size - 1``), how it is written,
+    and what to say of its values when it is written wrong."""
+
+    label: str
+    size: int
+    low: int
+    grammar: re.Pattern[str]
+    values: str
+    range_note: str = ""
+
+
+_FIELDS = (
+    _Field("minute", 60, 0, _field_grammar(None), "numbers"),
+    _Field("hour", 24, 0, _field_grammar(None), "numbers"),
+    _Field("day of month", 31, 1, _field_grammar(None), "numbers"),
+    _Field(
+        "month",
+        12,
+        1,
+        _field_grammar("jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec"),
+        "numbers or names like JAN",
+    ),
+    _Field(
+        "day of week",
+        7,
+        0,
+        _field_grammar("sun|mon|tue|wed|thu|fri|sat"),
+        "numbers or names like SUN",
+        ", 0 is Sunday",
+    ),
+)
 
 
 class Cron(TypedDict):
@@ -86,22 +116,19 @@ def parse_cron(expr: Any) -> Cron:
         raise BadInput(
             f"cron needs 5 fields (minute hour day month weekday), e.g. '0 3 * * SUN'; got {expr!r}", "cron"
         )
-    limits = [(60, 0), (24, 0), (31, 1), (12, 1), (7, 0)]
-    names = ["minute", "hour", "day of month", "month", "day of week"]
     sets = []
-    rows = zip(fields, limits, names, _GRAMMAR, _NAMED, strict=True)
-    for field, (size, low), label, grammar, named in rows:
-        if not grammar.fullmatch(field):
+    for written, f in zip(fields, _FIELDS, strict=True):
+        if not f.grammar.fullmatch(written):
             raise BadInput(
-                f"cron {label} field {field!r} is invalid: use numbers{named}, *, ranges (1-5), lists (1,3) "
+                f"cron {f.label} field {written!r} is invalid: use {f.values}, *, ranges (1-5), lists (1,3) "
                 "and steps (*/15); # L W ? are not supported",
                 "cron",
             )
         try:
-            sets.append(set(crontab_parser(size, low).parse(field)))
+            sets.append(set(crontab_parser(f.size, f.low).parse(written)))
         except (ValueError, ParseException) as exc:
-            span = f"{label}: {low}-{low + size - 1}" + (", 0 is Sunday" if size == 7 else "")
-            raise BadInput(f"cron {label} field {field!r} is invalid: {exc} ({span})", "cron") from exc
+            span = f"{f.label}: {f.low}-{f.low + f.size - 1}{f.range_note}"
+            raise BadInput(f"cron {f.label} field {written!r} is invalid: {exc} ({span})", "cron") from exc
     return {
         "minute": sets[0],
         "hour": sets[1],

@@ -148,7 +148,7 @@ def _check_values(p: dict[str, Any]) -> None:
     keys = p.get("ssh_keys")
     if keys is not None and not all(isinstance(k, int | str) and not isinstance(k, bool) for k in keys):
         raise BadInput("ssh_keys must be a list of ssh key ids or names", "ssh_keys")
-    check_ssh_key_count(list(keys or []))
+    check_ssh_key_count(keys or [])
     for key in keys or []:
         if _blank(key):
             raise BadInput("ssh_keys holds an empty name; give each ssh key as an id or a name", "ssh_keys")
