@@ -180,11 +180,16 @@ class Channel(kombu_redis.Channel):
 
     def _receive_one(self, c: Any) -> Any:
         # A broadcast kombu decodes itself: one nested a few thousand deep raised out of the event loop.
+        # kombu raises Empty for one that is not JSON; past the first message of a read, that Empty leaves
+        # kombu's read loop (_receive) and the broadcasts read with it wait in the client's buffer until
+        # another arrives: a ping sent right after garbage went unanswered. Nothing delivered is False.
         try:
             return super()._receive_one(c)
         except RecursionError:
             log.error("Malformed broadcast dropped: JSON nested too deeply")
-            raise Empty() from None
+            return False
+        except Empty:
+            return False
 
     def _deliver_fanout_message(self, message: Any, exchange: str) -> bool:
         # Broadcasts (remote control, events) arrive by pub/sub; kombu skips those that are not JSON itself.

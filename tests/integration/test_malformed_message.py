@@ -259,3 +259,33 @@ def test_the_dead_letter_list_is_capped(own_redis: RedisServer) -> None:
         b"{garbage 3",
         b"{garbage 2",
     ]
+
+
+def test_broadcasts_read_with_malformed_ones_are_delivered_at_once(own_redis: RedisServer) -> None:
+    # The transport on its own: a fanout queue, and bad broadcasts published ahead of a good one while the
+    # consumer is not reading, so that one read of its socket takes them all.
+    url = own_redis.url.rsplit("/", 1)[0] + "/2"
+    fanout = Exchange("fan", type="fanout")
+    queue = Queue("fan-q", fanout, auto_delete=True)
+    plain = redis.Redis.from_url(url)
+    received: list[Any] = []
+
+    conn = Connection(url, transport=broker_transport.Transport)
+    with conn, conn.Consumer(queue, callbacks=[lambda body, message: received.append(body)]):
+        with suppress(TimeoutError):
+            conn.drain_events(timeout=0.3)  # subscribes
+        # kombu subscribes by PSUBSCRIBE; the module's worker has subscriptions of its own, on database 0.
+        wait_until(
+            lambda: any(c["db"] == "2" and c["psub"] != "0" for c in plain.client_list()),
+            10,
+            "the subscription",
+        )
+        for entry in (b"{garbage", b"[" * 3000 + b"]" * 3000, b"{garbage again"):
+            plain.publish("/2.fan", entry)
+        conn.Producer().publish({"ok": True}, exchange=fanout, routing_key="")
+
+        # One wait: the good broadcast came in the same read as the bad ones, and nothing else will come.
+        with suppress(TimeoutError):
+            conn.drain_events(timeout=3)
+
+    assert received == [{"ok": True}]
