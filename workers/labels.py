@@ -74,7 +74,13 @@ def check_selector(selector: Any, field: str = "selector") -> str:
 
     For windows, which keep a selector to use later: a broken one must fail when it is added, not at 3 a.m.
     """
-    if not isinstance(selector, str) or not selector.strip():
+    if not isinstance(selector, str):
+        raise BadInput(
+            f"the label selector must be a string, not {type(selector).__name__}; e.g. "
+            "'env=staging,role in (web,api)'",
+            field,
+        )
+    if not selector.strip():
         raise BadInput("the label selector is empty; e.g. 'env=staging,role in (web,api)'", field)
     terms, depth, start = [], 0, 0
     for i, char in enumerate(selector):  # commas inside ( ) belong to a set, not between terms

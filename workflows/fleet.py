@@ -20,6 +20,7 @@ from redis.exceptions import LockNotOwnedError
 
 from workers.client import HcloudClient, is_id
 from workers.errors import APIError, BadInput, HcloudFlowError, NotFound, RateBudgetExhausted, ServerBusy
+from workers.labels import check_selector
 from workers.projects import DEFAULT_PROJECT
 
 from .fleet_gates import Gates
@@ -49,8 +50,7 @@ def resolve_targets(client: HcloudClient, selector: Any, servers: Any) -> list[d
     if (selector is None) == (servers is None):
         raise BadInput("give exactly one of selector or servers", "selector")
     if selector is not None:
-        if not isinstance(selector, str) or not selector.strip():
-            raise BadInput("the label selector is empty; e.g. 'env=staging,role in (web,api)'", "selector")
+        selector = check_selector(selector)
         try:
             found = client.list_servers(label_selector=selector)
         except APIError as exc:

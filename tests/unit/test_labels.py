@@ -69,6 +69,15 @@ def test_broken_selectors_are_refused(selector: str) -> None:
         check_selector(selector)
 
 
+@pytest.mark.parametrize("selector", [{"env": "prod"}, ["env=prod"], 7, True])
+def test_a_selector_that_is_not_text_is_named_for_its_type(selector: object) -> None:
+    """A dict from send_task or JSON was called "empty", which sent its sender looking for the wrong fault."""
+    from workers.labels import check_selector
+
+    with pytest.raises(BadInput, match=f"must be a string, not {type(selector).__name__}"):
+        check_selector(selector)
+
+
 @pytest.mark.parametrize(
     "selector",
     ["ünï=✓", "env=production;DROP", "a" * 5000, "env in (prod,st@ge)", "-bad=1"],
