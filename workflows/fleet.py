@@ -492,11 +492,18 @@ class FleetRunner(Gates):
         # to decide, and taking the job lock (and sweeping) for each would queue the last runs' endings
         # behind one another. The outcome is written before this read, so the last run to end always sees
         # every outcome final and ends the job; two that end together both advance, under the lock, once.
-        job = self.store.get(job_id)
-        if job is not None and job["state"] in JOB_FINAL and not job["counts"].get("running"):
+        tally = self.store.tally(job_id)
+        if tally is None:
+            return
+        state, counts = tally
+        running = counts.get("running", 0)
+        if state in JOB_FINAL and not running:
             # Ended (cancelled, or stopped by its errors) while runs were in flight: the job is over only now,
             # with the last of them, and its record says so.
             self.store.note_finished(job_id)
+        if state != "running" or (running and sum(counts.values()) == len(job["servers"])):
+            return  # every server has started and some still run: nothing to start, nor to end yet
+        job = self.store.get(job_id)
         if job is None or job["state"] != "running":
             return
         d = self._decide(job)

@@ -242,3 +242,22 @@ def test_the_threshold_and_a_windows_end_are_told_once(redis_server: RedisServer
     runner.advance("j9")
     overran = [reason for e, reason in events if e == "window.overran"]
     assert overran == ["job j9 still had 1 server(s) in flight at the window's end"]
+
+
+def test_a_run_ending_while_every_server_has_started_reads_no_whole_job(redis_server: RedisServer) -> None:
+    """400 runs ending together each read the 400 outcomes: the job's last runs waited seconds on that."""
+    store = JobStore(redis_server.client(), prefix="fr10")
+    runner = FleetRunner(store, None, lambda **kw: {"run_id": f"run-{kw['server']}"}, lambda r, b: None)  # type: ignore[arg-type]
+    job(store, "j10", [1, 2, 3], window=3)
+    runner.advance("j10")
+    reads: list[str] = []
+    whole = store.get
+    store.get = lambda job_id: reads.append(job_id) or whole(job_id)  # type: ignore[method-assign]
+
+    runner.on_run_ended({"id": "run-1", "server_id": 1, "state": "succeeded", "job_id": "j10"})
+    runner.on_run_ended({"id": "run-2", "server_id": 2, "state": "failed", "job_id": "j10"})
+    assert reads == [] and store.state("j10") == "running"
+
+    runner.on_run_ended({"id": "run-3", "server_id": 3, "state": "succeeded", "job_id": "j10"})
+    assert reads, "the last end reads the job and ends it"
+    assert store.state("j10") == "failed", "max_errors 0: one failure fails the job"

@@ -30,3 +30,21 @@ def test_brief_is_get_narrowed_to_one_servers_outcome(redis_server: RedisServer)
     assert store.brief("j1", 1)["state"] == "cancelled"  # type: ignore[index]
     assert store.state("j1") == "cancelled"
     assert store.brief("no-such-job", 1) is None and store.state("no-such-job") is None
+
+
+def test_tally_counts_outcomes_as_get_does(redis_server: RedisServer) -> None:
+    store = JobStore(redis_server.client(), prefix=f"js{uuid.uuid4().hex[:6]}")
+    store.create({"id": "j2", "created": 1.0, "servers": [{"id": i} for i in range(1, 6)]})
+    assert store.tally("j2") == ("running", {})
+    for sid, outcome in [(1, "running"), (2, "succeeded"), (3, "running"), (4, "failed")]:
+        store.set_outcome("j2", sid, outcome=outcome, run_id=f"r{sid}")
+    store.set_outcome("j2", 3, ended=2.0)  # merged into the entry: still one server running
+    store.note_told("j2", "started", None)
+    full = store.get("j2")
+    assert full is not None
+    state, counts = store.tally("j2")  # type: ignore[misc]
+    assert {**counts, "pending": 5 - sum(counts.values())} == full["counts"]
+    assert state == "running" and counts == {"running": 2, "succeeded": 1, "failed": 1}
+    store.set_state("j2", "cancelled")
+    assert store.tally("j2") == ("cancelled", counts)
+    assert store.tally("no-such-job") is None
