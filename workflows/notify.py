@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import SplitResult, parse_qsl, urlsplit
+from urllib.parse import SplitResult, unquote, unquote_plus, urlsplit
 
 from workers.errors import BadInput
 
@@ -57,19 +57,27 @@ _SLACK = "slack+"
 # Query keys that carry a credential: a URL holding one would be stored in plain text in the record that
 # names it (a run, job or window), and shown to every viewer of it.
 _SECRET_KEY = re.compile(
-    r"(token|secret|passw|pwd|api[-_]?key|apikey|auth|signature|\bsig\b|access[-_]?key)", re.I
+    r"(token|secret|pass|pwd|api[-_]?key|apikey|\bkey\b|auth|session|signature|\bsig\b|access[-_]?key)", re.I
 )
+
+
+def _parameter_names(parts: SplitResult) -> set[str]:
+    """Every parameter name of a URL: its query's, split on ``&`` and on ``;`` (some servers still take
+    ``;``), and its path segments' ``;name=value`` parameters."""
+    names = {unquote_plus(p.partition("=")[0]) for p in re.split("[&;]", parts.query)}
+    for segment in parts.path.split("/"):
+        names |= {unquote(p.partition("=")[0]) for p in segment.split(";")[1:]}
+    return names
 
 
 def url_problem(parts: SplitResult) -> str | None:
     """Return what makes a URL unfit to keep (without repeating any secret in it), or None."""
     if parts.username or parts.password:
         return "carries credentials (user:password@), which would be stored in plain text"
-    secrets = sorted({k for k, _ in parse_qsl(parts.query, keep_blank_values=True) if _SECRET_KEY.search(k)})
+    secrets = sorted(k[:40] for k in _parameter_names(parts) if _SECRET_KEY.search(k))
     if secrets:
-        return (
-            f"carries a credential in its query ({', '.join(secrets)}), which would be stored in plain text"
-        )
+        named = ", ".join(secrets)
+        return f"carries a credential in a parameter ({named}), which would be stored in plain text"
     if parts.fragment:
         # Never sent over HTTP, so a webhook needs none; and one may hold a token (#access_token=…).
         return "has a #fragment, which a webhook never sends and which would be stored in plain text"

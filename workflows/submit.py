@@ -66,7 +66,7 @@ def submit_run(
     """
     wf = workflow_named(workflow)
     require_unicode({"server": server, "params": params}, "the submission")
-    clean = check_params(wf, params or {})
+    clean = check_params(wf, {} if params is None else params)  # [], 0 or "" is refused, not taken as none
     submitter = check_submitter(submitted_by)
     urls = check_urls(notify)
     if not isinstance(queue, bool):

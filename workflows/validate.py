@@ -169,13 +169,23 @@ class Lookups:
     ssh_keys: dict[tuple[Any, ...], list[int]] = field(default_factory=dict)
 
 
+def check_server_ref(ref: Any) -> int | str:
+    """Return a server reference fit to look up (an id or a name), or refuse it; every entry point's rule."""
+    if isinstance(ref, bool) or not isinstance(ref, int | str) or _blank(ref):
+        raise BadInput(f"give the server as an id or a name, not {_shown(ref)}", "server")
+    if is_id(ref) and int(ref) <= 0:
+        raise BadInput(f"server id must be positive, not {ref}", "server")
+    return ref
+
+
+def _shown(value: Any) -> str:
+    return "an empty name" if isinstance(value, str) else f"{type(value).__name__} {str(value)[:40]!r}"
+
+
 def find_server(client: HcloudClient, ref: Any, known: Lookups | None = None) -> dict[str, Any]:
     """Return the server named or numbered ``ref``, or refuse."""
-    if isinstance(ref, bool) or not isinstance(ref, int | str) or _blank(ref):
-        raise BadInput("give the server as an id or a name", "server")
+    check_server_ref(ref)
     if is_id(ref):
-        if int(ref) <= 0:
-            raise BadInput(f"server id must be positive, not {ref}", "server")
         if known is not None and int(ref) in known.servers:
             return known.servers[int(ref)]
         try:

@@ -333,6 +333,13 @@ CASES: list[tuple[str, Callable[[Surfaces, int], tuple[str, int | None]], str, i
         None,
     ),
     (
+        # An outside test: an empty list (or 0, "", false) was taken as no parameters and the run started.
+        "task params an empty list",
+        lambda s, i: s.task("hcloud_flow.submit", kwargs={"workflow": "reboot", "server": i, "params": []}),
+        "params must be an object",
+        None,
+    ),
+    (
         "task target without server_id",
         lambda s, i: s.task("hcloud_flow.power_on", args=[{"no": "server"}]),
         "no server_id",

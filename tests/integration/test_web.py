@@ -289,7 +289,11 @@ def window(**fields: Any) -> dict[str, Any]:
         ("POST", "/api/v1/runs", run(workflow=5), 422, "workflow"),
         ("POST", "/api/v1/runs", {"workflow": "reboot"}, 400, "server is missing"),
         ("POST", "/api/v1/runs", run(surprise=1), 422, "surprise"),
-        ("POST", "/api/v1/runs", run(server=True), 422, "server"),
+        ("POST", "/api/v1/runs", run(server=True), 400, "an id or a name, not bool"),
+        # An outside test: these were "Input should be a valid integer", though a name is fine too.
+        ("POST", "/api/v1/runs", run(server=50000006.0), 400, "an id or a name, not float"),
+        ("POST", "/api/v1/runs", run(server=["srv-6"]), 400, "an id or a name, not list"),
+        ("POST", "/api/v1/runs", b"\xff\xfe{", 400, "not UTF-8"),
         ("POST", "/api/v1/runs", run(server=0), 400, "positive"),
         ("POST", "/api/v1/runs", run(server=-5), 400, "positive"),
         ("POST", "/api/v1/runs", run(server="  "), 400, "empty"),
@@ -386,7 +390,7 @@ def test_hostile_requests_get_a_4xx_that_says_why_and_change_nothing(
         client.scard("hf:windows"),
         len(Control(cloud.control_url).posts()),
     )
-    if isinstance(body, str):
+    if isinstance(body, str | bytes):
         answer = op.http.post(
             op.base + path, data=body, headers={"content-type": "application/json"}, timeout=60
         )

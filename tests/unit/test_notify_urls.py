@@ -13,9 +13,17 @@ from workflows.notify import check_urls
     [
         ("http://127.0.0.1:9/#access_token=SECRETFRAG", "#fragment"),  # found by an outside test
         ("https://hooks.example/x#", None),  # an empty fragment holds nothing
-        ("https://hooks.example/x?token=abc", "credential in its query"),
+        ("https://hooks.example/x?token=abc", "credential in a parameter"),
         ("https://u:p@hooks.example/x", "credentials"),
         ("https://hooks.example/x?run=1", None),
+        # Found by an outside test: a parameter after ";", in the path, or named key, pass or a session.
+        ("https://hooks.example/x?a=1;token=abc", "credential in a parameter \\(token\\)"),
+        ("https://hooks.example/x;token=abc/y", "credential in a parameter \\(token\\)"),
+        ("https://hooks.example/x?key=abc", "credential in a parameter \\(key\\)"),
+        ("https://hooks.example/x?pass=abc", "credential in a parameter \\(pass\\)"),
+        ("https://hooks.example/x;jsessionid=abc", "credential in a parameter \\(jsessionid\\)"),
+        ("https://hooks.example/x?to%6Ben=abc", "credential in a parameter \\(token\\)"),
+        ("https://hooks.example/x?monkey=1&keyboard=2", None),
     ],
 )
 def test_a_url_that_would_keep_a_secret_is_refused_quietly(url: str, message: str | None) -> None:

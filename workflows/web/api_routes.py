@@ -101,13 +101,11 @@ def unicode_only(payload: Any) -> None:
 
 @router.post("/runs", status_code=202, summary="Submit a workflow run for one server")
 def submit_run(body: RunRequest, request: Request, key: Operator) -> JSONResponse:
-    from workflows.validate import check_params, workflow_named
+    from workflows.validate import check_params, check_server_ref, workflow_named
 
     services = _services(request)
-    if isinstance(body.server, int) and body.server <= 0:
-        raise BadInput(f"server {body.server}: server ids are positive", "server")
-    if isinstance(body.server, str) and not body.server.strip():
-        raise BadInput("give the server as an id or a name, not an empty string", "server")
+    if body.server is not None:
+        check_server_ref(body.server)
     check_params(workflow_named(body.workflow), body.params)  # refused here, before anything is sent
     check_urls(body.notify)
     if body.project is not None:

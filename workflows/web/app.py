@@ -57,6 +57,9 @@ def _json_refusal(body: bytes) -> JSONResponse | None:
 
     try:
         json.loads(body, object_pairs_hook=pairs)
+    except UnicodeDecodeError:
+        # Every body we take is JSON, which is UTF-8 text (FastAPI's own answer had another shape).
+        return error(400, "BadInput", "the body is not UTF-8 text; send JSON")
     except ValueError:
         return None
     except RecursionError:

@@ -16,8 +16,12 @@ class RunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     workflow: StrictStr = Field(description="workflow name (GET /api/v1/workflows lists them)", max_length=64)
-    server: StrictInt | StrictStr | None = Field(
-        None, description="server id or name (restore: the run's own server when left out)"
+    # Any here: the one rule for a server reference (workflows.validate.check_server_ref) says what is wrong
+    # with a float or a list, in the words the CLI and the Python API use.
+    server: Any = Field(
+        None,
+        description="server id or name (restore: the run's own server when left out)",
+        json_schema_extra={"anyOf": [{"type": "integer"}, {"type": "string"}]},
     )
     params: dict[str, Any] = Field(default_factory=dict, description="the workflow's parameters")
     queue: StrictBool = Field(False, description="if the server is busy, queue behind its run")
