@@ -95,7 +95,8 @@ redbeat_redis_options = {"password": _password} if _password else {}
 del _password
 # kombu's Redis transport, but a malformed entry on a queue list is moved aside instead of killing the worker.
 broker_transport = "workers.broker_transport:Transport"
-result_backend = broker_url
+# Celery's Redis result backend, keeping user data only as a fingerprint (workers/result_backend.py).
+result_backend = "workers.result_backend:RedisBackend+" + broker_url
 task_serializer = "json"
 result_serializer = "json"
 accept_content = ["json"]

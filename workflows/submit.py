@@ -6,13 +6,13 @@ the API needs the token, and the token lives in the workers' environment only.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from celery import Celery
 
 from workers.client import HcloudClient
 from workers.errors import BadInput, NotFound, ServerBusy
+from workers.result_backend import fingerprint
 from workers.run_store import FINAL, RunStore
 from workers.runs import RunHooks, error_info
 
@@ -29,8 +29,7 @@ def _recordable(params: dict[str, Any]) -> dict[str, Any]:
     """Return parameters fit for the run record: user data is kept as a digest, never as text."""
     out = {k: v for k, v in params.items() if v is not None}
     if out.get("user_data"):
-        data = out.pop("user_data").encode()
-        out["user_data"] = f"sha256:{hashlib.sha256(data).hexdigest()[:16]} ({len(data)} bytes)"
+        out["user_data"] = fingerprint(out["user_data"])
     return out
 
 

@@ -14,6 +14,7 @@ from workers.run_store import RunStore
 from workflows.api import Runs
 
 from ..conftest import start_cloud
+from ..support.audit import redis_blobs
 from ..support.cloud import Api, Control
 from ..support.processes import RedisServer, Worker, wait_until, worker_env
 
@@ -340,3 +341,20 @@ def test_restore_undoes_a_rebuild_from_its_safety_snapshot(
     with pytest.raises(BadInput, match="made no snapshot"):
         runs.submit("restore", from_run=run(runs, "reboot", sid)["id"])
     assert run(runs, "restore", sid, from_run=snapshot_run["id"])["state"] == "succeeded"
+
+
+def test_user_data_is_kept_nowhere_in_redis_once_the_run_ended(
+    runs: Runs, control: Control, pool: Iterator[int], redis_server: RedisServer
+) -> None:
+    """An outside test found a rebuild's cloud-init text in the submit task's and the step's results, kept a
+    day, while the run record showed only its fingerprint."""
+    marker = "password: UD-MARKER-5f1e"
+    sid = take(pool, control)
+    record = run(
+        runs, "rebuild", sid, image="ubuntu-24.04", no_snapshot=True, user_data=f"#cloud-config\n{marker}\n"
+    )
+    assert record["state"] == "succeeded", record.get("error")
+    assert record["params"]["user_data"].startswith("sha256:")
+    assert not [b for b in redis_blobs(redis_server.client()) if marker.encode() in b]
+    results = [k for k in redis_server.client().scan_iter("celery-task-meta-*") if record["id"].encode() in k]
+    assert results, "the step's result is kept (result_extended), with the fingerprint in its kwargs"

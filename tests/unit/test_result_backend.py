@@ -1,0 +1,22 @@
+"""What the result backend keeps of user data: its fingerprint, wherever a task carried it."""
+
+from __future__ import annotations
+
+from workers.result_backend import fingerprint, without_user_data
+
+
+def test_user_data_is_replaced_at_the_top_in_params_and_in_lists() -> None:
+    text = "#cloud-config\npassword: hunter2\n"
+    kept = without_user_data(
+        {
+            "user_data": text,  # a rebuild step's kwargs
+            "params": {"image": "debian-12", "user_data": text},  # a submission's, a job's or a window's
+            "windows": [{"params": {"user_data": text}}],
+            "other": "hunter2 stays where it is not user data",
+        }
+    )
+    assert "hunter2" not in repr({k: v for k, v in kept.items() if k != "other"})
+    assert kept["user_data"] == kept["params"]["user_data"] == fingerprint(text)
+    assert kept["params"]["image"] == "debian-12"
+    assert fingerprint(text).startswith("sha256:") and fingerprint(text).endswith(f"({len(text)} bytes)")
+    assert without_user_data({"user_data": None}) == {"user_data": None}  # none given: nothing to hide

@@ -1,0 +1,51 @@
+"""Celery's Redis result backend, keeping a rebuild's user data only as a fingerprint.
+
+Extended results (``result_extended``, which Flower and ``AsyncResult.kwargs`` read) keep each task's keyword
+arguments for the result expiry, a day by default. ``user_data`` is cloud-init text, which often holds a
+password or a key: the run record keeps only its fingerprint, and a result that held the text beside it
+undid that (an outside test found it in the submit task's and the rebuild step's results). The message that
+carries it to the worker is not touched: the step needs the text for its POST.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from celery.backends.redis import RedisBackend as _CeleryRedisBackend
+
+__all__ = ["RedisBackend", "fingerprint", "without_user_data"]
+
+# user_data sits at the top of a rebuild step's kwargs, or in the params of a submission, job or window.
+_DEPTH = 4
+
+
+def fingerprint(text: str) -> str:
+    """Return what is kept of user data: enough to tell two apart, nothing of the text."""
+    data = text.encode("utf-8", "surrogatepass")
+    return f"sha256:{hashlib.sha256(data).hexdigest()[:16]} ({len(data)} bytes)"
+
+
+def without_user_data(value: Any, depth: int = 0) -> Any:
+    """Return ``value`` with every ``user_data`` text a few levels down replaced by its fingerprint."""
+    if depth > _DEPTH:
+        return value
+    if isinstance(value, dict):
+        return {
+            k: fingerprint(v) if k == "user_data" and isinstance(v, str) else without_user_data(v, depth + 1)
+            for k, v in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [without_user_data(v, depth + 1) for v in value]
+    return value
+
+
+class RedisBackend(_CeleryRedisBackend):
+    """The Redis result backend; what it stores of a task's arguments and result holds no user data."""
+
+    def _get_result_meta(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        meta: dict[str, Any] = super()._get_result_meta(*args, **kwargs)
+        for field in ("kwargs", "result"):
+            if isinstance(meta.get(field), dict):
+                meta[field] = without_user_data(meta[field])
+        return meta
