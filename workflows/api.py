@@ -41,6 +41,21 @@ __all__ = [
     "wait",
 ]
 
+# The most records one list call returns (the HTTP API's own pages are smaller).
+MAX_LIST = 5000
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_limit(limit: Any) -> int:
+    """Return a list call's limit, or refuse it (a negative one read every record kept)."""
+    if not _whole(limit) or not 1 <= limit <= MAX_LIST:
+        raise BadInput(f"limit must be a whole number from 1 to {MAX_LIST}, not {limit!r:.40}", "limit")
+    return int(limit)
+
+
 # The worker tasks whose request starts something (a run, a job): a late answer may mean a late start.
 _STARTING = frozenset({"hcloud_flow.submit", "hcloud_flow.fleet_start"})
 # Past its expiry, a task a worker had already started still answers: wait this much longer for that answer.
@@ -243,7 +258,11 @@ class Runs:
         self, *, active: bool = False, server_id: int | None = None, limit: int = 50
     ) -> list[dict[str, Any]]:
         """Return runs, newest first."""
-        runs = self.store.list(active=active, server_id=server_id, limit=limit)
+        if not isinstance(active, bool):
+            raise BadInput("active must be true or false", "active")
+        if server_id is not None and (not _whole(server_id) or server_id <= 0):
+            raise BadInput(f"server_id must be a positive server id, not {server_id!r:.40}", "server_id")
+        runs = self.store.list(active=active, server_id=server_id, limit=check_limit(limit))
         for run in runs:
             run.pop("chain", None)
         return runs
@@ -335,7 +354,7 @@ class Jobs:
         return self.status(job_id) if state in FINAL else {"id": job_id, "state": state}
 
     def list(self, limit: int = 50) -> list[dict[str, Any]]:
-        return list(self.store.list(limit))
+        return list(self.store.list(check_limit(limit)))
 
     def wait(
         self,

@@ -304,6 +304,16 @@ CASES: list[tuple[str, Callable[[Surfaces, int], tuple[str, int | None]], str, i
         None,
     ),
     (
+        # An outside test: "no" read as true, and a negative limit read every run kept.
+        "api list active not a bool",
+        lambda s, i: s.api(lambda r, j: r.list(active="no")),
+        "active must be true or false",
+        None,
+    ),
+    ("api list negative limit", lambda s, i: s.api(lambda r, j: r.list(limit=-1)), "limit must be", None),
+    ("api list server id text", lambda s, i: s.api(lambda r, j: r.list(server_id="7")), "server_id", None),
+    ("api job list limit zero", lambda s, i: s.api(lambda r, j: j.list(0)), "limit must be", None),
+    (
         "api empty fleet",
         lambda s, i: s.api(lambda r, j: j.start("reboot", servers=[], **FLEET)),
         "non-empty",
