@@ -172,7 +172,9 @@ class RunStore:
         pipe.hset(key, mapping=mapping)
         if state in FINAL:
             pipe.expire(key, self.retention)
-            pipe.srem(f"{self.prefix}:runs:active", run_id)
+            # A run whose restore is still powering its server on has not ended (has_ended): it stays active.
+            if (fields.get("restore") or {}).get("state") != "powering_on":
+                pipe.srem(f"{self.prefix}:runs:active", run_id)
         pipe.execute()
 
     def state(self, run_id: str) -> str | None:

@@ -62,8 +62,9 @@ class RunHooks:
                 return int(step["index"])
         return None
 
-    def step_started(self, run_id: str, task_id: str) -> bool:
-        """Record that a step began; raise RunCancelled if the run was cancelled before it.
+    def step_started(self, run_id: str, task_id: str, *, acted: bool = False) -> bool:
+        """Record that a step began; raise RunCancelled if the run was cancelled before it, unless the step
+        ``acted`` already (an earlier delivery may have posted its action, which is then waited out).
 
         Return False, recording nothing, when the run has no such step: a message that names a run (in its
         options, or in a "previous step's result" written by hand) is not let into that run's hold on the
@@ -80,7 +81,7 @@ class RunHooks:
         index = self._index(run, task_id)
         if index is None:
             return False
-        if cancelled:
+        if cancelled and not acted:
             raise RunCancelled(run_id, run["steps"][index]["name"])
         first = run["state"] == "queued"
         # Started: the record need not keep the chain's arguments any more.
@@ -102,9 +103,13 @@ class RunHooks:
             status = result.get("server_status") or "running"
             skipped = bool(result.get("skipped"))
             restore = {**run["restore"], "state": "done", "skipped": skipped}
+            if result.get("action_id"):
+                restore["action_id"] = result["action_id"]
             stop = "the cancel" if run["state"] == "cancelled" else "the failure"
             why = "still running: it was never stopped" if skipped else f"powered on again after {stop}"
-            self._ended(run, restore=restore, left={"status": status, "why": why})
+            # The run ends only now, with its restore (has_ended).
+            left = {"status": status, "why": why}
+            self._ended(run, restore=restore, left=left, finished=self.store.clock())
             return
         index = self._index(run, task_id)
         if index is None:
@@ -135,9 +140,8 @@ class RunHooks:
             return
         if task_id == (run.get("restore") or {}).get("task_id"):
             restore = {**run["restore"], "state": "failed", "error": error_info(exc)}
-            self._ended(
-                run, restore=restore, left={"status": "not running", "why": f"power on failed: {exc}"}
-            )
+            left = {"status": "not running", "why": f"power on failed: {exc}"}
+            self._ended(run, restore=restore, left=left, finished=self.store.clock())
             return
         index = self._index(run, task_id)
         if index is None:

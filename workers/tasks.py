@@ -153,9 +153,12 @@ def _run_action(
     try:
         server_id, previous = resolve_target(eng, target)
         run_id = run_id or (previous or {}).get("run_id")
-        # step_started raises RunCancelled when the run was cancelled; a step the run did not plan is an
-        # action task of its own and takes the server's lock like one.
-        if not (run_id and hooks().step_started(run_id, step_key)):
+        # step_started raises RunCancelled when the run was cancelled, unless an earlier delivery of this step
+        # may have posted its action (the ledger holds its id or a bound): that action is found and waited
+        # out, and the run stops before its next step. A step the run did not plan is an action task of its
+        # own and takes the server's lock like one.
+        acted = record.action_id is not None or record.posting_after is not None
+        if not (run_id and hooks().step_started(run_id, step_key, acted=acted)):
             run_id = None
             hold_server(server_id, task.request, eng.deadline_for(action, step_opts.get("deadline")))
         skip = step_opts.get("skip_if_status")
@@ -163,7 +166,9 @@ def _run_action(
             # Read again: another delivery of this step may have posted its action since the read above
             # (resolving the target and the run's hooks take a while), and a step that did act is not skipped.
             record = eng.ledger.get(step_key)
-        if skip and record.action_id is None:
+        # A bound means an earlier delivery may have posted: its action, not the server's status now (which
+        # that action may have brought about), says what this step did.
+        if skip and record.action_id is None and record.posting_after is None:
             status = eng.client.get_server(server_id)["status"]
             if status == skip:
                 return {**_skipped(action, server_id, step, run_id, previous, status), "project": eng.project}

@@ -14,6 +14,9 @@ from typing import Any
 import pytest
 from celery import Celery, chain, signature
 
+from workers.run_store import RunStore
+from workflows.api import Runs
+
 from ..support.cloud import Api, Control
 from ..support.processes import RedisServer, Worker, wait_until, worker_env
 
@@ -92,3 +95,60 @@ def test_worker_killed_mid_post(solo: Worker, celery_client: Celery, control: Co
     assert steps(control, sid) == ["poweroff", "poweron"]
     first = result["history"][0]
     assert first["attached"] is True, "the redelivered step re-attached to the action its POST started"
+
+
+def _kill_while_answer_is_held(solo: Worker, control: Control, sid: int, command: str) -> None:
+    """Hold every answer back 3 s and kill the worker once fakecloud has acted on ``command``'s POST."""
+    control.send("PUT", "/config", {"faults": {"slow": 1.0, "slow_seconds": 3.0}})
+    try:
+        wait_until(lambda: control.posts(sid, command), 60, f"the {command} POST to be processed")
+        solo.kill()
+    finally:
+        control.send("PUT", "/config", {"faults": "none"})
+
+
+def test_a_run_cancelled_while_its_step_was_posting_keeps_the_action_it_made(
+    solo: Worker, celery_client: Celery, control: Control, api: Api, redis_server: RedisServer
+) -> None:
+    """An outside test: the redelivered step met the cancel before it looked for the action its dead try
+    had posted, so the run said the step was cancelled while the snapshot it made stood in the project."""
+    runs = Runs(celery_client, RunStore(redis_server.client()))
+    sid = api.server_ids()[2]
+    control.send("PATCH", f"/servers/{sid}", {"status": "running", "acpi": True})
+    run_id = runs.submit("snapshot", server=sid, description="made-before-the-cancel")
+    _kill_while_answer_is_held(solo, control, sid, "create_image")
+    runs.cancel(run_id)
+    solo.start()
+    record = runs.wait(run_id, timeout=120, poll=0.2)
+
+    assert steps(control, sid) == ["shutdown", "create_image", "poweron"], "one POST each, restore last"
+    made = record["steps"][1]
+    assert made["status"] == "succeeded" and made["action_id"], made
+    image_id = made["outputs"]["image"]["id"]
+    assert api.get(f"/images/{image_id}")["image"]["status"] == "available"
+    assert record["state"] == "cancelled" and record["steps"][2]["status"] == "cancelled"
+    assert record["left"]["status"] == "running" and "after the cancel" in record["left"]["why"]
+
+
+def test_a_restore_power_on_whose_answer_was_lost_is_reported_as_done(
+    solo: Worker, celery_client: Celery, control: Control, api: Api, redis_server: RedisServer
+) -> None:
+    """An outside test: the redelivered restore found the server running (its own lost power-on had started
+    it) and said "still running: it was never stopped" of a server the run had shut down."""
+    runs = Runs(celery_client, RunStore(redis_server.client()))
+    sid = api.server_ids()[3]
+    control.send("PATCH", f"/servers/{sid}", {"status": "running", "acpi": True})
+    fail = {"command": "create_image", "code": "action_failed", "message": "boom"}
+    control.send("PATCH", f"/servers/{sid}", {"fail_next": fail})
+    run_id = runs.submit("snapshot", server=sid)
+    _kill_while_answer_is_held(solo, control, sid, "poweron")
+    assert runs.status(run_id)["restore"]["state"] == "powering_on"
+    assert run_id in [r["id"] for r in runs.list(active=True)], "not ended while its restore is under way"
+    solo.start()
+    record = runs.wait(run_id, timeout=120, poll=0.2)
+
+    assert steps(control, sid) == ["shutdown", "create_image", "poweron"]
+    assert record["state"] == "failed" and record["restore"]["state"] == "done"
+    assert record["restore"]["action_id"] == control.posts(sid, "poweron")[0]["action_id"]
+    assert record["left"] == {"status": "running", "why": "powered on again after the failure"}
+    assert record["finished"] >= record["steps"][1]["finished"]
