@@ -187,6 +187,15 @@ class FleetRunner(Gates):
         assert job is not None
         return job
 
+    def _tell_ended(self, job_id: str) -> None:
+        """Tell "job.ended" once, when the job is over: in a final state with none of its runs in flight (a
+        cancelled job's runs stop only before their next step, and the event carries how they ended)."""
+        tally = self.store.tally(job_id)
+        if tally is None or tally[0] not in JOB_FINAL or tally[1].get("running"):
+            return
+        if self.store.claim_told(job_id, "job.ended"):
+            self._tell("job.ended", job_id)
+
     def _tell(self, event: str, job_id: str) -> None:
         if self.on_event is None:
             return
@@ -277,7 +286,7 @@ class FleetRunner(Gates):
                 if d.state != "running":
                     self.store.set_state(job_id, d.state, d.reason)
                     log.info("fleet job %s %s%s", job_id, d.state, f" ({d.reason})" if d.reason else "")
-                    self._tell("job.ended", job_id)
+                    self._tell_ended(job_id)
                 return
             if self._blocked(job):
                 return
@@ -498,9 +507,10 @@ class FleetRunner(Gates):
         state, counts = tally
         running = counts.get("running", 0)
         if state in JOB_FINAL and not running:
-            # Ended (cancelled, or stopped by its errors) while runs were in flight: the job is over only now,
-            # with the last of them, and its record says so.
+            # Ended (cancelled) while runs were in flight: the job is over only now, with the last of them,
+            # and its record and its "job.ended" say so.
             self.store.note_finished(job_id)
+            self._tell_ended(job_id)
         if state != "running" or (running and sum(counts.values()) == len(job["servers"])):
             return  # every server has started and some still run: nothing to start, nor to end yet
         job = self.store.get(job_id)
@@ -637,7 +647,7 @@ class FleetRunner(Gates):
         for server in job["servers"]:
             if server["id"] not in job["outcomes"]:
                 self.store.set_outcome(job_id, server["id"], outcome="not_started", reason=reason)
-        self._tell("job.ended", job_id)
+        self._tell_ended(job_id)  # now, or with the last of its runs in flight (on_run_ended)
 
     def _awaiting(self, job_id: str, verb: str) -> dict[str, Any]:
         job = self._active(job_id, verb)

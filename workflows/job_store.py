@@ -168,6 +168,11 @@ class JobStore:
         if reason:
             self.redis.hset(self.key(job_id), "reason", reason)
 
+    def claim_told(self, job_id: str, event: str) -> bool:
+        """Record that ``event`` is being told of this job; False if it was before (told once, by one)."""
+        told = json.dumps({"at": self.clock(), "reason": None})
+        return bool(self.redis.hsetnx(self.key(job_id), f"told:{event}", told))
+
     def set_blocked(self, job_id: str, blocked: dict[str, Any] | None) -> None:
         """Record why no new server starts now (a block URL's answer), or that nothing blocks any more."""
         if blocked is None:

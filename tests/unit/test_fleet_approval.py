@@ -198,3 +198,23 @@ def test_awaiting_approval_is_told_once_with_a_clock_that_moves(redis_server: Re
     runner.control("j6", "pause", "ops")
     runner.control("j6", "resume", "ops")
     assert [e for e, _ in seen["events"]].count("job.awaiting_approval") == 1
+
+
+def test_a_job_cancelled_with_runs_in_flight_tells_its_end_once_they_have_ended(
+    redis_server: RedisServer,
+) -> None:
+    """An outside test: "job.ended" went out at the cancel with 4 runs still running, and how they ended was
+    never told."""
+    runner, store, _, seen = runner_on(redis_server, "ap9")
+    job(store, "j9", [], canary=0)
+    runner.advance("j9")
+    runner.control("j9", "cancel", "bob@ops")
+    assert sorted(c[0] for c in seen["cancelled"]) == ["run-1", "run-2", "run-3"]
+    assert seen["events"] == [], "runs are in flight: the job has not ended"
+
+    ends = [("run-1", 1, "succeeded"), ("run-2", 2, "cancelled"), ("run-3", 3, "cancelled")]
+    for run_id, sid, state in ends:
+        runner.on_run_ended({"id": run_id, "server_id": sid, "state": state, "job_id": "j9"})
+    runner.on_run_ended({"id": "run-3", "server_id": 3, "state": "cancelled", "job_id": "j9"})  # redelivered
+    assert seen["events"] == [("job.ended", "cancelled")]
+    assert store.get("j9")["counts"] == {"succeeded": 1, "cancelled": 2, "pending": 0}  # type: ignore[index]
