@@ -31,7 +31,7 @@ import redis
 from .action_ids import HighWater
 from .client import HcloudClient
 from .durations import Durations
-from .errors import APIError, Blocked, RateBudgetExhausted, StepInProgress, TransportError
+from .errors import APIError, Blocked, HcloudFlowError, RateBudgetExhausted, StepInProgress, TransportError
 from .ledger import Ledger, StepRecord
 from .retry_policy import Outcome, RetryPolicy, classify
 from .sealing import seal
@@ -128,13 +128,16 @@ def start_action(
     *,
     after: int | None = None,
     record: StepRecord | None = None,
+    stop: HcloudFlowError | None = None,
 ) -> Started:
     """Start the step's action once, or find the one it already started.
 
     ``after`` is an action id known to be older than anything this step can start (the previous step's
     action on the same server), which saves reading the server's newest action. ``record`` is the step's
-    ledger record as the caller read it a moment ago, if it did. Raises Blocked on a 423 by someone else's
-    action, StepInProgress when another delivery holds the step's claim, and the request's error otherwise.
+    ledger record as the caller read it a moment ago, if it did. With ``stop`` (the step's run was
+    cancelled), nothing is posted: an action an earlier delivery started is found, else ``stop`` is raised.
+    Raises Blocked on a 423 by someone else's action, StepInProgress when another delivery holds the step's
+    claim, and the request's error otherwise.
     """
     if record is None:
         record = engine.ledger.get(step_key)
@@ -161,7 +164,9 @@ def start_action(
             found = find_own(engine.client, server_id, action, bound, step_key)
             if found is not None:
                 return _record(engine, step_key, server_id, found, attached=True, secret=action.secret)
-        else:
+        if stop is not None:
+            raise stop
+        if bound is None:
             fresh = None
             if engine.high_water is not None and staged:
                 fresh = engine.high_water.fresh_from(staged[0], engine.clock())

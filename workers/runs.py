@@ -62,9 +62,8 @@ class RunHooks:
                 return int(step["index"])
         return None
 
-    def step_started(self, run_id: str, task_id: str, *, acted: bool = False) -> bool:
-        """Record that a step began; raise RunCancelled if the run was cancelled before it, unless the step
-        ``acted`` already (an earlier delivery may have posted its action, which is then waited out).
+    def step_started(self, run_id: str, task_id: str) -> bool:
+        """Record that a step began; raise RunCancelled if the run was cancelled before it.
 
         Return False, recording nothing, when the run has no such step: a message that names a run (in its
         options, or in a "previous step's result" written by hand) is not let into that run's hold on the
@@ -81,7 +80,7 @@ class RunHooks:
         index = self._index(run, task_id)
         if index is None:
             return False
-        if cancelled and not acted:
+        if cancelled:
             raise RunCancelled(run_id, run["steps"][index]["name"])
         first = run["state"] == "queued"
         # Started: the record need not keep the chain's arguments any more.

@@ -153,12 +153,18 @@ def _run_action(
     try:
         server_id, previous = resolve_target(eng, target)
         run_id = run_id or (previous or {}).get("run_id")
-        # step_started raises RunCancelled when the run was cancelled, unless an earlier delivery of this step
-        # may have posted its action (the ledger holds its id or a bound): that action is found and waited
-        # out, and the run stops before its next step. A step the run did not plan is an action task of its
-        # own and takes the server's lock like one.
-        acted = record.action_id is not None or record.posting_after is not None
-        if not (run_id and hooks().step_started(run_id, step_key, acted=acted)):
+        # step_started raises RunCancelled when the run was cancelled. An earlier delivery of this step may
+        # have posted its action all the same (the ledger holds its id or a bound): that action is found and
+        # waited out, nothing new is posted, and the run stops before its next step. A step the run did not
+        # plan is an action task of its own and takes the server's lock like one.
+        stop: RunCancelled | None = None
+        try:
+            ours = run_id is not None and hooks().step_started(run_id, step_key)
+        except RunCancelled as exc:
+            if record.action_id is None and record.posting_after is None:
+                raise
+            ours, stop = True, exc
+        if not ours:
             run_id = None
             hold_server(server_id, task.request, eng.deadline_for(action, step_opts.get("deadline")))
         skip = step_opts.get("skip_if_status")
@@ -180,6 +186,7 @@ def _run_action(
             step_key,
             after=_previous_action(previous, server_id),
             record=record,
+            stop=stop,
         )
     except StepInProgress as exc:
         raise task.retry(countdown=_IN_PROGRESS_RETRY, max_retries=_IN_PROGRESS_TRIES, exc=exc) from exc

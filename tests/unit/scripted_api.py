@@ -95,6 +95,8 @@ class ScriptedAPI:
         return self._get(path, list(params))
 
     def _post(self, path: str, fault: str | None) -> requests.Response:
+        if fault == "crash_before":  # the process dies after noting its bound, before the POST leaves
+            raise Crash()
         if fault == "refused":
             raise requests.ConnectionError(NewConnectionError(None, "Connection refused"))  # type: ignore[arg-type]
         if fault == "connect_timeout":

@@ -15,7 +15,14 @@ import pytest
 
 from workers.client import HcloudClient
 from workers.engine import LOST_NOTICE, Engine, start_action
-from workers.errors import APIError, Blocked, RateBudgetExhausted, StepInProgress, TransportError
+from workers.errors import (
+    APIError,
+    Blocked,
+    RateBudgetExhausted,
+    RunCancelled,
+    StepInProgress,
+    TransportError,
+)
 from workers.ledger import Ledger
 from workers.retry_policy import RetryPolicy
 from workers.server_actions import ACTIONS
@@ -164,6 +171,28 @@ def test_a_crash_between_noting_the_bound_and_recording_reattaches(redis_server:
     assert redelivered.attached is True
     assert redelivered.outputs["root_password"]["notice"] == LOST_NOTICE
     assert posts(api) == 1
+
+
+@pytest.mark.parametrize(("crash", "posted"), [("crash", 1), ("crash_before", 0)])
+def test_a_cancelled_steps_redelivery_waits_out_what_it_posted_and_posts_nothing_new(
+    redis_server: RedisServer, crash: str, posted: int
+) -> None:
+    """A worker died mid-step, then its run was cancelled: the redelivered step (``stop``) finds the action
+    the dead try started, or, when that try never sent its POST, stops there without posting (an outside
+    test's cancelled run had hidden the snapshot its step made)."""
+    api = ScriptedAPI(script=deque([crash]))
+    eng = engine(redis_server, api)
+    with pytest.raises(Crash):
+        start_action(eng, ACTIONS["create_image"], SERVER, {}, "step-x")
+    eng.redis.delete(f"{eng.ledger.prefix}:step:step-x:claim")  # the dead process's claim lapses
+    cancelled, tried = RunCancelled("run-x", "create_image"), posts(api)
+    if posted:
+        found = start_action(eng, ACTIONS["create_image"], SERVER, {}, "step-x", stop=cancelled)
+        assert found.attached is True and found.action["id"] == api.processed[0]["id"]
+    else:
+        with pytest.raises(RunCancelled):
+            start_action(eng, ACTIONS["create_image"], SERVER, {}, "step-x", stop=cancelled)
+    assert posts(api) == tried and len(api.processed) == posted, "the redelivery posted nothing"
 
 
 def test_a_recorded_action_is_reattached_without_any_post(redis_server: RedisServer) -> None:
