@@ -24,6 +24,7 @@ __all__ = [
     "Cron",
     "cron_can_fire",
     "cron_matches",
+    "exists",
     "next_firing",
     "parse_cron",
     "parse_duration",
@@ -180,9 +181,15 @@ def next_firing(cron: Cron, tz: ZoneInfo, after: datetime) -> datetime | None:
         for hour in hours:
             for minute in minutes:
                 candidate = datetime(day.year, day.month, day.day, hour, minute, tzinfo=tz)
-                if candidate > local:
+                if candidate > local and exists(candidate):
                     return candidate
     return None
+
+
+def exists(local: datetime) -> bool:
+    """Tell whether a local time happens at all: the hour a DST change skips never does, and a window set
+    to a minute in it does not fire that day."""
+    return local.astimezone(UTC).astimezone(local.tzinfo).replace(tzinfo=None) == local.replace(tzinfo=None)
 
 
 @functools.cache

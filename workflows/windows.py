@@ -17,7 +17,7 @@ import contextlib
 import json
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -153,10 +153,14 @@ LATE_TOLERANCE_MINUTES = 10
 
 
 def _scheduled_minute(cron: Cron, local: datetime) -> datetime | None:
-    """Return the window's minute this firing is for: now, or the latest one of the last few minutes."""
-    minute = local.replace(second=0, microsecond=0)
+    """Return the window's minute this firing is for: now, or the latest one of the last few minutes.
+
+    The minutes are counted back in real time: counted on the wall clock, the first firing after a DST gap
+    took minutes the gap skipped for its own (a 02:55 window fired at 03:00, a 02:30 one did not fire).
+    """
+    minute = local.replace(second=0, microsecond=0).astimezone(UTC)
     for back in range(LATE_TOLERANCE_MINUTES + 1):
-        candidate = minute - timedelta(minutes=back)
+        candidate = (minute - timedelta(minutes=back)).astimezone(local.tzinfo)
         if cron_matches(cron, candidate):
             return candidate
     return None

@@ -205,3 +205,22 @@ def test_cron_syntax_beyond_five_plain_fields_is_refused_not_truncated(expr: str
 @pytest.mark.parametrize("expr", ["*/15 0-23/2 1,15 jan-mar mon-fri", "0 3 * JAN sun,SAT", "5 4 * * 0-6/2"])
 def test_plain_cron_syntax_is_accepted(expr: str) -> None:
     assert parse_cron(expr)["minute"]
+
+
+def test_a_minute_the_dst_change_skips_never_fires_and_is_never_shown_as_next() -> None:
+    """Berlin skips 02:00-03:00 on 28 March 2027. Counted back on the wall clock, the firing at 03:00 took
+    02:55 for its own, while a 02:30 window did not fire: both now skip that day, and say so ahead."""
+    from workflows.cron import exists, next_firing
+    from workflows.windows import _scheduled_minute
+
+    assert not exists(datetime(2027, 3, 28, 2, 30, tzinfo=BERLIN))
+    assert exists(datetime(2027, 3, 28, 3, 0, tzinfo=BERLIN))
+    after_gap = datetime(2027, 3, 28, 1, 0, 30, tzinfo=UTC).astimezone(BERLIN)  # 03:00:30 CEST
+    for cron in ("55 2 * * *", "30 2 * * *"):
+        assert _scheduled_minute(parse_cron(cron), after_gap) is None, cron
+        saturday = datetime(2027, 3, 27, 12, 0, tzinfo=UTC)
+        fires = next_firing(parse_cron(cron), BERLIN, saturday)
+        assert fires is not None and fires.day == 29, f"{cron}: the 28th has no such minute"
+    # The hour that happens twice (31 October 2027) has its minutes, counted back in real time.
+    second_0230 = datetime(2027, 10, 31, 1, 30, 10, tzinfo=UTC).astimezone(BERLIN)
+    assert second_0230.fold == 1 and _scheduled_minute(parse_cron("30 2 * * *"), second_0230) is not None
