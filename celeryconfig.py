@@ -31,15 +31,48 @@ def _between(name: str, default: float, low: float, high: float) -> float:
     return value
 
 
+# Bounds of every number the environment sets (the README's settings table). Out of them a setting did
+# harm rather than nothing: a negative retention made a read-only `list` drop every run from the listings.
+_DAY = 86400.0
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "HCLOUD_FLOW_RETENTION": (60.0, 3650 * _DAY),
+    "HCLOUD_FLOW_RESULT_EXPIRES": (60.0, 365 * _DAY),
+    "HCLOUD_FLOW_VISIBILITY_TIMEOUT": (10.0, 7 * _DAY),
+    "HCLOUD_FLOW_POLL_FIRST": (0.05, 3600.0),
+    "HCLOUD_FLOW_POLL_CAP": (0.1, 3600.0),
+    "HCLOUD_FLOW_SHUTDOWN_GRACE": (0.0, 3600.0),
+    "HCLOUD_FLOW_RATE_REFILL": (0.0, 1e6),
+    "HCLOUD_FLOW_REQUEST_TIMEOUT": (1.0, 600.0),
+    "HCLOUD_FLOW_RETRY_BASE": (0.0, 60.0),
+    "HCLOUD_FLOW_BOUND_FRESH": (0.0, 3600.0),
+    "HCLOUD_FLOW_FLEET_FRESH": (0.0, 3600.0),
+    "HCLOUD_FLOW_BLOCK_RECHECK": (0.5, 3600.0),
+    "HCLOUD_FLOW_BEAT_INTERVAL": (1.0, 3600.0),
+    "HCLOUD_FLOW_MONITOR_GAP": (0.05, 10.0),
+}
+
+
+def _setting(name: str, default: float) -> float:
+    return _between(name, default, *_BOUNDS[name])
+
+
 def _deadlines(raw: str) -> dict[str, float]:
     """Parse HCLOUD_FLOW_DEADLINES, e.g. ``create_image=7200,rebuild=1800``."""
+    from workers.server_actions import ACTIONS
+
     out: dict[str, float] = {}
     for part in filter(None, (p.strip() for p in raw.split(","))):
         name, _, seconds = part.partition("=")
         try:
-            out[name.strip()] = float(seconds)
+            value = float(seconds)
         except ValueError as exc:
             raise SystemExit(f"HCLOUD_FLOW_DEADLINES: {part!r} is not action=seconds") from exc
+        if name.strip() not in ACTIONS:
+            known = ", ".join(sorted(ACTIONS))
+            raise SystemExit(f"HCLOUD_FLOW_DEADLINES: {name.strip()!r} is not an action; known: {known}")
+        if not 1 <= value <= 30 * _DAY:  # NaN fails this too
+            raise SystemExit(f"HCLOUD_FLOW_DEADLINES: {part!r}: give seconds from 1 to {30 * _DAY:g}")
+        out[name.strip()] = value
     return out
 
 
@@ -83,7 +116,7 @@ def redis_urls(url: str, password: str | None) -> tuple[str, str, str | None]:
     return joined(f"{user}:{quote(password, safe='')}@"), bare, password
 
 
-_visibility = _float("HCLOUD_FLOW_VISIBILITY_TIMEOUT", 600.0)
+_visibility = _setting("HCLOUD_FLOW_VISIBILITY_TIMEOUT", 600.0)
 
 # The URL with the password sits only under names that Celery masks wherever it shows its settings
 # (`celery inspect conf`, Flower, banners: "broker_url", "*backend*"); redbeat gets the URL without it and
@@ -104,7 +137,7 @@ result_accept_content = ["json"]
 task_default_queue = "hcloud_flow"
 result_extended = True
 task_track_started = True
-result_expires = int(_float("HCLOUD_FLOW_RESULT_EXPIRES", 86400))
+result_expires = int(_setting("HCLOUD_FLOW_RESULT_EXPIRES", 86400))
 broker_connection_retry_on_startup = True
 
 # At-least-once delivery: a task is acknowledged after it ran, and re-queued when its worker dies.
@@ -139,7 +172,7 @@ timezone = "UTC"
 enable_utc = True
 # redbeat's scheduler, made to outlive a Redis outage and to note each tick (workflows/beat.py).
 beat_scheduler = "workflows.beat:Scheduler"
-beat_max_loop_interval = int(_float("HCLOUD_FLOW_BEAT_INTERVAL", 30))
+beat_max_loop_interval = int(_setting("HCLOUD_FLOW_BEAT_INTERVAL", 30))
 # redbeat_redis_url and redbeat_redis_options: with broker_url above.
 redbeat_key_prefix = "hf:redbeat:"
 # A standby beat takes over this long after the active one died; it must exceed the loop interval.
@@ -147,26 +180,26 @@ redbeat_lock_timeout = beat_max_loop_interval * 5
 
 hcloud_flow = {
     "endpoint": os.environ.get("HCLOUD_ENDPOINT", "https://api.hetzner.cloud/v1"),
-    "retention": _float("HCLOUD_FLOW_RETENTION", 7 * 86400),
-    "poll_first": _float("HCLOUD_FLOW_POLL_FIRST", 1.0),
-    "poll_cap": _float("HCLOUD_FLOW_POLL_CAP", 10.0),
-    "shutdown_grace": _float("HCLOUD_FLOW_SHUTDOWN_GRACE", 60.0),
+    "retention": _setting("HCLOUD_FLOW_RETENTION", 7 * 86400),
+    "poll_first": _setting("HCLOUD_FLOW_POLL_FIRST", 1.0),
+    "poll_cap": _setting("HCLOUD_FLOW_POLL_CAP", 10.0),
+    "shutdown_grace": _setting("HCLOUD_FLOW_SHUTDOWN_GRACE", 60.0),
     "deadlines": _deadlines(os.environ.get("HCLOUD_FLOW_DEADLINES", "")),
-    "rate_refill": _float("HCLOUD_FLOW_RATE_REFILL", 0.0),
-    "request_timeout": _float("HCLOUD_FLOW_REQUEST_TIMEOUT", 30.0),
-    "retry_base": _float("HCLOUD_FLOW_RETRY_BASE", 1.0),
+    "rate_refill": _setting("HCLOUD_FLOW_RATE_REFILL", 0.0),
+    "request_timeout": _setting("HCLOUD_FLOW_REQUEST_TIMEOUT", 30.0),
+    "retry_base": _setting("HCLOUD_FLOW_RETRY_BASE", 1.0),
     # How recent the project's newest seen action id must be to serve as a step's bound before a POST;
     # older (or 0), and the step reads the server's newest action first (workers/action_ids.py).
-    "bound_fresh": _float("HCLOUD_FLOW_BOUND_FRESH", 5.0),
+    "bound_fresh": _setting("HCLOUD_FLOW_BOUND_FRESH", 5.0),
     # How old a server object a fleet job listed may be to validate one of its later, smaller waves; older,
     # and the job lists the servers it has still to start again (workflows/fleet.py).
-    "fleet_fresh": _float("HCLOUD_FLOW_FLEET_FRESH", 10.0),
+    "fleet_fresh": _setting("HCLOUD_FLOW_FLEET_FRESH", 10.0),
     # Seconds between looks at a fleet job's --block-on URLs while one of them holds its new starts back.
-    "block_recheck": _float("HCLOUD_FLOW_BLOCK_RECHECK", 15.0),
+    "block_recheck": _setting("HCLOUD_FLOW_BLOCK_RECHECK", 15.0),
     "monitor": os.environ.get("HCLOUD_FLOW_MONITOR", "1") not in ("0", "false", "no"),
     # Least time between two monitor rounds, cluster-wide: shorter hands off sooner, longer spends fewer
     # requests (rounds run only when a wait is due, and space out by themselves while the budget is scarce).
-    "monitor_gap": _between("HCLOUD_FLOW_MONITOR_GAP", 0.25, 0.05, 10.0),
+    "monitor_gap": _setting("HCLOUD_FLOW_MONITOR_GAP", 0.25),
     # Webhooks told of every run, job and window event, besides a submission's own (workflows/notify.py).
     "notify_urls": [u.strip() for u in os.environ.get("HCLOUD_FLOW_NOTIFY_URLS", "").split(",") if u.strip()],
 }

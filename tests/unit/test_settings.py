@@ -36,3 +36,27 @@ def test_a_monitor_gap_out_of_range_is_refused_by_name(raw: str) -> None:
     done = _load(HCLOUD_FLOW_MONITOR_GAP=raw)
     assert done.returncode != 0
     assert "HCLOUD_FLOW_MONITOR_GAP" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        # An outside test: a negative retention made a read-only `list` drop every run from the listings.
+        ("HCLOUD_FLOW_RETENTION", "-1"),
+        ("HCLOUD_FLOW_VISIBILITY_TIMEOUT", "0"),
+        ("HCLOUD_FLOW_POLL_CAP", "-3"),
+        ("HCLOUD_FLOW_BEAT_INTERVAL", "0"),
+        ("HCLOUD_FLOW_RESULT_EXPIRES", "nan"),
+        ("HCLOUD_FLOW_REQUEST_TIMEOUT", "inf"),
+        ("HCLOUD_FLOW_DEADLINES", "bogus=5"),
+        ("HCLOUD_FLOW_DEADLINES", "shutdown=-1"),
+    ],
+)
+def test_every_numeric_setting_out_of_its_range_is_refused_by_name(name: str, raw: str) -> None:
+    done = _load(**{name: raw})
+    assert done.returncode != 0 and name in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def test_settings_in_range_load() -> None:
+    done = _load(HCLOUD_FLOW_RETENTION="3600", HCLOUD_FLOW_DEADLINES="shutdown=8,create_image=7200")
+    assert done.returncode == 0, done.stderr
