@@ -74,7 +74,8 @@ def _table(rows: list[dict[str, Any]]) -> str:
 def run_demo(*, json_out: bool = False, servers: int = 6) -> int:
     """Run the scenario; return 0 when every run ended as the scenario expects."""
     started = time.monotonic()
-    servers = max(servers, len(SCENARIO))
+    if not len(SCENARIO) <= servers <= 50:  # the CLI's bounds, for a caller of this function
+        raise ValueError(f"the demo needs {len(SCENARIO)} to 50 servers, not {servers}")
     redis_url, redis_server = _start_redis()
 
     import fakecloud

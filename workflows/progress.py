@@ -24,7 +24,8 @@ def _bar(progress: int) -> str:
 
 
 def _elapsed(run: dict[str, Any], now: float) -> float:
-    start = run.get("started") or run.get("created") or now
+    # Since it was submitted: counted from its start once it started, the lines of one run went back in time.
+    start = run.get("created") or run.get("started") or now
     end = run.get("finished") or now
     return max(0.0, end - start)
 

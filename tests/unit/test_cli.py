@@ -89,6 +89,7 @@ def test_the_root_help_documents_the_exit_codes() -> None:
         (["worker", "--concurrency", "0"], "--concurrency"),
         (["flower", "--port", "70000"], "--port"),
         (["demo", "--servers", "0"], "--servers"),
+        (["demo", "--servers", "1"], "6<=x<=50"),  # an outside test: 1 was taken and 6 were used
     ],
 )
 def test_usage_errors_exit_2_and_are_json_under_json(no_api: None, args: list[str], message: str) -> None:

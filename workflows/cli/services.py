@@ -107,7 +107,11 @@ def fakecloud_cmd(args: tuple[str, ...]) -> int:
 
 @click.command("demo")
 @click.option(
-    "--servers", type=click.IntRange(1, 50), default=6, show_default=True, help="servers in the demo fleet"
+    "--servers",
+    type=click.IntRange(6, 50),
+    default=6,
+    show_default=True,
+    help="servers in the simulated fleet; the scenario acts on the first 6, the rest stay idle",
 )
 @json_option
 def demo_cmd(servers: int, as_json: bool) -> int:
