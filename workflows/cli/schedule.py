@@ -249,7 +249,8 @@ def schedule_list(as_json: bool) -> int:
     else:
         if rows:
             click.echo(
-                f"{'NAME':<20} {'CRON':<16} {'TZ':<16} {'WORKFLOW':<12} {'TARGET':<28} {'STATE':<7} NEXT"
+                f"{'NAME':<20} {'CRON':<16} {'TZ':<16} {'WORKFLOW':<12} {'TARGET':<28} {'STATE':<7} "
+                "NEXT (IN TZ)"
             )
         for w in rows:
             state = "paused" if w.get("paused") else "active"
