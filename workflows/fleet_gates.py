@@ -243,6 +243,10 @@ class Gates:
             return
         allowed = deadline - float(approval.get("since", deadline))
         gate = GATES.get(str(approval.get("gate")), ("", "approval"))[1]
+        window = job.get("window") or {}
+        if deadline in (window.get("cutoff_at"), window.get("ends_at")):  # the window's end came first
+            self._end_cancelled(job, f"no approval before the maintenance window's cutoff ({gate})")
+            return
         self._end_cancelled(job, f"no approval within {allowed:.0f} s ({gate})")
 
     def _drain_entry(self, state: str, lbs: list[int]) -> dict[str, Any]:

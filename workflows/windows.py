@@ -166,6 +166,12 @@ def _scheduled_minute(cron: Cron, local: datetime) -> datetime | None:
     return None
 
 
+def _approval_expired(job: dict[str, Any], now: float) -> bool:
+    """Tell whether a job waits at an approval gate whose deadline has passed (its next advance ends it)."""
+    approval = job.get("approval") or {}
+    return job["state"] in ("awaiting_approval", "paused") and now >= float(approval.get("deadline", now + 1))
+
+
 def fire(
     windows: WindowStore, runner_for: Callable[[str | None], Any], name: str, now: float
 ) -> dict[str, Any]:
@@ -191,6 +197,11 @@ def fire(
     entry: dict[str, Any] = {"fired_at": now, "local": local.isoformat(timespec="minutes")}
     previous = window.get("last_job")
     prev_job = runner.store.get(previous) if previous and runner is not None else None
+    if prev_job is not None and _approval_expired(prev_job, now):
+        # Its deadline (at the latest its window's cutoff) has passed and its wake-up has not come yet: at a
+        # cutoff that falls on this minute, it was said to block this firing half a second before it ended.
+        runner.advance(previous)
+        prev_job = runner.store.get(previous)
     if runner is None:
         entry.update(outcome="failed to start", reason=refused)
     elif window.get("paused"):

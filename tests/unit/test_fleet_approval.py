@@ -218,3 +218,44 @@ def test_a_job_cancelled_with_runs_in_flight_tells_its_end_once_they_have_ended(
     runner.on_run_ended({"id": "run-3", "server_id": 3, "state": "cancelled", "job_id": "j9"})  # redelivered
     assert seen["events"] == [("job.ended", "cancelled")]
     assert store.get("j9")["counts"] == {"succeeded": 1, "cancelled": 2, "pending": 0}  # type: ignore[index]
+
+
+def test_a_firing_at_its_previous_jobs_approval_deadline_ends_that_job_and_starts_anew(
+    redis_server: RedisServer,
+) -> None:
+    """An outside test: a window's cutoff fell on its next firing; the job still awaiting approval there was
+    said to block that firing, and ended half a second later."""
+    import json
+
+    from workflows.windows import WindowStore, fire, validate_window
+
+    runner, store, clock, _ = runner_on(redis_server, "ap10")
+    windows = WindowStore(store.redis, app=None, prefix="ap10")
+    spec = {"name": "w", "cron": "* * * * *", "tz": "UTC", "duration": "3m", "cutoff": "1m"}
+    window = validate_window({**spec, "workflow": "reboot", "servers": [1], "approve_before_start": True})
+    job(
+        store,
+        "old",
+        ["before_start"],
+        canary=0,
+        window={"cutoff_at": clock.now + 60, "ends_at": clock.now + 180},
+    )
+    runner.advance("old")
+    assert store.get("old")["approval"]["deadline"] == clock.now + 60  # type: ignore[index]
+    store.redis.set(windows._key("w"), json.dumps({**window, "last_job": "old"}))
+    started: list[dict[str, Any]] = []
+
+    class Runner:  # the fleet runner of the window's project, its start recorded
+        def __init__(self) -> None:
+            self.store, self.advance = store, runner.advance
+
+        def start(self, **kw: Any) -> dict[str, Any]:
+            started.append(kw)
+            return {"id": "new", "servers": [1]}
+
+    clock.now += 60  # the next firing comes at the old job's cutoff, before the old job's own wake-up
+    fired = fire(windows, lambda project: Runner(), "w", clock.now)
+    assert fired["outcome"] == "started" and started, fired
+    old = store.get("old")
+    assert old is not None and old["state"] == "cancelled"
+    assert old["reason"].startswith("no approval before the maintenance window's cutoff (approval")
