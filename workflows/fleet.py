@@ -535,7 +535,10 @@ class FleetRunner(Gates):
                 self._put_back_now(job, sid, drain, then)
                 return True
             self._put_back(job, sid, drain, then)
-            return False
+            # Back already (healthy at once, or not waited for): its outcome is final now, and the job may
+            # have something to decide; otherwise the job's kicks carry the drain on.
+            brief = self.store.brief(job_id, sid)
+            return brief is not None and (brief["outcomes"].get(sid) or {}).get("outcome") != "running"
         if job.get("health") and run["state"] == "succeeded" and job["state"] not in JOB_FINAL:
             # Not done yet: in flight (still counted against max_concurrency) until its health check says.
             self._start_health_check(job, sid, **{**entry, "outcome": "running"})

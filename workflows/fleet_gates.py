@@ -291,6 +291,15 @@ class Gates:
                 healthy, said = ok if ok is not None else (False, detail)
                 if healthy:
                     return self._back(job, sid, drain)
+                if "server_status" not in drain:
+                    # Looked at once: a server its run left off (or one that was off all along) is never
+                    # healthy, and waiting the full timeout for it held a slot of the job for nothing.
+                    found, _ = safely(self.client.get_server, sid)
+                    drain = {**drain, "server_status": (found or {}).get("status")}
+                    if found is not None and found.get("status") != "running":
+                        return self._back(
+                            job, sid, drain, f"not waited for healthy: the server is {found['status']}"
+                        )
                 drain = {**drain, "last": said}
                 self.store.set_outcome(job["id"], sid, drain=drain)
             if error is not None or now >= drain["deadline"]:
@@ -332,13 +341,20 @@ class Gates:
             job["id"], sid, outcome=outcome, reason=reason, drain={**drain, "state": "back"}
         )
 
-    def _back(self, job: dict[str, Any], sid: int, drain: dict[str, Any]) -> bool:
-        """A server is back in its load balancers and healthy there: its health check, or its outcome."""
+    def _back(
+        self, job: dict[str, Any], sid: int, drain: dict[str, Any], unwaited: str | None = None
+    ) -> bool:
+        """A server is back in its load balancers and healthy there (or, ``unwaited``, not waited for): its
+        health check, or its outcome."""
         then = drain.get("then") or {"outcome": "succeeded"}
-        drain = {**drain, "state": "back", "back_at": self.store.clock(), "last": "healthy on every port"}
-        if then["outcome"] == "succeeded" and job.get("health"):
+        last = unwaited or "healthy on every port"
+        drain = {**drain, "state": "back", "back_at": self.store.clock(), "last": last}
+        if then["outcome"] == "succeeded" and job.get("health") and unwaited is None:
             self._start_health_check(job, sid, drain=drain)
             return True
-        extra = {"reason": then["reason"]} if then.get("reason") else {}
+        reason = "; ".join(
+            r for r in (then.get("reason"), unwaited and f"back in its load balancers, {last}") if r
+        )
+        extra = {"reason": reason} if reason else {}
         self.store.set_outcome(job["id"], sid, outcome=then["outcome"], drain=drain, **extra)
         return True

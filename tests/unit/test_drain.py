@@ -129,3 +129,42 @@ def test_a_slow_remove_target_is_waited_for_before_the_run_starts(redis_server: 
     status[0] = "success"
     runner.advance("j2")
     assert started == [10] and client.calls == [("remove_target", 1, 10)], "sent once, then waited for"
+
+
+@pytest.mark.parametrize(
+    ("status", "healthy", "waits"),
+    [("off", False, False), ("running", False, True), ("running", True, False)],
+)
+def test_a_server_left_off_is_put_back_without_waiting_for_a_health_it_cannot_reach(
+    redis_server: RedisServer, status: str, healthy: bool, waits: bool
+) -> None:
+    """An outside test: a server that was off before the job went back into its load balancer and held a slot
+    of the job for the 5-minute health wait, which it could never pass. One healthy at once ends the job then
+    (that run's end had left the deciding to a kick that nothing sent)."""
+    store = JobStore(redis_server.client(), prefix=f"dr3{status}{healthy}")
+    client = Client()
+    client.get_load_balancer = lambda lb_id: lb(lb_id, "web", [10] if healthy else [])  # type: ignore[attr-defined]
+    client.get_server = lambda sid: {"id": sid, "status": status}  # type: ignore[attr-defined]
+    client.targets[1] = {11}
+    runner = FleetRunner(
+        store, client, lambda **kw: {"run_id": f"run-{kw['server']}"}, lambda run_id, by: None,  # type: ignore[arg-type]
+        kick=lambda job_id, delay: None, fresh_for=0,
+    )  # fmt: skip
+    store.create(
+        {
+            "id": "j3", "workflow": "snapshot", "selector": None, "params": {}, "created": 0.0,
+            "servers": [{"id": 10, "name": "a", "lbs": [1]}], "max_concurrency": 1, "max_errors": 0,
+            "canary": 0, "limits": {}, "window": None, "drain": True,
+        }
+    )  # fmt: skip
+    runner.advance("j3")
+    runner.on_run_ended({"id": "run-10", "job_id": "j3", "server_id": 10, "state": "succeeded"})
+    entry = store.get("j3")["outcomes"][10]  # type: ignore[index]
+    assert 10 in client.targets[1], "back in its load balancer"
+    if waits:
+        assert entry["outcome"] == "running" and entry["drain"]["state"] == "restoring", entry
+    else:
+        assert entry["outcome"] == "succeeded", entry
+        if not healthy:
+            assert entry["reason"] == "back in its load balancers, not waited for healthy: the server is off"
+        assert store.state("j3") == "succeeded"
