@@ -211,6 +211,23 @@ def test_a_session_ends_when_its_key_is_removed_even_if_the_name_comes_back(
     assert apikey(keys_file, "remove", "rotating").returncode == 0
 
 
+def test_a_page_for_a_missing_or_malformed_id_is_a_page_that_says_so(op: Client) -> None:
+    """An outside reader got JSON at a dashboard address; the fragments a page fetches keep the API's."""
+    for path, status, says in (
+        ("/ui/runs/R:cancel", 400, "not an id"),
+        ("/ui/runs/0000", 404, "no run"),
+        ("/ui/jobs/nosuch", 404, "no fleet job"),
+        ("/ui/windows/nosuch", 404, "no window"),
+    ):
+        answer = op.http.get(op.base + path, timeout=10)
+        assert answer.status_code == status and answer.headers["content-type"].startswith("text/html"), path
+        assert says in answer.text and "back to the overview" in answer.text, answer.text
+    fragment = op.http.get(op.base + "/ui/fragment/runs/0000", timeout=10)
+    assert fragment.status_code == 404 and fragment.json()["error"]["type"] == "NotFound"
+    hostile = op.http.get(op.base + "/ui/runs/%3Cscript%3E", timeout=10)
+    assert "<script>" not in hostile.text
+
+
 def test_jobs_and_windows_over_http(op: Client, view: Client, names: list[str]) -> None:
     spec = {"workflow": "reboot", "servers": names[3:6], "max_concurrency": "2", "max_errors": "0"}
     plan = op.post("/api/v1/jobs?dry_run=true", spec)
@@ -369,7 +386,6 @@ def window(**fields: Any) -> dict[str, Any]:
         ("POST", "/api/v1/windows", window(paused="yes"), 400, "paused must be true or false"),
         ("GET", "/api/v1/runs?since=nan", None, 400, "finite"),
         ("GET", "/api/v1/windows/every:history", None, 404, "no window"),
-        ("GET", "/ui/runs/R:cancel", None, 400, "not an id"),
         ("GET", "/api/v1/runs/", None, 404, "no such path"),
     ],
 )

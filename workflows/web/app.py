@@ -136,11 +136,27 @@ def create_app(services: Services) -> Any:
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     app.state.services = services
 
+    def is_page(request: Request) -> bool:
+        """A person's page (not the API's JSON, nor the fragments a page fetches)."""
+        path = request.url.path
+        return path == "/" or (path.startswith("/ui/") and not path.startswith("/ui/fragment/"))
+
+    def page_refusal(status: int, message: str) -> Any:
+        """A refusal a person reads: a short page with the message and the way back, not JSON."""
+        from html import escape
+
+        from fastapi.responses import HTMLResponse
+
+        text = (
+            f"<!doctype html><html><head><meta charset='utf-8'><title>hcloud-flow: {status}</title></head>"
+            f"<body><h1>{status}</h1><p>{escape(message)}</p><p><a href='/'>back to the overview</a></p>"
+            "</body></html>"
+        )
+        return HTMLResponse(text, status_code=status)
+
     @app.exception_handler(AuthError)
     async def auth_error(request: Request, exc: AuthError) -> JSONResponse:
-        page = request.url.path == "/" or (
-            request.url.path.startswith("/ui/") and not request.url.path.startswith("/ui/fragment/")
-        )
+        page = is_page(request)
         if exc.status == 401 and page:  # a person at a page: the login form (scripts and fragments: 401)
             from fastapi.responses import RedirectResponse
 
@@ -157,6 +173,8 @@ def create_app(services: Services) -> Any:
 
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> JSONResponse:
+        if is_page(request):
+            return page_refusal(404, exc.message)
         return error(404, "NotFound", exc.message, exc.field)
 
     @app.exception_handler(BadInput)
@@ -164,6 +182,8 @@ def create_app(services: Services) -> Any:
         from .idempotency import InProgress, KeyReused
 
         status = 409 if isinstance(exc, InProgress) else 422 if isinstance(exc, KeyReused) else 400
+        if is_page(request):
+            return page_refusal(status, exc.message)
         return error(status, type(exc).__name__, exc.message, exc.field)
 
     @app.exception_handler(ServerBusy)
