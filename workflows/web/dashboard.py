@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from workers.run_store import ACTIVE
+from workers.run_store import has_ended
 
 from .api_routes import ident, redact
 from .auth import SESSION_COOKIE, SESSION_TTL, Viewer
@@ -112,7 +112,7 @@ def _overview(services: Services) -> dict[str, Any]:
     from .api_routes import _window_view
 
     runs = services.runs.list(limit=40)
-    active = [r for r in runs if r["state"] in ACTIVE]
+    active = [r for r in runs if not has_ended(r)]  # a failed run still powering its server on is active
     windows = [
         _window_view(services, w) for w in (services.windows.get(n) for n in services.windows.names()) if w
     ]
@@ -121,7 +121,7 @@ def _overview(services: Services) -> dict[str, Any]:
         w["last"] = last[0] if last else None
     return {
         "active": active,
-        "recent": [r for r in runs if r["state"] not in ACTIVE][:20],
+        "recent": [r for r in runs if has_ended(r)][:20],
         "jobs": services.jobs.list(10),
         "windows": windows,
         "budgets": budgets(services.redis, services.clock(), services.refill),
