@@ -11,6 +11,8 @@ from typing import Any
 import pytest
 import requests
 
+from workers.run_store import RunStore
+
 from ..conftest import start_cloud
 from ..support.cloud import Api, Control
 from ..support.processes import RedisServer, WebServer, Worker, run_cli, wait_until, worker_env
@@ -182,6 +184,56 @@ def test_a_busy_server_is_409_and_frees_the_idempotency_key(
     )
 
 
+def test_the_overview_lists_a_queued_run_among_the_active_ones(
+    op: Client, view: Client, names: list[str], cloud: Any, redis_server: RedisServer
+) -> None:
+    """Two outside tests: a queued run's steps have no progress yet, and the overview answered 500 for as
+    long as one was queued (a page already open froze on its last refresh); and more than 40 newer runs
+    hid a run still going."""
+    Control(cloud.control_url).send("PUT", "/config", {"durations": {"create_image": 100.0}})  # 5 s
+    try:
+        holder = op.post("/api/v1/runs", {"workflow": "snapshot", "server": names[12]}).json()["run_id"]
+        queued = op.post("/api/v1/runs", {"workflow": "reboot", "server": names[12], "queue": True})
+        assert queued.status_code == 202 and queued.json()["state"] == "queued", queued.text
+        store = RunStore(redis_server.client())
+        for n in range(45):  # newer runs that ended, as a busy installation has
+            ended = f"ended{n:04d}{holder[:8]}"
+            store.create({"id": ended, "workflow": "power-on", "server_id": 1, "steps": []}, "queued")
+            store.set_state(ended, "succeeded", finished=store.clock())
+        for path in ("/", "/ui/fragment/overview"):
+            page = view.http.get(view.base + path, timeout=10)
+            assert page.status_code == 200, page.text[:300]
+            assert queued.json()["run_id"] in page.text and holder in page.text
+    finally:
+        Control(cloud.control_url).send("PUT", "/config", {"durations": {"create_image": 20.0}})
+    wait_run(view, holder)
+    wait_run(view, queued.json()["run_id"])
+
+
+def test_a_failed_runs_page_shows_the_steps_it_never_ran_and_its_restore(
+    op: Client, view: Client, names: list[str], cloud: Any
+) -> None:
+    """An outside test: the page showed the power-on the run never reached as "pending", and not the
+    power-on its restore did."""
+    control = Control(cloud.control_url)
+    sid = Api(cloud.base_url).get("/servers", name=names[12])["servers"][0]["id"]
+    control.send("PATCH", f"/servers/{sid}", {"fail_next": {"command": "create_image"}})
+    run_id = op.post("/api/v1/runs", {"workflow": "snapshot", "server": names[12]}).json()["run_id"]
+    run = wait_until(
+        lambda: (
+            (r := view.get(f"/api/v1/runs/{run_id}").json()).get("restore")
+            and r["restore"]["state"] == "done"
+            and r
+        ),
+        60,
+        "the restore",
+    )
+    page = view.http.get(f"{view.base}/ui/runs/{run_id}", timeout=10).text
+    assert run["steps"][2]["status"] == "pending" and "not run" in page
+    assert "restore power on" in page and str(run["restore"]["action_id"]) in page
+    assert run["restore"]["action_id"] == control.posts(sid, "poweron")[-1]["action_id"]
+
+
 def test_chunked_bodies_over_the_limit_are_413(web: WebServer, op: Client) -> None:
     def chunks() -> Any:
         for _ in range(40):
@@ -226,6 +278,37 @@ def test_a_page_for_a_missing_or_malformed_id_is_a_page_that_says_so(op: Client)
     assert fragment.status_code == 404 and fragment.json()["error"]["type"] == "NotFound"
     hostile = op.http.get(op.base + "/ui/runs/%3Cscript%3E", timeout=10)
     assert "<script>" not in hostile.text
+
+
+def test_the_session_cookie_is_secure_behind_the_named_tls_proxy_only(
+    redis_server: RedisServer, keys_file: Path, keys: dict[str, str], logdir: Path, web: WebServer
+) -> None:
+    """An outside test: behind the TLS proxy the README asks for, the service saw http and never marked the
+    cookie Secure. Forwarded headers count only from a proxy named with --proxy."""
+    proxied = WebServer(redis_server.url, keys_file, logdir, "--proxy", "127.0.0.1")
+    try:
+        for server, forwarded, secure in (
+            (proxied, "https", True),
+            (proxied, None, False),
+            (web, "https", False),
+        ):
+            headers = {"X-Forwarded-Proto": forwarded} if forwarded else {}
+            login = requests.post(
+                server.url + "/login", data={"key": keys["viewer"]}, headers=headers,
+                allow_redirects=False, timeout=10,
+            )  # fmt: skip
+            assert login.status_code == 303, login.text
+            assert ("secure" in login.headers["set-cookie"].lower()) is secure, (server.url, forwarded)
+    finally:
+        proxied.stop()
+    refused = run_cli(
+        "web",
+        "--proxy",
+        "not-an-ip",
+        redis_url=redis_server.url,
+        env={"HCLOUD_FLOW_API_KEYS_FILE": str(keys_file)},
+    )
+    assert refused.returncode == 2 and "not an IP address" in refused.stderr
 
 
 def test_jobs_and_windows_over_http(op: Client, view: Client, names: list[str]) -> None:

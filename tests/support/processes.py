@@ -302,7 +302,7 @@ def client_app(redis_url: str) -> Any:
 class WebServer:
     """``hcloud-flow web`` as a real process on a free port (uvicorn), with its own key file."""
 
-    def __init__(self, redis_url: str, keys_file: Path, logdir: Path, **env: str) -> None:
+    def __init__(self, redis_url: str, keys_file: Path, logdir: Path, *args: str, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full = {k: v for k, v in os.environ.items() if not k.startswith("HCLOUD")}
@@ -316,7 +316,7 @@ class WebServer:
         self.log = logdir / f"web-{self.port}.log"
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "workflows.cli", "web", "--port", str(self.port)],
+                [sys.executable, "-m", "workflows.cli", "web", "--port", str(self.port), *args],
                 env=full, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
 

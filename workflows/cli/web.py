@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import TYPE_CHECKING
 
@@ -38,7 +39,15 @@ def _key_file() -> KeyFile:
     show_default=True,
     type=click.Choice(["critical", "error", "warning", "info", "debug"], case_sensitive=False),
 )
-def web_cmd(host: str, port: int, log_level: str) -> int:
+@click.option(
+    "--proxy",
+    "proxies",
+    metavar="IP",
+    multiple=True,
+    help="the TLS proxy in front (repeatable): its X-Forwarded-Proto/-For are believed, so the session "
+    "cookie is marked Secure behind it",
+)
+def web_cmd(host: str, port: int, log_level: str, proxies: tuple[str, ...]) -> int:
     """Serve the HTTP API (/api/v1, /openapi.json), the dashboard (/) and /metrics. Needs Redis and
     HCLOUD_FLOW_API_KEYS_FILE, never the API token."""
     import uvicorn
@@ -53,10 +62,22 @@ def web_cmd(host: str, port: int, log_level: str) -> int:
             "`hcloud-flow apikey add NAME --role viewer|operator`",
             err=True,
         )
+    for ip in proxies:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise click.BadParameter(f"{ip!r} is not an IP address", param_hint="--proxy") from None
     app = create_app(from_environment(str(keys.path)))
-    # proxy_headers off: behind a proxy, terminate TLS there and keep this on loopback.
+    # Forwarded headers are believed only from the proxies named: behind one, terminate TLS there (the
+    # request's scheme is then https, and the session cookie Secure) and keep this on loopback.
     uvicorn.run(
-        app, host=host, port=port, log_level=log_level.lower(), proxy_headers=False, server_header=False
+        app,
+        host=host,
+        port=port,
+        log_level=log_level.lower(),
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=list(proxies) or None,
+        server_header=False,
     )
     return EXIT_OK
 

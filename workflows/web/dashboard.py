@@ -108,11 +108,17 @@ def logout(request: Request) -> Response:
 # -- pages --------------------------------------------------------------------------------------------------
 
 
+# The most active runs the overview lists (the API pages through all of them).
+ACTIVE_SHOWN = 200
+
+
 def _overview(services: Services) -> dict[str, Any]:
     from .api_routes import _window_view
 
     runs = services.runs.list(limit=40)
-    active = [r for r in runs if not has_ended(r)]  # a failed run still powering its server on is active
+    # Read on their own: more than 40 newer runs hid a run still going (a failed run still powering its
+    # server on is active too).
+    active = [r for r in services.runs.list(active=True, limit=ACTIVE_SHOWN) if not has_ended(r)]
     windows = [
         _window_view(services, w) for w in (services.windows.get(n) for n in services.windows.names()) if w
     ]
