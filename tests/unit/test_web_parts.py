@@ -47,6 +47,17 @@ def test_keys_are_stored_as_hashes_with_their_role(tmp_path: Path) -> None:
         keys.remove("grafana")
 
 
+def test_a_key_whose_role_was_written_by_hand_as_unknown_opens_nothing(tmp_path: Path) -> None:
+    """Read by an outside tester: such a key was taken as a viewer's by bearer, and refused in a session."""
+    path = tmp_path / "keys.json"
+    keys = KeyFile(path)
+    key = keys.add("hand-edited", "viewer")
+    data = json.loads(path.read_text())
+    data["keys"][0]["role"] = "admin"
+    path.write_text(json.dumps(data))
+    assert KeyFile(path).check(key) is None
+
+
 def test_another_process_removing_a_key_takes_effect_at_once(tmp_path: Path) -> None:
     path = tmp_path / "keys.json"
     web, cli = KeyFile(path), KeyFile(path)

@@ -128,5 +128,6 @@ class KeyFile:
         for entry in self._load():
             if hmac.compare_digest(digest, str(entry.get("sha256", ""))) and key:
                 role = entry.get("role")
-                found = ApiKey(str(entry.get("name")), role if role in ROLES else "viewer")
+                # A role written by hand that we do not know opens nothing (a session refuses it too).
+                found = ApiKey(str(entry.get("name")), role) if role in ROLES else None
         return found
