@@ -311,6 +311,33 @@ def test_the_session_cookie_is_secure_behind_the_named_tls_proxy_only(
     assert refused.returncode == 2 and "not an IP address" in refused.stderr
 
 
+def test_login_and_logout_forms_from_another_site_are_refused(web: WebServer, keys: dict[str, str]) -> None:
+    """Found by an outside tester: another site's page could sign a browser in with its own key, or out."""
+    browser = requests.Session()
+    ours = {"Origin": web.url}
+    foreign = {"Origin": "https://evil.example"}
+    refused = browser.post(
+        web.url + "/login", data={"key": keys["viewer"]}, headers=foreign, allow_redirects=False, timeout=10
+    )
+    assert refused.status_code == 403 and "set-cookie" not in refused.headers
+    login = browser.post(
+        web.url + "/login", data={"key": keys["viewer"]}, headers=ours, allow_redirects=False, timeout=10
+    )
+    assert login.status_code == 303
+    browser.post(web.url + "/logout", headers=foreign, allow_redirects=False, timeout=10)
+    browser.post(
+        web.url + "/logout", headers={"Sec-Fetch-Site": "cross-site"}, allow_redirects=False, timeout=10
+    )
+    assert browser.get(web.url + "/api/v1/runs", timeout=10).status_code == 200, "still signed in"
+    odd = requests.post(
+        web.url + "/login",
+        data=b"key=\xff\xfe",
+        headers={"content-type": "application/x-www-form-urlencoded"},
+        timeout=10,
+    )
+    assert odd.status_code == 401 and "not valid" in odd.text, "the login page, not the API's JSON"
+
+
 def test_jobs_and_windows_over_http(op: Client, view: Client, names: list[str]) -> None:
     spec = {"workflow": "reboot", "servers": names[3:6], "max_concurrency": "2", "max_errors": "0"}
     plan = op.post("/api/v1/jobs?dry_run=true", spec)

@@ -97,7 +97,8 @@ def _body_limit(app: Any) -> Any:
                 await too_large(scope, receive, send)
                 return
             more = message.get("more_body", False)
-        refusal = _json_refusal(body) if body else None
+        # The login form is the one body that is not JSON: it says itself what is wrong with it.
+        refusal = _json_refusal(body) if body and scope.get("path") != "/login" else None
         if refusal is not None:
             await refusal(scope, receive, send)
             return

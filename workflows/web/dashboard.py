@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
@@ -76,8 +76,23 @@ def login_form(request: Request) -> HTMLResponse:
     return _render("login.html", error=None)
 
 
+def _cross_site(request: Request) -> bool:
+    """Tell whether a form came from another site's page (its Origin is not ours): such a login would sign
+    a person in with someone else's key, and such a logout would sign them out."""
+    site = request.headers.get("sec-fetch-site")  # what a browser says of it, when it says
+    if site is not None:
+        return site == "cross-site"
+    # Our pages send no referrer, so a browser may send "Origin: null" for our own form.
+    origin = request.headers.get("origin")
+    return origin not in (None, "null") and urlsplit(origin).netloc != request.headers.get("host")
+
+
 @router.post("/login")
 async def login(request: Request) -> Response:
+    if _cross_site(request):
+        page = _render("login.html", error="A login from another site's page is refused.")
+        page.status_code = 403
+        return page
     raw = await request.body()
     form = parse_qs(raw.decode("utf-8", "replace")[:4096])
     given = (form.get("key") or [""])[0].strip()
@@ -97,6 +112,8 @@ async def login(request: Request) -> Response:
 
 @router.post("/logout")
 def logout(request: Request) -> Response:
+    if _cross_site(request):
+        return RedirectResponse("/", status_code=303)  # nothing ended
     sid = request.cookies.get(SESSION_COOKIE)
     if sid:
         _services(request).sessions.close(sid)
