@@ -77,6 +77,7 @@ class WindowStore:
 
         The record keeps what firing wrote (its last job) and says who changed it last, and when.
         """
+        self._check_served(window.get("project"))
         old = self.get(window["name"])
         record = {**window, "changed_by": by, "changed_at": self.clock()}
         if record.get("project") is None:
@@ -91,6 +92,18 @@ class WindowStore:
         self.redis.sadd(f"{self.prefix}:windows", window["name"])
         self._entry(window).save()
         return record
+
+    def _check_served(self, project: str | None) -> None:
+        """Refuse a project the workers do not serve, as they noted in Redis (with --no-check too: a window
+        that names one fails at every firing). Before any worker has noted its projects, none is refused."""
+        from workers.runtime import noted_projects
+
+        noted = noted_projects(self.redis)
+        if project is not None and noted and project not in noted:
+            served = ", ".join(sorted(noted))
+            raise BadInput(
+                f"no project {project!r} is served by the workers (they serve: {served})", "project"
+            )
 
     def default_project(self) -> str:
         """Return the project the workers noted as their default (``hf:projects``), else "default"."""

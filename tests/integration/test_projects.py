@@ -228,6 +228,11 @@ def test_a_window_is_tied_to_a_project_when_added_and_an_edit_keeps_it(
     assert json.loads(edited.stdout)["project"] == "staging"  # an edit never takes the shell's project
     moved = cli(redis_server, "schedule", "edit", "w-shell", "--project", "prod", "--no-check", "--json")
     assert json.loads(moved.stdout)["project"] == "prod"
+    # An outside test: --no-check let a window name a project no worker serves; it failed at every firing.
+    for args in (("add", "w-nope", *common, "--project", "nope"), ("edit", "w-shell", "--project", "nope")):
+        refused = cli(redis_server, "schedule", *args, "--no-check")
+        assert refused.returncode == 2 and "no project 'nope' is served" in refused.stderr, refused.stderr
+    assert json.loads(cli(redis_server, "schedule", "show", "w-shell", "--json").stdout)["project"] == "prod"
 
 
 def test_list_and_job_list_tell_projects_apart(worker: Worker, redis_server: RedisServer) -> None:
