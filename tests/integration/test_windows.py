@@ -234,6 +234,15 @@ def test_a_window_is_edited_in_place_and_listed_with_its_next_firing(
         assert not text.startswith("{") and "cron:" in text and "30 4 * * *" in text, text
         missing = cli(env, "schedule", "edit", "nosuch", "--cron", "0 3 * * *")
         assert missing.returncode == 2 and "no window named 'nosuch'" in missing.stderr
+
+        # An outside test: the README names a window's own --notify, and add and edit had none.
+        hook = "https://hooks.example/windows"
+        assert cli(env, "schedule", "edit", "edited", "--notify", hook).returncode == 0
+        assert json.loads(cli(env, "schedule", "show", "edited", "--json").stdout)["notify"] == [hook]
+        assert cli(env, "schedule", "edit", "edited", "--notify", "").returncode == 0
+        assert json.loads(cli(env, "schedule", "show", "edited", "--json").stdout)["notify"] == []
+        leaky = cli(env, "schedule", "edit", "edited", "--notify", "https://hooks.example/w?token=abc")
+        assert leaky.returncode == 2 and "credential" in leaky.stderr
     finally:
         cli(env, "schedule", "remove", "edited")
 

@@ -123,6 +123,12 @@ def _window_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 "removes them)",
             ),
             click.option(
+                "--notify",
+                multiple=True,
+                metavar="URL",
+                help="webhook told of each firing and its job (repeatable; edit: replaces, '' removes them)",
+            ),
+            click.option(
                 "--approval-timeout",
                 metavar="DURATION",
                 help="cancel if no approval comes within this long (add: 1h; never past the window)",
@@ -177,7 +183,7 @@ def _given(name: str, workflow: str | None, options: dict[str, Any]) -> dict[str
     if params:
         given["params"] = params
     if options.get("notify"):
-        given["notify"] = list(options["notify"])
+        given["notify"] = [u for u in options["notify"] if u != ""]  # --notify '' removes them
     if options.get("block_on"):
         given["block_on"] = [u for u in options["block_on"] if u != ""]  # --block-on '' removes them
     if given.get("health_check") == "":
