@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from workers.errors import BadInput
@@ -208,8 +209,17 @@ class Gates:
             self.store.note_told(job["id"], "window.overran", None)
             running = sum(1 for e in job["outcomes"].values() if e["outcome"] == "running")
             if self.on_event is not None:
+                started = window.get("started_at")
+                # An ISO time with its offset, as window.fired and window.skipped say it (here in UTC: the job
+                # keeps its window's times, not its zone).
+                local = (
+                    datetime.fromtimestamp(float(started), UTC).isoformat(timespec="minutes")
+                    if started
+                    else None
+                )
                 subject = {
-                    "name": window.get("name"), "local": window.get("started_at"), "outcome": "overran",
+                    "name": window.get("name"), "local": local, "outcome": "overran",
+                    "project": job.get("project"),
                     "reason": f"job {job['id']} still had {running} server(s) in flight at the window's end",
                     "job_id": job["id"], "notify": job.get("notify") or [],
                 }  # fmt: skip

@@ -126,9 +126,10 @@ def signature(secret: str, body: bytes) -> str:
 
 # What an event may say of its subject: an allow-list, so a field added to a record later (a sealed password,
 # say) never leaks into a webhook by default.
-_RUN_FIELDS = ("id", "workflow", "server_id", "server_name", "state", "job_id", "submitted_by", "created",
-               "finished", "cancelled_by")  # fmt: skip
-_JOB_FIELDS = ("id", "workflow", "state", "reason", "submitted_by", "created", "finished", "max_errors")
+_RUN_FIELDS = ("id", "workflow", "project", "server_id", "server_name", "state", "job_id", "submitted_by",
+               "created", "finished", "cancelled_by")  # fmt: skip
+_JOB_FIELDS = ("id", "workflow", "project", "state", "reason", "submitted_by", "created", "finished",
+               "max_errors")  # fmt: skip
 
 
 def event_body(event: str, subject: dict[str, Any], now: float | None = None) -> dict[str, Any]:
@@ -152,7 +153,9 @@ def event_body(event: str, subject: dict[str, Any], now: float | None = None) ->
             if e.get("outcome") in ("failed", "refused", "skipped", "not_started", "cancelled")
         ]
     else:
-        body["window"] = {k: subject.get(k) for k in ("name", "local", "outcome", "reason", "job_id")}
+        body["window"] = {
+            k: subject.get(k) for k in ("name", "project", "local", "outcome", "reason", "job_id")
+        }
     return body
 
 

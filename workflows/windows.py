@@ -250,5 +250,8 @@ def fire(
     tell = getattr(runner, "on_event", None)
     if tell is not None:
         event = "window.fired" if entry["outcome"] == "started" else "window.skipped"
-        tell(event, {"name": name, **entry, "notify": window.get("notify") or []})
+        tell(
+            event,
+            {"name": name, "project": window.get("project"), **entry, "notify": window.get("notify") or []},
+        )
     return {"window": name, "fired": True, **entry}

@@ -218,10 +218,15 @@ def test_the_threshold_and_a_windows_end_are_told_once(redis_server: RedisServer
     now = [1000.0]
     store = JobStore(redis_server.client(), prefix="fr9", clock=lambda: now[0])
     events: list[tuple[str, Any]] = []
+    subjects: list[dict[str, Any]] = []
+
+    def told(event: str, subject: dict[str, Any]) -> None:
+        events.append((event, subject.get("reason") or subject.get("state")))
+        subjects.append(subject)
+
     runner = FleetRunner(
         store, None, lambda **kw: {"run_id": f"run-{kw['server']}"}, lambda run_id, by: None,  # type: ignore[arg-type]
-        kick=lambda j, c: None, fresh_for=0,
-        on_event=lambda event, subject: events.append((event, subject.get("reason") or subject.get("state"))),
+        kick=lambda j, c: None, fresh_for=0, on_event=told,
     )  # fmt: skip
     job(store, "j9", [1, 2, 3, 4], window=2)
     store.redis.hset(
@@ -242,6 +247,8 @@ def test_the_threshold_and_a_windows_end_are_told_once(redis_server: RedisServer
     runner.advance("j9")
     overran = [reason for e, reason in events if e == "window.overran"]
     assert overran == ["job j9 still had 1 server(s) in flight at the window's end"]
+    # An outside test: window.fired and .skipped said "local" as an ISO time, and this one as a float.
+    assert [s["local"] for s in subjects if s.get("outcome") == "overran"] == ["1970-01-01T00:15+00:00"]
 
 
 def test_a_run_ending_while_every_server_has_started_reads_no_whole_job(redis_server: RedisServer) -> None:

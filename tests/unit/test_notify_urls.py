@@ -33,3 +33,15 @@ def test_a_url_that_would_keep_a_secret_is_refused_quietly(url: str, message: st
     with pytest.raises(BadInput, match=message) as info:
         check_urls([url])
     assert "SECRETFRAG" not in str(info.value) and "abc" not in str(info.value)
+
+
+def test_every_event_names_its_project() -> None:
+    """An outside test with two projects: a receiver could not tell staging's srv-2 from prod's."""
+    from workflows.notify import event_body
+
+    run = {"id": "r1", "workflow": "reboot", "project": "staging", "server_id": 2, "state": "succeeded"}
+    job = {"id": "j1", "workflow": "reboot", "project": "staging", "state": "succeeded", "servers": []}
+    window = {"name": "w", "project": "staging", "local": "2027-01-03T03:00+01:00", "outcome": "started"}
+    assert event_body("run.ended", run)["run"]["project"] == "staging"
+    assert event_body("job.ended", job)["job"]["project"] == "staging"
+    assert event_body("window.fired", window)["window"]["project"] == "staging"
