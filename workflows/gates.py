@@ -107,7 +107,10 @@ def blocking_reason(status: int | None, body: str) -> str | None:
         return None
     names = sorted({n for n in map(_name, alerts) if n})
     shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
-    return f"{len(alerts)} alert{'s' if len(alerts) != 1 else ''} firing" + (f" ({shown})" if shown else "")
+    # Prometheus lists pending alerts too (state "pending"): they block as well, but are not called firing.
+    pending = any(isinstance(a, dict) and a.get("state") == "pending" for a in alerts)
+    said = "listed, some still pending" if pending else "firing"
+    return f"{len(alerts)} alert{'s' if len(alerts) != 1 else ''} {said}" + (f" ({shown})" if shown else "")
 
 
 def first_block(urls: list[str], probe: Probe = http_probe) -> str | None:

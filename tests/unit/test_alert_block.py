@@ -31,6 +31,11 @@ FIRING = {"labels": {"alertname": "HighLoad"}, "status": {"state": "active"}}
         (200, json.dumps({"status": "success", "data": [FIRING]}), "1 alert firing (HighLoad)"),
         (200, json.dumps({"status": "success", "data": {"alerts": [FIRING]}}), "1 alert firing (HighLoad)"),
         (200, json.dumps({"status": "success", "data": {"alerts": []}}), None),  # Prometheus /api/v1/alerts
+        (  # an outside test: a pending alert was called firing
+            200,
+            json.dumps({"data": {"alerts": [{"labels": {"alertname": "Soon"}, "state": "pending"}]}}),
+            "1 alert listed, some still pending (Soon)",
+        ),
         # What cannot be read as a list of alerts is not an all-clear.
         (200, "<html>log in</html>", "answer is not a list of alerts (HTTP 200, 19 bytes)"),
         (200, json.dumps({"healthy": True}), "answer is not a list of alerts (HTTP 200, 17 bytes)"),
