@@ -57,7 +57,9 @@ _SLACK = "slack+"
 # Query keys that carry a credential: a URL holding one would be stored in plain text in the record that
 # names it (a run, job or window), and shown to every viewer of it.
 _SECRET_KEY = re.compile(
-    r"(token|secret|pass|pwd|api[-_]?key|apikey|\bkey\b|auth|session|signature|\bsig\b|access[-_]?key)", re.I
+    r"(token|secret|pass|pwd|api[-_]?key|apikey|\bkey\b|auth|session|signature|\bsig\b|access[-_]?key|bearer|"
+    r"credential)",
+    re.I,
 )
 
 
@@ -234,7 +236,8 @@ def deliver(task: Any, url: str, body: dict[str, Any], secret: str | None, store
     ok = status is not None and 200 <= status < 300
     parts = urlsplit(dest)
     # The URL itself may be a credential (Slack's are): the log names its host and a hash of the whole.
-    entry = {"attempt": attempt, "to": f"{parts.scheme}://{parts.hostname}", "target": target_of(url),
+    host = f"{parts.hostname}:{parts.port}" if parts.port else parts.hostname
+    entry = {"attempt": attempt, "to": f"{parts.scheme}://{host}", "target": target_of(url),
              "status": status, "error": error, "at": time.time(), "delivered": ok}  # fmt: skip
     key = f"{store.prefix}:notify:{body.get('id')}"
     store.redis.rpush(key, json.dumps(entry))

@@ -23,6 +23,8 @@ from workflows.notify import check_urls
         ("https://hooks.example/x?pass=abc", "credential in a parameter \\(pass\\)"),
         ("https://hooks.example/x;jsessionid=abc", "credential in a parameter \\(jsessionid\\)"),
         ("https://hooks.example/x?to%6Ben=abc", "credential in a parameter \\(token\\)"),
+        ("https://hooks.example/x?bearer=abc", "credential in a parameter \\(bearer\\)"),
+        ("https://hooks.example/x?credentials=abc", "credential in a parameter \\(credentials\\)"),
         ("https://hooks.example/x?monkey=1&keyboard=2", None),
     ],
 )
