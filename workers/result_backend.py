@@ -45,7 +45,11 @@ class RedisBackend(_CeleryRedisBackend):
 
     def _get_result_meta(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         meta: dict[str, Any] = super()._get_result_meta(*args, **kwargs)
-        for field in ("kwargs", "result"):
-            if isinstance(meta.get(field), dict):
+        for field in (
+            "args",
+            "kwargs",
+            "result",
+        ):  # submit(workflow, server, params) takes them by position too
+            if isinstance(meta.get(field), dict | list | tuple):
                 meta[field] = without_user_data(meta[field])
         return meta

@@ -20,3 +20,23 @@ def test_user_data_is_replaced_at_the_top_in_params_and_in_lists() -> None:
     assert kept["params"]["image"] == "debian-12"
     assert fingerprint(text).startswith("sha256:") and fingerprint(text).endswith(f"({len(text)} bytes)")
     assert without_user_data({"user_data": None}) == {"user_data": None}  # none given: nothing to hide
+
+
+def test_the_backend_keeps_no_user_data_in_positional_arguments_either() -> None:
+    """A reviewer: submit(workflow, server, params) sent by position kept the text in the result's args."""
+    from types import SimpleNamespace
+
+    from celery import Celery
+
+    from workers.result_backend import RedisBackend
+
+    app = Celery("t", backend="workers.result_backend:RedisBackend+redis://127.0.0.1:1/0")
+    app.conf.result_extended = True
+    backend = app.backend
+    assert isinstance(backend, RedisBackend)
+    request = SimpleNamespace(
+        task="hcloud_flow.submit", args=["rebuild", 5, {"image": "x", "user_data": "pw: hunter2"}], kwargs={},
+        hostname="w", retries=0, delivery_info={}, stamps=None, group=None, parent_id=None, children=[],
+    )  # fmt: skip
+    meta = backend._get_result_meta({"run_id": "r"}, "SUCCESS", None, request)
+    assert "hunter2" not in repr(meta) and meta["args"][2]["user_data"].startswith("sha256:")
