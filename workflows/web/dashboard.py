@@ -81,7 +81,7 @@ def _cross_site(request: Request) -> bool:
     a person in with someone else's key, and such a logout would sign them out."""
     site = request.headers.get("sec-fetch-site")  # what a browser says of it, when it says
     if site is not None:
-        return site == "cross-site"
+        return site not in ("same-origin", "none")  # "same-site" is another host of the same domain
     # Our pages send no referrer, so a browser may send "Origin: null" for our own form.
     origin = request.headers.get("origin")
     return origin not in (None, "null") and urlsplit(origin).netloc != request.headers.get("host")
