@@ -269,6 +269,12 @@ class FleetRunner(Gates):
             if job is not None and job.get("approval") and job["state"] in ("awaiting_approval", "paused"):
                 self._expire_approval(job)
                 return
+            if job is not None and job["state"] in JOB_FINAL and job["counts"].get("running"):
+                # Cancelled with runs in flight: their ends are the job's last word (job.ended). Settle those
+                # a crash or a lost first message left unreported, and look again while any is left.
+                self._sweep(job)
+                self._tell_ended(job_id)
+                return
             if job is None or job["state"] != "running":
                 return
             if not swept:
@@ -459,6 +465,18 @@ class FleetRunner(Gates):
                 # Its end was never told to the job (the telling process died): as if it just ended.
                 self._record_end(job, {**run, "job_id": job["id"]})
                 changed = True
+            elif run["state"] == "cancelling" and not run.get("started"):
+                # Cancelled before its first step began, whose message was lost (a dead worker): nothing ran
+                # and nothing will, so it ends here; a late message meets the cancel and posts nothing.
+                starting = True
+                if age > ORPHAN_AFTER:
+                    self.run_store.set_state(run["id"], "cancelled", finished=now)
+                    self.run_store.release(run["server_id"], run["id"])
+                    reason = "cancelled before its first step began"
+                    self.store.set_outcome(
+                        job["id"], sid, outcome="cancelled", run_id=run["id"], reason=reason
+                    )
+                    changed = True
             elif run["state"] == "queued" and age > 3 * ORPHAN_AFTER:
                 reason = "its start was lost with the worker that submitted it; submit it again"
                 self.run_store.set_state(
@@ -651,6 +669,9 @@ class FleetRunner(Gates):
             if server["id"] not in job["outcomes"]:
                 self.store.set_outcome(job_id, server["id"], outcome="not_started", reason=reason)
         self._tell_ended(job_id)  # now, or with the last of its runs in flight (on_run_ended)
+        tally = self.store.tally(job_id)
+        if self.kick is not None and tally is not None and tally[1].get("running"):
+            self.kick(job_id, ORPHAN_AFTER + 1.0)  # a run whose start was lost must not hold the end forever
 
     def _awaiting(self, job_id: str, verb: str) -> dict[str, Any]:
         job = self._active(job_id, verb)

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from workers.errors import BadInput
-from workflows.fleet import FleetRunner, JobStore
+from workflows.fleet import ORPHAN_AFTER, FleetRunner, JobStore
 from workflows.fleet_plan import JOB_CONTROLS, decide
 from workflows.specs import FleetSpec, checked
 
@@ -259,3 +259,29 @@ def test_a_firing_at_its_previous_jobs_approval_deadline_ends_that_job_and_start
     old = store.get("old")
     assert old is not None and old["state"] == "cancelled"
     assert old["reason"].startswith("no approval before the maintenance window's cutoff (approval")
+
+
+def test_a_cancelled_job_whose_run_never_started_still_ends_and_tells_it(redis_server: RedisServer) -> None:
+    """A reviewer: a run whose first message was lost, in a job then cancelled, stayed `cancelling` for ever
+    (the sweep looked only at running jobs), and the job never told its end."""
+    from workers.run_store import RunStore
+
+    runner, store, clock, seen = runner_on(redis_server, "ap11")
+    runs = RunStore(redis_server.client(), prefix="ap11r", clock=clock)
+    runner.run_store = runs
+    kicks: list[float] = []
+    runner.kick = lambda job_id, delay: kicks.append(delay)
+    runner.cancel_run = lambda run_id, by: runs.set_state(run_id, "cancelling")  # as cancel_run does
+    for sid in (1, 2, 3):  # its runs' records: submitted, their first messages never taken
+        runs.create({"id": f"run-{sid}", "workflow": "reboot", "server_id": sid, "steps": []}, "queued")
+    job(store, "j11", [], canary=0)
+    runner.advance("j11")
+    runner.control("j11", "cancel", "ops")
+    assert seen["events"] == [] and kicks, "runs in flight: not ended yet, looked at again later"
+
+    clock.now += ORPHAN_AFTER + 1
+    runner.advance("j11")  # the kick
+    done = store.get("j11")
+    assert done is not None and done["counts"] == {"cancelled": 3, "pending": 0}
+    assert seen["events"] == [("job.ended", "cancelled")]
+    assert {runs.state(f"run-{sid}") for sid in (1, 2, 3)} == {"cancelled"}
