@@ -306,7 +306,8 @@ class Gates:
                     # healthy, and waiting the full timeout for it held a slot of the job for nothing.
                     found, _ = safely(self.client.get_server, sid)
                     drain = {**drain, "server_status": (found or {}).get("status")}
-                    if found is not None and found.get("status") != "running":
+                    # Off only: one starting or migrating may yet become healthy (a reviewer).
+                    if found is not None and found.get("status") == "off":
                         return self._back(
                             job, sid, drain, f"not waited for healthy: the server is {found['status']}"
                         )
