@@ -133,7 +133,7 @@ def test_a_slow_remove_target_is_waited_for_before_the_run_starts(redis_server: 
 
 @pytest.mark.parametrize(
     ("status", "healthy", "waits"),
-    [("off", False, False), ("running", False, True), ("running", True, False)],
+    [("off", False, False), ("running", False, True), ("starting", False, True), ("running", True, False)],
 )
 def test_a_server_left_off_is_put_back_without_waiting_for_a_health_it_cannot_reach(
     redis_server: RedisServer, status: str, healthy: bool, waits: bool
