@@ -27,6 +27,7 @@ from .errors import (
     APIError,
     BadInput,
     Blocked,
+    HcloudFlowError,
     RateBudgetExhausted,
     RunCancelled,
     ServerBusy,
@@ -63,6 +64,10 @@ _TRANSIENT_TRIES = 8
 _BUDGET_PAUSE_CAP = 30.0
 # A 423 whose blocking action ended before we looked: send the step again after this pause.
 _UNBLOCKED_PAUSE = 1.0
+
+
+class _NothingStarted(HcloudFlowError):
+    """An earlier delivery of the step, which may have posted, started no action (start_action's ``stop``)."""
 
 
 class _HandedOver(Exception):
@@ -172,22 +177,33 @@ def _run_action(
             # Read again: another delivery of this step may have posted its action since the read above
             # (resolving the target and the run's hooks take a while), and a step that did act is not skipped.
             record = eng.ledger.get(step_key)
-        # A bound means an earlier delivery may have posted: its action, not the server's status now (which
-        # that action may have brought about), says what this step did.
-        if skip and record.action_id is None and record.posting_after is None:
+
+        def start(stop_with: HcloudFlowError | None) -> Any:
+            after = _previous_action(previous, server_id)
+            return start_action(
+                eng, action, server_id, params, step_key, after=after, record=record, stop=stop_with
+            )
+
+        def skipped() -> dict[str, Any] | None:
             status = eng.client.get_server(server_id)["status"]
-            if status == skip:
-                return {**_skipped(action, server_id, step, run_id, previous, status), "project": eng.project}
-        started = start_action(
-            eng,
-            action,
-            server_id,
-            params,
-            step_key,
-            after=_previous_action(previous, server_id),
-            record=record,
-            stop=stop,
-        )
+            if status != skip:
+                return None
+            return {**_skipped(action, server_id, step, run_id, previous, status), "project": eng.project}
+
+        doubt = record.action_id is None and record.posting_after is not None
+        if skip and record.action_id is None and not doubt and (done := skipped()) is not None:
+            return done
+        if skip and doubt and stop is None:
+            # An earlier delivery may have posted: its action, not the server's status now (which that action
+            # may have brought about), says what this step did. Only if it posted none does the status count.
+            try:
+                started = start(_NothingStarted(step_key))
+            except _NothingStarted:
+                if (done := skipped()) is not None:
+                    return done
+                started = start(None)
+        else:
+            started = start(stop)
     except StepInProgress as exc:
         raise task.retry(countdown=_IN_PROGRESS_RETRY, max_retries=_IN_PROGRESS_TRIES, exc=exc) from exc
     except RateBudgetExhausted as exc:

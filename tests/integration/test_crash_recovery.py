@@ -7,6 +7,7 @@ out again within seconds instead of the production default of ten minutes.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -152,3 +153,32 @@ def test_a_restore_power_on_whose_answer_was_lost_is_reported_as_done(
     assert record["restore"]["action_id"] == control.posts(sid, "poweron")[0]["action_id"]
     assert record["left"] == {"status": "running", "why": "powered on again after the failure"}
     assert record["finished"] >= record["steps"][1]["finished"]
+
+
+@pytest.mark.parametrize("started_by_someone", [True, False])
+def test_a_skip_if_status_step_whose_dead_try_posted_nothing_asks_the_server(
+    solo: Worker,
+    celery_client: Celery,
+    control: Control,
+    api: Api,
+    redis_server: RedisServer,
+    started_by_someone: bool,
+) -> None:
+    """A reviewer: a restore power-on whose earlier try died after noting its bound but before its POST went
+    out posted a power-on anyway, though someone had started the server meanwhile. Its ledger is written
+    here as that try left it; the step finds no action of its own, and only then asks the server."""
+    sid = api.server_ids()[4]
+    control.send(
+        "PATCH", f"/servers/{sid}", {"status": "running" if started_by_someone else "off", "acpi": True}
+    )
+    task_id = f"dead-try-{uuid.uuid4().hex[:8]}"
+    redis_server.client().hset(f"hf:step:{task_id}", "posting_after", 0)  # noted, then the process died
+    before = len(control.posts(sid, "poweron"))
+    result = celery_client.send_task(
+        "hcloud_flow.power_on", args=[sid], kwargs={"skip_if_status": "running"}, task_id=task_id
+    ).get(timeout=60)
+    posted = len(control.posts(sid, "poweron")) - before
+    if started_by_someone:
+        assert result.get("skipped") and posted == 0, result
+    else:
+        assert not result.get("skipped") and posted == 1 and api.server(sid)["status"] == "running", result
