@@ -247,6 +247,9 @@ def fire(
             windows.redis.set(windows._key(name), json.dumps(window))
     windows.record(name, entry)
     Counters(windows.redis, windows.prefix).add("window_firings", (name, entry["outcome"]))
+    if runner is None:  # its project is no longer served: the workers' default project tells of it
+        with contextlib.suppress(BadInput):
+            runner = runner_for(None)
     tell = getattr(runner, "on_event", None)
     if tell is not None:
         event = "window.fired" if entry["outcome"] == "started" else "window.skipped"

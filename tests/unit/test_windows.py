@@ -224,3 +224,39 @@ def test_a_minute_the_dst_change_skips_never_fires_and_is_never_shown_as_next() 
     # The hour that happens twice (31 October 2027) has its minutes, counted back in real time.
     second_0230 = datetime(2027, 10, 31, 1, 30, 10, tzinfo=UTC).astimezone(BERLIN)
     assert second_0230.fold == 1 and _scheduled_minute(parse_cron("30 2 * * *"), second_0230) is not None
+
+
+def test_a_window_whose_project_is_no_longer_served_still_tells_that_it_failed_to_start(
+    tmp_path: Any,
+) -> None:
+    """An outside test: it failed to start at every firing, in its history only; no webhook said so."""
+    import json
+
+    from tests.support.processes import RedisServer
+    from workflows.windows import WindowStore, fire
+
+    server = RedisServer(tmp_path / "redis")
+    try:
+        store = WindowStore(server.client(), app=None)
+        window = {**validate_window(spec()), "project": "gone"}
+        store.redis.set(store._key(window["name"]), json.dumps(window))
+        told: list[tuple[str, dict[str, Any]]] = []
+
+        class Default:
+            @staticmethod
+            def on_event(event: str, subject: dict[str, Any]) -> None:
+                told.append((event, subject))
+
+        def runner_for(project: str | None) -> Any:
+            if project == "gone":
+                raise BadInput("no project 'gone' is configured")
+            return Default
+
+        sunday = datetime(2026, 7, 5, 3, 0, tzinfo=BERLIN).timestamp()
+        fired = fire(store, runner_for, window["name"], sunday + 5)
+        assert fired["outcome"] == "failed to start" and "gone" in fired["reason"]
+        assert [(e, s["outcome"], s["project"]) for e, s in told] == [
+            ("window.skipped", "failed to start", "gone")
+        ]
+    finally:
+        server.stop()
