@@ -16,7 +16,7 @@ from workers.errors import APIError, BadInput
 from workers.labels import check_labels
 from workers.server_actions import ACTIONS, MAX_USER_DATA, check_description, check_ssh_key_count
 
-from .definitions import WORKFLOWS, Workflow
+from .definitions import SAFETY_DESCRIPTION, WORKFLOWS, Workflow
 from .param_models import model_for
 from .retention import check_policy
 
@@ -128,6 +128,13 @@ def _check_values(p: dict[str, Any]) -> None:
         raise BadInput("user_data is larger than the API's 32 KiB limit", "user_data")
     if p.get("description") is not None:
         check_description(p["description"])
+        if p["description"].startswith(SAFETY_DESCRIPTION):
+            # Retention tells a rebuild's safety snapshot (an undo point it never deletes) by this prefix: a
+            # snapshot described so would never be counted or pruned (an outside test).
+            raise BadInput(
+                f"description may not begin with {SAFETY_DESCRIPTION!r}: it marks a rebuild's undo point",
+                "description",
+            )
     if p.get("labels") is not None:
         check_labels(p["labels"])
     if p.get("keep_within") is not None:

@@ -180,3 +180,14 @@ def test_a_rebuild_s_safety_snapshot_is_an_undo_point_never_counted_or_deleted()
     safety = {**image(2, 40), "description": "hcloud-flow safety snapshot before rebuild of srv-7"}
     decision = decide([safety, image(3, 20), image(4, 0)], 7, Policy(keep=1), NOW, just_made=4)
     assert ids(decision.delete) == [3]
+
+
+def test_a_snapshot_may_not_take_the_safety_snapshots_description() -> None:
+    """An outside test: a snapshot described as a rebuild's safety snapshot was never counted or pruned."""
+    from workers.errors import BadInput
+    from workflows.definitions import SAFETY_DESCRIPTION
+
+    with pytest.raises(BadInput, match="marks a rebuild's undo point"):
+        check_params(WORKFLOWS["snapshot"], {"description": f"{SAFETY_DESCRIPTION}srv-5"})
+    kept = check_params(WORKFLOWS["snapshot"], {"description": "safety first"})
+    assert kept["description"] == "safety first"
