@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 import redis
 from celery import Celery
@@ -61,7 +62,13 @@ def run_store() -> RunStore:
 
 def hooks() -> RunHooks:
     """Return the run hooks that keep run records in step with their chains."""
-    return RunHooks(run_store(), app)
+    return RunHooks(run_store(), app, status_of=_server_status)
+
+
+def _server_status(run: dict[str, Any]) -> str:
+    """The status of a run's server now, read in the run's project (a queued run's plan is checked
+    against it when the run starts)."""
+    return str(engine(run.get("project")).client.get_server(int(run["server_id"]))["status"])
 
 
 def start_monitor() -> None:

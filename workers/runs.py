@@ -18,7 +18,7 @@ from .counters import Counters
 from .errors import HcloudFlowError, RunCancelled
 from .run_store import FINAL, RunStore
 
-__all__ = ["RUN_LISTENERS", "RUN_STARTED", "RunHooks", "error_info"]
+__all__ = ["PLAN_CHECKS", "RUN_LISTENERS", "RUN_STARTED", "RunHooks", "error_info"]
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 RUN_LISTENERS: list[Callable[[dict[str, Any]], None]] = []
 # Called with each run record as its first step begins (notifications register here).
 RUN_STARTED: list[Callable[[dict[str, Any]], None]] = []
+# Say why a queued run's planned steps no longer fit its server's status now, or None (the workflows' own
+# rule, registered by workflows.tasks: which steps a workflow plans depends on the server's status).
+PLAN_CHECKS: list[Callable[[dict[str, Any], str], str | None]] = []
 
 
 def error_info(exc: BaseException) -> dict[str, Any]:
@@ -41,10 +44,14 @@ def error_info(exc: BaseException) -> dict[str, Any]:
 class RunHooks:
     """Keep run records in step with their chains; start queued runs when a server is freed."""
 
-    def __init__(self, store: RunStore, app: Celery) -> None:
+    def __init__(
+        self, store: RunStore, app: Celery, status_of: Callable[[dict[str, Any]], str] | None = None
+    ) -> None:
         self.store = store
         self.app = app
         self.counters = Counters(store.redis, store.prefix)
+        # Reads a run's server status from the API (a worker's hooks; None where there is no token).
+        self.status_of = status_of
 
     def _count_step(self, pipe: Any, run: dict[str, Any], index: int, outcome: str) -> None:
         """Stage in ``pipe`` the count of a step's end for /metrics: by workflow, action and outcome, and
@@ -250,6 +257,19 @@ class RunHooks:
         """Send a run's chain (its steps' task ids were fixed at submit)."""
         signature(run["chain"], app=self.app).apply_async()
 
+    def _stale_plan(self, run: dict[str, Any]) -> str | None:
+        """Say why a queued run's steps no longer fit its server, or None. They were planned for the server's
+        status when it was queued: queued behind a snapshot that had stopped the server, a rebuild ran once
+        it was running again, with no shutdown and a safety snapshot of a running server (an outside test).
+        When the status cannot be read, the run starts as planned: its steps meet the API's own refusals."""
+        if self.status_of is None or not PLAN_CHECKS:
+            return None
+        try:
+            now = self.status_of(run)
+        except HcloudFlowError:
+            return None
+        return next((why for check in PLAN_CHECKS if (why := check(run, now)) is not None), None)
+
     def start_next(self, server_id: int) -> None:
         """Start the first run queued behind the server, if the server is free."""
         while (run_id := self.store.dequeue(server_id)) is not None:
@@ -262,6 +282,12 @@ class RunHooks:
             holder = self.store.acquire(server_id, run_id, run["lock_ttl"])
             if holder is not None and holder != run_id:
                 self.store.redis.lpush(f"{self.store.prefix}:queue:server:{server_id}", run_id)
+                return
+            stale = self._stale_plan(run)
+            if stale is not None:
+                error = {"type": "BadInput", "message": stale, "step": None}
+                self.store.set_state(run_id, "failed", finished=self.store.clock(), error=error)
+                self._ended({**run, "state": "failed", "error": error})  # frees the server for the next
                 return
             try:
                 self.start(run)

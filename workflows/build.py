@@ -15,7 +15,7 @@ from .retention import PRUNE_DEADLINE, PRUNE_TASK
 # Steps that are tasks of ours rather than server actions: their task name and deadline.
 LOCAL_STEPS: dict[str, tuple[str, float]] = {"prune_snapshots": (PRUNE_TASK, PRUNE_DEADLINE)}
 
-__all__ = ["build_chain", "plan_steps"]
+__all__ = ["build_chain", "plan_fits", "plan_steps"]
 
 # How long a run may hold its server beyond the sum of its steps' deadlines.
 LOCK_MARGIN = 600.0
@@ -56,6 +56,24 @@ def plan_steps(
             }
         )
     return steps
+
+
+def plan_fits(workflow: Workflow, run: dict[str, Any], status: str) -> str | None:
+    """Say why the steps a queued run planned would not be planned for its server's ``status`` now (the
+    steps' conditions read the server's status and the run's parameters), or None when they would."""
+    planned = [s["name"] for s in run["steps"]]
+    facts = {"server": {"status": status}, "params": run.get("params") or {}}
+    try:
+        now = [step.name for step in workflow.steps if step.when(facts)]
+    except (KeyError, TypeError):  # a condition that reads more than these: the plan stands
+        return None
+    if now == planned:
+        return None
+    before = run.get("server_status_before")
+    return (
+        f"the server was {before} when this run was queued and is {status} now: it would now run "
+        f"{' → '.join(now)}, not {' → '.join(planned)} as planned; nothing was done, submit it again"
+    )
 
 
 def build_chain(app: Celery, steps: list[dict[str, Any]], server_id: int) -> Any:

@@ -18,10 +18,12 @@ from workers.deferred import Deferred
 from workers.engine import STEP_LABEL
 from workers.errors import BadInput, RunCancelled, ServerBusy
 from workers.run_store import FINAL
-from workers.runs import RUN_LISTENERS, RUN_STARTED
+from workers.runs import PLAN_CHECKS, RUN_LISTENERS, RUN_STARTED
 from workers.server_actions import check_step_options
 from workers.tasks import ActionTask, history_after, resolve_target, step_engine, took_over
 
+from .build import plan_fits
+from .definitions import WORKFLOWS
 from .fleet import FleetRunner, JobStore, resolve_targets
 from .inventory import project_images, project_servers
 from .notify import ATTEMPTS, Notifier, deliver
@@ -109,8 +111,14 @@ def _on_run_started(run: dict[str, Any]) -> None:
         notifier().emit("run.started", run, run.get("notify"))
 
 
+def _queued_plan_fits(run: dict[str, Any], status: str) -> str | None:
+    wf = WORKFLOWS.get(run.get("workflow") or "")
+    return None if wf is None else plan_fits(wf, run, status)
+
+
 RUN_LISTENERS.append(_on_run_ended)
 RUN_STARTED.append(_on_run_started)
+PLAN_CHECKS.append(_queued_plan_fits)
 
 
 @app.task(name="hcloud_flow.submit", throws=(BadInput, ServerBusy), acks_late=False)

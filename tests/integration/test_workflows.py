@@ -245,6 +245,31 @@ def test_busy_server_is_refused_with_the_holder_or_queued(
     assert posted(control, sid) == ["shutdown", "create_image", "poweron", "poweroff"]
 
 
+def test_a_queued_run_whose_plan_no_longer_fits_its_server_does_nothing_and_says_why(
+    runs: Runs, control: Control, api: Api, pool: Iterator[int]
+) -> None:
+    """An outside test: a rebuild queued while a snapshot had the server off was planned without a shutdown
+    and ran once the snapshot had started the server again: a safety snapshot of a running server, and a
+    rebuild of it."""
+    sid = take(pool, control, "running")
+    control.send("PUT", "/config", {"durations": {"create_image": 60.0}})  # 3 s at speed 20
+    try:
+        first = runs.submit("snapshot", server=sid)
+        wait_until(lambda: api.server(sid)["status"] == "off", 30, "the snapshot to stop the server")
+        queued = runs.submit_full("rebuild", server=sid, image="debian-12", queue=True)
+        assert queued["steps"][0]["name"] != "shutdown", "planned for a server that is off"
+        assert runs.wait(first, timeout=60, poll=0.2)["state"] == "succeeded"
+        late = runs.wait(queued["run_id"], timeout=60, poll=0.2)
+    finally:
+        control.send("PUT", "/config", {"durations": {"create_image": 20.0}})
+    assert (
+        late["state"] == "failed"
+        and "was off when this run was queued and is running now" in (late["error"]["message"])
+    ), late
+    assert posted(control, sid) == ["shutdown", "create_image", "poweron"], "the queued rebuild sent nothing"
+    assert api.server(sid)["status"] == "running"
+
+
 def test_cancel_mid_run_waits_out_the_action_and_stops(
     runs: Runs, control: Control, pool: Iterator[int]
 ) -> None:

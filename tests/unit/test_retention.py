@@ -191,3 +191,16 @@ def test_a_snapshot_may_not_take_the_safety_snapshots_description() -> None:
         check_params(WORKFLOWS["snapshot"], {"description": f"{SAFETY_DESCRIPTION}srv-5"})
     kept = check_params(WORKFLOWS["snapshot"], {"description": "safety first"})
     assert kept["description"] == "safety first"
+
+
+def test_a_queued_plan_fits_only_if_the_server_s_status_would_plan_the_same_steps() -> None:
+    """The steps a workflow plans depend on whether the server runs: a queued run is checked as it starts."""
+    from workflows.build import plan_fits
+
+    off_snapshot = {"steps": [{"name": "create_image"}], "params": {}, "server_status_before": "off"}
+    assert plan_fits(WORKFLOWS["snapshot"], off_snapshot, "off") is None
+    said = plan_fits(WORKFLOWS["snapshot"], off_snapshot, "running")
+    assert said is not None and "shutdown → create_image → power_on, not create_image" in said
+    power_off = {"steps": [{"name": s.name} for s in WORKFLOWS["power-off"].steps], "params": {}}
+    assert plan_fits(WORKFLOWS["power-off"], power_off, "running") is None
+    assert plan_fits(WORKFLOWS["power-off"], power_off, "off") is None
