@@ -339,19 +339,22 @@ def _prune_one(
     """Prune one server's snapshots while holding the server as a run would: a run in flight may be about
     to use one of them (a restore's image) or make one; such a server is skipped and said to be."""
     sid, store = int(server["id"]), run_store()
-    if dry_run:
+    # A dry run says what the prune would do now, the skip of a held server included (it listed deletions
+    # that the prune then skipped; an outside test).
+    me = f"prune-{uuid.uuid4().hex[:12]}"
+    holder = store.holder(sid) if dry_run else store.acquire(sid, me, _PRUNE_HOLD)
+    if dry_run and holder is None:
         return {
             "name": server["name"],
             **prune(eng.client, sid, policy, eng.clock(), dry_run=True, images=made),
         }
-    me = f"prune-{uuid.uuid4().hex[:12]}"
-    holder = store.acquire(sid, me, _PRUNE_HOLD)
     if holder is not None:
         return {
             "name": server["name"],
             "server_id": sid,
             "skipped": f"run {holder} holds the server; prune it once that run has ended",
-            "deleted": [],
+            "dry_run": dry_run,
+            ("would_delete" if dry_run else "deleted"): [],
             "failed": [],
             "kept": [],
         }

@@ -161,6 +161,17 @@ def test_images_prune_skips_a_server_a_run_holds_and_deletes_nothing_of_it(
     store = RunStore(redis_server.client())
     assert store.acquire(server["id"], "run-restoring", 60) is None  # a run in flight (a restore, say)
     try:
+        # An outside test: the dry run listed deletions that the prune then skipped.
+        dry = cli(
+            redis_server, "images", "prune", "--servers", "srv-15", "--keep", "1", "--dry-run", "--json"
+        )
+        dry_row = json.loads(dry.stdout)["servers"][0]
+        assert "run run-restoring holds the server" in dry_row["skipped"], dry_row
+        assert store.holder(server["id"]) == "run-restoring", "a dry run takes no hold"
+        text = cli(redis_server, "images", "prune", "--servers", "srv-15", "--keep", "1", "--dry-run")
+        assert text.returncode == 0 and "skipped: run run-restoring holds the server" in text.stdout, (
+            text.stderr
+        )
         held = cli(redis_server, "images", "prune", "--servers", "srv-15", "--keep", "1", "--json")
         assert held.returncode == 0, held.stderr
         row = json.loads(held.stdout)["servers"][0]
