@@ -281,6 +281,10 @@ class RunStore:
         """Queue a run behind the server's current one."""
         self.redis.rpush(self._queue(server_id), run_id)
 
+    def queued(self, server_id: int) -> Sequence[str]:
+        """The runs queued behind the server's current one, first first."""
+        return texts(self.redis.lrange(self._queue(server_id), 0, -1))
+
     def dequeue(self, server_id: int) -> str | None:
         raw = self.redis.lpop(self._queue(server_id))
         return text(raw) if raw else None

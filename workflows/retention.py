@@ -95,9 +95,15 @@ def ours(image: dict[str, Any], server_id: int) -> bool:
 
 
 def decide(
-    images: list[dict[str, Any]], server_id: int, policy: Policy, now: float, just_made: int | None = None
+    images: list[dict[str, Any]],
+    server_id: int,
+    policy: Policy,
+    now: float,
+    just_made: int | None = None,
+    needed: frozenset[int] = frozenset(),
 ) -> Decision:
-    """Return which of ``server_id``'s snapshots made by hcloud-flow go under ``policy`` and which stay."""
+    """Return which of ``server_id``'s snapshots made by hcloud-flow go under ``policy`` and which stay;
+    ``needed`` are images a run queued on the server will use (a restore's snapshot)."""
     out = Decision()
     mine = sorted((i for i in images if ours(i, server_id)), key=lambda i: (-_created(i), -int(i["id"])))
     # Only what exists counts towards "the newest N": one still being made may yet fail, and must not
@@ -112,6 +118,8 @@ def decide(
         }
         if image["id"] == just_made:
             out.keep.append({**row, "why": "just made"})
+        elif int(image["id"]) in needed:
+            out.keep.append({**row, "why": "a run queued on the server will use it"})
         elif (image.get("protection") or {}).get("delete"):
             out.keep.append({**row, "why": "delete protection is on"})
         elif image.get("status") != "available":
@@ -138,6 +146,7 @@ def prune(
     dry_run: bool = False,
     images: list[dict[str, Any]] | None = None,
     on_deleted: Callable[[dict[str, Any]], None] | None = None,
+    needed: frozenset[int] = frozenset(),
 ) -> dict[str, Any]:
     """Apply ``policy`` to the server's snapshots hcloud-flow made; return what went, stayed and failed.
 
@@ -159,7 +168,7 @@ def prune(
             # away) leaves every older one in place, and says so, instead of failing the run.
             gone = "would_delete" if dry_run else "deleted"
             return {**result, gone: [], "failed": [], "kept": [], "error": f"could not list snapshots: {exc}"}
-    decision = decide(images, server_id, policy, client.api_now() or now, just_made)
+    decision = decide(images, server_id, policy, client.api_now() or now, just_made, needed)
     deleted: list[dict[str, Any]] = []
     failed: list[dict[str, Any]] = []
     for row in decision.delete:

@@ -14,6 +14,7 @@ from typing import Any
 from celery.exceptions import Ignore
 
 from workers.app import app, engine, hooks, run_store
+from workers.client import is_id
 from workers.deferred import Deferred
 from workers.engine import STEP_LABEL
 from workers.errors import BadInput, RunCancelled, ServerBusy
@@ -292,7 +293,13 @@ def prune_snapshots(self: Any, target: Any = None, **options: Any) -> dict[str, 
         before = len(earlier)
         with eng.client.priority_scope(opts.get("priority"), patience=60.0):
             outcome = prune(
-                eng.client, server_id, policy, eng.clock(), just_made=_made_image(previous), on_deleted=note
+                eng.client,
+                server_id,
+                policy,
+                eng.clock(),
+                just_made=_made_image(previous),
+                on_deleted=note,
+                needed=_needed_by_queued_runs(server_id),
             )
         # What earlier deliveries deleted counts too: those images are gone from this delivery's listing.
         outcome["deleted"] = earlier[:before] + outcome.get("deleted", [])
@@ -331,6 +338,18 @@ def images_prune(
         "dry_run": dry_run,
         "servers": [_prune_one(eng, s, policy, made, dry_run) for s in targets],
     }
+
+
+def _needed_by_queued_runs(server_id: int) -> frozenset[int]:
+    """The images runs queued on the server will use: a restore queued behind a snapshot run lost its
+    snapshot to that run's --keep (an outside test)."""
+    store = run_store()
+    needed = set()
+    for run_id in store.queued(server_id):
+        image = ((store.get(run_id, live=False) or {}).get("params") or {}).get("image")
+        if is_id(image):
+            needed.add(int(str(image)))
+    return frozenset(needed)
 
 
 def _prune_one(

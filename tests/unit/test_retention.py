@@ -204,3 +204,11 @@ def test_a_queued_plan_fits_only_if_the_server_s_status_would_plan_the_same_step
     power_off = {"steps": [{"name": s.name} for s in WORKFLOWS["power-off"].steps], "params": {}}
     assert plan_fits(WORKFLOWS["power-off"], power_off, "running") is None
     assert plan_fits(WORKFLOWS["power-off"], power_off, "off") is None
+
+
+def test_a_snapshot_a_queued_run_will_use_is_kept() -> None:
+    """An outside test: a snapshot run's --keep deleted the snapshot a restore queued behind it needed."""
+    images = [image(i, days_old=10 - i) for i in range(1, 5)]
+    decision = decide(images, 7, Policy(keep=1), NOW, just_made=4, needed=frozenset({2}))
+    assert ids(decision.delete) == [3, 1]
+    assert {r["id"]: r["why"] for r in decision.keep}[2] == "a run queued on the server will use it"
