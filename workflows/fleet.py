@@ -187,10 +187,11 @@ class FleetRunner(Gates):
         assert job is not None
         return job
 
-    def _tell_ended(self, job_id: str) -> None:
+    def _tell_ended(self, job_id: str, tally: tuple[str, dict[str, int]] | None = None) -> None:
         """Tell "job.ended" once, when the job is over: in a final state with none of its runs in flight (a
-        cancelled job's runs stop only before their next step, and the event carries how they ended)."""
-        tally = self.store.tally(job_id)
+        cancelled job's runs stop only before their next step, and the event carries how they ended).
+        ``tally`` is the job's (``JobStore.tally``) when the caller has just read it."""
+        tally = tally or self.store.tally(job_id)
         if tally is None or tally[0] not in JOB_FINAL or tally[1].get("running"):
             return
         if self.store.claim_told(job_id, "job.ended"):
@@ -528,7 +529,7 @@ class FleetRunner(Gates):
             # Ended (cancelled) while runs were in flight: the job is over only now, with the last of them,
             # and its record and its "job.ended" say so.
             self.store.note_finished(job_id)
-            self._tell_ended(job_id)
+            self._tell_ended(job_id, tally)
         if state != "running" or (running and sum(counts.values()) == len(job["servers"])):
             return  # every server has started and some still run: nothing to start, nor to end yet
         job = self.store.get(job_id)
@@ -668,8 +669,8 @@ class FleetRunner(Gates):
         for server in job["servers"]:
             if server["id"] not in job["outcomes"]:
                 self.store.set_outcome(job_id, server["id"], outcome="not_started", reason=reason)
-        self._tell_ended(job_id)  # now, or with the last of its runs in flight (on_run_ended)
         tally = self.store.tally(job_id)
+        self._tell_ended(job_id, tally)  # now, or with the last of its runs in flight (on_run_ended)
         if self.kick is not None and tally is not None and tally[1].get("running"):
             self.kick(job_id, ORPHAN_AFTER + 1.0)  # a run whose start was lost must not hold the end forever
 
