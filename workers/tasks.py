@@ -173,10 +173,6 @@ def _run_action(
             run_id = None
             hold_server(server_id, task.request, eng.deadline_for(action, step_opts.get("deadline")))
         skip = step_opts.get("skip_if_status")
-        if skip:
-            # Read again: another delivery of this step may have posted its action since the read above
-            # (resolving the target and the run's hooks take a while), and a step that did act is not skipped.
-            record = eng.ledger.get(step_key)
 
         def start(stop_with: HcloudFlowError | None) -> Any:
             after = _previous_action(previous, server_id)
@@ -184,23 +180,17 @@ def _run_action(
                 eng, action, server_id, params, step_key, after=after, record=record, stop=stop_with
             )
 
-        def skipped() -> dict[str, Any] | None:
-            status = eng.client.get_server(server_id)["status"]
-            if status != skip:
-                return None
-            return {**_skipped(action, server_id, step, run_id, previous, status), "project": eng.project}
-
-        doubt = record.action_id is None and record.posting_after is not None
-        if skip and record.action_id is None and not doubt and (done := skipped()) is not None:
-            return done
-        if skip and doubt and stop is None:
-            # An earlier delivery may have posted: its action, not the server's status now (which that action
-            # may have brought about), says what this step did. Only if it posted none does the status count.
+        if skip and record.action_id is None and stop is None:
+            # Only a step that started no action is skipped. Its own action (an earlier delivery may have
+            # posted it, and it may be what brought the server to that status) is looked for first, under the
+            # step's claim; only if there is none does the server's status now decide.
             try:
                 started = start(_NothingStarted(step_key))
             except _NothingStarted:
-                if (done := skipped()) is not None:
-                    return done
+                status = eng.client.get_server(server_id)["status"]
+                if status == skip:
+                    skipped = _skipped(action, server_id, step, run_id, previous, status)
+                    return {**skipped, "project": eng.project}
                 started = start(None)
         else:
             started = start(stop)
