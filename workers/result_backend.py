@@ -18,6 +18,8 @@ __all__ = ["RedisBackend", "fingerprint", "without_user_data"]
 
 # user_data sits at the top of a rebuild step's kwargs, or in the params of a submission, job or window.
 _DEPTH = 4
+# What a stored result keeps of its task: submit(workflow, server, params) takes its params by position too.
+_STORED = ("args", "kwargs", "result")
 
 
 def fingerprint(text: str) -> str:
@@ -45,11 +47,7 @@ class RedisBackend(_CeleryRedisBackend):
 
     def _get_result_meta(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
         meta: dict[str, Any] = super()._get_result_meta(*args, **kwargs)
-        for field in (
-            "args",
-            "kwargs",
-            "result",
-        ):  # submit(workflow, server, params) takes them by position too
+        for field in _STORED:
             if isinstance(meta.get(field), dict | list | tuple):
                 meta[field] = without_user_data(meta[field])
         return meta

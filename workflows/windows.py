@@ -98,8 +98,10 @@ class WindowStore:
         that names one fails at every firing). Before any worker has noted its projects, none is refused."""
         from workers.runtime import noted_projects
 
+        if project is None:  # the workers' default is named from what they noted (default_project)
+            return
         noted = noted_projects(self.redis)
-        if project is not None and noted and project not in noted:
+        if noted and project not in noted:
             served = ", ".join(sorted(noted))
             raise BadInput(
                 f"no project {project!r} is served by the workers (they serve: {served})", "project"
