@@ -180,6 +180,8 @@ class RunHooks:
         # The record as it is about to be written: read once above (after the step's own update).
         ended = {**(current or run), "state": state, **fields}
         restore_id, left = self._restore_plan(ended) if state != "succeeded" else (None, None)
+        if state != "succeeded" and restore_id is None and left is None:
+            left = self._left_as_is(ended)
         # The final state and the restore under way go in one write: a reader between two writes saw the run
         # ended (failed, no restore) before the power-on that the run still owed the server was sent.
         if restore_id is not None:
@@ -223,6 +225,30 @@ class RunHooks:
                 return None, {"status": "not running", "why": why[:500]}
             return None, None
         return f"{run['id']}-restore-{uuid.uuid4().hex[:8]}", None
+
+    def _left_as_is(self, run: dict[str, Any]) -> dict[str, Any] | None:
+        """Say what a failed or cancelled run that powers nothing on again left its server in, as the API
+        says now (a failed rebuild step, ``--leave-off``, a server that was off before): those runs ended
+        saying nothing of a server they had shut down. None where no step of the run acted.
+        """
+        acted = any(s.get("status") in ("succeeded", "failed") for s in run["steps"])
+        if self.status_of is None or not acted:
+            return None
+        stopped_at = next((s for s in run["steps"] if s.get("status") in ("failed", "cancelled")), None)
+        ended = "was cancelled" if run["state"] == "cancelled" else run["state"]
+        why = f"the run {ended}" + (f" at {stopped_at['name']}" if stopped_at else "")
+        before = run.get("server_status_before")
+        if before and before != "running":
+            why += f"; the server was {before} before it"
+        elif (run.get("params") or {}).get("leave_off"):
+            why += "; not powered on again (--leave-off)"
+        elif stopped_at is not None and stopped_at["status"] not in (stopped_at.get("restore") or ()):
+            why += f"; a failed {stopped_at['name']} step is not booted"
+        try:
+            status = self.status_of(run)
+        except HcloudFlowError as exc:
+            return {"status": "unknown", "why": f"{why}; its status could not be read: {exc}"[:500]}
+        return {"status": status, "why": why[:500]}
 
     def _send_restore(self, run: dict[str, Any], task_id: str) -> None:
         """Send the power-on of a restore whose record ``_finish`` wrote."""

@@ -179,6 +179,27 @@ def test_leave_off_leaves_a_failed_snapshots_server_off(
     record = run(runs, "snapshot", sid, leave_off=True)
     assert record["state"] == "failed" and record["restore"] is None
     assert posted(control, sid) == ["shutdown", "create_image"], "--leave-off: no power on"
+    # It says what it left, as the API has it (it said nothing, an outside test found).
+    assert record["left"] == {
+        "status": "off",
+        "why": "the run failed at create_image; not powered on again (--leave-off)",
+    }
+
+
+def test_a_failed_rebuild_step_says_it_left_the_server_off(
+    runs: Runs, control: Control, pool: Iterator[int]
+) -> None:
+    sid = take(pool, control, "running")
+    control.send("PATCH", f"/servers/{sid}", {"fail_next": {"command": "rebuild", "code": "action_failed"}})
+    record = run(runs, "rebuild", sid, image="ubuntu-24.04", no_snapshot=True)
+    assert record["state"] == "failed" and record["restore"] is None
+    assert posted(control, sid) == ["shutdown", "rebuild"], "a failed rebuild is not booted"
+    status = Api(control.url.replace("/_fakecloud", "/v1")).server(sid)["status"]
+    assert record["left"] == {
+        "status": status,
+        "why": "the run failed at rebuild; a failed rebuild step is not booted",
+    }
+    assert status == "off"
 
 
 REFUSALS = [
