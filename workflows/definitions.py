@@ -139,7 +139,7 @@ LEAVE_OFF = Param(
 )
 IMAGE_PARAMS = (
     Param("description", str, None, "description of the new image"),
-    Param("labels", dict, None, "labels of the new image, e.g. purpose: backup"),
+    Param("labels", dict, None, "labels of the new image"),
     Param("image_type", str, "snapshot", "snapshot or backup", choices=("snapshot", "backup")),
 )
 

@@ -80,6 +80,8 @@ def test_the_root_help_documents_the_exit_codes() -> None:
         (["run", "reboot", "--server", "1", "--timeout", "nan"], "above 0"),
         (["run", "reboot", "--server", "1", "--submit-timeout", "0"], "above 0"),
         (["run", "snapshot", "--server", "1", "--label", "novalue"], "KEY=VALUE"),
+        # The last one won, where HTTP refuses a key named twice (an outside test).
+        (["run", "snapshot", "--server", "1", "--label", "a=b", "--label", "a=c"], "'a' is given twice"),
         (["run", "shutdown", "--server", "1", "--grace", "lots"], "not a valid float"),
         (["list", "--limit", "0"], "--limit"),
         (["job", "status"], "Missing argument 'JOB_ID'"),

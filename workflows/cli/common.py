@@ -179,10 +179,15 @@ def flag_of(param: Any) -> str:
 
 
 def _key_value(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    keys: set[str] = set()
     for text in values:
         key, eq, _ = text.partition("=")
         if not eq or not key:
             raise click.BadParameter(f"expected KEY=VALUE, got {text!r}", ctx, param)
+        if key in keys:
+            # The last one silently won, where HTTP refuses a key named twice.
+            raise click.BadParameter(f"{key!r} is given twice", ctx, param)
+        keys.add(key)
     return values
 
 
@@ -209,7 +214,7 @@ def param_options(f: Callable[..., Any]) -> Callable[..., Any]:
                 multiple=True,
                 metavar="KEY=VALUE",
                 callback=_key_value,
-                help=p.help + " (repeatable)",
+                help=p.help + ", e.g. purpose=backup (repeatable)",
             )
         elif p.kind is list:
             option = click.option(
