@@ -110,3 +110,17 @@ def test_a_run_shown_over_http_never_carries_its_password() -> None:
     }
     assert "gAAAA" not in str(redact(sealed)) and "hcloud-flow secret" in str(redact(sealed))
     assert redact(dropped)["steps"][0]["outputs"]["root_password"] == "root password dropped: no key"
+
+
+def test_a_run_request_takes_null_params_as_none_as_every_other_entry_point() -> None:
+    from pydantic import ValidationError
+
+    from workflows.web.models import RunRequest
+
+    # The Python API and the submit task (send_task, Flower) take params=None as no parameters; HTTP alone
+    # answered 422 (an outside test).
+    assert RunRequest.model_validate({"workflow": "reboot", "server": 1, "params": None}).params == {}
+    assert RunRequest.model_validate({"workflow": "reboot", "server": 1}).params == {}
+    for bad in ([], "grace=5", 0):
+        with pytest.raises(ValidationError):
+            RunRequest.model_validate({"workflow": "reboot", "server": 1, "params": bad})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 __all__ = ["RetryRequest", "RunRequest", "WindowPatch"]
 
@@ -23,12 +23,18 @@ class RunRequest(BaseModel):
         description="server id or name (restore: the run's own server when left out)",
         json_schema_extra={"anyOf": [{"type": "integer"}, {"type": "string"}]},
     )
-    params: dict[str, Any] = Field(default_factory=dict, description="the workflow's parameters")
+    params: dict[str, Any] = Field(default_factory=dict, description="the workflow's parameters (null: none)")
     queue: StrictBool = Field(False, description="if the server is busy, queue behind its run")
     notify: list[StrictStr] = Field(
         default_factory=list, description="webhook URLs told of its start and end"
     )
     project: StrictStr | None = Field(None, description="the project to act in (the workers' default)")
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def _null_is_none(cls, value: Any) -> Any:
+        # As the Python API and the submit task take it: this was the one entry point to refuse it.
+        return {} if value is None else value
 
 
 class RetryRequest(BaseModel):
