@@ -8,7 +8,7 @@ from typing import Any
 
 import redis
 from celery import Celery
-from celery.signals import worker_init, worker_ready, worker_shutdown
+from celery.signals import before_task_publish, worker_init, worker_ready, worker_shutdown
 
 import celeryconfig
 
@@ -18,6 +18,7 @@ from .engine import Engine
 from .errors import ConfigError
 from .monitor import Monitor
 from .projects import Projects
+from .result_backend import redact_reprs
 from .run_store import RunStore, chain_holder
 from .runs import RunHooks
 from .runtime import engine_for, register_projects, wait_prefix
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 app = Celery("hcloud_flow", include=["workers.tasks", "workflows.tasks"])
 app.config_from_object(celeryconfig)
+# Task events (Flower's pages) show each message's argument reprs: never a rebuild's user data.
+before_task_publish.connect(redact_reprs, weak=False)
 
 _stop = threading.Event()
 _redis: redis.Redis | None = None

@@ -4,7 +4,8 @@ Extended results (``result_extended``, which Flower and ``AsyncResult.kwargs`` r
 arguments for the result expiry, a day by default. ``user_data`` is cloud-init text, which often holds a
 password or a key: the run record keeps only its fingerprint, and a result that held the text beside it
 undid that (an outside test found it in the submit task's and the rebuild step's results). The message that
-carries it to the worker is not touched: the step needs the text for its POST.
+carries it to the worker keeps it in its body (the step needs the text for its POST), but not in the
+``argsrepr``/``kwargsrepr`` headers that task events, and so Flower's task pages, show (``redact_reprs``).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import hashlib
 from typing import Any
 
 from celery.backends.redis import RedisBackend as _CeleryRedisBackend
+from celery.utils.saferepr import saferepr
 
-__all__ = ["RedisBackend", "fingerprint", "without_user_data"]
+__all__ = ["RedisBackend", "fingerprint", "redact_reprs", "without_user_data"]
 
 # user_data sits at the top of a rebuild step's kwargs, or in the params of a submission, job or window.
 _DEPTH = 4
@@ -40,6 +42,22 @@ def without_user_data(value: Any, depth: int = 0) -> Any:
     if isinstance(value, list | tuple):
         return [without_user_data(v, depth + 1) for v in value]
     return value
+
+
+def redact_reprs(headers: dict[str, Any] | None = None, body: Any = None, **_: Any) -> None:
+    """Rewrite a task message's ``argsrepr``/``kwargsrepr`` headers without its user data (Celery's
+    ``before_task_publish`` signal, in every process that loads the app: workers, Flower, Python callers).
+
+    Task events carry these reprs, and Flower shows them: a rebuild's cloud-init text, password and all,
+    stood on Flower's task pages (an outside test). Only messages that hold user data are touched.
+    """
+    if headers is None or not isinstance(body, list | tuple) or len(body) < 2:
+        return
+    for value, field in ((body[0], "argsrepr"), (body[1], "kwargsrepr")):
+        if isinstance(value, dict | list | tuple):
+            kept = without_user_data(value)
+            if kept != (list(value) if isinstance(value, tuple) else value):
+                headers[field] = saferepr(kept, 1024)
 
 
 class RedisBackend(_CeleryRedisBackend):

@@ -121,3 +121,36 @@ def test_flower_task_views_hold_no_secret(
     secrets = {TOKEN.encode()} | {p.encode() for p in control.get("/secrets")["root_passwords"]}
     assert run_id and len(secrets) > 1
     assert not leaks(secrets, {"flower": [v.encode() for v in views]})
+
+
+def test_flower_shows_a_rebuilds_user_data_only_as_its_fingerprint(
+    worker: Worker, flower: Flower, cloud: Any, redis_server: RedisServer
+) -> None:
+    """Task events carry each message's argument reprs, and Flower shows them: the cloud-init text stood on
+    its task pages, in the submit task's and the rebuild step's (an outside test)."""
+    from workers.result_backend import fingerprint
+
+    api, control = Api(cloud.base_url), Control(cloud.control_url)
+    server = api.get("/servers")["servers"][2]
+    control.send("PATCH", f"/servers/{server['id']}", {"status": "running", "acpi": True})
+    user_data = "#cloud-config\npassword: FLOWER-UD-SECRET-42\n"
+    params = {"image": "ubuntu-24.04", "no_snapshot": True, "user_data": user_data}
+    sent = flower.send(
+        "hcloud_flow.submit", {"kwargs": {"workflow": "rebuild", "server": server["id"], "params": params}}
+    )
+    run_id = flower.result(sent.json()["task-id"])["result"]["run_id"]
+    Runs(None, RunStore(redis_server.client())).wait(run_id, timeout=60, poll=0.2)  # type: ignore[arg-type]
+
+    def tasks() -> dict[str, Any]:
+        return dict(requests.get(f"{flower.url}/api/tasks", auth=AUTH, timeout=10).json())
+
+    wait_until(
+        lambda: any(t.get("name") == "hcloud_flow.rebuild" for t in tasks().values()), 30, "the rebuild step"
+    )
+    seen = tasks()
+    views = [json.dumps(seen)]
+    views += [requests.get(f"{flower.url}/api/task/info/{tid}", auth=AUTH, timeout=10).text for tid in seen]
+    assert not any("FLOWER-UD-SECRET-42" in v for v in views)
+    rebuild = next(t for t in seen.values() if t.get("name") == "hcloud_flow.rebuild")
+    assert fingerprint(user_data) in rebuild["kwargs"], rebuild["kwargs"]
+    assert control.posts(server["id"], "rebuild"), "the step still posted with the text it was sent"
