@@ -56,6 +56,18 @@ def _setting(name: str, default: float) -> float:
     return _between(name, default, *_BOUNDS[name])
 
 
+def _flag(name: str, default: bool) -> bool:
+    """Read an on/off setting; anything else stops the process, naming it (`off` had left the monitor on)."""
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"{name} must be 1/true/yes/on or 0/false/no/off, not {raw[:20]!r}")
+
+
 def _deadlines(raw: str) -> dict[str, float]:
     """Parse HCLOUD_FLOW_DEADLINES, e.g. ``create_image=7200,rebuild=1800``."""
     from workers.server_actions import ACTIONS
@@ -196,7 +208,7 @@ hcloud_flow = {
     "fleet_fresh": _setting("HCLOUD_FLOW_FLEET_FRESH", 10.0),
     # Seconds between looks at a fleet job's --block-on URLs while one of them holds its new starts back.
     "block_recheck": _setting("HCLOUD_FLOW_BLOCK_RECHECK", 15.0),
-    "monitor": os.environ.get("HCLOUD_FLOW_MONITOR", "1") not in ("0", "false", "no"),
+    "monitor": _flag("HCLOUD_FLOW_MONITOR", True),
     # Least time between two monitor rounds, cluster-wide: shorter hands off sooner, longer spends fewer
     # requests (rounds run only when a wait is due, and space out by themselves while the budget is scarce).
     "monitor_gap": _setting("HCLOUD_FLOW_MONITOR_GAP", 0.25),

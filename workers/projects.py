@@ -25,6 +25,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from .errors import BadInput, ConfigError
 
@@ -118,13 +119,23 @@ class Projects:
         return [self.default, *sorted(n for n in self.by_name if n != self.default)]
 
 
+def _endpoint(variable: str, url: str) -> str:
+    """Return an API base URL, or refuse it at start: a worker given ``notaurl`` started and failed every
+    request (an outside test)."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        # The scheme only: the rest of a URL may hold credentials.
+        raise ConfigError(f"{variable} must be an http(s) URL of the API, not one starting {url[:8]!r}")
+    return url.strip()
+
+
 def projects_from(environ: Mapping[str, str], *, default_endpoint: str) -> Projects:
     """Return the projects configured in ``environ`` (see the module's docstring); tokens may be empty.
 
     An empty token is not refused here (the CLI and the web service read this too and need none); the
     engine of a project refuses to start without one.
     """
-    endpoint = environ.get("HCLOUD_ENDPOINT", "") or default_endpoint
+    endpoint = _endpoint("HCLOUD_ENDPOINT", environ.get("HCLOUD_ENDPOINT", "") or default_endpoint)
     listed = [n.strip() for n in environ.get("HCLOUD_FLOW_PROJECTS", "").split(",") if n.strip()]
     if not listed:
         token = read_secret(environ, "HCLOUD_TOKEN")
@@ -142,7 +153,8 @@ def projects_from(environ: Mapping[str, str], *, default_endpoint: str) -> Proje
         if not token and name == DEFAULT_PROJECT:
             # The single-project installation's token keeps serving its project when others are added.
             token = read_secret(environ, "HCLOUD_TOKEN")
-        by_name[name] = Project(name, environ.get(f"HCLOUD_ENDPOINT_{suffix}", "") or endpoint, token)
+        own = environ.get(f"HCLOUD_ENDPOINT_{suffix}", "")
+        by_name[name] = Project(name, _endpoint(f"HCLOUD_ENDPOINT_{suffix}", own) if own else endpoint, token)
     default = environ.get("HCLOUD_FLOW_DEFAULT_PROJECT", "").strip() or listed[0]
     if default not in by_name:
         raise ConfigError(

@@ -12,12 +12,13 @@ from functools import partial
 from typing import Any
 
 from celery.exceptions import Ignore
+from celery.signals import worker_init
 
 from workers.app import app, engine, hooks, run_store
 from workers.client import is_id
 from workers.deferred import Deferred
 from workers.engine import STEP_LABEL
-from workers.errors import BadInput, RunCancelled, ServerBusy
+from workers.errors import BadInput, ConfigError, RunCancelled, ServerBusy
 from workers.run_store import FINAL
 from workers.runs import PLAN_CHECKS, RUN_LISTENERS, RUN_STARTED
 from workers.server_actions import check_step_options
@@ -27,7 +28,7 @@ from .build import plan_fits
 from .definitions import WORKFLOWS
 from .fleet import FleetRunner, JobStore, resolve_targets
 from .inventory import project_images, project_servers
-from .notify import ATTEMPTS, Notifier, deliver
+from .notify import ATTEMPTS, Notifier, check_urls, deliver
 from .retention import PRUNE_TASK, check_policy, prune
 from .specs import Targets, checked
 from .submit import cancel_run, from_run_project, submit_run
@@ -90,7 +91,25 @@ def notify(self: Any, url: Any = None, body: Any = None) -> dict[str, Any]:
     """Deliver one event to one URL; try again later (at most ATTEMPTS in all) while it is not taken."""
     import celeryconfig
 
-    return deliver(self, str(url), dict(body or {}), celeryconfig.webhook_secret(), run_store())
+    try:
+        secret = celeryconfig.webhook_secret()  # read at each delivery: a rotated key is used at once
+    except SystemExit as exc:
+        # Raised in a pool thread, SystemExit left the task "active" for good, its webhook never sent.
+        raise ConfigError(f"webhook not sent: {exc}") from None
+    return deliver(self, str(url), dict(body or {}), secret, run_store())
+
+
+@worker_init.connect
+def _refuse_to_start_without_webhooks(**_: object) -> None:
+    """Stop a worker whose webhooks could never go out (its signing key unreadable, a global URL refused),
+    before it says "ready": it had started, and every webhook was lost without a word (an outside test)."""
+    import celeryconfig
+
+    celeryconfig.webhook_secret()  # SystemExit, naming the variable, as for the token and the sealing key
+    try:
+        check_urls(app.conf.hcloud_flow.get("notify_urls") or [], "HCLOUD_FLOW_NOTIFY_URLS")
+    except BadInput as exc:
+        raise SystemExit(f"hcloud-flow worker cannot start: {exc.message}") from None
 
 
 def _kick(job_id: str, countdown: float) -> None:

@@ -564,13 +564,21 @@ def test_worker_configuration_faults_fail_clearly(
     [
         ("missing token", {"HCLOUD_TOKEN": ""}, "set HCLOUD_TOKEN"),
         ("malformed sealing key", {"HCLOUD_FLOW_SECRET_KEY": "not-a-fernet-key"}, "HCLOUD_FLOW_SECRET_KEY"),
+        # Each of these started, and then failed every request or lost every webhook without a word.
+        ("endpoint not a URL", {"HCLOUD_ENDPOINT": "notaurl"}, "HCLOUD_ENDPOINT must be an http(s) URL"),
+        (
+            "webhook key file missing",
+            {"HCLOUD_FLOW_WEBHOOK_SECRET_FILE": "/nonexistent/webhook.key"},
+            "HCLOUD_FLOW_WEBHOOK_SECRET_FILE: cannot read",
+        ),
+        ("global webhook not http", {"HCLOUD_FLOW_NOTIFY_URLS": "ftp://x"}, "HCLOUD_FLOW_NOTIFY_URLS"),
     ],
 )
 def test_a_worker_that_could_do_nothing_refuses_to_start(
     case: str, env: dict[str, str], message: str, redis_server: RedisServer, cloud: Any, logdir: Path
 ) -> None:
     url = redis_server.url.rsplit("/", 1)[0] + "/4"
-    name = "no-start-" + case.split()[0]
+    name = "no-start-" + case.replace(" ", "-")
     with pytest.raises(AssertionError, match="died at start"):
         Worker(name, worker_env(url, cloud.base_url, **env), logdir)
     log = (logdir / f"worker-{name}.log").read_text()

@@ -47,3 +47,17 @@ def test_every_event_names_its_project() -> None:
     assert event_body("run.ended", run)["run"]["project"] == "staging"
     assert event_body("job.ended", job)["job"]["project"] == "staging"
     assert event_body("window.fired", window)["window"]["project"] == "staging"
+
+
+def test_a_delivery_whose_signing_key_cannot_be_read_fails_as_a_task_not_as_a_process_exit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from workers.errors import ConfigError
+    from workflows.tasks import notify
+
+    # celeryconfig stops a process that starts misconfigured with SystemExit; raised in a pool thread, the
+    # task stayed "active" for good and the webhook was never sent nor said lost (an outside test).
+    monkeypatch.delenv("HCLOUD_FLOW_WEBHOOK_SECRET", raising=False)
+    monkeypatch.setenv("HCLOUD_FLOW_WEBHOOK_SECRET_FILE", "/nonexistent/webhook.key")
+    with pytest.raises(ConfigError, match="webhook not sent: HCLOUD_FLOW_WEBHOOK_SECRET_FILE: cannot read"):
+        notify.run("http://127.0.0.1:9/hook", {"event": "run.ended"})

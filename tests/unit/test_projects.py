@@ -130,3 +130,18 @@ def test_every_step_of_a_run_names_its_project_and_each_project_parks_apart() ->
     steps = plan_steps(WORKFLOWS["snapshot"], facts, "r1", project="staging")
     assert steps and all(s["kwargs"]["project"] == "staging" for s in steps)
     assert wait_prefix("default") == "hf" and wait_prefix("staging") == "hf:p:staging"
+
+
+@pytest.mark.parametrize(
+    ("env", "variable"),
+    [
+        ({"HCLOUD_ENDPOINT": "notaurl"}, "HCLOUD_ENDPOINT"),
+        ({"HCLOUD_ENDPOINT": "ftp://api.example/v1"}, "HCLOUD_ENDPOINT"),
+        ({"HCLOUD_FLOW_PROJECTS": "prod", "HCLOUD_ENDPOINT_PROD": "https://"}, "HCLOUD_ENDPOINT_PROD"),
+    ],
+)
+def test_an_endpoint_that_is_not_an_http_url_is_refused_naming_its_variable(
+    env: dict[str, str], variable: str
+) -> None:
+    with pytest.raises(ConfigError, match=f"^{variable} must be an http"):
+        projects_from(env, default_endpoint=API)

@@ -13,8 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _load(**env: str) -> subprocess.CompletedProcess[str]:
-    code = "import celeryconfig; print(celeryconfig.hcloud_flow['monitor_gap'])"
+def _load(setting: str = "monitor_gap", **env: str) -> subprocess.CompletedProcess[str]:
+    code = f"import celeryconfig; print(celeryconfig.hcloud_flow[{setting!r}])"
     return subprocess.run(
         [sys.executable, "-c", code],
         cwd=ROOT,
@@ -60,3 +60,18 @@ def test_every_numeric_setting_out_of_its_range_is_refused_by_name(name: str, ra
 def test_settings_in_range_load() -> None:
     done = _load(HCLOUD_FLOW_RETENTION="3600", HCLOUD_FLOW_DEADLINES="shutdown=8,create_image=7200")
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("raw", "on"), [("", True), ("1", True), ("on", True), ("0", False), ("off", False), (" False ", False)]
+)
+def test_the_monitor_switch_reads_the_usual_words(raw: str, on: bool) -> None:
+    done = _load("monitor", HCLOUD_FLOW_MONITOR=raw)
+    assert done.stdout.strip() == str(on), done.stderr
+
+
+def test_a_monitor_switch_that_is_not_a_word_for_on_or_off_is_refused_by_name() -> None:
+    # "off" and "disabled" left the monitor running (an outside test).
+    done = _load(HCLOUD_FLOW_MONITOR="disabled")
+    assert done.returncode != 0
+    assert "HCLOUD_FLOW_MONITOR must be" in done.stderr and "Traceback" not in done.stderr
