@@ -124,3 +124,17 @@ def test_a_run_request_takes_null_params_as_none_as_every_other_entry_point() ->
     for bad in ([], "grace=5", 0):
         with pytest.raises(ValidationError):
             RunRequest.model_validate({"workflow": "reboot", "server": 1, "params": bad})
+
+
+@pytest.mark.parametrize("content", ["[]", '{"keys": null}', "[1]", '{"keys": {"a": 1}}', '"keys"'])
+def test_a_key_file_of_another_shape_is_refused_clearly(tmp_path: Path, content: str) -> None:
+    from workers.errors import ConfigError
+
+    path = tmp_path / "keys.json"
+    path.write_text(content)
+    keys = KeyFile(path)
+    # Valid JSON of another shape was an AttributeError: a traceback at start, a 500 on every request.
+    for call in (keys.list, lambda: keys.check("hf_x"), lambda: keys.add("ops", "viewer")):
+        with pytest.raises(ConfigError, match=r'is not \{"keys": \[\.\.\.\]\}'):
+            call()
+    assert path.read_text() == content, "nothing written over it"

@@ -68,6 +68,10 @@ class KeyFile:
                 data = json.loads(self.path.read_text(encoding="utf-8") or "{}")
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"cannot read the API key file {self.path}: {exc}") from exc
+            if not isinstance(data, dict) or not isinstance(data.get("keys", []), list):
+                # Valid JSON of another shape ([] or {"keys": null}) was a traceback at start and a plain
+                # 500 on every request while the service ran (an outside test).
+                raise ConfigError(f'the API key file {self.path} is not {{"keys": [...]}}; fix or remove it')
             self._entries = [e for e in data.get("keys", []) if isinstance(e, dict)]
             self._seen = (stat.st_mtime, stat.st_size)
         return self._entries
