@@ -16,8 +16,9 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
+import redis
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 
@@ -115,6 +116,33 @@ def default_submitter() -> str:
     return f"{user}@{socket.gethostname()}"
 
 
+T = TypeVar("T")
+
+# How long a wait rides out a Redis it cannot reach (a restart, a failover) before it gives up.
+REDIS_PATIENCE = 60.0
+
+
+def read_riding_out(
+    read: Callable[[], T],
+    deadline: float | None,
+    poll: float,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
+    """Return ``read()``, asking again while Redis cannot be reached, for up to ``REDIS_PATIENCE`` seconds
+    (and not past ``deadline``); then raise the last error. A 3-second Redis restart ended a `--wait` with
+    exit 3 while the job it followed went on (an outside test)."""
+    since = clock()
+    while True:
+        try:
+            return read()
+        except (redis.ConnectionError, redis.TimeoutError):
+            now = clock()
+            if now - since >= REDIS_PATIENCE or (deadline is not None and now > deadline):
+                raise
+            sleep(max(poll, 0.5))
+
+
 def wait_for_end(
     read: Callable[[], dict[str, Any]],
     what: str,
@@ -123,20 +151,21 @@ def wait_for_end(
     on_update: Callable[[dict[str, Any]], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     follow: str = "hcloud-flow list",
+    clock: Callable[[], float] = time.monotonic,
 ) -> dict[str, Any]:
     """Read a run or job record until its state is final (runs and jobs share those three states).
 
     Raises StillRunning when ``timeout`` passes first: the run or job goes on, and ``follow`` says how to
-    follow it.
+    follow it. A Redis that cannot be reached is asked again for a while (``read_riding_out``).
     """
-    deadline = None if timeout is None else time.monotonic() + timeout
+    deadline = None if timeout is None else clock() + timeout
     while True:
-        record = read()
+        record = read_riding_out(read, deadline, poll, sleep, clock)
         if on_update is not None:
             on_update(record)
         if has_ended(record):
             return record
-        if deadline is not None and timeout is not None and time.monotonic() > deadline:
+        if deadline is not None and timeout is not None and clock() > deadline:
             raise StillRunning(what, record["state"], float(timeout), follow)
         sleep(poll)
 

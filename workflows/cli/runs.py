@@ -100,13 +100,14 @@ def wait_and_report(run_ids: list[str], *, timeout: float | None, quiet: bool, a
 def _follow(run_ids: list[str], *, timeout: float | None, quiet: bool, as_json: bool) -> int:
     from workers.errors import StillRunning
     from workers.run_store import has_ended
+    from workflows.api import read_riding_out
     from workflows.progress import LiveView, render_run
 
     api = runs()
     view = None if as_json or quiet else LiveView()
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        current = [api.status(r) for r in run_ids]
+        current = read_riding_out(lambda: [api.status(r) for r in run_ids], deadline, 0.5)
         if view is not None:
             view.update(current)
         if all(has_ended(r) for r in current):
