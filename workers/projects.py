@@ -82,9 +82,14 @@ def read_secret(environ: Mapping[str, str], variable: str) -> str:
     if len(raw) > _MAX_SECRET_FILE:
         raise ConfigError(f"{variable}_FILE: {path} is larger than {_MAX_SECRET_FILE} bytes; not a secret")
     try:
-        return raw.decode().strip()
+        text = raw.decode().strip()
     except UnicodeDecodeError:
         raise ConfigError(f"{variable}_FILE: {path} is not UTF-8 text") from None
+    if not text:
+        # A file named is a secret meant: an empty Redis password file ran every service with none, and an
+        # empty webhook key file sent webhooks unsigned (an outside test).
+        raise ConfigError(f"{variable}_FILE: {path} is empty")
+    return text
 
 
 @dataclass(frozen=True)

@@ -57,13 +57,16 @@ def build_engine(
 ) -> Engine:
     """Return one project's Engine, wired from plain settings (celeryconfig's ``hcloud_flow`` dict)."""
     token = project.token
+    suffix = "" if project.name == DEFAULT_PROJECT else f"_{variable_suffix(project.name)}"
     if not token:
-        suffix = "" if project.name == DEFAULT_PROJECT else f"_{variable_suffix(project.name)}"
         raise ConfigError(
             f"no API token for project {project.name!r}: set HCLOUD_TOKEN{suffix} "
             f"(or HCLOUD_TOKEN{suffix}_FILE, "
             "a file only the workers can read) in the workers' environment"
         )
+    if not token.isprintable() or any(c.isspace() for c in token):
+        # Sent as given, it failed every request with 401 (two lines in a token file, say).
+        raise ConfigError(f"HCLOUD_TOKEN{suffix}: the API token holds spaces or line breaks")
     if secret_key:
         try:
             keyring(secret_key)

@@ -572,6 +572,7 @@ def test_worker_configuration_faults_fail_clearly(
             "HCLOUD_FLOW_WEBHOOK_SECRET_FILE: cannot read",
         ),
         ("global webhook not http", {"HCLOUD_FLOW_NOTIFY_URLS": "ftp://x"}, "HCLOUD_FLOW_NOTIFY_URLS"),
+        ("token of two lines", {"HCLOUD_TOKEN": "abc\ndef"}, "HCLOUD_TOKEN: the API token holds spaces"),
     ],
 )
 def test_a_worker_that_could_do_nothing_refuses_to_start(
