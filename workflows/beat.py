@@ -26,6 +26,7 @@ __all__ = ["HEARTBEAT_KEY", "Scheduler", "beat_seen"]
 log = logging.getLogger(__name__)
 
 HEARTBEAT_KEY = "hf:beat:last_tick"
+TICK_KEPT = 86400
 # While Redis cannot be reached, look again this often (seconds), not at the usual loop interval.
 OUTAGE_RETRY = 5.0
 
@@ -77,10 +78,14 @@ class Scheduler(RedBeatScheduler):
         return taken
 
     def _note_tick(self) -> None:
-        get_redis(self.app).set(HEARTBEAT_KEY, repr(time.time()), ex=int(self.max_interval * 3) + 1)
+        # Kept a day, not three intervals: a beat gone for longer showed as never seen (the metric's 1e9)
+        # rather than how long ago it ticked, for the last minute of a standby's takeover too.
+        get_redis(self.app).set(HEARTBEAT_KEY, repr(time.time()), ex=TICK_KEPT)
 
 
-def beat_seen(client: redis.Redis) -> float | None:
-    """Return when a beat last ticked (UNIX time), or None if none did within three of its intervals."""
+def beat_seen(client: redis.Redis, interval: float) -> float | None:
+    """Return when a beat last ticked (UNIX time), or None if none did within three of its ``interval``."""
     raw = client.get(HEARTBEAT_KEY)
-    return float(raw) if raw else None
+    if not raw or time.time() - float(raw) > 3 * interval:
+        return None
+    return float(raw)

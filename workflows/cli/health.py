@@ -138,7 +138,7 @@ def beat_health(as_json: bool) -> int:
 
     interval = float(app.conf.beat_max_loop_interval)
     try:
-        seen = beat_seen(_redis(app))
+        seen = beat_seen(_redis(app), interval)
     except redis.RedisError as exc:
         return _report([Finding("beat", False, f"cannot read its tick in Redis: {exc}")], as_json)
     if seen is None:

@@ -268,7 +268,9 @@ def schedule_list(as_json: bool) -> int:
             )
         if not rows:
             click.echo("no maintenance windows")
-    if rows and beat_seen(store.redis) is None:
+    from workers.app import app
+
+    if rows and beat_seen(store.redis, float(app.conf.beat_max_loop_interval)) is None:
         click.echo(
             "hcloud-flow: warning: no beat has run lately, so no window will fire; start one with "
             "`hcloud-flow beat`",
