@@ -8,6 +8,8 @@
     ├── WaitTimeout                   a wait passed its deadline before the action or state was reached
     │   └── AcpiIgnored               the guest ignored an ACPI signal for the grace period, no force allowed
     ├── BadInput                      a request was refused before anything was enqueued or sent
+    │   ├── NotFound                  the run, job or window named does not exist
+    │   └── Conflict                  an edit made from a record that changed meanwhile
     ├── Blocked                       423 locked: another action runs on the server (the step waits for it)
     ├── StepInProgress                another delivery of the same step is posting right now
     ├── ServerBusy                    another run holds the server's lock
@@ -33,6 +35,7 @@ __all__ = [
     "BadInput",
     "Blocked",
     "ConfigError",
+    "Conflict",
     "HcloudFlowError",
     "NotFound",
     "NotTaken",
@@ -170,6 +173,10 @@ class NotTaken(HcloudFlowError):
 
 class NotFound(BadInput):
     """Raised when a run, job or window named in a request does not exist (or has expired)."""
+
+
+class Conflict(BadInput):
+    """Raised when an edit was made from a record that changed meanwhile: written, it would undo it."""
 
 
 class ServerBusy(HcloudFlowError):

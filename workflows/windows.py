@@ -24,14 +24,14 @@ from zoneinfo import ZoneInfo
 import redis
 
 from workers.counters import Counters
-from workers.errors import BadInput, NotFound
+from workers.errors import BadInput, Conflict, NotFound
 from workers.projects import DEFAULT_PROJECT
 from workers.redis_values import texts
 from workers.run_store import FINAL
 
 from .cron import Cron, cron_matches, parse_cron, utc_minutes
 
-__all__ = ["ENTRY_PREFIX", "WindowStore", "fire", "validate_window", "window_fields"]
+__all__ = ["ENTRY_PREFIX", "WindowStore", "edited", "fire", "validate_window", "window_fields"]
 
 ENTRY_PREFIX = "hcloud-flow-window:"
 
@@ -42,6 +42,38 @@ def window_fields(record: dict[str, Any]) -> dict[str, Any]:
     from .specs import WindowSpec
 
     return {k: v for k, v in record.items() if k in WindowSpec.model_fields}
+
+
+def edited(old: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """Return a window's fields after an edit: those given replace the old ones, and the workflow's
+    parameters are merged one by one (a parameter given as None goes back to its default). Every entry
+    point's edit: an edit of the description alone had dropped the window's retention, labels and grace.
+
+    Another workflow drops the old parameters (they need not fit it); servers and a selector replace each
+    other.
+    """
+    from .definitions import WORKFLOWS
+
+    out = {**old}
+    params = dict(old.get("params") or {})
+    workflow = given.get("workflow", old.get("workflow"))
+    if workflow != old.get("workflow"):
+        params = {}
+    for name, value in (given.get("params") or {}).items():
+        if value is None:
+            known = {p.name for p in WORKFLOWS[workflow].params} if workflow in WORKFLOWS else set()
+            if name not in known:
+                raise BadInput(f"{workflow} has no parameter {name!r} to put back to its default", "params")
+            params.pop(name, None)
+        else:
+            params[name] = value
+    out.update({k: v for k, v in given.items() if k != "params"})
+    out["params"] = params
+    if given.get("selector") is not None:
+        out["servers"] = None
+    if given.get("servers") is not None:
+        out["selector"] = None
+    return out
 
 
 def validate_window(spec: dict[str, Any]) -> dict[str, Any]:
@@ -65,33 +97,66 @@ class WindowStore:
     def _key(self, name: str) -> str:
         return f"{self.prefix}:window:{name}"
 
+    def _lock(self, name: str) -> Any:
+        """The window's write lock: a record and its redbeat entry are written together, one writer at a
+        time (two edits at once had left the record on one cron and the beat's entry on the other)."""
+        return self.redis.lock(f"{self._key(name)}:lock", timeout=10, blocking_timeout=10)
+
     def get(self, name: str) -> dict[str, Any] | None:
         raw = self.redis.get(self._key(name))
-        return json.loads(raw) if raw else None
+        if not raw:
+            return None
+        record: dict[str, Any] = json.loads(raw)
+        # Kept beside the record, so that a firing never writes the record over an edit or a pause.
+        last = self.redis.get(f"{self._key(name)}:last_job")
+        if last:
+            record["last_job"] = last.decode() if isinstance(last, bytes) else str(last)
+        return record
 
     def names(self) -> list[str]:
         return sorted(texts(self.redis.smembers(f"{self.prefix}:windows")))
 
-    def save(self, window: dict[str, Any], *, replace: bool = False, by: str | None = None) -> dict[str, Any]:
+    def save(
+        self,
+        window: dict[str, Any],
+        *,
+        replace: bool = False,
+        by: str | None = None,
+        based_on: int | None = None,
+    ) -> dict[str, Any]:
         """Store a validated window and (re)write its redbeat entry; return the stored record.
 
-        The record keeps what firing wrote (its last job) and says who changed it last, and when.
+        The record says who changed it last, and when, and counts its revisions. An edit names the revision
+        it was made from (``based_on``): if another change came in between, it is refused (Conflict), not
+        written over that change.
         """
         self._check_served(window.get("project"))
-        old = self.get(window["name"])
-        record = {**window, "changed_by": by, "changed_at": self.clock()}
-        if record.get("project") is None:
-            # Named now, not at each firing: a window must not move to another project when the workers'
-            # default changes.
-            record["project"] = self.default_project()
-        if old and old.get("last_job"):
-            record["last_job"] = old["last_job"]
-        # A new window is written only if none of that name exists (SET NX): of two adds racing, one wins.
-        if not self.redis.set(self._key(window["name"]), json.dumps(record), nx=not replace):
-            raise BadInput(f"a window named {window['name']!r} exists; remove it first", "name")
-        self.redis.sadd(f"{self.prefix}:windows", window["name"])
-        self._entry(window).save()
-        return record
+        name = window["name"]
+        with self._lock(name):
+            old = self.get(name)
+            if old is not None and based_on is not None and old.get("revision", 0) != based_on:
+                raise Conflict(
+                    f"window {name!r} was changed meanwhile by {old.get('changed_by') or 'someone'}; "
+                    "read it again and make the edit on what it is now",
+                    "name",
+                )
+            record = {
+                **window,
+                "changed_by": by,
+                "changed_at": self.clock(),
+                "revision": (old or {}).get("revision", 0) + 1,
+            }
+            record.pop("last_job", None)
+            if record.get("project") is None:
+                # Named now, not at each firing: a window must not move to another project when the workers'
+                # default changes.
+                record["project"] = self.default_project()
+            # A new window is written only if none of that name exists (SET NX): of two adds racing, one wins.
+            if not self.redis.set(self._key(name), json.dumps(record), nx=not replace):
+                raise BadInput(f"a window named {name!r} exists; remove it first", "name")
+            self.redis.sadd(f"{self.prefix}:windows", name)
+            self._entry(window).save()
+        return self.get(name) or record
 
     def _check_served(self, project: str | None) -> None:
         """Refuse a project the workers do not serve, as they noted in Redis (with --no-check too: a window
@@ -121,16 +186,24 @@ class WindowStore:
 
         with contextlib.suppress(KeyError):  # the entry is already gone
             RedBeatSchedulerEntry.from_key(self._entry_key(name), app=self.app).delete()
-        self.redis.delete(self._key(name), f"{self._key(name)}:history")
+        self.redis.delete(self._key(name), f"{self._key(name)}:history", f"{self._key(name)}:last_job")
         self.redis.srem(f"{self.prefix}:windows", name)
 
     def set_paused(self, name: str, paused: bool, by: str | None = None) -> dict[str, Any]:
-        window = self.get(name)
-        if window is None:
-            raise NotFound(f"no window named {name!r}", "name")
-        window.update(paused=paused, changed_by=by, changed_at=self.clock())
-        self.redis.set(self._key(name), json.dumps(window))
-        return window
+        with self._lock(name):
+            window = self.get(name)
+            if window is None:
+                raise NotFound(f"no window named {name!r}", "name")
+            window.pop("last_job", None)
+            window.update(
+                paused=paused, changed_by=by, changed_at=self.clock(), revision=window.get("revision", 0) + 1
+            )
+            self.redis.set(self._key(name), json.dumps(window))
+        return self.get(name) or window
+
+    def note_job(self, name: str, job_id: str) -> None:
+        """Note the job a firing started (its own key: the firing never writes the window's record)."""
+        self.redis.set(f"{self._key(name)}:last_job", job_id)
 
     def record(self, name: str, entry: dict[str, Any]) -> None:
         key = f"{self._key(name)}:history"
@@ -217,10 +290,10 @@ def fire(
         # cutoff that falls on this minute, it was said to block this firing half a second before it ended.
         runner.advance(previous)
         prev_job = runner.store.get(previous)
-    if runner is None:
-        entry.update(outcome="failed to start", reason=refused)
-    elif window.get("paused"):
+    if window.get("paused"):  # first: a paused window whose project went away must not alert as failing
         entry.update(outcome="skipped", reason="the window is paused")
+    elif runner is None:
+        entry.update(outcome="failed to start", reason=refused)
     elif prev_job is not None and prev_job["state"] not in FINAL:  # running, paused or awaiting approval
         entry.update(outcome="skipped", reason=f"the previous job {previous} is still {prev_job['state']}")
     elif now >= start + window["duration"] - window["cutoff"]:
@@ -245,8 +318,7 @@ def fire(
             entry.update(outcome="failed to start", reason=str(exc))
         else:
             entry.update(outcome="started", job_id=job["id"], servers=len(job["servers"]))
-            window["last_job"] = job["id"]
-            windows.redis.set(windows._key(name), json.dumps(window))
+            windows.note_job(name, job["id"])
     windows.record(name, entry)
     Counters(windows.redis, windows.prefix).add("window_firings", (name, entry["outcome"]))
     if runner is None:  # its project is no longer served: the workers' default project tells of it

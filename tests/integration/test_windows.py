@@ -289,6 +289,31 @@ def test_editing_the_workflow_drops_the_old_ones_parameters_and_a_paused_window_
         cli(env, "schedule", "remove", "switch")
 
 
+def test_an_edit_keeps_the_workflow_parameters_it_does_not_name(
+    env: dict[str, str], worker: Worker, ids: list[int]
+) -> None:
+    """An outside test: `schedule edit --description` dropped the window's retention, labels and grace (and
+    a rebuild window's --no-snapshot); snapshots would have piled up."""
+    added = cli(
+        env, "schedule", "add", "keeps", "snapshot", "--cron", "0 3 * * *", "--duration", "1h",
+        "--servers", str(ids[0]), "--keep", "3", "--label", "purpose=backup", "--grace", "120",
+        "--description", "nightly", "--no-check",
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    try:
+        assert cli(env, "schedule", "edit", "keeps", "--description", "renamed").returncode == 0
+        params = json.loads(cli(env, "schedule", "show", "keeps", "--json").stdout)["params"]
+        assert (params["keep"], params["labels"], params["grace"], params["description"]) == (
+            3, {"purpose": "backup"}, 120, "renamed"
+        )  # fmt: skip
+        unset = cli(env, "schedule", "edit", "keeps", "--unset", "keep")
+        assert unset.returncode == 0, unset.stderr
+        params = json.loads(cli(env, "schedule", "show", "keeps", "--json").stdout)["params"]
+        assert params.get("keep") is None and params["labels"] == {"purpose": "backup"}
+    finally:
+        cli(env, "schedule", "remove", "keeps")
+
+
 @pytest.mark.parametrize(
     ("target", "message"),
     [

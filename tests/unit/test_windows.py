@@ -260,3 +260,132 @@ def test_a_window_whose_project_is_no_longer_served_still_tells_that_it_failed_t
         ]
     finally:
         server.stop()
+
+
+def test_an_edit_merges_workflow_parameters_one_by_one() -> None:
+    from workflows.windows import edited
+
+    params = {"keep": 3, "labels": {"purpose": "backup"}, "grace": 120, "description": "nightly"}
+    old = {"workflow": "snapshot", "servers": [1], "selector": None, "params": params}
+    # An outside test: editing the description alone dropped retention, labels and grace.
+    new = edited(old, {"params": {"description": "renamed"}})
+    assert new["params"] == {**params, "description": "renamed"}
+    assert edited(old, {"params": {"keep": None}})["params"] == {
+        k: v for k, v in params.items() if k != "keep"
+    }
+    assert edited(old, {"workflow": "reboot"})["params"] == {}, "another workflow: the old ones go"
+    assert edited(old, {"workflow": "snapshot", "params": {"grace": 5}})["params"]["keep"] == 3
+    assert edited(old, {"selector": "env=prod"})["servers"] is None
+    assert edited({**old, "selector": "a=b", "servers": None}, {"servers": [2]})["selector"] is None
+    assert old["params"]["description"] == "nightly", "the old fields are not changed in place"
+    with pytest.raises(BadInput, match="snapshot has no parameter 'colour'"):
+        edited(old, {"params": {"colour": None}})
+
+
+def _store(server: Any) -> Any:
+    from celery import Celery
+
+    from workflows.windows import WindowStore
+
+    app = Celery("windows", broker=server.url, set_as_current=False)
+    app.conf.update(redbeat_redis_url=server.url, redbeat_key_prefix="hf:redbeat:")
+    return WindowStore(server.client(), app)
+
+
+def _entry_minutes(store: Any, name: str) -> list[int]:
+    from redbeat import RedBeatSchedulerEntry
+
+    return sorted(RedBeatSchedulerEntry.from_key(store._entry_key(name), app=store.app).schedule.minute)
+
+
+def test_an_edit_made_from_a_window_that_changed_meanwhile_is_refused_not_written_over(tmp_path: Any) -> None:
+    from tests.support.processes import RedisServer
+    from workers.errors import Conflict
+    from workflows.windows import edited, window_fields
+
+    server = RedisServer(tmp_path / "redis")
+    try:
+        store = _store(server)
+        first = store.save(validate_window(spec()), by="a")
+        name = first["name"]
+        assert first["revision"] == 1
+        later = edited(window_fields(first), {"cron": "20 3 * * SUN"})
+        store.save(validate_window(later), replace=True, by="b", based_on=1)
+        # Made from revision 1 too: written, it would put the cron back (an outside test lost edits so).
+        other = edited(window_fields(first), {"max_errors": "2"})
+        with pytest.raises(Conflict, match="changed meanwhile by b"):
+            store.save(validate_window(other), replace=True, by="c", based_on=1)
+        now = store.get(name)
+        assert (now["cron"], now["max_errors"], now["revision"]) == ("20 3 * * SUN", "1", 2)
+        # A pause counts as a change: an edit made before it does not undo it.
+        store.set_paused(name, True, by="d")
+        with pytest.raises(Conflict):
+            store.save(validate_window(window_fields(now)), replace=True, by="e", based_on=2)
+        assert store.get(name)["paused"] is True
+        # A firing notes its job beside the record, never writing the record over a pause or an edit.
+        store.note_job(name, "job-9")
+        again = store.get(name)
+        assert again["last_job"] == "job-9" and again["paused"] is True and again["revision"] == 3
+        assert _entry_minutes(store, name) == [20]
+    finally:
+        server.stop()
+
+
+def test_edits_racing_each_other_leave_the_record_and_the_beats_entry_on_the_same_cron(tmp_path: Any) -> None:
+    import threading
+
+    from tests.support.processes import RedisServer
+    from workers.errors import Conflict
+    from workflows.windows import edited, window_fields
+
+    server = RedisServer(tmp_path / "redis")
+    try:
+        store = _store(server)
+        name = store.save(validate_window(spec()), by="a")["name"]
+        outcomes: list[str] = []
+        gate = threading.Barrier(8)
+
+        def edit(minute: int) -> None:
+            record = _store(server).get(name)
+            window = validate_window(edited(window_fields(record), {"cron": f"{minute} 3 * * SUN"}))
+            gate.wait()
+            try:
+                _store(server).save(window, replace=True, by=f"t{minute}", based_on=record["revision"])
+                outcomes.append("saved")
+            except Conflict:
+                outcomes.append("refused")
+
+        threads = [threading.Thread(target=edit, args=(m,)) for m in range(1, 9)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        final = store.get(name)
+        assert outcomes.count("saved") == 1 and outcomes.count("refused") == 7, outcomes
+        assert final["revision"] == 2
+        assert _entry_minutes(store, name) == [int(final["cron"].split()[0])]
+    finally:
+        server.stop()
+
+
+def test_a_paused_window_whose_project_is_no_longer_served_is_skipped_as_paused(tmp_path: Any) -> None:
+    """An outside test: it recorded (and counted, for the alerts) "failed to start" while paused."""
+    import json
+
+    from tests.support.processes import RedisServer
+    from workflows.windows import WindowStore, fire
+
+    server = RedisServer(tmp_path / "redis")
+    try:
+        store = WindowStore(server.client(), app=None)
+        window = {**validate_window(spec()), "project": "gone", "paused": True}
+        store.redis.set(store._key(window["name"]), json.dumps(window))
+
+        def runner_for(project: str | None) -> Any:
+            raise BadInput(f"no project {project!r} is configured")
+
+        sunday = datetime(2026, 7, 5, 3, 0, tzinfo=BERLIN).timestamp()
+        fired = fire(store, runner_for, window["name"], sunday + 5)
+        assert (fired["outcome"], fired["reason"]) == ("skipped", "the window is paused")
+    finally:
+        server.stop()

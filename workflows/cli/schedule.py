@@ -198,18 +198,19 @@ def _given(name: str, workflow: str | None, options: dict[str, Any]) -> dict[str
 
 def _save(name: str, workflow: str | None, options: dict[str, Any], *, edit: bool) -> int:
     from workflows.api import default_submitter
-    from workflows.windows import validate_window, window_fields
+    from workflows.windows import edited, validate_window, window_fields
 
     store = _windows()
-    old = window_fields(_known(store, name)) if edit else {}
+    record = _known(store, name) if edit else {}
     given = _given(name, workflow, options)
-    if old and given.get("workflow", old["workflow"]) != old["workflow"]:
-        # Another workflow: the old one's parameters (with their defaults) need not fit it.
-        old.pop("params", None)
-    window = validate_window({**old, **given})  # add: the model's defaults fill the rest
+    for param in options.get("unset") or ():
+        given.setdefault("params", {})[param] = None  # back to its default
+    # add: the model's defaults fill the rest; edit: the rest stays, parameters one by one.
+    window = validate_window(edited(window_fields(record), given) if edit else given)
     if not options["no_check"]:
         check_window_at_the_api(window, options["submit_timeout"])
-    _show(store.save(window, replace=edit, by=default_submitter()), options["as_json"])
+    based_on = record.get("revision", 0) if edit else None
+    _show(store.save(window, replace=edit, by=default_submitter(), based_on=based_on), options["as_json"])
     return EXIT_OK
 
 
@@ -229,8 +230,15 @@ def schedule_add(name: str, workflow: str, **options: Any) -> int:
 # No $HCLOUD_FLOW_PROJECT here: an edit of the cron must not move a window to the shell's project.
 @partial(project_option, envvar=False)
 @_window_options
+@click.option(
+    "--unset",
+    multiple=True,
+    metavar="PARAM",
+    help="put workflow parameter PARAM (e.g. keep, leave_off) back to its default (repeatable)",
+)
 def schedule_edit(name: str, workflow: str | None, **options: Any) -> int:
-    """Change window NAME: only the options given (and WORKFLOW, if given; its old parameters then go)."""
+    """Change window NAME: only the options given; workflow parameters one by one (WORKFLOW, if given,
+    drops the old ones). Refused if another change came in meanwhile."""
     return _save(name, workflow, options, edit=True)
 
 

@@ -305,7 +305,11 @@ def add_window(
     return _save_window(request, key, body.model_dump(mode="json"), check, replace=False)
 
 
-@router.patch("/windows/{name}", summary="Change a maintenance window (only the fields given)")
+@router.patch(
+    "/windows/{name}",
+    summary="Change a maintenance window (only the fields given; params merge, a parameter null goes back "
+    "to its default); 409 if it changed meanwhile",
+)
 def edit_window(
     name: str,
     body: WindowPatch,
@@ -313,22 +317,23 @@ def edit_window(
     key: Operator,
     check: bool = Query(True, description="plan the window's job now through a worker (servers, image)"),
 ) -> JSONResponse:
-    from workflows.windows import window_fields
+    from workflows.windows import edited, window_fields
 
     services = _services(request)
-    old = window_fields(_window(services, name))
+    record = _window(services, name)
     given = body.model_dump(exclude_unset=True)
-    if "workflow" in given and given["workflow"] != old["workflow"]:
-        old.pop("params", None)  # another workflow: the old one's parameters need not fit it
-    if given.get("selector") is not None:
-        old["servers"] = None
-    if given.get("servers") is not None:
-        old["selector"] = None
-    return _save_window(request, key, {**old, **given}, check, replace=True)
+    fields = edited(window_fields(record), given)
+    return _save_window(request, key, fields, check, replace=True, based_on=record.get("revision", 0))
 
 
 def _save_window(
-    request: Request, key: ApiKey, fields: dict[str, Any], check: bool, *, replace: bool
+    request: Request,
+    key: ApiKey,
+    fields: dict[str, Any],
+    check: bool,
+    *,
+    replace: bool,
+    based_on: int | None = None,
 ) -> JSONResponse:
     from workflows.api import check_window_at_the_api
     from workflows.windows import validate_window
@@ -339,7 +344,7 @@ def _save_window(
     def produce() -> tuple[int, Any]:
         if check:
             check_window_at_the_api(window, services.submit_timeout)
-        saved = services.windows.save(window, replace=replace, by=who(key))
+        saved = services.windows.save(window, replace=replace, by=who(key), based_on=based_on)
         return (200 if replace else 201), _window_view(services, saved)
 
     return _idempotent(request, key, {"window": window, "check": check}, produce)

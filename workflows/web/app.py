@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from workers.errors import BadInput, ConfigError, HcloudFlowError, NotFound, ServerBusy
+from workers.errors import BadInput, ConfigError, Conflict, HcloudFlowError, NotFound, ServerBusy
 
 from .auth import AuthError
 from .errors import ERROR_RESPONSES, ErrorBody, describe_invalid
@@ -182,7 +182,7 @@ def create_app(services: Services) -> Any:
     async def bad_input(request: Request, exc: BadInput) -> JSONResponse:
         from .idempotency import InProgress, KeyReused
 
-        status = 409 if isinstance(exc, InProgress) else 422 if isinstance(exc, KeyReused) else 400
+        status = 409 if isinstance(exc, InProgress | Conflict) else 422 if isinstance(exc, KeyReused) else 400
         if is_page(request):
             return page_refusal(status, exc.message)
         return error(status, type(exc).__name__, exc.message, exc.field)
