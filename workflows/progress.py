@@ -84,6 +84,10 @@ def render_run(run: dict[str, Any], now: float | None = None) -> list[str]:
     restore = run.get("restore") or {}
     if restore.get("state") == "powering_on":
         lines.append("  powering the server on again, as it was running before the run")
+    elif restore.get("state") in ("done", "failed"):
+        # Not a step of the workflow, so no step line shows its action (an outside test looked for it).
+        action = f"action {restore['action_id']}" if restore.get("action_id") else "no action"
+        lines.append(f"  restore power on: {restore['state']}, {action}")
     if run.get("left"):
         left = run["left"]
         lines.append(f"  {run.get('server_name') or run['server_id']} left {left['status']}: {left['why']}")

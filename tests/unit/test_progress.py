@@ -47,3 +47,14 @@ def test_status_shows_new_images_and_where_a_password_is() -> None:
     assert "hcloud-flow secret r1" in text and "gAAAA" not in text
     r["steps"][1]["outputs"] = {"root_password": {"sealed": None, "notice": "root password lost: ..."}}
     assert "root password lost" in "\n".join(render_run(r, now=1.0))
+
+
+def test_status_shows_the_restore_power_on_and_its_action() -> None:
+    from workflows.progress import render_run
+
+    r = run("failed", ["succeeded", "failed", "pending"])
+    r["restore"] = {"state": "done", "task_id": "r1-restore-1", "action_id": 700000000436}
+    r["left"] = {"status": "running", "why": "powered on again after the failure"}
+    text = "\n".join(render_run(r, now=1.0))
+    assert "restore power on: done, action 700000000436" in text
+    assert "srv-5 left running: powered on again after the failure" in text
