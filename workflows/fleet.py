@@ -22,6 +22,7 @@ from workers.client import HcloudClient, is_id
 from workers.errors import APIError, BadInput, HcloudFlowError, NotFound, RateBudgetExhausted, ServerBusy
 from workers.labels import check_selector
 from workers.projects import DEFAULT_PROJECT
+from workers.retry_policy import should_retry
 
 from .fleet_gates import Gates
 from .fleet_plan import GATES, JOB_CONTROLS, Decision, decide, parse_amount
@@ -43,6 +44,10 @@ _SEEN: dict[str, tuple[float, dict[int, dict[str, Any]]]] = {}
 ORPHAN_AFTER = 20.0
 # Seconds between renewals of a job's lock while a wave is submitted: well inside its 30 s timeout.
 LOCK_RENEW_EVERY = 5.0
+# A server whose start met an API that could not answer (5xx, no answer, through all of a request's
+# retries) is tried again after this pause, at most this many times, before it counts as refused.
+START_RETRY_PAUSE = 30.0
+START_TRIES = 5
 
 
 def resolve_targets(client: HcloudClient, selector: Any, servers: Any) -> list[dict[str, Any]]:
@@ -433,6 +438,15 @@ class FleetRunner(Gates):
         except BadInput as exc:
             final = {"outcome": "refused", "reason": str(exc)}
         except HcloudFlowError as exc:
+            if (
+                self.kick is not None
+                and should_retry(exc, idempotent=True)
+                and self.store.note_start_try(job["id"], sid) < START_TRIES
+            ):
+                # The API could not answer through all of the request's retries (about 18 s): a gateway
+                # blip refused the server, and failed a --max-errors 0 job (an outside test). Later, again.
+                self.kick(job["id"], START_RETRY_PAUSE)
+                return False
             final = {"outcome": "refused", "reason": f"could not submit: {exc}"}
         if final is not None and drain is not None:
             self._put_back(job, sid, drain, final)

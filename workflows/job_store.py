@@ -133,6 +133,10 @@ class JobStore:
         merged = {**(json.loads(old) if old else {}), **entry}
         self.redis.hset(self.key(job_id), field, json.dumps(merged))
 
+    def note_start_try(self, job_id: str, server_id: int) -> int:
+        """Count a start of a server that the API could not answer; return the count (kept with the job)."""
+        return int(self.redis.hincrby(self.key(job_id), f"try:{server_id}", 1))
+
     def set_state(self, job_id: str, state: str, reason: str | None = None) -> None:
         mapping: dict[Any, Any] = {"state": state}  # redis-py wants its own key type; ours are str
         if reason:

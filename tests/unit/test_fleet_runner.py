@@ -49,6 +49,49 @@ def test_an_empty_budget_defers_the_start_instead_of_failing_the_server(redis_se
     assert {s: e["outcome"] for s, e in outcomes.items()} == {1: "running", 2: "running"}
 
 
+def test_a_start_the_api_could_not_answer_is_tried_again_later_a_few_times(redis_server: RedisServer) -> None:
+    """An outside test: 16 s of 502s while a server was being started refused it, and failed a
+    --max-errors 0 job. A gateway error or no answer (through all of a request's retries) is tried again
+    later; only after START_TRIES such starts does the server count as refused."""
+    from workers.errors import APIError, TransportError
+    from workflows.fleet import START_RETRY_PAUSE, START_TRIES
+
+    store = JobStore(redis_server.client(), prefix="fr-retry")
+    kicks: list[tuple[str, float]] = []
+    gateway = APIError("http_502", "GET /servers/1: Bad Gateway", 502)
+    answers: list[Any] = [gateway, TransportError("GET /servers/1: connection reset")]
+
+    def submit(**kw: Any) -> dict[str, Any]:
+        if kw["server"] == 1 and answers:
+            raise answers.pop()
+        return {"run_id": f"run-{kw['server']}"}
+
+    kick = lambda j, c: kicks.append((j, c))  # noqa: E731
+    runner = FleetRunner(store, None, submit, lambda run_id, by: None, kick=kick, fresh_for=0)  # type: ignore[arg-type]
+    job(store, "jr1", [1], window=1)
+    runner.advance("jr1")
+    runner.advance("jr1")
+    assert kicks == [("jr1", START_RETRY_PAUSE)] * 2
+    assert store.get("jr1")["outcomes"] == {}, "still pending while it is tried again"  # type: ignore[index]
+    runner.advance("jr1")
+    assert store.get("jr1")["outcomes"][1]["outcome"] == "running"  # type: ignore[index]
+
+    # An API that stays away: refused after START_TRIES starts, saying why.
+    answers[:] = [gateway] * (START_TRIES + 5)
+    job(store, "jr2", [1], window=1)
+    for _ in range(START_TRIES + 2):
+        runner.advance("jr2")
+    outcome = store.get("jr2")["outcomes"][1]  # type: ignore[index]
+    assert outcome["outcome"] == "refused" and "Bad Gateway" in outcome["reason"]
+    assert len(answers) == 5, f"{START_TRIES} starts in all, not more"
+
+    # A refusal the API meant (404, invalid input) is not tried again.
+    answers[:] = [APIError("not_found", "server not found", 404)]
+    job(store, "jr3", [1], window=1)
+    runner.advance("jr3")
+    assert store.get("jr3")["outcomes"][1]["outcome"] == "refused" and not answers  # type: ignore[index]
+
+
 def test_busy_servers_are_skipped_and_refusals_count_as_errors(redis_server: RedisServer) -> None:
     store = JobStore(redis_server.client(), prefix="fr2")
 
