@@ -311,3 +311,29 @@ def test_a_run_ending_while_every_server_has_started_reads_no_whole_job(redis_se
     runner.on_run_ended({"id": "run-3", "server_id": 3, "state": "succeeded", "job_id": "j10"})
     assert reads, "the last end reads the job and ends it"
     assert store.state("j10") == "failed", "max_errors 0: one failure fails the job"
+
+
+class Project:
+    """A project of 60 servers: srv-1 … srv-60 with ids 101 … 160."""
+
+    servers = [{"id": 100 + i, "name": f"srv-{i}"} for i in range(1, 61)]
+
+    def get_server(self, sid: int) -> dict[str, Any]:
+        return next(s for s in self.servers if s["id"] == sid)
+
+    def list_servers(self, name: str | None = None, **_: Any) -> list[dict[str, Any]]:
+        return [s for s in self.servers if name is None or s["name"] == name]
+
+
+def test_a_server_list_that_names_a_server_twice_is_refused_not_shortened() -> None:
+    """An outside test: `--servers srv-1,101,srv-1` planned one server and said nothing of the others."""
+    import pytest
+
+    from workflows.fleet import resolve_targets
+
+    for servers in (["srv-1", 101], ["srv-1", "srv-2", "srv-1"], [f"srv-{i}" for i in range(1, 41)] + [101]):
+        with pytest.raises(BadInput, match="names one server more than once"):
+            resolve_targets(Project(), None, servers)  # type: ignore[arg-type]
+    many = [f"srv-{i}" for i in range(1, 41)]
+    assert [s["id"] for s in resolve_targets(Project(), None, many)] == list(range(101, 141))  # type: ignore[arg-type]
+    assert [s["id"] for s in resolve_targets(Project(), None, "srv-2, 101")] == [102, 101]  # type: ignore[arg-type]
