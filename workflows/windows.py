@@ -31,7 +31,15 @@ from workers.run_store import FINAL
 
 from .cron import Cron, cron_matches, parse_cron, utc_minutes
 
-__all__ = ["ENTRY_PREFIX", "WindowStore", "edited", "fire", "validate_window", "window_fields"]
+__all__ = [
+    "ENTRY_PREFIX",
+    "WindowStore",
+    "edited",
+    "fire",
+    "validate_window",
+    "window_fields",
+    "with_next_firing",
+]
 
 ENTRY_PREFIX = "hcloud-flow-window:"
 
@@ -44,6 +52,19 @@ def window_fields(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k in WindowSpec.model_fields}
 
 
+def with_next_firing(record: dict[str, Any], now: float) -> dict[str, Any]:
+    """Return a stored window with its next firing (ISO, in its zone; None while paused), as every listing
+    and view shows it."""
+    from .cron import next_firing
+
+    fires = None
+    if not record.get("paused"):
+        fires = next_firing(
+            parse_cron(record["cron"]), ZoneInfo(record["tz"]), datetime.fromtimestamp(now, UTC)
+        )
+    return {**record, "next_firing": fires.isoformat() if fires else None}
+
+
 def edited(old: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     """Return a window's fields after an edit: those given replace the old ones, and the workflow's
     parameters are merged one by one (a parameter given as None goes back to its default). Every entry
@@ -54,6 +75,9 @@ def edited(old: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     """
     from .definitions import WORKFLOWS
 
+    if not set(given) - {"name"}:
+        # It changed nothing but who changed the window last, and when (an outside test).
+        raise BadInput("nothing to change: give at least one field or option", "name")
     out = {**old}
     params = dict(old.get("params") or {})
     workflow = given.get("workflow", old.get("workflow"))

@@ -280,6 +280,9 @@ def test_an_edit_merges_workflow_parameters_one_by_one() -> None:
     assert old["params"]["description"] == "nightly", "the old fields are not changed in place"
     with pytest.raises(BadInput, match="snapshot has no parameter 'colour'"):
         edited(old, {"params": {"colour": None}})
+    for nothing in ({}, {"name": "w"}):
+        with pytest.raises(BadInput, match="nothing to change"):
+            edited(old, nothing)
 
 
 def _store(server: Any) -> Any:

@@ -246,18 +246,14 @@ def schedule_edit(name: str, workflow: str | None, **options: Any) -> int:
 @json_option
 def schedule_list(as_json: bool) -> int:
     """List the windows with their next firing; warn when no beat runs (then none fires)."""
-    from datetime import UTC, datetime
-    from zoneinfo import ZoneInfo
+    import time
 
     from workflows.beat import beat_seen
-    from workflows.cron import next_firing, parse_cron
+    from workflows.windows import with_next_firing
 
     store = _windows()
-    now = datetime.now(UTC)
-    rows = []
-    for w in filter(None, (store.get(n) for n in store.names())):
-        fires = None if w.get("paused") else next_firing(parse_cron(w["cron"]), ZoneInfo(w["tz"]), now)
-        rows.append({**w, "next_firing": fires.isoformat() if fires else None})
+    now = time.time()
+    rows = [with_next_firing(w, now) for w in filter(None, (store.get(n) for n in store.names()))]
     if as_json:
         print_json(rows)
     else:
@@ -291,9 +287,13 @@ def schedule_list(as_json: bool) -> int:
 @click.argument("name")
 @json_option
 def schedule_show(name: str, as_json: bool) -> int:
-    """Show window NAME and its last ten firings."""
+    """Show window NAME, its next firing and its last ten firings."""
+    import time
+
+    from workflows.windows import with_next_firing
+
     store = _windows()
-    _show({**_known(store, name), "history": store.history(name, 10)}, as_json)
+    _show({**with_next_firing(_known(store, name), time.time()), "history": store.history(name, 10)}, as_json)
     return EXIT_OK
 
 

@@ -276,16 +276,9 @@ def retry_job(job_id: str, body: RetryRequest, request: Request, key: Operator) 
 
 
 def _window_view(services: Services, record: dict[str, Any]) -> dict[str, Any]:
-    from datetime import UTC, datetime
-    from zoneinfo import ZoneInfo
+    from workflows.windows import with_next_firing
 
-    from workflows.cron import next_firing, parse_cron
-
-    now = datetime.fromtimestamp(services.clock(), UTC)
-    fires = (
-        None if record.get("paused") else next_firing(parse_cron(record["cron"]), ZoneInfo(record["tz"]), now)
-    )
-    return {**record, "next_firing": fires.isoformat() if fires else None}
+    return with_next_firing(record, services.clock())
 
 
 @router.get("/windows", summary="List maintenance windows with their next firing")
