@@ -88,9 +88,9 @@ def _deadlines(raw: str) -> dict[str, float]:
     return out
 
 
-def _secret(variable: str) -> str | None:
+def _secret(variable: str, *, empty_file: bool = True) -> str | None:
     try:
-        return read_secret(os.environ, variable) or None
+        return read_secret(os.environ, variable, empty_file=empty_file) or None
     except ConfigError as exc:
         raise SystemExit(str(exc)) from None
 
@@ -134,7 +134,8 @@ _visibility = _setting("HCLOUD_FLOW_VISIBILITY_TIMEOUT", 600.0)
 # (`celery inspect conf`, Flower, banners: "broker_url", "*backend*"); redbeat gets the URL without it and
 # the password under a "password" key (masked too), never a module-level name of its own here.
 broker_url, redbeat_redis_url, _password = redis_urls(
-    os.environ.get("HCLOUD_FLOW_REDIS_URL", "redis://127.0.0.1:6379/0"), _secret("HCLOUD_FLOW_REDIS_PASSWORD")
+    os.environ.get("HCLOUD_FLOW_REDIS_URL", "redis://127.0.0.1:6379/0"),
+    _secret("HCLOUD_FLOW_REDIS_PASSWORD", empty_file=False),
 )
 redbeat_redis_options = {"password": _password} if _password else {}
 del _password

@@ -62,8 +62,11 @@ def variable_suffix(name: str) -> str:
     return name.upper().replace("-", "_")
 
 
-def read_secret(environ: Mapping[str, str], variable: str) -> str:
+def read_secret(environ: Mapping[str, str], variable: str, *, empty_file: bool = True) -> str:
     """Return a secret from ``VARIABLE``, or from the file ``VARIABLE_FILE`` names; "" when neither is set.
+
+    An empty file is "" too (compose mounts a file for every secret, and an empty sealing or webhook key
+    says "none"), unless ``empty_file`` is False: then it is refused.
 
     Both set is refused: which one wins would be a guess. The file's surrounding whitespace (a trailing
     newline from ``echo``) is not part of the secret.
@@ -85,9 +88,7 @@ def read_secret(environ: Mapping[str, str], variable: str) -> str:
         text = raw.decode().strip()
     except UnicodeDecodeError:
         raise ConfigError(f"{variable}_FILE: {path} is not UTF-8 text") from None
-    if not text:
-        # A file named is a secret meant: an empty Redis password file ran every service with none, and an
-        # empty webhook key file sent webhooks unsigned (an outside test).
+    if not text and not empty_file:
         raise ConfigError(f"{variable}_FILE: {path} is empty")
     return text
 

@@ -98,6 +98,9 @@ class Targets(BaseModel):
                 raise BadInput(f"servers holds {ref!r}; give each server as an id or a name", "servers")
             if isinstance(ref, int) and ref <= 0:
                 raise BadInput(f"servers holds {ref}; server ids are positive", "servers")
+        twice = next((ref for i, ref in enumerate(value) if ref in value[:i]), None)
+        if twice is not None:  # here too, for windows stored with --no-check (the API finds an id and a name)
+            raise BadInput(f"servers names {twice!r} more than once; name each server once", "servers")
         return value
 
 

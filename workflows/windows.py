@@ -16,12 +16,13 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import redis
+from redis.exceptions import LockError
 
 from workers.counters import Counters
 from workers.errors import BadInput, Conflict, NotFound
@@ -121,10 +122,23 @@ class WindowStore:
     def _key(self, name: str) -> str:
         return f"{self.prefix}:window:{name}"
 
-    def _lock(self, name: str) -> Any:
+    @contextlib.contextmanager
+    def _lock(self, name: str) -> Iterator[None]:
         """The window's write lock: a record and its redbeat entry are written together, one writer at a
         time (two edits at once had left the record on one cron and the beat's entry on the other)."""
-        return self.redis.lock(f"{self._key(name)}:lock", timeout=10, blocking_timeout=10)
+        lock = self.redis.lock(f"{self._key(name)}:lock", timeout=10, blocking_timeout=10)
+        if not lock.acquire():
+            raise Conflict(f"window {name!r} is being changed by someone else; try again", "name")
+        try:
+            yield
+        finally:
+            with contextlib.suppress(LockError):  # lapsed after 10 s: what was written stands
+                lock.release()
+
+    def _keep_last_job(self, name: str, old: dict[str, Any] | None) -> None:
+        """Move a record's own last job (a window stored before it was kept beside) out beside it."""
+        if old is not None and old.get("last_job"):
+            self.redis.set(f"{self._key(name)}:last_job", old["last_job"], nx=True)
 
     def get(self, name: str) -> dict[str, Any] | None:
         raw = self.redis.get(self._key(name))
@@ -158,6 +172,10 @@ class WindowStore:
         name = window["name"]
         with self._lock(name):
             old = self.get(name)
+            if old is None and based_on is not None:
+                # Removed while the edit was made: writing it would bring the window back (a reviewer).
+                raise NotFound(f"no window named {name!r} (removed meanwhile)", "name")
+            self._keep_last_job(name, old)
             if old is not None and based_on is not None and old.get("revision", 0) != based_on:
                 raise Conflict(
                     f"window {name!r} was changed meanwhile by {old.get('changed_by') or 'someone'}; "
@@ -204,20 +222,22 @@ class WindowStore:
         return next((name for name, entry in noted.items() if entry.get("default")), DEFAULT_PROJECT)
 
     def remove(self, name: str) -> None:
-        if self.get(name) is None:
-            raise NotFound(f"no window named {name!r}", "name")
         from redbeat import RedBeatSchedulerEntry
 
-        with contextlib.suppress(KeyError):  # the entry is already gone
-            RedBeatSchedulerEntry.from_key(self._entry_key(name), app=self.app).delete()
-        self.redis.delete(self._key(name), f"{self._key(name)}:history", f"{self._key(name)}:last_job")
-        self.redis.srem(f"{self.prefix}:windows", name)
+        with self._lock(name):
+            if self.get(name) is None:
+                raise NotFound(f"no window named {name!r}", "name")
+            with contextlib.suppress(KeyError):  # the entry is already gone
+                RedBeatSchedulerEntry.from_key(self._entry_key(name), app=self.app).delete()
+            self.redis.delete(self._key(name), f"{self._key(name)}:history", f"{self._key(name)}:last_job")
+            self.redis.srem(f"{self.prefix}:windows", name)
 
     def set_paused(self, name: str, paused: bool, by: str | None = None) -> dict[str, Any]:
         with self._lock(name):
             window = self.get(name)
             if window is None:
                 raise NotFound(f"no window named {name!r}", "name")
+            self._keep_last_job(name, window)
             window.pop("last_job", None)
             window.update(
                 paused=paused, changed_by=by, changed_at=self.clock(), revision=window.get("revision", 0) + 1
@@ -226,8 +246,11 @@ class WindowStore:
         return self.get(name) or window
 
     def note_job(self, name: str, job_id: str) -> None:
-        """Note the job a firing started (its own key: the firing never writes the window's record)."""
-        self.redis.set(f"{self._key(name)}:last_job", job_id)
+        """Note the job a firing started (its own key: the firing never writes the window's record); not for
+        a window removed while it fired, which a window added again under its name would inherit."""
+        with self._lock(name):
+            if self.redis.exists(self._key(name)):
+                self.redis.set(f"{self._key(name)}:last_job", job_id)
 
     def record(self, name: str, entry: dict[str, Any]) -> None:
         key = f"{self._key(name)}:history"

@@ -75,3 +75,15 @@ def test_a_monitor_switch_that_is_not_a_word_for_on_or_off_is_refused_by_name() 
     done = _load(HCLOUD_FLOW_MONITOR="disabled")
     assert done.returncode != 0
     assert "HCLOUD_FLOW_MONITOR must be" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_empty_redis_password_file_is_refused_by_name(tmp_path: Path) -> None:
+    # It ran every service with no password, each retrying "Authentication required" for ever (an outside
+    # test); compose's own redis refuses such a file.
+    empty = tmp_path / "redis_password"
+    empty.write_text("\n")
+    done = _load(HCLOUD_FLOW_REDIS_PASSWORD_FILE=str(empty))
+    assert done.returncode != 0
+    assert (
+        f"HCLOUD_FLOW_REDIS_PASSWORD_FILE: {empty} is empty" in done.stderr and "Traceback" not in done.stderr
+    )

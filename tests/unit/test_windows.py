@@ -392,3 +392,40 @@ def test_a_paused_window_whose_project_is_no_longer_served_is_skipped_as_paused(
         assert (fired["outcome"], fired["reason"]) == ("skipped", "the window is paused")
     finally:
         server.stop()
+
+
+def test_an_edit_of_a_window_removed_meanwhile_does_not_bring_it_back_and_old_records_keep_their_job(
+    tmp_path: Any,
+) -> None:
+    import json
+
+    from tests.support.processes import RedisServer
+    from workers.errors import NotFound
+    from workflows.windows import edited, window_fields
+
+    server = RedisServer(tmp_path / "redis")
+    try:
+        store = _store(server)
+        first = store.save(validate_window(spec()), by="a")
+        name = first["name"]
+        change = validate_window(edited(window_fields(first), {"cron": "20 3 * * SUN"}))
+        store.remove(name)  # while the edit was being made (a reviewer)
+        with pytest.raises(NotFound, match="removed meanwhile"):
+            store.save(change, replace=True, by="b", based_on=first["revision"])
+        assert store.get(name) is None and name not in store.names()
+        store.note_job(name, "job-late")  # a firing that ran while it was removed
+        assert not store.redis.exists(f"{store._key(name)}:last_job")
+
+        # A window stored by the previous version kept its last job inside the record: a pause (or an
+        # edit) must not lose it, or the next firing stacks a job on the one still running.
+        old = {**validate_window(spec(name="legacy")), "last_job": "job-7"}
+        store.redis.set(store._key("legacy"), json.dumps(old))
+        store.set_paused("legacy", True, by="c")
+        store.set_paused("legacy", False, by="c")
+        assert store.get("legacy")["last_job"] == "job-7"
+        store.save(validate_window(spec(name="legacy")), replace=True, by="d")
+        assert store.get("legacy")["last_job"] == "job-7"
+        with pytest.raises(BadInput, match="more than once"):
+            validate_window(spec(name="dup", selector=None, servers=["a", "b", "a"]))
+    finally:
+        server.stop()
