@@ -227,12 +227,21 @@ class RunHooks:
         return f"{run['id']}-restore-{uuid.uuid4().hex[:8]}", None
 
     def _left_as_is(self, run: dict[str, Any]) -> dict[str, Any] | None:
-        """Say what a failed or cancelled run that powers nothing on again left its server in, as the API
-        says now (a failed rebuild step, ``--leave-off``, a server that was off before): those runs ended
-        saying nothing of a server they had shut down. None where no step of the run acted.
+        """Say what a failed or cancelled run that powers nothing on again left its server in (a failed
+        rebuild step, ``--leave-off``, a server that was off before): those runs ended saying nothing of a
+        server they had shut down. None where no step of the run acted.
+
+        The status is the last one the run saw (a step's target state, else the server's before the run),
+        not a read of the API: this runs inside the monitor's round, where a slow API held every ending.
         """
         acted = any(s.get("status") in ("succeeded", "failed") for s in run["steps"])
-        if self.status_of is None or not acted:
+        seen = [
+            s["server_status"]
+            for s in run["steps"]
+            if s.get("status") == "succeeded" and s.get("server_status")
+        ]
+        status = seen[-1] if seen else run.get("server_status_before")
+        if not acted or not status:
             return None
         stopped_at = next((s for s in run["steps"] if s.get("status") in ("failed", "cancelled")), None)
         ended = "was cancelled" if run["state"] == "cancelled" else run["state"]
@@ -244,11 +253,7 @@ class RunHooks:
             why += "; not powered on again (--leave-off)"
         elif stopped_at is not None and stopped_at["status"] not in (stopped_at.get("restore") or ()):
             why += f"; a failed {stopped_at['name']} step is not booted"
-        try:
-            status = self.status_of(run)
-        except HcloudFlowError as exc:
-            return {"status": "unknown", "why": f"{why}; its status could not be read: {exc}"[:500]}
-        return {"status": status, "why": why[:500]}
+        return {"status": status, "why": f"{why} (as the run last saw it)"[:500]}
 
     def _send_restore(self, run: dict[str, Any], task_id: str) -> None:
         """Send the power-on of a restore whose record ``_finish`` wrote."""

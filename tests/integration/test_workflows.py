@@ -182,7 +182,7 @@ def test_leave_off_leaves_a_failed_snapshots_server_off(
     # It says what it left, as the API has it (it said nothing, an outside test found).
     assert record["left"] == {
         "status": "off",
-        "why": "the run failed at create_image; not powered on again (--leave-off)",
+        "why": "the run failed at create_image; not powered on again (--leave-off) (as the run last saw it)",
     }
 
 
@@ -197,7 +197,7 @@ def test_a_failed_rebuild_step_says_it_left_the_server_off(
     status = Api(control.url.replace("/_fakecloud", "/v1")).server(sid)["status"]
     assert record["left"] == {
         "status": status,
-        "why": "the run failed at rebuild; a failed rebuild step is not booted",
+        "why": "the run failed at rebuild; a failed rebuild step is not booted (as the run last saw it)",
     }
     assert status == "off"
 
