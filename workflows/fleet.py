@@ -305,15 +305,20 @@ class FleetRunner(Gates):
                 return
             if self._blocked(job):
                 return
+            # Servers whose start met an API that could not answer wait for their retry time (a kick then).
+            now = self.store.clock()
+            start = tuple(s for s in d.start if job.get("retry_at", {}).get(s, 0.0) <= now)
+            if not start:
+                return
             try:
-                lookups = fresh if fresh is not None else self._wave_lookups(job, d.start)
+                lookups = fresh if fresh is not None else self._wave_lookups(job, start)
                 fresh = None  # one wave only: later waves read their servers again
             except RateBudgetExhausted as exc:
                 if self.kick is None:
                     raise
                 self.kick(job["id"], min(max(exc.wait, 1.0), 30.0))
                 return
-            if not self._start_wave(job, d.start, lookups, lock):
+            if not self._start_wave(job, start, lookups, lock):
                 return
 
     def _decide(self, job: dict[str, Any]) -> Decision:
@@ -427,6 +432,8 @@ class FleetRunner(Gates):
         except RateBudgetExhausted as exc:
             if self.kick is None:
                 raise
+            if drain is not None:  # out of its load balancers, no run: its drain carries on from there
+                self.store.set_outcome(job["id"], sid, drain={**drain, "state": "draining"})
             self.kick(job["id"], min(max(exc.wait, 1.0), 30.0))
             return False
         except ServerBusy as exc:
@@ -441,15 +448,19 @@ class FleetRunner(Gates):
         except BadInput as exc:
             final = {"outcome": "refused", "reason": str(exc)}
         except HcloudFlowError as exc:
+            retry_at = self.store.clock() + START_RETRY_PAUSE
             if (
                 self.kick is not None
                 and should_retry(exc, idempotent=True)
-                and self.store.note_start_try(job["id"], sid) < START_TRIES
+                and self.store.note_start_try(job["id"], sid, retry_at) < START_TRIES
             ):
                 # The API could not answer through all of the request's retries (about 18 s): a gateway
-                # blip refused the server, and failed a --max-errors 0 job (an outside test). Later, again.
+                # blip refused the server, and failed a --max-errors 0 job (an outside test). It is tried
+                # again from retry_at; the rest of the job goes on meanwhile.
+                if drain is not None:  # out of its load balancers: its drain carries on from there
+                    self.store.set_outcome(job["id"], sid, drain={**drain, "state": "draining"})
                 self.kick(job["id"], START_RETRY_PAUSE)
-                return False
+                return True
             final = {"outcome": "refused", "reason": f"could not submit: {exc}"}
         if final is not None and drain is not None:
             self._put_back(job, sid, drain, final)

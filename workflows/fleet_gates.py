@@ -112,10 +112,13 @@ class Gates:
         """Carry on each server being taken out of or put back into its load balancers; True if any was
         (its outcome may have changed)."""
         self._lb_cache = {}  # each load balancer read once in this pass, for all its servers
+        now, later = self.store.clock(), job.get("retry_at") or {}
         draining = [
             (sid, e["drain"])
             for sid, e in job["outcomes"].items()
-            if e["outcome"] == "running" and (e.get("drain") or {}).get("state") in ("draining", "restoring")
+            if e["outcome"] == "running"
+            and (e.get("drain") or {}).get("state") in ("draining", "restoring")
+            and later.get(sid, 0.0) <= now  # its start met an API that could not answer: from then on
         ]
         for sid, drain in draining:
             self._drain_step(job, sid, drain)

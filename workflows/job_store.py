@@ -64,7 +64,9 @@ class JobStore:
         job["reason"] = raw.get("reason")
         job["finished"] = float(raw["finished"]) if raw.get("finished") else None
         outcomes: dict[int, Any] = {}
-        by_prefix: dict[str, list[tuple[str, str]]] = {"ctl:": [], "retry:": [], "appr:": [], "told:": []}
+        by_prefix: dict[str, list[tuple[str, str]]] = {
+            "ctl:": [], "retry:": [], "appr:": [], "told:": [], "wait:": []
+        }  # fmt: skip
         for k, v in raw.items():  # one pass: a job of 400 servers has 400 outcome fields
             if k.startswith("srv:"):
                 outcomes[int(k[4:])] = json.loads(v)
@@ -77,6 +79,7 @@ class JobStore:
         job["approval"] = json.loads(raw["approval"]) if raw.get("approval") else None
         job["blocked"] = json.loads(raw["blocked"]) if raw.get("blocked") else None
         job["told"] = sorted(k[5:] for k, _ in by_prefix["told:"])
+        job["retry_at"] = {int(k[5:]): float(v) for k, v in by_prefix["wait:"]}
         counts: dict[str, int] = {}
         for entry in outcomes.values():
             counts[entry["outcome"]] = counts.get(entry["outcome"], 0) + 1
@@ -133,9 +136,13 @@ class JobStore:
         merged = {**(json.loads(old) if old else {}), **entry}
         self.redis.hset(self.key(job_id), field, json.dumps(merged))
 
-    def note_start_try(self, job_id: str, server_id: int) -> int:
-        """Count a start of a server that the API could not answer; return the count (kept with the job)."""
-        return int(self.redis.hincrby(self.key(job_id), f"try:{server_id}", 1))
+    def note_start_try(self, job_id: str, server_id: int, retry_at: float) -> int:
+        """Count a start of a server that the API could not answer, and note when to try it again; return
+        the count (both kept with the job: ``get`` shows the times as ``retry_at``)."""
+        pipe = self.redis.pipeline()
+        pipe.hincrby(self.key(job_id), f"try:{server_id}", 1)
+        pipe.hset(self.key(job_id), f"wait:{server_id}", repr(retry_at))
+        return int(pipe.execute()[0])
 
     def set_state(self, job_id: str, state: str, reason: str | None = None) -> None:
         mapping: dict[Any, Any] = {"state": state}  # redis-py wants its own key type; ours are str

@@ -168,3 +168,67 @@ def test_a_server_left_off_is_put_back_without_waiting_for_a_health_it_cannot_re
         if not healthy:
             assert entry["reason"] == "back in its load balancers, not waited for healthy: the server is off"
         assert store.state("j3") == "succeeded"
+
+
+def test_a_drained_servers_start_that_met_an_api_outage_is_tried_again_not_left_out(
+    redis_server: RedisServer,
+) -> None:
+    """A reviewer: a drained server whose start met a 502 stayed out of its load balancer with no run, and
+    the job never ended. It is started again from its retry time, still out; it is never drained twice."""
+    from workflows.fleet import START_RETRY_PAUSE
+
+    class Clock:
+        now = 1000.0
+
+        def __call__(self) -> float:
+            return self.now
+
+    clock = Clock()
+    store = JobStore(redis_server.client(), prefix="dr4", clock=clock)
+    client = Client()
+    answers: list[Any] = [APIError("http_502", "GET /servers/10: Bad Gateway", 502)]
+    started: list[int] = []
+    kicks: list[float] = []
+
+    def submit(**kw: Any) -> dict[str, Any]:
+        if answers:
+            raise answers.pop()
+        started.append(kw["server"])
+        return {"run_id": f"run-{kw['server']}"}
+
+    runner = FleetRunner(
+        store, client, submit, lambda run_id, by: None,  # type: ignore[arg-type]
+        kick=lambda job_id, delay: kicks.append(delay), fresh_for=0,
+    )  # fmt: skip
+    store.create(
+        {
+            "id": "j4", "workflow": "reboot", "selector": None, "params": {}, "created": 0.0,
+            "servers": [{"id": 10, "name": "a", "lbs": [1]}], "max_concurrency": 1, "max_errors": 0,
+            "canary": 0, "limits": {}, "window": None, "drain": True,
+        }
+    )  # fmt: skip
+    runner.advance("j4")
+    assert started == [] and client.targets[1] == {11}, "taken out; its start met the outage"
+    runner.advance("j4")
+    assert started == [], "not before its retry time"
+    clock.now += START_RETRY_PAUSE
+    runner.advance("j4")
+    assert started == [10], "started again, from where its drain was"
+    assert client.calls == [("remove_target", 1, 10)], "taken out once"
+    assert store.get("j4")["outcomes"][10]["run_id"] == "run-10"  # type: ignore[index]
+
+    # The same for a start that met an empty rate budget (its kick is the budget's wait).
+    from workers.errors import RateBudgetExhausted
+
+    answers[:] = [RateBudgetExhausted(7.0)]
+    store.create(
+        {
+            "id": "j5", "workflow": "reboot", "selector": None, "params": {}, "created": 0.0,
+            "servers": [{"id": 11, "name": "b", "lbs": [1]}], "max_concurrency": 1, "max_errors": 0,
+            "canary": 0, "limits": {}, "window": None, "drain": True,
+        }
+    )  # fmt: skip
+    runner.advance("j5")
+    assert kicks[-1] == 7.0 and 11 not in started and 11 not in client.targets[1]
+    runner.advance("j5")  # the kick
+    assert started[-1] == 11 and client.calls.count(("remove_target", 1, 11)) == 1
