@@ -10,6 +10,7 @@ from workers.errors import APIError, BadInput
 from workflows.drain import Drainer, memberships, refuse_selector_targets, target_health
 from workflows.fleet import FleetRunner, JobStore
 
+from ..support.clock import Clock
 from ..support.processes import RedisServer
 
 
@@ -176,12 +177,6 @@ def test_a_drained_servers_start_that_met_an_api_outage_is_tried_again_not_left_
     """A reviewer: a drained server whose start met a 502 stayed out of its load balancer with no run, and
     the job never ended. It is started again from its retry time, still out; it is never drained twice."""
     from workflows.fleet import START_RETRY_PAUSE
-
-    class Clock:
-        now = 1000.0
-
-        def __call__(self) -> float:
-            return self.now
 
     clock = Clock()
     store = JobStore(redis_server.client(), prefix="dr4", clock=clock)

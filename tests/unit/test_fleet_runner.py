@@ -8,6 +8,7 @@ from typing import Any
 from workers.errors import BadInput, RateBudgetExhausted, ServerBusy
 from workflows.fleet import FleetRunner, JobStore
 
+from ..support.clock import Clock
 from ..support.processes import RedisServer
 
 
@@ -55,12 +56,6 @@ def test_a_start_the_api_could_not_answer_is_tried_again_later_a_few_times(redis
     START_RETRY_PAUSE later while the rest of the job goes on; after START_TRIES such starts, refused."""
     from workers.errors import APIError, TransportError
     from workflows.fleet import START_RETRY_PAUSE, START_TRIES
-
-    class Clock:
-        now = 1000.0
-
-        def __call__(self) -> float:
-            return self.now
 
     clock = Clock()
     store = JobStore(redis_server.client(), prefix="fr-retry", clock=clock)
@@ -222,12 +217,6 @@ def test_small_waves_take_their_servers_from_the_jobs_last_listing_while_it_is_f
 ) -> None:
     """A throttled job starts one server as each run ends: read alone, those reads were a quarter of its
     requests. One listing of what is left serves the next starts for ``fresh_for`` seconds."""
-
-    class Clock:
-        now = 1000.0
-
-        def __call__(self) -> float:
-            return self.now
 
     clock = Clock()
     store = JobStore(redis_server.client(), prefix="fr7", clock=clock)

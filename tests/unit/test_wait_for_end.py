@@ -10,16 +10,7 @@ import redis
 from workers.errors import StillRunning
 from workflows.api import REDIS_PATIENCE, wait_for_end
 
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
+from ..support.clock import Clock
 
 
 def reads(*answers: Any) -> Any:
@@ -36,7 +27,7 @@ def reads(*answers: Any) -> Any:
 
 
 def test_a_redis_restart_during_a_wait_is_ridden_out() -> None:
-    clock = Clock()
+    clock = Clock(0.0)
     down = redis.ConnectionError("Connection refused")
     read = reads({"state": "running"}, down, down, redis.TimeoutError("timed out"), {"state": "succeeded"})
     # A 3-second restart ended `--wait` with "cannot reach Redis" (exit 3) while the job went on.
@@ -45,7 +36,7 @@ def test_a_redis_restart_during_a_wait_is_ridden_out() -> None:
 
 
 def test_a_redis_that_stays_away_ends_the_wait_after_the_patience() -> None:
-    clock = Clock()
+    clock = Clock(0.0)
     read = reads({"state": "running"}, redis.ConnectionError("Connection refused"))
     with pytest.raises(redis.ConnectionError):
         wait_for_end(read, "job j", None, 0.5, sleep=clock.sleep, clock=clock)
@@ -53,12 +44,12 @@ def test_a_redis_that_stays_away_ends_the_wait_after_the_patience() -> None:
 
 
 def test_an_outage_past_the_waits_own_deadline_ends_it_then() -> None:
-    clock = Clock()
+    clock = Clock(0.0)
     read = reads(redis.ConnectionError("Connection refused"))
     with pytest.raises(redis.ConnectionError):
         wait_for_end(read, "run r", 5.0, 0.5, sleep=clock.sleep, clock=clock)
     assert clock.now <= 6.0
     # Reachable and still running at the deadline: the usual StillRunning.
-    clock = Clock()
+    clock = Clock(0.0)
     with pytest.raises(StillRunning):
         wait_for_end(reads({"state": "running"}), "run r", 5.0, 0.5, sleep=clock.sleep, clock=clock)
