@@ -19,6 +19,7 @@ from workers.client import is_id
 from workers.deferred import Deferred
 from workers.engine import STEP_LABEL
 from workers.errors import BadInput, ConfigError, RunCancelled, ServerBusy
+from workers.result_backend import without_user_data
 from workers.run_store import FINAL
 from workers.runs import PLAN_CHECKS, RUN_LISTENERS, RUN_STARTED
 from workers.server_actions import check_step_options
@@ -224,7 +225,8 @@ def _fleet_options(options: dict[str, Any]) -> dict[str, Any]:
 def fleet_start(submitted_by: Any = None, **options: Any) -> dict[str, Any]:
     """Validate and start a fleet job; return its record. Options: ``workflows.specs.FleetSpec``'s fields;
     ``submitted_by`` (who asks) is recorded with the job and its runs."""
-    return fleet_runner(options.get("project")).start(submitted_by=submitted_by, **_fleet_options(options))
+    job = fleet_runner(options.get("project")).start(submitted_by=submitted_by, **_fleet_options(options))
+    return dict(without_user_data(job))  # the result (logged, in task events): user data as its fingerprint
 
 
 @app.task(name="hcloud_flow.fleet_plan", throws=(BadInput,))
@@ -233,7 +235,7 @@ def fleet_plan(**options: Any) -> dict[str, Any]:
     from .dry_run import describe
 
     runner = fleet_runner(options.get("project"))
-    return describe(runner.plan(**_fleet_options(options)), engine(runner.project))
+    return dict(without_user_data(describe(runner.plan(**_fleet_options(options)), engine(runner.project))))
 
 
 @app.task(name="hcloud_flow.fleet_control", throws=(BadInput,))
@@ -248,7 +250,9 @@ def fleet_retry(
     job_id: Any = None, failed: Any = True, not_started: Any = False, by: Any = None
 ) -> dict[str, Any]:
     """Start a new job over an ended job's failed and/or not started servers; return the new job."""
-    return job_runner(job_id).retry(job_id, failed=failed, not_started=not_started, by=by)
+    return dict(
+        without_user_data(job_runner(job_id).retry(job_id, failed=failed, not_started=not_started, by=by))
+    )
 
 
 def _made_image(previous: dict[str, Any] | None) -> int | None:

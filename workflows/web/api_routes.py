@@ -41,11 +41,17 @@ def _services(request: Request) -> Services:
 
 
 def redact(record: Any) -> Any:
-    """A run or job as shown over HTTP: sealed root passwords say where to get them instead (never sent)."""
+    """A run, job or window as shown over HTTP: sealed root passwords say where to get them instead (never
+    sent), and a rebuild's user data is its fingerprint (a job and a window keep the text to start servers
+    with; a viewer key read it)."""
+    from workers.result_backend import fingerprint
+
     if isinstance(record, dict):
         out = {}
         for k, v in record.items():
-            if k == "root_password" and v:
+            if k == "user_data" and isinstance(v, str):
+                out[k] = fingerprint(v)
+            elif k == "root_password" and v:
                 dropped = isinstance(v, dict) and not v.get("sealed")
                 out[k] = (
                     (v.get("notice") or "dropped")
@@ -278,7 +284,7 @@ def retry_job(job_id: str, body: RetryRequest, request: Request, key: Operator) 
 def _window_view(services: Services, record: dict[str, Any]) -> dict[str, Any]:
     from workflows.windows import with_next_firing
 
-    return with_next_firing(record, services.clock())
+    return dict(redact(with_next_firing(record, services.clock())))
 
 
 @router.get("/windows", summary="List maintenance windows with their next firing")
