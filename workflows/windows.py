@@ -176,6 +176,8 @@ class WindowStore:
                 # Removed while the edit was made: writing it would bring the window back (a reviewer).
                 raise NotFound(f"no window named {name!r} (removed meanwhile)", "name")
             self._keep_last_job(name, old)
+            if replace and old is not None and window_fields(old) == window:
+                return old  # nothing changes: no new revision (it made other editors' edits conflict)
             if old is not None and based_on is not None and old.get("revision", 0) != based_on:
                 raise Conflict(
                     f"window {name!r} was changed meanwhile by {old.get('changed_by') or 'someone'}; "
@@ -197,7 +199,12 @@ class WindowStore:
             if not self.redis.set(self._key(name), json.dumps(record), nx=not replace):
                 raise BadInput(f"a window named {name!r} exists; remove it first", "name")
             self.redis.sadd(f"{self.prefix}:windows", name)
-            self._entry(window).save()
+            entry = self._entry(window)
+            with contextlib.suppress(KeyError):
+                # From when it last fired, not from now: an edit while the beat was down pushed a firing
+                # still due (at most LATE_TOLERANCE_MINUTES late) to the next hour, with no trace of it.
+                entry.last_run_at = type(entry).from_key(self._entry_key(name), app=self.app).last_run_at
+            entry.save()
         return self.get(name) or record
 
     def _check_served(self, project: str | None) -> None:

@@ -306,6 +306,14 @@ def test_an_edit_keeps_the_workflow_parameters_it_does_not_name(
         assert (params["keep"], params["labels"], params["grace"], params["description"]) == (
             3, {"purpose": "backup"}, 120, "renamed"
         )  # fmt: skip
+        revision = json.loads(cli(env, "schedule", "show", "keeps", "--json").stdout)["revision"]
+        same = cli(env, "schedule", "edit", "keeps", "--description", "renamed", "--json")
+        assert same.returncode == 0 and json.loads(same.stdout)["revision"] == revision, (
+            "no change, no revision"
+        )
+        assert json.loads(same.stdout)["next_firing"], "--json of an edit says the next firing too"
+        both = cli(env, "schedule", "edit", "keeps", "--unset", "keep", "--keep", "4")
+        assert both.returncode == 2 and "--unset keep and a value for keep" in both.stderr
         unset = cli(env, "schedule", "edit", "keeps", "--unset", "keep")
         assert unset.returncode == 0, unset.stderr
         params = json.loads(cli(env, "schedule", "show", "keeps", "--json").stdout)["params"]

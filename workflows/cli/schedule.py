@@ -197,20 +197,26 @@ def _given(name: str, workflow: str | None, options: dict[str, Any]) -> dict[str
 
 
 def _save(name: str, workflow: str | None, options: dict[str, Any], *, edit: bool) -> int:
+    import time
+
+    from workers.errors import BadInput
     from workflows.api import default_submitter
-    from workflows.windows import edited, validate_window, window_fields
+    from workflows.windows import edited, validate_window, window_fields, with_next_firing
 
     store = _windows()
     record = _known(store, name) if edit else {}
     given = _given(name, workflow, options)
     for param in options.get("unset") or ():
+        if (given.get("params") or {}).get(param) is not None:
+            raise BadInput(f"--unset {param} and a value for {param} at once: give one", "params")
         given.setdefault("params", {})[param] = None  # back to its default
     # add: the model's defaults fill the rest; edit: the rest stays, parameters one by one.
     window = validate_window(edited(window_fields(record), given) if edit else given)
     if not options["no_check"]:
         check_window_at_the_api(window, options["submit_timeout"])
     based_on = record.get("revision", 0) if edit else None
-    _show(store.save(window, replace=edit, by=default_submitter(), based_on=based_on), options["as_json"])
+    saved = store.save(window, replace=edit, by=default_submitter(), based_on=based_on)
+    _show(with_next_firing(saved, time.time()), options["as_json"])
     return EXIT_OK
 
 
@@ -237,8 +243,8 @@ def schedule_add(name: str, workflow: str, **options: Any) -> int:
     help="put workflow parameter PARAM (e.g. keep, leave_off) back to its default (repeatable)",
 )
 def schedule_edit(name: str, workflow: str | None, **options: Any) -> int:
-    """Change window NAME: only the options given; workflow parameters one by one (WORKFLOW, if given,
-    drops the old ones). Refused if another change came in meanwhile."""
+    """Change window NAME: only the options given; workflow parameters one by one (a WORKFLOW other than
+    the window's drops the old ones). Refused if another change came in meanwhile."""
     return _save(name, workflow, options, edit=True)
 
 
@@ -329,9 +335,13 @@ def _pausing(paused: bool, summary: str) -> click.Command:
     @click.argument("name")
     @json_option
     def command(name: str, as_json: bool) -> int:
-        from workflows.api import default_submitter
+        import time
 
-        _show(_windows().set_paused(name, paused, by=default_submitter()), as_json)
+        from workflows.api import default_submitter
+        from workflows.windows import with_next_firing
+
+        window = _windows().set_paused(name, paused, by=default_submitter())
+        _show(with_next_firing(window, time.time()), as_json)
         return EXIT_OK
 
     return click.command("pause" if paused else "resume", help=summary)(command)

@@ -30,7 +30,8 @@ ERROR_RESPONSES = {
     401: "no API key, or not a valid one (Authorization: Bearer KEY)",
     403: "a viewer key on a write",
     404: "no such run, job, window or path",
-    409: "the server is busy with another run, or a request with this Idempotency-Key is still answered",
+    409: "the server is busy with another run, a request with this Idempotency-Key is still answered, or "
+    "the window was changed meanwhile (read it again)",
     413: "the body is over 256 KiB",
     422: "the body or a parameter has the wrong shape, or an Idempotency-Key came with another body",
     503: "no worker took the request (nothing was started), or Redis cannot be reached",
