@@ -44,6 +44,8 @@ _SEEN: dict[str, tuple[float, dict[int, dict[str, Any]]]] = {}
 ORPHAN_AFTER = 20.0
 # Seconds between renewals of a job's lock while a wave is submitted: well inside its 30 s timeout.
 LOCK_RENEW_EVERY = 5.0
+# After an advance whose job lock lapsed under it: the next look at the job, this soon.
+LOCK_LAPSED_RETRY = 1.0
 # A server whose start met an API that could not answer (5xx, no answer, through all of a request's
 # retries) is tried again after this pause, at most this many times, before it counts as refused.
 START_RETRY_PAUSE = 30.0
@@ -267,8 +269,12 @@ class FleetRunner(Gates):
             with self.store.lock(job_id) as lock:
                 self._advance(job_id, lock, fresh)
         except LockNotOwnedError:
-            # The lock lapsed while we held it (a stalled process): another advance may have run meanwhile.
-            log.warning("fleet job %s: the job lock lapsed during a wave", job_id)
+            # The lock lapsed while we held it (a stalled process): another advance may have run meanwhile,
+            # or none did, and nothing would have looked at the job again: it stalled for good (an outside
+            # test, behind a block-on URL that answered slowly). One more look settles it either way.
+            log.warning("fleet job %s: the job lock lapsed during a wave; looking again", job_id)
+            if self.kick is not None:
+                self.kick(job_id, LOCK_LAPSED_RETRY)
 
     def _advance(self, job_id: str, lock: Any, fresh: Lookups | None = None) -> None:
         swept = False

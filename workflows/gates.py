@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
 import requests
+import urllib3
 
 __all__ = [
     "HEALTH_EVERY",
@@ -53,16 +55,31 @@ TOO_BIG = "\x00too big"  # what http_probe hands back for an answer over MAX_BOD
 Probe = Callable[[str], tuple[int | None, str]]
 
 
-def http_probe(url: str) -> tuple[int | None, str]:
-    """GET ``url``; return its status and body, or (None, why) without an answer. A body over
-    ``MAX_BODY`` is not read: it comes back as ``TOO_BIG``, which blocks (a list cut short is unreadable)."""
+def http_probe(url: str, clock: Callable[[], float] = time.monotonic) -> tuple[int | None, str]:
+    """GET ``url``; return its status and body, or (None, why) without an answer within ``PROBE_TIMEOUT``
+    in all. A body over ``MAX_BODY`` is not read: it comes back as ``TOO_BIG``, which blocks (a list cut
+    short is unreadable).
+
+    The timeout bounds the whole look, not each read of the socket: an answer trickling a byte a second
+    held a look (and the job's lock, and every other look) for minutes (an outside test).
+    """
+    deadline = clock() + PROBE_TIMEOUT
     try:
         with requests.get(url, timeout=PROBE_TIMEOUT, stream=True, allow_redirects=False) as resp:
-            body = resp.raw.read(MAX_BODY + 1, decode_content=True) or b""
-            if len(body) > MAX_BODY:
+            chunks: list[bytes] = []
+            size = 0
+            while size <= MAX_BODY:
+                if clock() > deadline:
+                    return None, f"no whole answer within {PROBE_TIMEOUT:g} s"
+                chunk = resp.raw.read1(MAX_BODY + 1 - size, decode_content=True)  # what has come, at once
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            if size > MAX_BODY:
                 return resp.status_code, TOO_BIG
-            return resp.status_code, body.decode("utf-8", "replace")
-    except requests.RequestException as exc:
+            return resp.status_code, b"".join(chunks).decode("utf-8", "replace")
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
         return None, type(exc).__name__
 
 
@@ -193,11 +210,12 @@ def probe_health(url: str) -> tuple[bool, str]:
         except OSError as exc:
             return False, f"no connection ({type(exc).__name__})"
     try:
-        resp = requests.get(url, timeout=PROBE_TIMEOUT, allow_redirects=False)
-        resp.close()
-    except requests.RequestException as exc:
+        # The status alone: the body is not read (one trickling it held every server's look for minutes).
+        with requests.get(url, timeout=PROBE_TIMEOUT, stream=True, allow_redirects=False) as resp:
+            status = resp.status_code
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
         return False, f"no answer ({type(exc).__name__})"
-    return 200 <= resp.status_code < 300, f"HTTP {resp.status_code}"
+    return 200 <= status < 300, f"HTTP {status}"
 
 
 def looks_needed(settle: float) -> int:

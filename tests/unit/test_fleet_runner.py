@@ -342,3 +342,26 @@ def test_a_server_list_that_names_a_server_twice_is_refused_not_shortened() -> N
     many = [f"srv-{i}" for i in range(1, 41)]
     assert [s["id"] for s in resolve_targets(Project(), None, many)] == list(range(101, 141))  # type: ignore[arg-type]
     assert [s["id"] for s in resolve_targets(Project(), None, "srv-2, 101")] == [102, 101]  # type: ignore[arg-type]
+
+
+def test_an_advance_whose_job_lock_lapsed_asks_for_another_look(
+    redis_server: RedisServer, monkeypatch: Any
+) -> None:
+    """An outside test: a look at a slow block-on URL outlasted the job lock; the lapse was logged and
+    nothing looked at the job again, which stayed running for good."""
+    from redis.exceptions import LockNotOwnedError
+
+    from workflows.fleet import LOCK_LAPSED_RETRY
+
+    store = JobStore(redis_server.client(), prefix="fr-lapse")
+    kicks: list[tuple[str, float]] = []
+    kick = lambda j, c: kicks.append((j, c))  # noqa: E731
+    runner = FleetRunner(store, None, lambda **kw: {"run_id": "r"}, lambda run_id, by: None, kick=kick)  # type: ignore[arg-type]
+    job(store, "jl1", [1])
+
+    def stalled(*_: Any) -> None:
+        raise LockNotOwnedError("lapsed")
+
+    monkeypatch.setattr(runner, "_advance", stalled)
+    runner.advance("jl1")
+    assert kicks == [("jl1", LOCK_LAPSED_RETRY)]
