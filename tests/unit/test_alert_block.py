@@ -106,3 +106,31 @@ def test_a_blocked_job_starts_nothing_says_why_and_goes_on_when_it_clears(redis_
     runner.on_run_ended({"id": "run-1", "job_id": "j1", "server_id": 1, "state": "succeeded"})
     assert started == [1, 2], "no answer is not an all-clear"
     assert "no answer" in store.get("j1")["blocked"]["reason"]  # type: ignore[index]
+
+
+def test_block_on_urls_are_looked_at_together_and_the_first_listed_block_is_named() -> None:
+    """An outside test: seven URLs answering in 4.5 s each, looked at one after the other, held the job's
+    lock past its 30 s and the submit for as long."""
+    import threading
+    import time
+
+    lock = threading.Lock()
+    active = peak = 0
+
+    def probe(url: str) -> tuple[int | None, str]:
+        nonlocal active, peak
+        with lock:
+            active += 1
+            peak = max(peak, active)
+        time.sleep(0.05)
+        with lock:
+            active -= 1
+        return (200, "[]") if "ok" in url else (503, "")
+
+    urls = [f"http://ok{i}.example/alerts" for i in range(5)] + [
+        "http://down.example/a",
+        "http://ok9.example/",
+    ]
+    assert first_block(urls, probe) == "blocked by down.example: answered HTTP 503"
+    assert peak > 1, "looked at together"
+    assert first_block([], probe) is None
