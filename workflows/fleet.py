@@ -294,6 +294,7 @@ class FleetRunner(Gates):
                 return
             if not swept:
                 swept = True
+                self._kick_for_retries(job)
                 if self._sweep(job) | self._tend_drains(job) | self._check_health(job):
                     continue  # outcomes changed: decide on the fresh record
             d = self._decide(job)
@@ -311,11 +312,7 @@ class FleetRunner(Gates):
                 return
             if self._blocked(job):
                 return
-            # Servers whose start met an API that could not answer wait for their retry time (a kick then).
-            now = self.store.clock()
-            start = tuple(s for s in d.start if job.get("retry_at", {}).get(s, 0.0) <= now)
-            if not start:
-                return
+            start = d.start
             try:
                 lookups = fresh if fresh is not None else self._wave_lookups(job, start)
                 fresh = None  # one wave only: later waves read their servers again
@@ -326,6 +323,19 @@ class FleetRunner(Gates):
                 return
             if not self._start_wave(job, start, lookups, lock):
                 return
+
+    def _waiting(self, job: dict[str, Any]) -> dict[int, float]:
+        """Return the servers whose start met an API outage and may not be tried yet, with their times."""
+        now = self.store.clock()
+        return {sid: at for sid, at in (job.get("retry_at") or {}).items() if at > now}
+
+    def _kick_for_retries(self, job: dict[str, Any]) -> None:
+        """Ask for an advance at the first retry time still ahead. At every advance: the job's one deferred
+        entry keeps only the earliest kick, so one made sooner (a health look, the budget) had replaced the
+        retry's, and a job whose last runs had ended then waited for good (a reviewer)."""
+        waiting = self._waiting(job)
+        if waiting and self.kick is not None:
+            self.kick(job["id"], max(0.0, min(waiting.values()) - self.store.clock()))
 
     def _decide(self, job: dict[str, Any]) -> Decision:
         """Return what the job's rules say now, from its record."""
@@ -339,6 +349,7 @@ class FleetRunner(Gates):
             cutoff_passed=bool(window.get("cutoff_at")) and self.store.clock() >= window["cutoff_at"],
             closed=frozenset(job.get("gates") or ()) - set(job.get("approved") or {}),
             spread=self._spread(job),
+            waiting=frozenset(self._waiting(job)),
         )
 
     def _wave_lookups(self, job: dict[str, Any], start: tuple[int, ...]) -> Lookups:

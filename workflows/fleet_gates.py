@@ -8,7 +8,6 @@ be woken again (``kick``) while something is awaited. Nothing here sleeps.
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -18,7 +17,7 @@ from workers.errors import BadInput
 
 from .drain import Drainer, memberships, refuse_selector_targets, safely
 from .fleet_plan import GATES, Decision, Spread
-from .gates import Probe, first_block, health_url, health_verdict
+from .gates import PROBE_TIMEOUT, Probe, first_block, health_url, health_verdict, look_all
 from .validate import Lookups, check_fits
 
 if TYPE_CHECKING:
@@ -119,7 +118,7 @@ class Gates:
             if e["outcome"] == "running"
             and (e.get("drain") or {}).get("state") in ("draining", "restoring")
             and later.get(sid, 0.0) <= now  # its start met an API that could not answer: from then on
-        ]
+        ]  # (an advance then comes: _kick_for_retries)
         for sid, drain in draining:
             self._drain_step(job, sid, drain)
         return bool(draining)
@@ -158,8 +157,9 @@ class Gates:
                 healthy, detail = self.look(url)
                 return healthy, detail, self.store.clock()  # when this look answered, not the round
 
-            with cf.ThreadPoolExecutor(max_workers=min(16, len(due))) as pool:
-                looks = dict(zip(urls, pool.map(timed, urls.values()), strict=True))
+            answers = look_all(timed, list(urls.values()))
+            unanswered = (False, f"no answer within {PROBE_TIMEOUT:g} s", self.store.clock())
+            looks = {sid: answer or unanswered for sid, answer in zip(urls, answers, strict=True)}
             for sid, (healthy, detail, at) in looks.items():
                 check = health_verdict(due[sid]["health"], healthy, detail, at, health["settle"])
                 if check["state"] == "healthy":

@@ -157,10 +157,13 @@ def decide(
     cutoff_passed: bool = False,
     closed: frozenset[str] = frozenset(),
     spread: Spread | None = None,
+    waiting: frozenset[int] = frozenset(),
 ) -> Decision:
     """Return which pending servers start now, given every server's outcome so far (pending if absent).
 
-    ``closed`` holds the approval gates the job asked for and nobody has approved yet.
+    ``closed`` holds the approval gates the job asked for and nobody has approved yet. ``waiting`` holds
+    pending servers that may not start yet (their start met an API outage): still pending, but the servers
+    after them start meanwhile.
     """
     running = [s for s in order if outcomes.get(s) == "running"]
     errors = sum(1 for s in order if outcomes.get(s) in ERROR_OUTCOMES)
@@ -193,7 +196,8 @@ def decide(
     elif canary and any(outcomes.get(s) == "running" for s in canaries):
         room = 0  # the whole canary wave must succeed before the rest starts
     room = max(0, room)
-    start = spread.pick(pending, running, room) if spread is not None else tuple(pending[:room])
+    startable = [s for s in pending if s not in waiting]
+    start = spread.pick(startable, running, room) if spread is not None else tuple(startable[:room])
     if not start and not running and not pending:
         return Decision((), _final(order, outcomes, errors > max_errors))
     return Decision(start, "running")

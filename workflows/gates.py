@@ -23,11 +23,12 @@ The rule is a pure function of the answer (``blocking_reason``); ``first_block``
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import json
 import math
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import requests
 import urllib3
@@ -50,6 +51,7 @@ __all__ = [
 
 PROBE_TIMEOUT = 5.0  # seconds for one look at a block URL; no answer in time blocks
 MAX_BODY = 1 << 20  # bytes of a block URL's answer read at most; a longer one blocks
+T = TypeVar("T")
 TOO_BIG = "\x00too big"  # what http_probe hands back for an answer over MAX_BODY
 # What a look at a URL found: the HTTP status (None: no answer, with why in the text) and the body.
 Probe = Callable[[str], tuple[int | None, str]]
@@ -130,20 +132,32 @@ def blocking_reason(status: int | None, body: str) -> str | None:
     return f"{len(alerts)} alert{'s' if len(alerts) != 1 else ''} {said}" + (f" ({shown})" if shown else "")
 
 
+def look_all(look: Callable[[str], T], urls: list[str], limit: float = PROBE_TIMEOUT + 1.0) -> list[T | None]:
+    """Run ``look`` on every URL at once; return the answers, None for a look not done within ``limit``.
+
+    A look's own timeout bounds each socket read, not the look: a peer sending its headers a byte at a
+    time held one for as long as it liked (a reviewer). Looks still going are left to end by themselves.
+    """
+    if not urls:
+        return []
+    pool = cf.ThreadPoolExecutor(max_workers=min(16, len(urls)))
+    try:
+        futures = [pool.submit(look, url) for url in urls]
+        cf.wait(futures, timeout=limit)
+        return [f.result() if f.done() and f.exception() is None else None for f in futures]
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def first_block(urls: list[str], probe: Probe = http_probe) -> str | None:
     """Return why the first blocking URL blocks (naming the URL's host, not its query), or None.
 
     The URLs are looked at together: one after the other, ten slow ones took 50 s, past the job's lock.
     """
-    import concurrent.futures as cf
     from urllib.parse import urlsplit
 
-    if not urls:
-        return None
-    with cf.ThreadPoolExecutor(max_workers=len(urls)) as pool:
-        answers = list(pool.map(probe, urls))
-    for url, answer in zip(urls, answers, strict=True):
-        reason = blocking_reason(*answer)
+    for url, answer in zip(urls, look_all(probe, urls), strict=True):
+        reason = blocking_reason(*(answer or (None, f"no whole answer within {PROBE_TIMEOUT:g} s")))
         if reason is not None:
             return f"blocked by {urlsplit(url).netloc}: {reason}"
     return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 ENTRY_PREFIX = "hcloud-flow-window:"
+log = logging.getLogger(__name__)
 
 
 def window_fields(record: dict[str, Any]) -> dict[str, Any]:
@@ -203,7 +205,10 @@ class WindowStore:
             with contextlib.suppress(KeyError):
                 # From when it last fired, not from now: an edit while the beat was down pushed a firing
                 # still due (at most LATE_TOLERANCE_MINUTES late) to the next hour, with no trace of it.
-                entry.last_run_at = type(entry).from_key(self._entry_key(name), app=self.app).last_run_at
+                # Not across a change of its minutes, which would fire a new minute already past at once.
+                was = type(entry).from_key(self._entry_key(name), app=self.app)
+                if was.schedule.minute == entry.schedule.minute:
+                    entry.last_run_at = was.last_run_at
             entry.save()
         return self.get(name) or record
 
@@ -255,7 +260,12 @@ class WindowStore:
     def note_job(self, name: str, job_id: str) -> None:
         """Note the job a firing started (its own key: the firing never writes the window's record); not for
         a window removed while it fired, which a window added again under its name would inherit."""
-        with self._lock(name):
+        try:
+            with self._lock(name):
+                if self.redis.exists(self._key(name)):
+                    self.redis.set(f"{self._key(name)}:last_job", job_id)
+        except Conflict:  # the lock held by a stalled writer: the job has started, and must be noted
+            log.warning("window %s: noting its job %s without its lock", name, job_id)
             if self.redis.exists(self._key(name)):
                 self.redis.set(f"{self._key(name)}:last_job", job_id)
 

@@ -77,8 +77,13 @@ def test_a_start_the_api_could_not_answer_is_tried_again_later_a_few_times(redis
     outcomes = store.get("jr1")["outcomes"]  # type: ignore[index]
     assert kicks == [("jr1", START_RETRY_PAUSE)] and 1 not in outcomes, "server 1 waits, still pending"
     assert outcomes[2]["outcome"] == "running", "the rest of the job goes on meanwhile"
+    clock.now += 10.0
     runner.advance("jr1")  # another advance before the retry time (a run ending, say): not tried again
     assert tried.count(1) == 1
+    # ...and it asks again for the retry's advance: the job's one deferred entry keeps only the earliest
+    # kick, so a sooner one had replaced it, and the job waited for good once its runs had ended.
+    assert kicks[-1] == ("jr1", START_RETRY_PAUSE - 10.0)
+    clock.now -= 10.0
     clock.now += START_RETRY_PAUSE
     runner.advance("jr1")
     assert tried.count(1) == 2 and 1 not in store.get("jr1")["outcomes"]  # type: ignore[index]
@@ -95,6 +100,14 @@ def test_a_start_the_api_could_not_answer_is_tried_again_later_a_few_times(redis
     outcome = store.get("jr2")["outcomes"][1]  # type: ignore[index]
     assert outcome["outcome"] == "refused" and "Bad Gateway" in outcome["reason"]
     assert len(answers) == 5, f"{START_TRIES} starts in all, not more"
+
+    # One at a time (--max-concurrency 1): the servers after a waiting one start meanwhile.
+    answers[:] = [gateway]
+    tried.clear()
+    job(store, "jr4", [1, 2, 3], window=1)
+    runner.advance("jr4")
+    outcomes = store.get("jr4")["outcomes"]  # type: ignore[index]
+    assert tried == [1, 2] and outcomes[2]["outcome"] == "running" and 1 not in outcomes
 
     # A refusal the API meant (404, invalid input) is not tried again.
     answers[:] = [APIError("not_found", "server not found", 404)]

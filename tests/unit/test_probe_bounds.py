@@ -71,3 +71,22 @@ def test_a_health_look_takes_the_status_and_reads_no_body(url: str) -> None:
     assert probe_health(url) == (True, "HTTP 200")
     assert Trickle.done.wait(10)
     assert Trickle.sent < BODY, "the body was not waited for"
+
+
+def test_looks_not_done_within_their_limit_are_answered_as_none_without_waiting_for_them() -> None:
+    """A reviewer: a peer sending its headers a byte at a time held a look past any per-read timeout."""
+    from workflows.gates import look_all
+
+    release = threading.Event()
+
+    def look(url: str) -> str:
+        if "slow" in url:
+            release.wait(30)  # a look that would go on long after its limit
+        return url
+
+    try:
+        answers = look_all(look, ["http://fast/", "http://slow/", "http://fast2/"], limit=0.5)
+        assert answers == ["http://fast/", None, "http://fast2/"]
+    finally:
+        release.set()
+    assert look_all(look, []) == []

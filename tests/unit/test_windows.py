@@ -431,10 +431,23 @@ def test_an_edit_of_a_window_removed_meanwhile_does_not_bring_it_back_and_old_re
         server.stop()
 
 
+def _overdue(store: Any, key: str) -> str:
+    """Make the beat's entry as if the beat last fired it two hours ago and has been down since."""
+    import json
+    import time as clock
+
+    past = datetime.fromtimestamp(clock.time() - 7200, UTC)
+    store.redis.hset(key, "meta", json.dumps({"last_run_at": {"__type__": "datetime", "year": past.year,
+        "month": past.month, "day": past.day, "hour": past.hour, "minute": past.minute, "second": 0,
+        "microsecond": 0, "timezone": "UTC"}}))  # fmt: skip
+    schedule_key: str = store.app.redbeat_conf.schedule_key
+    store.redis.zadd(schedule_key, {key: past.timestamp() + 3600})
+    return schedule_key
+
+
 def test_an_edit_while_a_firing_is_due_keeps_it_due(tmp_path: Any) -> None:
     """An outside test: an edit made while the beat was down rewrote the beat's entry as if it had just
     fired, and the late firing the README promises never came, nor was it recorded."""
-    import json
     import time as clock
 
     from tests.support.processes import RedisServer
@@ -445,15 +458,30 @@ def test_an_edit_while_a_firing_is_due_keeps_it_due(tmp_path: Any) -> None:
         store = _store(server)
         first = store.save(validate_window(spec(cron="13 * * * *", tz="UTC")), by="a")
         key = store._entry_key(first["name"])
-        # The beat last fired it two hours ago and has been down since: the entry is overdue.
-        past = datetime.fromtimestamp(clock.time() - 7200, UTC)
-        store.redis.hset(key, "meta", json.dumps({"last_run_at": {"__type__": "datetime", "year": past.year,
-            "month": past.month, "day": past.day, "hour": past.hour, "minute": past.minute, "second": 0,
-            "microsecond": 0, "timezone": "UTC"}}))  # fmt: skip
-        schedule_key = store.app.redbeat_conf.schedule_key
-        store.redis.zadd(schedule_key, {key: past.timestamp() + 3600})
+        schedule_key = _overdue(store, key)
         store.save(validate_window(edited(window_fields(first), {"max_errors": "2"})), replace=True,
                    by="b", based_on=first["revision"])  # fmt: skip
         assert store.redis.zscore(schedule_key, key) <= clock.time(), "still due: the beat fires it late"
+    finally:
+        server.stop()
+
+
+def test_an_edit_that_moves_the_windows_minute_does_not_fire_it_at_once(tmp_path: Any) -> None:
+    """A reviewer: keeping the last firing across a change of minute made a minute of the new cron that
+    had just passed due at once."""
+    import time as clock
+
+    from tests.support.processes import RedisServer
+    from workflows.windows import edited, window_fields
+
+    server = RedisServer(tmp_path / "redis")
+    try:
+        store = _store(server)
+        first = store.save(validate_window(spec(cron="13 * * * *", tz="UTC")), by="a")
+        key = store._entry_key(first["name"])
+        schedule_key = _overdue(store, key)
+        moved = validate_window(edited(window_fields(first), {"cron": "47 * * * *"}))
+        store.save(moved, replace=True, by="b", based_on=first["revision"])
+        assert store.redis.zscore(schedule_key, key) > clock.time(), "due at its next new minute, not now"
     finally:
         server.stop()
