@@ -26,7 +26,7 @@ import redis
 from redis.exceptions import LockError
 
 from workers.counters import Counters
-from workers.errors import BadInput, Conflict, NotFound
+from workers.errors import BadInput, Conflict, HcloudFlowError, NotFound
 from workers.projects import DEFAULT_PROJECT
 from workers.redis_values import texts
 from workers.run_store import FINAL
@@ -380,6 +380,11 @@ def fire(
             job = runner.start(window=limits, submitted_by=f"window {name}", **fields)
         except BadInput as exc:
             entry.update(outcome="failed to start", reason=str(exc))
+        except HcloudFlowError as exc:
+            # The API could not be asked (an outage through all of a request's retries): the firing was lost
+            # with no trace but the worker's log, the window still listed as active (an outside test). Said
+            # in its history, counted and told like any firing that could not start.
+            entry.update(outcome="failed to start", reason=f"the API could not be asked: {exc}"[:500])
         else:
             entry.update(outcome="started", job_id=job["id"], servers=len(job["servers"]))
             windows.note_job(name, job["id"])

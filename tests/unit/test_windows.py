@@ -485,3 +485,42 @@ def test_an_edit_that_moves_the_windows_minute_does_not_fire_it_at_once(tmp_path
         assert store.redis.zscore(schedule_key, key) > clock.time(), "due at its next new minute, not now"
     finally:
         server.stop()
+
+
+def test_a_firing_that_meets_an_api_outage_is_recorded_and_told(tmp_path: Any) -> None:
+    """An outside test: a firing during a 502 outage raised out of the task; no job, no history entry, no
+    webhook, and `schedule list` went on showing the window active."""
+    import json
+
+    from tests.support.processes import RedisServer
+    from workers.errors import APIError
+    from workflows.windows import WindowStore, fire
+
+    server = RedisServer(tmp_path / "redis")
+    try:
+        store = WindowStore(server.client(), app=None)
+        window = validate_window(spec())
+        store.redis.set(store._key(window["name"]), json.dumps(window))
+        told: list[str] = []
+
+        class Runner:
+            @staticmethod
+            def on_event(event: str, subject: dict[str, Any]) -> None:
+                told.append(event)
+
+            class store:  # stands in for the job store the runner holds
+                @staticmethod
+                def get(job_id: str) -> None:
+                    return None
+
+            @staticmethod
+            def start(**kw: Any) -> dict[str, Any]:
+                raise APIError("http_502", "GET /servers: Bad Gateway", 502)
+
+        sunday = datetime(2026, 7, 5, 3, 0, tzinfo=BERLIN).timestamp()
+        fired = fire(store, lambda project: Runner, window["name"], sunday + 5)
+        assert fired["outcome"] == "failed to start" and "Bad Gateway" in fired["reason"]
+        assert store.history(window["name"])[0]["outcome"] == "failed to start"
+        assert told == ["window.skipped"]
+    finally:
+        server.stop()
