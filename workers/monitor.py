@@ -324,10 +324,10 @@ class Monitor:
     def _send_deferred(self, now: float) -> None:
         if self.send is None or self.deferred is None:
             return
-        for member, entry in self.deferred.due(now):
+        for sent, entry in self.deferred.due(now):
             # Send first, then forget: a crash in between sends twice, which a deferred task must bear.
             self.send(entry["task"], entry["kwargs"])
-            self.deferred.done(member)
+            self.deferred.done(sent)
 
     def _renew(self) -> None:
         """Keep our round's lock before each request: it lapses soon only if this process died mid-round."""

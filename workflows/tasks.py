@@ -117,7 +117,8 @@ def _kick(job_id: str, countdown: float) -> None:
     # Kept in Redis and sent by the next monitor round that finds it due, not held as a countdown in this
     # worker's memory, where a crash would stall the job until the visibility timeout.
     store = run_store()
-    Deferred(store.redis).later(fleet_advance.name, {"job_id": job_id}, store.clock() + countdown)
+    now = store.clock()
+    Deferred(store.redis).later(fleet_advance.name, {"job_id": job_id}, now + countdown, now)
 
 
 def _on_run_ended(run: dict[str, Any]) -> None:

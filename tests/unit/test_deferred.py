@@ -43,9 +43,9 @@ def test_a_deferred_send_waits_for_its_time_and_goes_out_once(redis_server: Redi
     clock = Clock()
     sent: list[tuple[str, dict[str, Any]]] = []
     monitor, deferred = monitor_on(redis_server, clock, sent)
-    deferred.later("hcloud_flow.fleet_advance", {"job_id": "j1"}, 1010.0)
-    deferred.later("hcloud_flow.fleet_advance", {"job_id": "j1"}, 1005.0)  # the same entry: sooner wins
-    deferred.later("hcloud_flow.fleet_advance", {"job_id": "j1"}, 1020.0)  # ... and later never delays it
+    deferred.later("hcloud_flow.fleet_advance", {"job_id": "j1"}, 1010.0, clock.now)
+    deferred.later("hcloud_flow.fleet_advance", {"job_id": "j1"}, 1005.0, clock.now)  # the same: sooner wins
+    deferred.later("hcloud_flow.fleet_advance", {"job_id": "j1"}, 1020.0, clock.now)  # later never delays it
     assert deferred.next_due() == 1005.0
     monitor.run_round()
     assert sent == []
@@ -62,10 +62,33 @@ def test_rounds_gather_what_falls_due_close_together(redis_server: RedisServer) 
     clock = Clock()
     sent: list[tuple[str, dict[str, Any]]] = []
     monitor, deferred = monitor_on(redis_server, clock, sent, gap=0.5)
-    deferred.later("a", {}, 1000.0)
+    deferred.later("a", {}, 1000.0, clock.now)
     assert monitor.run_round() is not None and [t for t, _ in sent] == ["a"]
-    deferred.later("b", {}, 1000.1)
+    deferred.later("b", {}, 1000.1, clock.now)
     clock.now = 1000.2
     assert monitor.run_round() is None and [t for t, _ in sent] == ["a"], "within the gap: no round"
     clock.now = 1000.5
     assert monitor.run_round() is not None and [t for t, _ in sent] == ["a", "b"]
+
+
+def test_an_ask_made_by_the_send_itself_is_not_forgotten_with_the_entry(redis_server: RedisServer) -> None:
+    """A reviewer: the round sends a due fleet advance, the advance asks for its next one in 30 s, and the
+    round then forgets the entry, and the ask with it (an earlier entry was never moved later). A job
+    waiting on that ask (a start's retry, a health look) waited for good."""
+    clock = Clock()
+    prefix = f"d{uuid.uuid4().hex[:8]}"
+    deferred = Deferred(redis_server.client(), prefix=prefix)
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    def send(task: str, kwargs: dict[str, Any]) -> None:
+        sent.append((task, kwargs))
+        deferred.later(task, kwargs, clock.now + 30.0, clock.now)  # what the sent advance does at once
+
+    monitor, _ = monitor_on(redis_server, clock, [])
+    monitor.send, monitor.deferred = send, deferred
+    deferred.later("hcloud_flow.fleet_advance", {"job_id": "j1"}, 1000.0, clock.now)
+    monitor.run_round()
+    assert len(sent) == 1
+    assert deferred.next_due() == 1030.0, "its own ask outlived the send"
+    deferred.later("hcloud_flow.fleet_advance", {"job_id": "j1"}, 1050.0, clock.now)
+    assert deferred.next_due() == 1030.0, "not yet due: the earlier time is kept"
