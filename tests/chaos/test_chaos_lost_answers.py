@@ -13,6 +13,7 @@ what it did and what it saw.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import time
@@ -275,6 +276,10 @@ def test_worker_killed_while_budget_waits_are_parked(
             done = wait_or_status(jobs, job["id"], AFTER_KILL_BOUND)
             after_kill = time.monotonic() - t_kill
             spent = control.get("/stats")["total"] - spent
+            # The job is told it ended (the last run's record) a moment before the monitor forgets that
+            # run's last wait: read the leftovers once they have had that moment (the suite's one flake).
+            with contextlib.suppress(AssertionError):
+                wait_until(lambda: not client.zcard("hf:waits") and not unacked(client), 10, "leftovers")
             still_held = [holder_of(i, workers) for i, _ in unacked(client)]
             waits_left = client.zcard("hf:waits")
         finally:
