@@ -312,22 +312,16 @@ class FleetRunner(Gates):
                 return
             if self._blocked(job):
                 return
-            start = d.start
             try:
-                lookups = fresh if fresh is not None else self._wave_lookups(job, start)
+                lookups = fresh if fresh is not None else self._wave_lookups(job, d.start)
                 fresh = None  # one wave only: later waves read their servers again
             except RateBudgetExhausted as exc:
                 if self.kick is None:
                     raise
                 self.kick(job["id"], min(max(exc.wait, 1.0), 30.0))
                 return
-            if not self._start_wave(job, start, lookups, lock):
+            if not self._start_wave(job, d.start, lookups, lock):
                 return
-
-    def _waiting(self, job: dict[str, Any]) -> dict[int, float]:
-        """Return the servers whose start met an API outage and may not be tried yet, with their times."""
-        now = self.store.clock()
-        return {sid: at for sid, at in (job.get("retry_at") or {}).items() if at > now}
 
     def _kick_for_retries(self, job: dict[str, Any]) -> None:
         """Ask for an advance at the first retry time still ahead. At every advance: the job's one deferred
@@ -449,8 +443,7 @@ class FleetRunner(Gates):
         except RateBudgetExhausted as exc:
             if self.kick is None:
                 raise
-            if drain is not None:  # out of its load balancers, no run: its drain carries on from there
-                self.store.set_outcome(job["id"], sid, drain={**drain, "state": "draining"})
+            self._drain_again(job, sid, drain)
             self.kick(job["id"], min(max(exc.wait, 1.0), 30.0))
             return False
         except ServerBusy as exc:
@@ -474,8 +467,7 @@ class FleetRunner(Gates):
                 # The API could not answer through all of the request's retries (about 18 s): a gateway
                 # blip refused the server, and failed a --max-errors 0 job (an outside test). It is tried
                 # again from retry_at; the rest of the job goes on meanwhile.
-                if drain is not None:  # out of its load balancers: its drain carries on from there
-                    self.store.set_outcome(job["id"], sid, drain={**drain, "state": "draining"})
+                self._drain_again(job, sid, drain)
                 self.kick(job["id"], START_RETRY_PAUSE)
                 return True
             final = {"outcome": "refused", "reason": f"could not submit: {exc}"}

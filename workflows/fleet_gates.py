@@ -107,18 +107,30 @@ class Gates:
             max_per_location=per_location,
         )
 
+    def _waiting(self, job: dict[str, Any]) -> dict[int, float]:
+        """Return the servers whose start met an API outage and may not be tried yet, with their times (an
+        advance then comes: FleetRunner._kick_for_retries)."""
+        now = self.store.clock()
+        return {sid: at for sid, at in (job.get("retry_at") or {}).items() if at > now}
+
+    def _drain_again(self, job: dict[str, Any], sid: int, drain: dict[str, Any] | None) -> None:
+        """A drained server whose start is put off (the budget, an API outage): out of its load balancers
+        with no run, its drain carries on from there at the next pass (_tend_drains), not left out."""
+        if drain is not None:
+            self.store.set_outcome(job["id"], sid, drain={**drain, "state": "draining"})
+
     def _tend_drains(self, job: dict[str, Any]) -> bool:
         """Carry on each server being taken out of or put back into its load balancers; True if any was
         (its outcome may have changed)."""
         self._lb_cache = {}  # each load balancer read once in this pass, for all its servers
-        now, later = self.store.clock(), job.get("retry_at") or {}
+        waiting = self._waiting(job)  # their start met an API that could not answer: from their retry time
         draining = [
             (sid, e["drain"])
             for sid, e in job["outcomes"].items()
             if e["outcome"] == "running"
             and (e.get("drain") or {}).get("state") in ("draining", "restoring")
-            and later.get(sid, 0.0) <= now  # its start met an API that could not answer: from then on
-        ]  # (an advance then comes: _kick_for_retries)
+            and sid not in waiting
+        ]
         for sid, drain in draining:
             self._drain_step(job, sid, drain)
         return bool(draining)

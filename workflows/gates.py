@@ -53,6 +53,7 @@ PROBE_TIMEOUT = 5.0  # seconds for one look at a block URL; no answer in time bl
 MAX_BODY = 1 << 20  # bytes of a block URL's answer read at most; a longer one blocks
 T = TypeVar("T")
 TOO_BIG = "\x00too big"  # what http_probe hands back for an answer over MAX_BODY
+UNANSWERED = f"no whole answer within {PROBE_TIMEOUT:g} s"  # why a look not done in time blocks
 # What a look at a URL found: the HTTP status (None: no answer, with why in the text) and the body.
 Probe = Callable[[str], tuple[int | None, str]]
 
@@ -72,7 +73,7 @@ def http_probe(url: str, clock: Callable[[], float] = time.monotonic) -> tuple[i
             size = 0
             while size <= MAX_BODY:
                 if clock() > deadline:
-                    return None, f"no whole answer within {PROBE_TIMEOUT:g} s"
+                    return None, UNANSWERED
                 chunk = resp.raw.read1(MAX_BODY + 1 - size, decode_content=True)  # what has come, at once
                 if not chunk:
                     break
@@ -157,7 +158,7 @@ def first_block(urls: list[str], probe: Probe = http_probe) -> str | None:
     from urllib.parse import urlsplit
 
     for url, answer in zip(urls, look_all(probe, urls), strict=True):
-        reason = blocking_reason(*(answer or (None, f"no whole answer within {PROBE_TIMEOUT:g} s")))
+        reason = blocking_reason(*(answer or (None, UNANSWERED)))
         if reason is not None:
             return f"blocked by {urlsplit(url).netloc}: {reason}"
     return None

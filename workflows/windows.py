@@ -28,7 +28,7 @@ from redis.exceptions import LockError
 from workers.counters import Counters
 from workers.errors import BadInput, Conflict, HcloudFlowError, NotFound
 from workers.projects import DEFAULT_PROJECT
-from workers.redis_values import texts
+from workers.redis_values import text, texts
 from workers.run_store import FINAL
 
 from .cron import Cron, cron_matches, parse_cron, utc_minutes
@@ -124,6 +124,10 @@ class WindowStore:
     def _key(self, name: str) -> str:
         return f"{self.prefix}:window:{name}"
 
+    def _last_job_key(self, name: str) -> str:
+        """Where the job a window's last firing started is kept, beside its record (``note_job``)."""
+        return f"{self._key(name)}:last_job"
+
     @contextlib.contextmanager
     def _lock(self, name: str) -> Iterator[None]:
         """The window's write lock: a record and its redbeat entry are written together, one writer at a
@@ -140,7 +144,7 @@ class WindowStore:
     def _keep_last_job(self, name: str, old: dict[str, Any] | None) -> None:
         """Move a record's own last job (a window stored before it was kept beside) out beside it."""
         if old is not None and old.get("last_job"):
-            self.redis.set(f"{self._key(name)}:last_job", old["last_job"], nx=True)
+            self.redis.set(self._last_job_key(name), old["last_job"], nx=True)
 
     def get(self, name: str) -> dict[str, Any] | None:
         raw = self.redis.get(self._key(name))
@@ -148,9 +152,9 @@ class WindowStore:
             return None
         record: dict[str, Any] = json.loads(raw)
         # Kept beside the record, so that a firing never writes the record over an edit or a pause.
-        last = self.redis.get(f"{self._key(name)}:last_job")
+        last = self.redis.get(self._last_job_key(name))
         if last:
-            record["last_job"] = last.decode() if isinstance(last, bytes) else str(last)
+            record["last_job"] = text(last)
         return record
 
     def names(self) -> list[str]:
@@ -241,7 +245,7 @@ class WindowStore:
                 raise NotFound(f"no window named {name!r}", "name")
             with contextlib.suppress(KeyError):  # the entry is already gone
                 RedBeatSchedulerEntry.from_key(self._entry_key(name), app=self.app).delete()
-            self.redis.delete(self._key(name), f"{self._key(name)}:history", f"{self._key(name)}:last_job")
+            self.redis.delete(self._key(name), f"{self._key(name)}:history", self._last_job_key(name))
             self.redis.srem(f"{self.prefix}:windows", name)
 
     def set_paused(self, name: str, paused: bool, by: str | None = None) -> dict[str, Any]:
@@ -260,14 +264,17 @@ class WindowStore:
     def note_job(self, name: str, job_id: str) -> None:
         """Note the job a firing started (its own key: the firing never writes the window's record); not for
         a window removed while it fired, which a window added again under its name would inherit."""
+
+        def note() -> None:
+            if self.redis.exists(self._key(name)):
+                self.redis.set(self._last_job_key(name), job_id)
+
         try:
             with self._lock(name):
-                if self.redis.exists(self._key(name)):
-                    self.redis.set(f"{self._key(name)}:last_job", job_id)
+                note()
         except Conflict:  # the lock held by a stalled writer: the job has started, and must be noted
             log.warning("window %s: noting its job %s without its lock", name, job_id)
-            if self.redis.exists(self._key(name)):
-                self.redis.set(f"{self._key(name)}:last_job", job_id)
+            note()
 
     def record(self, name: str, entry: dict[str, Any]) -> None:
         key = f"{self._key(name)}:history"
