@@ -31,6 +31,19 @@ def spec(**changes: object) -> dict[str, object]:
     return base
 
 
+class StubRunner:
+    """Stands in for a fleet runner in fire(): its start, its event listener, and a job store that knows no
+    previous job."""
+
+    class store:
+        @staticmethod
+        def get(job_id: str) -> None:
+            return None
+
+    def __init__(self, start: Any, on_event: Any) -> None:
+        self.start, self.on_event = start, on_event
+
+
 def test_sunday_three_in_berlin_across_daylight_saving() -> None:
     cron = parse_cron("0 3 * * SUN")
     assert cron_matches(cron, datetime(2026, 1, 4, 3, 0, tzinfo=BERLIN))  # winter, UTC+1
@@ -154,20 +167,11 @@ def test_a_firing_past_the_cutoff_starts_nothing_and_says_why(tmp_path: Any) -> 
         started: list[dict[str, Any]] = []
         told: list[tuple[str, dict[str, Any]]] = []
 
-        class Runner:
-            @staticmethod
-            def on_event(event: str, subject: dict[str, Any]) -> None:
-                told.append((event, subject))
+        def start(**kw: Any) -> dict[str, Any]:
+            started.append(kw)
+            return {"id": "j1", "servers": [1]}
 
-            class store:  # stands in for the job store the runner holds
-                @staticmethod
-                def get(job_id: str) -> None:
-                    return None
-
-            @staticmethod
-            def start(**kw: Any) -> dict[str, Any]:
-                started.append(kw)
-                return {"id": "j1", "servers": [1]}
+        Runner = StubRunner(start, lambda event, subject: told.append((event, subject)))
 
         minute = datetime(2026, 7, 5, 3, 0, tzinfo=BERLIN).timestamp()
         # 2.5 min late: after the 2 min to cutoff
@@ -503,19 +507,10 @@ def test_a_firing_that_meets_an_api_outage_is_recorded_and_told(tmp_path: Any) -
         store.redis.set(store._key(window["name"]), json.dumps(window))
         told: list[str] = []
 
-        class Runner:
-            @staticmethod
-            def on_event(event: str, subject: dict[str, Any]) -> None:
-                told.append(event)
+        def start(**kw: Any) -> dict[str, Any]:
+            raise APIError("http_502", "GET /servers: Bad Gateway", 502)
 
-            class store:  # stands in for the job store the runner holds
-                @staticmethod
-                def get(job_id: str) -> None:
-                    return None
-
-            @staticmethod
-            def start(**kw: Any) -> dict[str, Any]:
-                raise APIError("http_502", "GET /servers: Bad Gateway", 502)
+        Runner = StubRunner(start, lambda event, subject: told.append(event))
 
         sunday = datetime(2026, 7, 5, 3, 0, tzinfo=BERLIN).timestamp()
         fired = fire(store, lambda project: Runner, window["name"], sunday + 5)
