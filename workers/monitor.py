@@ -136,8 +136,7 @@ class _Endings:
         self.futures.append(done)
 
     def close(self, report: RoundReport, count: Callable[[RoundReport, str | None], None]) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True)
+        cf.wait(self.futures)
         errors = [e for f in self.futures if (e := f.exception()) is not None]
         for f in self.futures:
             if f.exception() is None:
@@ -198,6 +197,10 @@ class Monitor:
         self._token = ""
         self.enders = enders  # endings of one round carried out at once
         self._ending: _Endings | None = None  # the round's endings under way (None outside a round)
+        # Kept from round to round: Celery's result backend and its Redis connections are per thread, and a
+        # pool made afresh for each round built eight backends and connected them again every round (a
+        # fifth of the endings' time in a py-spy profile of a 100-server bench/polling.py run).
+        self._enders: cf.ThreadPoolExecutor | None = None
         self._parking: dict[str, Wait] = {}  # the round's waits to poll again, parked at its end
         self._progress: dict[str, int] = {}  # the round's new progress figures, written with the parks
         self._learned: list[dict[str, Any]] = []  # the round's finished actions, to learn durations from
@@ -342,8 +345,9 @@ class Monitor:
         """
         self._parking = {}
         self._learned = []
-        pool = cf.ThreadPoolExecutor(max_workers=max(1, self.enders)) if self.enders > 1 else None
-        self._ending = _Endings(pool, self._end)
+        if self._enders is None and self.enders > 1:
+            self._enders = cf.ThreadPoolExecutor(max_workers=self.enders, thread_name_prefix="monitor-ending")
+        self._ending = _Endings(self._enders, self._end)
         try:
             self._decide_round(report)
             self._park_all()

@@ -32,6 +32,7 @@ class Dispatcher:
     def __init__(self, refuse: set[str]) -> None:
         self.refuse = refuse
         self.sent: list[str] = []
+        self.threads: set[threading.Thread] = set()
         self.active = self.peak = 0
         self.lock = threading.Lock()
 
@@ -39,6 +40,7 @@ class Dispatcher:
         with self.lock:
             self.active += 1
             self.peak = max(self.peak, self.active)
+            self.threads.add(threading.current_thread())
         time.sleep(0.02)  # a broker round trip
         with self.lock:
             self.active -= 1
@@ -82,6 +84,22 @@ def test_a_rounds_endings_run_together_and_one_failure_stops_none_of_the_others(
     assert 1 < dispatcher.peak <= 4, "several at once, never more than the enders"
     assert waits.get("w3") is not None, "the one whose send failed stays parked, to be tried again"
     assert all(waits.get(f"w{i}") is None for i in range(10) if i != 3)
+
+
+def test_rounds_end_their_waits_on_the_same_threads(redis_server: RedisServer) -> None:
+    """Each round made its own pool: every thread built its own Celery result backend and connected it to
+    Redis again, eight times a round."""
+    clock = Clock()
+    dispatcher = Dispatcher(set())
+    monitor, waits = monitor_on(redis_server, dispatcher, clock)
+    for n in range(3):
+        for i in range(8):
+            waits.park(wait(10 * n + i))
+        clock.now += 1.0  # past the gap between rounds
+        report = monitor.run_round()
+        assert report is not None and report.resent == 8
+    assert len(dispatcher.sent) == 24
+    assert 1 < len(dispatcher.threads) <= 4, "the round's enders, kept from one round to the next"
 
 
 def test_a_monitor_that_finds_a_round_just_begun_elsewhere_waits_for_its_gap(
