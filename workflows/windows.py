@@ -70,13 +70,15 @@ def with_next_firing(record: dict[str, Any], now: float) -> dict[str, Any]:
 
 def edited(old: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
     """Return a window's fields after an edit: those given replace the old ones, and the workflow's
-    parameters are merged one by one (a parameter given as None goes back to its default). Every entry
-    point's edit: an edit of the description alone had dropped the window's retention, labels and grace.
+    parameters are merged one by one (a parameter given as None goes back to its default), and so is every
+    other field given as None, where it has a default. Every entry point's edit: an edit of the
+    description alone had dropped the window's retention, labels and grace.
 
     Another workflow drops the old parameters (they need not fit it); servers and a selector replace each
     other.
     """
     from .definitions import WORKFLOWS
+    from .specs import WindowSpec
 
     if not set(given) - {"name"}:
         # It changed nothing but who changed the window last, and when (an outside test).
@@ -94,7 +96,20 @@ def edited(old: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
             params.pop(name, None)
         else:
             params[name] = value
-    out.update({k: v for k, v in given.items() if k != "params"})
+    for key, value in given.items():
+        if key == "params":
+            continue
+        if value is not None:
+            out[key] = value
+        elif WindowSpec.model_fields[key].is_required():
+            # Null over HTTP had met each field's own check: "unknown time zone None", "not None".
+            raise BadInput(f"{key} cannot be removed, it has no default: give a new {key}", key)
+        else:
+            out.pop(key, None)  # back to its default
+    if "health_check" in given and given["health_check"] is None:
+        for setting in ("health_timeout", "health_settle"):  # with the check gone, its settings go too
+            if setting not in given:
+                out.pop(setting, None)
     out["params"] = params
     if given.get("selector") is not None:
         out["servers"] = None

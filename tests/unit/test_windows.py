@@ -289,6 +289,35 @@ def test_an_edit_merges_workflow_parameters_one_by_one() -> None:
             edited(old, nothing)
 
 
+def test_a_field_edited_to_null_goes_back_to_its_default_or_is_refused_where_it_has_none() -> None:
+    """Null over HTTP met each field's own check: 'unknown time zone None', 'not None' (an outside test)."""
+    from workflows.windows import edited, validate_window
+
+    old = validate_window(
+        {
+            "name": "w",
+            "workflow": "snapshot",
+            "cron": "0 3 * * SUN",
+            "tz": "Europe/Berlin",
+            "duration": "2h",
+            "cutoff": "10m",
+            "selector": "env=prod",
+            "max_errors": "1",
+            "notify": ["http://hooks.test/w"],
+        }
+    )
+    new = validate_window(edited(old, {"tz": None, "cutoff": None, "max_errors": None, "notify": None}))
+    assert (new["tz"], new["cutoff"], new["max_errors"], new["notify"]) == ("UTC", 0, "0", [])
+    assert (new["cron"], new["duration"], new["selector"]) == (old["cron"], old["duration"], old["selector"])
+    checked = validate_window({**old, "health_check": "http://{ipv4}/up", "health_timeout": "10m"})
+    unchecked = validate_window(edited(checked, {"health_check": None}))
+    assert (unchecked["health_check"], unchecked["health_timeout"]) == (None, 300), "its settings go with it"
+    for required in ("workflow", "cron", "duration"):
+        with pytest.raises(BadInput, match=f"{required} cannot be removed, it has no default") as refused:
+            edited(old, {required: None})
+        assert refused.value.field == required
+
+
 def _store(server: Any) -> Any:
     from celery import Celery
 

@@ -187,9 +187,7 @@ def _given(name: str, workflow: str | None, options: dict[str, Any]) -> dict[str
     if options.get("block_on"):
         given["block_on"] = [u for u in options["block_on"] if u != ""]  # --block-on '' removes them
     if given.get("health_check") == "":
-        given["health_check"] = None
-        given.setdefault("health_timeout", 300)  # with the check gone, its settings go back to defaults
-        given.setdefault("health_settle", 30)
+        given["health_check"] = None  # its settings go with it (windows.edited)
     for field in ("max_per_placement_group", "max_per_location"):
         if given.get(field) == 0:
             given[field] = None
