@@ -311,6 +311,37 @@ def test_the_session_cookie_is_secure_behind_the_named_tls_proxy_only(
     assert refused.returncode == 2 and "not an IP address" in refused.stderr
 
 
+def test_a_redis_that_does_not_answer_is_a_503_that_says_so(
+    keys_file: Path, keys: dict[str, str], logdir: Path, tmp_path: Path
+) -> None:
+    """An outside test: a hung Redis (accepting, never answering) was a plain-text 500 with a traceback in
+    the log, on the health probe that compose and load balancers read too."""
+    import signal
+
+    hung = RedisServer(tmp_path / "hung")
+    server = WebServer(hung.url, keys_file, logdir)
+    try:
+        assert hung.proc is not None
+        hung.proc.send_signal(signal.SIGSTOP)
+        try:
+            health = requests.get(server.url + "/api/v1/health", timeout=60)
+            page = requests.get(
+                server.url + "/", headers={"Authorization": f"Bearer {keys['viewer']}"}, timeout=60
+            )
+        finally:
+            hung.proc.send_signal(signal.SIGCONT)
+        assert health.status_code == 503, health.text
+        assert (
+            health.json()["error"]["type"] == "Unreachable" and "Redis" in health.json()["error"]["message"]
+        )
+        assert page.status_code == 503 and "text/html" in page.headers["content-type"], "a page for a person"
+        assert "cannot reach Redis" in page.text
+        assert requests.get(server.url + "/api/v1/health", timeout=30).status_code == 200, "and back"
+    finally:
+        server.stop()
+        hung.stop()
+
+
 def test_login_and_logout_forms_from_another_site_are_refused(web: WebServer, keys: dict[str, str]) -> None:
     """Found by an outside tester: another site's page could sign a browser in with its own key, or out."""
     browser = requests.Session()
@@ -354,6 +385,9 @@ def test_jobs_and_windows_over_http(op: Client, view: Client, names: list[str]) 
     assert gated.status_code == 202 and gated.json()["state"] == "awaiting_approval", gated.text
     gated_id = gated.json()["id"]
     assert view.post(f"/api/v1/jobs/{gated_id}/approve").status_code == 403, "a viewer cannot approve"
+    refused = op.post(f"/api/v1/jobs/{gated_id}/approve", {"approve": False})
+    assert refused.status_code == 400 and "takes no body" in refused.json()["error"]["message"]
+    assert view.get(f"/api/v1/jobs/{gated_id}").json()["state"] == "awaiting_approval", "it approved"
     approved = op.post(f"/api/v1/jobs/{gated_id}/approve")
     assert approved.status_code == 202 and approved.json()["state"] == "running", approved.text
     again = op.post(f"/api/v1/jobs/{gated_id}/approve")
@@ -383,6 +417,8 @@ def test_jobs_and_windows_over_http(op: Client, view: Client, names: list[str]) 
     assert view.get("/api/v1/windows/web-nightly/history").json() == []
     ghost = op.post("/api/v1/windows", {**window, "name": "ghost", "servers": ["no-such-server"]})
     assert ghost.status_code == 400 and "no server named" in ghost.json()["error"]["message"]
+    planned = op.http.delete(f"{op.base}/api/v1/windows/web-nightly?dry_run=true", timeout=60)
+    assert planned.status_code == 400 and view.get("/api/v1/windows/web-nightly").status_code == 200
     assert op.http.delete(f"{op.base}/api/v1/windows/web-nightly", timeout=60).status_code == 200
     assert view.get("/api/v1/windows/web-nightly").status_code == 404
 
@@ -496,6 +532,13 @@ def window(**fields: Any) -> dict[str, Any]:
         ("GET", "/api/v1/runs?since=nan", None, 400, "finite"),
         ("GET", "/api/v1/windows/every:history", None, 404, "no window"),
         ("GET", "/api/v1/runs/", None, 404, "no such path"),
+        # FastAPI drops what a route does not read: a misspelt dry run started a real job (an outside test).
+        ("POST", "/api/v1/jobs?dryrun=true", job(), 400, "unknown query parameter 'dryrun'"),
+        ("POST", "/api/v1/jobs?dry_run=true&dry_run=false", job(), 400, "'dry_run' given twice"),
+        ("POST", "/api/v1/runs?dry_run=true", run(), 400, "unknown query parameter 'dry_run'"),
+        ("GET", "/api/v1/runs?status=failed", None, 400, "unknown query parameter 'status'"),
+        ("GET", "/api/v1/runs?state=failed&state=succeeded", None, 400, "'state' given twice"),
+        ("POST", "/api/v1/jobs/nosuch/pause", "{x", 400, "takes no body"),
     ],
 )
 def test_hostile_requests_get_a_4xx_that_says_why_and_change_nothing(

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from workers.errors import BadInput, HcloudFlowError, NotTaken, ServerBusy
@@ -27,10 +27,11 @@ from .idempotency import check_key
 from .keys import ApiKey
 from .models import RetryRequest, RunRequest, WindowPatch
 from .services import Services
+from .strict import strict_request
 
 __all__ = ["redact", "router"]
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", dependencies=[Depends(strict_request)])
 
 RUN_STATES = sorted(ACTIVE | FINAL)
 
