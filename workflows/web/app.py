@@ -212,9 +212,16 @@ def create_app(services: Services) -> Any:
 
     import redis as redis_lib
 
-    @app.exception_handler(redis_lib.ConnectionError)
     async def no_redis(request: Request, exc: Exception) -> JSONResponse:
-        return error(503, "Unreachable", f"cannot reach Redis ({exc}); check HCLOUD_FLOW_REDIS_URL")
+        message = f"cannot reach Redis ({exc}); check HCLOUD_FLOW_REDIS_URL"
+        if is_page(request):
+            return page_refusal(503, message)
+        return error(503, "Unreachable", message)
+
+    # A Redis that accepts connections but does not answer (hung, overloaded) raises a timeout, which is
+    # not a ConnectionError: it was a plain-text 500 with a traceback, on the health probe too.
+    app.add_exception_handler(redis_lib.ConnectionError, no_redis)
+    app.add_exception_handler(redis_lib.TimeoutError, no_redis)
 
     app.include_router(api_routes.router)
     app.include_router(metrics.router)
