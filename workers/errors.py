@@ -126,11 +126,20 @@ class WaitTimeout(HcloudFlowError):
     """Raised when a wait passes its deadline; the action (if any) may still be running at the API."""
 
     def __init__(
-        self, server_id: int, step: str, action_id: int | None, waited_for: str, seconds: float
+        self,
+        server_id: int,
+        step: str,
+        action_id: int | None,
+        waited_for: str,
+        seconds: float,
+        action_running: bool | None = None,
     ) -> None:
-        super().__init__(server_id, step, action_id, waited_for, seconds)
+        super().__init__(server_id, step, action_id, waited_for, seconds, action_running)
         self.server_id, self.step, self.action_id = server_id, step, action_id
         self.waited_for, self.seconds = waited_for, seconds
+        # True: the step's own action was still running at the API when the wait gave up (what the server
+        # ends in is then that action's doing, not what the run last saw).
+        self.action_running = action_running or None
 
     def __str__(self) -> str:
         action = f" (action {self.action_id})" if self.action_id else ""
@@ -144,9 +153,15 @@ class AcpiIgnored(WaitTimeout):
     """Raised when the guest ignored an ACPI signal for the grace period and no forced fallback is allowed."""
 
     def __init__(
-        self, server_id: int, step: str, action_id: int | None, waited_for: str, seconds: float
+        self,
+        server_id: int,
+        step: str,
+        action_id: int | None,
+        waited_for: str,
+        seconds: float,
+        action_running: bool | None = None,  # as WaitTimeout's: rebuilt from its args when unpickled
     ) -> None:
-        super().__init__(server_id, step, action_id, waited_for, seconds)
+        super().__init__(server_id, step, action_id, waited_for, seconds, action_running)
 
     def __str__(self) -> str:
         action = f" (action {self.action_id})" if self.action_id else ""

@@ -34,7 +34,7 @@ PLAN_CHECKS: list[Callable[[dict[str, Any], str], str | None]] = []
 def error_info(exc: BaseException) -> dict[str, Any]:
     """Return the JSON a run record keeps of an error: its type, message and the fields people need."""
     info: dict[str, Any] = {"type": type(exc).__name__, "message": str(exc)}
-    for name in ("server_id", "step", "action_id", "code", "status", "correlation_id"):
+    for name in ("server_id", "step", "action_id", "action_running", "code", "status", "correlation_id"):
         value = getattr(exc, name, None)
         if value is not None:
             info[name] = value
@@ -244,6 +244,14 @@ class RunHooks:
         if not acted or not status:
             return None
         stopped_at = next((s for s in run["steps"] if s.get("status") in ("failed", "cancelled")), None)
+        error = run.get("error") or {}
+        if stopped_at is not None and error.get("action_running"):
+            # It gave up waiting while its action ran on: a rebuild still rebuilding was reported "off".
+            why = (
+                f"the run gave up waiting at {stopped_at['name']} while its action {error.get('action_id')} "
+                "was still running: the server ends as that action leaves it"
+            )
+            return {"status": "unknown", "why": why}
         ended = "was cancelled" if run["state"] == "cancelled" else run["state"]
         why = f"the run {ended}" + (f" at {stopped_at['name']}" if stopped_at else "")
         before = run.get("server_status_before")

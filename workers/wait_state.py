@@ -246,7 +246,8 @@ def _timeout(wait: Wait) -> WaitTimeout:
         what = "its turn to be sent again (the API request budget, or a locked server)"
     else:
         what = f"the {rules_for(wait.action).target} state"
-    return WaitTimeout(wait.server_id, wait.step, wait.action_id, what, wait.deadline_seconds)
+    running = wait.phase is Phase.ACTION and wait.action_id is not None
+    return WaitTimeout(wait.server_id, wait.step, wait.action_id, what, wait.deadline_seconds, running)
 
 
 def advance(wait: Wait, seen: Observation, rules: ActionRules, cadence: Cadence) -> tuple[Wait, Effect]:

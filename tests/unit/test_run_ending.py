@@ -8,7 +8,7 @@ from celery import Celery
 
 from workers.errors import ActionFailed
 from workers.run_store import RunStore, has_ended
-from workers.runs import RunHooks
+from workers.runs import RunHooks, error_info
 
 from ..support.processes import RedisServer
 
@@ -49,3 +49,38 @@ def test_a_failed_snapshot_is_never_seen_ended_before_its_power_on_is_under_way(
     assert not any(has_ended(r) for r in ended)
     assert ended[0]["restore"]["state"] == "powering_on"
     assert store.holder(5) == "run-1"  # still held for the power-on
+
+
+def test_a_run_that_gave_up_while_its_action_ran_on_does_not_say_what_the_server_was_before(
+    redis_server: RedisServer,
+) -> None:
+    """An outside test: a rebuild past its deadline ended "failed, left off" while the rebuild still ran,
+    and the server came up running on the new image ten seconds later."""
+    from workers.errors import WaitTimeout
+    from workers.wait_state import Observation, Phase, Wait, advance, rules_for
+
+    store = RunStore(redis_server.client(), prefix="gaveup")
+    hooks = RunHooks(store, Celery("gaveup", broker="memory://", set_as_current=False))
+    steps = [
+        {"index": 0, "name": "shutdown", "action": "shutdown", "task_id": "t0", "restore": ["failed"],
+         "status": "succeeded", "server_status": "off"},
+        {"index": 1, "name": "rebuild", "action": "rebuild", "task_id": "t1", "restore": []},
+    ]  # fmt: skip
+    meta = {"id": "run-2", "workflow": "rebuild", "server_id": 6, "server_name": "srv-6", "params": {},
+            "server_status_before": "running", "steps": steps, "lock_ttl": 600}  # fmt: skip
+    store.create(meta, "running")
+    # What the monitor decides when the deadline passes with the action still running.
+    waiting = Wait(id="t1", action="rebuild", step="rebuild", server_id=6, phase=Phase.ACTION, started=0.0,
+                   deadline=5.0, next=5.0, action_id=88)  # fmt: skip
+    _, effect = advance(waiting, Observation(6.0), rules_for("rebuild"), cadence=None)  # type: ignore[arg-type]
+    error = effect.error  # type: ignore[union-attr]
+    assert isinstance(error, WaitTimeout) and error.action_running
+    hooks.step_failed("run-2", "t1", error)
+    record = store.get("run-2", live=False)
+    assert record is not None and record["state"] == "failed"
+    assert record["error"]["action_running"] is True
+    assert record["left"]["status"] == "unknown", "not 'off': the rebuild was still running"
+    assert "action 88 was still running" in record["left"]["why"]
+    # A wait that gave up on the server's state, its action done, keeps saying what the run last saw.
+    settled = WaitTimeout(6, "rebuild", 88, "the off state", 5.0)
+    assert settled.action_running is None and "action_running" not in error_info(settled)
