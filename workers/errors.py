@@ -152,17 +152,6 @@ class WaitTimeout(HcloudFlowError):
 class AcpiIgnored(WaitTimeout):
     """Raised when the guest ignored an ACPI signal for the grace period and no forced fallback is allowed."""
 
-    def __init__(
-        self,
-        server_id: int,
-        step: str,
-        action_id: int | None,
-        waited_for: str,
-        seconds: float,
-        action_running: bool | None = None,  # as WaitTimeout's: rebuilt from its args when unpickled
-    ) -> None:
-        super().__init__(server_id, step, action_id, waited_for, seconds, action_running)
-
     def __str__(self) -> str:
         action = f" (action {self.action_id})" if self.action_id else ""
         return (
