@@ -7,6 +7,7 @@ from typing import Any
 
 from celery import Celery, chain, signature
 
+from workers.errors import BadInput
 from workers.server_actions import ACTIONS, TASK_NAMES
 
 from .definitions import Workflow
@@ -67,6 +68,9 @@ def plan_fits(workflow: Workflow, run: dict[str, Any], status: str) -> str | Non
         now = [step.name for step in workflow.steps if step.when(facts)]
     except (KeyError, TypeError):  # a condition that reads more than these: the plan stands
         return None
+    except BadInput as exc:  # in no status a plan can be made for (starting, stopping...)
+        before = run.get("server_status_before")
+        return f"{exc.message} (it was {before} when this run was queued); nothing was done"
     if now == planned:
         return None
     before = run.get("server_status_before")

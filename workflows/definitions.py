@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from workers.errors import BadInput
+
 __all__ = ["WORKFLOWS", "Param", "Step", "Workflow"]
 
 Facts = dict[str, Any]  # {"server": the server object at submit, "params": the validated parameters}
@@ -61,8 +63,23 @@ class Workflow:
     disruptive: bool = True
 
 
+# The statuses a plan can be made for. Any other is on its way to one of them (starting, stopping, rebuilding,
+# migrating...), and which one decides the steps: a server booting by someone else's hand was planned as
+# off, so a snapshot skipped the shutdown and imaged a running disk, and a rescue booted the installed
+# system and reported success (an outside test).
+SETTLED = ("running", "off")
+
+
 def _was_running(f: Facts) -> bool:
-    return f["server"]["status"] == "running"
+    status = f["server"]["status"]
+    if status not in SETTLED:
+        name = f["server"].get("name") or f["server"].get("id") or "the server"
+        raise BadInput(
+            f"server {name} is {status}: whether this run shuts it down and starts it again depends on "
+            "whether it is running or off; submit again once it has settled",
+            "server",
+        )
+    return bool(status == "running")
 
 
 def _shutdown(f: Facts) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from workers.engine import STEP_LABEL, Engine
+from workers.errors import BadInput
 from workers.server_actions import ACTIONS
 
 from .build import plan_steps
@@ -38,7 +39,10 @@ def describe(plan: dict[str, Any], engine: Engine) -> dict[str, Any]:
     prune = _would_prune(engine, plan["servers"], facts_params)
     rows, step_counts, seconds = [], [], []
     for server in plan["servers"]:
-        steps = plan_steps(wf, {"server": server, "params": facts_params}, "dry-run")
+        try:
+            steps, refused = plan_steps(wf, {"server": server, "params": facts_params}, "dry-run"), None
+        except BadInput as exc:  # this server alone (booting, say): the job would refuse it as it came
+            steps, refused = [], exc.message
         rows.append(
             {
                 "id": server["id"],
@@ -50,6 +54,7 @@ def describe(plan: dict[str, Any], engine: Engine) -> dict[str, Any]:
                 "load_balancers": [m["name"] for m in plan["drain"].get(int(server["id"]), [])]
                 or [f"id {i}" for i in server.get("load_balancers") or []],
                 "steps": [s["name"] for s in steps],
+                **({"refused": refused} if refused else {}),
                 **({"would_prune": prune[int(server["id"])]} if prune is not None else {}),
             }
         )

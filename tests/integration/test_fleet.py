@@ -115,6 +115,24 @@ def test_dry_run_starts_nothing(jobs: Jobs, control: Control, pool: Iterator[int
     assert len(control.posts()) == before
 
 
+def test_a_server_booting_by_another_hand_is_refused_alone(
+    jobs: Jobs, control: Control, pool: Iterator[int]
+) -> None:
+    """An outside test: a server that was starting was planned as off, and its snapshot skipped the shutdown."""
+    ids = take(pool, 3)
+    control.send("PATCH", f"/servers/{ids[1]}", {"status": "starting"})
+    plan = jobs.plan("snapshot", servers=ids, max_concurrency="3", max_errors="1")
+    rows = {s["id"]: s for s in plan["servers"]}
+    assert rows[ids[1]]["steps"] == [] and "is starting" in rows[ids[1]]["refused"]
+    assert rows[ids[0]]["steps"] == ["shutdown", "create_image", "power_on"], "the others are planned"
+    job = jobs.start("snapshot", servers=ids, max_concurrency="3", max_errors="1")
+    done = jobs.wait(job["id"], timeout=90, poll=0.3)
+    refused = done["outcomes"][ids[1]]
+    assert refused["outcome"] == "refused" and "submit again once it has settled" in refused["reason"]
+    assert control.posts(ids[1]) == [], "nothing was done to it"
+    assert all(done["outcomes"][sid]["outcome"] == "succeeded" for sid in (ids[0], ids[2]))
+
+
 def test_canary_failure_stops_the_job_before_the_rest(
     jobs: Jobs, control: Control, pool: Iterator[int]
 ) -> None:

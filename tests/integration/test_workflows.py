@@ -218,6 +218,11 @@ REFUSALS = [
     # Each key named is an API read at submit: ten thousand drained a project's budget for an hour.
     ("rescue", "srv", {"ssh_keys": ["ops"] * 10_000}, "at most 50"),
     ("reset-password", "off", {}, "needs a running server"),
+    # Booting or stopping by another hand: planned as off, a snapshot imaged a running disk and a rescue
+    # booted the installed system, both "succeeded" (an outside test).
+    ("snapshot", "starting", {}, "is starting: whether this run shuts it down"),
+    ("rescue", "stopping", {}, "is stopping: whether this run shuts it down"),
+    ("rebuild", "starting", {"image": "ubuntu-24.04"}, "submit again once it has settled"),
 ]
 
 
@@ -235,10 +240,10 @@ def test_refusals_change_nothing(
     sid = take(
         pool,
         control,
-        "off" if server == "off" else "running",
+        server if server in ("off", "starting", "stopping") else "running",
         protection={"rebuild": server == "protected", "delete": False},
     )
-    target = sid if server in ("srv", "off", "protected") else server
+    target = sid if server in ("srv", "off", "starting", "stopping", "protected") else server
     runs_before = redis_server.client().zcard("hf:runs")
     posts_before = len(control.posts())
     with pytest.raises(BadInput, match=message):

@@ -235,7 +235,8 @@ def _print_plan(plan: dict[str, Any], as_json: bool) -> None:
             else ""
         )
         where = " ".join(x for x in (s.get("location"), s.get("placement_group")) if x)
-        click.echo(f"  {s['name']:<20} {s['status']:<10} {where:<16} {' → '.join(s['steps'])}{lbs}")
+        steps = " → ".join(s["steps"]) if not s.get("refused") else f"refused: {s['refused']}"
+        click.echo(f"  {s['name']:<20} {s['status']:<10} {where:<16} {steps}{lbs}")
         if s.get("would_prune"):
             click.echo(f"    then deletes older snapshots: {', '.join(map(str, s['would_prune']))}")
     click.echo(
