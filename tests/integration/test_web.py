@@ -717,3 +717,44 @@ def test_the_dashboard_in_a_real_browser(
         finally:
             browser.close()
             op.http.delete(f"{op.base}/api/v1/windows/ui-window", timeout=30)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium on PATH (.ci/run installs Debian's chromium)")
+def test_an_open_page_says_when_it_could_not_be_refreshed(
+    keys_file: Path, keys: dict[str, str], logdir: Path, tmp_path: Path
+) -> None:
+    """An outside test: with Redis hung, the open overview went on saying "workers alive, last round 1 s
+    ago", its refreshes failing out of sight."""
+    import signal
+
+    from playwright.sync_api import sync_playwright
+
+    hung = RedisServer(tmp_path / "stale")
+    server = WebServer(hung.url, keys_file, logdir)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+            try:
+                page = browser.new_page()
+                page.goto(server.url + "/login")
+                page.fill("#key", keys["viewer"])
+                page.click("button[type=submit]")
+                page.wait_for_selector("text=Active runs")
+                assert page.is_hidden("#stale")
+                assert hung.proc is not None
+                hung.proc.send_signal(signal.SIGSTOP)
+                try:
+                    page.wait_for_selector("#stale", state="visible", timeout=30_000)
+                    said = page.inner_text("#stale")
+                    ARTIFACTS.mkdir(exist_ok=True)
+                    page.screenshot(path=str(ARTIFACTS / "overview-stale.png"), full_page=True)
+                finally:
+                    hung.proc.send_signal(signal.SIGCONT)
+                assert "Not refreshed since" in said and "503" in said, said
+                page.wait_for_selector("#stale", state="hidden", timeout=30_000)
+                assert "Active runs" in page.inner_text("main"), "and fresh again"
+            finally:
+                browser.close()
+    finally:
+        server.stop()
+        hung.stop()
