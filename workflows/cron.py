@@ -1,8 +1,10 @@
 """Calendar rules of maintenance windows, as pure functions: cron expressions, durations, time zones.
 
-Standard five-field cron (minute hour day-of-month month day-of-week) in the window's own IANA zone; the
-restricted day fields are OR-ed as cron does. ``next_firing`` and ``cron_can_fire`` answer what an operator
-asks of a schedule before it fires; ``utc_minutes`` is what redbeat (which knows only UTC) is given.
+Standard five-field cron (minute hour day-of-month month day-of-week) in the window's own IANA zone, read as
+Vixie cron and cronie read it: the two day fields are OR-ed when both are restricted, and a day field written
+from ``*`` (``*/2``) counts as unrestricted, so that the other one is AND-ed with it. ``next_firing`` and
+``cron_can_fire`` answer what an operator asks of a schedule before it fires; ``utc_minutes`` is what redbeat
+(which knows only UTC) is given.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def _field_grammar(names: str | None) -> re.Pattern[str]:
     """Return the whole-field pattern of a cron field: values (numbers, or ``names``), ``*``, ranges, lists
     and steps; nothing else (Celery's parser read ``SUN#2`` as ``SUN`` and dropped the rest)."""
     value = "[0-9]+" if names is None else f"(?:[0-9]+|{names})"
-    item = rf"(?:\*|{value}(?:-{value})?)(?:/[0-9]+)?"
+    item = rf"(?:(?:\*|{value}-{value})(?:/[0-9]+)?|{value})"
     return re.compile(rf"{item}(?:,{item})*", re.IGNORECASE)
 
 
@@ -119,6 +121,12 @@ def parse_cron(expr: Any) -> Cron:
         )
     sets = []
     for written, f in zip(fields, _FIELDS, strict=True):
+        if re.search(r"(?:^|,)[^,*-]+/", written):
+            raise BadInput(
+                f"cron {f.label} field {written!r} is invalid: a step needs * or a range before it, like "
+                "*/15 or 5-59/15",
+                "cron",
+            )
         if not f.grammar.fullmatch(written):
             raise BadInput(
                 f"cron {f.label} field {written!r} is invalid: use {f.values}, *, ranges (1-5), lists (1,3) "
@@ -130,15 +138,31 @@ def parse_cron(expr: Any) -> Cron:
         except (ValueError, ParseException) as exc:
             span = f"{f.label}: {f.low}-{f.low + f.size - 1}{f.range_note}"
             raise BadInput(f"cron {f.label} field {written!r} is invalid: {exc} ({span})", "cron") from exc
+        _no_backward_range(written, f)
     return {
         "minute": sets[0],
         "hour": sets[1],
         "dom": sets[2],
         "month": sets[3],
         "dow": sets[4],
-        "dom_any": fields[2] == "*",
-        "dow_any": fields[4] == "*",
+        "dom_any": fields[2].startswith("*"),
+        "dow_any": fields[4].startswith("*"),
     }
+
+
+def _no_backward_range(written: str, f: _Field) -> None:
+    """Refuse a range that runs backwards (``12-1``): Celery's parser wraps it round, other crons refuse it,
+    and a window read either way fires at hours its author did not mean (an outside test)."""
+    parse = crontab_parser(f.size, f.low).parse
+    for item in written.split(","):
+        ends = item.split("/")[0].split("-")
+        if len(ends) == 2 and min(parse(ends[0])) > min(parse(ends[1])):
+            top = f.low + f.size - 1
+            raise BadInput(
+                f"cron {f.label} field {written!r} is invalid: the range {ends[0]}-{ends[1]} runs backwards; "
+                f"write it as two ranges, {ends[0]}-{top},{f.low}-{ends[1]}",
+                "cron",
+            )
 
 
 # The longest a month can be, leap years included: a cron day the month never has never fires.
@@ -155,7 +179,7 @@ def cron_can_fire(cron: Cron) -> bool:
 
 
 def cron_matches(cron: Cron, local: datetime) -> bool:
-    """Tell whether a local time falls on the cron (standard cron: restricted day fields are OR-ed)."""
+    """Tell whether a local time falls on the cron (restricted day fields OR-ed; see the module)."""
     if (
         local.minute not in cron["minute"]
         or local.hour not in cron["hour"]

@@ -206,6 +206,38 @@ def test_cron_syntax_beyond_five_plain_fields_is_refused_not_truncated(expr: str
         parse_cron(expr)
 
 
+@pytest.mark.parametrize(
+    ("expr", "says"),
+    [
+        ("1-0 * * * *", "the range 1-0 runs backwards; write it as two ranges, 1-59,0-0"),
+        ("0 12-1 * * *", "the range 12-1 runs backwards; write it as two ranges, 12-23,0-1"),
+        ("0 0 * DEC-JAN *", "the range DEC-JAN runs backwards"),
+        ("0 0 * * MON-SUN", "the range MON-SUN runs backwards"),
+        ("0 0 * * 1,5-3", "the range 5-3 runs backwards"),
+        ("5/15 * * * *", "a step needs \\* or a range before it"),
+    ],
+)
+def test_cron_that_other_crons_refuse_or_read_otherwise_is_refused(expr: str, says: str) -> None:
+    """An outside test: '1-0 * * * *' was read as every minute, '0 12-1 * * *' as 12-23 and 0-1 (Celery's
+    parser wraps a range round), and '5/15' was refused as an "invalid weekday literal"."""
+    with pytest.raises(BadInput, match=says):
+        parse_cron(expr)
+
+
+def test_a_day_field_written_from_a_star_is_anded_with_the_other_as_vixie_cron_does() -> None:
+    """'0 0 */2 * MON' fires on Mondays that are odd days of the month (cron and cronie), not on every odd
+    day and every Monday (it said Thursday 3 December 2026 was next)."""
+    from zoneinfo import ZoneInfo
+
+    from workflows.cron import next_firing
+
+    utc = ZoneInfo("UTC")
+    monday_the_first = next_firing(parse_cron("0 0 */2 * MON"), utc, datetime(2026, 12, 1, tzinfo=utc))
+    assert monday_the_first == datetime(2026, 12, 7, 0, 0, tzinfo=utc)
+    either = next_firing(parse_cron("0 0 1-31/2 * MON"), utc, datetime(2026, 12, 1, tzinfo=utc))
+    assert either == datetime(2026, 12, 3, 0, 0, tzinfo=utc), "both restricted: either day field"
+
+
 @pytest.mark.parametrize("expr", ["*/15 0-23/2 1,15 jan-mar mon-fri", "0 3 * JAN sun,SAT", "5 4 * * 0-6/2"])
 def test_plain_cron_syntax_is_accepted(expr: str) -> None:
     assert parse_cron(expr)["minute"]
