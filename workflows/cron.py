@@ -109,8 +109,12 @@ class Cron(TypedDict):
     dow_any: bool
 
 
-def parse_cron(expr: Any) -> Cron:
-    """Parse a five-field cron expression (minute hour day-of-month month day-of-week) or refuse it."""
+def parse_cron(expr: Any, *, stored: bool = False) -> Cron:
+    """Parse a five-field cron expression (minute hour day-of-month month day-of-week) or refuse it.
+
+    ``stored``: a window's cron as kept, perhaps by an earlier version, which took a range running backwards
+    and wrapped it round (``22-2``); it is read so, rather than stop the window, and its list, from working.
+    """
     text = str(expr)
     if not text.isascii() or not all(c == " " or c.isprintable() for c in text) or "\t" in text:
         raise BadInput(f"cron takes ASCII fields separated by spaces, not {text[:80]!r}", "cron")
@@ -138,7 +142,8 @@ def parse_cron(expr: Any) -> Cron:
         except (ValueError, ParseException) as exc:
             span = f"{f.label}: {f.low}-{f.low + f.size - 1}{f.range_note}"
             raise BadInput(f"cron {f.label} field {written!r} is invalid: {exc} ({span})", "cron") from exc
-        _no_backward_range(written, f)
+        if not stored:
+            _no_backward_range(written, f)
     return {
         "minute": sets[0],
         "hour": sets[1],

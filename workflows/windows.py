@@ -63,7 +63,7 @@ def with_next_firing(record: dict[str, Any], now: float) -> dict[str, Any]:
     fires = None
     if not record.get("paused"):
         fires = next_firing(
-            parse_cron(record["cron"]), ZoneInfo(record["tz"]), datetime.fromtimestamp(now, UTC)
+            parse_cron(record["cron"], stored=True), ZoneInfo(record["tz"]), datetime.fromtimestamp(now, UTC)
         )
     return {**record, "next_firing": fires.isoformat() if fires else None}
 
@@ -311,7 +311,7 @@ class WindowStore:
         from celery.schedules import crontab
         from redbeat import RedBeatSchedulerEntry
 
-        minutes = utc_minutes(parse_cron(window["cron"])["minute"], ZoneInfo(window["tz"]))
+        minutes = utc_minutes(parse_cron(window["cron"], stored=True)["minute"], ZoneInfo(window["tz"]))
         schedule = crontab(minute=",".join(map(str, minutes)), hour="*", app=self.app)
         return RedBeatSchedulerEntry(
             f"{ENTRY_PREFIX}{window['name']}",
@@ -362,7 +362,9 @@ def fire(
         runner = runner_for(window.get("project"))
     except BadInput as exc:  # the project is no longer served by the workers: say so in its history
         refused = str(exc)
-    local = _scheduled_minute(parse_cron(window["cron"]), datetime.fromtimestamp(now, ZoneInfo(window["tz"])))
+    local = _scheduled_minute(
+        parse_cron(window["cron"], stored=True), datetime.fromtimestamp(now, ZoneInfo(window["tz"]))
+    )
     if local is None:
         return {"window": name, "fired": False, "why": "not a minute of this window in its time zone"}
     if not windows.claim_firing(name, local):

@@ -224,6 +224,17 @@ def test_cron_that_other_crons_refuse_or_read_otherwise_is_refused(expr: str, sa
         parse_cron(expr)
 
 
+def test_a_window_kept_with_a_backward_range_from_before_goes_on_as_it_was_read() -> None:
+    """Earlier versions took '0 22-2 * * *' (22:00 to 02:00): refused now when written, it must not stop
+    the window, nor the list of windows, that holds it."""
+    from workflows.windows import with_next_firing
+
+    kept = {**validate_window(spec()), "cron": "0 22-2 * * *", "tz": "UTC"}
+    shown = with_next_firing(kept, datetime(2026, 12, 1, 2, 30, tzinfo=UTC).timestamp())
+    assert shown["next_firing"] == "2026-12-01T22:00:00+00:00"
+    assert sorted(parse_cron(kept["cron"], stored=True)["hour"]) == [0, 1, 2, 22, 23]
+
+
 def test_a_day_field_written_from_a_star_is_anded_with_the_other_as_vixie_cron_does() -> None:
     """'0 0 */2 * MON' fires on Mondays that are odd days of the month (cron and cronie), not on every odd
     day and every Monday (it said Thursday 3 December 2026 was next)."""
