@@ -119,7 +119,9 @@ class _FromRedis:
             yield GaugeMetricFamily(_P + name, help_text, value=1e9 if value is None else value)
 
         jobs = GaugeMetricFamily(
-            _P + "job_servers", "Servers of running fleet jobs, by outcome so far", labels=["job", "outcome"]
+            _P + "job_servers",
+            "Servers of running fleet jobs, by outcome so far",
+            labels=["job_id", "outcome"],
         )
         waiting = GaugeMetricFamily(
             _P + "jobs_awaiting_approval", "Fleet jobs held at an approval gate (job approve or reject)"
