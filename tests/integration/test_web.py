@@ -121,6 +121,8 @@ def test_keys_and_roles(web: WebServer, op: Client, view: Client, keys_file: Pat
     denied = view.post("/api/v1/runs", {"workflow": "reboot", "server": 1})
     assert denied.status_code == 403 and "operator" in denied.json()["error"]["message"]
     assert anonymous.get("/api/v1/health").json() == {"ok": True}
+    assert requests.head(web.url + "/api/v1/health", timeout=30).status_code == 200, "load balancers' HEAD"
+    assert requests.get(web.url + "/favicon.ico", timeout=30).status_code == 204, "none, not a 404 per page"
     # A key removed from the file stops at once.
     extra = apikey(keys_file, "add", "short-lived", "--role", "viewer").stdout.strip()
     assert Client(web.url, extra).get("/api/v1/runs").status_code == 200
@@ -658,6 +660,8 @@ def test_the_dashboard_in_a_real_browser(
         browser = pw.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
+            errors: list[str] = []  # what the browser's console says went wrong (nothing, once logged in)
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.goto(web.url + "/")
             assert page.url.endswith("/login"), "a page without a session asks for a key"
             page.screenshot(path=str(ARTIFACTS / "login.png"))
@@ -668,6 +672,7 @@ def test_the_dashboard_in_a_real_browser(
             page.click("button[type=submit]")
             page.wait_for_selector("text=Active runs")
             assert "viewer-key (viewer)" in page.inner_text("header")
+            errors.clear()  # the refused key's 401 above was meant
 
             control.send("PUT", "/config", {"durations": {"create_image": 140.0}})  # 7 s at speed 20
             try:
@@ -725,6 +730,7 @@ def test_the_dashboard_in_a_real_browser(
             overflow = phone.evaluate("document.documentElement.scrollWidth - window.innerWidth")
             assert overflow <= 1, f"the page is {overflow} px wider than a phone (tables scroll inside it)"
             phone.screenshot(path=str(ARTIFACTS / "overview-phone.png"), full_page=True)
+            assert not errors, errors
         finally:
             browser.close()
             op.http.delete(f"{op.base}/api/v1/windows/ui-window", timeout=30)

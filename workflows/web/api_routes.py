@@ -429,7 +429,12 @@ def workflows(key: Viewer) -> list[dict[str, Any]]:
     ]
 
 
-@router.get("/health", summary="For load balancers and compose: 200 when Redis answers (no key needed)")
+# HEAD too: some load balancers probe with it (it was a 405).
+@router.api_route(
+    "/health",
+    methods=["GET", "HEAD"],
+    summary="For load balancers and compose: 200 when Redis answers (no key needed)",
+)
 def health(request: Request) -> dict[str, Any]:
     _services(request).redis.ping()
     return {"ok": True}
