@@ -17,6 +17,7 @@ from celery import Celery, signature
 from .counters import Counters
 from .errors import HcloudFlowError, RunCancelled
 from .run_store import FINAL, RunStore
+from .server_actions import ACTIONS
 
 __all__ = ["PLAN_CHECKS", "RUN_LISTENERS", "RUN_STARTED", "RunHooks", "error_info"]
 
@@ -39,6 +40,17 @@ def error_info(exc: BaseException) -> dict[str, Any]:
         if value is not None:
             info[name] = value
     return info
+
+
+def _with_lasting(left: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """Add to what a run left what its succeeded steps left set for later: a rescue that failed at its
+    reset said "running" of a server whose next boot starts the rescue system (an outside test)."""
+    lasting = [
+        ACTIONS[s["action"]].leaves
+        for s in run["steps"]
+        if s.get("status") == "succeeded" and s.get("action") in ACTIONS and ACTIONS[s["action"]].leaves
+    ]
+    return {**left, "also": lasting} if lasting else left
 
 
 class RunHooks:
@@ -187,7 +199,7 @@ class RunHooks:
         if restore_id is not None:
             fields["restore"] = {"state": "powering_on", "task_id": restore_id}
         if left is not None:
-            fields["left"] = left
+            fields["left"] = _with_lasting(left, ended)
         self.store.set_state(run["id"], state, **fields)  # type: ignore[arg-type]
         self.counters.add("runs", (run["workflow"], state))
         log.info("run %s (%s on server %s) %s", run["id"], run["workflow"], run["server_id"], state)

@@ -62,6 +62,8 @@ class ServerAction:
     summary: str = ""
     # What to check when the action fails: the API's own message for some causes is terse or generic.
     failure_hint: str | None = None
+    # What the action leaves set for later: a run that stops after it says so with what it left.
+    leaves: str | None = None
 
 
 ACTIONS: dict[str, ServerAction] = {
@@ -124,6 +126,7 @@ ACTIONS: dict[str, ServerAction] = {
             choices={"type": ("linux64",)},
             secret=True,
             summary="Boot the rescue system at the next boot; the rescue password is sealed.",
+            leaves="rescue mode stays on: the next boot starts the rescue system (rescue-off undoes it)",
         ),
         ServerAction(
             "disable_rescue",

@@ -91,6 +91,7 @@ def render_run(run: dict[str, Any], now: float | None = None) -> list[str]:
     if run.get("left"):
         left = run["left"]
         lines.append(f"  {run.get('server_name') or run['server_id']} left {left['status']}: {left['why']}")
+        lines.extend(f"  and {also}" for also in left.get("also") or ())
     return lines
 
 

@@ -11,6 +11,7 @@ from celery import Celery
 
 from workers.errors import BadInput, ServerBusy
 from workers.run_store import RunStore
+from workers.server_actions import ACTIONS
 from workflows.api import Runs
 
 from ..conftest import start_cloud
@@ -200,6 +201,23 @@ def test_a_failed_rebuild_step_says_it_left_the_server_off(
         "why": "the run failed at rebuild; a failed rebuild step is not booted (as the run last saw it)",
     }
     assert status == "off"
+
+
+def test_a_failed_rescue_says_the_next_boot_starts_the_rescue_system(
+    runs: Runs, control: Control, pool: Iterator[int]
+) -> None:
+    """An outside test: a rescue that failed at its reset said only "left running", of a server whose next
+    boot, whoever makes it, starts the rescue system."""
+    from workflows.progress import render_run
+
+    sid = take(pool, control, "running")
+    control.send("PATCH", f"/servers/{sid}", {"fail_next": {"command": "reset", "code": "action_failed"}})
+    record = run(runs, "rescue", sid)
+    assert record["state"] == "failed" and posted(control, sid) == ["enable_rescue", "reset"]
+    assert Api(control.url.replace("/_fakecloud", "/v1")).server(sid)["rescue_enabled"] is True
+    assert record["left"]["status"] == "running"
+    assert record["left"]["also"] == [ACTIONS["enable_rescue"].leaves]
+    assert "and rescue mode stays on: the next boot starts the rescue system" in "\n".join(render_run(record))
 
 
 REFUSALS = [
