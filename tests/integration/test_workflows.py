@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def cloud() -> Iterator[Any]:
-    c = start_cloud(servers=40, speed=20.0, seed=11)
+    c = start_cloud(servers=60, speed=20.0, seed=11)
     yield c
     c.stop()
 
