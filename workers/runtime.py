@@ -31,9 +31,11 @@ from .waits import WaitStore
 __all__ = [
     "PROJECTS_KEY",
     "build_engine",
+    "claim_ttl_for",
     "engine_for",
     "noted_projects",
     "register_projects",
+    "retry_policy_for",
     "shown_url",
     "wait_prefix",
 ]
@@ -41,6 +43,18 @@ __all__ = [
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _engines: dict[tuple[int, str], Engine] = {}
+
+
+def retry_policy_for(base: float) -> RetryPolicy:
+    """Return the request retry policy of HCLOUD_FLOW_RETRY_BASE: the whole schedule scales with its first
+    backoff (tests shrink it; production keeps 1 s)."""
+    return RetryPolicy(base=base, cap=30.0 * base, max_total=120.0 * base)
+
+
+def claim_ttl_for(request_timeout: float, policy: RetryPolicy) -> float:
+    """Return how long a step's claim lives: one request with all its retries, for the thread pool enforces
+    no time limit on a step."""
+    return request_timeout + policy.max_total + 10.0
 
 
 def wait_prefix(project: str) -> str:
@@ -80,8 +94,7 @@ def build_engine(
     key = bucket_key(token)
     budget = RateBudget(store, key, refill_per_second=float(settings.get("rate_refill", 0.0)))
     base = float(settings.get("retry_base", 1.0))
-    # The whole retry schedule scales with its first backoff (tests shrink it; production keeps 1 s).
-    policy = RetryPolicy(base=base, cap=30.0 * base, max_total=120.0 * base)
+    policy = retry_policy_for(base)
     counters = Counters(store)
     token_health = TokenHealth(store, project.name, token)
 
@@ -111,8 +124,7 @@ def build_engine(
         cadence=Cadence(
             first=float(settings.get("poll_first", 1.0)), cap=float(settings.get("poll_cap", 10.0))
         ),
-        # A claim must outlast one request with all its retries: the thread pool enforces no time limit.
-        claim_ttl=float(settings.get("request_timeout", 30.0)) + policy.max_total + 10.0,
+        claim_ttl=claim_ttl_for(float(settings.get("request_timeout", 30.0)), policy),
         shutdown_grace=float(settings.get("shutdown_grace", 60.0)),
         deadlines=dict(settings.get("deadlines") or {}),
         post_policy=policy,

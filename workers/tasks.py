@@ -10,6 +10,7 @@ and ``step``. The result is JSON: server id, action id, command, outputs (sealed
 from __future__ import annotations
 
 import logging
+import math
 import random
 from dataclasses import replace
 from typing import Any, NoReturn
@@ -55,7 +56,16 @@ __all__ = ["TASK_NAMES", "history_after", "step_engine", "took_over", *ACTIONS]
 FINISHED_STEP = frozenset({"success", "failed"})
 # Another delivery of the same step is posting right now: look again soon, a bounded number of times.
 _IN_PROGRESS_RETRY = 3.0
-_IN_PROGRESS_TRIES = 60
+
+
+def in_progress_tries(claim_ttl: float) -> int:
+    """Return how many times a step looks again while another delivery holds its claim: until well past
+    the claim's lifetime, by when a holder that died has let it lapse. A fixed 60 tries (3 min) ran out
+    before a claim with a long request timeout (up to 12 min) did, and the step failed while the action
+    its dead holder may have started ran on (an outside reading)."""
+    return max(60, math.ceil(claim_ttl / _IN_PROGRESS_RETRY) + 10)
+
+
 # The shared budget is empty: the step is parked and resent when it has refilled (see budget_pause); a step
 # gives up after waiting this long for budget in all.
 _BUDGET_PATIENCE = 3600.0
@@ -195,7 +205,8 @@ def _run_action(
         else:
             started = start(stop)
     except StepInProgress as exc:
-        raise task.retry(countdown=_IN_PROGRESS_RETRY, max_retries=_IN_PROGRESS_TRIES, exc=exc) from exc
+        tries = in_progress_tries(eng.claim_ttl)
+        raise task.retry(countdown=_IN_PROGRESS_RETRY, max_retries=tries, exc=exc) from exc
     except RateBudgetExhausted as exc:
         eng.ledger.bump(step_key, "budget_waits")
         if eng.clock() - eng.ledger.since(step_key, "budget_since", eng.clock()) > _BUDGET_PATIENCE:

@@ -52,3 +52,19 @@ def test_a_step_that_returns_or_fails_is_not_turned_into_ignore(monkeypatch: pyt
     monkeypatch.setattr(tasks, "run_action", fail)
     with pytest.raises(RateBudgetExhausted):
         tasks.shutdown.run(1)
+
+
+@pytest.mark.parametrize(
+    ("request_timeout", "retry_base"), [(30.0, 1.0), (600.0, 1.0), (600.0, 60.0), (1.0, 0.0)]
+)
+def test_a_step_waiting_on_another_deliverys_claim_looks_until_that_claim_has_lapsed(
+    request_timeout: float, retry_base: float
+) -> None:
+    """Sixty looks three seconds apart ran out before a claim with a long request timeout lapsed (up to
+    12 min at the settings' bounds): a redelivered step, whose first delivery had died holding its claim,
+    failed while the action that delivery may have started ran on (an outside reading)."""
+    from workers.runtime import claim_ttl_for, retry_policy_for
+
+    # At the ends of the settings' bounds (HCLOUD_FLOW_REQUEST_TIMEOUT, HCLOUD_FLOW_RETRY_BASE).
+    claim = claim_ttl_for(request_timeout, retry_policy_for(retry_base))
+    assert tasks.in_progress_tries(claim) * tasks._IN_PROGRESS_RETRY > claim + 10
