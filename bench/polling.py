@@ -9,7 +9,7 @@ polling the server every second until it is off, as the hcloud CLI's ``shutdown 
 against the same fakecloud (its own process, speed 1, rate limit raised so none is throttled) with the
 action durations below.
 
-    python bench/polling.py [--sizes 25,100,400] [--json] [--routes]
+    python bench/polling.py [--sizes 25,100,400] [--json] [--routes] [--env HCLOUD_FLOW_NAME=VALUE]
 
 ``--routes`` also prints, per system, how many requests went to each API route, and where the wall time
 went (to the first POST, the spread of the first POSTs, the last action's end, and after it).
@@ -83,6 +83,10 @@ def _delays(cloud: FakeCloudProcess, since_seq: int) -> list[float]:
     return delays
 
 
+# Worker settings given with --env (KEY=VALUE), over the bench's own: to measure a setting's effect.
+WORKER_SETTINGS: dict[str, str] = {}
+
+
 @contextlib.contextmanager
 def _hcloud_flow(cloud: FakeCloudProcess, name: str, workdir: Path, worker_count: int) -> Iterator[Any]:
     """Run a private redis-server and hcloud-flow workers against ``cloud``; yield a client app."""
@@ -94,6 +98,7 @@ def _hcloud_flow(cloud: FakeCloudProcess, name: str, workdir: Path, worker_count
         HCLOUD_FLOW_POLL_FIRST="1.0",
         HCLOUD_FLOW_POLL_CAP="10",
         HCLOUD_FLOW_VISIBILITY_TIMEOUT="600",
+        **WORKER_SETTINGS,
     )
     workers = [Worker(f"{name}-{k}", env, workdir, concurrency=8) for k in range(worker_count)]
     app = client_app(redis_server.url)
@@ -292,7 +297,19 @@ def main() -> None:
         default="chains,fleet,learned,baseline",
         help="which systems to run (default chains,fleet,learned,baseline)",
     )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a worker setting for hcloud-flow's runs, e.g. HCLOUD_FLOW_MONITOR_GAP=0.1 (repeatable)",
+    )
     args = parser.parse_args()
+    for item in args.env:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("HCLOUD_FLOW_"):
+            parser.error(f"--env takes HCLOUD_FLOW_NAME=VALUE, not {item!r}")
+        WORKER_SETTINGS[key] = value
     only = set(args.only.split(","))
     sizes = [int(s) for s in args.sizes.split(",")]
     cloud = FakeCloudProcess("--servers", "0", "--speed", "1", "--rate-limit", "100000000", token=TOKEN)
