@@ -9,7 +9,8 @@
     │   └── AcpiIgnored               the guest ignored an ACPI signal for the grace period, no force allowed
     ├── BadInput                      a request was refused before anything was enqueued or sent
     │   ├── NotFound                  the run, job or window named does not exist
-    │   └── Conflict                  an edit made from a record that changed meanwhile
+    │   ├── Conflict                  an edit made from a record that changed meanwhile
+    │   └── Unsettled                 the server is on its way between running and off
     ├── Blocked                       423 locked: another action runs on the server (the step waits for it)
     ├── StepInProgress                another delivery of the same step is posting right now
     ├── ServerBusy                    another run holds the server's lock
@@ -46,6 +47,7 @@ __all__ = [
     "StepInProgress",
     "StillRunning",
     "TransportError",
+    "Unsettled",
     "WaitTimeout",
 ]
 
@@ -181,6 +183,17 @@ class NotFound(BadInput):
 
 class Conflict(BadInput):
     """Raised when an edit was made from a record that changed meanwhile: written, it would undo it."""
+
+
+class Unsettled(BadInput):
+    """Raised when a workflow's steps depend on whether the server runs and it is neither running nor off."""
+
+    def __init__(self, message: str, status: str) -> None:
+        super().__init__(message, "server")
+        self.status = status
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message, self.status))
 
 
 class ServerBusy(HcloudFlowError):

@@ -63,7 +63,7 @@ def plan_fits(workflow: Workflow, run: dict[str, Any], status: str) -> str | Non
     """Say why the steps a queued run planned would not be planned for its server's ``status`` now (the
     steps' conditions read the server's status and the run's parameters), or None when they would."""
     planned = [s["name"] for s in run["steps"]]
-    facts = {"server": {"status": status}, "params": run.get("params") or {}}
+    facts = {"server": {"status": status, "name": run.get("server_name")}, "params": run.get("params") or {}}
     try:
         now = [step.name for step in workflow.steps if step.when(facts)]
     except (KeyError, TypeError):  # a condition that reads more than these: the plan stands

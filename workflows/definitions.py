@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from workers.errors import BadInput
+from workers.errors import Unsettled
 
 __all__ = ["WORKFLOWS", "Param", "Step", "Workflow"]
 
@@ -68,16 +68,19 @@ class Workflow:
 # off, so a snapshot skipped the shutdown and imaged a running disk, and a rescue booted the installed
 # system and reported success (an outside test).
 SETTLED = ("running", "off")
+# Where a server on its way is heading, for a run queued behind the run that moves it: planned for that, and
+# checked again as it starts (workflows.build.plan_fits), so a wrong guess starts nothing.
+HEADING = {"starting": "running", "stopping": "off", "rebuilding": "running", "migrating": "running"}
 
 
 def _was_running(f: Facts) -> bool:
     status = f["server"]["status"]
     if status not in SETTLED:
         name = f["server"].get("name") or f["server"].get("id") or "the server"
-        raise BadInput(
-            f"server {name} is {status}: whether this run shuts it down and starts it again depends on "
-            "whether it is running or off; submit again once it has settled",
-            "server",
+        raise Unsettled(
+            f"server {name} is {status}: this run's steps depend on whether it is running or off; submit "
+            "again once it has settled",
+            status,
         )
     return bool(status == "running")
 

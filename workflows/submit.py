@@ -11,13 +11,14 @@ from typing import Any
 from celery import Celery
 
 from workers.client import HcloudClient
-from workers.errors import BadInput, NotFound, ServerBusy
+from workers.errors import BadInput, NotFound, ServerBusy, Unsettled
 from workers.result_backend import fingerprint
 from workers.run_store import FINAL, RunStore
 from workers.runs import RunHooks, error_info
+from workers.server_actions import ACTIONS
 
 from .build import build_chain, lock_ttl, plan_steps
-from .definitions import WORKFLOWS
+from .definitions import HEADING, WORKFLOWS
 from .notify import check_urls
 from .undo import from_earlier_run, project_of_run
 from .validate import Lookups, check_params, check_submitter, gather_facts, require_unicode, workflow_named
@@ -76,7 +77,12 @@ def submit_run(
         raise BadInput("server is missing; give the server as an id or a name (--server)", "server")
     facts = gather_facts(client, wf, server, clean, lookups)
     run_id = store.new_id()
-    steps = plan_steps(wf, facts, run_id, priority=priority, project=project)
+    heading = False
+    try:
+        steps = plan_steps(wf, facts, run_id, priority=priority, project=project)
+    except Unsettled as exc:
+        facts, heading = _behind_its_mover(store, facts, exc, queue), True
+        steps = plan_steps(wf, facts, run_id, priority=priority, project=project)
     srv = facts["server"]
     ttl = lock_ttl(steps)
     sig = build_chain(app, steps, int(srv["id"]))
@@ -96,8 +102,12 @@ def submit_run(
         "notify": urls,
     }
     holder = store.acquire(int(srv["id"]), run_id, ttl)
-    if holder is not None:
-        if not queue:
+    if holder is None and heading:
+        # Its mover ended just now: planned for where the server was heading, it starts as a queued run
+        # does, once the plan is checked against the server's status.
+        store.release(int(srv["id"]), run_id)
+    if holder is not None or heading:
+        if not queue and holder is not None:  # (a plan for where it was heading is only ever queued)
             raise ServerBusy(int(srv["id"]), holder)
         # Only a queued run keeps its chain in the record, to be sent when the server is free.
         store.create({**meta, "chain": dict(sig)}, "queued")
@@ -122,6 +132,36 @@ def submit_run(
         store.release(int(srv["id"]), run_id)
         raise
     return {"run_id": run_id, "state": "queued", "steps": meta["steps"], "warnings": meta["warnings"]}
+
+
+def _behind_its_mover(store: RunStore, facts: dict[str, Any], exc: Unsettled, queue: bool) -> dict[str, Any]:
+    """Return the facts to plan a run on a server on its way between running and off, or refuse it.
+
+    Mostly the run holding the server moves it: the request is then as busy as any (409, or ``skipped`` in a
+    fleet job), or queued behind that run, planned for where the server is heading. Moved by another hand,
+    it is refused: planned as off, a booting server's snapshot had imaged a running disk.
+    """
+    sid = int(facts["server"]["id"])
+    holder = store.holder(sid)
+    if holder is None:
+        raise exc
+    if not queue:
+        raise ServerBusy(sid, holder) from exc
+    heading = _where_it_leaves(store.get(holder, live=False)) or HEADING.get(exc.status)
+    if heading is None:
+        raise exc
+    return {**facts, "server": {**facts["server"], "status": heading}}
+
+
+def _where_it_leaves(run: dict[str, Any] | None) -> str | None:
+    """Return the status a run's plan leaves its server in: its last step that brings the server to running
+    or off (a snapshot's power on), else the status it found (None: not a run, or not known)."""
+    if run is None:
+        return None
+    targets = [ACTIONS[s["action"]].target for s in run["steps"] if s.get("action") in ACTIONS]
+    settled = [t for t in targets if t in ("running", "off")]
+    before = run.get("server_status_before")
+    return settled[-1] if settled else before if before in ("running", "off") else None
 
 
 def cancel_run(store: RunStore, run_id: str, by: str | None = None) -> dict[str, Any]:

@@ -203,6 +203,31 @@ def test_a_failed_rebuild_step_says_it_left_the_server_off(
     assert status == "off"
 
 
+def test_a_server_its_own_run_is_stopping_is_busy_and_can_be_queued_behind_that_run(
+    runs: Runs, control: Control, pool: Iterator[int]
+) -> None:
+    """A reviewer: the refusal of a server between running and off came before the busy check, so a server
+    that a run was shutting down refused --queue, and said "submit again once it has settled", not busy."""
+    sid = take(pool, control, "running")
+    api = Api(control.url.replace("/_fakecloud", "/v1"))
+    control.send("PUT", "/config", {"durations": {"shutdown": 100.0}})  # 5 s at speed 20
+    try:
+        first = runs.submit("snapshot", server=sid)
+        wait_until(lambda: api.server(sid)["status"] == "stopping", 30, "the first run's shutdown")
+        with pytest.raises(ServerBusy) as busy:
+            runs.submit("snapshot", server=sid)
+        assert busy.value.run_id == first
+        queued = runs.submit_full("snapshot", server=sid, queue=True)
+    finally:
+        control.send("PUT", "/config", {"durations": {"shutdown": 5.0}})
+    assert queued["state"] == "queued" and queued["queued_behind"] == first
+    # Planned for where the first run leaves the server (running, its snapshot powers it on again).
+    assert [s["name"] for s in queued["steps"]] == ["shutdown", "create_image", "power_on"]
+    assert runs.wait(first, timeout=60, poll=0.2)["state"] == "succeeded"
+    assert runs.wait(queued["run_id"], timeout=60, poll=0.2)["state"] == "succeeded"
+    assert posted(control, sid) == ["shutdown", "create_image", "poweron"] * 2
+
+
 def test_a_failed_rescue_says_the_next_boot_starts_the_rescue_system(
     runs: Runs, control: Control, pool: Iterator[int]
 ) -> None:
@@ -238,8 +263,8 @@ REFUSALS = [
     ("reset-password", "off", {}, "needs a running server"),
     # Booting or stopping by another hand: planned as off, a snapshot imaged a running disk and a rescue
     # booted the installed system, both "succeeded" (an outside test).
-    ("snapshot", "starting", {}, "is starting: whether this run shuts it down"),
-    ("rescue", "stopping", {}, "is stopping: whether this run shuts it down"),
+    ("snapshot", "starting", {}, "is starting: this run.s steps depend on whether it is running or off"),
+    ("rescue", "stopping", {}, "is stopping: this run.s steps depend"),
     ("rebuild", "starting", {"image": "ubuntu-24.04"}, "submit again once it has settled"),
 ]
 
