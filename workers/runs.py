@@ -42,6 +42,23 @@ def error_info(exc: BaseException) -> dict[str, Any]:
     return info
 
 
+def _gave_up_on(stopped_at: dict[str, Any] | None, run: dict[str, Any]) -> dict[str, Any] | None:
+    """Say what a run that gave up waiting on its own action left: not known (None: it did not give up so).
+
+    A rebuild past its deadline, still rebuilding, was reported "off", and a power on past its deadline "not
+    running"; both servers came up running. The deadline is judged before the action is looked at again, so
+    the action may have ended since the last look: "not seen to finish".
+    """
+    error = run.get("error") or {}
+    if stopped_at is None or stopped_at.get("status") != "failed" or not error.get("action_running"):
+        return None
+    why = (
+        f"the run gave up waiting at {stopped_at['name']} before it saw its action {error.get('action_id')} "
+        "finish: the server ends as that action leaves it"
+    )
+    return {"status": "unknown", "why": why}
+
+
 def _with_lasting(left: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
     """Add to what a run left what its succeeded steps left set for later: a rescue that failed at its
     reset said "running" of a server whose next boot starts the rescue system (an outside test)."""
@@ -231,6 +248,9 @@ class RunHooks:
                 and "cancelled" in (stopped_at.get("restore") or ())
                 and "failed" not in (stopped_at.get("restore") or ())
             )
+            gave_up = _gave_up_on(stopped_at, run)
+            if gave_up is not None:
+                return None, gave_up
             if starter_failed and stopped_at is not None:
                 # The step that would have started the server again is the one that failed: say so.
                 why = f"{stopped_at['name']} failed: {(run.get('error') or {}).get('message', '')}"
@@ -256,14 +276,9 @@ class RunHooks:
         if not acted or not status:
             return None
         stopped_at = next((s for s in run["steps"] if s.get("status") in ("failed", "cancelled")), None)
-        error = run.get("error") or {}
-        if stopped_at is not None and error.get("action_running"):
-            # It gave up waiting while its action ran on: a rebuild still rebuilding was reported "off".
-            why = (
-                f"the run gave up waiting at {stopped_at['name']} while its action {error.get('action_id')} "
-                "was still running: the server ends as that action leaves it"
-            )
-            return {"status": "unknown", "why": why}
+        gave_up = _gave_up_on(stopped_at, run)
+        if gave_up is not None:
+            return gave_up
         ended = "was cancelled" if run["state"] == "cancelled" else run["state"]
         why = f"the run {ended}" + (f" at {stopped_at['name']}" if stopped_at else "")
         before = run.get("server_status_before")

@@ -80,7 +80,35 @@ def test_a_run_that_gave_up_while_its_action_ran_on_does_not_say_what_the_server
     assert record is not None and record["state"] == "failed"
     assert record["error"]["action_running"] is True
     assert record["left"]["status"] == "unknown", "not 'off': the rebuild was still running"
-    assert "action 88 was still running" in record["left"]["why"]
+    assert "before it saw its action 88 finish" in record["left"]["why"]
     # A wait that gave up on the server's state, its action done, keeps saying what the run last saw.
     settled = WaitTimeout(6, "rebuild", 88, "the off state", 5.0)
     assert settled.action_running is None and "action_running" not in error_info(settled)
+
+
+def test_a_power_on_that_gave_up_while_it_ran_on_does_not_say_not_running(redis_server: RedisServer) -> None:
+    """A reviewer: the step that starts the server again, past its deadline, said "not running" of a server
+    whose power on went on and brought it up."""
+    from workers.errors import WaitTimeout
+
+    store = RunStore(redis_server.client(), prefix="starter")
+    hooks = RunHooks(store, Celery("starter", broker="memory://", set_as_current=False))
+    both, before_start = ["failed", "cancelled"], ["cancelled"]
+    steps = [
+        {"index": 0, "name": "shutdown", "action": "shutdown", "task_id": "t0", "restore": both,
+         "status": "succeeded", "server_status": "off"},
+        {"index": 1, "name": "create_image", "action": "create_image", "task_id": "t1", "restore": both,
+         "status": "succeeded"},
+        {"index": 2, "name": "power_on", "action": "power_on", "task_id": "t2", "restore": before_start},
+    ]  # fmt: skip
+    meta = {"id": "run-3", "workflow": "snapshot", "server_id": 7, "server_name": "srv-7", "params": {},
+            "server_status_before": "running", "steps": steps, "lock_ttl": 600}  # fmt: skip
+    store.create(meta, "running")
+    hooks.step_failed("run-3", "t2", WaitTimeout(7, "power_on", 99, "action 99 to finish", 5.0, True))
+    record = store.get("run-3", live=False)
+    assert record is not None and record["restore"] is None
+    assert record["left"]["status"] == "unknown" and "action 99" in record["left"]["why"]
+    failed = WaitTimeout(7, "power_on", 99, "the running state", 5.0)  # its action done, the state not
+    store.create({**meta, "id": "run-4"}, "running")
+    hooks.step_failed("run-4", "t2", failed)
+    assert store.get("run-4", live=False)["left"]["status"] == "not running"  # type: ignore[index]
