@@ -30,6 +30,7 @@ __all__ = [
     "next_firing",
     "parse_cron",
     "parse_duration",
+    "unwrapped",
     "utc_minutes",
     "zone",
 ]
@@ -153,6 +154,28 @@ def parse_cron(expr: Any, *, stored: bool = False) -> Cron:
         "dom_any": fields[2].startswith("*"),
         "dow_any": fields[4].startswith("*"),
     }
+
+
+def unwrapped(expr: str) -> str:
+    """Return a cron with each range that runs backwards written as the two ranges it was read as
+    (``0 22-2 * * *`` → ``0 22-23,0-2 * * *``): a window kept from before can then be edited without its
+    author having to rewrite a cron that still works (stepped ones are left for the check to refuse)."""
+    fields = str(expr).split()
+    if len(fields) != len(_FIELDS):
+        return str(expr)
+    out = []
+    for written, f in zip(fields, _FIELDS, strict=True):
+        parse = crontab_parser(f.size, f.low).parse
+        items = []
+        for item in written.split(","):
+            ends = item.split("-")
+            try:
+                backward = "/" not in item and len(ends) == 2 and min(parse(ends[0])) > min(parse(ends[1]))
+            except (ValueError, ParseException):
+                backward = False  # not a range this can read: the check says what is wrong with it
+            items.append(f"{ends[0]}-{f.low + f.size - 1},{f.low}-{ends[1]}" if backward else item)
+        out.append(",".join(items))
+    return " ".join(out)
 
 
 def _no_backward_range(written: str, f: _Field) -> None:

@@ -31,7 +31,7 @@ from workers.projects import DEFAULT_PROJECT
 from workers.redis_values import text, texts
 from workers.run_store import FINAL
 
-from .cron import Cron, cron_matches, parse_cron, utc_minutes
+from .cron import Cron, cron_matches, parse_cron, unwrapped, utc_minutes
 
 __all__ = [
     "ENTRY_PREFIX",
@@ -111,6 +111,8 @@ def edited(old: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
             if setting not in given:
                 out.pop(setting, None)
     out["params"] = params
+    if "cron" not in given and out.get("cron"):
+        out["cron"] = unwrapped(out["cron"])  # kept from before with a range that runs backwards
     if given.get("selector") is not None:
         out["servers"] = None
     if given.get("servers") is not None:

@@ -233,6 +233,12 @@ def test_a_window_kept_with_a_backward_range_from_before_goes_on_as_it_was_read(
     shown = with_next_firing(kept, datetime(2026, 12, 1, 2, 30, tzinfo=UTC).timestamp())
     assert shown["next_firing"] == "2026-12-01T22:00:00+00:00"
     assert sorted(parse_cron(kept["cron"], stored=True)["hour"]) == [0, 1, 2, 22, 23]
+    # An edit of anything else keeps its meaning in the form that is accepted now (it was refused: a
+    # reviewer).
+    from workflows.windows import edited
+
+    renewed = validate_window(edited(kept, {"max_errors": "2"}))
+    assert renewed["cron"] == "0 22-23,0-2 * * *" and renewed["max_errors"] == "2"
 
 
 def test_a_day_field_written_from_a_star_is_anded_with_the_other_as_vixie_cron_does() -> None:
