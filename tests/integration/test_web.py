@@ -122,6 +122,7 @@ def test_keys_and_roles(web: WebServer, op: Client, view: Client, keys_file: Pat
     assert denied.status_code == 403 and "operator" in denied.json()["error"]["message"]
     assert anonymous.get("/api/v1/health").json() == {"ok": True}
     assert requests.head(web.url + "/api/v1/health", timeout=30).status_code == 200, "load balancers' HEAD"
+    assert anonymous.get("/api/v1/health?nocache=1").status_code == 200, "a prober's cache-buster is no harm"
     assert requests.get(web.url + "/favicon.ico", timeout=30).status_code == 204, "none, not a 404 per page"
     # A key removed from the file stops at once.
     extra = apikey(keys_file, "add", "short-lived", "--role", "viewer").stdout.strip()
@@ -541,6 +542,9 @@ def window(**fields: Any) -> dict[str, Any]:
         ("GET", "/api/v1/runs?status=failed", None, 400, "unknown query parameter 'status'"),
         ("GET", "/api/v1/runs?state=failed&state=succeeded", None, 400, "'state' given twice"),
         ("POST", "/api/v1/jobs/nosuch/pause", "{x", 400, "takes no body"),
+        # What many clients send with every POST says nothing: the route answers (here, no such job).
+        ("POST", "/api/v1/jobs/nosuch/pause", "{}", 404, "no fleet job"),
+        ("POST", "/api/v1/jobs/nosuch/pause", " null ", 404, "no fleet job"),
     ],
 )
 def test_hostile_requests_get_a_4xx_that_says_why_and_change_nothing(
@@ -627,6 +631,8 @@ def test_openapi_documents_the_api_and_the_password_is_never_served(
     assert "Idempotency-Key" in {p["name"] for p in post["parameters"]}
     assert post["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
     assert requests.get(web.url + "/docs", timeout=10).status_code == 404, "no page that loads a CDN script"
+    ids = [op_["operationId"] for path in spec["paths"].values() for op_ in path.values()]
+    assert len(ids) == len(set(ids)), "generators refuse a repeated operationId (GET and HEAD shared one)"
     run_id = op.post("/api/v1/runs", {"workflow": "reset-password", "server": names[10]}).json()["run_id"]
     run = wait_run(view, run_id)
     shown = json.dumps(run)

@@ -224,6 +224,7 @@ def create_app(services: Services) -> Any:
     app.add_exception_handler(redis_lib.TimeoutError, no_redis)
 
     app.include_router(api_routes.router)
+    app.include_router(api_routes.probes)
     app.include_router(metrics.router)
     app.include_router(dashboard.router)
 

@@ -8,6 +8,7 @@ it, ``?dry_run=true&dry_run=false`` ran it (the last value won), and ``{"approve
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,5 +45,16 @@ async def strict_request(request: Request) -> None:
         # Every parameter we read is one value: given twice, which one was meant cannot be told.
         if len(given.getlist(name)) > 1:
             raise BadInput(f"query parameter {name!r} given twice; give it once", name)
-    if not takes_body and (await request.body()).strip():
+    if not takes_body and not _says_nothing(await request.body()):
         raise BadInput(f"{request.method} {request.url.path} takes no body; send none", "body")
+
+
+def _says_nothing(body: bytes) -> bool:
+    """An empty body, or JSON ``{}`` or ``null``: what many clients send with every POST
+    (``requests.post(url, json={})``), and no instruction."""
+    if not body.strip():
+        return True
+    try:
+        return json.loads(body) in ({}, None)
+    except ValueError:
+        return False
