@@ -21,7 +21,7 @@ from .projects import Projects
 from .result_backend import redact_reprs
 from .run_store import RunStore, chain_holder
 from .runs import RunHooks
-from .runtime import engine_for, register_projects, wait_prefix
+from .runtime import engine_for, redis_for, register_projects, wait_prefix
 from .wait_state import Wait
 
 __all__ = ["app", "engine", "hooks", "projects", "run_store", "start_monitor", "stop_monitor"]
@@ -59,7 +59,7 @@ def run_store() -> RunStore:
     """Return a RunStore on the configured Redis; needs no API token (the CLI reads runs without one)."""
     global _redis
     if _redis is None:
-        _redis = redis.Redis.from_url(app.conf.broker_url)
+        _redis = redis_for(app.conf.broker_url)
     return RunStore(_redis, retention=float(app.conf.hcloud_flow.get("retention", 7 * 86400)))
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "claim_ttl_for",
     "engine_for",
     "noted_projects",
+    "redis_for",
     "register_projects",
     "retry_policy_for",
     "shown_url",
@@ -43,6 +44,20 @@ __all__ = [
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _engines: dict[tuple[int, str], Engine] = {}
+
+
+# Set, not left to redis-py's defaults (none before 8.x): a Redis that accepts connections and never
+# answers must end a command with a TimeoutError, which the web service answers 503 and the CLI reports,
+# not hang it. No client of ours blocks on a command (kombu's BRPOP uses its own connections).
+REDIS_TIMEOUT = 10.0
+REDIS_CONNECT_TIMEOUT = 5.0
+
+
+def redis_for(url: str) -> redis.Redis:
+    """Return a client of our Redis (run records, waits, budget, ledger) with bounded waits."""
+    return redis.Redis.from_url(
+        url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_CONNECT_TIMEOUT
+    )
 
 
 def retry_policy_for(base: float) -> RetryPolicy:
@@ -90,7 +105,7 @@ def build_engine(
                 "HCLOUD_FLOW_SECRET_KEY is not a valid key (or comma-separated keys, newest first); make "
                 "one with `hcloud-flow keygen`"
             ) from exc
-    store = redis.Redis.from_url(redis_url)
+    store = redis_for(redis_url)
     key = bucket_key(token)
     budget = RateBudget(store, key, refill_per_second=float(settings.get("rate_refill", 0.0)))
     base = float(settings.get("retry_base", 1.0))

@@ -773,7 +773,8 @@ def test_an_open_page_says_when_it_could_not_be_refreshed(
                     page.screenshot(path=str(ARTIFACTS / "overview-stale.png"), full_page=True)
                 finally:
                     hung.proc.send_signal(signal.SIGCONT)
-                assert "Not refreshed since" in said and "503" in said, said
+                # The service's 503 (its Redis timed out) or the page's own 8 s limit, whichever comes first.
+                assert "Not refreshed since" in said and ("503" in said or "no answer" in said), said
                 page.wait_for_selector("#stale", state="hidden", timeout=30_000)
                 assert "Active runs" in page.inner_text("main"), "and fresh again"
             finally:
