@@ -58,6 +58,8 @@ def describe(plan: dict[str, Any], engine: Engine) -> dict[str, Any]:
                 **({"would_prune": prune[int(server["id"])]} if prune is not None else {}),
             }
         )
+        if refused:
+            continue  # refused, it would spend no request and no time: left out of the estimate
         step_counts.append(len(steps))
         seconds.append(
             sum(_expected(engine, ACTIONS[s["action"]].command) for s in steps if s["action"] in ACTIONS)
@@ -67,9 +69,9 @@ def describe(plan: dict[str, Any], engine: Engine) -> dict[str, Any]:
     remaining = float(budget.get("tokens", limit))
     refill = engine.client.budget.refill_per_second if engine.client.budget is not None else 0.0
     figures = estimate(
-        len(rows),
-        sum(step_counts) / len(rows),
-        max(seconds),
+        len(step_counts),
+        sum(step_counts) / max(1, len(step_counts)),
+        max(seconds, default=0.0),
         plan["max_concurrency"],
         remaining=remaining,
         limit=limit,

@@ -118,13 +118,15 @@ def test_dry_run_starts_nothing(jobs: Jobs, control: Control, pool: Iterator[int
 def test_a_server_booting_by_another_hand_is_refused_alone(
     jobs: Jobs, control: Control, pool: Iterator[int]
 ) -> None:
-    """An outside test: a server that was starting was planned as off, and its snapshot skipped the shutdown."""
+    """An outside test: a server that was starting was planned as off, its snapshot skipping the shutdown."""
     ids = take(pool, 3)
     control.send("PATCH", f"/servers/{ids[1]}", {"status": "starting"})
     plan = jobs.plan("snapshot", servers=ids, max_concurrency="3", max_errors="1")
     rows = {s["id"]: s for s in plan["servers"]}
     assert rows[ids[1]]["steps"] == [] and "is starting" in rows[ids[1]]["refused"]
     assert rows[ids[0]]["steps"] == ["shutdown", "create_image", "power_on"], "the others are planned"
+    others = jobs.plan("snapshot", servers=[ids[0], ids[2]], max_concurrency="3", max_errors="1")
+    assert plan["api_requests"] == others["api_requests"], "a refused server spends nothing (a reviewer)"
     job = jobs.start("snapshot", servers=ids, max_concurrency="3", max_errors="1")
     done = jobs.wait(job["id"], timeout=90, poll=0.3)
     refused = done["outcomes"][ids[1]]
