@@ -46,6 +46,12 @@ ORPHAN_AFTER = 20.0
 LOCK_RENEW_EVERY = 5.0
 # After an advance whose job lock lapsed under it: the next look at the job, this soon.
 LOCK_LAPSED_RETRY = 1.0
+# An advance of a running job first asks for another this long after (later than the job lock's 30 s TTL,
+# so a dead holder's lock has lapsed by then): fleet_start and fleet_advance are acknowledged as they are
+# received, and a worker killed mid-wave left its job "running" with nothing to wake it, a drained server
+# out of its load balancer (an outside test). A sooner kick stands (the job's deferred entry keeps the
+# earliest); each advance asks again, so a running job is looked at at least this often.
+WATCH_AFTER = 60.0
 # A server whose start met an API that could not answer (5xx, no answer, through all of a request's
 # retries) is tried again after this pause, at most this many times, before it counts as refused.
 START_RETRY_PAUSE = 30.0
@@ -107,6 +113,7 @@ class FleetRunner(Gates):
         submit: Callable[..., dict[str, Any]],
         cancel_run: Callable[[str, str | None], Any],
         kick: Callable[[str, float], Any] | None = None,
+        watch_after: float | None = None,
         run_store: Any = None,
         restart: Callable[[dict[str, Any]], Any] | None = None,
         starters: int = 8,
@@ -134,6 +141,7 @@ class FleetRunner(Gates):
         # Asks for ``advance(job_id)`` again after a delay: used when the rate budget, not the job's rules,
         # stops the next start (otherwise a job with nothing in flight would have nothing to wake it).
         self.kick = kick
+        self.watch_after = watch_after  # see WATCH_AFTER (None: no such kick, as in most unit tests)
 
     def start(
         self,
@@ -194,7 +202,11 @@ class FleetRunner(Gates):
         # The first wave starts now, on the server objects the plan just read: no second listing.
         self.advance(job_id, Lookups(servers={int(s["id"]): s for s in plan["servers"]}))
         job = self.store.get(job_id)
-        assert job is not None
+        if job is None:  # it was an AssertionError and a traceback (an outside test)
+            raise HcloudFlowError(
+                f"fleet job {job_id}: its record is gone from Redis as it started (did Redis restart without "
+                "its data?); runs it started may be under way on their servers"
+            )
         return job
 
     def _tell_ended(self, job_id: str, tally: tuple[str, dict[str, int]] | None = None) -> None:
@@ -294,6 +306,9 @@ class FleetRunner(Gates):
                 return
             if not swept:
                 swept = True
+                if self.kick is not None and self.watch_after is not None:
+                    self.kick(job_id, self.watch_after)  # before anything a crash could cut short
+
                 self._kick_for_retries(job)
                 if self._sweep(job) | self._tend_drains(job) | self._check_health(job):
                     continue  # outcomes changed: decide on the fresh record

@@ -27,7 +27,7 @@ from workers.tasks import ActionTask, history_after, resolve_target, step_engine
 
 from .build import plan_fits
 from .definitions import WORKFLOWS
-from .fleet import FleetRunner, JobStore, resolve_targets
+from .fleet import WATCH_AFTER, FleetRunner, JobStore, resolve_targets
 from .inventory import project_images, project_servers
 from .notify import ATTEMPTS, Notifier, check_urls, deliver
 from .retention import PRUNE_TASK, check_policy, prune
@@ -64,6 +64,7 @@ def fleet_runner(project: str | None = None) -> FleetRunner:
         submit_one,
         partial(cancel_run, store),
         kick=_kick,
+        watch_after=WATCH_AFTER,
         run_store=store,
         restart=hooks().start,
         fresh_for=float(app.conf.hcloud_flow.get("fleet_fresh", 10.0)),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from workers.errors import BadInput, RateBudgetExhausted, ServerBusy
 from workflows.fleet import FleetRunner, JobStore
 
@@ -378,3 +380,29 @@ def test_an_advance_whose_job_lock_lapsed_asks_for_another_look(
     monkeypatch.setattr(runner, "_advance", stalled)
     runner.advance("jl1")
     assert kicks == [("jl1", LOCK_LAPSED_RETRY)]
+
+
+def test_an_advance_asks_for_a_later_look_before_a_crash_could_cut_it_short(
+    redis_server: RedisServer,
+) -> None:
+    """An outside test: a worker killed mid-wave (fleet_start and fleet_advance are acknowledged as they are
+    received) left its job running with nothing to wake it, and a drained server out of its load balancer.
+    Each advance of a running job first asks for another; an ended job asks for none."""
+    from workflows.fleet import WATCH_AFTER
+
+    store = JobStore(redis_server.client(), prefix="fr-watch")
+    kicks: list[tuple[str, float]] = []
+
+    def dies(**kw: Any) -> dict[str, Any]:
+        raise SystemExit("the worker is killed mid-wave")
+
+    kick = lambda j, c: kicks.append((j, c))  # noqa: E731
+    runner = FleetRunner(store, None, dies, lambda run_id, by: None, kick=kick, watch_after=WATCH_AFTER)  # type: ignore[arg-type]
+    job(store, "jw", [1, 2])
+    with pytest.raises(SystemExit):
+        runner.advance("jw")
+    assert kicks == [("jw", WATCH_AFTER)], "asked before the wave, which never finished"
+    kicks.clear()
+    store.set_state("jw", "cancelled", "by hand")
+    runner.advance("jw")
+    assert kicks == [], "nothing to look at again"

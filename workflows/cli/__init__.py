@@ -89,7 +89,7 @@ def _classify(as_json: bool, exc: Exception) -> int:
 
     if isinstance(exc, BadInput | ServerBusy | SecretError):
         return _refuse(as_json, exc, EXIT_BAD_INPUT)
-    if isinstance(exc, redis.ConnectionError | OperationalError):
+    if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OperationalError):
         return _refuse(
             as_json, exc, EXIT_UNREACHABLE, f"cannot reach Redis ({exc}); check HCLOUD_FLOW_REDIS_URL"
         )
