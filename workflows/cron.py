@@ -186,9 +186,12 @@ def _no_backward_range(written: str, f: _Field) -> None:
         ends = item.split("/")[0].split("-")
         if len(ends) == 2 and min(parse(ends[0])) > min(parse(ends[1])):
             top = f.low + f.size - 1
+            # A stepped one has no two-range form that keeps its step across the wrap (a reviewer).
+            two = f"two ranges, {ends[0]}-{top},{f.low}-{ends[1]}"
+            how = "ranges that run forwards" if "/" in item else two
             raise BadInput(
                 f"cron {f.label} field {written!r} is invalid: the range {ends[0]}-{ends[1]} runs backwards; "
-                f"write it as two ranges, {ends[0]}-{top},{f.low}-{ends[1]}",
+                f"write it as {how}",
                 "cron",
             )
 

@@ -214,6 +214,7 @@ def test_cron_syntax_beyond_five_plain_fields_is_refused_not_truncated(expr: str
         ("0 0 * DEC-JAN *", "the range DEC-JAN runs backwards"),
         ("0 0 * * MON-SUN", "the range MON-SUN runs backwards"),
         ("0 0 * * 1,5-3", "the range 5-3 runs backwards"),
+        ("0 12-1/2 * * *", "the range 12-1 runs backwards; write it as ranges that run forwards"),
         ("5/15 * * * *", "a step needs \\* or a range before it"),
     ],
 )
