@@ -306,8 +306,7 @@ class FleetRunner(Gates):
                 return
             if not swept:
                 swept = True
-                if self.kick is not None and self.watch_after is not None:
-                    self.kick(job_id, self.watch_after)  # before anything a crash could cut short
+                self._watch(job)
 
                 self._kick_for_retries(job)
                 if self._sweep(job) | self._tend_drains(job) | self._check_health(job):
@@ -337,6 +336,19 @@ class FleetRunner(Gates):
                 return
             if not self._start_wave(job, d.start, lookups, lock):
                 return
+
+    def _watch(self, job: dict[str, Any]) -> None:
+        """Ask for the next look at a running job (WATCH_AFTER), before anything a crash could cut short; at
+        its window's end if that comes sooner: the job's one deferred entry keeps only the earliest ask, so
+        the watch had replaced the window-end kick that start asks for, and an overrun was told up to a
+        minute late."""
+        if self.kick is None or self.watch_after is None:
+            return
+        ends_at = (job.get("window") or {}).get("ends_at")
+        until_end = float(ends_at) - self.store.clock() + 0.5 if ends_at else None
+        self.kick(
+            job["id"], min(self.watch_after, until_end) if until_end and until_end > 0 else self.watch_after
+        )
 
     def _kick_for_retries(self, job: dict[str, Any]) -> None:
         """Ask for an advance at the first retry time still ahead. At every advance: the job's one deferred

@@ -406,3 +406,26 @@ def test_an_advance_asks_for_a_later_look_before_a_crash_could_cut_it_short(
     store.set_state("jw", "cancelled", "by hand")
     runner.advance("jw")
     assert kicks == [], "nothing to look at again"
+
+
+def test_the_look_at_a_running_job_comes_at_its_windows_end_when_that_is_sooner(
+    redis_server: RedisServer,
+) -> None:
+    """The job's one deferred entry keeps only the earliest ask: the minute's look had replaced the kick at
+    the window's end that tells of an overrun, which then came up to a minute late."""
+    from workflows.fleet import WATCH_AFTER
+
+    clock = Clock()
+    store = JobStore(redis_server.client(), prefix="fr-watch-end", clock=clock)
+    kicks: list[tuple[str, float]] = []
+    kick = lambda j, c: kicks.append((j, c))  # noqa: E731
+    submit = lambda **kw: {"run_id": f"run-{kw['server']}"}  # noqa: E731
+    runner = FleetRunner(store, None, submit, lambda run_id, by: None, kick=kick, watch_after=WATCH_AFTER)  # type: ignore[arg-type]
+    for job_id, ends_in, asked in (("soon", 30.0, 30.5), ("later", 3600.0, WATCH_AFTER)):
+        job(store, job_id, [1])
+        meta = json.loads(store.redis.hget(store.key(job_id), "meta"))  # type: ignore[arg-type]
+        meta["window"] = {"ends_at": clock.now + ends_in}
+        store.redis.hset(store.key(job_id), "meta", json.dumps(meta))
+        kicks.clear()
+        runner.advance(job_id)
+        assert kicks[0] == (job_id, asked), kicks
