@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import LockNotOwnedError
+from redis.exceptions import LockError, LockNotOwnedError
 
 from workers.client import HcloudClient, is_id
 from workers.errors import APIError, BadInput, HcloudFlowError, NotFound, RateBudgetExhausted, ServerBusy
@@ -49,8 +49,10 @@ LOCK_LAPSED_RETRY = 1.0
 # An advance of a running job first asks for another this long after (later than the job lock's 30 s TTL,
 # so a dead holder's lock has lapsed by then): fleet_start and fleet_advance are acknowledged as they are
 # received, and a worker killed mid-wave left its job "running" with nothing to wake it, a drained server
-# out of its load balancer (an outside test). A sooner kick stands (the job's deferred entry keeps the
-# earliest); each advance asks again, so a running job is looked at at least this often.
+# out of its load balancer (an outside test). Asked through ``watch``, whose deferred entry is not the
+# job's kick entry: one entry keeps only its earliest ask, and the watch had displaced a window-end kick
+# and, in a race, a due health look (a reviewer). Each advance asks again: a running job is looked at at
+# least this often.
 WATCH_AFTER = 60.0
 # A server whose start met an API that could not answer (5xx, no answer, through all of a request's
 # retries) is tried again after this pause, at most this many times, before it counts as refused.
@@ -113,7 +115,7 @@ class FleetRunner(Gates):
         submit: Callable[..., dict[str, Any]],
         cancel_run: Callable[[str, str | None], Any],
         kick: Callable[[str, float], Any] | None = None,
-        watch_after: float | None = None,
+        watch: Callable[[str, float], Any] | None = None,
         run_store: Any = None,
         restart: Callable[[dict[str, Any]], Any] | None = None,
         starters: int = 8,
@@ -141,7 +143,7 @@ class FleetRunner(Gates):
         # Asks for ``advance(job_id)`` again after a delay: used when the rate budget, not the job's rules,
         # stops the next start (otherwise a job with nothing in flight would have nothing to wake it).
         self.kick = kick
-        self.watch_after = watch_after  # see WATCH_AFTER (None: no such kick, as in most unit tests)
+        self.watch = watch  # asks for the next look at a running job (WATCH_AFTER; None in most unit tests)
 
     def start(
         self,
@@ -287,6 +289,14 @@ class FleetRunner(Gates):
             log.warning("fleet job %s: the job lock lapsed during a wave; looking again", job_id)
             if self.kick is not None:
                 self.kick(job_id, LOCK_LAPSED_RETRY)
+        except LockError:
+            # Not had within its wait: another advance holds it, long. This look (perhaps the watch's) must
+            # not end the job's looks: if that holder then dies, nothing else would ask (a reviewer).
+            log.warning("fleet job %s: the job lock stayed held; looking again later", job_id)
+            if self.watch is not None:
+                self.watch(job_id, WATCH_AFTER)
+            elif self.kick is not None:
+                self.kick(job_id, LOCK_LAPSED_RETRY)
 
     def _advance(self, job_id: str, lock: Any, fresh: Lookups | None = None) -> None:
         swept = False
@@ -338,17 +348,9 @@ class FleetRunner(Gates):
                 return
 
     def _watch(self, job: dict[str, Any]) -> None:
-        """Ask for the next look at a running job (WATCH_AFTER), before anything a crash could cut short; at
-        its window's end if that comes sooner: the job's one deferred entry keeps only the earliest ask, so
-        the watch had replaced the window-end kick that start asks for, and an overrun was told up to a
-        minute late."""
-        if self.kick is None or self.watch_after is None:
-            return
-        ends_at = (job.get("window") or {}).get("ends_at")
-        until_end = float(ends_at) - self.store.clock() + 0.5 if ends_at else None
-        self.kick(
-            job["id"], min(self.watch_after, until_end) if until_end and until_end > 0 else self.watch_after
-        )
+        """Ask for the next look at a running job, before anything a crash could cut short (WATCH_AFTER)."""
+        if self.watch is not None:
+            self.watch(job["id"], WATCH_AFTER)
 
     def _kick_for_retries(self, job: dict[str, Any]) -> None:
         """Ask for an advance at the first retry time still ahead. At every advance: the job's one deferred

@@ -27,7 +27,7 @@ from workers.tasks import ActionTask, history_after, resolve_target, step_engine
 
 from .build import plan_fits
 from .definitions import WORKFLOWS
-from .fleet import WATCH_AFTER, FleetRunner, JobStore, resolve_targets
+from .fleet import FleetRunner, JobStore, resolve_targets
 from .inventory import project_images, project_servers
 from .notify import ATTEMPTS, Notifier, check_urls, deliver
 from .retention import PRUNE_TASK, check_policy, prune
@@ -64,7 +64,7 @@ def fleet_runner(project: str | None = None) -> FleetRunner:
         submit_one,
         partial(cancel_run, store),
         kick=_kick,
-        watch_after=WATCH_AFTER,
+        watch=_watch,
         run_store=store,
         restart=hooks().start,
         fresh_for=float(app.conf.hcloud_flow.get("fleet_fresh", 10.0)),
@@ -114,12 +114,17 @@ def _refuse_to_start_without_webhooks(**_: object) -> None:
         raise SystemExit(f"hcloud-flow worker cannot start: {exc.message}") from None
 
 
-def _kick(job_id: str, countdown: float) -> None:
+def _kick(job_id: str, countdown: float, **marks: Any) -> None:
     # Kept in Redis and sent by the next monitor round that finds it due, not held as a countdown in this
     # worker's memory, where a crash would stall the job until the visibility timeout.
     store = run_store()
     now = store.clock()
-    Deferred(store.redis).later(fleet_advance.name, {"job_id": job_id}, now + countdown, now)
+    Deferred(store.redis).later(fleet_advance.name, {"job_id": job_id, **marks}, now + countdown, now)
+
+
+def _watch(job_id: str, countdown: float) -> None:
+    # In a deferred entry of its own (its kwargs differ from _kick's): see workflows.fleet.WATCH_AFTER.
+    _kick(job_id, countdown, watch=True)
 
 
 def _on_run_ended(run: dict[str, Any]) -> None:
@@ -419,7 +424,8 @@ def window_fire(name: Any = None) -> dict[str, Any]:
 
 
 @app.task(name="hcloud_flow.fleet_advance", acks_late=False)
-def fleet_advance(job_id: Any = None) -> None:
-    """Start what a fleet job may start now (sent again later when the rate budget held it back)."""
+def fleet_advance(job_id: Any = None, watch: Any = None) -> None:
+    """Start what a fleet job may start now (sent again later when the rate budget held it back); ``watch``
+    only marks the periodic look's own deferred entry (workflows.fleet.WATCH_AFTER)."""
     if isinstance(job_id, str):
         job_runner(job_id).advance(job_id)

@@ -397,7 +397,7 @@ def test_an_advance_asks_for_a_later_look_before_a_crash_could_cut_it_short(
         raise SystemExit("the worker is killed mid-wave")
 
     kick = lambda j, c: kicks.append((j, c))  # noqa: E731
-    runner = FleetRunner(store, None, dies, lambda run_id, by: None, kick=kick, watch_after=WATCH_AFTER)  # type: ignore[arg-type]
+    runner = FleetRunner(store, None, dies, lambda run_id, by: None, kick=kick, watch=kick)  # type: ignore[arg-type]
     job(store, "jw", [1, 2])
     with pytest.raises(SystemExit):
         runner.advance("jw")
@@ -408,24 +408,27 @@ def test_an_advance_asks_for_a_later_look_before_a_crash_could_cut_it_short(
     assert kicks == [], "nothing to look at again"
 
 
-def test_the_look_at_a_running_job_comes_at_its_windows_end_when_that_is_sooner(
-    redis_server: RedisServer,
-) -> None:
-    """The job's one deferred entry keeps only the earliest ask: the minute's look had replaced the kick at
-    the window's end that tells of an overrun, which then came up to a minute late."""
+def test_the_look_at_a_running_job_never_displaces_the_jobs_own_kick(redis_server: RedisServer) -> None:
+    """One deferred entry keeps only its earliest ask: in the job's kick entry, the minute's look displaced
+    a window-end kick and, in a race, a due health look (a reviewer). It has an entry of its own."""
+    from workers.deferred import Deferred
     from workflows.fleet import WATCH_AFTER
 
     clock = Clock()
-    store = JobStore(redis_server.client(), prefix="fr-watch-end", clock=clock)
-    kicks: list[tuple[str, float]] = []
-    kick = lambda j, c: kicks.append((j, c))  # noqa: E731
+    store = JobStore(redis_server.client(), prefix="fr-watch-own", clock=clock)
+    deferred = Deferred(redis_server.client(), prefix="fr-watch-own")
+
+    def later(job_id: str, countdown: float, **marks: Any) -> None:  # as workflows.tasks wires them
+        deferred.later("adv", {"job_id": job_id, **marks}, clock.now + countdown, clock.now)
+
     submit = lambda **kw: {"run_id": f"run-{kw['server']}"}  # noqa: E731
-    runner = FleetRunner(store, None, submit, lambda run_id, by: None, kick=kick, watch_after=WATCH_AFTER)  # type: ignore[arg-type]
-    for job_id, ends_in, asked in (("soon", 30.0, 30.5), ("later", 3600.0, WATCH_AFTER)):
-        job(store, job_id, [1])
-        meta = json.loads(store.redis.hget(store.key(job_id), "meta"))  # type: ignore[arg-type]
-        meta["window"] = {"ends_at": clock.now + ends_in}
-        store.redis.hset(store.key(job_id), "meta", json.dumps(meta))
-        kicks.clear()
-        runner.advance(job_id)
-        assert kicks[0] == (job_id, asked), kicks
+    runner = FleetRunner(
+        store, None, submit, lambda run_id, by: None,  # type: ignore[arg-type]
+        kick=later, watch=lambda j, c: later(j, c, watch=True),
+    )  # fmt: skip
+    job(store, "jk", [1])
+    later("jk", 0.0)  # a health look due now, asked outside the lock as a run ended
+    runner.advance("jk")
+    due = {json.dumps(e["kwargs"], sort_keys=True): at for (_, at), e in deferred.due(clock.now + 3600)}
+    assert due['{"job_id": "jk"}'] == clock.now, "the due look stands"
+    assert due['{"job_id": "jk", "watch": true}'] == clock.now + WATCH_AFTER
