@@ -64,16 +64,15 @@ def plan_fits(workflow: Workflow, run: dict[str, Any], status: str) -> str | Non
     steps' conditions read the server's status and the run's parameters), or None when they would."""
     planned = [s["name"] for s in run["steps"]]
     facts = {"server": {"status": status, "name": run.get("server_name")}, "params": run.get("params") or {}}
+    before = run.get("server_status_before")
     try:
         now = [step.name for step in workflow.steps if step.when(facts)]
     except (KeyError, TypeError):  # a condition that reads more than these: the plan stands
         return None
     except BadInput as exc:  # in no status a plan can be made for (starting, stopping...)
-        before = run.get("server_status_before")
         return f"{exc.message} (it was {before} when this run was queued); nothing was done"
     if now == planned:
         return None
-    before = run.get("server_status_before")
     return (
         f"the server was {before} when this run was queued and is {status} now: it would now run "
         f"{' → '.join(now)}, not {' → '.join(planned)} as planned; nothing was done, submit it again"

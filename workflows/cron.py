@@ -165,30 +165,39 @@ def unwrapped(expr: str) -> str:
         return str(expr)
     out = []
     for written, f in zip(fields, _FIELDS, strict=True):
-        parse = crontab_parser(f.size, f.low).parse
         items = []
         for item in written.split(","):
-            ends = item.split("-")
             try:
-                backward = "/" not in item and len(ends) == 2 and min(parse(ends[0])) > min(parse(ends[1]))
+                ends = _backward(item, f)
             except (ValueError, ParseException):
-                backward = False  # not a range this can read: the check says what is wrong with it
-            items.append(f"{ends[0]}-{f.low + f.size - 1},{f.low}-{ends[1]}" if backward else item)
+                ends = None  # not a range this can read: the check says what is wrong with it
+            items.append(_two_ranges(ends, f) if ends is not None and "/" not in item else item)
         out.append(",".join(items))
     return " ".join(out)
+
+
+def _backward(item: str, f: _Field) -> tuple[str, str] | None:
+    """Return the ends of a list item's range (its step aside) if it runs backwards (``12-1``), else None."""
+    ends = item.split("/")[0].split("-")
+    parse = crontab_parser(f.size, f.low).parse
+    if len(ends) == 2 and min(parse(ends[0])) > min(parse(ends[1])):
+        return ends[0], ends[1]
+    return None
+
+
+def _two_ranges(ends: tuple[str, str], f: _Field) -> str:
+    """Return the two ranges a backward range wraps round to (``12-1`` → ``12-23,0-1``)."""
+    return f"{ends[0]}-{f.low + f.size - 1},{f.low}-{ends[1]}"
 
 
 def _no_backward_range(written: str, f: _Field) -> None:
     """Refuse a range that runs backwards (``12-1``): Celery's parser wraps it round, other crons refuse it,
     and a window read either way fires at hours its author did not mean (an outside test)."""
-    parse = crontab_parser(f.size, f.low).parse
     for item in written.split(","):
-        ends = item.split("/")[0].split("-")
-        if len(ends) == 2 and min(parse(ends[0])) > min(parse(ends[1])):
-            top = f.low + f.size - 1
+        ends = _backward(item, f)
+        if ends is not None:
             # A stepped one has no two-range form that keeps its step across the wrap (a reviewer).
-            two = f"two ranges, {ends[0]}-{top},{f.low}-{ends[1]}"
-            how = "ranges that run forwards" if "/" in item else two
+            how = "ranges that run forwards" if "/" in item else f"two ranges, {_two_ranges(ends, f)}"
             raise BadInput(
                 f"cron {f.label} field {written!r} is invalid: the range {ends[0]}-{ends[1]} runs backwards; "
                 f"write it as {how}",

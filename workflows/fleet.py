@@ -293,9 +293,7 @@ class FleetRunner(Gates):
             # Not had within its wait: another advance holds it, long. This look (perhaps the watch's) must
             # not end the job's looks: if that holder then dies, nothing else would ask (a reviewer).
             log.warning("fleet job %s: the job lock stayed held; looking again later", job_id)
-            if self.watch is not None:
-                self.watch(job_id, WATCH_AFTER)
-            elif self.kick is not None:
+            if not self._watch(job_id) and self.kick is not None:
                 self.kick(job_id, LOCK_LAPSED_RETRY)
 
     def _advance(self, job_id: str, lock: Any, fresh: Lookups | None = None) -> None:
@@ -316,8 +314,7 @@ class FleetRunner(Gates):
                 return
             if not swept:
                 swept = True
-                self._watch(job)
-
+                self._watch(job_id)
                 self._kick_for_retries(job)
                 if self._sweep(job) | self._tend_drains(job) | self._check_health(job):
                     continue  # outcomes changed: decide on the fresh record
@@ -347,10 +344,13 @@ class FleetRunner(Gates):
             if not self._start_wave(job, d.start, lookups, lock):
                 return
 
-    def _watch(self, job: dict[str, Any]) -> None:
-        """Ask for the next look at a running job, before anything a crash could cut short (WATCH_AFTER)."""
-        if self.watch is not None:
-            self.watch(job["id"], WATCH_AFTER)
+    def _watch(self, job_id: str) -> bool:
+        """Ask for the next look at a running job, before anything a crash could cut short (WATCH_AFTER);
+        False when there is no one to ask."""
+        if self.watch is None:
+            return False
+        self.watch(job_id, WATCH_AFTER)
+        return True
 
     def _kick_for_retries(self, job: dict[str, Any]) -> None:
         """Ask for an advance at the first retry time still ahead. At every advance: the job's one deferred

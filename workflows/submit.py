@@ -18,7 +18,7 @@ from workers.runs import RunHooks, error_info
 from workers.server_actions import ACTIONS
 
 from .build import build_chain, lock_ttl, plan_steps
-from .definitions import HEADING, WORKFLOWS
+from .definitions import HEADING, SETTLED, WORKFLOWS
 from .notify import check_urls
 from .undo import from_earlier_run, project_of_run
 from .validate import Lookups, check_params, check_submitter, gather_facts, require_unicode, workflow_named
@@ -159,9 +159,9 @@ def _where_it_leaves(run: dict[str, Any] | None) -> str | None:
     if run is None:
         return None
     targets = [ACTIONS[s["action"]].target for s in run["steps"] if s.get("action") in ACTIONS]
-    settled = [t for t in targets if t in ("running", "off")]
+    settled = [t for t in targets if t in SETTLED]
     before = run.get("server_status_before")
-    return settled[-1] if settled else before if before in ("running", "off") else None
+    return settled[-1] if settled else before if before in SETTLED else None
 
 
 def cancel_run(store: RunStore, run_id: str, by: str | None = None) -> dict[str, Any]:
