@@ -528,11 +528,9 @@ def _overdue(store: Any, key: str) -> str:
     return schedule_key
 
 
-def test_an_edit_while_a_firing_is_due_keeps_it_due(tmp_path: Any) -> None:
-    """An outside test: an edit made while the beat was down rewrote the beat's entry as if it had just
-    fired, and the late firing the README promises never came, nor was it recorded."""
-    import time as clock
-
+def _due_after_edit(tmp_path: Any, change: dict[str, Any]) -> float:
+    """Save a window firing at minute 13, make its beat entry overdue (``_overdue``), edit it with
+    ``change``; return when the beat's entry is due then."""
     from tests.support.processes import RedisServer
     from workflows.windows import edited, window_fields
 
@@ -542,11 +540,20 @@ def test_an_edit_while_a_firing_is_due_keeps_it_due(tmp_path: Any) -> None:
         first = store.save(validate_window(spec(cron="13 * * * *", tz="UTC")), by="a")
         key = store._entry_key(first["name"])
         schedule_key = _overdue(store, key)
-        store.save(validate_window(edited(window_fields(first), {"max_errors": "2"})), replace=True,
-                   by="b", based_on=first["revision"])  # fmt: skip
-        assert store.redis.zscore(schedule_key, key) <= clock.time(), "still due: the beat fires it late"
+        store.save(validate_window(edited(window_fields(first), change)), replace=True, by="b",
+                   based_on=first["revision"])  # fmt: skip
+        due: float = store.redis.zscore(schedule_key, key)
+        return due
     finally:
         server.stop()
+
+
+def test_an_edit_while_a_firing_is_due_keeps_it_due(tmp_path: Any) -> None:
+    """An outside test: an edit made while the beat was down rewrote the beat's entry as if it had just
+    fired, and the late firing the README promises never came, nor was it recorded."""
+    import time as clock
+
+    assert _due_after_edit(tmp_path, {"max_errors": "2"}) <= clock.time(), "still due: the beat fires it late"
 
 
 def test_an_edit_that_moves_the_windows_minute_does_not_fire_it_at_once(tmp_path: Any) -> None:
@@ -554,20 +561,8 @@ def test_an_edit_that_moves_the_windows_minute_does_not_fire_it_at_once(tmp_path
     had just passed due at once."""
     import time as clock
 
-    from tests.support.processes import RedisServer
-    from workflows.windows import edited, window_fields
-
-    server = RedisServer(tmp_path / "redis")
-    try:
-        store = _store(server)
-        first = store.save(validate_window(spec(cron="13 * * * *", tz="UTC")), by="a")
-        key = store._entry_key(first["name"])
-        schedule_key = _overdue(store, key)
-        moved = validate_window(edited(window_fields(first), {"cron": "47 * * * *"}))
-        store.save(moved, replace=True, by="b", based_on=first["revision"])
-        assert store.redis.zscore(schedule_key, key) > clock.time(), "due at its next new minute, not now"
-    finally:
-        server.stop()
+    due = _due_after_edit(tmp_path, {"cron": "47 * * * *"})
+    assert due > clock.time(), "due at its next new minute, not now"
 
 
 def test_a_firing_that_meets_an_api_outage_is_recorded_and_told(tmp_path: Any) -> None:
