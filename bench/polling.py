@@ -10,9 +10,12 @@ against the same fakecloud (its own process, speed 1, rate limit raised so none 
 action durations below.
 
     python bench/polling.py [--sizes 25,100,400] [--json] [--routes] [--env HCLOUD_FLOW_NAME=VALUE]
+                            [--durations shutdown=5.3,create_image=20.4,poweron=4.6]
 
-``--routes`` also prints, per system, how many requests went to each API route, and where the wall time
-went (to the first POST, the spread of the first POSTs, the last action's end, and after it).
+``--durations`` replaces fakecloud's defaults for the run: the real API's actions do not end on whole
+seconds, as fakecloud's defaults do, where the baseline's one-second polls land just after each end.
+``--routes`` also prints, per system, how many requests went to each API route, and where the wall time went
+(to the first POST, the spread of the first POSTs, the last action's end, and after it).
 """
 
 from __future__ import annotations
@@ -304,7 +307,22 @@ def main() -> None:
         metavar="KEY=VALUE",
         help="a worker setting for hcloud-flow's runs, e.g. HCLOUD_FLOW_MONITOR_GAP=0.1 (repeatable)",
     )
+    parser.add_argument(
+        "--durations",
+        default=None,
+        metavar="NAME=SECONDS,...",
+        help="fakecloud action durations instead of its own, e.g. shutdown=5.3,create_image=20.4,poweron=4.6",
+    )
     args = parser.parse_args()
+    for item in (args.durations or "").split(",") if args.durations else []:
+        key, sep, value = item.partition("=")
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = -1.0
+        if not sep or key not in DURATIONS or not 0 <= seconds < 3600:
+            parser.error(f"--durations takes {'|'.join(DURATIONS)}=SECONDS items, not {item!r}")
+        DURATIONS[key] = seconds
     for item in args.env:
         key, sep, value = item.partition("=")
         if not sep or not key.startswith("HCLOUD_FLOW_"):
