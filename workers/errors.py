@@ -180,6 +180,15 @@ class NotTaken(HcloudFlowError):
 class NotFound(BadInput):
     """Raised when a run, job or window named in a request does not exist (or has expired)."""
 
+    @classmethod
+    def record(cls, kind: str, ident: object, field: str) -> NotFound:
+        """The refusal of a run or job id that Redis holds no record of, naming every reason there can be:
+        after a Redis restart without its data, "unknown" alone had sent people looking for a typo."""
+        return cls(
+            f"no {kind} {ident!r} (unknown here, older than the retention period, or lost with Redis's data)",
+            field,
+        )
+
 
 class Conflict(BadInput):
     """Raised when an edit was made from a record that changed meanwhile: written, it would undo it."""

@@ -228,7 +228,7 @@ class Runs:
         """Return the run record, with live step progress."""
         run = self.store.get(run_id)
         if run is None:
-            raise NotFound(f"no run {run_id!r} (unknown, or older than the retention period)", "run_id")
+            raise NotFound.record("run", run_id, "run_id")
         run.pop("chain", None)
         return run
 
@@ -368,7 +368,7 @@ class Jobs:
     def status(self, job_id: str) -> dict[str, Any]:
         job = self.store.get(job_id)
         if job is None:
-            raise NotFound(f"no fleet job {job_id!r}", "job_id")
+            raise NotFound.record("fleet job", job_id, "job_id")
         return dict(job)
 
     def _until_final(self, job_id: str) -> dict[str, Any]:
@@ -379,7 +379,7 @@ class Jobs:
         """
         state = self.store.state(job_id)
         if state is None:
-            raise NotFound(f"no fleet job {job_id!r}", "job_id")
+            raise NotFound.record("fleet job", job_id, "job_id")
         return self.status(job_id) if state in FINAL else {"id": job_id, "state": state}
 
     def list(self, limit: int = 50) -> list[dict[str, Any]]:

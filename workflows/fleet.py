@@ -645,7 +645,7 @@ class FleetRunner(Gates):
             raise BadInput("say which servers to retry: --failed, --not-started or both", "failed")
         job = self.store.get(job_id) if isinstance(job_id, str) else None
         if job is None:
-            raise NotFound(f"no fleet job {job_id!r}", "job_id")
+            raise NotFound.record("fleet job", job_id, "job_id")
         if job["state"] not in JOB_FINAL:
             raise BadInput(f"job {job_id} is {job['state']}; retry it once it has ended", "job_id")
         if not job.get("spec"):
@@ -754,7 +754,7 @@ class FleetRunner(Gates):
     def _active(self, job_id: str, verb: str) -> dict[str, Any]:
         job = self.store.get(job_id) if isinstance(job_id, str) else None
         if job is None:
-            raise NotFound(f"no fleet job {job_id!r}", "job_id")
+            raise NotFound.record("fleet job", job_id, "job_id")
         if job["state"] in JOB_FINAL:
             raise BadInput(f"job {job_id} already ended ({job['state']}); nothing to {verb}", "job_id")
         return job

@@ -171,7 +171,7 @@ def cancel_run(store: RunStore, run_id: str, by: str | None = None) -> dict[str,
     """
     run = store.get(run_id, live=False)
     if run is None:
-        raise NotFound(f"no run {run_id!r} (unknown, or older than the retention period)", "run_id")
+        raise NotFound.record("run", run_id, "run_id")
     if run["state"] in FINAL:
         raise BadInput(f"run {run_id} already ended ({run['state']}); nothing to cancel", "run_id")
     who = check_submitter(by)

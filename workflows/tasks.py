@@ -18,7 +18,7 @@ from workers.app import app, engine, hooks, run_store
 from workers.client import is_id
 from workers.deferred import Deferred
 from workers.engine import STEP_LABEL
-from workers.errors import BadInput, ConfigError, RunCancelled, ServerBusy
+from workers.errors import BadInput, ConfigError, NotFound, RunCancelled, ServerBusy
 from workers.result_backend import without_user_data
 from workers.run_store import FINAL
 from workers.runs import PLAN_CHECKS, RUN_LISTENERS, RUN_STARTED
@@ -203,7 +203,7 @@ def status(run_id: Any = None) -> dict[str, Any]:
     """Return a run record."""
     run = run_store().get(run_id) if isinstance(run_id, str) else None
     if run is None:
-        raise BadInput(f"no run {run_id!r}", "run_id")
+        raise NotFound.record("run", run_id, "run_id")
     run.pop("chain", None)
     return run
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from workers.client import HcloudClient
-from workers.errors import APIError, BadInput
+from workers.errors import APIError, BadInput, NotFound
 from workers.run_store import RunStore
 
 __all__ = ["from_earlier_run", "project_of_run"]
@@ -48,9 +48,10 @@ def from_earlier_run(
     run_id = params.get(param)
     run = store.get(run_id, live=False) if isinstance(run_id, str) and run_id else None
     if run is None:
+        absent = NotFound.record("run", run_id, param).message
         raise BadInput(
-            f"no run {run_id!r} (unknown, or older than the retention period); `hcloud-flow images` lists "
-            "snapshots with the run that made each, for `run rebuild --image ID`",
+            f"{absent}; `hcloud-flow images` lists snapshots with the run that made each, for "
+            "`run rebuild --image ID`",
             param,
         )
     if project is not None and run.get("project", project) != project:

@@ -1,8 +1,11 @@
-"""JobStore's narrow reads agree with ``get``: ``brief`` (one server's outcome) and ``state``."""
+"""JobStore's narrow reads agree with ``get``: ``brief`` (one server's outcome) and ``state``; a record that
+is missing is refused naming every reason it can be."""
 
 from __future__ import annotations
 
 import uuid
+
+import pytest
 
 from workflows.job_store import JobStore
 
@@ -48,3 +51,20 @@ def test_tally_counts_outcomes_as_get_does(redis_server: RedisServer) -> None:
     store.set_state("j2", "cancelled")
     assert store.tally("j2") == ("cancelled", counts)
     assert store.tally("no-such-job") is None
+
+
+def test_a_run_or_job_redis_has_no_record_of_names_every_reason(redis_server: RedisServer) -> None:
+    """After a Redis restart without its data, "unknown" alone sent people looking for a typo."""
+    from workers.errors import NotFound
+    from workers.run_store import RunStore
+    from workflows.api import Jobs, Runs
+
+    prefix = f"js{uuid.uuid4().hex[:6]}"
+    runs = Runs(None, RunStore(redis_server.client(), prefix=prefix))  # type: ignore[arg-type]
+    jobs = Jobs(None, JobStore(redis_server.client(), prefix=prefix))  # type: ignore[arg-type]
+    for ask, kind in ((runs.status, "run"), (runs.cancel, "run"), (jobs.status, "fleet job")):
+        with pytest.raises(NotFound) as caught:
+            ask("gone1")
+        said = str(caught.value)
+        assert said.startswith(f"no {kind} 'gone1' (") and "lost with Redis's data" in said
+        assert caught.value.field in ("run_id", "job_id")
