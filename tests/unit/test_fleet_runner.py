@@ -382,6 +382,44 @@ def test_an_advance_whose_job_lock_lapsed_asks_for_another_look(
     assert kicks == [("jl1", LOCK_LAPSED_RETRY)]
 
 
+def test_an_advance_that_cannot_take_the_job_lock_asks_for_a_later_look(
+    redis_server: RedisServer, monkeypatch: Any
+) -> None:
+    """A reviewer: a look (perhaps the minute's watch) that waited out the lock another advance held failed
+    its task, and if that holder then died nothing asked about the job again. It asks for the next look."""
+    from workflows.fleet import LOCK_LAPSED_RETRY, WATCH_AFTER
+
+    store = JobStore(redis_server.client(), prefix="fr-held")
+    job(store, "jh1", [1])
+
+    def lock(job_id: str) -> Any:  # the job's lock, waited for 50 ms instead of a minute
+        return store.redis.lock(f"{store.key(job_id)}:lock", timeout=30, blocking_timeout=0.05)
+
+    monkeypatch.setattr(store, "lock", lock)
+    holder = lock("jh1")
+    assert holder.acquire()
+    started: list[Any] = []
+
+    def asked(with_watch: bool) -> tuple[list[Any], list[Any]]:
+        kicks: list[Any] = []
+        watches: list[Any] = []
+        runner = FleetRunner(
+            store,
+            None,  # type: ignore[arg-type]
+            lambda **kw: started.append(kw) or {"run_id": "r"},  # type: ignore[func-returns-value]
+            lambda run_id, by: None,
+            kick=lambda j, c: kicks.append((j, c)),
+            watch=(lambda j, c: watches.append((j, c))) if with_watch else None,
+        )
+        runner.advance("jh1")  # raises nothing: a failed task would have ended the job's looks
+        return watches, kicks
+
+    assert asked(with_watch=True) == ([("jh1", WATCH_AFTER)], [])
+    assert asked(with_watch=False) == ([], [("jh1", LOCK_LAPSED_RETRY)])
+    assert started == [] and (store.get("jh1") or {}).get("outcomes") == {}, "nothing started unlocked"
+    holder.release()
+
+
 def test_an_advance_asks_for_a_later_look_before_a_crash_could_cut_it_short(
     redis_server: RedisServer,
 ) -> None:
