@@ -199,10 +199,10 @@ class Unsettled(BadInput):
 
     def __init__(self, message: str, status: str) -> None:
         super().__init__(message, "server")
+        # Its arguments as given: Celery's JSON results rebuild an error from them (the field's "server"
+        # had come back as the status).
+        self.args = (message, status)
         self.status = status
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.message, self.status))
 
 
 class ServerBusy(HcloudFlowError):

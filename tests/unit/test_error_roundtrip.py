@@ -7,7 +7,7 @@ import pickle
 import pytest
 from celery import Celery
 
-from workers.errors import AcpiIgnored, WaitTimeout
+from workers.errors import AcpiIgnored, Unsettled, WaitTimeout
 
 
 @pytest.mark.parametrize(
@@ -27,3 +27,15 @@ def test_a_wait_timeout_comes_back_whole(exc: WaitTimeout) -> None:
     ):
         assert type(back) is type(exc) and str(back) == str(exc)
         assert back.action_running == exc.action_running
+
+
+def test_an_unsettled_server_comes_back_with_its_status() -> None:
+    """A reviewer: through Celery's JSON results the status came back as "server", the field it names."""
+    exc = Unsettled("server 5 is starting: wait until it is running or off", "starting")
+    backend = Celery("roundtrip", broker="memory://", backend="cache+memory://", set_as_current=False).backend
+    for back in (
+        pickle.loads(pickle.dumps(exc)),  # noqa: S301 (our own bytes)
+        backend.exception_to_python(backend.prepare_exception(exc)),
+    ):
+        assert type(back) is Unsettled and str(back) == str(exc)
+        assert (back.status, back.field, back.message) == ("starting", "server", exc.message)
