@@ -357,12 +357,21 @@ class Jobs:
         not_started: bool = False,
         timeout: float = 120.0,
         by: str | None = None,
+        user_data: str | None = None,
     ) -> dict[str, Any]:
         """Start a new job over an ended job's failed and/or not started servers (same workflow and
-        options, linked to the first); return the new job's record."""
+        options, linked to the first); return the new job's record. ``user_data``: the job's own, given
+        again once the job keeps only its fingerprint (as soon as it has started its last server)."""
         by = by or default_submitter()
+        given = {} if user_data is None else {"user_data": user_data}
         return self._call(
-            "hcloud_flow.fleet_retry", timeout, job_id=job_id, failed=failed, not_started=not_started, by=by
+            "hcloud_flow.fleet_retry",
+            timeout,
+            job_id=job_id,
+            failed=failed,
+            not_started=not_started,
+            by=by,
+            **given,
         )
 
     def status(self, job_id: str) -> dict[str, Any]:

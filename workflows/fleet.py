@@ -22,6 +22,7 @@ from workers.client import HcloudClient, is_id
 from workers.errors import APIError, BadInput, HcloudFlowError, NotFound, RateBudgetExhausted, ServerBusy
 from workers.labels import check_selector
 from workers.projects import DEFAULT_PROJECT
+from workers.result_backend import fingerprint
 from workers.retry_policy import should_retry
 
 from .fleet_gates import Gates
@@ -102,6 +103,34 @@ def resolve_targets(client: HcloudClient, selector: Any, servers: Any) -> list[d
         shown = " and ".join(repr(r) if isinstance(r, str) else str(r) for r in twice[:3])
         raise BadInput(f"servers names one server more than once ({shown}); name each once", "servers")
     return found
+
+
+def _user_data_again(job: dict[str, Any], params: dict[str, Any], given: Any) -> dict[str, Any]:
+    """Return the params a retry of ``job`` starts with: its user data as given again, where the job now
+    keeps only its fingerprint. Refuse text that is not the job's, and a retry that would rebuild with the
+    fingerprint itself as cloud-init."""
+    kept = params.get("user_data")
+    forgotten = bool(job.get("user_data_forgotten")) and kept is not None
+    if given is None:
+        if forgotten:
+            raise BadInput(
+                f"job {job['id']} kept only the fingerprint of its user data ({kept}) once it had started "
+                "its servers; give the same text again to retry it (--user-data @FILE)",
+                "user_data",
+            )
+        return params
+    if not isinstance(given, str) or not given:
+        raise BadInput("user_data must be the job's user data, as text", "user_data")
+    if kept is None:
+        raise BadInput(f"job {job['id']} had no user data; retry it without", "user_data")
+    theirs = kept if forgotten else fingerprint(kept)
+    if fingerprint(given) != theirs:
+        raise BadInput(
+            f"this user data is not job {job['id']}'s: its fingerprint is {fingerprint(given)}, the job's "
+            f"{theirs}",
+            "user_data",
+        )
+    return {**params, "user_data": given}
 
 
 class FleetRunner(Gates):
@@ -326,6 +355,8 @@ class FleetRunner(Gates):
             if not d.start:
                 for sid in d.not_started:
                     self.store.set_outcome(job_id, sid, outcome="not_started", reason=d.reason)
+                if d.state != "running" or self._all_started(job):
+                    self.store.forget_user_data(job_id)  # no server is left to start with it (README)
                 if d.state != "running":
                     self.store.set_state(job_id, d.state, d.reason)
                     log.info("fleet job %s %s%s", job_id, d.state, f" ({d.reason})" if d.reason else "")
@@ -343,6 +374,16 @@ class FleetRunner(Gates):
                 return
             if not self._start_wave(job, d.start, lookups, lock):
                 return
+
+    def _all_started(self, job: dict[str, Any]) -> bool:
+        """Tell whether every server of the job has had its run submitted, or will never have one: none is
+        pending, draining before its run, or waiting to try its start again."""
+        outcomes = job["outcomes"]
+        return not self._waiting(job) and all(
+            (entry := outcomes.get(int(s["id"]))) is not None
+            and (entry["outcome"] != "running" or bool(entry.get("run_id")))
+            for s in job["servers"]
+        )
 
     def _watch(self, job_id: str) -> bool:
         """Ask for the next look at a running job, before anything a crash could cut short (WATCH_AFTER);
@@ -635,10 +676,20 @@ class FleetRunner(Gates):
         return True
 
     def retry(
-        self, job_id: str, *, failed: bool = True, not_started: bool = False, by: str | None = None
+        self,
+        job_id: str,
+        *,
+        failed: bool = True,
+        not_started: bool = False,
+        by: str | None = None,
+        user_data: Any = None,
     ) -> dict[str, Any]:
         """Start a new job over an ended job's failed (failed, refused) and/or not started (not_started,
-        skipped as busy) servers, with the same workflow, parameters and options; linked both ways."""
+        skipped as busy) servers, with the same workflow, parameters and options; linked both ways.
+
+        ``user_data``: the job's own, given again once the job kept only its fingerprint (it does as soon as
+        it has started its last server); refused unless its fingerprint is the job's.
+        """
         if not isinstance(failed, bool) or not isinstance(not_started, bool):
             raise BadInput("failed and not_started must be true or false", "failed")
         if not (failed or not_started):
@@ -664,6 +715,7 @@ class FleetRunner(Gates):
             what = " or ".join(sorted(wanted))
             raise BadInput(f"job {job_id} has no server that ended {what}; nothing to retry", "job_id")
         spec = {**job["spec"], "servers": ids, "selector": None}
+        spec["params"] = _user_data_again(job, spec.get("params") or {}, user_data)
         spec["canary"] = min(int(spec.get("canary") or 0), len(ids))
         new = self.start(submitted_by=check_submitter(by), retry_of=job_id, **spec)
         self.store.note_retry(job_id, new["id"])
@@ -721,6 +773,7 @@ class FleetRunner(Gates):
     def _end_cancelled(self, job: dict[str, Any], reason: str, who: str | None = None) -> None:
         job_id = job["id"]
         self.store.set_state(job_id, "cancelled", reason)
+        self.store.forget_user_data(job_id)  # nothing more starts
         for sid, entry in job["outcomes"].items():
             drain = entry.get("drain") or {}
             if entry["outcome"] == "running" and drain.get("state") in ("draining", "restoring"):

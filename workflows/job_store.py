@@ -11,6 +11,7 @@ from typing import Any
 import redis
 
 from workers.redis_values import text, text_hash, texts
+from workers.result_backend import without_user_data
 from workers.run_store import FINAL
 
 __all__ = ["JOB_FINAL", "JobStore"]
@@ -55,6 +56,27 @@ class JobStore:
     def create(self, meta: dict[str, Any]) -> None:
         self.redis.hset(self.key(meta["id"]), mapping={"meta": json.dumps(meta), "state": "running"})
         self.redis.zadd(f"{self.prefix}:jobs", {meta["id"]: meta["created"]})
+
+    def forget_user_data(self, job_id: str) -> None:
+        """Keep only the fingerprint of the job's user data from now on (its params and its spec, which `job
+        retry` reads): once the job has started its last server with it, nothing needs the text. Marked as
+        forgotten, so that a retry asks for the text again rather than rebuilding with the fingerprint.
+
+        The plan (``meta``) is written once, by ``create``, and only here after it: no writer to race.
+        """
+        raw = self.redis.hget(self.key(job_id), "meta")
+        if raw is None:
+            return
+        meta = json.loads(raw)
+        if meta.get("user_data_forgotten"):
+            return  # a fingerprint of the fingerprint would match no text given again
+        kept = {
+            **meta,
+            "params": without_user_data(meta.get("params")),
+            "spec": without_user_data(meta.get("spec")),
+        }
+        if kept != meta:
+            self.redis.hset(self.key(job_id), "meta", json.dumps({**kept, "user_data_forgotten": True}))
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         raw = text_hash(self.redis.hgetall(self.key(job_id)))

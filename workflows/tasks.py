@@ -254,12 +254,12 @@ def fleet_control(job_id: Any = None, verb: Any = None, by: Any = None) -> dict[
 
 @app.task(name="hcloud_flow.fleet_retry", throws=(BadInput,), acks_late=False)
 def fleet_retry(
-    job_id: Any = None, failed: Any = True, not_started: Any = False, by: Any = None
+    job_id: Any = None, failed: Any = True, not_started: Any = False, by: Any = None, user_data: Any = None
 ) -> dict[str, Any]:
-    """Start a new job over an ended job's failed and/or not started servers; return the new job."""
-    return dict(
-        without_user_data(job_runner(job_id).retry(job_id, failed=failed, not_started=not_started, by=by))
-    )
+    """Start a new job over an ended job's failed and/or not started servers; return the new job.
+    ``user_data``: the job's own, given again once the job keeps only its fingerprint."""
+    job = job_runner(job_id).retry(job_id, failed=failed, not_started=not_started, by=by, user_data=user_data)
+    return dict(without_user_data(job))
 
 
 def _made_image(previous: dict[str, Any] | None) -> int | None:

@@ -453,3 +453,29 @@ def test_retry_starts_a_new_job_over_the_failed_servers(
     assert second["state"] == "succeeded"
     assert jobs.status(first["id"])["retried_by"] == [again["id"]]
     assert len(control.posts(ids[0], "reset")) == 1, "a server that succeeded is not run again"
+
+
+def test_a_rebuild_jobs_user_data_is_gone_from_redis_once_its_servers_started(
+    jobs: Jobs, control: Control, pool: Iterator[int], redis_server: RedisServer
+) -> None:
+    """An outside test: a fleet job's cloud-init text stayed in its record for the record's seven days. It is
+    kept until the last server has started with it; a retry takes it again, checked by its fingerprint."""
+    from ..support.audit import redis_blobs
+
+    marker = "password: UD-FLEET-7c2a"
+    user_data = f"#cloud-config\n{marker}\n"
+    ids = take(pool, 2)
+    control.send(
+        "PATCH", f"/servers/{ids[1]}", {"fail_next": {"command": "rebuild", "code": "action_failed"}}
+    )
+    params = {"image": "ubuntu-24.04", "no_snapshot": True, "user_data": user_data}
+    first = jobs.start("rebuild", servers=ids, max_concurrency="1", max_errors="1", params=params)
+    done = jobs.wait(first["id"], timeout=90, poll=0.3)
+    assert done["state"] == "completed_with_failures", done["outcomes"]
+    assert not [b for b in redis_blobs(redis_server.client()) if marker.encode() in b]
+    with pytest.raises(BadInput, match="give the same text again"):
+        jobs.retry(first["id"], failed=True)
+    again = jobs.retry(first["id"], failed=True, user_data=user_data)
+    assert jobs.wait(again["id"], timeout=90, poll=0.3)["state"] == "succeeded"
+    assert len(control.posts(ids[1], "rebuild")) == 2 and len(control.posts(ids[0], "rebuild")) == 1
+    assert not [b for b in redis_blobs(redis_server.client()) if marker.encode() in b]

@@ -518,6 +518,8 @@ def window(**fields: Any) -> dict[str, Any]:
         ("GET", "/api/v1/jobs/nosuch", None, 404, "no fleet job"),
         ("POST", "/api/v1/jobs/nosuch/retry", {"failed": True}, 404, "no fleet job"),
         ("POST", "/api/v1/jobs/nosuch/retry", {"failed": "yes"}, 422, "failed"),
+        ("POST", "/api/v1/jobs/nosuch/retry", {"user_data": 5}, 422, "user_data"),
+        ("POST", "/api/v1/jobs/nosuch/retry", {"user_data": "#cloud-config"}, 404, "no fleet job"),
         (
             "POST",
             "/api/v1/jobs/nosuch/retry",

@@ -338,3 +338,34 @@ def test_text_from_the_api_cannot_drive_the_terminal(monkeypatch: pytest.MonkeyP
     assert "\x1b" not in done.stdout and "\x07" not in done.stdout
     assert len(done.stdout.splitlines()) == 2  # the heading and one row
     assert "ok\\x1b]0;pwned\\x07\\nFAKE ROW" in done.stdout
+
+
+def test_job_retry_gives_the_user_data_again_and_no_output_prints_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    """An outside test: `job status --json` and `schedule show` printed a job's or window's cloud-init text,
+    password and all. Every JSON answer shows it as its fingerprint; `job retry --user-data @FILE` gives a
+    job the text it no longer keeps."""
+    from workers.result_backend import fingerprint
+
+    secret = "#cloud-config\npassword: hunter2-cli\n"
+    asked: list[Any] = []
+
+    class Jobs:
+        def retry(self, job_id: str, **kw: Any) -> dict[str, Any]:
+            asked.append(kw)
+            return {"id": "j2", "params": {"user_data": kw.get("user_data")}, "spec": {"params": kw}}
+
+        def status(self, job_id: str) -> dict[str, Any]:
+            return {"id": job_id, "state": "running", "params": {"user_data": secret}, "outcomes": {}}
+
+    monkeypatch.setattr(fleet_cli, "_jobs", Jobs)
+    text = tmp_path / "cloud-init.yaml"
+    text.write_text(secret)
+    done = invoke("job", "retry", "j1", "--failed", "--user-data", f"@{text}", "--json")
+    assert done.exit_code == 0, done.output
+    assert asked[0]["user_data"] == secret and asked[0]["failed"] is True
+    assert "hunter2" not in done.output and fingerprint(secret) in done.output
+    assert invoke("job", "retry", "j1", "--failed").exit_code == 0 and asked[1]["user_data"] is None
+    shown = invoke("job", "status", "j1", "--json")
+    assert "hunter2" not in shown.output and fingerprint(secret) in shown.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -470,3 +471,92 @@ def test_the_look_at_a_running_job_never_displaces_the_jobs_own_kick(redis_serve
     due = {json.dumps(e["kwargs"], sort_keys=True): at for (_, at), e in deferred.due(clock.now + 3600)}
     assert due['{"job_id": "jk"}'] == clock.now, "the due look stands"
     assert due['{"job_id": "jk", "watch": true}'] == clock.now + WATCH_AFTER
+
+
+SECRET_USER_DATA = "#cloud-config\npassword: hunter2-fleet\n"
+
+
+def _rebuild_job(store: JobStore, job_id: str, ids: list[int], window: int) -> None:
+    params = {"image": "ubuntu-24.04", "user_data": SECRET_USER_DATA}
+    store.create(
+        {
+            "id": job_id,
+            "workflow": "rebuild",
+            "selector": None,
+            "params": params,
+            "spec": {"workflow": "rebuild", "servers": ids, "params": params, "max_concurrency": window},
+            "created": 0.0,
+            "servers": [{"id": i, "name": f"s{i}"} for i in ids],
+            "max_concurrency": window,
+            "max_errors": 5,
+            "canary": 0,
+            "limits": {},
+            "window": None,
+        }
+    )
+
+
+def test_a_job_keeps_its_user_data_only_until_its_last_server_has_started(redis_server: RedisServer) -> None:
+    """An outside test: a job's cloud-init text, password and all, stayed in Redis for the seven days of the
+    job record's retention, though the README said it was kept until the last server had started."""
+    from workers.result_backend import fingerprint
+
+    store = JobStore(redis_server.client(), prefix=f"fr-ud{uuid.uuid4().hex[:6]}")
+    started: list[Any] = []
+
+    def submit(**kw: Any) -> dict[str, Any]:
+        started.append(kw)
+        return {"run_id": f"run-{kw['server']}"}
+
+    runner = FleetRunner(store, None, submit, lambda run_id, by: None)  # type: ignore[arg-type]
+    _rebuild_job(store, "ud1", [1, 2], window=1)
+    runner.advance("ud1")
+    assert [kw["params"]["user_data"] for kw in started] == [SECRET_USER_DATA]
+    assert (store.get("ud1") or {})["params"]["user_data"] == SECRET_USER_DATA, "server 2 is still to start"
+    store.set_outcome("ud1", 1, outcome="succeeded")
+    runner.advance("ud1")
+    assert [kw["params"]["user_data"] for kw in started] == [SECRET_USER_DATA] * 2
+    kept = store.get("ud1") or {}
+    assert kept["params"]["user_data"] == kept["spec"]["params"]["user_data"] == fingerprint(SECRET_USER_DATA)
+    assert kept["user_data_forgotten"] is True
+    assert b"hunter2" not in b"".join(store.redis.hvals(store.key("ud1")))
+
+    _rebuild_job(store, "ud2", [1, 2], window=1)  # a job cancelled before its last server started
+    runner.advance("ud2")
+    runner.cancel("ud2")
+    assert b"hunter2" not in b"".join(store.redis.hvals(store.key("ud2")))
+
+
+def test_a_retry_takes_the_jobs_user_data_again_and_nothing_else(
+    redis_server: RedisServer, monkeypatch: Any
+) -> None:
+    """Once the job keeps only the fingerprint, a retry would have rebuilt with the fingerprint as cloud-init:
+    it asks for the text and checks it is the job's."""
+    store = JobStore(redis_server.client(), prefix=f"fr-udr{uuid.uuid4().hex[:6]}")
+    runner = FleetRunner(store, None, lambda **kw: {"run_id": "r"}, lambda run_id, by: None)  # type: ignore[arg-type]
+    asked: list[dict[str, Any]] = []
+    monkeypatch.setattr(runner, "start", lambda **kw: asked.append(kw) or {"id": "new1"})
+    _rebuild_job(store, "ur1", [1, 2], window=2)
+    for sid, outcome in ((1, "succeeded"), (2, "failed")):
+        store.set_outcome("ur1", sid, outcome=outcome, run_id=f"run-{sid}")
+    store.set_state("ur1", "completed_with_failures")
+    store.forget_user_data("ur1")
+    store.forget_user_data("ur1")  # each advance of an ended job may ask again: the fingerprint stays
+    with pytest.raises(BadInput, match=r"kept only the fingerprint of its user data \(sha256:") as no_text:
+        runner.retry("ur1")
+    assert no_text.value.field == "user_data"
+    with pytest.raises(BadInput, match="is not job ur1's"):
+        runner.retry("ur1", user_data=SECRET_USER_DATA + "x")
+    with pytest.raises(BadInput, match="as text"):
+        runner.retry("ur1", user_data=["#cloud-config"])
+    assert asked == [], "nothing started on a refusal"
+    runner.retry("ur1", user_data=SECRET_USER_DATA)
+    assert asked[0]["servers"] == [2] and asked[0]["params"]["user_data"] == SECRET_USER_DATA
+
+    job(store, "ur2", [1])  # no user data: none may be given
+    store.set_outcome("ur2", 1, outcome="failed")
+    store.set_state("ur2", "failed")
+    meta = json.loads(store.redis.hget(store.key("ur2"), "meta") or "{}")
+    store.redis.hset(store.key("ur2"), "meta", json.dumps({**meta, "spec": {"workflow": "reboot"}}))
+    with pytest.raises(BadInput, match="had no user data"):
+        runner.retry("ur2", user_data="#cloud-config")

@@ -359,6 +359,11 @@ for _verb, _summary in JOB_CONTROLS.items():
 @click.option(
     "--not-started", is_flag=True, help="the servers that never started (not_started, or skipped as busy)"
 )
+@click.option(
+    "--user-data",
+    metavar="TEXT|@FILE",
+    help="the job's user data again: a job keeps only its fingerprint once it has started its last server",
+)
 @wait_options("job")
 @submit_timeout_option
 @json_option
@@ -366,6 +371,7 @@ def job_retry(
     job_id: str,
     failed: bool,
     not_started: bool,
+    user_data: str | None,
     wait: bool,
     timeout: float | None,
     quiet: bool,
@@ -378,7 +384,10 @@ def job_retry(
     check_wait_flags(wait, timeout, quiet)
     if not (failed or not_started):
         raise BadInput("say which servers to retry: --failed, --not-started or both")
-    job = _jobs().retry(job_id, failed=failed, not_started=not_started, timeout=submit_timeout)
+    given = params_from({"p_user_data": user_data}).get("user_data")
+    job = _jobs().retry(
+        job_id, failed=failed, not_started=not_started, timeout=submit_timeout, user_data=given
+    )
     if not wait:
         print_json(job) if as_json else click.echo(job["id"])
         return EXIT_OK

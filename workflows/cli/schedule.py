@@ -43,10 +43,12 @@ def _show(answer: Any, as_json: bool) -> None:
     """A window (or an answer about one): JSON under --json, else one "field  value" line each."""
     import json
 
+    from workers.result_backend import without_user_data
+
     if as_json:
         print_json(answer)
         return
-    for key, value in answer.items():
+    for key, value in without_user_data(answer).items():
         if key == "history":
             click.echo("history:" if value else "history: none yet")
             for h in value:

@@ -273,6 +273,7 @@ def retry_job(job_id: str, body: RetryRequest, request: Request, key: Operator) 
             not_started=body.not_started,
             timeout=services.submit_timeout,
             by=who(key),
+            user_data=body.user_data,
         )
         return 202, redact(answer)
 

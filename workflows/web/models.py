@@ -44,6 +44,11 @@ class RetryRequest(BaseModel):
 
     failed: StrictBool = Field(True, description="the servers that failed or were refused")
     not_started: StrictBool = Field(False, description="the servers that never started (or were busy)")
+    user_data: StrictStr | None = Field(
+        None,
+        description="the job's user data given again: a job keeps only its fingerprint once it has started "
+        "its last server",
+    )
 
 
 class WindowPatch(BaseModel):
