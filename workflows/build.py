@@ -65,17 +65,24 @@ def plan_fits(workflow: Workflow, run: dict[str, Any], status: str) -> str | Non
     planned = [s["name"] for s in run["steps"]]
     facts = {"server": {"status": status, "name": run.get("server_name")}, "params": run.get("params") or {}}
     before = run.get("server_status_before")
+    # Set where the steps were planned for where the run ahead leaves the server, not for its status then.
+    seen = run.get("status_when_queued")
+    planned_for = (
+        f"planned for the server {before}, as the run ahead of it leaves it (it was {seen} when queued)"
+        if seen
+        else f"planned for the server {before}, as it was when this run was queued"
+    )
     try:
         now = [step.name for step in workflow.steps if step.when(facts)]
     except (KeyError, TypeError):  # a condition that reads more than these: the plan stands
         return None
     except BadInput as exc:  # in no status a plan can be made for (starting, stopping...)
-        return f"{exc.message} (it was {before} when this run was queued); nothing was done"
+        return f"{exc.message} (this run was {planned_for}); nothing was done"
     if now == planned:
         return None
     return (
-        f"the server was {before} when this run was queued and is {status} now: it would now run "
-        f"{' → '.join(now)}, not {' → '.join(planned)} as planned; nothing was done, submit it again"
+        f"the server is {status} now and this run was {planned_for}: it would now run {' → '.join(now)}, "
+        f"not {' → '.join(planned)} as planned; nothing was done, submit it again"
     )
 
 

@@ -21,7 +21,15 @@ from .build import build_chain, lock_ttl, plan_steps
 from .definitions import HEADING, SETTLED, WORKFLOWS
 from .notify import check_urls
 from .undo import from_earlier_run, project_of_run
-from .validate import Lookups, check_params, check_submitter, gather_facts, require_unicode, workflow_named
+from .validate import (
+    Lookups,
+    check_params,
+    check_submitter,
+    find_server,
+    gather_facts,
+    require_unicode,
+    workflow_named,
+)
 
 __all__ = ["cancel_run", "from_run_project", "submit_run"]
 
@@ -75,13 +83,15 @@ def submit_run(
         server, clean = from_earlier_run(store, client, wf.from_run, server, clean, project)
     elif server is None:
         raise BadInput("server is missing; give the server as an id or a name (--server)", "server")
+    found: str | None = None  # the server's status now, where the plan is for another (the holder's leaving)
+    if queue:
+        server, lookups, found = _as_its_holder_leaves(client, store, server, lookups)
     facts = gather_facts(client, wf, server, clean, lookups)
     run_id = store.new_id()
-    heading = False
     try:
         steps = plan_steps(wf, facts, run_id, priority=priority, project=project)
     except Unsettled as exc:
-        facts, heading = _behind_its_mover(store, facts, exc, queue), True
+        facts, found = _behind_its_mover(store, facts, exc, queue), exc.status
         steps = plan_steps(wf, facts, run_id, priority=priority, project=project)
     srv = facts["server"]
     ttl = lock_ttl(steps)
@@ -92,7 +102,8 @@ def submit_run(
         "project": project,
         "server_id": int(srv["id"]),
         "server_name": srv["name"],
-        "server_status_before": srv["status"],
+        "server_status_before": srv["status"],  # what the steps were planned for
+        **({"status_when_queued": found} if found is not None else {}),
         "params": _recordable(facts["params"]),
         "steps": [{k: s[k] for k in ("index", "name", "action", "task_id", "restore")} for s in steps],
         "lock_ttl": ttl,
@@ -102,6 +113,7 @@ def submit_run(
         "notify": urls,
     }
     holder = store.acquire(int(srv["id"]), run_id, ttl)
+    heading = found is not None
     if holder is None and heading:
         # Its mover ended just now: planned for where the server was heading, it starts as a queued run
         # does, once the plan is checked against the server's status.
@@ -151,6 +163,26 @@ def _behind_its_mover(store: RunStore, facts: dict[str, Any], exc: Unsettled, qu
     if heading is None:
         raise exc
     return {**facts, "server": {**facts["server"], "status": heading}}
+
+
+def _as_its_holder_leaves(
+    client: HcloudClient, store: RunStore, server: Any, known: Lookups | None
+) -> tuple[Any, Lookups | None, str | None]:
+    """Return the server (by id), the lookups to plan a queued run with, and the server's status now where
+    that plan is for another: where the run holding the server leaves it (None: planned for its status).
+
+    A queued run starts when its holder ends: behind a snapshot that had the server off, planned as off, it
+    was refused as it started (the server was running again), and a reset-password needing a running server
+    was refused outright (an outside test). The plan is checked against the status again as it starts.
+    """
+    known = known if known is not None else Lookups()
+    srv = find_server(client, server, known)
+    holder = store.holder(int(srv["id"]))
+    leaves = _where_it_leaves(store.get(holder, live=False)) if holder is not None else None
+    if leaves is None or leaves == srv["status"]:
+        return server, known, None
+    known.servers[int(srv["id"])] = {**srv, "status": leaves}
+    return int(srv["id"]), known, str(srv["status"])
 
 
 def _where_it_leaves(run: dict[str, Any] | None) -> str | None:

@@ -314,29 +314,43 @@ def test_busy_server_is_refused_with_the_holder_or_queued(
     assert posted(control, sid) == ["shutdown", "create_image", "poweron", "poweroff"]
 
 
-def test_a_queued_run_whose_plan_no_longer_fits_its_server_does_nothing_and_says_why(
+def test_a_queued_run_is_planned_for_where_the_run_ahead_leaves_the_server(
     runs: Runs, control: Control, api: Api, pool: Iterator[int]
 ) -> None:
-    """An outside test: a rebuild queued while a snapshot had the server off was planned without a shutdown
-    and ran once the snapshot had started the server again: a safety snapshot of a running server, and a
-    rebuild of it."""
+    """Outside tests: queued while a snapshot had the server off, a rebuild was planned without a shutdown and
+    ran once the snapshot had started the server again (a safety snapshot of a running server); then, planned
+    as off, every such run was refused as it started, and a reset-password needing a running server was
+    refused outright. It is planned for where the run ahead leaves the server, and checked as it starts."""
     sid = take(pool, control, "running")
     control.send("PUT", "/config", {"durations": {"create_image": 60.0}})  # 3 s at speed 20
     try:
         first = runs.submit("snapshot", server=sid)
         wait_until(lambda: api.server(sid)["status"] == "off", 30, "the snapshot to stop the server")
-        queued = runs.submit_full("rebuild", server=sid, image="debian-12", queue=True)
-        assert queued["steps"][0]["name"] != "shutdown", "planned for a server that is off"
+        queued = runs.submit_full("reset-password", server=sid, queue=True)
+        assert queued["state"] == "queued" and queued["queued_behind"] == first
         assert runs.wait(first, timeout=60, poll=0.2)["state"] == "succeeded"
-        late = runs.wait(queued["run_id"], timeout=60, poll=0.2)
+        assert runs.wait(queued["run_id"], timeout=60, poll=0.2)["state"] == "succeeded"
+
+        # The run ahead fails to power the server on again: the plan made for "running" no longer fits.
+        control.send(
+            "PATCH", f"/servers/{sid}", {"fail_next": {"command": "poweron", "code": "action_failed"}}
+        )
+        second = runs.submit("snapshot", server=sid)
+        wait_until(lambda: api.server(sid)["status"] == "off", 30, "the second snapshot to stop the server")
+        late = runs.submit_full("rebuild", server=sid, image="debian-12", queue=True)
+        assert late["steps"][0]["name"] == "shutdown", "planned for the running server the snapshot leaves"
+        assert runs.wait(second, timeout=60, poll=0.2)["state"] == "failed"
+        ended = runs.wait(late["run_id"], timeout=60, poll=0.2)
     finally:
         control.send("PUT", "/config", {"durations": {"create_image": 20.0}})
-    assert (
-        late["state"] == "failed"
-        and "was off when this run was queued and is running now" in (late["error"]["message"])
-    ), late
-    assert posted(control, sid) == ["shutdown", "create_image", "poweron"], "the queued rebuild sent nothing"
-    assert api.server(sid)["status"] == "running"
+    said = (ended.get("error") or {}).get("message", "")
+    assert ended["state"] == "failed" and said.startswith("the server is off now and this run was planned"), (
+        ended
+    )
+    assert "as the run ahead of it leaves it (it was off when queued)" in said
+    snapshot = ["shutdown", "create_image", "poweron"]
+    assert posted(control, sid) == [*snapshot, "reset_password", *snapshot], "the queued rebuild sent nothing"
+    assert api.server(sid)["status"] == "off"
 
 
 def test_cancel_mid_run_waits_out_the_action_and_stops(

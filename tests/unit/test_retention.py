@@ -207,8 +207,19 @@ def test_a_queued_plan_fits_only_if_the_server_s_status_would_plan_the_same_step
     # Booting now, by another hand: no plan can be told for it, and the run starts nothing.
     booting = plan_fits(WORKFLOWS["snapshot"], off_snapshot, "starting")
     assert booting is not None and "is starting" in booting
-    assert "it was off when this run was queued" in booting
+    assert "planned for the server off, as it was when this run was queued" in booting
     assert plan_fits(WORKFLOWS["power-off"], power_off, "starting") is None, "its plan reads no status"
+    # Planned for where the run ahead leaves the server (running), which was off as this one was queued.
+    ahead = {
+        "steps": [{"name": s} for s in ("shutdown", "create_image", "power_on")],
+        "params": {},
+        "server_status_before": "running",
+        "status_when_queued": "off",
+    }
+    assert plan_fits(WORKFLOWS["snapshot"], ahead, "running") is None
+    left_off = plan_fits(WORKFLOWS["snapshot"], ahead, "off")
+    assert left_off is not None and left_off.startswith("the server is off now and this run was planned for ")
+    assert "the server running, as the run ahead of it leaves it (it was off when queued)" in left_off
 
 
 def test_a_snapshot_a_queued_run_will_use_is_kept() -> None:
