@@ -23,6 +23,7 @@ from ..support.processes import RedisServer
         ("http://{name!r}/x", "without :spec"),
         ("http://127.0.0.1:{id}/", "port out of 1-65535"),  # ids are far above 65535
         ("tcp://127.0.0.1:99999", "port out of 1-65535"),
+        ("tcp://{ipv4}:0", "port out of 1-65535"),  # an outside test: 0 came back as 0, no error
         ("http://{ipv4}/h?token=abc", "credential in a parameter"),
         ("ftp://{ipv4}/", "must look like"),
         ("tcp://{ipv4}", "needs a port"),

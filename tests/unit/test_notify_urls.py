@@ -26,6 +26,22 @@ from workflows.notify import check_urls
         ("https://hooks.example/x?bearer=abc", "credential in a parameter \\(bearer\\)"),
         ("https://hooks.example/x?credentials=abc", "credential in a parameter \\(credentials\\)"),
         ("https://hooks.example/x?monkey=1&keyboard=2", None),
+        # Found by an outside test: names the pattern missed, an encoded ";" in the path, control
+        # characters inside a name, port 0, and a raw space.
+        ("https://hooks.example/x?client_key=abc", "credential in a parameter \\(client_key\\)"),
+        ("https://hooks.example/x?private-key=abc", "credential in a parameter \\(private-key\\)"),
+        ("https://hooks.example/x?privatekey=abc", "credential in a parameter \\(privatekey\\)"),
+        ("https://hooks.example/x?pw=abc", "credential in a parameter \\(pw\\)"),
+        ("https://hooks.example/x?jwt=abc", "credential in a parameter \\(jwt\\)"),
+        ("https://hooks.example/x?tok%00en=abc", "control characters"),
+        ("https://hooks.example/path%3Btoken=abc", "credential in a parameter \\(token\\)"),
+        ("https://hooks.example:0/x", "port out of 1-65535"),
+        ("https://hooks.example/ a", "spaces or control characters"),
+        (
+            "https://hooks.example/x?keys=1&pwd_hint=no&sigma=1&jwtx=2",
+            "credential in a parameter \\(jwtx, pwd_hint\\)",
+        ),
+        ("https://hooks.example/x?keys=1&sigma=1&upwards=2", None),
     ],
 )
 def test_a_url_that_would_keep_a_secret_is_refused_quietly(url: str, message: str | None) -> None:
