@@ -92,6 +92,11 @@ def test_the_root_help_documents_the_exit_codes() -> None:
         (["flower", "--port", "70000"], "--port"),
         (["demo", "--servers", "0"], "--servers"),
         (["demo", "--servers", "1"], "6<=x<=50"),  # an outside test: 1 was taken and 6 were used
+        # An outside test: click kept the last of a repeated option, and rebooted server 2 alone.
+        (["run", "reboot", "--server", "1", "--server", "2"], "--server is given more than once"),
+        (["fleet", "reboot", "--servers", "1", "--servers", "2"], "--servers is given more than once"),
+        (["schedule", "add", "w", "reboot", "--cron", "0 3 * * *", "--cron", "0 4 * * *"], "--cron is given"),
+        (["job", "retry", "j1", "--failed", "--user-data", "a", "--user-data", "b"], "--user-data is given"),
     ],
 )
 def test_usage_errors_exit_2_and_are_json_under_json(no_api: None, args: list[str], message: str) -> None:
@@ -369,3 +374,22 @@ def test_job_retry_gives_the_user_data_again_and_no_output_prints_it(
     assert invoke("job", "retry", "j1", "--failed").exit_code == 0 and asked[1]["user_data"] is None
     shown = invoke("job", "status", "j1", "--json")
     assert "hunter2" not in shown.output and fingerprint(secret) in shown.output
+
+
+def test_flags_and_options_that_take_many_may_be_given_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only an option that takes one value is refused when repeated: a flag said twice means the same."""
+    listed = invoke("workflows", "--json", "--json")
+    assert listed.exit_code == 0 and json.loads(listed.output)
+    asked: list[Any] = []
+
+    class Runs:
+        def submit_full(self, workflow: str, **kw: Any) -> dict[str, Any]:
+            asked.append(kw)
+            return {"run_id": "r1", "state": "queued", "steps": [], "warnings": []}
+
+    monkeypatch.setattr(runs_cli, "runs", Runs)
+    done = invoke(
+        "run", "snapshot", "--server", "1", "--label", "a=1", "--label", "b=2", "--queue", "--queue"
+    )
+    assert done.exit_code == 0, done.output
+    assert asked[0]["labels"] == {"a": "1", "b": "2"} and asked[0]["queue"] is True

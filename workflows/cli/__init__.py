@@ -151,9 +151,33 @@ def cli() -> None:
     """Run Hetzner Cloud server actions as durable Celery workflows."""
 
 
+def _given_once(command: click.Command) -> None:
+    """Make ``command`` and every command under it refuse an option that takes one value given twice.
+
+    click keeps the last silently: `run reboot --server 1 --server 2` rebooted server 2 alone, and a window
+    kept the second of two --cron (an outside test), where the HTTP API refuses a key given twice. Flags
+    (--wait, --json) may be repeated: saying one twice means the same thing.
+    """
+    plain = command.parse_args
+
+    def parse_args(ctx: click.Context, args: list[str]) -> list[str]:
+        if not ctx.resilient_parsing:  # (shell completion parses half-typed lines)
+            _, _, order = command.make_parser(ctx).parse_args(args=list(args))
+            single = [p for p in order if isinstance(p, click.Option) and not (p.is_flag or p.multiple)]
+            twice = next((p for p in single if single.count(p) > 1), None)
+            if twice is not None:
+                raise click.UsageError(f"{twice.opts[-1]} is given more than once; give it once", ctx)
+        return plain(ctx, args)
+
+    command.parse_args = parse_args  # type: ignore[method-assign]
+    for sub in getattr(command, "commands", {}).values():
+        _given_once(sub)
+
+
 for _module in (runs, fleet, schedule, inventory, services, health, web):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
+_given_once(cli)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
