@@ -110,19 +110,30 @@ class Cron(TypedDict):
     dow_any: bool
 
 
+# Longest cron kept: every field a long list still fits ("0,5,10,...,55 0,2,...,22 1,8,15,22 * MON-FRI").
+MAX_CRON = 256
+
+
 def parse_cron(expr: Any, *, stored: bool = False) -> Cron:
     """Parse a five-field cron expression (minute hour day-of-month month day-of-week) or refuse it.
 
     ``stored``: a window's cron as kept, perhaps by an earlier version, which took a range running backwards
     and wrapped it round (``22-2``); it is read so, rather than stop the window, and its list, from working.
     """
-    text = str(expr)
+    if not isinstance(expr, str):
+        raise BadInput(f"cron is text like '0 3 * * SUN', not {type(expr).__name__}", "cron")
+    if len(expr) > MAX_CRON and not stored:
+        # A 100 KB cron was stored, and listed, and echoed whole in its refusals (an outside test). One kept
+        # by an earlier version is still read.
+        raise BadInput(f"cron is at most {MAX_CRON} characters, not {len(expr)}", "cron")
+    text = expr
     if not text.isascii() or not all(c == " " or c.isprintable() for c in text) or "\t" in text:
         raise BadInput(f"cron takes ASCII fields separated by spaces, not {text[:80]!r}", "cron")
     fields = text.split()
     if len(fields) != 5:
         raise BadInput(
-            f"cron needs 5 fields (minute hour day month weekday), e.g. '0 3 * * SUN'; got {expr!r}", "cron"
+            f"cron needs 5 fields (minute hour day month weekday), e.g. '0 3 * * SUN'; got {text[:80]!r}",
+            "cron",
         )
     sets = []
     for written, f in zip(fields, _FIELDS, strict=True):
@@ -271,7 +282,7 @@ def zone(name: Any) -> ZoneInfo:
         return ZoneInfo(str(name))
     except (ZoneInfoNotFoundError, ValueError) as exc:
         raise BadInput(
-            f"unknown time zone {name!r}; use an IANA name such as Europe/Berlin or UTC", "tz"
+            f"unknown time zone {str(name)[:80]!r}; use an IANA name such as Europe/Berlin or UTC", "tz"
         ) from exc
 
 

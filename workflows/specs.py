@@ -312,13 +312,13 @@ class WindowSpec(FleetSpec):
         if value is None:
             raise BadInput("cron is missing; give it like --cron '0 3 * * SUN'", "cron")
         if not cron_can_fire(parse_cron(value)):
-            raise BadInput(f"cron {value!r} never fires: no month has that day", "cron")
+            raise BadInput(f"cron {value[:80]!r} never fires: no month has that day", "cron")
         return " ".join(str(value).split())
 
     @field_validator("tz", mode="before")
     @classmethod
     def _tz(cls, value: Any) -> str:
-        return str(zone(value))
+        return "UTC" if value is None else str(zone(value))  # null is the default, as in an edit
 
     @field_validator("duration", mode="before")
     @classmethod

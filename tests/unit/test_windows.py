@@ -96,11 +96,30 @@ def test_a_good_window_is_accepted() -> None:
         ({"workflow": "defrag"}, "unknown workflow"),
         ({"name": "Bad Name!"}, "window names"),
         ({"max_concurrency": "0"}, "max_concurrency"),
+        # An outside test: a 100 KB cron was kept and listed; a list was read as text; both echoed whole.
+        ({"cron": "0," * 50_000 + "0 3 * * *"}, "cron is at most 256 characters, not 100009"),
+        ({"cron": ["0", "3", "*", "*", "*"]}, "cron is text like '0 3 \\* \\* SUN', not list"),
+        ({"tz": "X" * 200_000}, "unknown time zone 'XXXX"),
     ],
 )
 def test_bad_windows_are_refused(changes: dict[str, object], message: str) -> None:
-    with pytest.raises(BadInput, match=message):
+    with pytest.raises(BadInput, match=message) as refused:
         validate_window(spec(**changes))
+    assert len(str(refused.value)) < 400, "the refusal does not echo a huge input whole"
+
+
+def test_a_window_given_a_null_time_zone_is_in_utc_as_an_edit_to_null_is() -> None:
+    """An outside test: POST said "unknown time zone None" where PATCH took null as the default."""
+    assert validate_window(spec(tz=None))["tz"] == "UTC"
+
+
+def test_a_long_cron_kept_by_an_earlier_version_is_still_read() -> None:
+    long = ",".join(str(m) for m in range(60)) + " 3 * * *"  # 178 characters: accepted
+    assert len(parse_cron(long)["minute"]) == 60
+    kept = ",".join(["0"] * 200) + " 3 * * *"
+    with pytest.raises(BadInput, match="at most 256"):
+        parse_cron(kept)
+    assert parse_cron(kept, stored=True)["minute"] == {0}
 
 
 def test_a_late_firing_still_finds_its_minute_but_not_an_older_one() -> None:
