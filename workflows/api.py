@@ -476,3 +476,9 @@ def wait(run_id: str, *, timeout: float | None = None) -> dict[str, Any]:
 
 def list_runs(*, active: bool = False, server_id: int | None = None) -> list[dict[str, Any]]:
     return default().list(active=active, server_id=server_id)
+
+
+def prune_images(**policy: Any) -> dict[str, Any]:
+    """``Runs.prune_images`` of the default installation (``selector`` or ``servers``, ``keep``,
+    ``keep_within``, ``dry_run``, ``project``)."""
+    return default().prune_images(**policy)

@@ -466,6 +466,14 @@ def test_every_variable_is_documented_with_its_default() -> None:
             assert "required" in row.lower(), f"README must say {name} is required: {row}"
 
 
+def test_every_variable_the_readme_table_lists_reaches_compose() -> None:
+    """A new user: two settings of the table were never passed to the containers, so a value set for them
+    was silently ignored."""
+    used = {name for name, _, _ in variables_used(COMPOSE_FILE.read_text())}
+    missing = sorted(set(readme_table()) - used)
+    assert not missing, f"the README's compose table lists {missing}, which docker-compose.yml never reads"
+
+
 def test_every_secret_file_is_documented() -> None:
     section = README.read_text().split(SECTION, 1)[1].split("\n## ", 1)[0]
     for name in compose()["secrets"]:

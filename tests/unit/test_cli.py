@@ -393,3 +393,17 @@ def test_flags_and_options_that_take_many_may_be_given_again(monkeypatch: pytest
     )
     assert done.exit_code == 0, done.output
     assert asked[0]["labels"] == {"a": "1", "b": "2"} and asked[0]["queue"] is True
+
+
+def test_a_redis_that_refuses_our_password_is_said_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new user: a wrong password read "cannot reach Redis (HELLO must be called ...)", and sent them after
+    the network."""
+    import redis
+
+    def refused(*_: Any, **__: Any) -> Any:
+        raise redis.AuthenticationError("invalid username-password pair or user is disabled.")
+
+    monkeypatch.setattr(runs_cli, "runs", lambda: type("R", (), {"list": refused})())
+    said = invoke("list", "--json")
+    assert said.exit_code == 3
+    assert "Redis refused our credentials" in said.output and "HCLOUD_FLOW_REDIS_PASSWORD" in said.output

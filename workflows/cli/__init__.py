@@ -89,6 +89,15 @@ def _classify(as_json: bool, exc: Exception) -> int:
 
     if isinstance(exc, BadInput | ServerBusy | SecretError):
         return _refuse(as_json, exc, EXIT_BAD_INPUT)
+    if any(isinstance(e, redis.AuthenticationError) for e in (exc, exc.__cause__, exc.__context__)):
+        # Reached, and refused: "cannot reach" with Redis's own words sent people after the network.
+        return _refuse(
+            as_json,
+            exc,
+            EXIT_UNREACHABLE,
+            f"Redis refused our credentials ({exc}): give its password in HCLOUD_FLOW_REDIS_PASSWORD or "
+            "HCLOUD_FLOW_REDIS_PASSWORD_FILE, or in HCLOUD_FLOW_REDIS_URL",
+        )
     if isinstance(exc, redis.ConnectionError | redis.TimeoutError | OperationalError):
         return _refuse(
             as_json, exc, EXIT_UNREACHABLE, f"cannot reach Redis ({exc}); check HCLOUD_FLOW_REDIS_URL"
