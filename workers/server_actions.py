@@ -270,7 +270,10 @@ def validate_params(action: ServerAction, params: dict[str, Any]) -> dict[str, A
     unknown = set(params) - set(action.params)
     if unknown:
         allowed = ", ".join(action.params) or "none"
-        raise BadInput(f"{action.name} does not take {', '.join(sorted(unknown))} (it takes: {allowed})")
+        hint = " (the server is the first argument: a server id or name)" if "server" in unknown else ""
+        raise BadInput(
+            f"{action.name} does not take {', '.join(sorted(unknown))} (it takes: {allowed}){hint}"
+        )
     clean = {k: v for k, v in params.items() if v is not None}
     for name, options in action.choices.items():
         if name in clean and clean[name] not in options:

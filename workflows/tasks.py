@@ -6,8 +6,11 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import uuid
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -86,6 +89,29 @@ def notifier() -> Notifier:
     return Notifier(
         lambda delivery: notify.apply_async(kwargs=delivery), app.conf.hcloud_flow.get("notify_urls") or []
     )
+
+
+def _strict(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Refuse arguments a task does not take as BadInput naming those it does: sent from another language
+    (send_task), a misspelt keyword failed with Python's own TypeError, and a positional argument to
+    fleet_start was taken as its submitter (an outside test)."""
+    sig = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            sig.bind(*args, **kwargs)
+        except TypeError:
+            extra = sorted(set(kwargs) - set(sig.parameters))
+            given = ", ".join(extra) if extra else f"{len(args)} positional argument(s)"
+            names = [p.name for p in sig.parameters.values() if p.kind is not p.VAR_KEYWORD]
+            takes = ", ".join(names) + (" and the job's fields" if len(names) < len(sig.parameters) else "")
+            raise BadInput(
+                f"{fn.__name__} does not take {given}; it takes keyword arguments: {takes}"
+            ) from None
+        return fn(*args, **kwargs)
+
+    return run
 
 
 @app.task(name="hcloud_flow.notify", bind=True, acks_late=False, max_retries=ATTEMPTS - 1)
@@ -191,6 +217,7 @@ def submit(
 
 
 @app.task(name="hcloud_flow.cancel", throws=(BadInput,))
+@_strict
 def cancel(run_id: Any = None, by: Any = None) -> dict[str, Any]:
     """Cancel a run before its next step; ``by`` (who asked) is recorded with it."""
     if not isinstance(run_id, str):
@@ -199,8 +226,11 @@ def cancel(run_id: Any = None, by: Any = None) -> dict[str, Any]:
 
 
 @app.task(name="hcloud_flow.status", throws=(BadInput,))
+@_strict
 def status(run_id: Any = None) -> dict[str, Any]:
     """Return a run record."""
+    if run_id is None:
+        raise BadInput("run_id is missing: give the id submit answered with", "run_id")
     run = run_store().get(run_id) if isinstance(run_id, str) else None
     if run is None:
         raise NotFound.record("run", run_id, "run_id")
@@ -209,6 +239,7 @@ def status(run_id: Any = None) -> dict[str, Any]:
 
 
 @app.task(name="hcloud_flow.servers", throws=(BadInput,))
+@_strict
 def servers(selector: Any = None, project: Any = None) -> dict[str, Any]:
     """Return the project's servers (or those the label selector picks), each with the run holding it."""
     eng = engine(project)
@@ -216,6 +247,7 @@ def servers(selector: Any = None, project: Any = None) -> dict[str, Any]:
 
 
 @app.task(name="hcloud_flow.images", throws=(BadInput,))
+@_strict
 def images(project: Any = None) -> dict[str, Any]:
     """Return the project's snapshots and backups, each with the run of ours that made it."""
     eng = engine(project)
@@ -229,7 +261,8 @@ def _fleet_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 @app.task(name="hcloud_flow.fleet_start", throws=(BadInput,), acks_late=False)
-def fleet_start(submitted_by: Any = None, **options: Any) -> dict[str, Any]:
+@_strict
+def fleet_start(*, submitted_by: Any = None, **options: Any) -> dict[str, Any]:
     """Validate and start a fleet job; return its record. Options: ``workflows.specs.FleetSpec``'s fields;
     ``submitted_by`` (who asks) is recorded with the job and its runs."""
     job = fleet_runner(options.get("project")).start(submitted_by=submitted_by, **_fleet_options(options))
@@ -237,6 +270,7 @@ def fleet_start(submitted_by: Any = None, **options: Any) -> dict[str, Any]:
 
 
 @app.task(name="hcloud_flow.fleet_plan", throws=(BadInput,))
+@_strict
 def fleet_plan(**options: Any) -> dict[str, Any]:
     """Return what a fleet job would do and spend, changing nothing (the dry run)."""
     from .dry_run import describe
@@ -246,6 +280,7 @@ def fleet_plan(**options: Any) -> dict[str, Any]:
 
 
 @app.task(name="hcloud_flow.fleet_control", throws=(BadInput,))
+@_strict
 def fleet_control(job_id: Any = None, verb: Any = None, by: Any = None) -> dict[str, Any]:
     """Pause, resume, cancel, approve or reject a fleet job (``fleet_plan.JOB_CONTROLS``); ``by`` (who
     asked) is recorded with the job."""
@@ -253,6 +288,7 @@ def fleet_control(job_id: Any = None, verb: Any = None, by: Any = None) -> dict[
 
 
 @app.task(name="hcloud_flow.fleet_retry", throws=(BadInput,), acks_late=False)
+@_strict
 def fleet_retry(
     job_id: Any = None, failed: Any = True, not_started: Any = False, by: Any = None, user_data: Any = None
 ) -> dict[str, Any]:
@@ -345,6 +381,7 @@ _PRUNE_HOLD = 300.0
 
 
 @app.task(name="hcloud_flow.images_prune", throws=(BadInput,), acks_late=False)
+@_strict
 def images_prune(
     selector: Any = None,
     servers: Any = None,
@@ -415,6 +452,7 @@ def _prune_one(
 
 
 @app.task(name="hcloud_flow.window_fire", acks_late=False)
+@_strict
 def window_fire(name: Any = None) -> dict[str, Any]:
     """Fired by redbeat: start the window's fleet job if this is one of its local minutes."""
     from .windows import WindowStore, fire
@@ -424,6 +462,7 @@ def window_fire(name: Any = None) -> dict[str, Any]:
 
 
 @app.task(name="hcloud_flow.fleet_advance", acks_late=False)
+@_strict
 def fleet_advance(job_id: Any = None, watch: Any = None) -> None:
     """Start what a fleet job may start now (sent again later when the rate budget held it back); ``watch``
     only marks the periodic look's own deferred entry (workflows.fleet.WATCH_AFTER)."""
