@@ -694,11 +694,32 @@ class FleetRunner(Gates):
             raise BadInput("failed and not_started must be true or false", "failed")
         if not (failed or not_started):
             raise BadInput("say which servers to retry: --failed, --not-started or both", "failed")
-        job = self.store.get(job_id) if isinstance(job_id, str) else None
+        if not isinstance(job_id, str):
+            raise NotFound.record("fleet job", job_id, "job_id")
+        with self.store.retrying(job_id) as took:
+            if not took:
+                # Two retries at once both started a job; the second's servers were all skipped as busy.
+                raise BadInput(
+                    f"job {job_id} is being retried right now; see `hcloud-flow job list`", "job_id"
+                )
+            return self._retry(job_id, failed, not_started, by, user_data)
+
+    def _retry(
+        self, job_id: str, failed: bool, not_started: bool, by: str | None, user_data: Any
+    ) -> dict[str, Any]:
+        job = self.store.get(job_id)
         if job is None:
             raise NotFound.record("fleet job", job_id, "job_id")
         if job["state"] not in JOB_FINAL:
             raise BadInput(f"job {job_id} is {job['state']}; retry it once it has ended", "job_id")
+        if job.get("retried_by"):
+            # Its outcomes stay as they ended: a second retry ran again the servers the first had put right.
+            later = job["retried_by"][-1]
+            raise BadInput(
+                f"job {job_id} was retried already, as job {later}: retry that one for what is left there "
+                f"(`hcloud-flow job retry {later} --failed`)",
+                "job_id",
+            )
         if not job.get("spec"):
             raise BadInput(
                 f"job {job_id} was started before jobs kept their options; start a new one", "job_id"

@@ -3,9 +3,10 @@ outcome, plus the fields the gates keep (an approval, a block, what was told), a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
@@ -220,6 +221,18 @@ class JobStore:
         self.redis.hset(key, f"appr:{gate}", json.dumps({"by": by, "at": at}))
         self.redis.hdel(key, "approval", "reason")
         self.redis.hset(key, "state", "running")
+
+    @contextlib.contextmanager
+    def retrying(self, job_id: str) -> Iterator[bool]:
+        """Hold the right to retry a job while its retry starts; yield False when another holds it. Not the
+        job lock: a retry's start (its plan and first wave) may outlast that lock's 30 s."""
+        key = f"{self.key(job_id)}:retrying"
+        took = bool(self.redis.set(key, "1", nx=True, ex=300))
+        try:
+            yield took
+        finally:
+            if took:
+                self.redis.delete(key)
 
     def note_retry(self, job_id: str, new_id: str) -> None:
         """Link an ended job to a job that retries some of its servers (``retried_by``, in order)."""

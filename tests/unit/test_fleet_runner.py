@@ -560,3 +560,29 @@ def test_a_retry_takes_the_jobs_user_data_again_and_nothing_else(
     store.redis.hset(store.key("ur2"), "meta", json.dumps({**meta, "spec": {"workflow": "reboot"}}))
     with pytest.raises(BadInput, match="had no user data"):
         runner.retry("ur2", user_data="#cloud-config")
+
+
+def test_a_job_is_retried_once_and_never_by_two_retries_at_once(
+    redis_server: RedisServer, monkeypatch: Any
+) -> None:
+    """An outside test: two `job retry` at once both started a job (the second's servers all skipped as busy),
+    and a later retry ran again the servers the first retry had put right (a job keeps its own outcomes)."""
+    store = JobStore(redis_server.client(), prefix=f"fr-rr{uuid.uuid4().hex[:6]}")
+    runner = FleetRunner(store, None, lambda **kw: {"run_id": "r"}, lambda run_id, by: None)  # type: ignore[arg-type]
+    started: list[dict[str, Any]] = []
+    monkeypatch.setattr(runner, "start", lambda **kw: started.append(kw) or {"id": f"new{len(started)}"})
+    job(store, "rr1", [1, 2])
+    meta = json.loads(store.redis.hget(store.key("rr1"), "meta") or "{}")
+    store.redis.hset(store.key("rr1"), "meta", json.dumps({**meta, "spec": {"workflow": "reboot"}}))
+    store.set_outcome("rr1", 1, outcome="failed")
+    store.set_outcome("rr1", 2, outcome="succeeded")
+    store.set_state("rr1", "completed_with_failures")
+    with store.retrying("rr1") as took:
+        assert took
+        with pytest.raises(BadInput, match="is being retried right now"):
+            runner.retry("rr1")
+    assert started == []
+    assert runner.retry("rr1")["id"] == "new1" and started[0]["servers"] == [1]
+    with pytest.raises(BadInput, match="was retried already, as job new1: retry that one"):
+        runner.retry("rr1")
+    assert len(started) == 1
