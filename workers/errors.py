@@ -18,6 +18,7 @@
     ├── RateBudgetExhausted           the shared request budget is empty for longer than the caller waits
     ├── ConfigError                   a required setting is missing or malformed (e.g. no HCLOUD_TOKEN)
     ├── StillRunning                  a caller stopped waiting for a run or job that goes on
+    ├── RecordLost                    a run or job record vanished from Redis while a caller waited on it
     └── SecretError                   a sealed secret cannot be opened (no key, wrong key)
 
 Errors cross Celery's JSON result backend, which rebuilds them from ``type(exc)(*exc.args)``. So every
@@ -41,6 +42,7 @@ __all__ = [
     "NotFound",
     "NotTaken",
     "RateBudgetExhausted",
+    "RecordLost",
     "RunCancelled",
     "SecretError",
     "ServerBusy",
@@ -171,6 +173,18 @@ class BadInput(HcloudFlowError):
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message, field)
         self.message, self.field = message, field
+
+
+class RecordLost(HcloudFlowError):
+    """Raised when a run or job record a caller was waiting on vanished from Redis: not bad input, and what it
+    started may still be under way on its servers."""
+
+    def __str__(self) -> str:
+        return (
+            f"the record of {self.args[0]} is gone from Redis while we waited (Redis restarted without its "
+            "data, or the record was deleted); what it started may still be under way: check its servers "
+            "(`hcloud-flow servers`)"
+        )
 
 
 class NotTaken(HcloudFlowError):

@@ -22,7 +22,7 @@ import redis
 from celery import Celery
 from celery.exceptions import TimeoutError as CeleryTimeout
 
-from workers.errors import BadInput, HcloudFlowError, NotFound, NotTaken, StillRunning
+from workers.errors import BadInput, HcloudFlowError, NotFound, NotTaken, RecordLost, StillRunning
 from workers.labels import check_selector
 from workers.projects import check_project_name
 from workers.run_store import FINAL, RunStore, has_ended
@@ -159,8 +159,17 @@ def wait_for_end(
     follow it. A Redis that cannot be reached is asked again for a while (``read_riding_out``).
     """
     deadline = None if timeout is None else clock() + timeout
+    seen = False
     while True:
-        record = read_riding_out(read, deadline, poll, sleep, clock)
+        try:
+            record = read_riding_out(read, deadline, poll, sleep, clock)
+        except NotFound:
+            if not seen:
+                raise  # never there: a wrong id, bad input
+            # There a moment ago: "no such job" and exit 2 (bad input) told an outside tester nothing of a
+            # job whose servers were half-way through.
+            raise RecordLost(what) from None
+        seen = True
         if on_update is not None:
             on_update(record)
         if has_ended(record):

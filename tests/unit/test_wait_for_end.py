@@ -53,3 +53,21 @@ def test_an_outage_past_the_waits_own_deadline_ends_it_then() -> None:
     clock = Clock(0.0)
     with pytest.raises(StillRunning):
         wait_for_end(reads({"state": "running"}), "run r", 5.0, 0.5, sleep=clock.sleep, clock=clock)
+
+
+def test_a_record_that_vanishes_during_a_wait_is_not_called_bad_input() -> None:
+    """An outside test: after a Redis restart without its data, `fleet --wait` said "no fleet job" and exited
+    2 (bad input) of a job whose servers were half-way through."""
+    from workers.errors import BadInput, NotFound, RecordLost
+
+    clock = Clock(0.0)
+    gone = NotFound.record("fleet job", "j1", "job_id")
+    with pytest.raises(
+        RecordLost, match="the record of fleet job j1 is gone from Redis while we waited"
+    ) as lost:
+        wait_for_end(
+            reads({"state": "running"}, gone), "fleet job j1", None, 1.0, sleep=clock.sleep, clock=clock
+        )
+    assert not isinstance(lost.value, BadInput) and "may still be under way" in str(lost.value)
+    with pytest.raises(NotFound):  # never there: a wrong id is bad input, as before
+        wait_for_end(reads(gone), "fleet job j1", None, 1.0, sleep=clock.sleep, clock=clock)
