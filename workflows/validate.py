@@ -180,7 +180,8 @@ def check_server_ref(ref: Any) -> int | str:
     """Return a server reference fit to look up (an id or a name), or refuse it; every entry point's rule."""
     if isinstance(ref, bool) or not isinstance(ref, int | str) or _blank(ref):
         raise BadInput(f"give the server as an id or a name, not {_shown(ref)}", "server")
-    if is_id(ref) and int(ref) <= 0:
+    if (is_id(ref) and int(ref) <= 0) or (isinstance(ref, str) and ref[:1] == "-" and is_id(ref[1:])):
+        # "-1" had been looked up as a name on the CLI, where HTTP's -1 was refused as an id.
         raise BadInput(f"server id must be positive, not {ref}", "server")
     return ref
 

@@ -183,6 +183,24 @@ def test_usage_errors_exit_2_and_are_json_under_json(no_api: None, args: list[st
             [*_FLEET, "--approve-before-start", "--approval-timeout", "30s"],
             "from 1m to 7d",
         ),
+        (["run", "reboot", "--server", "-1"], "server id must be positive, not -1"),
+        (
+            [
+                "schedule",
+                "add",
+                "w",
+                "reboot",
+                "--cron",
+                "0 3 * * *",
+                "--duration",
+                "1h",
+                "--servers",
+                "1",
+                "--max-per-location",
+                "0",
+            ],
+            "max_per_location",
+        ),
     ],
 )
 def test_bad_input_is_refused_before_the_api_is_reached(no_api: None, args: list[str], message: str) -> None:

@@ -57,7 +57,7 @@ def run_cmd(
     """Submit WORKFLOW for one server (`hcloud-flow workflows` lists them and their options)."""
     from workers.client import is_id
     from workflows.notify import check_urls
-    from workflows.validate import check_params, workflow_named
+    from workflows.validate import check_params, check_server_ref, workflow_named
 
     check_wait_flags(wait, timeout, quiet)
     params = params_from(options)
@@ -65,6 +65,8 @@ def run_cmd(
     if server is None and wf.from_run is None:
         raise click.UsageError("Missing option '--server'.")
     target: Any = int(server) if server is not None and is_id(server) else server
+    if target is not None:
+        check_server_ref(target)
     check_params(wf, params)  # refuse bad shapes before touching the broker
     check_urls(list(notify))
     answer = runs().submit_full(

@@ -147,7 +147,7 @@ def _window_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return f
 
 
-def _given(name: str, workflow: str | None, options: dict[str, Any]) -> dict[str, Any]:
+def _given(name: str, workflow: str | None, options: dict[str, Any], *, edit: bool) -> dict[str, Any]:
     """Return the window fields given on the command line (only those: an edit keeps the rest)."""
     from workers.errors import BadInput
 
@@ -191,8 +191,8 @@ def _given(name: str, workflow: str | None, options: dict[str, Any]) -> dict[str
     if given.get("health_check") == "":
         given["health_check"] = None  # its settings go with it (windows.edited)
     for field in ("max_per_placement_group", "max_per_location"):
-        if given.get(field) == 0:
-            given[field] = None
+        if edit and given.get(field) == 0:
+            given[field] = None  # an edit's 0 removes the limit; an add's 0 meets the rule (at least 1)
     return given
 
 
@@ -205,7 +205,7 @@ def _save(name: str, workflow: str | None, options: dict[str, Any], *, edit: boo
 
     store = _windows()
     record = _known(store, name) if edit else {}
-    given = _given(name, workflow, options)
+    given = _given(name, workflow, options, edit=edit)
     for param in options.get("unset") or ():
         if (given.get("params") or {}).get(param) is not None:
             raise BadInput(f"--unset {param} and a value for {param} at once: give one", "params")
