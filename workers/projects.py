@@ -34,12 +34,21 @@ __all__ = [
     "Project",
     "Projects",
     "check_project_name",
+    "in_project",
     "projects_from",
     "read_secret",
     "variable_suffix",
 ]
 
 DEFAULT_PROJECT = "default"
+
+
+def in_project(record: dict[str, Any], project: str | None) -> bool:
+    """Tell whether a run or job record is of ``project`` (any, for None); records from before projects
+    name none and are the default project's."""
+    return project is None or (record.get("project") or DEFAULT_PROJECT) == project
+
+
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 # Secret files are small; a larger one is a mistake (a key file, a directory dump), not a token.
 _MAX_SECRET_FILE = 64 * 1024

@@ -383,6 +383,11 @@ def test_jobs_and_windows_over_http(op: Client, view: Client, names: list[str]) 
     )
     assert done["state"] == "succeeded" and done["submitted_by"] == "apikey:operator-key"
     assert view.get("/api/v1/jobs").json()[0]["id"] == job_id
+    # Filtered by project as `job list --project` and `list --project` are (an outside test: refused).
+    assert view.get("/api/v1/jobs?project=default").json()[0]["id"] == job_id
+    assert view.get("/api/v1/jobs?project=staging").json() == []
+    assert view.get("/api/v1/runs?project=staging").json() == []
+    assert {r.get("project") or "default" for r in view.get("/api/v1/runs?project=default").json()} == {"default"}
 
     gated = op.post("/api/v1/jobs", {**spec, "servers": names[16:18], "approve_before_start": True})
     assert gated.status_code == 202 and gated.json()["state"] == "awaiting_approval", gated.text
@@ -535,6 +540,8 @@ def window(**fields: Any) -> dict[str, Any]:
         ("POST", "/api/v1/windows", window(servers=["\ud800"]), 400, "not Unicode"),
         ("POST", "/api/v1/windows", window(paused="yes"), 400, "paused must be true or false"),
         ("GET", "/api/v1/runs?since=nan", None, 400, "finite"),
+        ("GET", "/api/v1/runs?project=Prod!", None, 400, "a project name"),
+        ("GET", "/api/v1/jobs?project=Prod!", None, 400, "a project name"),
         ("GET", "/api/v1/windows/every:history", None, 404, "no window"),
         ("GET", "/api/v1/runs/", None, 404, "no such path"),
         # FastAPI drops what a route does not read: a misspelt dry run started a real job (an outside test).

@@ -290,9 +290,9 @@ def job_group() -> None:
 @json_option
 def job_list(project: str | None, as_json: bool) -> int:
     """List fleet jobs, newest first."""
-    listed = _jobs().list()
-    if project is not None:
-        listed = [j for j in listed if (j.get("project") or "default") == project]
+    from workers.projects import in_project
+
+    listed = [j for j in _jobs().list() if in_project(j, project)]
     if as_json:
         print_json(listed)
     else:

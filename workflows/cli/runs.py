@@ -162,6 +162,7 @@ def list_cmd(active: bool, server: str | None, project: str | None, limit: int, 
     """List runs, newest first, with when they were created and who submitted them."""
     from workers.client import is_id
     from workers.errors import BadInput
+    from workers.projects import in_project
 
     if server is not None and not server.strip():
         raise BadInput("--server is empty; give a server id or name", "server")
@@ -176,8 +177,7 @@ def list_cmd(active: bool, server: str | None, project: str | None, limit: int, 
         found = [
             r
             for r in kept
-            if (server is None or is_id(server) or r.get("server_name") == server)
-            and (project is None or (r.get("project") or "default") == project)
+            if (server is None or is_id(server) or r.get("server_name") == server) and in_project(r, project)
         ][:limit]
     if as_json:
         print_json(found)

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse
 
 from workers.errors import BadInput, HcloudFlowError, NotTaken, ServerBusy
-from workers.projects import check_project_name
+from workers.projects import check_project_name, in_project
 from workers.run_store import ACTIVE, FINAL
 from workflows.fleet_plan import JOB_CONTROLS
 from workflows.notify import check_urls
@@ -136,6 +136,9 @@ def list_runs(
     server: str | None = Query(None, description="server id or name", max_length=255),
     workflow: str | None = Query(None, max_length=64),
     since: str | None = Query(None, description="runs created after: UNIX time or ISO 8601", max_length=64),
+    project: str | None = Query(
+        None, description="the project's runs only (as `list --project`)", max_length=64
+    ),
     limit: int = Query(50, ge=1, le=500),
 ) -> list[dict[str, Any]]:
     from workers.client import is_id
@@ -143,11 +146,13 @@ def list_runs(
 
     if state is not None and state not in RUN_STATES:
         raise BadInput(f"state must be one of {', '.join(RUN_STATES)}, not {state!r}", "state")
+    if project is not None:
+        check_project_name(project)
     if workflow is not None:
         workflow_named(workflow)
     after = _since(since)
     server_id = int(server) if server is not None and is_id(server) else None
-    filtered = any(v is not None for v in (state, workflow, after)) or (
+    filtered = any(v is not None for v in (state, workflow, after, project)) or (
         server is not None and server_id is None
     )
     found = _services(request).runs.list(
@@ -160,6 +165,7 @@ def list_runs(
         and (workflow is None or r["workflow"] == workflow)
         and (after is None or (r.get("created") or 0) > after)
         and (server is None or server_id is not None or r.get("server_name") == server)
+        and in_project(r, project)
     ]
     return list(redact(out[:limit]))
 
@@ -229,8 +235,18 @@ def start_job(
 
 
 @router.get("/jobs", summary="List fleet jobs, newest first")
-def list_jobs(request: Request, key: Viewer, limit: int = Query(50, ge=1, le=500)) -> list[dict[str, Any]]:
-    return list(redact(_services(request).jobs.list(limit)))
+def list_jobs(
+    request: Request,
+    key: Viewer,
+    project: str | None = Query(
+        None, description="the project's jobs only (as `job list --project`)", max_length=64
+    ),
+    limit: int = Query(50, ge=1, le=500),
+) -> list[dict[str, Any]]:
+    if project is not None:
+        check_project_name(project)
+    listed = _services(request).jobs.list(5000 if project is not None else limit)
+    return list(redact([j for j in listed if in_project(j, project)][:limit]))
 
 
 @router.get("/jobs/{job_id}", summary="Read a fleet job: counts, each server's outcome, who steered it")
