@@ -738,7 +738,7 @@ class FleetRunner(Gates):
         spec = {**job["spec"], "servers": ids, "selector": None}
         spec["params"] = _user_data_again(job, spec.get("params") or {}, user_data)
         spec["canary"] = min(int(spec.get("canary") or 0), len(ids))
-        new = self.start(submitted_by=check_submitter(by), retry_of=job_id, **spec)
+        new = self.start(submitted_by=check_submitter(by, "by"), retry_of=job_id, **spec)
         self.store.note_retry(job_id, new["id"])
         return new
 
@@ -746,7 +746,7 @@ class FleetRunner(Gates):
         job = self._active(job_id, "pause")
         if job["state"] == "paused":
             raise BadInput(f"job {job_id} is already paused", "job_id")
-        self.store.note_control(job_id, "pause", check_submitter(by))
+        self.store.note_control(job_id, "pause", check_submitter(by, "by"))
         self.store.set_state(job_id, "paused")
         return {"job_id": job_id, "state": "paused"}
 
@@ -754,7 +754,7 @@ class FleetRunner(Gates):
         job = self._active(job_id, "resume")
         if job["state"] != "paused":
             raise BadInput(f"job {job_id} is {job['state']}, not paused", "job_id")
-        self.store.note_control(job_id, "resume", check_submitter(by))
+        self.store.note_control(job_id, "resume", check_submitter(by, "by"))
         self.store.set_state(job_id, "running")
         self.advance(job_id)
         return {"job_id": job_id, "state": self.store.get(job_id)["state"]}  # type: ignore[index]
@@ -762,7 +762,7 @@ class FleetRunner(Gates):
     def cancel(self, job_id: str, by: str | None = None) -> dict[str, Any]:
         """Start nothing new and cancel the runs in flight before their next step."""
         job = self._active(job_id, "cancel")
-        who = check_submitter(by)
+        who = check_submitter(by, "by")
         self.store.note_control(job_id, "cancel", who)
         self._end_cancelled(job, f"cancelled by {who}" if who else "cancelled by request", who)
         return {"job_id": job_id, "state": "cancelled"}
@@ -770,7 +770,7 @@ class FleetRunner(Gates):
     def approve(self, job_id: str, by: str | None = None) -> dict[str, Any]:
         """Open the gate a job awaits (recorded with who opened it) and let it go on."""
         job = self._awaiting(job_id, "approve")
-        who = check_submitter(by)
+        who = check_submitter(by, "by")
         self.store.note_control(job_id, "approve", who)
         self.store.approve(job_id, job["approval"]["gate"], who)
         self.advance(job_id)
@@ -779,7 +779,7 @@ class FleetRunner(Gates):
     def reject(self, job_id: str, by: str | None = None) -> dict[str, Any]:
         """Cancel a job at its approval gate; the servers it did not reach are not_started."""
         job = self._awaiting(job_id, "reject")
-        who = check_submitter(by)
+        who = check_submitter(by, "by")
         self.store.note_control(job_id, "reject", who)
         self._end_cancelled(job, f"rejected by {who}" if who else "rejected", who)
         return {"job_id": job_id, "state": "cancelled"}

@@ -206,7 +206,7 @@ def cancel_run(store: RunStore, run_id: str, by: str | None = None) -> dict[str,
         raise NotFound.record("run", run_id, "run_id")
     if run["state"] in FINAL:
         raise BadInput(f"run {run_id} already ended ({run['state']}); nothing to cancel", "run_id")
-    who = check_submitter(by)
+    who = check_submitter(by, "by")
     store.request_cancel(run_id)
     if run["state"] == "queued" and store.unqueue(run["server_id"], run_id):
         store.set_state(run_id, "cancelled", finished=store.clock(), cancelled_by=who)

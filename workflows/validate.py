@@ -26,14 +26,15 @@ _SUBMITTER_MAX = 100
 _MAX_NAME = 253  # a server's name is a hostname (RFC 1123): no longer than this
 
 
-def check_submitter(value: Any) -> str | None:
-    """Return who submitted a request (a user@host or service name, recorded with the run), or refuse it."""
+def check_submitter(value: Any, field: str = "submitted_by") -> str | None:
+    """Return who submitted a request (a user@host or service name, recorded with the run), or refuse it;
+    ``field`` names it as the caller gave it (``by`` for who steers a run or job)."""
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip() or len(value) > _SUBMITTER_MAX:
-        raise BadInput(f"submitted_by must be a name of 1 to {_SUBMITTER_MAX} characters", "submitted_by")
+        raise BadInput(f"{field} must be a name of 1 to {_SUBMITTER_MAX} characters", field)
     if not value.isprintable():
-        raise BadInput("submitted_by must not hold control characters", "submitted_by")
+        raise BadInput(f"{field} must not hold control characters", field)
     return value.strip()
 
 

@@ -38,3 +38,15 @@ def test_a_step_given_the_server_as_a_keyword_is_told_where_it_goes() -> None:
 
     with pytest.raises(BadInput, match="the server is the first argument"):
         validate_params(ACTIONS["reboot"], {"server": 5})
+
+
+def test_who_steers_a_job_is_refused_under_the_name_it_was_given() -> None:
+    """An outside test: a bad `by` of fleet_control was reported as field submitted_by."""
+    from workflows.validate import check_submitter
+
+    with pytest.raises(BadInput, match="by must not hold control characters") as bad:
+        check_submitter("ops\x1b[2J", "by")
+    assert bad.value.field == "by"
+    with pytest.raises(BadInput, match=r"^submitted_by must be a name") as bad:
+        check_submitter("")
+    assert bad.value.field == "submitted_by"
