@@ -240,8 +240,8 @@ class Flower:
 
         def healthy() -> bool:
             try:
-                return requests.get(self.url + "/healthcheck", timeout=1).text == "OK"
-            except requests.ConnectionError:
+                return requests.get(self.url + "/healthcheck", timeout=5).text == "OK"
+            except (requests.ConnectionError, requests.Timeout):  # still starting, on a busy machine
                 return False
 
         wait_until(healthy, 30, "flower to answer")
@@ -324,8 +324,8 @@ class WebServer:
             if self.proc.poll() is not None:
                 raise AssertionError(f"hcloud-flow web died:\n{self.log.read_text()[-3000:]}")
             try:
-                return requests.get(self.url + "/api/v1/health", timeout=1).status_code == 200
-            except requests.ConnectionError:
+                return requests.get(self.url + "/api/v1/health", timeout=5).status_code == 200
+            except (requests.ConnectionError, requests.Timeout):  # still starting, on a busy machine
                 return False
 
         wait_until(healthy, 30, "hcloud-flow web to answer")
