@@ -70,6 +70,8 @@ def _flag(name: str, default: bool) -> bool:
 
 def _deadlines(raw: str) -> dict[str, float]:
     """Parse HCLOUD_FLOW_DEADLINES, e.g. ``create_image=7200,rebuild=1800``."""
+    if not raw.strip():
+        return {}  # (without the action table's import: every CLI command reads this module)
     from workers.server_actions import ACTIONS
 
     out: dict[str, float] = {}

@@ -51,16 +51,6 @@ _PATIENCE: ContextVar[float | None] = ContextVar("hcloud_flow_patience", default
 _RETRY_WITHIN: ContextVar[float | None] = ContextVar("hcloud_flow_retry_within", default=None)
 
 
-def is_id(value: object) -> bool:
-    """Tell whether a reference is an API id (an int, or ASCII digits), not a name."""
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
-        return True
-    # str.isdigit() alone accepts "²" and other digits int() refuses or reads differently.
-    return isinstance(value, str) and 0 < len(value) <= 19 and value.isascii() and value.isdigit()
-
-
 def session_for(base_url: str) -> requests.Session:
     """Return a session for ``base_url`` that reads the environment once, here, instead of every request.
 

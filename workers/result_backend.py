@@ -10,38 +10,17 @@ carries it to the worker keeps it in its body (the step needs the text for its P
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any
 
 from celery.backends.redis import RedisBackend as _CeleryRedisBackend
 from celery.utils.saferepr import saferepr
 
+from .user_data import fingerprint, without_user_data
+
 __all__ = ["RedisBackend", "fingerprint", "redact_reprs", "without_user_data"]
 
-# user_data sits at the top of a rebuild step's kwargs, or in the params of a submission, job or window.
-_DEPTH = 4
 # What a stored result keeps of its task: submit(workflow, server, params) takes its params by position too.
 _STORED = ("args", "kwargs", "result")
-
-
-def fingerprint(text: str) -> str:
-    """Return what is kept of user data: enough to tell two apart, nothing of the text."""
-    data = text.encode("utf-8", "surrogatepass")
-    return f"sha256:{hashlib.sha256(data).hexdigest()[:16]} ({len(data)} bytes)"
-
-
-def without_user_data(value: Any, depth: int = 0) -> Any:
-    """Return ``value`` with every ``user_data`` text a few levels down replaced by its fingerprint."""
-    if depth > _DEPTH:
-        return value
-    if isinstance(value, dict):
-        return {
-            k: fingerprint(v) if k == "user_data" and isinstance(v, str) else without_user_data(v, depth + 1)
-            for k, v in value.items()
-        }
-    if isinstance(value, list | tuple):
-        return [without_user_data(v, depth + 1) for v in value]
-    return value
 
 
 def redact_reprs(headers: dict[str, Any] | None = None, body: Any = None, **_: Any) -> None:

@@ -21,6 +21,7 @@ from .errors import ConfigError
 from .ledger import Ledger
 from .projects import DEFAULT_PROJECT, Project, Projects, variable_suffix
 from .rate_budget import RateBudget, bucket_key
+from .redis_client import redis_for
 from .redis_values import text_hash
 from .retry_policy import RetryPolicy
 from .sealing import keyring
@@ -44,20 +45,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _engines: dict[tuple[int, str], Engine] = {}
-
-
-# Set, not left to redis-py's defaults (none before 8.x): a Redis that accepts connections and never
-# answers must end a command with a TimeoutError, which the web service answers 503 and the CLI reports,
-# not hang it. No client of ours blocks on a command (kombu's BRPOP uses its own connections).
-REDIS_TIMEOUT = 10.0
-REDIS_CONNECT_TIMEOUT = 5.0
-
-
-def redis_for(url: str) -> redis.Redis:
-    """Return a client of our Redis (run records, waits, budget, ledger) with bounded waits."""
-    return redis.Redis.from_url(
-        url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_CONNECT_TIMEOUT
-    )
 
 
 def retry_policy_for(base: float) -> RetryPolicy:

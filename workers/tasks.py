@@ -20,7 +20,6 @@ from celery import Task
 from celery.exceptions import Ignore
 
 from .app import app, engine, hooks, run_store
-from .client import is_id
 from .continuation import check_continuable, request_fields
 from .engine import Engine, start_action
 from .errors import (
@@ -35,6 +34,7 @@ from .errors import (
     StepInProgress,
     TransportError,
 )
+from .ids import is_id
 from .projects import check_project_name
 from .retry_policy import Outcome, classify
 from .run_store import chain_holder

@@ -16,18 +16,17 @@ import os
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
-from celery import Celery
-from celery.exceptions import TimeoutError as CeleryTimeout
 
 from workers.errors import BadInput, HcloudFlowError, NotFound, NotTaken, RecordLost, StillRunning
 from workers.labels import check_selector
 from workers.projects import check_project_name
 from workers.run_store import FINAL, RunStore, has_ended
 
-from .submit import cancel_run
+if TYPE_CHECKING:
+    from celery import Celery
 
 __all__ = [
     "Jobs",
@@ -67,6 +66,8 @@ def call_worker(
     app: Celery, client: Any, name: str, kwargs: dict[str, Any], timeout: float
 ) -> dict[str, Any]:
     """Send a task to the workers and wait for its answer; say plainly when nobody can answer."""
+    from celery.exceptions import TimeoutError as CeleryTimeout
+
     client.ping()  # an unreachable Redis fails here, fast, before anything is sent
     # The message expires when the caller stops waiting: a worker that takes it later drops it unrun (Celery
     # checks the expiry again just before it runs a task), so a request reported as not taken never runs.
@@ -179,12 +180,28 @@ def wait_for_end(
         sleep(poll)
 
 
-class Runs:
+class _SendsThrough:
+    """What talks to the workers through a Celery app: given one, or the installation's, imported when a
+    message is first sent (a read needs Redis alone, and importing the workers' app cost a CLI read half a
+    second)."""
+
+    def __init__(self, app: Celery | None, store: Any) -> None:
+        self._app = app
+        self.store = store
+
+    @property
+    def app(self) -> Celery:
+        if self._app is None:
+            from workers.app import app
+
+            self._app = app
+        return self._app
+
+
+class Runs(_SendsThrough):
     """Runs of one hcloud-flow installation (one Redis, one set of workers)."""
 
-    def __init__(self, app: Celery, store: RunStore) -> None:
-        self.app = app
-        self.store = store
+    store: RunStore
 
     def submit(
         self,
@@ -243,6 +260,8 @@ class Runs:
 
     def cancel(self, run_id: str, *, by: str | None = None) -> dict[str, Any]:
         """Cancel a run before its next step; ``by`` (default: this process's user@host) is recorded."""
+        from .submit import cancel_run
+
         return cancel_run(self.store, run_id, by or default_submitter())
 
     def servers(
@@ -326,12 +345,8 @@ class Runs:
         )
 
 
-class Jobs:
+class Jobs(_SendsThrough):
     """Fleet jobs of one installation: start and plan go through a worker (they need the API)."""
-
-    def __init__(self, app: Celery, store: Any) -> None:
-        self.app = app
-        self.store = store
 
     def _call(self, name: str, timeout: float, **kwargs: Any) -> dict[str, Any]:
         return call_worker(self.app, self.store.redis, name, kwargs, timeout)
@@ -442,19 +457,22 @@ _default: Runs | None = None
 
 def jobs() -> Jobs:
     """Return the fleet jobs of the installation that celeryconfig's environment points at."""
-    from .fleet import JobStore
+    from .job_store import JobStore
 
     runs = default()
-    return Jobs(runs.app, JobStore(runs.store.redis, retention=runs.store.retention))
+    return Jobs(runs._app, JobStore(runs.store.redis, retention=runs.store.retention))
 
 
 def default() -> Runs:
     """Return the Runs of the installation that celeryconfig's environment points at."""
     global _default
     if _default is None:
-        from workers.app import app, run_store
+        import celeryconfig
+        from workers.redis_client import redis_for
 
-        _default = Runs(app, run_store())
+        settings: dict[str, Any] = celeryconfig.hcloud_flow  # the workers' own, read from the same env
+        retention = float(settings.get("retention", 7 * 86400))
+        _default = Runs(None, RunStore(redis_for(celeryconfig.broker_url), retention=retention))
     return _default
 
 

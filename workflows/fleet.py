@@ -18,12 +18,13 @@ from typing import Any
 
 from redis.exceptions import LockError, LockNotOwnedError
 
-from workers.client import HcloudClient, is_id
+from workers.client import HcloudClient
 from workers.errors import APIError, BadInput, HcloudFlowError, NotFound, RateBudgetExhausted, ServerBusy
+from workers.ids import is_id
 from workers.labels import check_selector
 from workers.projects import DEFAULT_PROJECT
-from workers.result_backend import fingerprint
 from workers.retry_policy import should_retry
+from workers.user_data import fingerprint
 
 from .fleet_gates import Gates
 from .fleet_plan import GATES, JOB_CONTROLS, Decision, decide, parse_amount

@@ -12,8 +12,8 @@ from typing import Any
 import redis
 
 from workers.redis_values import text, text_hash, texts
-from workers.result_backend import without_user_data
 from workers.run_store import FINAL
+from workers.user_data import without_user_data
 
 __all__ = ["JOB_FINAL", "JobStore"]
 

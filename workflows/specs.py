@@ -24,8 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from workers.client import is_id
 from workers.errors import BadInput
+from workers.ids import is_id
 from workers.labels import check_selector
 from workers.projects import check_project_name
 

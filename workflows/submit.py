@@ -12,10 +12,10 @@ from celery import Celery
 
 from workers.client import HcloudClient
 from workers.errors import BadInput, NotFound, ServerBusy, Unsettled
-from workers.result_backend import fingerprint
 from workers.run_store import FINAL, RunStore
 from workers.runs import RunHooks, error_info
 from workers.server_actions import ACTIONS
+from workers.user_data import fingerprint
 
 from .build import build_chain, lock_ttl, plan_steps
 from .definitions import HEADING, SETTLED, WORKFLOWS

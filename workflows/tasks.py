@@ -18,15 +18,15 @@ from celery.exceptions import Ignore
 from celery.signals import worker_init
 
 from workers.app import app, engine, hooks, run_store
-from workers.client import is_id
 from workers.deferred import Deferred
 from workers.engine import STEP_LABEL
 from workers.errors import BadInput, ConfigError, NotFound, RunCancelled, ServerBusy
-from workers.result_backend import without_user_data
+from workers.ids import is_id
 from workers.run_store import FINAL
 from workers.runs import PLAN_CHECKS, RUN_LISTENERS, RUN_STARTED
 from workers.server_actions import check_step_options
 from workers.tasks import ActionTask, history_after, resolve_target, step_engine, took_over
+from workers.user_data import without_user_data
 
 from .build import plan_fits
 from .definitions import WORKFLOWS

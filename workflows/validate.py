@@ -11,8 +11,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from workers.client import HcloudClient, is_id
+from workers.client import HcloudClient
 from workers.errors import APIError, BadInput
+from workers.ids import is_id
 from workers.labels import check_labels
 from workers.server_actions import ACTIONS, MAX_USER_DATA, check_description, check_ssh_key_count
 

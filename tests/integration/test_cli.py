@@ -256,3 +256,28 @@ def test_flower_refuses_credentials_that_are_not_user_and_password(auth: str) ->
 def test_servers_show_their_location(worker: Worker, redis_server: RedisServer, names: list[str]) -> None:
     servers = json.loads(cli(redis_server.url, "servers", "--json").stdout)
     assert all(s["location"] for s in servers), "the API's location field (or the datacenter's) is shown"
+
+
+@pytest.mark.parametrize(
+    "args", [["--help"], ["list", "--json"], ["status", "nosuch"], ["job", "list", "--json"]]
+)
+def test_reads_and_help_load_neither_the_workers_app_nor_the_api_client(
+    redis_server: RedisServer, args: list[str]
+) -> None:
+    """Every command had imported the workers' Celery app, the API client (requests, tenacity) and the action
+    table first: about a second of a 2-core machine's CPU before `--help` printed, and before each read."""
+    probe = (
+        "import sys\n"
+        "from workflows.cli import main\n"
+        f"code = main({args!r})\n"
+        "heavy = ('workers.app', 'workers.client', 'requests', 'celery.app.base', 'workflows.submit')\n"
+        "heavy = [m for m in heavy if m in sys.modules]\n"
+        "print('LOADED', heavy, code, file=sys.stderr)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HCLOUD")}
+    env.update(PYTHONPATH=str(ROOT), HCLOUD_FLOW_REDIS_URL=redis_server.url)
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("LOADED [] "), done.stderr[-2000:]

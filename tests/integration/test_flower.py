@@ -128,7 +128,7 @@ def test_flower_shows_a_rebuilds_user_data_only_as_its_fingerprint(
 ) -> None:
     """Task events carry each message's argument reprs, and Flower shows them: the cloud-init text stood on
     its task pages, in the submit task's and the rebuild step's (an outside test)."""
-    from workers.result_backend import fingerprint
+    from workers.user_data import fingerprint
 
     api, control = Api(cloud.base_url), Control(cloud.control_url)
     server = api.get("/servers")["servers"][2]

@@ -369,7 +369,7 @@ def test_job_retry_gives_the_user_data_again_and_no_output_prints_it(
     """An outside test: `job status --json` and `schedule show` printed a job's or window's cloud-init text,
     password and all. Every JSON answer shows it as its fingerprint; `job retry --user-data @FILE` gives a
     job the text it no longer keeps."""
-    from workers.result_backend import fingerprint
+    from workers.user_data import fingerprint
 
     secret = "#cloud-config\npassword: hunter2-cli\n"
     asked: list[Any] = []

@@ -499,7 +499,7 @@ def _rebuild_job(store: JobStore, job_id: str, ids: list[int], window: int) -> N
 def test_a_job_keeps_its_user_data_only_until_its_last_server_has_started(redis_server: RedisServer) -> None:
     """An outside test: a job's cloud-init text, password and all, stayed in Redis for the seven days of the
     job record's retention, though the README said it was kept until the last server had started."""
-    from workers.result_backend import fingerprint
+    from workers.user_data import fingerprint
 
     store = JobStore(redis_server.client(), prefix=f"fr-ud{uuid.uuid4().hex[:6]}")
     started: list[Any] = []

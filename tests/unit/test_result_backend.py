@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.result_backend import fingerprint, without_user_data
+from workers.user_data import fingerprint, without_user_data
 
 
 def test_user_data_is_replaced_at_the_top_in_params_and_in_lists() -> None:

@@ -91,7 +91,7 @@ def test_an_empty_redis_password_file_is_refused_by_name(tmp_path: Path) -> None
 
 def test_our_redis_clients_wait_a_bounded_time_whatever_redis_py_defaults_to() -> None:
     """A reviewer: the 503 of a hung Redis rested on redis-py 8's default timeout (older: none)."""
-    from workers.runtime import REDIS_CONNECT_TIMEOUT, REDIS_TIMEOUT, redis_for
+    from workers.redis_client import REDIS_CONNECT_TIMEOUT, REDIS_TIMEOUT, redis_for
 
     kwargs = redis_for("redis://127.0.0.1:1/0").connection_pool.connection_kwargs
     assert (kwargs["socket_timeout"], kwargs["socket_connect_timeout"]) == (

@@ -61,7 +61,7 @@ def print_json(value: Any) -> None:
     """Print an answer as JSON, a rebuild's user data as its fingerprint: a job or window holding the text
     printed it, password and all, into terminals and CI logs (an outside test), where the web shows the
     fingerprint."""
-    from workers.result_backend import without_user_data
+    from workers.user_data import without_user_data
 
     click.echo(json.dumps(without_user_data(value), indent=2, sort_keys=True, default=str))
 
@@ -237,7 +237,7 @@ def param_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
 def params_from(options: dict[str, Any]) -> dict[str, Any]:
     """Return the workflow parameters given on the command line, in the Python API's shapes."""
-    from workers.client import is_id
+    from workers.ids import is_id
 
     out: dict[str, Any] = {}
     for key, value in options.items():
@@ -271,7 +271,7 @@ def _read_file(path: str, flag: str) -> str:
 
 def split_servers(text: str | None) -> list[int | str] | None:
     """``1,2,srv-7`` as ids and names (empty entries dropped; the rules that follow refuse an empty list)."""
-    from workers.client import is_id
+    from workers.ids import is_id
 
     if text is None:
         return None

@@ -55,7 +55,7 @@ def run_cmd(
     **options: Any,
 ) -> int:
     """Submit WORKFLOW for one server (`hcloud-flow workflows` lists them and their options)."""
-    from workers.client import is_id
+    from workers.ids import is_id
     from workflows.notify import check_urls
     from workflows.validate import check_params, check_server_ref, workflow_named
 
@@ -160,8 +160,8 @@ def status_cmd(run_id: str, wait: bool, timeout: float | None, quiet: bool, as_j
 @json_option
 def list_cmd(active: bool, server: str | None, project: str | None, limit: int, as_json: bool) -> int:
     """List runs, newest first, with when they were created and who submitted them."""
-    from workers.client import is_id
     from workers.errors import BadInput
+    from workers.ids import is_id
     from workers.projects import in_project
 
     if server is not None and not server.strip():

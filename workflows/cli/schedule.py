@@ -8,8 +8,6 @@ from typing import Any
 
 import click
 
-from workflows.api import check_window_at_the_api
-
 from .common import (
     EXIT_OK,
     json_option,
@@ -43,7 +41,7 @@ def _show(answer: Any, as_json: bool) -> None:
     """A window (or an answer about one): JSON under --json, else one "field  value" line each."""
     import json
 
-    from workers.result_backend import without_user_data
+    from workers.user_data import without_user_data
 
     if as_json:
         print_json(answer)
@@ -200,7 +198,7 @@ def _save(name: str, workflow: str | None, options: dict[str, Any], *, edit: boo
     import time
 
     from workers.errors import BadInput
-    from workflows.api import default_submitter
+    from workflows.api import check_window_at_the_api, default_submitter
     from workflows.windows import edited, validate_window, window_fields, with_next_firing
 
     store = _windows()

@@ -45,7 +45,7 @@ def redact(record: Any) -> Any:
     """A run, job or window as shown over HTTP: sealed root passwords say where to get them instead (never
     sent), and a rebuild's user data is its fingerprint (a job and a window keep the text to start servers
     with; a viewer key read it)."""
-    from workers.result_backend import fingerprint
+    from workers.user_data import fingerprint
 
     if isinstance(record, dict):
         out = {}
@@ -141,7 +141,7 @@ def list_runs(
     ),
     limit: int = Query(50, ge=1, le=500),
 ) -> list[dict[str, Any]]:
-    from workers.client import is_id
+    from workers.ids import is_id
     from workflows.validate import workflow_named
 
     if state is not None and state not in RUN_STATES:
