@@ -7,18 +7,17 @@ import threading
 from typing import Any
 
 import redis
-from celery import Celery
-from celery.signals import before_task_publish, worker_init, worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
 
 import celeryconfig
 
+from .celery_app import app
 from .continuation import CeleryDispatcher
 from .deferred import Deferred
 from .engine import Engine
 from .errors import ConfigError
 from .monitor import Monitor
 from .projects import Projects
-from .result_backend import redact_reprs
 from .run_store import RunStore, chain_holder
 from .runs import RunHooks
 from .runtime import engine_for, redis_for, register_projects, wait_prefix
@@ -28,10 +27,6 @@ __all__ = ["app", "engine", "hooks", "projects", "run_store", "start_monitor", "
 
 log = logging.getLogger(__name__)
 
-app = Celery("hcloud_flow", include=["workers.tasks", "workflows.tasks"])
-app.config_from_object(celeryconfig)
-# Task events (Flower's pages) show each message's argument reprs: never a rebuild's user data.
-before_task_publish.connect(redact_reprs, weak=False)
 
 _stop = threading.Event()
 _redis: redis.Redis | None = None

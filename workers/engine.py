@@ -32,6 +32,7 @@ from .action_ids import HighWater
 from .client import HcloudClient
 from .durations import Durations
 from .errors import APIError, Blocked, HcloudFlowError, RateBudgetExhausted, StepInProgress, TransportError
+from .labels import STEP_LABEL
 from .ledger import Ledger, StepRecord
 from .retry_policy import Outcome, RetryPolicy, classify
 from .sealing import seal
@@ -41,7 +42,6 @@ from .waits import WaitStore
 
 __all__ = ["Cadence", "Engine", "Started", "find_own", "start_action"]
 
-STEP_LABEL = "hcloud-flow/step"
 # A claim younger than this is not renewed before a POST attempt (its TTL, claim_ttl, is far longer).
 _RENEW_AFTER = 1.0
 LOST_NOTICE = "root password lost: the answer that carried it was cut off; reset the password again"

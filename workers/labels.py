@@ -14,12 +14,15 @@ from typing import Any
 
 from .errors import BadInput
 
-__all__ = ["MAX_LABELS", "RESERVED_PREFIXES", "check_labels", "check_selector"]
+__all__ = ["MAX_LABELS", "RESERVED_PREFIXES", "STEP_LABEL", "check_labels", "check_selector"]
 
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,61}[A-Za-z0-9])?\Z")
 _DNS_LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"
 _PREFIX = re.compile(rf"{_DNS_LABEL}(?:\.{_DNS_LABEL})*\Z")
 RESERVED_PREFIXES = ("hetzner.cloud", "hcloud-flow")
+# The label each image a step makes carries: how a lost answer's image is found again, and how retention
+# tells our snapshots from the rest.
+STEP_LABEL = "hcloud-flow/step"
 # The API documents no count; more than this many labels on one image is a mistake, not a wish.
 MAX_LABELS = 64
 # A selector longer than this is a mistake (every label of a server fits in less).

@@ -192,7 +192,7 @@ class _SendsThrough:
     @property
     def app(self) -> Celery:
         if self._app is None:
-            from workers.app import app
+            from workers.celery_app import app
 
             self._app = app
         return self._app

@@ -16,8 +16,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypedDict
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from celery.schedules import ParseException, crontab_parser
-
 from workers.errors import BadInput
 
 __all__ = [
@@ -120,6 +118,9 @@ def parse_cron(expr: Any, *, stored: bool = False) -> Cron:
     ``stored``: a window's cron as kept, perhaps by an earlier version, which took a range running backwards
     and wrapped it round (``22-2``); it is read so, rather than stop the window, and its list, from working.
     """
+    # Celery's parser, imported here: the CLI imports this module (retention's durations) for every run.
+    from celery.schedules import ParseException, crontab_parser
+
     if not isinstance(expr, str):
         raise BadInput(f"cron is text like '0 3 * * SUN', not {type(expr).__name__}", "cron")
     if len(expr) > MAX_CRON and not stored:
@@ -171,6 +172,8 @@ def unwrapped(expr: str) -> str:
     """Return a cron with each range that runs backwards written as the two ranges it was read as
     (``0 22-2 * * *`` → ``0 22-23,0-2 * * *``): a window kept from before can then be edited without its
     author having to rewrite a cron that still works (stepped ones are left for the check to refuse)."""
+    from celery.schedules import ParseException
+
     fields = str(expr).split()
     if len(fields) != len(_FIELDS):
         return str(expr)
@@ -189,6 +192,8 @@ def unwrapped(expr: str) -> str:
 
 def _backward(item: str, f: _Field) -> tuple[str, str] | None:
     """Return the ends of a list item's range (its step aside) if it runs backwards (``12-1``), else None."""
+    from celery.schedules import crontab_parser
+
     ends = item.split("/")[0].split("-")
     parse = crontab_parser(f.size, f.low).parse
     if len(ends) == 2 and min(parse(ends[0])) > min(parse(ends[1])):

@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from workers.engine import STEP_LABEL, Engine
+from workers.engine import Engine
 from workers.errors import BadInput
+from workers.labels import STEP_LABEL
 from workers.server_actions import ACTIONS
 
 from .build import plan_steps

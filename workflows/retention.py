@@ -14,14 +14,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from workers.client import HcloudClient
-from workers.engine import STEP_LABEL
 from workers.errors import APIError, BadInput, HcloudFlowError
+from workers.labels import STEP_LABEL
 
 from .cron import parse_duration
 from .definitions import SAFETY_DESCRIPTION
+
+if TYPE_CHECKING:
+    from workers.client import HcloudClient
 
 __all__ = ["MAX_KEEP", "PRUNE_TASK", "Decision", "Policy", "check_policy", "decide", "ours", "prune"]
 

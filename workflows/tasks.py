@@ -19,9 +19,9 @@ from celery.signals import worker_init
 
 from workers.app import app, engine, hooks, run_store
 from workers.deferred import Deferred
-from workers.engine import STEP_LABEL
 from workers.errors import BadInput, ConfigError, NotFound, RunCancelled, ServerBusy
 from workers.ids import is_id
+from workers.labels import STEP_LABEL
 from workers.run_store import FINAL
 from workers.runs import PLAN_CHECKS, RUN_LISTENERS, RUN_STARTED
 from workers.server_actions import check_step_options

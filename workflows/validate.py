@@ -7,11 +7,10 @@ was wrong and how to fix it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from workers.client import HcloudClient
 from workers.errors import APIError, BadInput
 from workers.ids import is_id
 from workers.labels import check_labels
@@ -20,6 +19,9 @@ from workers.server_actions import ACTIONS, MAX_USER_DATA, check_description, ch
 from .definitions import SAFETY_DESCRIPTION, WORKFLOWS, Workflow
 from .param_models import model_for
 from .retention import check_policy
+
+if TYPE_CHECKING:
+    from workers.client import HcloudClient
 
 __all__ = ["Lookups", "check_params", "check_submitter", "gather_facts", "workflow_named"]
 

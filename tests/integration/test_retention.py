@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from workers.engine import STEP_LABEL
+from workers.labels import STEP_LABEL
 
 from ..support.cloud import Api
 from ..support.processes import RedisServer, Worker, run_cli, wait_until

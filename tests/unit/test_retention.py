@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from workers.engine import STEP_LABEL
 from workers.errors import APIError, BadInput, RateBudgetExhausted
+from workers.labels import STEP_LABEL
 from workflows.definitions import WORKFLOWS
 from workflows.retention import Policy, check_policy, decide, prune
 from workflows.validate import check_params

@@ -79,7 +79,7 @@ def worker_health(node: str | None, timeout: float, as_json: bool) -> int:
     from kombu.exceptions import OperationalError
 
     import celeryconfig
-    from workers.app import app
+    from workers.celery_app import app
     from workers.errors import ConfigError
     from workers.projects import variable_suffix
     from workers.token_health import REJECTED, read_mark
@@ -133,7 +133,7 @@ def beat_health(as_json: bool) -> int:
     """Fail when no beat has ticked lately: then no maintenance window fires."""
     import redis
 
-    from workers.app import app
+    from workers.celery_app import app
     from workflows.beat import beat_seen
 
     interval = float(app.conf.beat_max_loop_interval)

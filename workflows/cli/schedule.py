@@ -22,10 +22,11 @@ __all__ = ["COMMANDS"]
 
 
 def _windows() -> Any:
-    from workers.app import app, run_store
+    from workers.celery_app import app
+    from workflows.api import default
     from workflows.windows import WindowStore
 
-    return WindowStore(run_store().redis, app)
+    return WindowStore(default().store.redis, app)
 
 
 def _known(store: Any, name: str) -> dict[str, Any]:
@@ -276,7 +277,7 @@ def schedule_list(as_json: bool) -> int:
             )
         if not rows:
             click.echo("no maintenance windows")
-    from workers.app import app
+    from workers.celery_app import app
 
     if rows and beat_seen(store.redis, float(app.conf.beat_max_loop_interval)) is None:
         click.echo(
