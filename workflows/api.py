@@ -260,7 +260,7 @@ class Runs(_SendsThrough):
 
     def cancel(self, run_id: str, *, by: str | None = None) -> dict[str, Any]:
         """Cancel a run before its next step; ``by`` (default: this process's user@host) is recorded."""
-        from .submit import cancel_run
+        from .submission import cancel_run
 
         return cancel_run(self.store, run_id, by or default_submitter())
 

@@ -35,7 +35,7 @@ from .inventory import project_images, project_servers
 from .notify import ATTEMPTS, Notifier, check_urls, deliver
 from .retention import PRUNE_TASK, check_policy, prune
 from .specs import Targets, checked
-from .submit import cancel_run, from_run_project, submit_run
+from .submission import cancel_run, from_run_project, submit_run
 
 __all__ = [
     "cancel",

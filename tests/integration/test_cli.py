@@ -270,7 +270,7 @@ def test_reads_and_help_load_neither_the_workers_app_nor_the_api_client(
         "import sys\n"
         "from workflows.cli import main\n"
         f"code = main({args!r})\n"
-        "heavy = ('workers.app', 'workers.client', 'requests', 'celery.app.base', 'workflows.submit')\n"
+        "heavy = ('workers.app', 'workers.client', 'requests', 'celery.app.base', 'workflows.submission')\n"
         "heavy = [m for m in heavy if m in sys.modules]\n"
         "print('LOADED', heavy, code, file=sys.stderr)\n"
     )
@@ -281,3 +281,26 @@ def test_reads_and_help_load_neither_the_workers_app_nor_the_api_client(
     )
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("LOADED [] "), done.stderr[-2000:]
+
+
+def test_the_package_api_stays_functions_after_any_call(redis_server: RedisServer) -> None:
+    """A reviewer: once the package imported its API lazily, a call that loaded the module named like a
+    function (workflows.submit) replaced the function: after workflows.cancel(...), workflows.submit(...)
+    was "'module' object is not callable", the README's own example."""
+    probe = (
+        "import workflows\n"
+        "from workers.errors import NotFound\n"
+        "try:\n"
+        "    workflows.cancel('nosuch')\n"
+        "except NotFound:\n"
+        "    pass\n"
+        "import workflows.tasks\n"
+        "names = ('submit', 'status', 'cancel', 'wait', 'list_runs', 'prune_images', 'jobs')\n"
+        "print('KINDS', sorted({type(getattr(workflows, n)).__name__ for n in names}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HCLOUD")}
+    env.update(PYTHONPATH=str(ROOT), HCLOUD_FLOW_REDIS_URL=redis_server.url, HCLOUD_TOKEN="t")
+    done = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert "KINDS ['function']" in done.stdout, done.stderr[-2000:]
