@@ -72,6 +72,10 @@ def plan_fits(workflow: Workflow, run: dict[str, Any], status: str) -> str | Non
         if seen
         else f"planned for the server {before}, as it was when this run was queued"
     )
+    if workflow.needs_running and status != "running":
+        # Its one step reads no status, so the step names alone always fitted: a reset-password queued for
+        # the running server a snapshot leaves was posted to an off one when the snapshot failed (a reviewer).
+        return f"{workflow.name} needs a running server; it is {status} now and this run was {planned_for}"
     try:
         now = [step.name for step in workflow.steps if step.when(facts)]
     except (KeyError, TypeError):  # a condition that reads more than these: the plan stands

@@ -159,7 +159,7 @@ def _behind_its_mover(store: RunStore, facts: dict[str, Any], exc: Unsettled, qu
         raise exc
     if not queue:
         raise ServerBusy(sid, holder) from exc
-    heading = _where_it_leaves(store.get(holder, live=False)) or HEADING.get(exc.status)
+    heading = _where_it_leaves(_run_ahead(store, sid, holder)) or HEADING.get(exc.status)
     if heading is None:
         raise exc
     return {**facts, "server": {**facts["server"], "status": heading}}
@@ -169,20 +169,30 @@ def _as_its_holder_leaves(
     client: HcloudClient, store: RunStore, server: Any, known: Lookups | None
 ) -> tuple[Any, Lookups | None, str | None]:
     """Return the server (by id), the lookups to plan a queued run with, and the server's status now where
-    that plan is for another: where the run holding the server leaves it (None: planned for its status).
+    that plan is for another: where the run ahead of it leaves the server (None: planned for its status).
 
-    A queued run starts when its holder ends: behind a snapshot that had the server off, planned as off, it
-    was refused as it started (the server was running again), and a reset-password needing a running server
-    was refused outright (an outside test). The plan is checked against the status again as it starts.
+    A queued run starts when the run ahead of it ends: behind a snapshot that had the server off, planned as
+    off, it was refused as it started (the server was running again), and a reset-password needing a running
+    server was refused outright (an outside test). The plan is checked against the status again as it starts.
     """
     known = known if known is not None else Lookups()
     srv = find_server(client, server, known)
     holder = store.holder(int(srv["id"]))
-    leaves = _where_it_leaves(store.get(holder, live=False)) if holder is not None else None
+    leaves = _where_it_leaves(_run_ahead(store, int(srv["id"]), holder)) if holder is not None else None
     if leaves is None or leaves == srv["status"]:
         return server, known, None
     known.servers[int(srv["id"])] = {**srv, "status": leaves}
     return int(srv["id"]), known, str(srv["status"])
+
+
+def _run_ahead(store: RunStore, server_id: int, holder: str) -> dict[str, Any] | None:
+    """Return the run a new queued run would follow: the last still queued behind the server, else its
+    holder (a reviewer: behind a snapshot and a power-off queued after it, the plan was the snapshot's)."""
+    for run_id in reversed(store.queued(server_id)):
+        run = store.get(run_id, live=False)
+        if run is not None and run["state"] == "queued":
+            return run
+    return store.get(holder, live=False)
 
 
 def _where_it_leaves(run: dict[str, Any] | None) -> str | None:

@@ -228,3 +228,47 @@ def test_a_snapshot_a_queued_run_will_use_is_kept() -> None:
     decision = decide(images, 7, Policy(keep=1), NOW, just_made=4, needed=frozenset({2}))
     assert ids(decision.delete) == [3, 1]
     assert {r["id"]: r["why"] for r in decision.keep}[2] == "a run queued on the server will use it"
+
+
+def test_a_run_needing_a_running_server_queued_for_one_that_ended_off_does_nothing() -> None:
+    """A reviewer: reset-password's one step reads no status, so its plan always "fitted", and a run queued
+    for the running server a snapshot leaves was posted to an off server when the snapshot failed."""
+    from workflows.build import plan_fits
+
+    queued = {
+        "steps": [{"name": "reset_password"}],
+        "params": {},
+        "server_status_before": "running",
+        "status_when_queued": "off",
+    }
+    assert plan_fits(WORKFLOWS["reset-password"], queued, "running") is None
+    said = plan_fits(WORKFLOWS["reset-password"], queued, "off")
+    assert said is not None and said.startswith("reset-password needs a running server; it is off now")
+
+
+def test_a_queued_run_is_planned_for_the_run_directly_ahead_of_it(redis_server: Any) -> None:
+    """A reviewer: behind a snapshot (leaves the server running) and a power-off queued after it (leaves it
+    off), a third run was planned for the snapshot's "running"."""
+    import uuid
+
+    from workers.run_store import RunStore
+    from workflows.submission import _run_ahead, _where_it_leaves
+
+    store = RunStore(redis_server.client(), prefix=f"ra{uuid.uuid4().hex[:6]}")
+
+    def record(run_id: str, actions: list[str], state: str) -> None:
+        steps = [
+            {"index": i, "name": a, "action": a, "task_id": f"{run_id}-{i}"} for i, a in enumerate(actions)
+        ]
+        meta = {"id": run_id, "workflow": "x", "server_id": 7, "server_name": "s7", "steps": steps}
+        store.create({**meta, "server_status_before": "running", "lock_ttl": 60}, state)
+
+    record("snap", ["shutdown", "create_image", "power_on"], "running")
+    assert store.acquire(7, "snap", 60) is None
+    assert _where_it_leaves(_run_ahead(store, 7, "snap")) == "running"
+    record("off1", ["power_off"], "queued")
+    store.enqueue(7, "off1")
+    assert _where_it_leaves(_run_ahead(store, 7, "snap")) == "off"
+    record("gone", ["power_on"], "cancelled")  # no longer queued: not the run ahead
+    store.enqueue(7, "gone")
+    assert _run_ahead(store, 7, "snap")["id"] == "off1"  # type: ignore[index]
