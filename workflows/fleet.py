@@ -713,14 +713,6 @@ class FleetRunner(Gates):
             raise NotFound.record("fleet job", job_id, "job_id")
         if job["state"] not in JOB_FINAL:
             raise BadInput(f"job {job_id} is {job['state']}; retry it once it has ended", "job_id")
-        if job.get("retried_by"):
-            # Its outcomes stay as they ended: a second retry ran again the servers the first had put right.
-            later = job["retried_by"][-1]
-            raise BadInput(
-                f"job {job_id} was retried already, as job {later}: retry that one for what is left there "
-                f"(`hcloud-flow job retry {later} --failed`)",
-                "job_id",
-            )
         if not job.get("spec"):
             raise BadInput(
                 f"job {job_id} was started before jobs kept their options; start a new one", "job_id"
@@ -728,13 +720,24 @@ class FleetRunner(Gates):
         wanted = ({"failed", "refused"} if failed else set()) | (
             {"not_started", "skipped"} if not_started else set()
         )
-        ids = [
+        ended = [
             int(s["id"])
             for s in job["servers"]
             if (job["outcomes"].get(int(s["id"])) or {}).get("outcome") in wanted
         ]
+        # A job keeps its own outcomes: a second retry ran again the servers the first had put right (an
+        # outside test). Servers an earlier retry took are left to that job; the others may still be retried.
+        earlier = job.get("retried_by") or []
+        taken = {int(s["id"]) for rid in earlier for s in (self.store.get(rid) or {}).get("servers", [])}
+        ids = [sid for sid in ended if sid not in taken]
         if not ids:
             what = " or ".join(sorted(wanted))
+            if ended:
+                raise BadInput(
+                    f"job {job_id}'s servers that ended {what} were retried already, by job "
+                    f"{', '.join(earlier)}: retry that one for what is left there",
+                    "job_id",
+                )
             raise BadInput(f"job {job_id} has no server that ended {what}; nothing to retry", "job_id")
         spec = {**job["spec"], "servers": ids, "selector": None}
         spec["params"] = _user_data_again(job, spec.get("params") or {}, user_data)

@@ -562,20 +562,29 @@ def test_a_retry_takes_the_jobs_user_data_again_and_nothing_else(
         runner.retry("ur2", user_data="#cloud-config")
 
 
-def test_a_job_is_retried_once_and_never_by_two_retries_at_once(
+def test_a_retry_leaves_servers_an_earlier_retry_took_and_two_never_run_at_once(
     redis_server: RedisServer, monkeypatch: Any
 ) -> None:
     """An outside test: two `job retry` at once both started a job (the second's servers all skipped as busy),
-    and a later retry ran again the servers the first retry had put right (a job keeps its own outcomes)."""
+    and a later retry ran again the servers the first retry had put right (a job keeps its own outcomes). A
+    reviewer: refusing every second retry left a job's not-started servers impossible to retry after a
+    --failed one."""
     store = JobStore(redis_server.client(), prefix=f"fr-rr{uuid.uuid4().hex[:6]}")
     runner = FleetRunner(store, None, lambda **kw: {"run_id": "r"}, lambda run_id, by: None)  # type: ignore[arg-type]
     started: list[dict[str, Any]] = []
-    monkeypatch.setattr(runner, "start", lambda **kw: started.append(kw) or {"id": f"new{len(started)}"})
-    job(store, "rr1", [1, 2])
+
+    def start(**kw: Any) -> dict[str, Any]:
+        started.append(kw)
+        new = f"new{len(started)}"
+        job(store, new, kw["servers"])  # the retry job's record, as start makes it
+        return {"id": new}
+
+    monkeypatch.setattr(runner, "start", start)
+    job(store, "rr1", [1, 2, 3])
     meta = json.loads(store.redis.hget(store.key("rr1"), "meta") or "{}")
     store.redis.hset(store.key("rr1"), "meta", json.dumps({**meta, "spec": {"workflow": "reboot"}}))
-    store.set_outcome("rr1", 1, outcome="failed")
-    store.set_outcome("rr1", 2, outcome="succeeded")
+    for sid, outcome in ((1, "failed"), (2, "not_started"), (3, "succeeded")):
+        store.set_outcome("rr1", sid, outcome=outcome)
     store.set_state("rr1", "completed_with_failures")
     with store.retrying("rr1") as took:
         assert took
@@ -583,6 +592,11 @@ def test_a_job_is_retried_once_and_never_by_two_retries_at_once(
             runner.retry("rr1")
     assert started == []
     assert runner.retry("rr1")["id"] == "new1" and started[0]["servers"] == [1]
-    with pytest.raises(BadInput, match="was retried already, as job new1: retry that one"):
+    with pytest.raises(BadInput, match="ended failed or refused were retried already, by job new1"):
         runner.retry("rr1")
-    assert len(started) == 1
+    assert runner.retry("rr1", failed=False, not_started=True)["id"] == "new2" and started[1]["servers"] == [
+        2
+    ]
+    with pytest.raises(BadInput, match="by job new1, new2"):
+        runner.retry("rr1", failed=True, not_started=True)
+    assert len(started) == 2
