@@ -415,8 +415,11 @@ class Jobs(_SendsThrough):
             raise NotFound.record("fleet job", job_id, "job_id")
         return self.status(job_id) if state in FINAL else {"id": job_id, "state": state}
 
-    def list(self, limit: int = 50) -> list[dict[str, Any]]:
-        return list(self.store.list(check_limit(limit)))
+    def list(self, limit: int = 50, project: str | None = None) -> list[dict[str, Any]]:
+        """Return the newest jobs, or those of ``project`` (checked as a project name)."""
+        if project is not None:
+            check_project_name(project)
+        return list(self.store.list(check_limit(limit), project))
 
     def wait(
         self,

@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 
+from workers.projects import in_project
 from workers.redis_values import text, text_hash, texts
 from workers.run_store import FINAL
 from workers.user_data import without_user_data
@@ -18,6 +19,8 @@ from workers.user_data import without_user_data
 __all__ = ["JOB_FINAL", "JobStore"]
 
 JOB_FINAL = FINAL  # jobs end in the same three states as runs (and completed_with_failures)
+# How many of the newest jobs a listing of one project's looks through (CLI and HTTP alike).
+PROJECT_SCAN = 2000
 
 # KEYS[1] a job's hash: whether it exists, its state, and how many servers have each outcome, as JSON.
 # Counted inside Redis: the caller needs three numbers, not the 400 outcomes it would decode to get them.
@@ -243,9 +246,24 @@ class JobStore:
         at = self.clock()
         self.redis.hset(self.key(job_id), f"ctl:{at:017.6f}", json.dumps({"verb": verb, "by": by, "at": at}))
 
-    def list(self, limit: int = 50) -> list[dict[str, Any]]:
-        ids = texts(self.redis.zrevrange(f"{self.prefix}:jobs", 0, limit - 1))
-        return [j for j in (self.get(i) for i in ids) if j is not None]
+    def list(self, limit: int = 50, project: str | None = None) -> list[dict[str, Any]]:
+        """Return the newest jobs, or the newest ``limit`` of ``project`` among the newest PROJECT_SCAN jobs
+        (their plans are read 100 a round trip; only the jobs listed are read whole)."""
+        if project is None:
+            ids = texts(self.redis.zrevrange(f"{self.prefix}:jobs", 0, limit - 1))
+        else:
+            ids = []
+            for start in range(0, PROJECT_SCAN, 100):
+                batch = texts(self.redis.zrevrange(f"{self.prefix}:jobs", start, start + 99))
+                pipe = self.redis.pipeline(transaction=False)
+                for job_id in batch:
+                    pipe.hget(self.key(job_id), "meta")
+                for job_id, meta in zip(batch, pipe.execute(), strict=True):
+                    if meta is not None and in_project(json.loads(meta), project):
+                        ids.append(job_id)
+                if len(ids) >= limit or len(batch) < 100:
+                    break
+        return [j for j in (self.get(i) for i in ids[:limit]) if j is not None]
 
     def lock(self, job_id: str) -> Any:
         # Held while a wave is submitted (seconds); lapses soon if its holder dies mid-wave.

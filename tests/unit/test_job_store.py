@@ -68,3 +68,17 @@ def test_a_run_or_job_redis_has_no_record_of_names_every_reason(redis_server: Re
         said = str(caught.value)
         assert said.startswith(f"no {kind} 'gone1' (") and "lost with Redis's data" in said
         assert caught.value.field in ("run_id", "job_id")
+
+
+def test_one_projects_jobs_are_listed_from_past_other_projects_newer_ones(redis_server: RedisServer) -> None:
+    """A reviewer: `job list --project` filtered the newest 50 jobs, HTTP the newest 5000: with 50 newer jobs
+    of another project the CLI said "no fleet jobs" where HTTP listed them."""
+    store = JobStore(redis_server.client(), prefix=f"js{uuid.uuid4().hex[:6]}")
+    for n in range(130):
+        project = "staging" if n < 3 else ("default" if n % 2 else None)  # None: from before projects
+        store.create(
+            {"id": f"j{n:03d}", "project": project, "created": float(n), "servers": [], "outcomes": {}}
+        )
+    assert [j["id"] for j in store.list(50, "staging")] == ["j002", "j001", "j000"]
+    assert [j["id"] for j in store.list(2, "staging")] == ["j002", "j001"]
+    assert len(store.list(200, "default")) == 127 and len(store.list(10)) == 10

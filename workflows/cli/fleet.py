@@ -290,9 +290,7 @@ def job_group() -> None:
 @json_option
 def job_list(project: str | None, as_json: bool) -> int:
     """List fleet jobs, newest first."""
-    from workers.projects import in_project
-
-    listed = [j for j in _jobs().list() if in_project(j, project)]
+    listed = _jobs().list(project=project)
     if as_json:
         print_json(listed)
     else:

@@ -243,10 +243,7 @@ def list_jobs(
     ),
     limit: int = Query(50, ge=1, le=500),
 ) -> list[dict[str, Any]]:
-    if project is not None:
-        check_project_name(project)
-    listed = _services(request).jobs.list(5000 if project is not None else limit)
-    return list(redact([j for j in listed if in_project(j, project)][:limit]))
+    return list(redact(_services(request).jobs.list(limit, project)))
 
 
 @router.get("/jobs/{job_id}", summary="Read a fleet job: counts, each server's outcome, who steered it")
