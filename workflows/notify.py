@@ -59,8 +59,9 @@ _SLACK = "slack+"
 _SECRET_KEY = re.compile(
     r"(token|secret|pass|pwd|api[-_]?key|apikey|privatekey|auth|session|signature|access[-_]?key|bearer|"
     r"credential|jwt"
-    # Short words only as a whole word, "_" and "-" counting as separators (`client_key`: an outside test).
-    r"|(?<![a-z0-9])(key|sig|pw)(?![a-z0-9]))",
+    # Short words only as a whole word, "_" and "-" counting as separators (`client_key`: an outside test),
+    # or as the capitalised word of a camelCase name (`clientKey`, `signingKey`: a reviewer).
+    r"|(?<![a-z0-9])(key|sig|pw)(?![a-z0-9])|(?-i:(?<=[a-z0-9])(Key|Sig|Pw)(?![a-z])))",
     re.I,
 )
 
@@ -112,9 +113,12 @@ def check_urls(urls: Any, field: str = "notify", *, slack: bool = True) -> list[
         raise BadInput(f"{field}: at most {MAX_URLS} URLs, not {len(urls)}", field)
     out = []
     for url in urls:
-        if not isinstance(url, str) or not url.isprintable() or len(url) > 2048:
+        if not isinstance(url, str) or not url.isprintable() or len(url) > 2048 or url != url.strip():
+            # (urlsplit drops the spaces around a URL, so its own check never saw them: a reviewer)
             raise BadInput(
-                f"{field}: {str(url)[:80]!r} is not a URL of at most 2048 printable characters", field
+                f"{field}: {str(url)[:80]!r} is not a URL of at most 2048 printable characters, without "
+                "spaces around it",
+                field,
             )
         parts = urlsplit(url.removeprefix(_SLACK) if slack else url)
         if parts.scheme not in ("http", "https") or not parts.hostname:

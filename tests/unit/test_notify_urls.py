@@ -42,6 +42,11 @@ from workflows.notify import check_urls
             "credential in a parameter \\(jwtx, pwd_hint\\)",
         ),
         ("https://hooks.example/x?keys=1&sigma=1&upwards=2", None),
+        # A reviewer: camelCase names, and a space before the URL (urlsplit drops it).
+        ("https://hooks.example/x?clientKey=abc", "credential in a parameter \\(clientKey\\)"),
+        ("https://hooks.example/x?signingKeyId=abc", "credential in a parameter \\(signingKeyId\\)"),
+        ("https://hooks.example/x?monkeyKeys=1&hmacSig=2", "credential in a parameter \\(hmacSig\\)"),
+        (" https://hooks.example/x", "without spaces around it"),
     ],
 )
 def test_a_url_that_would_keep_a_secret_is_refused_quietly(url: str, message: str | None) -> None:
