@@ -132,6 +132,17 @@ def redis_urls(url: str, password: str | None) -> tuple[str, str, str | None]:
 
 _visibility = _setting("HCLOUD_FLOW_VISIBILITY_TIMEOUT", 600.0)
 
+# Celery takes these from the environment over any setting: the broker, the results and our records (read
+# from broker_url by the CLI and the workers) would then sit in two Redis servers (a reviewer).
+for _name in (
+    "CELERY_BROKER_URL",
+    "CELERY_RESULT_BACKEND",
+    "CELERY_BROKER_READ_URL",
+    "CELERY_BROKER_WRITE_URL",
+):
+    if os.environ.get(_name):
+        raise SystemExit(f"{_name} is set; unset it and give hcloud-flow's Redis as HCLOUD_FLOW_REDIS_URL")
+
 # The URL with the password sits only under names that Celery masks wherever it shows its settings
 # (`celery inspect conf`, Flower, banners: "broker_url", "*backend*"); redbeat gets the URL without it and
 # the password under a "password" key (masked too), never a module-level name of its own here.

@@ -98,3 +98,12 @@ def test_our_redis_clients_wait_a_bounded_time_whatever_redis_py_defaults_to() -
         REDIS_TIMEOUT,
         REDIS_CONNECT_TIMEOUT,
     )
+
+
+@pytest.mark.parametrize("name", ["CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"])
+def test_celerys_own_broker_variables_are_refused(name: str) -> None:
+    """A reviewer: Celery takes these over any setting, so the broker and results would sit in another Redis
+    than the records the CLI reads (from HCLOUD_FLOW_REDIS_URL)."""
+    done = _load(**{name: "redis://127.0.0.1:1/0"})
+    assert done.returncode != 0 and name in done.stderr and "HCLOUD_FLOW_REDIS_URL" in done.stderr
+    assert "Traceback" not in done.stderr
