@@ -425,3 +425,13 @@ def test_a_redis_that_refuses_our_password_is_said_so(monkeypatch: pytest.Monkey
     said = invoke("list", "--json")
     assert said.exit_code == 3
     assert "Redis refused our credentials" in said.output and "HCLOUD_FLOW_REDIS_PASSWORD" in said.output
+
+
+def test_a_file_given_as_at_file_is_read_byte_for_byte(tmp_path: Any) -> None:
+    """A reviewer: CRLF became LF, so a job made over HTTP with CRLF cloud-init could not be retried from the
+    CLI with the same file (the fingerprints differed)."""
+    from workflows.cli.common import params_from
+
+    text = tmp_path / "cloud-init.yaml"
+    text.write_bytes(b"#cloud-config\r\nruncmd: [true]\r\n")
+    assert params_from({"p_user_data": f"@{text}"})["user_data"] == "#cloud-config\r\nruncmd: [true]\r\n"

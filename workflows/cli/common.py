@@ -261,7 +261,9 @@ def _read_file(path: str, flag: str) -> str:
     from workers.errors import BadInput
 
     try:
-        with open(path, encoding="utf-8") as fh:
+        # As the file holds it: text mode turned CRLF into LF, and a job's user data given again from the
+        # same file then failed its fingerprint (a reviewer).
+        with open(path, encoding="utf-8", newline="") as fh:
             return fh.read(1024 * 1024)
     except UnicodeDecodeError:
         raise BadInput(f"{flag} @{path}: not UTF-8 text", flag) from None
