@@ -6,6 +6,7 @@ root passwords it handed out and look for them in Redis and in every captured lo
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,11 @@ import pytest
 from .support.audit import audit, secrets_of
 from .support.cloud import TOKEN
 from .support.processes import RedisServer
+
+# The test processes themselves never reach for the default Redis (127.0.0.1:6379, which may be someone
+# else's): a command run in-process and not pointed at a test's own server finds nothing there, and says so.
+# A unit test of a refusal that stopped refusing once sent a message into that Redis.
+os.environ["HCLOUD_FLOW_REDIS_URL"] = "redis://127.0.0.1:1/0"
 
 STARTED_CLOUDS: list[Any] = []
 
