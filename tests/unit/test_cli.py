@@ -47,6 +47,10 @@ class FakeRuns:
         state = self.states.pop(0) if len(self.states) > 1 else self.states[0]
         if state == "interrupt":
             raise KeyboardInterrupt
+        if state == "gone":
+            from workers.errors import NotFound
+
+            raise NotFound.record("run", run_id, "run_id")
         return {"id": run_id, "state": state, "workflow": "reboot", "server_id": 1, "steps": []}
 
 
@@ -435,3 +439,18 @@ def test_a_file_given_as_at_file_is_read_byte_for_byte(tmp_path: Any) -> None:
     text = tmp_path / "cloud-init.yaml"
     text.write_bytes(b"#cloud-config\r\nruncmd: [true]\r\n")
     assert params_from({"p_user_data": f"@{text}"})["user_data"] == "#cloud-config\r\nruncmd: [true]\r\n"
+
+
+def test_a_run_whose_record_vanishes_during_a_wait_exits_3_not_as_bad_input(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An outside test restarted Redis without its data under `status --wait` and `run --wait`: "no run",
+    exit 2 (bad input). A wrong id is still bad input."""
+    for args in (["status", "r1", "--wait"], ["run", "reboot", "--server", "1", "--wait"]):
+        monkeypatch.setattr(runs_cli, "runs", lambda: FakeRuns(["running", "running", "gone"]))
+        done = invoke(*args)
+        assert done.exit_code == 3, (args, done.output)
+        assert "the record of run r1 is gone from Redis while we waited" in done.output
+    monkeypatch.setattr(runs_cli, "runs", lambda: FakeRuns(["gone"]))
+    wrong = invoke("status", "nosuch", "--wait")
+    assert wrong.exit_code == 2 and "no run 'nosuch'" in wrong.output

@@ -100,16 +100,25 @@ def wait_and_report(run_ids: list[str], *, timeout: float | None, quiet: bool, a
 
 
 def _follow(run_ids: list[str], *, timeout: float | None, quiet: bool, as_json: bool) -> int:
-    from workers.errors import StillRunning
+    """Follow runs that exist (just submitted, or just read): one that vanishes meanwhile is RecordLost."""
+    from workers.errors import NotFound, RecordLost, StillRunning
     from workers.run_store import has_ended
     from workflows.api import read_riding_out
     from workflows.progress import LiveView, render_run
 
     api = runs()
+
+    def read(run_id: str) -> dict[str, Any]:
+        try:
+            return api.status(run_id)
+        except NotFound:
+            # Redis restarted without its data (an outside test): "no run", exit 2, said it was bad input.
+            raise RecordLost(f"run {run_id}") from None
+
     view = None if as_json or quiet else LiveView()
     deadline = None if timeout is None else time.monotonic() + timeout
     while True:
-        current = read_riding_out(lambda: [api.status(r) for r in run_ids], deadline, 0.5)
+        current = read_riding_out(lambda: [read(r) for r in run_ids], deadline, 0.5)
         if view is not None:
             view.update(current)
         if all(has_ended(r) for r in current):
@@ -141,6 +150,7 @@ def status_cmd(run_id: str, wait: bool, timeout: float | None, quiet: bool, as_j
 
     check_wait_flags(wait, timeout, quiet)
     if wait:
+        runs().status(run_id)  # a wrong id is bad input; a record gone later in the wait is not
         return wait_and_report([run_id], timeout=timeout, quiet=quiet, as_json=as_json)
     run = runs().status(run_id)
     if as_json:
