@@ -91,29 +91,37 @@ def run_cmd(
     return wait_and_report([answer["run_id"]], timeout=timeout, quiet=quiet, as_json=as_json)
 
 
-def wait_and_report(run_ids: list[str], *, timeout: float | None, quiet: bool, as_json: bool) -> int:
-    """Follow runs until they end (or the deadline passes: StillRunning, exit 4) and say how they ended."""
+def wait_and_report(
+    run_ids: list[str], *, timeout: float | None, quiet: bool, as_json: bool, known: bool = True
+) -> int:
+    """Follow runs until they end (or the deadline passes: StillRunning, exit 4) and say how they ended.
+    ``known``: the runs exist (just submitted): one not found is a lost record from the first read on."""
     try:
-        return _follow(run_ids, timeout=timeout, quiet=quiet, as_json=as_json)
+        return _follow(run_ids, timeout=timeout, quiet=quiet, as_json=as_json, known=known)
     except KeyboardInterrupt:
         raise StoppedWaiting("run", run_ids[0], f"hcloud-flow status {run_ids[0]} --wait") from None
 
 
-def _follow(run_ids: list[str], *, timeout: float | None, quiet: bool, as_json: bool) -> int:
-    """Follow runs that exist (just submitted, or just read): one that vanishes meanwhile is RecordLost."""
+def _follow(run_ids: list[str], *, timeout: float | None, quiet: bool, as_json: bool, known: bool) -> int:
+    """Follow runs; one that vanishes once it was there (or, ``known``, from the start) is RecordLost."""
     from workers.errors import NotFound, RecordLost, StillRunning
     from workers.run_store import has_ended
     from workflows.api import read_riding_out
     from workflows.progress import LiveView, render_run
 
     api = runs()
+    seen = set(run_ids) if known else set()
 
     def read(run_id: str) -> dict[str, Any]:
         try:
-            return api.status(run_id)
+            run = api.status(run_id)
         except NotFound:
+            if run_id not in seen:
+                raise
             # Redis restarted without its data (an outside test): "no run", exit 2, said it was bad input.
             raise RecordLost(f"run {run_id}") from None
+        seen.add(run_id)
+        return run
 
     view = None if as_json or quiet else LiveView()
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -150,8 +158,8 @@ def status_cmd(run_id: str, wait: bool, timeout: float | None, quiet: bool, as_j
 
     check_wait_flags(wait, timeout, quiet)
     if wait:
-        runs().status(run_id)  # a wrong id is bad input; a record gone later in the wait is not
-        return wait_and_report([run_id], timeout=timeout, quiet=quiet, as_json=as_json)
+        # Not known to exist: a wrong id is bad input; a record gone once read is not.
+        return wait_and_report([run_id], timeout=timeout, quiet=quiet, as_json=as_json, known=False)
     run = runs().status(run_id)
     if as_json:
         print_json(run)
