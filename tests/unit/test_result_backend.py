@@ -40,3 +40,17 @@ def test_the_backend_keeps_no_user_data_in_positional_arguments_either() -> None
     )  # fmt: skip
     meta = backend._get_result_meta({"run_id": "r"}, "SUCCESS", None, request)
     assert "hunter2" not in repr(meta) and meta["args"][2]["user_data"].startswith("sha256:")
+
+
+def test_a_fingerprint_a_record_keeps_is_shown_as_it_is() -> None:
+    """An outside test: `status --json` showed the fingerprint of the run's stored fingerprint, which matched
+    no `sha256sum` of the user's file. Text checked against a fingerprint is still fingerprinted whatever it
+    looks like, so the fingerprint itself is not taken for the text it stands for."""
+    from workers.user_data import shown
+
+    text = "#cloud-config\npassword: hunter2\n"
+    stored = fingerprint(text)
+    assert without_user_data({"params": {"user_data": stored}}) == {"params": {"user_data": stored}}
+    assert shown(stored) == stored and shown(text) == stored
+    assert fingerprint(stored) != stored
+    assert shown(stored + " ") == fingerprint(stored + " ")  # only the exact form is taken as one

@@ -45,13 +45,13 @@ def redact(record: Any) -> Any:
     """A run, job or window as shown over HTTP: sealed root passwords say where to get them instead (never
     sent), and a rebuild's user data is its fingerprint (a job and a window keep the text to start servers
     with; a viewer key read it)."""
-    from workers.user_data import fingerprint
+    from workers.user_data import shown
 
     if isinstance(record, dict):
         out = {}
         for k, v in record.items():
             if k == "user_data" and isinstance(v, str):
-                out[k] = fingerprint(v)
+                out[k] = shown(v)
             elif k == "root_password" and v:
                 dropped = isinstance(v, dict) and not v.get("sealed")
                 out[k] = (
