@@ -177,6 +177,14 @@ class RunStore:
                 pipe.srem(f"{self.prefix}:runs:active", run_id)
         pipe.execute()
 
+    def note_found(self, run_id: str, status: str) -> None:
+        """Record the server status a queued run found as it started, where it was planned for another.
+        The plan (``meta``) is written at create and here only, before the run's first step: no race."""
+        raw = self.redis.hget(self._run(run_id), "meta")
+        if raw is not None:
+            meta = json.loads(raw)
+            self.redis.hset(self._run(run_id), "meta", json.dumps({**meta, "server_status_before": status}))
+
     def state(self, run_id: str) -> str | None:
         raw = self.redis.hget(self._run(run_id), "state")
         return text(raw) if raw else None

@@ -323,18 +323,19 @@ class RunHooks:
         """Send a run's chain (its steps' task ids were fixed at submit)."""
         signature(run["chain"], app=self.app).apply_async()
 
-    def _stale_plan(self, run: dict[str, Any]) -> str | None:
+    def _stale_plan(self, run: dict[str, Any]) -> tuple[str | None, str | None]:
         """Say why a queued run's steps no longer fit its server, or None. They were planned for the server's
         status when it was queued: queued behind a snapshot that had stopped the server, a rebuild ran once
         it was running again, with no shutdown and a safety snapshot of a running server (an outside test).
-        When the status cannot be read, the run starts as planned: its steps meet the API's own refusals."""
+        When the status cannot be read, the run starts as planned: its steps meet the API's own refusals.
+        Returns (why, or None) and the status read (None: not read)."""
         if self.status_of is None or not PLAN_CHECKS:
-            return None
+            return None, None
         try:
             now = self.status_of(run)
         except HcloudFlowError:
-            return None
-        return next((why for check in PLAN_CHECKS if (why := check(run, now)) is not None), None)
+            return None, None
+        return next((why for check in PLAN_CHECKS if (why := check(run, now)) is not None), None), now
 
     def start_next(self, server_id: int) -> None:
         """Start the first run queued behind the server, if the server is free."""
@@ -349,12 +350,16 @@ class RunHooks:
             if holder is not None and holder != run_id:
                 self.store.redis.lpush(f"{self.store.prefix}:queue:server:{server_id}", run_id)
                 return
-            stale = self._stale_plan(run)
+            stale, found = self._stale_plan(run)
             if stale is not None:
                 error = {"type": "BadInput", "message": stale, "step": None}
                 self.store.set_state(run_id, "failed", finished=self.store.clock(), error=error)
                 self._ended({**run, "state": "failed", "error": error})  # frees the server for the next
                 return
+            if found is not None and found != run.get("server_status_before"):
+                # Its plan fits, but it was made for another status (the run ahead was to leave the server
+                # running, and left it off): what the run says it left, if it stops, starts from this.
+                self.store.note_found(run_id, found)
             try:
                 self.start(run)
                 self.store.drop_chain(run_id)  # sent: the record need not keep the chain's arguments

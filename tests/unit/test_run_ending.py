@@ -112,3 +112,27 @@ def test_a_power_on_that_gave_up_while_it_ran_on_does_not_say_not_running(redis_
     store.create({**meta, "id": "run-4"}, "running")
     hooks.step_failed("run-4", "t2", failed)
     assert store.get("run-4", live=False)["left"]["status"] == "not running"  # type: ignore[index]
+
+
+def test_a_queued_run_records_the_status_it_found_where_it_was_planned_for_another(
+    redis_server: RedisServer, monkeypatch: Any
+) -> None:
+    """An outside test: a run queued for the running server the run ahead was to leave found it off; its
+    record kept "running", and a failure then said it left the server running."""
+    import workers.runs as runs_module
+
+    store = RunStore(redis_server.client(), prefix="found")
+    sent: list[str] = []
+    hooks = RunHooks(
+        store, Celery("found", broker="memory://", set_as_current=False), status_of=lambda run: "off"
+    )
+    monkeypatch.setattr(hooks, "start", lambda run: sent.append(run["id"]))
+    monkeypatch.setattr(runs_module, "PLAN_CHECKS", [lambda run, now: None])  # a plan that reads no status
+    steps = [{"index": 0, "name": "reboot", "action": "reboot", "task_id": "q0", "restore": []}]
+    meta = {"id": "q1", "workflow": "reboot", "server_id": 6, "server_name": "srv-6", "params": {},
+            "server_status_before": "running", "steps": steps, "lock_ttl": 600}  # fmt: skip
+    store.create(meta, "queued")
+    store.enqueue(6, "q1")
+    hooks.start_next(6)
+    assert sent == ["q1"]
+    assert (store.get("q1", live=False) or {})["server_status_before"] == "off"
