@@ -115,8 +115,8 @@ def _user_data_again(job: dict[str, Any], params: dict[str, Any], given: Any) ->
     if given is None:
         if forgotten:
             raise BadInput(
-                f"job {job['id']} kept only the fingerprint of its user data ({kept}) once it had started "
-                "its servers; give the same text again to retry it (--user-data @FILE)",
+                f"job {job['id']} kept only the fingerprint of its user data ({kept}) once it had no server "
+                "left to start; give the same text again to retry it (--user-data @FILE)",
                 "user_data",
             )
         return params
