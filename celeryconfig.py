@@ -132,17 +132,6 @@ def redis_urls(url: str, password: str | None) -> tuple[str, str, str | None]:
 
 _visibility = _setting("HCLOUD_FLOW_VISIBILITY_TIMEOUT", 600.0)
 
-# Celery takes these from the environment over any setting: the broker, the results and our records (read
-# from broker_url by the CLI and the workers) would then sit in two Redis servers (a reviewer).
-for _name in (
-    "CELERY_BROKER_URL",
-    "CELERY_RESULT_BACKEND",
-    "CELERY_BROKER_READ_URL",
-    "CELERY_BROKER_WRITE_URL",
-):
-    if os.environ.get(_name):
-        raise SystemExit(f"{_name} is set; unset it and give hcloud-flow's Redis as HCLOUD_FLOW_REDIS_URL")
-
 # The URL with the password sits only under names that Celery masks wherever it shows its settings
 # (`celery inspect conf`, Flower, banners: "broker_url", "*backend*"); redbeat gets the URL without it and
 # the password under a "password" key (masked too), never a module-level name of its own here.
@@ -151,7 +140,20 @@ broker_url, redbeat_redis_url, _password = redis_urls(
     _secret("HCLOUD_FLOW_REDIS_PASSWORD", empty_file=False),
 )
 redbeat_redis_options = {"password": _password} if _password else {}
-del _password
+# Celery takes these from the environment over any setting (`celery --broker URL` sets the first): the
+# broker and results would then sit in another Redis than the records the CLI reads, or results lose their
+# user-data redaction (a reviewer). The same Redis, as hcloud-flow gives it, is harmless.
+_ours = (broker_url, redbeat_redis_url)
+for _name, _same in (
+    ("CELERY_BROKER_URL", _ours),
+    ("CELERY_BROKER_READ_URL", _ours),
+    ("CELERY_BROKER_WRITE_URL", _ours),
+    ("CELERY_RESULT_BACKEND", ("workers.result_backend:RedisBackend+" + broker_url,)),
+):
+    if os.environ.get(_name) and os.environ[_name] not in _same:
+        raise SystemExit(f"{_name} is set to another value than hcloud-flow's own; unset it (the Redis is "
+                         "given as HCLOUD_FLOW_REDIS_URL)")  # fmt: skip
+del _password, _name, _same, _ours
 # kombu's Redis transport, but a malformed entry on a queue list is moved aside instead of killing the worker.
 broker_transport = "workers.broker_transport:Transport"
 # Celery's Redis result backend, keeping user data only as a fingerprint (workers/result_backend.py).

@@ -100,10 +100,23 @@ def test_our_redis_clients_wait_a_bounded_time_whatever_redis_py_defaults_to() -
     )
 
 
-@pytest.mark.parametrize("name", ["CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"])
-def test_celerys_own_broker_variables_are_refused(name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "same"),
+    [
+        ("CELERY_BROKER_URL", "redis://127.0.0.1:2/0"),  # as `celery --broker URL` sets it
+        ("CELERY_RESULT_BACKEND", "workers.result_backend:RedisBackend+redis://127.0.0.1:2/0"),
+    ],
+)
+def test_celerys_own_broker_variables_are_refused_unless_they_say_the_same(name: str, same: str) -> None:
     """A reviewer: Celery takes these over any setting, so the broker and results would sit in another Redis
-    than the records the CLI reads (from HCLOUD_FLOW_REDIS_URL)."""
-    done = _load(**{name: "redis://127.0.0.1:1/0"})
-    assert done.returncode != 0 and name in done.stderr and "HCLOUD_FLOW_REDIS_URL" in done.stderr
-    assert "Traceback" not in done.stderr
+    than the records the CLI reads (from HCLOUD_FLOW_REDIS_URL), or results would keep user data."""
+    ours = {"HCLOUD_FLOW_REDIS_URL": "redis://127.0.0.1:2/0"}
+    for other in (
+        "redis://127.0.0.1:1/0",
+        "redis://127.0.0.1:2/0" if name == "CELERY_RESULT_BACKEND" else "",
+    ):
+        if other:
+            done = _load(**{name: other}, **ours)
+            assert done.returncode != 0 and name in done.stderr and "HCLOUD_FLOW_REDIS_URL" in done.stderr
+            assert "Traceback" not in done.stderr
+    assert _load(**{name: same}, **ours).returncode == 0
