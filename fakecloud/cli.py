@@ -120,42 +120,52 @@ def _durations(text: str) -> dict[str, float]:
     return out
 
 
+class _Once(argparse.Action):
+    """Keep an option's value, refusing it given twice: argparse keeps the last silently, and
+    `--port 1 --port 2` listened on 2 (an outside test), where hcloud-flow's own CLI refuses a repeat."""
+
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None
+    ) -> None:
+        seen = getattr(namespace, "_given", set())
+        if self.dest in seen:
+            parser.error(f"{option} is given more than once; give it once")
+        namespace._given = seen | {self.dest}
+        setattr(namespace, self.dest, values)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the fakecloud options to ``parser``."""
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.description = "Serve a simulated Hetzner Cloud API under /v1 (test controls under /_fakecloud)."
     parser.epilog = "--faults SPEC: " + FAULTS_HELP
-    parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=_port, default=8080, help="port; 0 picks a free one (default 8080)")
-    parser.add_argument("--servers", type=_servers, default=10, help="servers to seed (default 10)")
-    parser.add_argument("--token", default="fakecloud-token", help="the accepted Bearer token")
-    parser.add_argument(
-        "--seed", type=int, default=1, help="seed for the fleet and the fault dice (default 1)"
-    )
-    parser.add_argument(
-        "--speed", type=_speed, default=1.0, help="time factor: durations / speed (default 1)"
-    )
-    parser.add_argument(
-        "--rate-limit", type=_rate_limit, default=3600, help="requests per hour per project (default 3600)"
-    )
-    parser.add_argument(
-        "--faults", type=_faults, default=FaultSpec(), metavar="SPEC", help="faults, see below"
-    )
-    parser.add_argument(
+
+    def once(*names: str, **options: Any) -> None:
+        parser.add_argument(*names, action=_Once, **options)
+
+    once("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    once("--port", type=_port, default=8080, help="port; 0 picks a free one (default 8080)")
+    once("--servers", type=_servers, default=10, help="servers to seed (default 10)")
+    once("--token", default="fakecloud-token", help="the accepted Bearer token")
+    once("--seed", type=int, default=1, help="seed for the fleet and the fault dice (default 1)")
+    once("--speed", type=_speed, default=1.0, help="time factor: durations / speed (default 1)")
+    once("--rate-limit", type=_rate_limit, default=3600, help="requests per hour per project (default 3600)")
+    once("--faults", type=_faults, default=FaultSpec(), metavar="SPEC", help="faults, see below")
+    once(
         "--durations",
         type=_durations,
         default={},
         metavar="SPEC",
         help="override action durations in seconds at speed 1, e.g. rebuild=10,create_image=5",
     )
-    parser.add_argument(
+    once(
         "--skew",
         type=_skew,
         default=0.0,
         metavar="SECONDS",
         help="the API's clock offset in every time it reports; negative = behind (default 0)",
     )
-    parser.add_argument(
+    once(
         "--id-space",
         type=_id_space,
         default=0,

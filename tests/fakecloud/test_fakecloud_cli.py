@@ -49,6 +49,8 @@ def test_prints_base_url_serves_and_exits_cleanly(sig: signal.Signals) -> None:
         (["--faults", "drop_answer=1.5"], "within [0, 1]"),
         (["--skew", "soon"], "invalid --skew"),
         (["--skew", "1e9"], "invalid --skew"),
+        # An outside test: `--port 1 --port 2` listened on 2, where hcloud-flow's CLI refuses a repeat.
+        (["--port", "0", "--port", "0"], "--port is given more than once"),
     ],
 )
 def test_bad_arguments_exit_2_with_a_message(args: list[str], fragment: str) -> None:
