@@ -127,7 +127,7 @@ class _Once(argparse.Action):
     def __call__(
         self, parser: argparse.ArgumentParser, namespace: Any, values: Any, option: Any = None
     ) -> None:
-        seen = getattr(namespace, "_given", set())
+        seen: set[str] = getattr(namespace, "_given", set())
         if self.dest in seen:
             parser.error(f"{option} is given more than once; give it once")
         namespace._given = seen | {self.dest}
