@@ -356,7 +356,7 @@ class FleetRunner(Gates):
             if not d.start:
                 for sid in d.not_started:
                     self.store.set_outcome(job_id, sid, outcome="not_started", reason=d.reason)
-                if d.state != "running" or self._all_started(job):
+                if self.store.holds_user_data(job) and (d.state != "running" or self._all_started(job)):
                     self.store.forget_user_data(job_id)  # no server is left to start with it (README)
                 if d.state != "running":
                     self.store.set_state(job_id, d.state, d.reason)
@@ -798,7 +798,8 @@ class FleetRunner(Gates):
     def _end_cancelled(self, job: dict[str, Any], reason: str, who: str | None = None) -> None:
         job_id = job["id"]
         self.store.set_state(job_id, "cancelled", reason)
-        self.store.forget_user_data(job_id)  # nothing more starts
+        if self.store.holds_user_data(job):
+            self.store.forget_user_data(job_id)  # nothing more starts
         for sid, entry in job["outcomes"].items():
             drain = entry.get("drain") or {}
             if entry["outcome"] == "running" and drain.get("state") in ("draining", "restoring"):

@@ -21,6 +21,8 @@ __all__ = ["JOB_FINAL", "JobStore"]
 JOB_FINAL = FINAL  # jobs end in the same three states as runs (and completed_with_failures)
 # How many of the newest jobs a listing of one project's looks through (CLI and HTTP alike).
 PROJECT_SCAN = 2000
+# The parts of a job's plan that hold its workflow parameters, and so a rebuild's user data.
+_WITH_PARAMS = ("params", "spec")
 
 # KEYS[1] a job's hash: whether it exists, its state, and how many servers have each outcome, as JSON.
 # Counted inside Redis: the caller needs three numbers, not the 400 outcomes it would decode to get them.
@@ -61,6 +63,14 @@ class JobStore:
         self.redis.hset(self.key(meta["id"]), mapping={"meta": json.dumps(meta), "state": "running"})
         self.redis.zadd(f"{self.prefix}:jobs", {meta["id"]: meta["created"]})
 
+    @staticmethod
+    def holds_user_data(job: dict[str, Any]) -> bool:
+        """Tell whether a job record (as ``get`` returns it) still keeps user data as given: read from the
+        record in hand, so that the advances of the many jobs without any read and parse no plan again."""
+        return not job.get("user_data_forgotten") and any(
+            without_user_data(job.get(part)) != job.get(part) for part in _WITH_PARAMS
+        )
+
     def forget_user_data(self, job_id: str) -> None:
         """Keep only the fingerprint of the job's user data from now on (its params and its spec, which `job
         retry` reads): once the job has started its last server with it, nothing needs the text. Marked as
@@ -74,11 +84,7 @@ class JobStore:
         meta = json.loads(raw)
         if meta.get("user_data_forgotten"):
             return  # a fingerprint of the fingerprint would match no text given again
-        kept = {
-            **meta,
-            "params": without_user_data(meta.get("params")),
-            "spec": without_user_data(meta.get("spec")),
-        }
+        kept = {**meta, **{part: without_user_data(meta.get(part)) for part in _WITH_PARAMS}}
         if kept != meta:
             self.redis.hset(self.key(job_id), "meta", json.dumps({**kept, "user_data_forgotten": True}))
 
