@@ -18,9 +18,10 @@ from .engine import Engine
 from .errors import ConfigError
 from .monitor import Monitor
 from .projects import Projects
+from .redis_client import redis_for
 from .run_store import RunStore, chain_holder
 from .runs import RunHooks
-from .runtime import engine_for, redis_for, register_projects, wait_prefix
+from .runtime import engine_for, register_projects, wait_prefix
 from .wait_state import Wait
 
 __all__ = ["app", "engine", "hooks", "projects", "run_store", "start_monitor", "stop_monitor"]

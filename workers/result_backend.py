@@ -15,9 +15,9 @@ from typing import Any
 from celery.backends.redis import RedisBackend as _CeleryRedisBackend
 from celery.utils.saferepr import saferepr
 
-from .user_data import fingerprint, without_user_data
+from .user_data import without_user_data
 
-__all__ = ["RedisBackend", "fingerprint", "redact_reprs", "without_user_data"]
+__all__ = ["RedisBackend", "redact_reprs"]
 
 # What a stored result keeps of its task: submit(workflow, server, params) takes its params by position too.
 _STORED = ("args", "kwargs", "result")

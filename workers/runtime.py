@@ -35,7 +35,6 @@ __all__ = [
     "claim_ttl_for",
     "engine_for",
     "noted_projects",
-    "redis_for",
     "register_projects",
     "retry_policy_for",
     "shown_url",
